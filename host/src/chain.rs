@@ -1,0 +1,329 @@
+//! A pool's backend chain: zero or more filters, then exactly one store (nbdkit's layering),
+//! checked when the pool is created. And the live instances of a chain in one pool shard,
+//! which run a page through the chain and turn every plugin failure into a safe outcome.
+//!
+//! Fault policy (per chain link, per shard): a faulting instance is dropped at once and never
+//! re-entered; the next operation creates a fresh one. After [`BACKOFF_AFTER`] consecutive
+//! faults, creating a new instance waits out an exponential backoff (10 ms doubling to 5 s),
+//! during which stores are refused with `plugin_fault` without calling the plugin. Loads and
+//! invalidations ignore the backoff: a load is owed its page, and an invalidate must happen.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tmem_api::abi::status;
+use tmem_api::manifest::PluginKind;
+
+use crate::page_store::PageShard;
+use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, SandboxLimits};
+use crate::stats::PoolStats;
+
+/// Consecutive faults of one link after which re-instantiation backs off.
+pub const BACKOFF_AFTER: u32 = 3;
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One link of a chain: a plugin version and its checked config.
+#[derive(Debug, Clone)]
+pub struct ChainLink {
+    /// The plugin version.
+    pub module: PluginModule,
+    /// The complete config (defaults filled in), checked against the manifest.
+    pub config: Map<String, Value>,
+    config_text: String,
+}
+
+impl ChainLink {
+    /// A link with its config checked against the plugin's manifest.
+    pub fn new(module: PluginModule, config: &Value) -> Result<Self, ChainError> {
+        let config = module.manifest().resolve_config(config).map_err(|e| ChainError(e.0))?;
+        let config_text = Value::Object(config.clone()).to_string();
+        Ok(ChainLink { module, config, config_text })
+    }
+}
+
+/// Why a chain was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ChainError(pub String);
+
+/// A checked chain: filters, then one store.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    links: Vec<ChainLink>,
+}
+
+impl Chain {
+    /// Checks the shape: at least one link, every link but the last a filter, the last a store.
+    pub fn new(links: Vec<ChainLink>) -> Result<Self, ChainError> {
+        let Some((last, filters)) = links.split_last() else {
+            return Err(ChainError("a backend chain needs at least a store (e.g. [\"ram\"])".into()));
+        };
+        if last.module.kind() != PluginKind::Store {
+            return Err(ChainError(format!(
+                "a backend chain must end with a store, but '{}' is a filter",
+                last.module.manifest().name
+            )));
+        }
+        if let Some(store) = filters.iter().find(|l| l.module.kind() != PluginKind::Filter) {
+            return Err(ChainError(format!(
+                "'{}' is a store, so it must be the last link of the chain (only filters may come before the store)",
+                store.module.manifest().name
+            )));
+        }
+        Ok(Chain { links })
+    }
+
+    /// The links, filters first, the store last.
+    pub fn links(&self) -> &[ChainLink] {
+        &self.links
+    }
+
+    /// Names of the links, e.g. `[zstd, ram]`, for logs.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.links.iter().map(|l| l.module.manifest().name.as_ref()).collect();
+        format!("[{}]", names.join(", "))
+    }
+}
+
+/// What a pool shard hands to its chain for one operation.
+pub(crate) struct ChainContext<'a> {
+    pub(crate) engine: &'a PluginEngine,
+    pub(crate) chain: &'a Chain,
+    pub(crate) limits: SandboxLimits,
+    pub(crate) page_size: u32,
+    pub(crate) pages: &'a Arc<PageShard>,
+    pub(crate) stats: &'a PoolStats,
+    pub(crate) pool: &'a str,
+}
+
+/// How the chain encoded a stored page (for the pool's gauges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodedKind {
+    /// Stored normally (compressed, or kept as is by a plain store).
+    Normal,
+    /// A same-filled marker.
+    SameFilled,
+    /// Passed on raw because it did not compress.
+    Incompressible,
+}
+
+/// Why a store did not go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PutFailure {
+    /// A plugin refused the page (an expected outcome), with the ABI status.
+    Refused(u32),
+    /// A plugin faulted.
+    Fault(PluginFault),
+}
+
+/// Why a load of a present page could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GetFailure {
+    /// The store has no bytes for a page the map says is present.
+    #[error("the store has no bytes for the page")]
+    Missing,
+    /// The store's backend is unreachable.
+    #[error("the store's backend is unreachable")]
+    Unavailable,
+    /// A filter could not decode the bytes, or they did not decode to a page.
+    #[error("the stored bytes did not decode to a page")]
+    Decode,
+    /// A plugin faulted (after the retry on a fresh instance).
+    #[error("{0}")]
+    Fault(PluginFault),
+}
+
+struct Slot {
+    instance: Option<PluginInstance>,
+    consecutive_faults: u32,
+    retry_after: Option<Instant>,
+    created_before: bool,
+}
+
+/// The live instances of a chain in one pool shard: one slot per link, filled on demand.
+pub(crate) struct ChainInstances {
+    slots: Vec<Slot>,
+}
+
+impl ChainInstances {
+    pub(crate) fn new(links: usize) -> Self {
+        ChainInstances {
+            slots: (0..links)
+                .map(|_| Slot { instance: None, consecutive_faults: 0, retry_after: None, created_before: false })
+                .collect(),
+        }
+    }
+
+    /// Creates every link's instance, reporting the first link that cannot start.
+    pub(crate) fn warm_up(&mut self, cx: &ChainContext<'_>) -> Result<(), (usize, PluginFault)> {
+        (0..self.slots.len()).try_for_each(|i| self.ensure(cx, i, false).map_err(|f| (i, f)))
+    }
+
+    /// Makes sure link `i` has a live instance.
+    fn ensure(&mut self, cx: &ChainContext<'_>, i: usize, respect_backoff: bool) -> Result<(), PluginFault> {
+        let slot = &mut self.slots[i];
+        if slot.instance.is_some() {
+            return Ok(());
+        }
+        if respect_backoff && slot.retry_after.is_some_and(|t| Instant::now() < t) {
+            return Err(PluginFault::Instantiate("backing off after repeated faults".into()));
+        }
+        let link = &cx.chain.links[i];
+        let pages = (link.module.kind() == PluginKind::Store).then(|| cx.pages.clone());
+        match cx.engine.instantiate(&link.module, cx.limits, cx.page_size, &link.config_text, pages) {
+            Ok(instance) => {
+                if slot.created_before {
+                    PoolStats::add(&cx.stats.counters.instance_restarts, 1);
+                }
+                slot.created_before = true;
+                slot.instance = Some(instance);
+                Ok(())
+            }
+            Err(fault) => {
+                self.fault(cx, i, &fault);
+                Err(fault)
+            }
+        }
+    }
+
+    /// Drops link `i`'s instance after a fault, counts it, and arms the backoff.
+    fn fault(&mut self, cx: &ChainContext<'_>, i: usize, fault: &PluginFault) {
+        let slot = &mut self.slots[i];
+        slot.instance = None;
+        slot.consecutive_faults += 1;
+        if slot.consecutive_faults >= BACKOFF_AFTER {
+            let shift = (slot.consecutive_faults - BACKOFF_AFTER).min(16);
+            slot.retry_after = Some(Instant::now() + (BACKOFF_FIRST * (1 << shift)).min(BACKOFF_MAX));
+        }
+        PoolStats::add(&cx.stats.counters.plugin_faults, 1);
+        tracing::warn!(
+            pool = cx.pool,
+            plugin = %cx.chain.links[i].module.manifest().name,
+            kind = fault.kind(),
+            consecutive = slot.consecutive_faults,
+            "plugin fault: {fault}"
+        );
+    }
+
+    fn succeeded(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.consecutive_faults = 0;
+        slot.retry_after = None;
+    }
+
+    fn live(&mut self, i: usize) -> &mut PluginInstance {
+        self.slots[i].instance.as_mut().expect("ensure() created it")
+    }
+
+    /// Copies link `from`'s first `len` output bytes into link `to`'s input.
+    fn pass(&mut self, from: usize, to: usize, len: usize) {
+        let (a, b) = if from < to {
+            let (a, b) = self.slots.split_at_mut(to);
+            (&a[from], &mut b[0])
+        } else {
+            let (a, b) = self.slots.split_at_mut(from);
+            (&b[0], &mut a[to])
+        };
+        let src = a.instance.as_ref().expect("live").output(len);
+        b.instance.as_mut().expect("live").input(len).copy_from_slice(src);
+    }
+
+    /// Runs one plugin call on link `i`, handling a fault.
+    fn call<R>(
+        &mut self,
+        cx: &ChainContext<'_>,
+        i: usize,
+        respect_backoff: bool,
+        f: impl FnOnce(&mut PluginInstance) -> Result<R, PluginFault>,
+    ) -> Result<R, PluginFault> {
+        self.ensure(cx, i, respect_backoff)?;
+        match f(self.live(i)) {
+            Ok(r) => {
+                self.succeeded(i);
+                Ok(r)
+            }
+            Err(fault) => {
+                self.fault(cx, i, &fault);
+                Err(fault)
+            }
+        }
+    }
+
+    /// Encodes `page` through the filters and puts it into the store under `offset`.
+    pub(crate) fn put(&mut self, cx: &ChainContext<'_>, offset: u64, page: &[u8]) -> Result<EncodedKind, PutFailure> {
+        let store = self.slots.len() - 1;
+        let mut kind = EncodedKind::Normal;
+        self.ensure(cx, 0, true).map_err(PutFailure::Fault)?;
+        self.live(0).input(page.len()).copy_from_slice(page);
+        let mut len = page.len();
+        for i in 0..store {
+            let (code, out) = self.call(cx, i, true, |f| f.encode(len)).map_err(PutFailure::Fault)?;
+            match code {
+                status::OK => {}
+                status::OK_SAME_FILLED => kind = EncodedKind::SameFilled,
+                status::OK_INCOMPRESSIBLE => kind = EncodedKind::Incompressible,
+                refused => return Err(PutFailure::Refused(refused)),
+            }
+            self.ensure(cx, i + 1, true).map_err(PutFailure::Fault)?;
+            self.pass(i, i + 1, out);
+            len = out;
+        }
+        match self.call(cx, store, true, |s| s.put(offset, len)).map_err(PutFailure::Fault)? {
+            status::OK => Ok(kind),
+            refused => Err(PutFailure::Refused(refused)),
+        }
+    }
+
+    /// Gets the bytes under `offset` from the store and decodes them through the filters
+    /// (last to first) into `page`. A plugin fault is retried once on a fresh instance.
+    pub(crate) fn get(&mut self, cx: &ChainContext<'_>, offset: u64, page: &mut [u8]) -> Result<(), GetFailure> {
+        match self.get_once(cx, offset, page) {
+            Err(GetFailure::Fault(_)) => self.get_once(cx, offset, page),
+            other => other,
+        }
+    }
+
+    fn get_once(&mut self, cx: &ChainContext<'_>, offset: u64, page: &mut [u8]) -> Result<(), GetFailure> {
+        let store = self.slots.len() - 1;
+        let (code, mut len) = self.call(cx, store, false, |s| s.get(offset)).map_err(GetFailure::Fault)?;
+        match code {
+            status::OK => {}
+            status::NOT_FOUND => return Err(GetFailure::Missing),
+            _ => return Err(GetFailure::Unavailable),
+        }
+        let mut holder = store;
+        for i in (0..store).rev() {
+            self.ensure(cx, i, false).map_err(GetFailure::Fault)?;
+            self.pass(holder, i, len);
+            let (code, out) = self.call(cx, i, false, |f| f.decode(len)).map_err(GetFailure::Fault)?;
+            if code != status::OK {
+                return Err(GetFailure::Decode);
+            }
+            (holder, len) = (i, out);
+        }
+        if len != page.len() {
+            return Err(GetFailure::Decode);
+        }
+        page.copy_from_slice(self.live(holder).output(len));
+        Ok(())
+    }
+
+    /// Drops `offset` from the store. If the store plugin faults, the host drops the bytes
+    /// from the page store itself: an invalidate always happens.
+    pub(crate) fn delete(&mut self, cx: &ChainContext<'_>, offset: u64) {
+        let store = self.slots.len() - 1;
+        if self.call(cx, store, false, |s| s.delete(offset)).is_err() {
+            cx.pages.delete(offset);
+        }
+    }
+
+    /// Drops everything from the store, falling back to the page store on a fault.
+    pub(crate) fn clear(&mut self, cx: &ChainContext<'_>) {
+        let store = self.slots.len() - 1;
+        if self.call(cx, store, false, |s| s.clear()).is_err() {
+            cx.pages.clear();
+        }
+    }
+}

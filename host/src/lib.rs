@@ -1,0 +1,31 @@
+//! The tmem host: the frontswap contract for named pools, with each pool's backend chain run
+//! as sandboxed WebAssembly plugins.
+//!
+//! # Layout
+//!
+//! - [`host`] — [`Host`]: the plugin registry and the named pools; the library entry point.
+//! - [`pool`] — [`Pool`]: one frontswap area; the contract (duplicate-store rule, exclusive
+//!   gets, writethrough, limits with hysteresis, shrink) lives here.
+//! - [`chain`] — a pool's backend chain (filters, then a store) and its per-shard instances,
+//!   with the plugin fault policy.
+//! - [`plugin`] — the Wasm runtime: engine, module loading and validation, instances, limits.
+//! - [`page_store`] — the host page store capability: page bytes that outlive plugin instances.
+//! - [`stats`] — the counters of contract.md §4 and latency histograms.
+//! - [`server`] — `tmem serve`: the HTTP listener around a host.
+//! - [`bundled`] — the plugins built from `plugins/` and embedded in the binary.
+//! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
+//! - [`telemetry`] — logging set-up.
+
+pub mod bundled;
+pub mod chain;
+pub mod host;
+pub mod page_store;
+pub mod plugin;
+pub mod pool;
+pub mod server;
+pub mod stats;
+pub mod telemetry;
+pub mod workload;
+
+pub use host::{BackendSpec, Host, HostConfig, HostError};
+pub use pool::{LoadOutcome, OpError, Pool, PoolLimits, PoolModes, PoolSpec, RejectReason, StoreOutcome};

@@ -1,0 +1,184 @@
+//! The one wasmtime `Engine` of a host: its configuration (pooling allocator, epoch
+//! interruption, no WASI), the epoch ticker that enforces call deadlines, the linker with the
+//! host functions, the on-disk cache of compiled code, and the loading of modules.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, Module, OptLevel, PoolingAllocationConfig};
+
+use super::instance::{InstanceSpec, PluginFault, PluginInstance, PluginState, define_host_functions};
+use super::limits::SandboxLimits;
+use super::module::{self, PluginLoadError, PluginModule};
+
+/// How to build the engine. The defaults suit a production host.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where compiled code is cached (`None`: compile every time).
+    pub cache_dir: Option<PathBuf>,
+    /// Interval of the epoch ticker: the resolution of call deadlines.
+    pub epoch_tick: Duration,
+    /// Deadlines on (the default). Off only to measure what they cost.
+    pub epoch_interruption: bool,
+    /// Live plugin instances the host can have at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// The largest memory cap any pool may give an instance.
+    pub max_memory_bytes: usize,
+    /// Largest module accepted, in bytes.
+    pub max_module_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(1),
+            epoch_interruption: true,
+            max_instances: 1000,
+            max_memory_bytes: 1 << 30,
+            max_module_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The engine, shared by every pool of a host.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    options: EngineOptions,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").field("options", &self.options).finish()
+    }
+}
+
+impl PluginEngine {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(options: EngineOptions) -> anyhow::Result<Self> {
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_core_instances(options.max_instances)
+            .total_memories(options.max_instances)
+            .total_tables(options.max_instances)
+            .max_memory_size(options.max_memory_bytes);
+        let mut config = Config::new();
+        config
+            .cranelift_opt_level(OptLevel::Speed)
+            .epoch_interruption(options.epoch_interruption)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        define_host_functions(&mut linker)?;
+        if let Some(dir) = &options.cache_dir {
+            create_private_dir(dir)?;
+        }
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        if options.epoch_interruption {
+            let (engine, stop, tick) = (engine.clone(), ticker_stop.clone(), options.epoch_tick);
+            std::thread::Builder::new().name("tmem-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })?;
+        }
+        Ok(PluginEngine { engine, linker, options, ticker_stop })
+    }
+
+    /// The options the engine was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Validates, compiles (or fetches from the cache) and describes a module. Refusals say
+    /// exactly what is wrong; see [`PluginLoadError`].
+    pub fn load(&self, bytes: &[u8]) -> Result<PluginModule, PluginLoadError> {
+        if bytes.len() > self.options.max_module_bytes {
+            return Err(PluginLoadError::TooLarge { size: bytes.len(), limit: self.options.max_module_bytes });
+        }
+        module::check_header(bytes)?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let compiled = self.compile(&sha256, bytes)?;
+        module::check_shape(&compiled)?;
+        let limits = SandboxLimits::default();
+        let text = PluginInstance::probe_manifest(&self.engine, &compiled, &self.linker, limits, self.options.epoch_tick)
+            .map_err(|fault| PluginLoadError::BadManifest(format!("reading it failed: {fault}")))?;
+        let manifest = module::parse_manifest(&text)?;
+        module::check_kind(&compiled, manifest.kind)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled)
+            .map_err(|e| PluginLoadError::Invalid(format!("{e:#}")))?;
+        Ok(PluginModule::new(sha256, bytes.len(), manifest, pre))
+    }
+
+    /// Creates an instance and runs its `init`.
+    pub(crate) fn instantiate(
+        &self,
+        module: &PluginModule,
+        limits: SandboxLimits,
+        page_size: u32,
+        config: &str,
+        pages: Option<Arc<crate::page_store::PageShard>>,
+    ) -> Result<PluginInstance, PluginFault> {
+        let limits = SandboxLimits { memory_bytes: limits.memory_bytes.min(self.options.max_memory_bytes), ..limits };
+        PluginInstance::new(
+            &self.engine,
+            InstanceSpec { module, limits, tick: self.options.epoch_tick, page_size, config, pages },
+        )
+    }
+
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Module, PluginLoadError> {
+        let invalid = |e: wasmtime::Error| PluginLoadError::Invalid(format!("{e:#}"));
+        let Some(dir) = &self.options.cache_dir else {
+            return Module::new(&self.engine, bytes).map_err(invalid);
+        };
+        let path = dir.join(format!("{sha256}-{:016x}.cwasm", self.compatibility_hash()));
+        if path.exists() {
+            // SAFETY: files in the cache directory are written only by this host (below), in a
+            // directory only its user can write, and are keyed by the engine's compatibility
+            // hash, so they are code this engine itself produced.
+            match unsafe { Module::deserialize_file(&self.engine, &path) } {
+                Ok(module) => return Ok(module),
+                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled-code cache entry: {e:#}"),
+            }
+        }
+        let module = Module::new(&self.engine, bytes).map_err(invalid)?;
+        if let Err(e) = module.serialize().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|code| write_atomically(&path, &code)) {
+            tracing::warn!(path = %path.display(), "could not cache compiled code: {e:#}");
+        }
+        Ok(module)
+    }
+
+    fn compatibility_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Sandbox limits of one plugin instance: a memory cap across all of its memories and tables,
+//! and a deadline for every call.
+
+use std::time::Duration;
+
+/// The limits a pool gives each of its plugin instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// Bytes of linear memory an instance may have, all memories together.
+    pub memory_bytes: usize,
+    /// How long one call into the plugin may run before it is interrupted.
+    pub call_timeout: Duration,
+    /// How long instantiation and `init` may run (a plugin may build tables there).
+    pub init_timeout: Duration,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            memory_bytes: 64 << 20,
+            call_timeout: Duration::from_millis(100),
+            init_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The wasmtime resource limiter of one instance. It refuses growth past the cap with an
+/// error (which traps the instance at once) and remembers that it did, so the fault can be
+/// reported as a memory-cap hit rather than as an anonymous trap.
+#[derive(Debug)]
+pub(crate) struct MemoryCap {
+    pub(crate) limit: usize,
+    /// Bytes of all memories together (wasmtime asks here for initial sizes too).
+    pub(crate) used: usize,
+    pub(crate) hit: bool,
+}
+
+impl MemoryCap {
+    pub(crate) fn new(limit: usize) -> Self {
+        MemoryCap { limit, used: 0, hit: false }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.limit {
+            self.hit = true;
+            wasmtime::bail!("plugin memory cap of {} bytes exceeded (wanted {total})", self.limit);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > 100_000 {
+            self.hit = true;
+            wasmtime::bail!("plugin table of {desired} elements exceeds the cap of 100000");
+        }
+        Ok(true)
+    }
+}

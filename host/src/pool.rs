@@ -1,0 +1,766 @@
+//! A pool: one named frontswap area with its own page map, counters, limits, modes and
+//! backend chain. This file is the frontswap contract (`../shared/reference/contract.md`) in
+//! code: store with the duplicate-store rule, load (exclusive or not), invalidate_page,
+//! invalidate_area, shrink, curr_pages, and capacity limits with zswap's hysteresis.
+//!
+//! # Concurrency
+//!
+//! A pool is split into shards by offset. Each shard has its own lock, its own part of the
+//! map, its own host page store shard and its own plugin instances, so operations on offsets
+//! in different shards run in parallel, and operations on one offset are serialized by its
+//! shard's lock (linearizable). Pool-wide numbers (stored pages, bytes) are atomics; a limit
+//! check may therefore overshoot by at most one page per shard under concurrent stores.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use tmem_api::abi::status;
+
+use crate::chain::{Chain, ChainContext, ChainInstances, EncodedKind, GetFailure, PutFailure};
+use crate::page_store::PageShard;
+use crate::plugin::{PluginEngine, PluginFault, SandboxLimits};
+use crate::stats::{CounterSnapshot, HistogramSnapshot, Op, PoolStats};
+
+/// The smallest page size a pool accepts.
+pub const MIN_PAGE_SIZE: u32 = 4096;
+/// The largest page size a pool accepts.
+pub const MAX_PAGE_SIZE: u32 = 2 << 20;
+
+/// Capacity limits, changeable at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Most pages the pool holds (`None`: no limit).
+    pub max_pages: Option<u64>,
+    /// Most bytes the backend may use (`pool_total_size`; `None`: no limit).
+    pub max_bytes: Option<u64>,
+    /// Once a limit is hit, stores are refused until usage is below this percentage of it
+    /// (zswap's `accept_threshold_percent`).
+    pub accept_threshold_percent: u8,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits { max_pages: None, max_bytes: None, accept_threshold_percent: 90 }
+    }
+}
+
+/// The modes of contract.md §3, changeable at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolModes {
+    /// Stores are reported as "also write it to your device"; the pool may drop such pages.
+    pub writethrough: bool,
+    /// A successful load also removes the page.
+    pub exclusive_gets: bool,
+}
+
+/// The result of a store: an expected outcome, never an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// The page is in the pool.
+    Stored,
+    /// The page is in the pool, and the frontend must also write it to its device.
+    StoredWritethrough,
+    /// The pool refused the page; the frontend writes it to its own device. Any older copy
+    /// of the offset is gone (the duplicate-store rule).
+    Rejected(RejectReason),
+}
+
+/// Why a store was refused (each has a counter of the same name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The pool is at a limit (`pool_limit_hit`).
+    PoolLimit,
+    /// The page compressed poorly (`reject_compress_poor`).
+    CompressPoor,
+    /// The compressor failed (`reject_compress_fail`).
+    CompressFail,
+    /// No room could be allocated (`reject_alloc_fail`).
+    AllocFail,
+    /// A plugin faulted (`reject_plugin_fault`).
+    PluginFault,
+    /// A backend is unreachable (`reject_unavailable`).
+    Unavailable,
+    /// The pool is disabled (`reject_disabled`).
+    Disabled,
+}
+
+impl RejectReason {
+    /// The reason's name, as in the counters and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::PoolLimit => "pool_limit_hit",
+            RejectReason::CompressPoor => "reject_compress_poor",
+            RejectReason::CompressFail => "reject_compress_fail",
+            RejectReason::AllocFail => "reject_alloc_fail",
+            RejectReason::PluginFault => "reject_plugin_fault",
+            RejectReason::Unavailable => "reject_unavailable",
+            RejectReason::Disabled => "reject_disabled",
+        }
+    }
+
+    fn from_status(code: u32) -> Self {
+        match code {
+            status::REJECT_COMPRESS_POOR => RejectReason::CompressPoor,
+            status::REJECT_COMPRESS_FAIL => RejectReason::CompressFail,
+            status::REJECT_ALLOC_FAIL => RejectReason::AllocFail,
+            _ => RejectReason::Unavailable,
+        }
+    }
+}
+
+/// The result of a load of a page that can be served or is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// The offset's bit is clear: nothing was called, nothing was written.
+    Absent,
+    /// The page was written to the caller's buffer.
+    Loaded {
+        /// The load also removed the page (exclusive gets): the frontend must treat it as dirty.
+        exclusive: bool,
+    },
+}
+
+/// Errors of the data-path operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// The buffer is not one page long.
+    #[error("page is {got} bytes, but pool '{pool}' has {expected}-byte pages")]
+    WrongPageSize {
+        /// The pool.
+        pool: String,
+        /// The pool's page size.
+        expected: u32,
+        /// The buffer's length.
+        got: usize,
+    },
+    /// A page the map says is present could not be produced: data loss, counted in
+    /// `load_failures`. The page stays present (the failure may be transient).
+    #[error("load of offset {offset} in pool '{pool}' failed: {reason}")]
+    LoadFailed {
+        /// The pool.
+        pool: String,
+        /// The offset.
+        offset: u64,
+        /// What went wrong.
+        reason: GetFailure,
+    },
+}
+
+/// Why a shrink could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShrinkError {
+    /// Pages can leave a non-writethrough pool only through a frontend that takes them back.
+    #[error("pool '{0}' has no connected frontend to take pages back, and it is not writethrough")]
+    NoFrontend(String),
+}
+
+/// What a shrink did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShrinkReport {
+    /// Pages before.
+    pub before: u64,
+    /// Pages after.
+    pub after: u64,
+    /// Pages a frontend took back.
+    pub written_back: u64,
+    /// Writethrough pages dropped (their durable copy is the frontend's).
+    pub dropped: u64,
+}
+
+/// A frontend connected to a pool: the host's shrink asks it to take pages back.
+pub trait Frontend: Send + Sync {
+    /// A name for logs and listings.
+    fn name(&self) -> String;
+
+    /// Takes the pages at `offsets` back from `pool` (each with [`Pool::take`], which
+    /// loads and invalidates in one step) and keeps them on its own device. Returns how many
+    /// it took; offsets no longer present are skipped.
+    fn take_back(&self, pool: &Pool, offsets: &[u64]) -> u64;
+}
+
+/// What a new pool is made of. `backends` is resolved to a [`Chain`] by the host.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    /// Name (1-64 of ASCII letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Page size: a power of two from 4096 to 2 MiB.
+    pub page_size: u32,
+    /// Limits.
+    pub limits: PoolLimits,
+    /// Modes.
+    pub modes: PoolModes,
+    /// Sandbox limits for every plugin instance of the pool.
+    pub sandbox: SandboxLimits,
+    /// Number of shards (a power of two); `None`: from the number of CPUs.
+    pub shards: Option<usize>,
+}
+
+impl PoolSpec {
+    /// A spec with defaults: 4096-byte pages, no limits, no modes.
+    pub fn new(name: impl Into<String>) -> Self {
+        PoolSpec {
+            name: name.into(),
+            page_size: 4096,
+            limits: PoolLimits::default(),
+            modes: PoolModes::default(),
+            sandbox: SandboxLimits::default(),
+            shards: None,
+        }
+    }
+
+    /// Checks everything that does not involve plugins.
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(format!("pool name {:?} must be 1-64 characters of ASCII letters, digits, '-', '_' and '.'", self.name));
+        }
+        if !self.page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&self.page_size) {
+            return Err(format!(
+                "page size {} must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}",
+                self.page_size
+            ));
+        }
+        check_limits(&self.limits)?;
+        if let Some(n) = self.shards {
+            if !n.is_power_of_two() || n > 1024 {
+                return Err(format!("shards {n} must be a power of two up to 1024"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_limits(limits: &PoolLimits) -> Result<(), String> {
+    if !(1..=100).contains(&limits.accept_threshold_percent) {
+        return Err(format!("accept_threshold_percent {} must be from 1 to 100", limits.accept_threshold_percent));
+    }
+    if limits.max_pages == Some(0) || limits.max_bytes == Some(0) {
+        return Err("a limit of 0 would refuse every store; leave it unset for no limit".into());
+    }
+    Ok(())
+}
+
+struct Shard {
+    /// The frontswap map of this shard: offset → how its page was encoded.
+    map: HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
+    chain: ChainInstances,
+    pages: Arc<PageShard>,
+}
+
+/// A pool. Shared as `Arc<Pool>`; every operation takes `&self`.
+pub struct Pool {
+    name: String,
+    page_size: u32,
+    chain: Chain,
+    sandbox: SandboxLimits,
+    engine: Arc<PluginEngine>,
+    shards: Box<[Mutex<Shard>]>,
+    stats: Arc<PoolStats>,
+    max_pages: AtomicU64,
+    max_bytes: AtomicU64,
+    accept_threshold_percent: AtomicU8,
+    writethrough: AtomicBool,
+    exclusive_gets: AtomicBool,
+    enabled: AtomicBool,
+    /// Set when a limit was hit; cleared when usage falls below the accept threshold.
+    full: AtomicBool,
+    frontends: RwLock<Vec<Arc<dyn Frontend>>>,
+    created: Instant,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name).field("chain", &self.chain.describe()).finish()
+    }
+}
+
+const UNLIMITED: u64 = u64::MAX;
+
+impl Pool {
+    /// Creates the pool (init: the map starts empty) and instantiates its whole chain once,
+    /// so a config the plugins refuse is reported now, not when the first page arrives.
+    pub(crate) fn new(spec: PoolSpec, chain: Chain, engine: Arc<PluginEngine>) -> Result<Self, String> {
+        spec.check()?;
+        let shard_count = spec.shards.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cpus * 2).next_power_of_two().clamp(4, 64)
+        });
+        let stats = Arc::new(PoolStats::default());
+        let shards = (0..shard_count)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: HashMap::default(),
+                    chain: ChainInstances::new(chain.links().len()),
+                    pages: Arc::new(PageShard::new(stats.clone())),
+                })
+            })
+            .collect();
+        let pool = Pool {
+            name: spec.name,
+            page_size: spec.page_size,
+            chain,
+            sandbox: spec.sandbox,
+            engine,
+            shards,
+            stats,
+            max_pages: AtomicU64::new(spec.limits.max_pages.unwrap_or(UNLIMITED)),
+            max_bytes: AtomicU64::new(spec.limits.max_bytes.unwrap_or(UNLIMITED)),
+            accept_threshold_percent: AtomicU8::new(spec.limits.accept_threshold_percent),
+            writethrough: AtomicBool::new(spec.modes.writethrough),
+            exclusive_gets: AtomicBool::new(spec.modes.exclusive_gets),
+            enabled: AtomicBool::new(true),
+            full: AtomicBool::new(false),
+            frontends: RwLock::new(Vec::new()),
+            created: Instant::now(),
+        };
+        pool.warm_up().map_err(|(plugin, fault)| match fault {
+            PluginFault::InitRefused(message) => format!("plugin '{plugin}' refused its config: {message}"),
+            other => format!("plugin '{plugin}' could not start: {other}"),
+        })?;
+        Ok(pool)
+    }
+
+    fn warm_up(&self) -> Result<(), (String, PluginFault)> {
+        let mut shard = self.shards[0].lock();
+        let Shard { chain, pages, .. } = &mut *shard;
+        let cx = self.context(pages);
+        chain.warm_up(&cx).map_err(|(i, fault)| (self.chain.links()[i].module.manifest().name.to_string(), fault))
+    }
+
+    fn context<'a>(&'a self, pages: &'a Arc<PageShard>) -> ChainContext<'a> {
+        ChainContext {
+            engine: &self.engine,
+            chain: &self.chain,
+            limits: self.sandbox,
+            page_size: self.page_size,
+            pages,
+            stats: &self.stats,
+            pool: &self.name,
+        }
+    }
+
+    fn shard_of(&self, offset: u64) -> &Mutex<Shard> {
+        &self.shards[(offset as usize) & (self.shards.len() - 1)]
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), OpError> {
+        if len == self.page_size as usize {
+            Ok(())
+        } else {
+            Err(OpError::WrongPageSize { pool: self.name.clone(), expected: self.page_size, got: len })
+        }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes per page.
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// The backend chain.
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    /// The sandbox limits of the pool's plugin instances.
+    pub fn sandbox(&self) -> SandboxLimits {
+        self.sandbox
+    }
+
+    /// How many shards the pool has.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// When the pool was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    // ----- the contract -----
+
+    /// Offers a page. See contract.md §2: if the offset is present, the old copy is dropped
+    /// from every backend first, so whatever happens next, stale data cannot be returned.
+    pub fn store(&self, offset: u64, page: &[u8]) -> Result<StoreOutcome, OpError> {
+        self.check_len(page.len())?;
+        let start = Instant::now();
+        let mut shard = self.shard_of(offset).lock();
+        let Shard { map, chain, pages } = &mut *shard;
+        let cx = self.context(pages);
+        if let Some(old) = map.remove(&offset) {
+            // The duplicate-store rule: invalidate before trying the new store.
+            PoolStats::add(&self.stats.counters.duplicate_entry, 1);
+            chain.delete(&cx, offset);
+            self.forget(old);
+        }
+        let outcome = self.try_store(map, chain, &cx, offset, page);
+        drop(shard);
+        let c = &self.stats.counters;
+        match outcome {
+            StoreOutcome::Rejected(reason) => {
+                PoolStats::add(&c.failed_stores, 1);
+                PoolStats::add(self.reason_counter(reason), 1);
+            }
+            _ => PoolStats::add(&c.succ_stores, 1),
+        }
+        self.stats.latency(Op::Store).record(start.elapsed());
+        Ok(outcome)
+    }
+
+    fn try_store(
+        &self,
+        map: &mut HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
+        chain: &mut ChainInstances,
+        cx: &ChainContext<'_>,
+        offset: u64,
+        page: &[u8],
+    ) -> StoreOutcome {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return StoreOutcome::Rejected(RejectReason::Disabled);
+        }
+        if !self.admit(map, chain, cx) {
+            return StoreOutcome::Rejected(RejectReason::PoolLimit);
+        }
+        match chain.put(cx, offset, page) {
+            Ok(kind) => {
+                map.insert(offset, kind);
+                self.remember(kind);
+                if self.writethrough.load(Ordering::Relaxed) {
+                    StoreOutcome::StoredWritethrough
+                } else {
+                    StoreOutcome::Stored
+                }
+            }
+            Err(failure) => {
+                // Whatever a failed put left behind in the page store must go: the map bit
+                // is clear, so those bytes could only leak.
+                cx.pages.delete(offset);
+                StoreOutcome::Rejected(match failure {
+                    PutFailure::Refused(code) => RejectReason::from_status(code),
+                    PutFailure::Fault(_) => RejectReason::PluginFault,
+                })
+            }
+        }
+    }
+
+    fn reason_counter(&self, reason: RejectReason) -> &AtomicU64 {
+        let c = &self.stats.counters;
+        match reason {
+            RejectReason::PoolLimit => &c.pool_limit_hit,
+            RejectReason::CompressPoor => &c.reject_compress_poor,
+            RejectReason::CompressFail => &c.reject_compress_fail,
+            RejectReason::AllocFail => &c.reject_alloc_fail,
+            RejectReason::PluginFault => &c.reject_plugin_fault,
+            RejectReason::Unavailable => &c.reject_unavailable,
+            RejectReason::Disabled => &c.reject_disabled,
+        }
+    }
+
+    /// Capacity check with zswap's hysteresis. A writethrough pool first reclaims pages of
+    /// this shard (their durable copy is the frontend's) before refusing.
+    fn admit(
+        &self,
+        map: &mut HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
+        chain: &mut ChainInstances,
+        cx: &ChainContext<'_>,
+    ) -> bool {
+        if self.at_limit() && self.writethrough.load(Ordering::Relaxed) {
+            self.reclaim(map, chain, cx);
+        }
+        if self.at_limit() {
+            self.full.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if self.full.load(Ordering::Relaxed) {
+            if !self.below_accept_threshold() {
+                return false;
+            }
+            self.full.store(false, Ordering::Relaxed);
+        }
+        true
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        let c = &self.stats.counters;
+        (c.stored_pages.load(Ordering::Relaxed), c.pool_total_size.load(Ordering::Relaxed))
+    }
+
+    fn at_limit(&self) -> bool {
+        let (pages, bytes) = self.usage();
+        pages >= self.max_pages.load(Ordering::Relaxed) || bytes >= self.max_bytes.load(Ordering::Relaxed)
+    }
+
+    fn below_accept_threshold(&self) -> bool {
+        let (pages, bytes) = self.usage();
+        let pct = self.accept_threshold_percent.load(Ordering::Relaxed) as u128;
+        let below = |used: u64, limit: u64| limit == UNLIMITED || (used as u128) * 100 < limit as u128 * pct;
+        below(pages, self.max_pages.load(Ordering::Relaxed)) && below(bytes, self.max_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Drops writethrough pages of one shard until the pool is below its accept threshold
+    /// (at most 32 per call, so one store never does unbounded work).
+    fn reclaim(
+        &self,
+        map: &mut HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
+        chain: &mut ChainInstances,
+        cx: &ChainContext<'_>,
+    ) {
+        let victims: Vec<u64> = map.keys().copied().take(32).collect();
+        for offset in victims {
+            if self.below_accept_threshold() {
+                break;
+            }
+            if let Some(kind) = map.remove(&offset) {
+                chain.delete(cx, offset);
+                self.forget(kind);
+                PoolStats::add(&self.stats.counters.reclaimed_pages, 1);
+            }
+        }
+    }
+
+    fn remember(&self, kind: EncodedKind) {
+        let c = &self.stats.counters;
+        PoolStats::add(&c.stored_pages, 1);
+        match kind {
+            EncodedKind::SameFilled => PoolStats::add(&c.same_filled_pages, 1),
+            EncodedKind::Incompressible => PoolStats::add(&c.stored_incompressible_pages, 1),
+            EncodedKind::Normal => {}
+        }
+    }
+
+    fn forget(&self, kind: EncodedKind) {
+        let c = &self.stats.counters;
+        PoolStats::sub(&c.stored_pages, 1);
+        match kind {
+            EncodedKind::SameFilled => PoolStats::sub(&c.same_filled_pages, 1),
+            EncodedKind::Incompressible => PoolStats::sub(&c.stored_incompressible_pages, 1),
+            EncodedKind::Normal => {}
+        }
+    }
+
+    /// Loads the page last stored at `offset` into `page`. An absent offset calls no backend.
+    /// With exclusive gets the page is also removed, and the outcome says so.
+    pub fn load(&self, offset: u64, page: &mut [u8]) -> Result<LoadOutcome, OpError> {
+        self.load_inner(offset, page, self.exclusive_gets.load(Ordering::Relaxed))
+    }
+
+    /// Loads and invalidates in one step, whatever the mode: how a frontend takes a page back
+    /// when the host shrinks the pool. Counted in `written_back_pages`.
+    pub fn take(&self, offset: u64, page: &mut [u8]) -> Result<LoadOutcome, OpError> {
+        let outcome = self.load_inner(offset, page, true)?;
+        if outcome != LoadOutcome::Absent {
+            PoolStats::add(&self.stats.counters.written_back_pages, 1);
+        }
+        Ok(outcome)
+    }
+
+    fn load_inner(&self, offset: u64, page: &mut [u8], exclusive: bool) -> Result<LoadOutcome, OpError> {
+        self.check_len(page.len())?;
+        let start = Instant::now();
+        let mut shard = self.shard_of(offset).lock();
+        let Shard { map, chain, pages } = &mut *shard;
+        let Some(&kind) = map.get(&offset) else {
+            return Ok(LoadOutcome::Absent);
+        };
+        let cx = self.context(pages);
+        let result = chain.get(&cx, offset, page);
+        if result.is_ok() && exclusive {
+            map.remove(&offset);
+            chain.delete(&cx, offset);
+            self.forget(kind);
+        }
+        drop(shard);
+        let c = &self.stats.counters;
+        self.stats.latency(Op::Load).record(start.elapsed());
+        match result {
+            Ok(()) => {
+                PoolStats::add(&c.loads, 1);
+                Ok(LoadOutcome::Loaded { exclusive })
+            }
+            Err(reason) => {
+                PoolStats::add(&c.load_failures, 1);
+                if reason == GetFailure::Decode {
+                    PoolStats::add(&c.decompress_fail, 1);
+                }
+                tracing::error!(pool = %self.name, offset, chain = %self.chain.describe(), "DATA LOSS RISK: load of a present page failed: {reason}");
+                Err(OpError::LoadFailed { pool: self.name.clone(), offset, reason })
+            }
+        }
+    }
+
+    /// Drops one page; returns whether it was present (only then is it counted).
+    pub fn invalidate_page(&self, offset: u64) -> bool {
+        let start = Instant::now();
+        let mut shard = self.shard_of(offset).lock();
+        let Shard { map, chain, pages } = &mut *shard;
+        let Some(kind) = map.remove(&offset) else {
+            return false;
+        };
+        chain.delete(&self.context(pages), offset);
+        drop(shard);
+        self.forget(kind);
+        PoolStats::add(&self.stats.counters.invalidates, 1);
+        self.stats.latency(Op::InvalidatePage).record(start.elapsed());
+        true
+    }
+
+    /// Drops every page (swapoff): the map is cleared and every backend emptied.
+    pub fn invalidate_area(&self) {
+        let start = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let Shard { map, chain, pages } = &mut *shard;
+            if map.is_empty() && pages.is_empty() {
+                continue;
+            }
+            chain.clear(&self.context(pages));
+            for (_, kind) in map.drain() {
+                self.forget(kind);
+            }
+            map.shrink_to_fit();
+        }
+        self.stats.latency(Op::InvalidateArea).record(start.elapsed());
+    }
+
+    /// Pages held now.
+    pub fn curr_pages(&self) -> u64 {
+        self.stats.counters.stored_pages.load(Ordering::Relaxed)
+    }
+
+    /// Whether `offset` is present (its bit is set).
+    pub fn contains(&self, offset: u64) -> bool {
+        self.shard_of(offset).lock().map.contains_key(&offset)
+    }
+
+    /// "Partial swapoff": brings pages out of the pool until it holds at most `target_pages`.
+    /// A writethrough pool drops pages (the frontend has them); otherwise connected frontends
+    /// take them back.
+    pub fn shrink(&self, target_pages: u64) -> Result<ShrinkReport, ShrinkError> {
+        let mut report = ShrinkReport { before: self.curr_pages(), ..Default::default() };
+        let frontend = self.frontends.read().first().cloned();
+        if report.before > target_pages && frontend.is_none() && !self.writethrough.load(Ordering::Relaxed) {
+            return Err(ShrinkError::NoFrontend(self.name.clone()));
+        }
+        while self.curr_pages() > target_pages {
+            let want = (self.curr_pages() - target_pages).min(256) as usize;
+            let victims = self.pick(want);
+            if victims.is_empty() {
+                break;
+            }
+            let progress = if self.writethrough.load(Ordering::Relaxed) {
+                let dropped = victims.iter().filter(|&&o| self.invalidate_page(o)).count() as u64;
+                report.dropped += dropped;
+                dropped
+            } else {
+                let frontend = frontend.as_ref().expect("checked above");
+                let taken = frontend.take_back(self, &victims);
+                report.written_back += taken;
+                taken
+            };
+            if progress == 0 {
+                break;
+            }
+        }
+        report.after = self.curr_pages();
+        Ok(report)
+    }
+
+    fn pick(&self, want: usize) -> Vec<u64> {
+        let mut victims = Vec::with_capacity(want);
+        for shard in self.shards.iter() {
+            let per_shard = want.div_ceil(self.shards.len()).max(1);
+            victims.extend(shard.lock().map.keys().take(per_shard.min(want - victims.len())));
+            if victims.len() >= want {
+                break;
+            }
+        }
+        victims
+    }
+
+    /// Connects a frontend (shrink will ask it to take pages back).
+    pub fn attach_frontend(&self, frontend: Arc<dyn Frontend>) {
+        self.frontends.write().push(frontend);
+    }
+
+    /// Disconnects a frontend.
+    pub fn detach_frontend(&self, frontend: &Arc<dyn Frontend>) {
+        self.frontends.write().retain(|f| !Arc::ptr_eq(f, frontend));
+    }
+
+    /// Names of the connected frontends.
+    pub fn frontends(&self) -> Vec<String> {
+        self.frontends.read().iter().map(|f| f.name()).collect()
+    }
+
+    // ----- settings -----
+
+    /// The current limits.
+    pub fn limits(&self) -> PoolLimits {
+        let opt = |v: u64| (v != UNLIMITED).then_some(v);
+        PoolLimits {
+            max_pages: opt(self.max_pages.load(Ordering::Relaxed)),
+            max_bytes: opt(self.max_bytes.load(Ordering::Relaxed)),
+            accept_threshold_percent: self.accept_threshold_percent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Changes the limits at runtime. Pages above a lowered limit stay; new stores are
+    /// refused until usage falls below the accept threshold.
+    pub fn set_limits(&self, limits: PoolLimits) -> Result<(), String> {
+        check_limits(&limits)?;
+        self.max_pages.store(limits.max_pages.unwrap_or(UNLIMITED), Ordering::Relaxed);
+        self.max_bytes.store(limits.max_bytes.unwrap_or(UNLIMITED), Ordering::Relaxed);
+        self.accept_threshold_percent.store(limits.accept_threshold_percent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The current modes.
+    pub fn modes(&self) -> PoolModes {
+        PoolModes {
+            writethrough: self.writethrough.load(Ordering::Relaxed),
+            exclusive_gets: self.exclusive_gets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Changes the modes at runtime.
+    pub fn set_modes(&self, modes: PoolModes) {
+        self.writethrough.store(modes.writethrough, Ordering::Relaxed);
+        self.exclusive_gets.store(modes.exclusive_gets, Ordering::Relaxed);
+    }
+
+    /// Whether stores are accepted at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Enables or disables stores (loads and invalidates always work).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Whether a limit was hit and stores are refused until usage falls below the threshold.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    // ----- observation -----
+
+    /// Every counter.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.stats.counters.snapshot()
+    }
+
+    /// The latency histogram of `op`.
+    pub fn latency(&self, op: Op) -> HistogramSnapshot {
+        self.stats.latency(op).snapshot()
+    }
+}
