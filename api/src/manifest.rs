@@ -51,9 +51,9 @@ impl fmt::Display for PluginKind {
     }
 }
 
-/// One config key a plugin accepts.
+/// One config key a plugin accepts. (Unknown fields cannot be denied here: serde does not
+/// support that together with `flatten`; the tagged [`ConfigValueKind`] denies them.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConfigKey {
     /// The key in the pool's config object.
     pub key: Text,
@@ -66,7 +66,7 @@ pub struct ConfigKey {
 
 /// The type of a config value, with its default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ConfigValueKind {
     /// A whole number in `min..=max`.
     Integer {

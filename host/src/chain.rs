@@ -198,6 +198,8 @@ impl ChainInstances {
             slot.retry_after = Some(Instant::now() + (BACKOFF_FIRST * (1 << shift)).min(BACKOFF_MAX));
         }
         PoolStats::add(&cx.stats.counters.plugin_faults, 1);
+        let plugin = cx.chain.links[i].module.manifest().name.to_string();
+        *cx.stats.last_fault.lock() = Some((plugin, fault.clone()));
         tracing::warn!(
             pool = cx.pool,
             plugin = %cx.chain.links[i].module.manifest().name,

@@ -759,6 +759,11 @@ impl Pool {
         self.stats.counters.snapshot()
     }
 
+    /// The most recent plugin fault: the plugin's name and what happened.
+    pub fn last_fault(&self) -> Option<(String, PluginFault)> {
+        self.stats.last_fault.lock().clone()
+    }
+
     /// The latency histogram of `op`.
     pub fn latency(&self, op: Op) -> HistogramSnapshot {
         self.stats.latency(op).snapshot()

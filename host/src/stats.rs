@@ -215,6 +215,8 @@ pub struct PoolStats {
     /// The counters.
     pub counters: Counters,
     latency: [LatencyHistogram; 4],
+    /// The most recent plugin fault: which plugin, and what happened.
+    pub last_fault: parking_lot::Mutex<Option<(String, crate::plugin::PluginFault)>>,
 }
 
 impl PoolStats {

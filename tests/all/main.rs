@@ -1,1 +1,9 @@
+//! tmem's integration tests: one binary (wasmtime's layout), one module per boundary. They
+//! drive real components: the real Wasm plugins built from `plugins/`, a real host, a real
+//! `tmem serve` process on a loopback port.
 
+mod common;
+mod contract;
+mod plugin_faults;
+mod plugin_loading;
+mod serve;

@@ -1,0 +1,159 @@
+//! Misbehaving plugins (the `misbehave` fixture, built from `plugins/misbehave`): each fault
+//! gets its specific error, the host keeps serving other pools, and acknowledged pages survive.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tmem_host::{BackendSpec, Host, LoadOutcome, OpError, Pool, RejectReason, StoreOutcome};
+
+use crate::common::{host, register_misbehave, spec, tagged_page};
+
+fn misbehaving_pool(host: &Host, name: &str, config: serde_json::Value, with_zstd: bool) -> std::sync::Arc<Pool> {
+    let mut chain = vec![BackendSpec::with_config("misbehave", config)];
+    if with_zstd {
+        chain.insert(0, BackendSpec::new("zstd"));
+    }
+    let mut spec = spec(name);
+    spec.shards = Some(1); // one instance, so call counts are predictable
+    host.create_pool(spec, &chain).unwrap()
+}
+
+fn load(pool: &Pool, offset: u64) -> Result<Option<Vec<u8>>, OpError> {
+    let mut page = vec![0; 4096];
+    Ok(match pool.load(offset, &mut page)? {
+        LoadOutcome::Absent => None,
+        LoadOutcome::Loaded { .. } => Some(page),
+    })
+}
+
+/// A healthy pool on the same host, checked after each fault.
+fn healthy(host: &Host) -> std::sync::Arc<Pool> {
+    let pool = host.create_pool(spec("healthy"), &[BackendSpec::new("zstd"), BackendSpec::new("ram")]).unwrap();
+    pool.store(1, &tagged_page(1)).unwrap();
+    pool
+}
+
+fn assert_still_serving(pool: &Pool, round: u64) {
+    assert_eq!(pool.store(round + 100, &tagged_page(round)).unwrap(), StoreOutcome::Stored);
+    assert_eq!(load(pool, round + 100).unwrap(), Some(tagged_page(round)));
+    assert_eq!(load(pool, 1).unwrap(), Some(tagged_page(1)));
+}
+
+#[test]
+fn each_kind_of_fault_on_store_is_reported_as_itself_and_loses_no_page() {
+    let host = host();
+    register_misbehave(&host);
+    let other = healthy(&host);
+    let cases = [
+        ("loop", "deadline"),
+        ("bomb", "memory_cap"),
+        ("trap", "trap"),
+    ];
+    for (round, (mode, kind)) in cases.into_iter().enumerate() {
+        for with_zstd in [false, true] {
+            let name = format!("{mode}-{with_zstd}");
+            let pool = misbehaving_pool(&host, &name, json!({"mode": mode, "op": "put", "after": 3}), with_zstd);
+            for i in 0..3 {
+                assert_eq!(pool.store(i, &tagged_page(i)).unwrap(), StoreOutcome::Stored);
+            }
+            let started = Instant::now();
+            assert_eq!(pool.store(3, &tagged_page(3)).unwrap(), StoreOutcome::Rejected(RejectReason::PluginFault), "{name}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{name}: the fault took {:?}", started.elapsed());
+            let (plugin, fault) = pool.last_fault().expect("fault recorded");
+            assert_eq!((plugin.as_str(), fault.kind()), ("misbehave", kind), "{name}: {fault}");
+            let c = pool.counters();
+            assert_eq!((c.plugin_faults, c.reject_plugin_fault, c.failed_stores), (1, 1, 1), "{name}");
+            // Every acknowledged page survives the dropped instance.
+            for i in 0..3 {
+                assert_eq!(load(&pool, i).unwrap(), Some(tagged_page(i)), "{name}: page {i} lost");
+            }
+            assert_eq!(load(&pool, 3).unwrap(), None);
+            // A fresh instance serves stores again (its call count starts over).
+            assert_eq!(pool.store(4, &tagged_page(4)).unwrap(), StoreOutcome::Stored, "{name}");
+            assert_eq!(pool.counters().instance_restarts, 1, "{name}");
+            assert_still_serving(&other, round as u64 * 2 + with_zstd as u64);
+            host.destroy_pool(&name).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_faulting_duplicate_store_still_drops_the_old_page() {
+    let host = host();
+    register_misbehave(&host);
+    let pool = misbehaving_pool(&host, "dup", json!({"mode": "trap", "op": "put", "after": 1}), true);
+    assert_eq!(pool.store(7, &tagged_page(1)).unwrap(), StoreOutcome::Stored);
+    assert_eq!(pool.store(7, &tagged_page(2)).unwrap(), StoreOutcome::Rejected(RejectReason::PluginFault));
+    assert_eq!(load(&pool, 7).unwrap(), None, "stale data after a faulting duplicate store");
+    assert_eq!(pool.counters().pool_total_size, 0, "nothing leaked in the page store");
+}
+
+#[test]
+fn a_load_fault_is_retried_once_on_a_fresh_instance() {
+    let host = host();
+    register_misbehave(&host);
+    // get #2 of every instance traps: the retry (get #1 of a fresh instance) succeeds.
+    let pool = misbehaving_pool(&host, "retry", json!({"mode": "trap", "op": "get", "after": 1}), true);
+    pool.store(1, &tagged_page(1)).unwrap();
+    assert_eq!(load(&pool, 1).unwrap(), Some(tagged_page(1)));
+    assert_eq!(load(&pool, 1).unwrap(), Some(tagged_page(1)), "retried on a fresh instance");
+    let c = pool.counters();
+    assert_eq!((c.plugin_faults, c.instance_restarts, c.load_failures, c.loads), (1, 1, 0, 2));
+}
+
+#[test]
+fn a_load_that_keeps_faulting_is_a_loud_load_failure_and_the_page_stays() {
+    let host = host();
+    register_misbehave(&host);
+    let pool = misbehaving_pool(&host, "lost", json!({"mode": "loop", "op": "get"}), false);
+    pool.store(1, &tagged_page(1)).unwrap();
+    let started = Instant::now();
+    let err = load(&pool, 1).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "two deadlines, not a hang: {:?}", started.elapsed());
+    assert!(matches!(err, OpError::LoadFailed { offset: 1, .. }), "{err}");
+    assert!(err.to_string().contains("deadline"), "{err}");
+    let c = pool.counters();
+    assert_eq!((c.load_failures, c.plugin_faults, c.loads), (1, 2, 0));
+    assert!(pool.contains(1), "the page is still present: the failure may be transient");
+    // Loads of absent pages never call the plugin at all.
+    assert_eq!(load(&pool, 2).unwrap(), None);
+    assert_eq!(pool.counters().plugin_faults, 2);
+}
+
+#[test]
+fn an_invalidate_whose_plugin_faults_still_happens() {
+    let host = host();
+    register_misbehave(&host);
+    let pool = misbehaving_pool(&host, "inv", json!({"mode": "trap", "op": "delete"}), false);
+    pool.store(1, &tagged_page(1)).unwrap();
+    pool.store(2, &tagged_page(2)).unwrap();
+    assert!(pool.invalidate_page(1));
+    assert_eq!(load(&pool, 1).unwrap(), None);
+    assert_eq!(pool.counters().pool_total_size, 4096, "the host dropped the bytes itself");
+    assert_eq!(load(&pool, 2).unwrap(), Some(tagged_page(2)));
+}
+
+#[test]
+fn repeated_faults_back_off_instead_of_spinning() {
+    let host = host();
+    register_misbehave(&host);
+    let pool = misbehaving_pool(&host, "backoff", json!({"mode": "trap", "op": "put"}), false);
+    for i in 0..tmem_host::chain::BACKOFF_AFTER as u64 {
+        assert_eq!(pool.store(i, &tagged_page(i)).unwrap(), StoreOutcome::Rejected(RejectReason::PluginFault));
+    }
+    let faults = pool.counters().plugin_faults;
+    assert_eq!(pool.store(9, &tagged_page(9)).unwrap(), StoreOutcome::Rejected(RejectReason::PluginFault));
+    assert_eq!(pool.counters().plugin_faults, faults, "during the backoff the plugin is not called");
+}
+
+#[test]
+fn a_plugin_that_refuses_its_config_fails_pool_creation() {
+    let host = host();
+    register_misbehave(&host);
+    let err = host
+        .create_pool(spec("refused"), &[BackendSpec::with_config("misbehave", json!({"mode": "fail_init"}))])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused its config") && err.contains("refusing to start"), "{err}");
+    assert!(host.pool("refused").is_err());
+}
