@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing tmem needs on a fresh Debian machine (as root, or with
+# sudo): clang and llvm (zstd's C code for the Wasm plugins) and the wasm32 rustup target.
+# Idempotent; safe to run before every build.
+set -euo pipefail
+
+need_apt=()
+command -v clang >/dev/null || need_apt+=(clang)
+command -v llvm-ar >/dev/null || need_apt+=(llvm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "tmem needs a Rust toolchain (cargo, rustup): none was found on PATH" >&2
+    exit 1
+fi
+# rust-toolchain.toml lists the target too; this makes the install explicit and early.
+rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || rustup target add wasm32-unknown-unknown
