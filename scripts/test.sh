@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Every test, from nothing: installs build dependencies, then runs the workspace's tests
-# (unit, integration and doc tests; the integration tests start real hosts and a real
-# `tmem serve`) and the plugins' own native unit tests.
+# Every test, from nothing: installs build dependencies, then runs the plugins' own native
+# unit tests and the workspace's tests (unit, integration and doc tests; the integration tests
+# start real hosts and a real `tmem serve`), and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo test --workspace --locked
-(cd plugins && cargo test --locked)
 # The benchmark must keep compiling (it is run by hand: timings are never asserted).
 cargo bench -p tmem-host --bench chains --locked --no-run
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+(cd plugins && cargo test --locked) 2>&1 | tee -a "$log"
+cargo test --workspace --locked 2>&1 | tee -a "$log"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

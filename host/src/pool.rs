@@ -527,24 +527,25 @@ impl Pool {
         }
     }
 
-    fn remember(&self, kind: EncodedKind) {
+    /// Counts a page in (`held = true`) or out of the pool's gauges.
+    fn account(&self, kind: EncodedKind, held: bool) {
         let c = &self.stats.counters;
-        PoolStats::add(&c.stored_pages, 1);
-        match kind {
-            EncodedKind::SameFilled => PoolStats::add(&c.same_filled_pages, 1),
-            EncodedKind::Incompressible => PoolStats::add(&c.stored_incompressible_pages, 1),
-            EncodedKind::Normal => {}
+        let gauges = [
+            Some(&c.stored_pages),
+            (kind == EncodedKind::SameFilled).then_some(&c.same_filled_pages),
+            (kind == EncodedKind::Incompressible).then_some(&c.stored_incompressible_pages),
+        ];
+        for gauge in gauges.into_iter().flatten() {
+            if held { PoolStats::add(gauge, 1) } else { PoolStats::sub(gauge, 1) }
         }
     }
 
+    fn remember(&self, kind: EncodedKind) {
+        self.account(kind, true)
+    }
+
     fn forget(&self, kind: EncodedKind) {
-        let c = &self.stats.counters;
-        PoolStats::sub(&c.stored_pages, 1);
-        match kind {
-            EncodedKind::SameFilled => PoolStats::sub(&c.same_filled_pages, 1),
-            EncodedKind::Incompressible => PoolStats::sub(&c.stored_incompressible_pages, 1),
-            EncodedKind::Normal => {}
-        }
+        self.account(kind, false)
     }
 
     /// Loads the page last stored at `offset` into `page`. An absent offset calls no backend.
