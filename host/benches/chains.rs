@@ -69,6 +69,20 @@ struct Run {
     heap_per_page: f64,
 }
 
+impl Run {
+    /// The figures of one run: `attempted` stores took `store_secs`, the `stored` pages
+    /// (`stored_bytes` in the backend) loaded back in `load_secs`, and the heap grew by `heap`.
+    fn new(attempted: u64, stored: u64, store_secs: f64, load_secs: f64, stored_bytes: u64, heap: f64) -> Self {
+        Run {
+            stores_per_s: attempted as f64 / store_secs,
+            loads_per_s: stored as f64 / load_secs,
+            stored,
+            stored_bytes,
+            heap_per_page: (heap - stored_bytes as f64) / stored as f64,
+        }
+    }
+}
+
 fn pages() -> Vec<Vec<u8>> {
     (0..DISTINCT).map(|i| workload::page(2024, i, PAGE)).collect()
 }
@@ -102,13 +116,7 @@ fn through_host(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>],
     }
     let load_secs = start.elapsed().as_secs_f64();
     assert_eq!(loaded, stored);
-    Run {
-        stores_per_s: n as f64 / store_secs,
-        loads_per_s: loaded as f64 / load_secs,
-        stored,
-        stored_bytes,
-        heap_per_page: (heap - stored_bytes as f64) / stored as f64,
-    }
+    Run::new(n, stored, store_secs, load_secs, stored_bytes, heap)
 }
 
 /// The zstd filter's rule, natively: same-filled marker, else compress, reject if poor.
@@ -177,14 +185,7 @@ fn native(compress: bool, pages: &[Vec<u8>], n: u64) -> Run {
         }
     }
     let load_secs = start.elapsed().as_secs_f64();
-    let stored = map.len() as u64;
-    Run {
-        stores_per_s: n as f64 / store_secs,
-        loads_per_s: stored as f64 / load_secs,
-        stored,
-        stored_bytes,
-        heap_per_page: (heap - stored_bytes as f64) / stored as f64,
-    }
+    Run::new(n, map.len() as u64, store_secs, load_secs, stored_bytes, heap)
 }
 
 fn print(name: &str, r: &Run) {

@@ -199,14 +199,14 @@ impl ChainInstances {
         }
         PoolStats::add(&cx.stats.counters.plugin_faults, 1);
         let plugin = cx.chain.links[i].module.manifest().name.to_string();
-        *cx.stats.last_fault.lock() = Some((plugin, fault.clone()));
         tracing::warn!(
             pool = cx.pool,
-            plugin = %cx.chain.links[i].module.manifest().name,
+            plugin = %plugin,
             kind = fault.kind(),
             consecutive = slot.consecutive_faults,
             "plugin fault: {fault}"
         );
+        *cx.stats.last_fault.lock() = Some((plugin, fault.clone()));
     }
 
     fn succeeded(&mut self, i: usize) {

@@ -530,13 +530,12 @@ impl Pool {
     /// Counts a page in (`held = true`) or out of the pool's gauges.
     fn account(&self, kind: EncodedKind, held: bool) {
         let c = &self.stats.counters;
-        let gauges = [
-            Some(&c.stored_pages),
-            (kind == EncodedKind::SameFilled).then_some(&c.same_filled_pages),
-            (kind == EncodedKind::Incompressible).then_some(&c.stored_incompressible_pages),
-        ];
-        for gauge in gauges.into_iter().flatten() {
-            if held { PoolStats::add(gauge, 1) } else { PoolStats::sub(gauge, 1) }
+        let bump = |gauge: &AtomicU64| if held { PoolStats::add(gauge, 1) } else { PoolStats::sub(gauge, 1) };
+        bump(&c.stored_pages);
+        match kind {
+            EncodedKind::SameFilled => bump(&c.same_filled_pages),
+            EncodedKind::Incompressible => bump(&c.stored_incompressible_pages),
+            EncodedKind::Normal => {}
         }
     }
 
