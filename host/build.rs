@@ -11,11 +11,21 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
 
+/// Every crate of the plugins workspace (its directory) and the module it builds: the bundled
+/// plugins and the test fixtures.
+const PLUGINS: [(&str, &str); 5] = [
+    ("zstd", "tmem_plugin_zstd"),
+    ("ram", "tmem_plugin_ram"),
+    ("misbehave", "tmem_plugin_misbehave"),
+    ("versioned-v1", "tmem_plugin_versioned_v1"),
+    ("versioned-v2", "tmem_plugin_versioned_v2"),
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
     let plugins = root.join("plugins");
-    for watched in ["Cargo.toml", "Cargo.lock", "zstd", "ram", "misbehave"] {
+    for watched in ["Cargo.toml", "Cargo.lock"].into_iter().chain(PLUGINS.map(|(dir, _)| dir)) {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }
     for watched in ["sdk", "api", ".cargo/config.toml", "rust-toolchain.toml"] {
@@ -51,7 +61,7 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("plugins");
     std::fs::create_dir_all(&out).unwrap();
-    for name in ["tmem_plugin_zstd", "tmem_plugin_ram", "tmem_plugin_misbehave"] {
+    for (_, name) in PLUGINS {
         copy(&built.join(format!("{name}.wasm")), &out.join(format!("{name}.wasm")));
     }
     println!("cargo:rustc-env=TMEM_BUILT_PLUGINS_DIR={}", out.display());

@@ -6,9 +6,15 @@
 //!   The one contract between the host and a Wasm plugin.
 //! - [`manifest`] — what a plugin says about itself (kind, config keys) and the checking of a
 //!   pool's config against it.
+//! - [`rest`] (feature `rest`) — the REST API's bodies and their OpenAPI schemas.
+//! - [`client`] (feature `client`) — a blocking client of the REST API.
 //!
 //! This crate compiles for the host and for `wasm32-unknown-unknown` (plugins use it through
-//! `tmem-sdk`), so it has no dependency that needs an operating system.
+//! `tmem-sdk`), so without features it has no dependency that needs an operating system.
 
 pub mod abi;
 pub mod manifest;
+#[cfg(feature = "rest")]
+pub mod rest;
+#[cfg(feature = "client")]
+pub mod client;

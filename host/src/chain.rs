@@ -27,6 +27,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// One link of a chain: a plugin version and its checked config.
 #[derive(Debug, Clone)]
 pub struct ChainLink {
+    /// The name the plugin is registered under (usually its manifest's name).
+    pub plugin: String,
     /// The plugin version.
     pub module: PluginModule,
     /// The complete config (defaults filled in), checked against the manifest.
@@ -36,10 +38,15 @@ pub struct ChainLink {
 
 impl ChainLink {
     /// A link with its config checked against the plugin's manifest.
-    pub fn new(module: PluginModule, config: &Value) -> Result<Self, ChainError> {
-        let config = module.manifest().resolve_config(config).map_err(|e| ChainError(e.0))?;
+    pub fn new(plugin: &str, module: PluginModule, config: &Value) -> Result<Self, ChainError> {
+        let config = module.manifest().resolve_config(config).map_err(|e| ChainError(format!("plugin '{plugin}': {}", e.0)))?;
         let config_text = Value::Object(config.clone()).to_string();
-        Ok(ChainLink { module, config, config_text })
+        Ok(ChainLink { plugin: plugin.into(), module, config, config_text })
+    }
+
+    /// Whether two links run the same module with the same config.
+    pub fn same_as(&self, other: &ChainLink) -> bool {
+        self.module.sha256() == other.module.sha256() && self.config == other.config
     }
 }
 
@@ -63,13 +70,13 @@ impl Chain {
         if last.module.kind() != PluginKind::Store {
             return Err(ChainError(format!(
                 "a backend chain must end with a store, but '{}' is a filter",
-                last.module.manifest().name
+                last.plugin
             )));
         }
         if let Some(store) = filters.iter().find(|l| l.module.kind() != PluginKind::Filter) {
             return Err(ChainError(format!(
                 "'{}' is a store, so it must be the last link of the chain (only filters may come before the store)",
-                store.module.manifest().name
+                store.plugin
             )));
         }
         Ok(Chain { links })
@@ -82,7 +89,7 @@ impl Chain {
 
     /// Names of the links, e.g. `[zstd, ram]`, for logs.
     pub fn describe(&self) -> String {
-        let names: Vec<&str> = self.links.iter().map(|l| l.module.manifest().name.as_ref()).collect();
+        let names: Vec<&str> = self.links.iter().map(|l| l.plugin.as_str()).collect();
         format!("[{}]", names.join(", "))
     }
 }
@@ -156,6 +163,11 @@ impl ChainInstances {
         }
     }
 
+    /// Bytes of linear memory of the live instances.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.slots.iter().filter_map(|s| s.instance.as_ref()).map(PluginInstance::memory_bytes).sum()
+    }
+
     /// Creates every link's instance, reporting the first link that cannot start.
     pub(crate) fn warm_up(&mut self, cx: &ChainContext<'_>) -> Result<(), (usize, PluginFault)> {
         (0..self.slots.len()).try_for_each(|i| self.ensure(cx, i, false).map_err(|f| (i, f)))
@@ -198,7 +210,7 @@ impl ChainInstances {
             slot.retry_after = Some(Instant::now() + (BACKOFF_FIRST * (1 << shift)).min(BACKOFF_MAX));
         }
         PoolStats::add(&cx.stats.counters.plugin_faults, 1);
-        let plugin = cx.chain.links[i].module.manifest().name.to_string();
+        let plugin = cx.chain.links[i].plugin.clone();
         tracing::warn!(
             pool = cx.pool,
             plugin = %plugin,
@@ -206,6 +218,7 @@ impl ChainInstances {
             consecutive = slot.consecutive_faults,
             "plugin fault: {fault}"
         );
+        *cx.stats.faults_by_plugin.lock().entry((plugin.clone(), fault.kind())).or_default() += 1;
         *cx.stats.last_fault.lock() = Some((plugin, fault.clone()));
     }
 

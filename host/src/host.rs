@@ -1,23 +1,33 @@
 //! The host: one plugin engine, the plugin registry (every version of every plugin, bundled
 //! or uploaded) and the named pools. This is the library API everything else (the REST API,
 //! the frontends, the tests) drives in-process.
+//!
+//! With a data dir, the host keeps its uploaded plugins and its pools' configs in the
+//! [`Catalog`] and restores them when it starts: every change is on disk before the call
+//! returns. A pool's config is kept with its plugin versions pinned by sha256, so a restart
+//! (or an upgrade that bundles newer plugins) never changes which code reads a pool's pages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch, SandboxConfig};
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::chain::{Chain, ChainLink};
-use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule};
-use crate::pool::{Pool, PoolSpec};
+use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
+use crate::pool::{Pool, PoolLimits, PoolModes, PoolSpec};
 use crate::stats::CounterSnapshot;
 
 /// How to build a host.
 #[derive(Debug, Clone, Default)]
 pub struct HostConfig {
-    /// Where the host keeps its state (compiled-code cache, ...). `None`: nothing on disk.
+    /// Where the host keeps its state (the catalog of plugins and pools, the compiled-code
+    /// cache). `None`: nothing on disk, nothing restored.
     pub data_dir: Option<PathBuf>,
     /// Engine options; `cache_dir` defaults to `DATA_DIR/cache/modules`.
     pub engine: EngineOptions,
@@ -32,6 +42,12 @@ pub struct BackendSpec {
     pub version: Option<String>,
     /// The plugin's config object (`null`: all defaults).
     pub config: Value,
+}
+
+impl From<&BackendRequest> for BackendSpec {
+    fn from(b: &BackendRequest) -> Self {
+        BackendSpec { plugin: b.plugin.clone(), version: b.version.clone(), config: b.config.clone() }
+    }
 }
 
 impl BackendSpec {
@@ -68,6 +84,14 @@ pub enum HostError {
     /// A plugin name that is not acceptable.
     #[error("plugin name {0:?} must be 1-64 characters of ASCII letters, digits, '-' and '_'")]
     BadPluginName(String),
+    /// A plugin built into this binary cannot be removed.
+    #[error("plugin '{plugin}' version {version} is built into this tmem binary and cannot be removed")]
+    PluginBundled {
+        /// The plugin.
+        plugin: String,
+        /// The bundled version.
+        version: String,
+    },
     /// A plugin is used by pools and cannot be removed.
     #[error("plugin '{plugin}' is used by pools: {pools}")]
     PluginInUse {
@@ -85,6 +109,21 @@ pub enum HostError {
     /// The pool spec or chain was refused.
     #[error("{0}")]
     InvalidPool(String),
+    /// The catalog could not be written: the change was not made (or, for a change to a
+    /// live pool, made but not kept).
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// A module registered by [`Host::upload`].
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The name it is registered under.
+    pub name: String,
+    /// The version.
+    pub module: PluginModule,
+    /// Whether these bytes were new under this name (else the call changed nothing).
+    pub new: bool,
 }
 
 /// The host.
@@ -93,6 +132,11 @@ pub struct Host {
     plugins: RwLock<BTreeMap<String, Vec<PluginModule>>>,
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
     data_dir: Option<PathBuf>,
+    catalog: Option<Catalog>,
+    /// The modules built into this binary, by sha256.
+    bundled: HashMap<String, &'static [u8]>,
+    /// Serializes control-plane changes, so the catalog is written in the order they happen.
+    changes: Mutex<()>,
 }
 
 impl std::fmt::Debug for Host {
@@ -105,24 +149,70 @@ fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 impl Host {
-    /// Builds a host with the bundled plugins registered.
+    /// Builds a host: registers the plugins kept in the catalog (if there is a data dir),
+    /// then the bundled ones, then restores the pools kept in the catalog. A kept pool that
+    /// cannot be restored is logged and left in the catalog, untouched.
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
         let mut engine_options = config.engine;
         if engine_options.cache_dir.is_none() {
             engine_options.cache_dir = config.data_dir.as_ref().map(|d| d.join("cache").join("modules"));
         }
-        let host = Host {
+        let catalog = match &config.data_dir {
+            Some(dir) => Some(Catalog::open(&dir.join("catalog"))?),
+            None => None,
+        };
+        let mut host = Host {
             engine: Arc::new(PluginEngine::new(engine_options)?),
             plugins: RwLock::new(BTreeMap::new()),
             pools: RwLock::new(BTreeMap::new()),
             data_dir: config.data_dir,
+            catalog,
+            bundled: HashMap::new(),
+            changes: Mutex::new(()),
         };
-        for bytes in crate::bundled::ALL {
-            let module = host.add_plugin(None, bytes)?;
-            tracing::debug!(plugin = %module.manifest().name, sha256 = module.sha256(), "bundled plugin registered");
+        if let Some(catalog) = &host.catalog {
+            for stored in catalog.modules()? {
+                match host.engine.load(&stored.bytes) {
+                    Ok(module) => {
+                        host.register(&stored.name, module);
+                    }
+                    Err(e) => tracing::error!(plugin = %stored.name, "a kept plugin module no longer loads: {e}"),
+                }
+            }
         }
+        for &bytes in crate::bundled::ALL {
+            let module = host.engine.load(bytes)?;
+            host.bundled.insert(module.sha256().to_string(), bytes);
+            let name = module.manifest().name.to_string();
+            tracing::debug!(plugin = %name, sha256 = module.sha256(), "bundled plugin registered");
+            host.register(&name, module);
+        }
+        host.restore_pools()?;
         Ok(host)
+    }
+
+    fn restore_pools(&self) -> Result<(), CatalogError> {
+        let Some(catalog) = &self.catalog else { return Ok(()) };
+        for config in catalog.pools()? {
+            let name = config.name.clone();
+            match self.build_pool(&config) {
+                Ok(pool) => {
+                    self.pools.write().insert(name.clone(), pool.clone());
+                    tracing::warn!(
+                        pool = %name,
+                        chain = %pool.chain().describe(),
+                        "pool restored; its store keeps pages in memory only, so it starts empty"
+                    );
+                }
+                Err(e) => tracing::error!(pool = %name, "a kept pool could not be restored (its config stays in the catalog): {e}"),
+            }
+        }
+        Ok(())
     }
 
     /// The plugin engine.
@@ -137,26 +227,68 @@ impl Host {
 
     // ----- plugins -----
 
+    fn register(&self, name: &str, module: PluginModule) -> PluginModule {
+        let mut plugins = self.plugins.write();
+        let versions = plugins.entry(name.to_string()).or_default();
+        if let Some(same) = versions.iter().find(|m| m.sha256() == module.sha256()) {
+            return same.clone();
+        }
+        versions.push(module.clone());
+        module
+    }
+
     /// Validates and registers a module under `name` (default: the name its manifest gives).
-    /// The same bytes twice is idempotent; new bytes under a known name add a version.
+    /// The same bytes twice is idempotent; new bytes under a known name add a version. With
+    /// a catalog the module is on disk before it is registered: nothing is half-registered.
     pub fn add_plugin(&self, name: Option<&str>, bytes: &[u8]) -> Result<PluginModule, HostError> {
+        self.upload(name, bytes).map(|r| r.module)
+    }
+
+    /// [`Host::add_plugin`], saying under which name and whether the version is new.
+    pub fn upload(&self, name: Option<&str>, bytes: &[u8]) -> Result<Registered, HostError> {
         let module = self.engine.load(bytes)?;
         let name = name.unwrap_or(&module.manifest().name).to_string();
         if !valid_plugin_name(&name) {
             return Err(HostError::BadPluginName(name));
         }
-        let mut plugins = self.plugins.write();
-        let versions = plugins.entry(name).or_default();
-        if let Some(same) = versions.iter().find(|m| m.sha256() == module.sha256()) {
-            return Ok(same.clone());
+        let _changes = self.changes.lock();
+        if let Some(same) = self.versions(&name).into_iter().find(|m| m.sha256() == module.sha256()) {
+            return Ok(Registered { name, module: same, new: false });
         }
-        versions.push(module.clone());
-        Ok(module)
+        if let Some(catalog) = &self.catalog {
+            if !self.is_bundled(&name, &module) {
+                catalog.add_module(&name, bytes)?;
+            }
+        }
+        tracing::info!(plugin = %name, version = %module.manifest().version, sha256 = module.sha256(), "plugin registered");
+        let module = self.register(&name, module);
+        Ok(Registered { name, module, new: true })
+    }
+
+    fn versions(&self, name: &str) -> Vec<PluginModule> {
+        self.plugins.read().get(name).cloned().unwrap_or_default()
     }
 
     /// Every registered plugin with its versions, oldest first.
     pub fn plugins(&self) -> Vec<(String, Vec<PluginModule>)> {
         self.plugins.read().iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    }
+
+    /// Whether `module`, registered under `name`, is built into this binary (the same bytes
+    /// uploaded under another name are an ordinary plugin).
+    pub fn is_bundled(&self, name: &str, module: &PluginModule) -> bool {
+        self.bundled.contains_key(module.sha256()) && *module.manifest().name == *name
+    }
+
+    /// Names of the pools with a generation (current, or holding pages) that runs `module`.
+    pub fn users_of(&self, module: &PluginModule) -> Vec<String> {
+        self.pools()
+            .iter()
+            .filter(|p| {
+                p.generations().iter().any(|(g, _)| g.chain.links().iter().any(|l| l.module.sha256() == module.sha256()))
+            })
+            .map(|p| p.name().to_string())
+            .collect()
     }
 
     /// One version of a plugin: by version string or sha256 (prefix of 8+), or the newest.
@@ -183,21 +315,40 @@ impl Host {
             })
     }
 
-    /// Removes every version of a plugin, unless a pool uses it.
-    pub fn remove_plugin(&self, name: &str) -> Result<(), HostError> {
-        let mut plugins = self.plugins.write();
-        let versions = plugins.get(name).ok_or_else(|| HostError::UnknownPlugin(name.into()))?;
-        let users: Vec<String> = self
-            .pools
-            .read()
-            .values()
-            .filter(|p| p.chain().links().iter().any(|l| versions.iter().any(|v| v.sha256() == l.module.sha256())))
-            .map(|p| p.name().to_string())
-            .collect();
+    /// Removes one version of a plugin (`version`), or every version of it — unless a pool
+    /// uses one of them or one is built into this binary.
+    pub fn remove_plugin(&self, name: &str, version: Option<&str>) -> Result<(), HostError> {
+        let _changes = self.changes.lock();
+        let doomed = match version {
+            Some(v) => vec![self.plugin(name, Some(v))?],
+            None => {
+                let all = self.versions(name);
+                if all.is_empty() {
+                    return Err(HostError::UnknownPlugin(name.into()));
+                }
+                all
+            }
+        };
+        if let Some(bundled) = doomed.iter().find(|m| self.is_bundled(name, m)) {
+            return Err(HostError::PluginBundled { plugin: name.into(), version: bundled.manifest().version.to_string() });
+        }
+        let mut users: Vec<String> = doomed.iter().flat_map(|m| self.users_of(m)).collect();
+        users.dedup();
         if !users.is_empty() {
             return Err(HostError::PluginInUse { plugin: name.into(), pools: users.join(", ") });
         }
-        plugins.remove(name);
+        let shas: Vec<&str> = doomed.iter().map(|m| m.sha256()).collect();
+        if let Some(catalog) = &self.catalog {
+            catalog.remove_modules(name, |bytes| shas.contains(&sha256_hex(bytes).as_str()))?;
+        }
+        let mut plugins = self.plugins.write();
+        if let Some(versions) = plugins.get_mut(name) {
+            versions.retain(|m| !shas.contains(&m.sha256()));
+            if versions.is_empty() {
+                plugins.remove(name);
+            }
+        }
+        tracing::info!(plugin = %name, versions = doomed.len(), "plugin removed");
         Ok(())
     }
 
@@ -209,15 +360,16 @@ impl Host {
             .iter()
             .map(|b| {
                 let module = self.plugin(&b.plugin, b.version.as_deref())?;
-                ChainLink::new(module, &b.config).map_err(|e| HostError::InvalidPool(e.0))
+                ChainLink::new(&b.plugin, module, &b.config).map_err(|e| HostError::InvalidPool(e.0))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Chain::new(links).map_err(|e| HostError::InvalidPool(e.0))
     }
 
     /// Creates a pool (the frontswap init): checks the spec and the chain, starts every plugin
-    /// once with its config, and registers the pool under its name.
+    /// once with its config, keeps its config in the catalog, and registers it by name.
     pub fn create_pool(&self, spec: PoolSpec, backends: &[BackendSpec]) -> Result<Arc<Pool>, HostError> {
+        let _changes = self.changes.lock();
         spec.check().map_err(HostError::InvalidPool)?;
         if self.pools.read().contains_key(&spec.name) {
             return Err(HostError::PoolExists(spec.name));
@@ -225,12 +377,84 @@ impl Host {
         let chain = self.resolve_chain(backends)?;
         let name = spec.name.clone();
         let pool = Arc::new(Pool::new(spec, chain, self.engine.clone()).map_err(HostError::InvalidPool)?);
-        let mut pools = self.pools.write();
-        if pools.contains_key(&name) {
-            return Err(HostError::PoolExists(name));
-        }
-        pools.insert(name.clone(), pool.clone());
+        self.keep(&pool)?;
+        self.pools.write().insert(name.clone(), pool.clone());
         tracing::info!(pool = %name, chain = %pool.chain().describe(), page_size = pool.page_size(), "pool created");
+        Ok(pool)
+    }
+
+    /// Creates a pool from its API config.
+    pub fn create_pool_from(&self, config: &PoolConfig) -> Result<Arc<Pool>, HostError> {
+        let backends: Vec<BackendSpec> = config.backends.iter().map(BackendSpec::from).collect();
+        self.create_pool(pool_spec(config), &backends)
+    }
+
+    fn build_pool(&self, config: &PoolConfig) -> Result<Arc<Pool>, HostError> {
+        let spec = pool_spec(config);
+        spec.check().map_err(HostError::InvalidPool)?;
+        let backends: Vec<BackendSpec> = config.backends.iter().map(BackendSpec::from).collect();
+        let chain = self.resolve_chain(&backends)?;
+        Ok(Arc::new(Pool::new(spec, chain, self.engine.clone()).map_err(HostError::InvalidPool)?))
+    }
+
+    /// Writes a pool's current config to the catalog, pinning the bundled modules it runs
+    /// (so a later binary with newer bundled plugins still has them).
+    fn keep(&self, pool: &Pool) -> Result<(), HostError> {
+        let Some(catalog) = &self.catalog else { return Ok(()) };
+        for link in pool.chain().links() {
+            if self.is_bundled(&link.plugin, &link.module) {
+                catalog.add_module(&link.plugin, self.bundled[link.module.sha256()])?;
+            }
+        }
+        catalog.put_pool(&pool_config(pool))?;
+        Ok(())
+    }
+
+    /// Changes a pool's limits, modes, enabled state and (hot swap) chain. Everything is
+    /// checked before anything changes; a swap keeps the plugins and their order and may
+    /// change their versions and configs.
+    pub fn update_pool(&self, name: &str, patch: &PoolPatch) -> Result<Arc<Pool>, HostError> {
+        let _changes = self.changes.lock();
+        let pool = self.pool(name)?;
+        let mut limits = pool.limits();
+        if let Some(max_pages) = patch.max_pages {
+            limits.max_pages = max_pages;
+        }
+        if let Some(max_bytes) = patch.max_bytes {
+            limits.max_bytes = max_bytes;
+        }
+        if let Some(percent) = patch.accept_threshold_percent {
+            limits.accept_threshold_percent = percent;
+        }
+        limits.check().map_err(HostError::InvalidPool)?;
+        if let Some(backends) = &patch.backends {
+            let current = pool.chain();
+            let names: Vec<&str> = current.links().iter().map(|l| l.plugin.as_str()).collect();
+            let wanted: Vec<&str> = backends.iter().map(|b| b.plugin.as_str()).collect();
+            if names != wanted {
+                return Err(HostError::InvalidPool(format!(
+                    "a hot swap keeps the chain's plugins and their order ({}) and changes only versions and configs; \
+                     to change the plugins, create a new pool",
+                    names.join(", ")
+                )));
+            }
+            let specs: Vec<BackendSpec> = backends.iter().map(BackendSpec::from).collect();
+            let chain = self.resolve_chain(&specs)?;
+            let unchanged = chain.links().iter().zip(current.links()).all(|(a, b)| a.same_as(b));
+            if !unchanged {
+                let generation = pool.swap_chain(Arc::new(chain)).map_err(HostError::InvalidPool)?;
+                tracing::info!(pool = %name, generation, chain = %describe_versions(&pool.chain()), "pool chain swapped");
+            }
+        }
+        pool.set_limits(limits).map_err(HostError::InvalidPool)?;
+        let mut modes = pool.modes();
+        modes.writethrough = patch.writethrough.unwrap_or(modes.writethrough);
+        modes.exclusive_gets = patch.exclusive_gets.unwrap_or(modes.exclusive_gets);
+        pool.set_modes(modes);
+        if let Some(enabled) = patch.enabled {
+            pool.set_enabled(enabled);
+        }
+        self.keep(&pool)?;
         Ok(pool)
     }
 
@@ -244,9 +468,14 @@ impl Host {
         self.pools.read().values().cloned().collect()
     }
 
-    /// Destroys a pool: invalidate_area, then it is gone. Operations still holding the pool
-    /// finish on it; nothing new can find it.
+    /// Destroys a pool: it is forgotten by the catalog, then invalidate_area, then it is
+    /// gone. Operations still holding the pool finish on it; nothing new can find it.
     pub fn destroy_pool(&self, name: &str) -> Result<(), HostError> {
+        let _changes = self.changes.lock();
+        self.pool(name)?;
+        if let Some(catalog) = &self.catalog {
+            catalog.remove_pool(name)?;
+        }
         let pool = self.pools.write().remove(name).ok_or_else(|| HostError::PoolNotFound(name.into()))?;
         pool.invalidate_area();
         tracing::info!(pool = %name, "pool destroyed");
@@ -265,5 +494,66 @@ impl Host {
             total.accumulate(&pool.counters());
         }
         total
+    }
+}
+
+/// `zstd 0.1.0 → ram 0.1.0`, for logs.
+fn describe_versions(chain: &Chain) -> String {
+    let links: Vec<String> = chain.links().iter().map(|l| format!("{} {}", l.plugin, l.module.manifest().version)).collect();
+    links.join(" → ")
+}
+
+/// The pool spec an API config asks for.
+pub fn pool_spec(config: &PoolConfig) -> PoolSpec {
+    let mut spec = PoolSpec::new(config.name.clone());
+    spec.page_size = config.page_size;
+    spec.limits = PoolLimits {
+        max_pages: config.max_pages,
+        max_bytes: config.max_bytes,
+        accept_threshold_percent: config.accept_threshold_percent,
+    };
+    spec.modes = PoolModes { writethrough: config.writethrough, exclusive_gets: config.exclusive_gets };
+    spec.enabled = config.enabled;
+    spec.shards = config.shards.map(|n| n as usize);
+    if let Some(sandbox) = config.sandbox {
+        spec.sandbox = SandboxLimits {
+            memory_bytes: usize::try_from(sandbox.memory_bytes).unwrap_or(usize::MAX),
+            call_timeout: Duration::from_millis(sandbox.call_timeout_ms),
+            ..SandboxLimits::default()
+        };
+    }
+    spec
+}
+
+/// A live pool's config as the API shows it and the catalog keeps it: every setting
+/// explicit, every plugin version pinned by sha256.
+pub fn pool_config(pool: &Pool) -> PoolConfig {
+    let limits = pool.limits();
+    let modes = pool.modes();
+    let sandbox = pool.sandbox();
+    PoolConfig {
+        name: pool.name().into(),
+        page_size: pool.page_size(),
+        backends: pool
+            .chain()
+            .links()
+            .iter()
+            .map(|l| BackendRequest {
+                plugin: l.plugin.clone(),
+                version: Some(l.module.sha256().into()),
+                config: Value::Object(l.config.clone()),
+            })
+            .collect(),
+        max_pages: limits.max_pages,
+        max_bytes: limits.max_bytes,
+        accept_threshold_percent: limits.accept_threshold_percent,
+        writethrough: modes.writethrough,
+        exclusive_gets: modes.exclusive_gets,
+        enabled: pool.enabled(),
+        shards: Some(pool.shard_count() as u32),
+        sandbox: Some(SandboxConfig {
+            memory_bytes: sandbox.memory_bytes as u64,
+            call_timeout_ms: sandbox.call_timeout.as_millis() as u64,
+        }),
     }
 }

@@ -11,17 +11,23 @@
 //! - [`plugin`] — the Wasm runtime: engine, module loading and validation, instances, limits.
 //! - [`page_store`] — the host page store capability: page bytes that outlive plugin instances.
 //! - [`stats`] — the counters of contract.md §4 and latency histograms.
+//! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
+//! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).
 //! - [`server`] — `tmem serve`: the HTTP listener around a host.
+//! - [`cli`] — the client commands of `tmem` (`plugin`, `pool`, `page`), over the REST API.
 //! - [`bundled`] — the plugins built from `plugins/` and embedded in the binary.
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`telemetry`] — logging set-up.
 
 pub mod bundled;
+pub mod catalog;
 pub mod chain;
+pub mod cli;
 pub mod host;
 pub mod page_store;
 pub mod plugin;
 pub mod pool;
+pub mod rest;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

@@ -1,4 +1,5 @@
-//! The `tmem` binary: a thin command line over `tmem-host`.
+//! The `tmem` binary: a thin command line over `tmem-host`. `tmem serve` runs a host; the
+//! client commands (`tmem plugin|pool|page ...`) live in [`tmem_host::cli`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ enum Command {
         #[arg(long)]
         demo_pool: bool,
     },
+    #[command(flatten)]
+    Client(tmem_host::cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { listen, data_dir, demo_pool } => serve(ServeConfig { listen, data_dir, demo_pool }),
+        Command::Client(command) => return tmem_host::cli::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,11 +52,11 @@ fn main() -> ExitCode {
 fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let host = server::build_host(&config)?;
+        let (host, token) = server::build_host(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        server::run(host, listener, shutdown_signal()).await
+        server::run(host, token, listener, shutdown_signal()).await
     })
 }
 

@@ -10,6 +10,16 @@
 //! in different shards run in parallel, and operations on one offset are serialized by its
 //! shard's lock (linearizable). Pool-wide numbers (stored pages, bytes) are atomics; a limit
 //! check may therefore overshoot by at most one page per shard under concurrent stores.
+//!
+//! # Hot swap: generations
+//!
+//! A pool's chain can be replaced while it serves ([`Pool::swap_chain`]): each chain a pool
+//! has had is a *generation* with an increasing id, and every map entry records the
+//! generation that stored it. New stores use the current generation; a load or invalidate
+//! of an older page runs through the generation that stored it, so a new plugin version
+//! never has to read an old version's format. A shard drops an old generation's instances
+//! when its last page there is gone. Operations already inside a shard when the swap
+//! happens finish on the generation they started with (they hold the shard's lock).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -196,6 +206,8 @@ pub struct PoolSpec {
     pub sandbox: SandboxLimits,
     /// Number of shards (a power of two); `None`: from the number of CPUs.
     pub shards: Option<usize>,
+    /// Whether stores are accepted from the start.
+    pub enabled: bool,
 }
 
 impl PoolSpec {
@@ -208,6 +220,7 @@ impl PoolSpec {
             modes: PoolModes::default(),
             sandbox: SandboxLimits::default(),
             shards: None,
+            enabled: true,
         }
     }
 
@@ -225,7 +238,7 @@ impl PoolSpec {
                 self.page_size
             ));
         }
-        check_limits(&self.limits)?;
+        self.limits.check()?;
         if let Some(n) = self.shards {
             if !n.is_power_of_two() || n > 1024 {
                 return Err(format!("shards {n} must be a power of two up to 1024"));
@@ -235,28 +248,92 @@ impl PoolSpec {
     }
 }
 
-fn check_limits(limits: &PoolLimits) -> Result<(), String> {
-    if !(1..=100).contains(&limits.accept_threshold_percent) {
-        return Err(format!("accept_threshold_percent {} must be from 1 to 100", limits.accept_threshold_percent));
+impl PoolLimits {
+    /// Checks the limits make sense.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.accept_threshold_percent) {
+            return Err(format!("accept_threshold_percent {} must be from 1 to 100", self.accept_threshold_percent));
+        }
+        if self.max_pages == Some(0) || self.max_bytes == Some(0) {
+            return Err("a limit of 0 would refuse every store; leave it unset (null) for no limit".into());
+        }
+        Ok(())
     }
-    if limits.max_pages == Some(0) || limits.max_bytes == Some(0) {
-        return Err("a limit of 0 would refuse every store; leave it unset for no limit".into());
-    }
-    Ok(())
+}
+
+/// A backend chain of a pool, numbered: the current one, or an older one still holding pages.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Increases by one with every swap; the first chain is 1.
+    pub id: u32,
+    /// The chain.
+    pub chain: Arc<Chain>,
+}
+
+/// One map entry: how the page was encoded, and by which generation.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    kind: EncodedKind,
+    generation: u32,
+}
+
+type PageMap = HashMap<u64, Entry, foldhash::fast::RandomState>;
+
+/// A generation's live instances in one shard, and how many of the shard's pages it holds.
+struct GenerationSlot {
+    id: u32,
+    chain: Arc<Chain>,
+    instances: ChainInstances,
+    held: u64,
 }
 
 struct Shard {
-    /// The frontswap map of this shard: offset → how its page was encoded.
-    map: HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
-    chain: ChainInstances,
+    /// The frontswap map of this shard: offset → how and by which generation it was stored.
+    map: PageMap,
+    /// Generations with pages in this shard, oldest first; the last is the newest this shard
+    /// has used (kept even when empty).
+    generations: Vec<GenerationSlot>,
     pages: Arc<PageShard>,
+}
+
+impl Shard {
+    /// The slot of the current generation, created on the first store after a swap.
+    fn current_slot(&mut self, pool: &Pool) -> usize {
+        let want = pool.current_id.load(Ordering::Acquire);
+        if self.generations.last().map(|g| g.id) != Some(want) {
+            let current = pool.current.read().clone();
+            self.generations.push(GenerationSlot {
+                id: current.id,
+                instances: ChainInstances::new(current.chain.links().len()),
+                chain: current.chain.clone(),
+                held: 0,
+            });
+        }
+        self.generations.len() - 1
+    }
+
+    /// The slot of generation `id`, which holds at least one page of this shard.
+    fn slot_of(&self, id: u32) -> usize {
+        self.generations.iter().position(|g| g.id == id).expect("a stored page's generation has a slot")
+    }
+
+    /// Counts a page out of its generation; an old generation left empty is dropped (with
+    /// its plugin instances).
+    fn release(&mut self, slot: usize) {
+        self.generations[slot].held -= 1;
+        if self.generations[slot].held == 0 && slot + 1 < self.generations.len() {
+            self.generations.remove(slot);
+        }
+    }
 }
 
 /// A pool. Shared as `Arc<Pool>`; every operation takes `&self`.
 pub struct Pool {
     name: String,
     page_size: u32,
-    chain: Chain,
+    /// The generation new stores use; `current_id` mirrors its id for a lock-free check.
+    current: RwLock<Arc<Generation>>,
+    current_id: std::sync::atomic::AtomicU32,
     sandbox: SandboxLimits,
     engine: Arc<PluginEngine>,
     shards: Box<[Mutex<Shard>]>,
@@ -275,7 +352,7 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("name", &self.name).field("chain", &self.chain.describe()).finish()
+        f.debug_struct("Pool").field("name", &self.name).field("chain", &self.chain().describe()).finish()
     }
 }
 
@@ -295,15 +372,17 @@ impl Pool {
             .map(|_| {
                 Mutex::new(Shard {
                     map: HashMap::default(),
-                    chain: ChainInstances::new(chain.links().len()),
+                    generations: Vec::new(),
                     pages: Arc::new(PageShard::new(stats.clone())),
                 })
             })
             .collect();
+        let chain = Arc::new(chain);
         let pool = Pool {
             name: spec.name,
             page_size: spec.page_size,
-            chain,
+            current: RwLock::new(Arc::new(Generation { id: 0, chain: chain.clone() })),
+            current_id: Default::default(),
             sandbox: spec.sandbox,
             engine,
             shards,
@@ -313,29 +392,47 @@ impl Pool {
             accept_threshold_percent: AtomicU8::new(spec.limits.accept_threshold_percent),
             writethrough: AtomicBool::new(spec.modes.writethrough),
             exclusive_gets: AtomicBool::new(spec.modes.exclusive_gets),
-            enabled: AtomicBool::new(true),
+            enabled: AtomicBool::new(spec.enabled),
             full: AtomicBool::new(false),
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
         };
-        pool.warm_up().map_err(|(plugin, fault)| match fault {
-            PluginFault::InitRefused(message) => format!("plugin '{plugin}' refused its config: {message}"),
-            other => format!("plugin '{plugin}' could not start: {other}"),
-        })?;
+        pool.swap_chain(chain)?;
         Ok(pool)
     }
 
-    fn warm_up(&self) -> Result<(), (String, PluginFault)> {
+    /// Makes `chain` the current generation: new stores use it at once; pages stored by
+    /// earlier generations stay readable through them until they are gone. Every plugin of
+    /// the new chain is started once first, so a chain that cannot start changes nothing.
+    /// Returns the new generation's id.
+    pub fn swap_chain(&self, chain: Arc<Chain>) -> Result<u32, String> {
+        // Shard 0's lock serializes swaps, and no store in shard 0 can see the new id before
+        // its warmed-up slot is in place.
         let mut shard = self.shards[0].lock();
-        let Shard { chain, pages, .. } = &mut *shard;
-        let cx = self.context(pages);
-        chain.warm_up(&cx).map_err(|(i, fault)| (self.chain.links()[i].module.manifest().name.to_string(), fault))
+        let Shard { generations, pages, .. } = &mut *shard;
+        let mut instances = ChainInstances::new(chain.links().len());
+        instances.warm_up(&self.context(&chain, pages)).map_err(|(i, fault)| {
+            let plugin = &chain.links()[i].plugin;
+            match fault {
+                PluginFault::InitRefused(message) => format!("plugin '{plugin}' refused its config: {message}"),
+                other => format!("plugin '{plugin}' could not start: {other}"),
+            }
+        })?;
+        let id = {
+            let mut current = self.current.write();
+            let id = current.id + 1;
+            *current = Arc::new(Generation { id, chain: chain.clone() });
+            self.current_id.store(id, Ordering::Release);
+            id
+        };
+        generations.push(GenerationSlot { id, chain, instances, held: 0 });
+        Ok(id)
     }
 
-    fn context<'a>(&'a self, pages: &'a Arc<PageShard>) -> ChainContext<'a> {
+    fn context<'a>(&'a self, chain: &'a Chain, pages: &'a Arc<PageShard>) -> ChainContext<'a> {
         ChainContext {
             engine: &self.engine,
-            chain: &self.chain,
+            chain,
             limits: self.sandbox,
             page_size: self.page_size,
             pages,
@@ -366,9 +463,32 @@ impl Pool {
         self.page_size
     }
 
-    /// The backend chain.
-    pub fn chain(&self) -> &Chain {
-        &self.chain
+    /// The current backend chain (the one new stores use).
+    pub fn chain(&self) -> Arc<Chain> {
+        self.current.read().chain.clone()
+    }
+
+    /// The current generation.
+    pub fn current_generation(&self) -> Arc<Generation> {
+        self.current.read().clone()
+    }
+
+    /// Every generation that holds pages, and the current one, with the pages each holds,
+    /// oldest first.
+    pub fn generations(&self) -> Vec<(Generation, u64)> {
+        let current = self.current_generation();
+        let mut all: Vec<(Generation, u64)> = vec![((*current).clone(), 0)];
+        for shard in self.shards.iter() {
+            for slot in &shard.lock().generations {
+                match all.iter_mut().find(|(g, _)| g.id == slot.id) {
+                    Some((_, held)) => *held += slot.held,
+                    None if slot.held > 0 => all.push((Generation { id: slot.id, chain: slot.chain.clone() }, slot.held)),
+                    None => {}
+                }
+            }
+        }
+        all.sort_by_key(|(g, _)| g.id);
+        all
     }
 
     /// The sandbox limits of the pool's plugin instances.
@@ -394,15 +514,12 @@ impl Pool {
         self.check_len(page.len())?;
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let Shard { map, chain, pages } = &mut *shard;
-        let cx = self.context(pages);
-        if let Some(old) = map.remove(&offset) {
+        if let Some(old) = shard.map.remove(&offset) {
             // The duplicate-store rule: invalidate before trying the new store.
             PoolStats::add(&self.stats.counters.duplicate_entry, 1);
-            chain.delete(&cx, offset);
-            self.forget(old);
+            self.drop_stored(&mut shard, offset, old);
         }
-        let outcome = self.try_store(map, chain, &cx, offset, page);
+        let outcome = self.try_store(&mut shard, offset, page);
         drop(shard);
         let c = &self.stats.counters;
         match outcome {
@@ -416,23 +533,30 @@ impl Pool {
         Ok(outcome)
     }
 
-    fn try_store(
-        &self,
-        map: &mut HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
-        chain: &mut ChainInstances,
-        cx: &ChainContext<'_>,
-        offset: u64,
-        page: &[u8],
-    ) -> StoreOutcome {
+    /// Drops a page that was just removed from the map from the generation that stored it.
+    fn drop_stored(&self, shard: &mut Shard, offset: u64, entry: Entry) {
+        let slot = shard.slot_of(entry.generation);
+        let GenerationSlot { chain, instances, .. } = &mut shard.generations[slot];
+        instances.delete(&self.context(chain, &shard.pages), offset);
+        shard.release(slot);
+        self.forget(entry.kind);
+    }
+
+    fn try_store(&self, shard: &mut Shard, offset: u64, page: &[u8]) -> StoreOutcome {
         if !self.enabled.load(Ordering::Relaxed) {
             return StoreOutcome::Rejected(RejectReason::Disabled);
         }
-        if !self.admit(map, chain, cx) {
+        if !self.admit(shard) {
             return StoreOutcome::Rejected(RejectReason::PoolLimit);
         }
-        match chain.put(cx, offset, page) {
+        let slot = shard.current_slot(self);
+        let Shard { map, generations, pages } = shard;
+        let GenerationSlot { id, chain, instances, held } = &mut generations[slot];
+        let cx = self.context(chain, pages);
+        match instances.put(&cx, offset, page) {
             Ok(kind) => {
-                map.insert(offset, kind);
+                map.insert(offset, Entry { kind, generation: *id });
+                *held += 1;
                 self.remember(kind);
                 if self.writethrough.load(Ordering::Relaxed) {
                     StoreOutcome::StoredWritethrough
@@ -467,14 +591,9 @@ impl Pool {
 
     /// Capacity check with zswap's hysteresis. A writethrough pool first reclaims pages of
     /// this shard (their durable copy is the frontend's) before refusing.
-    fn admit(
-        &self,
-        map: &mut HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
-        chain: &mut ChainInstances,
-        cx: &ChainContext<'_>,
-    ) -> bool {
+    fn admit(&self, shard: &mut Shard) -> bool {
         if self.at_limit() && self.writethrough.load(Ordering::Relaxed) {
-            self.reclaim(map, chain, cx);
+            self.reclaim(shard);
         }
         if self.at_limit() {
             self.full.store(true, Ordering::Relaxed);
@@ -508,20 +627,14 @@ impl Pool {
 
     /// Drops writethrough pages of one shard until the pool is below its accept threshold
     /// (at most 32 per call, so one store never does unbounded work).
-    fn reclaim(
-        &self,
-        map: &mut HashMap<u64, EncodedKind, foldhash::fast::RandomState>,
-        chain: &mut ChainInstances,
-        cx: &ChainContext<'_>,
-    ) {
-        let victims: Vec<u64> = map.keys().copied().take(32).collect();
+    fn reclaim(&self, shard: &mut Shard) {
+        let victims: Vec<u64> = shard.map.keys().copied().take(32).collect();
         for offset in victims {
             if self.below_accept_threshold() {
                 break;
             }
-            if let Some(kind) = map.remove(&offset) {
-                chain.delete(cx, offset);
-                self.forget(kind);
+            if let Some(entry) = shard.map.remove(&offset) {
+                self.drop_stored(shard, offset, entry);
                 PoolStats::add(&self.stats.counters.reclaimed_pages, 1);
             }
         }
@@ -567,16 +680,17 @@ impl Pool {
         self.check_len(page.len())?;
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let Shard { map, chain, pages } = &mut *shard;
-        let Some(&kind) = map.get(&offset) else {
+        let Some(&entry) = shard.map.get(&offset) else {
             return Ok(LoadOutcome::Absent);
         };
-        let cx = self.context(pages);
-        let result = chain.get(&cx, offset, page);
+        let slot = shard.slot_of(entry.generation);
+        let Shard { generations, pages, map } = &mut *shard;
+        let GenerationSlot { chain, instances, .. } = &mut generations[slot];
+        let result = instances.get(&self.context(chain, pages), offset, page);
+        let described = result.is_err().then(|| chain.describe());
         if result.is_ok() && exclusive {
             map.remove(&offset);
-            chain.delete(&cx, offset);
-            self.forget(kind);
+            self.drop_stored(&mut shard, offset, entry);
         }
         drop(shard);
         let c = &self.stats.counters;
@@ -591,7 +705,7 @@ impl Pool {
                 if reason == GetFailure::Decode {
                     PoolStats::add(&c.decompress_fail, 1);
                 }
-                tracing::error!(pool = %self.name, offset, chain = %self.chain.describe(), "DATA LOSS RISK: load of a present page failed: {reason}");
+                tracing::error!(pool = %self.name, offset, chain = described.as_deref().unwrap_or_default(), "DATA LOSS RISK: load of a present page failed: {reason}");
                 Err(OpError::LoadFailed { pool: self.name.clone(), offset, reason })
             }
         }
@@ -601,13 +715,11 @@ impl Pool {
     pub fn invalidate_page(&self, offset: u64) -> bool {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let Shard { map, chain, pages } = &mut *shard;
-        let Some(kind) = map.remove(&offset) else {
+        let Some(entry) = shard.map.remove(&offset) else {
             return false;
         };
-        chain.delete(&self.context(pages), offset);
+        self.drop_stored(&mut shard, offset, entry);
         drop(shard);
-        self.forget(kind);
         PoolStats::add(&self.stats.counters.invalidates, 1);
         self.stats.latency(Op::InvalidatePage).record(start.elapsed());
         true
@@ -618,13 +730,18 @@ impl Pool {
         let start = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            let Shard { map, chain, pages } = &mut *shard;
+            let Shard { map, generations, pages } = &mut *shard;
             if map.is_empty() && pages.is_empty() {
                 continue;
             }
-            chain.clear(&self.context(pages));
-            for (_, kind) in map.drain() {
-                self.forget(kind);
+            for GenerationSlot { chain, instances, held, .. } in generations.iter_mut() {
+                instances.clear(&self.context(chain, pages));
+                *held = 0;
+            }
+            let newest = generations.len().saturating_sub(1);
+            generations.drain(..newest);
+            for (_, entry) in map.drain() {
+                self.forget(entry.kind);
             }
             map.shrink_to_fit();
         }
@@ -716,7 +833,7 @@ impl Pool {
     /// Changes the limits at runtime. Pages above a lowered limit stay; new stores are
     /// refused until usage falls below the accept threshold.
     pub fn set_limits(&self, limits: PoolLimits) -> Result<(), String> {
-        check_limits(&limits)?;
+        limits.check()?;
         self.max_pages.store(limits.max_pages.unwrap_or(UNLIMITED), Ordering::Relaxed);
         self.max_bytes.store(limits.max_bytes.unwrap_or(UNLIMITED), Ordering::Relaxed);
         self.accept_threshold_percent.store(limits.accept_threshold_percent, Ordering::Relaxed);
@@ -762,6 +879,17 @@ impl Pool {
     /// The most recent plugin fault: the plugin's name and what happened.
     pub fn last_fault(&self) -> Option<(String, PluginFault)> {
         self.stats.last_fault.lock().clone()
+    }
+
+    /// Plugin faults so far by plugin name and fault kind.
+    pub fn faults_by_plugin(&self) -> Vec<(String, &'static str, u64)> {
+        self.stats.faults_by_plugin.lock().iter().map(|((plugin, kind), n)| (plugin.clone(), *kind, *n)).collect()
+    }
+
+    /// Bytes of linear memory of the pool's live plugin instances (all shards, generations).
+    pub fn plugin_memory_bytes(&self) -> u64 {
+        let shard_bytes = |s: &Mutex<Shard>| s.lock().generations.iter().map(|g| g.instances.memory_bytes()).sum::<usize>();
+        self.shards.iter().map(shard_bytes).sum::<usize>() as u64
     }
 
     /// The latency histogram of `op`.

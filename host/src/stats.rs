@@ -33,6 +33,9 @@ macro_rules! counters {
                 vec![$((stringify!($name), self.$name),)*]
             }
 
+            /// Every counter's name and its one-line documentation, in declaration order.
+            pub const HELP: &'static [(&'static str, &'static str)] = &[$((stringify!($name), concat!($($doc),*)),)*];
+
             /// Adds `other` into `self` (for host-wide totals).
             pub fn accumulate(&mut self, other: &CounterSnapshot) {
                 $(self.$name += other.$name;)*
@@ -87,6 +90,9 @@ counters! {
     /// Plugin instances re-created after a fault.
     instance_restarts,
 }
+
+/// The counters that are levels (they go down as well as up); the others only grow.
+pub const GAUGES: [&str; 4] = ["stored_pages", "same_filled_pages", "stored_incompressible_pages", "pool_total_size"];
 
 /// One operation's latency distribution: log-linear buckets (4 per power of two, so any
 /// reported quantile is within 19% of the truth), lock-free to record.
@@ -217,6 +223,8 @@ pub struct PoolStats {
     latency: [LatencyHistogram; 4],
     /// The most recent plugin fault: which plugin, and what happened.
     pub last_fault: parking_lot::Mutex<Option<(String, crate::plugin::PluginFault)>>,
+    /// Faults by plugin name and fault kind (a rare path, so a plain lock).
+    pub faults_by_plugin: parking_lot::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
 }
 
 impl PoolStats {

@@ -45,3 +45,78 @@ pub fn register_misbehave(host: &Host) {
     let bytes = tmem_host::bundled::built("tmem_plugin_misbehave").expect("fixture was built by host/build.rs");
     host.add_plugin(None, &bytes).expect("fixture loads");
 }
+
+/// A real `tmem serve` child process on a free loopback port, with its own data dir. Killed
+/// (SIGKILL) when dropped; [`ServeProcess::stop`] stops it gracefully.
+pub struct ServeProcess {
+    /// The child.
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The data dir (kept after the process ends, so a restart can reuse it).
+    pub data_dir: std::path::PathBuf,
+    /// The API token the server wrote to `DATA_DIR/token`.
+    pub token: String,
+}
+
+impl ServeProcess {
+    /// Starts `tmem serve` on `data_dir` (created if needed) with extra arguments, and waits
+    /// until `/healthz` answers.
+    pub fn start(data_dir: &std::path::Path, extra_args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tmem"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .env_remove("TMEM_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tmem binary runs");
+        let mut server =
+            ServeProcess { child, url: format!("http://127.0.0.1:{port}"), data_dir: data_dir.into(), token: String::new() };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(status) = server.child.try_wait() {
+                assert!(status.is_none(), "tmem serve exited early: {status:?}");
+            }
+            if ureq::get(&format!("{}/healthz", server.url)).call().is_ok() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "tmem serve did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server.token = std::fs::read_to_string(data_dir.join("token")).expect("token file").trim().to_string();
+        server
+    }
+
+    /// A client of this server with its token.
+    pub fn client(&self) -> tmem_api::client::Client {
+        tmem_api::client::Client::new(&self.url, Some(self.token.clone()))
+    }
+
+    /// SIGTERM, then waits; returns whether it exited successfully.
+    pub fn stop(mut self) -> bool {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        status.success()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this test.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tmem-test-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -2,8 +2,12 @@
 //! drive real components: the real Wasm plugins built from `plugins/`, a real host, a real
 //! `tmem serve` process on a loopback port.
 
+mod api;
+mod cli;
 mod common;
 mod contract;
+mod hot_swap;
 mod plugin_faults;
 mod plugin_loading;
+mod restart;
 mod serve;

@@ -126,10 +126,10 @@ fn bundled_plugins_describe_themselves_and_reregistering_is_idempotent() {
     host.add_plugin(Some("my-ram"), tmem_host::bundled::RAM).unwrap();
     assert!(host.plugin("my-ram", None).is_ok());
     host.create_pool(crate::common::spec("uses"), &[tmem_host::BackendSpec::new("my-ram")]).unwrap();
-    let err = host.remove_plugin("my-ram").unwrap_err().to_string();
+    let err = host.remove_plugin("my-ram", None).unwrap_err().to_string();
     assert!(err.contains("used by pools: uses"), "{err}");
     host.destroy_pool("uses").unwrap();
-    host.remove_plugin("my-ram").unwrap();
+    host.remove_plugin("my-ram", None).unwrap();
 }
 
 #[test]

@@ -306,6 +306,11 @@ impl PluginInstance {
         &self.memory.data(&self.store)[start..start + len.min(self.io_cap)]
     }
 
+    /// Bytes of linear memory the instance has now, all memories together.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().cap.used
+    }
+
     /// Bytes in each I/O buffer.
     pub fn io_capacity(&self) -> usize {
         self.io_cap

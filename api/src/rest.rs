@@ -1,0 +1,387 @@
+//! The REST API's request and response bodies (`/api/v1`), with their OpenAPI schemas.
+//!
+//! The host's handlers, the typed client ([`crate::client`]), the CLI and the tests all use
+//! these types, so the wire format is defined once, here. Requests refuse unknown fields, so
+//! a typo in a pool config is an error instead of a silently ignored setting.
+//!
+//! Conventions: JSON everywhere except page bodies (raw bytes, `application/octet-stream`);
+//! sizes in bytes, durations in milliseconds; absent optional limits mean "no limit"; every
+//! error is an [`ErrorBody`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// The path prefix of every versioned route.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The one shape of every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: `unauthorized`, `pool_not_found`, `invalid_plugin`, ...
+    pub code: String,
+    /// What happened and, where it helps, what to do.
+    pub message: String,
+}
+
+// ----- plugins -----
+
+/// One version of a plugin, as registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PluginVersion {
+    /// The name it is registered under.
+    pub name: String,
+    /// Hex sha256 of the module bytes: the version's identity.
+    pub sha256: String,
+    /// `filter` or `store`.
+    pub kind: String,
+    /// The plugin ABI version it was built for.
+    pub abi: u32,
+    /// Module size in bytes.
+    pub size: u64,
+    /// The version the plugin gives itself.
+    pub version: String,
+    /// One line about what it does.
+    pub description: String,
+    /// The config keys it accepts (key, doc, type, range, default).
+    #[schema(value_type = Vec<Object>)]
+    pub config: Vec<Value>,
+    /// Built into this `tmem` binary.
+    pub bundled: bool,
+    /// Pools whose chain uses this version now (including pages still held by an old
+    /// version after a hot swap).
+    pub used_by: Vec<String>,
+}
+
+/// A plugin name and every version of it, oldest first (the last is the default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PluginInfo {
+    /// The registered name.
+    pub name: String,
+    /// Its versions, oldest first.
+    pub versions: Vec<PluginVersion>,
+}
+
+// ----- pools -----
+
+/// One link of a backend chain, as asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRequest {
+    /// A registered plugin name.
+    pub plugin: String,
+    /// Its version string, or its sha256 (or 8+ leading hex digits). Absent: the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The plugin's config object; keys it leaves out take their defaults.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
+
+impl BackendRequest {
+    /// The newest version of `plugin` with its defaults.
+    pub fn new(plugin: &str) -> Self {
+        BackendRequest { plugin: plugin.into(), version: None, config: Value::Null }
+    }
+}
+
+fn default_page_size() -> u32 {
+    4096
+}
+
+fn default_accept_threshold() -> u8 {
+    90
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Sandbox limits for each plugin instance of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Linear memory an instance may have, all memories together.
+    pub memory_bytes: u64,
+    /// Longest a single plugin call may run.
+    pub call_timeout_ms: u64,
+}
+
+/// A pool's configuration: the body of `POST /api/v1/pools`, and what the host persists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// 1-64 of ASCII letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// A power of two from 4096 to 2 MiB.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Filters first, then exactly one store, e.g. `[{"plugin": "zstd"}, {"plugin": "ram"}]`.
+    pub backends: Vec<BackendRequest>,
+    /// Most pages held; absent or null: no limit.
+    #[serde(default)]
+    pub max_pages: Option<u64>,
+    /// Most bytes the store may use (`pool_total_size`); absent or null: no limit.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// After hitting a limit, refuse stores until usage is below this percentage of it.
+    #[serde(default = "default_accept_threshold")]
+    pub accept_threshold_percent: u8,
+    /// Every stored page is also written by the frontend to its device.
+    #[serde(default)]
+    pub writethrough: bool,
+    /// A load also removes the page.
+    #[serde(default)]
+    pub exclusive_gets: bool,
+    /// Whether stores are accepted.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Shards (a power of two); absent: chosen from the number of CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// Sandbox limits; absent: the host's defaults (64 MiB, 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxConfig>,
+}
+
+impl PoolConfig {
+    /// A config with defaults and the given chain.
+    pub fn new(name: &str, backends: Vec<BackendRequest>) -> Self {
+        PoolConfig {
+            name: name.into(),
+            page_size: default_page_size(),
+            backends,
+            max_pages: None,
+            max_bytes: None,
+            accept_threshold_percent: default_accept_threshold(),
+            writethrough: false,
+            exclusive_gets: false,
+            enabled: true,
+            shards: None,
+            sandbox: None,
+        }
+    }
+}
+
+/// Tells "absent" (keep) from `null` (clear) for a nullable field of a PATCH body.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The body of `PATCH /api/v1/pools/{name}`: every field optional; absent fields keep their
+/// value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolPatch {
+    /// New page limit; `null` removes the limit.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub max_pages: Option<Option<u64>>,
+    /// New byte limit; `null` removes the limit.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub max_bytes: Option<Option<u64>>,
+    /// New accept threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_threshold_percent: Option<u8>,
+    /// Writethrough on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writethrough: Option<bool>,
+    /// Exclusive gets on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_gets: Option<bool>,
+    /// Accept stores or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Hot swap: the same plugins in the same order, each at the version and config wanted.
+    /// New stores use the new chain at once; pages stored before stay readable through the
+    /// chain that stored them until they are invalidated or overwritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<BackendRequest>>,
+}
+
+/// One link of a pool's chain as it runs: the version pinned by sha256, the full config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackendInfo {
+    /// The plugin name.
+    pub plugin: String,
+    /// Its version string.
+    pub version: String,
+    /// The module's sha256.
+    pub sha256: String,
+    /// `filter` or `store`.
+    pub kind: String,
+    /// The complete config, defaults filled in.
+    #[schema(value_type = Object)]
+    pub config: Map<String, Value>,
+}
+
+/// A chain a pool has used that still holds pages (after a hot swap), or the current one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GenerationInfo {
+    /// Increases with every swap.
+    pub id: u32,
+    /// Whether new stores use it.
+    pub current: bool,
+    /// Pages it holds.
+    pub pages: u64,
+    /// Its links.
+    pub backends: Vec<BackendInfo>,
+}
+
+/// Latency of one operation, from the pool's histogram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LatencySummary {
+    /// Operations recorded.
+    pub count: u64,
+    /// Mean, in microseconds.
+    pub mean_us: f64,
+    /// Median upper bound, in microseconds.
+    pub p50_us: f64,
+    /// 99th percentile upper bound, in microseconds.
+    pub p99_us: f64,
+}
+
+/// The most recent plugin fault of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FaultInfo {
+    /// The plugin.
+    pub plugin: String,
+    /// `deadline`, `memory_cap`, `trap`, `protocol`, `init_refused` or `instantiate`.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Everything about one pool: `GET /api/v1/pools/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolInfo {
+    /// Name.
+    pub name: String,
+    /// Bytes per page.
+    pub page_size: u32,
+    /// The current chain.
+    pub backends: Vec<BackendInfo>,
+    /// Every chain that holds pages or takes new ones (more than one after a hot swap).
+    pub generations: Vec<GenerationInfo>,
+    /// Page limit.
+    pub max_pages: Option<u64>,
+    /// Byte limit.
+    pub max_bytes: Option<u64>,
+    /// Accept threshold after hitting a limit.
+    pub accept_threshold_percent: u8,
+    /// Writethrough mode.
+    pub writethrough: bool,
+    /// Exclusive gets.
+    pub exclusive_gets: bool,
+    /// Stores accepted.
+    pub enabled: bool,
+    /// A limit was hit and stores are refused until usage falls below the threshold.
+    pub full: bool,
+    /// Shards.
+    pub shards: u32,
+    /// Sandbox limits of its plugin instances.
+    pub sandbox: SandboxConfig,
+    /// Whether stored pages survive a host restart (only with a persistent store).
+    pub persistent: bool,
+    /// Connected frontends.
+    pub frontends: Vec<String>,
+    /// Seconds since the pool was created (or restored) in this host process.
+    pub uptime_seconds: u64,
+    /// Every counter of contract.md §4 and the host's own, by name.
+    pub counters: BTreeMap<String, u64>,
+    /// Latency per operation (`store`, `load`, `invalidate_page`, `invalidate_area`).
+    pub latency: BTreeMap<String, LatencySummary>,
+    /// The most recent plugin fault, if any.
+    pub last_fault: Option<FaultInfo>,
+}
+
+// ----- pages -----
+
+/// What happened to a stored page: `PUT /api/v1/pools/{name}/pages/{offset}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StoreResult {
+    /// `stored`, `stored_writethrough` or `rejected`.
+    pub outcome: String,
+    /// Why it was rejected (the counter's name, e.g. `pool_limit_hit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The body of `POST /api/v1/pools/{name}/shrink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShrinkRequest {
+    /// Bring the pool down to at most this many pages.
+    pub target_pages: u64,
+}
+
+/// What a shrink did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShrinkResult {
+    /// Pages before.
+    pub before: u64,
+    /// Pages after.
+    pub after: u64,
+    /// Pages a frontend took back.
+    pub written_back: u64,
+    /// Writethrough pages dropped.
+    pub dropped: u64,
+}
+
+/// What `DELETE /api/v1/pools/{name}/pages` dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AreaInvalidated {
+    /// Pages the pool held before.
+    pub pages: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// The host's version.
+    pub version: String,
+    /// Number of pools.
+    pub pools: u64,
+    /// Pages held over all pools.
+    pub curr_pages: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pool_config_fills_defaults_and_refuses_unknown_fields() {
+        let c: PoolConfig = serde_json::from_value(json!({"name": "p", "backends": [{"plugin": "ram"}]})).unwrap();
+        assert_eq!(c, PoolConfig::new("p", vec![BackendRequest::new("ram")]));
+        let typo = serde_json::from_value::<PoolConfig>(json!({"name": "p", "backends": [], "max_page": 3}));
+        assert!(typo.unwrap_err().to_string().contains("unknown field `max_page`"));
+        let round = serde_json::to_value(&c).unwrap();
+        assert_eq!(serde_json::from_value::<PoolConfig>(round).unwrap(), c);
+    }
+
+    #[test]
+    fn a_patch_tells_absent_from_null() {
+        let p: PoolPatch = serde_json::from_value(json!({"max_pages": null, "writethrough": true})).unwrap();
+        assert_eq!(p.max_pages, Some(None));
+        assert_eq!(p.max_bytes, None);
+        assert_eq!(p.writethrough, Some(true));
+        let p: PoolPatch = serde_json::from_value(json!({"max_bytes": 5})).unwrap();
+        assert_eq!(p.max_bytes, Some(Some(5)));
+        assert_eq!(serde_json::from_value::<PoolPatch>(serde_json::to_value(&p).unwrap()).unwrap(), p);
+    }
+}

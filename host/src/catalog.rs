@@ -1,0 +1,164 @@
+//! The catalog: what a host must come back with after a restart — its uploaded plugin
+//! modules and its pools' configs — kept in a sled database at `DATA_DIR/catalog`.
+//!
+//! Only the control plane writes here, and rarely, so every change is flushed to disk before
+//! the API answers: an acknowledged upload or pool change survives a crash. Page contents are
+//! not kept here (they belong to the pools' stores).
+//!
+//! Trees:
+//! - `modules`: registration sequence number (u64, big-endian, so iteration is in
+//!   registration order) → `[name length: u8][name][module bytes]`.
+//! - `pools`: pool name → the pool's [`PoolConfig`] as JSON, versions pinned by sha256.
+
+use std::path::Path;
+
+use tmem_api::rest::PoolConfig;
+
+/// Why the catalog could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("catalog: {0}")]
+pub struct CatalogError(String);
+
+impl From<sled::Error> for CatalogError {
+    fn from(e: sled::Error) -> Self {
+        CatalogError(e.to_string())
+    }
+}
+
+/// A module as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredModule {
+    /// The name it is registered under.
+    pub name: String,
+    /// The module bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The catalog of one data dir.
+pub struct Catalog {
+    db: sled::Db,
+    modules: sled::Tree,
+    pools: sled::Tree,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+fn encode_module(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(1 + name.len() + bytes.len());
+    value.push(u8::try_from(name.len()).expect("plugin names are at most 64 bytes"));
+    value.extend_from_slice(name.as_bytes());
+    value.extend_from_slice(bytes);
+    value
+}
+
+fn decode_module(value: &[u8]) -> Result<StoredModule, CatalogError> {
+    let bad = || CatalogError("a module record is truncated".into());
+    let (&len, rest) = value.split_first().ok_or_else(bad)?;
+    let name = rest.get(..len as usize).ok_or_else(bad)?;
+    let name = std::str::from_utf8(name).map_err(|_| CatalogError("a module name is not UTF-8".into()))?;
+    Ok(StoredModule { name: name.into(), bytes: rest[len as usize..].to_vec() })
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| CatalogError(format!("cannot open {}: {e}", dir.display())))?;
+        let modules = db.open_tree("modules")?;
+        let pools = db.open_tree("pools")?;
+        Ok(Catalog { db, modules, pools })
+    }
+
+    fn flush(&self) -> Result<(), CatalogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every stored module, in registration order.
+    pub fn modules(&self) -> Result<Vec<StoredModule>, CatalogError> {
+        self.modules.iter().values().map(|v| decode_module(&v?)).collect()
+    }
+
+    /// Keeps a module under `name` unless the same bytes already are.
+    pub fn add_module(&self, name: &str, bytes: &[u8]) -> Result<(), CatalogError> {
+        let value = encode_module(name, bytes);
+        if self.modules.iter().values().any(|v| v.is_ok_and(|v| *v == *value)) {
+            return Ok(());
+        }
+        let seq = self.db.generate_id()?;
+        self.modules.insert(seq.to_be_bytes(), value)?;
+        self.flush()
+    }
+
+    /// Forgets the modules registered under `name` for which `doomed` says so.
+    pub fn remove_modules(&self, name: &str, mut doomed: impl FnMut(&[u8]) -> bool) -> Result<(), CatalogError> {
+        for entry in self.modules.iter() {
+            let (key, value) = entry?;
+            let module = decode_module(&value)?;
+            if module.name == name && doomed(&module.bytes) {
+                self.modules.remove(key)?;
+            }
+        }
+        self.flush()
+    }
+
+    /// Every stored pool config.
+    pub fn pools(&self) -> Result<Vec<PoolConfig>, CatalogError> {
+        self.pools
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(|e| CatalogError(format!("a stored pool config is unreadable: {e}"))))
+            .collect()
+    }
+
+    /// Keeps (or replaces) a pool's config.
+    pub fn put_pool(&self, config: &PoolConfig) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(config).expect("a pool config serializes");
+        self.pools.insert(config.name.as_bytes(), json)?;
+        self.flush()
+    }
+
+    /// Forgets a pool.
+    pub fn remove_pool(&self, name: &str) -> Result<(), CatalogError> {
+        self.pools.remove(name.as_bytes())?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tmem_api::rest::BackendRequest;
+
+    #[test]
+    fn modules_and_pools_survive_reopening_in_order() {
+        let dir = std::env::temp_dir().join(format!("tmem-catalog-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let catalog = Catalog::open(&dir).unwrap();
+            catalog.add_module("b", b"second?").unwrap();
+            catalog.add_module("a", b"first").unwrap();
+            catalog.add_module("b", b"second?").unwrap();
+            catalog.add_module("b", b"third").unwrap();
+            catalog.put_pool(&PoolConfig::new("p", vec![BackendRequest::new("ram")])).unwrap();
+            catalog.put_pool(&PoolConfig::new("q", vec![BackendRequest::new("ram")])).unwrap();
+            catalog.remove_pool("q").unwrap();
+            catalog.remove_modules("b", |bytes| bytes == b"second?").unwrap();
+        }
+        let catalog = Catalog::open(&dir).unwrap();
+        let names: Vec<(String, Vec<u8>)> = catalog.modules().unwrap().into_iter().map(|m| (m.name, m.bytes)).collect();
+        assert_eq!(names, vec![("a".into(), b"first".to_vec()), ("b".into(), b"third".to_vec())]);
+        let pools = catalog.pools().unwrap();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].name, "p");
+        drop(catalog);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

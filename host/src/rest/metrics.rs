@@ -1,0 +1,106 @@
+//! `GET /metrics`: every pool's counters, latency histograms, plugin faults and memory in the
+//! Prometheus text format (version 0.0.4). Labels are bounded: `pool`, `plugin`, `op`,
+//! `kind` take only as many values as there are pools, chain links, operations and fault
+//! kinds.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+
+use crate::host::Host;
+use crate::stats::{CounterSnapshot, GAUGES, Op};
+
+/// Latency bucket bounds: powers of four from 1 µs (2^10 ns) to about 1 s (2^30 ns). The
+/// host's histogram buckets are aligned to powers of two, so these counts are exact.
+const LATENCY_BOUNDS_LOG2_NS: [u32; 11] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+
+/// Escapes a label value.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders the exposition text.
+pub fn render(host: &Host) -> String {
+    let pools = host.pools();
+    let mut out = String::with_capacity(4096 + pools.len() * 8192);
+    let w = &mut out;
+    let _ = writeln!(w, "# HELP tmem_build_info The running tmem version.\n# TYPE tmem_build_info gauge");
+    let _ = writeln!(w, "tmem_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(w, "# HELP tmem_pools Pools of this host.\n# TYPE tmem_pools gauge\ntmem_pools {}", pools.len());
+    let versions: usize = host.plugins().iter().map(|(_, v)| v.len()).sum();
+    let _ = writeln!(w, "# HELP tmem_plugin_versions Registered plugin versions.\n# TYPE tmem_plugin_versions gauge\ntmem_plugin_versions {versions}");
+
+    let snapshots: Vec<(String, Vec<(&str, u64)>)> = pools.iter().map(|p| (label(p.name()), p.counters().named())).collect();
+    for (i, (name, help)) in CounterSnapshot::HELP.iter().enumerate() {
+        let gauge = GAUGES.contains(name);
+        let metric = if gauge { format!("tmem_pool_{name}") } else { format!("tmem_pool_{name}_total") };
+        let metric = if *name == "pool_total_size" { "tmem_pool_total_size_bytes".to_string() } else { metric };
+        let _ = writeln!(w, "# HELP {metric} {}", help.trim());
+        let _ = writeln!(w, "# TYPE {metric} {}", if gauge { "gauge" } else { "counter" });
+        for (pool, counters) in &snapshots {
+            let _ = writeln!(w, "{metric}{{pool=\"{pool}\"}} {}", counters[i].1);
+        }
+    }
+
+    let _ = writeln!(w, "# HELP tmem_pool_plugin_memory_bytes Linear memory of the pool's live plugin instances.");
+    let _ = writeln!(w, "# TYPE tmem_pool_plugin_memory_bytes gauge");
+    for pool in &pools {
+        let _ = writeln!(w, "tmem_pool_plugin_memory_bytes{{pool=\"{}\"}} {}", label(pool.name()), pool.plugin_memory_bytes());
+    }
+
+    let _ = writeln!(w, "# HELP tmem_pool_plugin_info The plugins of each pool's current chain (position 0 first).");
+    let _ = writeln!(w, "# TYPE tmem_pool_plugin_info gauge");
+    for pool in &pools {
+        for (position, link) in pool.chain().links().iter().enumerate() {
+            let _ = writeln!(
+                w,
+                "tmem_pool_plugin_info{{pool=\"{}\",plugin=\"{}\",version=\"{}\",sha256=\"{}\",position=\"{position}\"}} 1",
+                label(pool.name()),
+                label(&link.plugin),
+                label(&link.module.manifest().version),
+                link.module.sha256()
+            );
+        }
+    }
+
+    let _ = writeln!(w, "# HELP tmem_plugin_faults_total Plugin faults by pool, plugin and kind (deadline, memory_cap, trap, ...).");
+    let _ = writeln!(w, "# TYPE tmem_plugin_faults_total counter");
+    for pool in &pools {
+        for (plugin, kind, n) in pool.faults_by_plugin() {
+            let _ = writeln!(w, "tmem_plugin_faults_total{{pool=\"{}\",plugin=\"{}\",kind=\"{kind}\"}} {n}", label(pool.name()), label(&plugin));
+        }
+    }
+
+    let _ = writeln!(w, "# HELP tmem_pool_op_duration_seconds Latency of pool operations inside the host.");
+    let _ = writeln!(w, "# TYPE tmem_pool_op_duration_seconds histogram");
+    for pool in &pools {
+        let name = label(pool.name());
+        for op in Op::ALL {
+            let h = pool.latency(op);
+            let buckets: Vec<(u64, u64)> = h.buckets().collect();
+            for log2 in LATENCY_BOUNDS_LOG2_NS {
+                let bound = 1u64 << log2;
+                let below: u64 = buckets.iter().filter(|(upper, _)| *upper < bound).map(|(_, n)| n).sum();
+                let _ = writeln!(
+                    w,
+                    "tmem_pool_op_duration_seconds_bucket{{pool=\"{name}\",op=\"{}\",le=\"{}\"}} {below}",
+                    op.name(),
+                    bound as f64 / 1e9
+                );
+            }
+            let _ = writeln!(w, "tmem_pool_op_duration_seconds_bucket{{pool=\"{name}\",op=\"{}\",le=\"+Inf\"}} {}", op.name(), h.count());
+            let _ = writeln!(w, "tmem_pool_op_duration_seconds_sum{{pool=\"{name}\",op=\"{}\"}} {}", op.name(), h.sum_ns as f64 / 1e9);
+            let _ = writeln!(w, "tmem_pool_op_duration_seconds_count{{pool=\"{name}\",op=\"{}\"}} {}", op.name(), h.count());
+        }
+    }
+    out
+}
+
+/// The handler (open like `/healthz`: it carries no page contents).
+pub async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
+    let text = tokio::task::spawn_blocking(move || render(&host)).await.unwrap_or_default();
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}

@@ -1,0 +1,149 @@
+//! The REST API (`/api/v1`), the open endpoints (`/healthz`, `/metrics`) and the OpenAPI
+//! document, assembled into one axum router.
+//!
+//! Every `/api/v1` route needs the API token ([`auth`]); every error has one JSON shape
+//! ([`error`]). Handlers are thin: they parse, call the [`Host`] (blocking work runs on
+//! tokio's blocking pool), and shape the answer with the types of `tmem_api::rest`. The
+//! OpenAPI document is generated from the handlers' annotations by utoipa, so a route cannot
+//! exist without being documented.
+//!
+//! Layers, outermost first: request tracing, a per-request timeout, the body size limit,
+//! then (on `/api/v1` only) the token check.
+
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod plugins;
+pub mod pools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tmem_api::rest::{ErrorBody, Health};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use self::auth::ApiToken;
+use self::error::{ApiError, Json};
+use crate::host::Host;
+use crate::pool::MAX_PAGE_SIZE;
+
+/// How long one request may take before it is answered with 503 `timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tmem", description = "Frontswap pools backed by sandboxed WebAssembly plugins: the control plane and a page API."),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerToken),
+    tags(
+        (name = "plugins", description = "Plugin modules: upload, list, remove"),
+        (name = "pools", description = "Pools: create, configure, hot swap, destroy"),
+        (name = "pages", description = "Pages of a pool, for scripting and tests"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The OpenAPI document of `/api/v1`.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", tag = "pools",
+    responses((status = 200, description = "This document", body = Object)),
+    security(("token" = []))
+)]
+async fn openapi_json(Extension(doc): Extension<Arc<serde_json::Value>>) -> axum::Json<serde_json::Value> {
+    axum::Json((*doc).clone())
+}
+
+/// The versioned API routes and their OpenAPI document.
+fn api_routes() -> (axum::Router<Arc<Host>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(plugins::list_plugins, plugins::upload_plugin))
+        .routes(routes!(plugins::get_plugin, plugins::delete_plugin))
+        .routes(routes!(pools::list_pools, pools::create_pool))
+        .routes(routes!(pools::get_pool, pools::patch_pool, pools::delete_pool))
+        .routes(routes!(pools::put_page, pools::get_page, pools::delete_page))
+        .routes(routes!(pools::invalidate_area))
+        .routes(routes!(pools::shrink))
+        .routes(routes!(openapi_json))
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as served at `/api/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().1
+}
+
+async fn healthz(State(host): State<Arc<Host>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pools: host.pools().len() as u64,
+        curr_pages: host.curr_pages(),
+    })
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {}s", REQUEST_TIMEOUT.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// Every route of `tmem serve`, with no socket (tests can drive it directly).
+pub fn router(host: Arc<Host>, token: ApiToken) -> axum::Router {
+    let (api, doc) = api_routes();
+    let doc = Arc::new(serde_json::to_value(&doc).expect("the OpenAPI document serializes"));
+    let body_limit = host.engine().options().max_module_bytes.max(MAX_PAGE_SIZE as usize) + 1;
+    let api = api
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(doc))
+        .route_layer(middleware::from_fn_with_state(Arc::new(token), auth::require_token));
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(host)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(time_limit))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+        )
+}

@@ -1,0 +1,280 @@
+//! `/api/v1/pools`: create, list, show, change (limits, modes, hot swap), destroy; and the
+//! pages of a pool (store, load, invalidate one or all) and shrink.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderName, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use tmem_api::rest::{
+    AreaInvalidated, BackendInfo, ErrorBody, FaultInfo, GenerationInfo, LatencySummary, PoolConfig, PoolInfo, PoolPatch,
+    SandboxConfig, ShrinkRequest, ShrinkResult, StoreResult,
+};
+
+use super::error::{ApiError, Json, Path, blocking};
+use crate::chain::Chain;
+use crate::host::Host;
+use crate::pool::{LoadOutcome, Pool, StoreOutcome};
+use crate::stats::Op;
+
+fn backends_info(chain: &Chain) -> Vec<BackendInfo> {
+    chain
+        .links()
+        .iter()
+        .map(|l| BackendInfo {
+            plugin: l.plugin.clone(),
+            version: l.module.manifest().version.to_string(),
+            sha256: l.module.sha256().into(),
+            kind: l.module.kind().to_string(),
+            config: l.config.clone(),
+        })
+        .collect()
+}
+
+/// Everything the API shows about a pool.
+pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
+    let limits = pool.limits();
+    let modes = pool.modes();
+    let sandbox = pool.sandbox();
+    let current = pool.current_generation();
+    let latency = Op::ALL
+        .iter()
+        .map(|&op| {
+            let h = pool.latency(op);
+            let us = |ns: Option<u64>| ns.unwrap_or(0) as f64 / 1000.0;
+            let count = h.count();
+            let mean_us = if count == 0 { 0.0 } else { h.sum_ns as f64 / count as f64 / 1000.0 };
+            (op.name().to_string(), LatencySummary { count, mean_us, p50_us: us(h.quantile_ns(0.5)), p99_us: us(h.quantile_ns(0.99)) })
+        })
+        .collect();
+    PoolInfo {
+        name: pool.name().into(),
+        page_size: pool.page_size(),
+        backends: backends_info(&current.chain),
+        generations: pool
+            .generations()
+            .into_iter()
+            .map(|(g, pages)| GenerationInfo { id: g.id, current: g.id == current.id, pages, backends: backends_info(&g.chain) })
+            .collect(),
+        max_pages: limits.max_pages,
+        max_bytes: limits.max_bytes,
+        accept_threshold_percent: limits.accept_threshold_percent,
+        writethrough: modes.writethrough,
+        exclusive_gets: modes.exclusive_gets,
+        enabled: pool.enabled(),
+        full: pool.is_full(),
+        shards: pool.shard_count() as u32,
+        sandbox: SandboxConfig { memory_bytes: sandbox.memory_bytes as u64, call_timeout_ms: sandbox.call_timeout.as_millis() as u64 },
+        persistent: false,
+        frontends: pool.frontends(),
+        uptime_seconds: pool.created().elapsed().as_secs(),
+        counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
+        latency,
+        last_fault: pool.last_fault().map(|(plugin, fault)| FaultInfo { plugin, kind: fault.kind().into(), message: fault.to_string() }),
+    }
+}
+
+/// Creates a pool.
+#[utoipa::path(
+    post, path = "/api/v1/pools", tag = "pools",
+    request_body = PoolConfig,
+    responses(
+        (status = 201, body = PoolInfo),
+        (status = 400, description = "Unknown fields, unknown plugins, a bad chain, bad config keys, a bad page size", body = ErrorBody),
+        (status = 409, description = "A pool of that name exists", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn create_pool(State(host): State<Arc<Host>>, Json(config): Json<PoolConfig>) -> Result<(StatusCode, Json<PoolInfo>), ApiError> {
+    blocking(move || {
+        let pool = host.create_pool_from(&config).map_err(ApiError::in_pool_config)?;
+        Ok((StatusCode::CREATED, Json(pool_info(&pool))))
+    })
+    .await
+}
+
+/// Lists every pool.
+#[utoipa::path(
+    get, path = "/api/v1/pools", tag = "pools",
+    responses((status = 200, body = Vec<PoolInfo>)),
+    security(("token" = []))
+)]
+pub async fn list_pools(State(host): State<Arc<Host>>) -> Json<Vec<PoolInfo>> {
+    Json(host.pools().iter().map(|p| pool_info(p)).collect())
+}
+
+/// One pool: config, plugin versions, counters, latency.
+#[utoipa::path(
+    get, path = "/api/v1/pools/{name}", tag = "pools",
+    params(("name" = String, Path, description = "Pool name")),
+    responses((status = 200, body = PoolInfo), (status = 404, body = ErrorBody)),
+    security(("token" = []))
+)]
+pub async fn get_pool(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<Json<PoolInfo>, ApiError> {
+    let pool = host.pool(&name)?;
+    Ok(Json(pool_info(&pool)))
+}
+
+/// Changes limits, modes, enabled, or hot-swaps plugin versions and configs.
+#[utoipa::path(
+    patch, path = "/api/v1/pools/{name}", tag = "pools",
+    params(("name" = String, Path, description = "Pool name")),
+    request_body = PoolPatch,
+    responses((status = 200, body = PoolInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("token" = []))
+)]
+pub async fn patch_pool(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    Json(patch): Json<PoolPatch>,
+) -> Result<Json<PoolInfo>, ApiError> {
+    blocking(move || {
+        let pool = host.update_pool(&name, &patch).map_err(ApiError::in_pool_config)?;
+        Ok(Json(pool_info(&pool)))
+    })
+    .await
+}
+
+/// Destroys a pool: every page is invalidated, then the pool is gone.
+#[utoipa::path(
+    delete, path = "/api/v1/pools/{name}", tag = "pools",
+    params(("name" = String, Path, description = "Pool name")),
+    responses((status = 204, description = "Destroyed"), (status = 404, body = ErrorBody)),
+    security(("token" = []))
+)]
+pub async fn delete_pool(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        host.destroy_pool(&name)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// Stores a page (exactly `page_size` bytes) at an offset.
+#[utoipa::path(
+    put, path = "/api/v1/pools/{name}/pages/{offset}", tag = "pages",
+    params(("name" = String, Path, description = "Pool name"), ("offset" = u64, Path, description = "Page offset (in pages)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored (`stored` or `stored_writethrough`)", body = StoreResult),
+        (status = 507, description = "Rejected; any older copy at the offset is gone", body = StoreResult),
+        (status = 400, description = "Not exactly one page", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn put_page(
+    State(host): State<Arc<Host>>,
+    Path((name, offset)): Path<(String, u64)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let pool = host.pool(&name)?;
+    blocking(move || {
+        let (status, result) = match pool.store(offset, &body)? {
+            StoreOutcome::Stored => (StatusCode::CREATED, StoreResult { outcome: "stored".into(), reason: None }),
+            StoreOutcome::StoredWritethrough => {
+                (StatusCode::CREATED, StoreResult { outcome: "stored_writethrough".into(), reason: None })
+            }
+            StoreOutcome::Rejected(reason) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                StoreResult { outcome: "rejected".into(), reason: Some(reason.name().into()) },
+            ),
+        };
+        Ok((status, Json(result)).into_response())
+    })
+    .await
+}
+
+fn page_not_found(pool: &str, offset: u64) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "page_not_found", format!("pool '{pool}' holds no page at offset {offset}"))
+}
+
+/// Loads a page (with exclusive gets, this also removes it).
+#[utoipa::path(
+    get, path = "/api/v1/pools/{name}/pages/{offset}", tag = "pages",
+    params(("name" = String, Path, description = "Pool name"), ("offset" = u64, Path, description = "Page offset (in pages)")),
+    responses(
+        (status = 200, description = "The page", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No page there (`page_not_found`), or no such pool", body = ErrorBody),
+        (status = 500, description = "The page is present but could not be produced (`load_failed`)", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn get_page(State(host): State<Arc<Host>>, Path((name, offset)): Path<(String, u64)>) -> Result<Response, ApiError> {
+    let pool = host.pool(&name)?;
+    blocking(move || {
+        let mut page = vec![0u8; pool.page_size() as usize];
+        match pool.load(offset, &mut page)? {
+            LoadOutcome::Absent => Err(page_not_found(&name, offset)),
+            LoadOutcome::Loaded { exclusive } => Ok((
+                [
+                    (CONTENT_TYPE, "application/octet-stream"),
+                    (HeaderName::from_static("x-tmem-exclusive"), if exclusive { "true" } else { "false" }),
+                ],
+                page,
+            )
+                .into_response()),
+        }
+    })
+    .await
+}
+
+/// Invalidates one page.
+#[utoipa::path(
+    delete, path = "/api/v1/pools/{name}/pages/{offset}", tag = "pages",
+    params(("name" = String, Path, description = "Pool name"), ("offset" = u64, Path, description = "Page offset (in pages)")),
+    responses((status = 204, description = "Invalidated"), (status = 404, description = "No page there, or no such pool", body = ErrorBody)),
+    security(("token" = []))
+)]
+pub async fn delete_page(State(host): State<Arc<Host>>, Path((name, offset)): Path<(String, u64)>) -> Result<StatusCode, ApiError> {
+    let pool = host.pool(&name)?;
+    blocking(move || if pool.invalidate_page(offset) { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }).await
+}
+
+/// Invalidates every page (frontswap's invalidate_area); the pool stays.
+#[utoipa::path(
+    delete, path = "/api/v1/pools/{name}/pages", tag = "pages",
+    params(("name" = String, Path, description = "Pool name")),
+    responses((status = 200, body = AreaInvalidated), (status = 404, body = ErrorBody)),
+    security(("token" = []))
+)]
+pub async fn invalidate_area(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<Json<AreaInvalidated>, ApiError> {
+    let pool = host.pool(&name)?;
+    blocking(move || {
+        let pages = pool.curr_pages();
+        pool.invalidate_area();
+        Ok(Json(AreaInvalidated { pages }))
+    })
+    .await
+}
+
+/// Brings the pool down to at most `target_pages` (writethrough pools drop pages; others hand
+/// them back to a connected frontend).
+#[utoipa::path(
+    post, path = "/api/v1/pools/{name}/shrink", tag = "pools",
+    params(("name" = String, Path, description = "Pool name")),
+    request_body = ShrinkRequest,
+    responses(
+        (status = 200, body = ShrinkResult),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not writethrough and no frontend to take pages back (`no_frontend`)", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn shrink(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    Json(request): Json<ShrinkRequest>,
+) -> Result<Json<ShrinkResult>, ApiError> {
+    let pool = host.pool(&name)?;
+    blocking(move || {
+        let r = pool.shrink(request.target_pages)?;
+        Ok(Json(ShrinkResult { before: r.before, after: r.after, written_back: r.written_back, dropped: r.dropped }))
+    })
+    .await
+}
