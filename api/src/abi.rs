@@ -110,7 +110,7 @@ pub mod export {
     pub const STORE_CLEAR: &str = "tmem_store_clear";
 }
 
-/// Import names (all in [`HOST_MODULE`](super::HOST_MODULE)).
+/// Import names (all in [`HOST_MODULE`]).
 pub mod import {
     /// `(level: i32, ptr: i32, len: i32) -> ()`.
     pub const LOG: &str = "log";

@@ -331,7 +331,8 @@ impl Session {
             Some(token) => token.trim().to_string(),
             None => read_token(&options.data_dir)?,
         };
-        Ok(Session { client: Client::new(&options.server, Some(token)), json: options.json })
+        let server = server_url(&options.server)?;
+        Ok(Session { client: Client::new(&server, Some(token)), json: options.json })
     }
 
     /// Turns a client error into what the user reads.
@@ -358,6 +359,15 @@ impl Session {
     fn say(&self, line: &str) -> Result<(), CliError> {
         if self.json { Ok(()) } else { emit(&format!("{line}\n")) }
     }
+}
+
+/// The server's base URL; `host:port` alone means `http://host:port`.
+fn server_url(server: &str) -> Result<String, CliError> {
+    let server = server.trim();
+    if server.is_empty() {
+        return Err(CliError::Message("no server URL: pass --server URL or set TMEM_SERVER".into()));
+    }
+    Ok(if server.contains("://") { server.to_string() } else { format!("http://{server}") })
 }
 
 fn read_token(data_dir: &Path) -> Result<String, CliError> {
@@ -1278,6 +1288,13 @@ mod tests {
         assert!(parse(&["page", "rm", "p"]).is_err(), "an offset or --all");
         assert!(parse(&["page", "rm", "p", "3", "--all"]).is_err());
         assert!(parse(&["page", "rm", "p", "--all"]).is_ok());
+    }
+
+    #[test]
+    fn a_server_url_gets_a_scheme_if_it_has_none() {
+        assert_eq!(server_url("127.0.0.1:7411").unwrap(), "http://127.0.0.1:7411");
+        assert_eq!(server_url(" https://tmem.example/ ").unwrap(), "https://tmem.example/");
+        assert!(server_url("").unwrap_err().to_string().contains("--server"));
     }
 
     #[test]

@@ -255,10 +255,10 @@ impl Host {
         if let Some(same) = self.versions(&name).into_iter().find(|m| m.sha256() == module.sha256()) {
             return Ok(Registered { name, module: same, new: false });
         }
-        if let Some(catalog) = &self.catalog {
-            if !self.is_bundled(&name, &module) {
-                catalog.add_module(&name, bytes)?;
-            }
+        if let Some(catalog) = &self.catalog
+            && !self.is_bundled(&name, &module)
+        {
+            catalog.add_module(&name, bytes)?;
         }
         tracing::info!(plugin = %name, version = %module.manifest().version, sha256 = module.sha256(), "plugin registered");
         let module = self.register(&name, module);

@@ -239,10 +239,10 @@ impl PoolSpec {
             ));
         }
         self.limits.check()?;
-        if let Some(n) = self.shards {
-            if !n.is_power_of_two() || n > 1024 {
-                return Err(format!("shards {n} must be a power of two up to 1024"));
-            }
+        if let Some(n) = self.shards
+            && (!n.is_power_of_two() || n > 1024)
+        {
+            return Err(format!("shards {n} must be a power of two up to 1024"));
         }
         Ok(())
     }

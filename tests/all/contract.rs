@@ -238,7 +238,7 @@ fn concurrent_stores_loads_and_invalidates_from_several_threads_verify() {
                     for step in 0..per_thread {
                         let offset = (step * 7919 % 200) * threads + t;
                         match step % 5 {
-                            0 | 1 | 2 => {
+                            0..=2 => {
                                 let tag = (t << 48) | step;
                                 assert_eq!(pool.store(offset, &tagged_page(tag)).unwrap(), StoreOutcome::Stored);
                                 latest.insert(offset, Some(tag));

@@ -1,5 +1,5 @@
 //! The REST API's one error shape, [`ApiError`] (serialized as
-//! [`ErrorBody`](tmem_api::rest::ErrorBody)), how every failure of the host maps to an HTTP
+//! `tmem_api::rest::ErrorBody`), how every failure of the host maps to an HTTP
 //! status and a stable code, and the extractors that turn axum's own rejections (bad JSON,
 //! bad path, over-long body) into the same shape.
 
