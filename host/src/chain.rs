@@ -39,7 +39,7 @@ pub struct ChainLink {
 impl ChainLink {
     /// A link with its config checked against the plugin's manifest.
     pub fn new(plugin: &str, module: PluginModule, config: &Value) -> Result<Self, ChainError> {
-        let config = module.manifest().resolve_config(config).map_err(|e| ChainError(format!("plugin '{plugin}': {}", e.0)))?;
+        let config = module.manifest().resolve_config(config).map_err(|e| ChainError(e.0))?;
         let config_text = Value::Object(config.clone()).to_string();
         Ok(ChainLink { plugin: plugin.into(), module, config, config_text })
     }

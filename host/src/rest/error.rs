@@ -54,6 +54,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
         let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
         (self.status, axum::Json(body)).into_response()
     }

@@ -144,6 +144,9 @@ pub fn router(host: Arc<Host>, token: ApiToken) -> axum::Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+                .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
+                // Error statuses are answers (a 507 is a refused page, a 404 an absent one);
+                // what went wrong inside the host is logged where it happens.
+                .on_failure(()),
         )
 }
