@@ -42,7 +42,7 @@
 //! | export | signature | meaning |
 //! |---|---|---|
 //! | [`export::STORE_PUT`] | `(offset: i64, len: i32) -> i64` | keep IO_IN's `len` bytes under `offset` (the host has already dropped any old copy) |
-//! | [`export::STORE_GET`] | `(offset: i64) -> i64` | write the bytes kept under `offset` to IO_OUT; [`status::NOT_FOUND`] if none |
+//! | [`export::STORE_GET`] | `(offset: i64) -> i64` | write the bytes kept under `offset` to IO_OUT; [`status::NOT_FOUND`] if none, [`status::UNAVAILABLE`] if the backend cannot be reached, [`status::DECODE_FAILED`] if the kept bytes fail the store's integrity check |
 //! | [`export::STORE_DELETE`] | `(offset: i64) -> i64` | drop `offset`; dropping an absent offset is not an error |
 //! | [`export::STORE_CLEAR`] | `() -> i64` | drop everything the pool holds |
 //!
@@ -164,7 +164,8 @@ pub mod status {
     pub const REJECT_UNAVAILABLE: u32 = 19;
     /// Store get: nothing is kept under that offset.
     pub const NOT_FOUND: u32 = 32;
-    /// Filter decode: the bytes do not decode to a page (zswap's `decompress_fail`).
+    /// Filter decode: the bytes do not decode to a page (zswap's `decompress_fail`). Store get:
+    /// the kept bytes fail the store's integrity check.
     pub const DECODE_FAILED: u32 = 33;
     /// Store get: the backend could not be reached.
     pub const UNAVAILABLE: u32 = 34;

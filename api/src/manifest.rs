@@ -30,6 +30,43 @@ pub struct Manifest {
     pub description: Text,
     /// The config keys the plugin accepts; any other key is refused.
     pub config: Cow<'static, [ConfigKey]>,
+    /// Capabilities beyond the sandbox the plugin needs; a pool must grant each one
+    /// explicitly (`"grants"` on the backend) or the pool is refused. Absent: none.
+    #[serde(default, skip_serializing_if = "<[Capability]>::is_empty")]
+    pub capabilities: Cow<'static, [Capability]>,
+}
+
+/// A capability a plugin may need and a pool may grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Stores only: the host page store of the pool is persistent — kept in the pool's own
+    /// database under the host's data dir, surviving restarts and crashes. The plugin sees
+    /// only its pool's pages, never a path or any other file.
+    Storage,
+}
+
+impl Capability {
+    /// Every capability, for messages.
+    pub const ALL: [Capability; 1] = [Capability::Storage];
+
+    /// The name in manifests and pool configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Storage => "storage",
+        }
+    }
+
+    /// The capability of that name.
+    pub fn from_name(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The two kinds of plugin in a backend chain.
@@ -210,6 +247,7 @@ mod tests {
             kind: PluginKind::Filter,
             description: "test".into(),
             config: Cow::Borrowed(KEYS),
+            capabilities: Cow::Borrowed(&[]),
         }
     }
 
@@ -241,7 +279,12 @@ mod tests {
         let m = manifest();
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.contains(r#""type":"integer""#), "{text}");
+        assert!(!text.contains("capabilities"), "no capabilities, no field: {text}");
         let back: Manifest = serde_json::from_str(&text).unwrap();
         assert_eq!(back, m);
+        let storage = Manifest { capabilities: Cow::Borrowed(&[Capability::Storage]), ..m };
+        let text = serde_json::to_string(&storage).unwrap();
+        assert!(text.contains(r#""capabilities":["storage"]"#), "{text}");
+        assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), storage);
     }
 }

@@ -86,13 +86,34 @@ pub struct BackendRequest {
     #[serde(default, skip_serializing_if = "Value::is_null")]
     #[schema(value_type = Object)]
     pub config: Value,
+    /// Capabilities granted to this plugin beyond the sandbox: exactly those its manifest
+    /// asks for (e.g. `["storage"]` for the `sled` store), or the pool is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
 }
 
 impl BackendRequest {
     /// The newest version of `plugin` with its defaults.
     pub fn new(plugin: &str) -> Self {
-        BackendRequest { plugin: plugin.into(), version: None, config: Value::Null }
+        BackendRequest { plugin: plugin.into(), version: None, config: Value::Null, grants: Vec::new() }
     }
+
+    /// The newest version of `plugin` with a config.
+    pub fn with_config(plugin: &str, config: Value) -> Self {
+        BackendRequest { config, ..BackendRequest::new(plugin) }
+    }
+}
+
+/// When a persistent pool acknowledges a change relative to the disk (`docs/durability.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// A store, invalidate or invalidate_area is acknowledged only once it is on disk
+    /// (concurrent changes share one flush: group commit).
+    Sync,
+    /// Changes are acknowledged at once and flushed every `flush_interval_ms`; a crash loses
+    /// at most that window, never tears a page.
+    Periodic,
 }
 
 fn default_page_size() -> u32 {
@@ -152,6 +173,12 @@ pub struct PoolConfig {
     /// Sandbox limits; absent: the host's defaults (64 MiB, 100 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxConfig>,
+    /// Persistent pools only (a store granted `storage`): `sync` (the default) or `periodic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// With `periodic`: the flush interval (1 to 60000 ms; default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_interval_ms: Option<u64>,
 }
 
 impl PoolConfig {
@@ -169,6 +196,8 @@ impl PoolConfig {
             enabled: true,
             shards: None,
             sandbox: None,
+            durability: None,
+            flush_interval_ms: None,
         }
     }
 }
@@ -208,6 +237,12 @@ pub struct PoolPatch {
     /// chain that stored them until they are invalidated or overwritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<Vec<BackendRequest>>,
+    /// Persistent pools: change the durability mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// Persistent pools in `periodic` mode: change the flush interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_interval_ms: Option<u64>,
 }
 
 /// One link of a pool's chain as it runs: the version pinned by sha256, the full config.
@@ -224,6 +259,9 @@ pub struct BackendInfo {
     /// The complete config, defaults filled in.
     #[schema(value_type = Object)]
     pub config: Map<String, Value>,
+    /// Capabilities granted to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
 }
 
 /// A chain a pool has used that still holds pages (after a hot swap), or the current one.
@@ -294,6 +332,12 @@ pub struct PoolInfo {
     pub sandbox: SandboxConfig,
     /// Whether stored pages survive a host restart (only with a persistent store).
     pub persistent: bool,
+    /// Persistent pools: the durability mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// Persistent pools in `periodic` mode: the flush interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_interval_ms: Option<u64>,
     /// Connected frontends.
     pub frontends: Vec<String>,
     /// Seconds since the pool was created (or restored) in this host process.

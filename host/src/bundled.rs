@@ -6,8 +6,11 @@ pub const ZSTD: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "
 /// The `ram` store.
 pub const RAM: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_ram.wasm"));
 
+/// The `sled` persistent store (needs the `storage` grant).
+pub const SLED: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_sled.wasm"));
+
 /// Every bundled plugin, registered by every host at start.
-pub const ALL: &[&[u8]] = &[ZSTD, RAM];
+pub const ALL: &[&[u8]] = &[ZSTD, RAM, SLED];
 
 /// Where this build put every plugin of `plugins/`, test fixtures included (for tests and
 /// benchmarks; a deployed binary needs only the embedded ones above).

@@ -8,11 +8,40 @@
 //! Trees:
 //! - `modules`: registration sequence number (u64, big-endian, so iteration is in
 //!   registration order) → `[name length: u8][name][module bytes]`.
-//! - `pools`: pool name → the pool's [`PoolConfig`] as JSON, versions pinned by sha256.
+//! - `pools`: pool name → the pool's [`PoolRecord`] as JSON: its config (versions pinned by
+//!   sha256) and, for a persistent pool, its database directory and every chain generation
+//!   whose pages are on disk.
 
 use std::path::Path;
 
-use tmem_api::rest::PoolConfig;
+use serde::{Deserialize, Serialize};
+use tmem_api::rest::{BackendRequest, PoolConfig};
+
+/// What the catalog keeps of a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRecord {
+    /// The config, current chain pinned by sha256.
+    pub config: PoolConfig,
+    /// Persistent pools: the database's directory name under `DATA_DIR/pools`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Persistent pools: every chain generation that may have pages in the database, oldest
+    /// first (the last is the current chain), so a restart reads each page through the chain
+    /// that stored it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generations: Vec<GenerationRecord>,
+}
+
+/// A chain generation of a persistent pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationRecord {
+    /// Its id (recorded with each of its pages).
+    pub id: u32,
+    /// Its links, pinned by sha256.
+    pub backends: Vec<BackendRequest>,
+}
 
 /// Why the catalog could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +138,8 @@ impl Catalog {
         self.flush()
     }
 
-    /// Every stored pool config.
-    pub fn pools(&self) -> Result<Vec<PoolConfig>, CatalogError> {
+    /// Every stored pool.
+    pub fn pools(&self) -> Result<Vec<PoolRecord>, CatalogError> {
         self.pools
             .iter()
             .values()
@@ -118,10 +147,10 @@ impl Catalog {
             .collect()
     }
 
-    /// Keeps (or replaces) a pool's config.
-    pub fn put_pool(&self, config: &PoolConfig) -> Result<(), CatalogError> {
-        let json = serde_json::to_vec(config).expect("a pool config serializes");
-        self.pools.insert(config.name.as_bytes(), json)?;
+    /// Keeps (or replaces) a pool's record.
+    pub fn put_pool(&self, record: &PoolRecord) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(record).expect("a pool record serializes");
+        self.pools.insert(record.config.name.as_bytes(), json)?;
         self.flush()
     }
 
@@ -135,7 +164,6 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tmem_api::rest::BackendRequest;
 
     #[test]
     fn modules_and_pools_survive_reopening_in_order() {
@@ -147,8 +175,13 @@ mod tests {
             catalog.add_module("a", b"first").unwrap();
             catalog.add_module("b", b"second?").unwrap();
             catalog.add_module("b", b"third").unwrap();
-            catalog.put_pool(&PoolConfig::new("p", vec![BackendRequest::new("ram")])).unwrap();
-            catalog.put_pool(&PoolConfig::new("q", vec![BackendRequest::new("ram")])).unwrap();
+            let record = |name: &str| PoolRecord {
+                config: PoolConfig::new(name, vec![BackendRequest::new("ram")]),
+                database: Some(format!("{name}-1")),
+                generations: vec![GenerationRecord { id: 1, backends: vec![BackendRequest::new("ram")] }],
+            };
+            catalog.put_pool(&record("p")).unwrap();
+            catalog.put_pool(&record("q")).unwrap();
             catalog.remove_pool("q").unwrap();
             catalog.remove_modules("b", |bytes| bytes == b"second?").unwrap();
         }
@@ -157,7 +190,8 @@ mod tests {
         assert_eq!(names, vec![("a".into(), b"first".to_vec()), ("b".into(), b"third".to_vec())]);
         let pools = catalog.pools().unwrap();
         assert_eq!(pools.len(), 1);
-        assert_eq!(pools[0].name, "p");
+        assert_eq!((pools[0].config.name.as_str(), pools[0].database.as_deref()), ("p", Some("p-1")));
+        assert_eq!(pools[0].generations[0].id, 1);
         drop(catalog);
         std::fs::remove_dir_all(&dir).unwrap();
     }

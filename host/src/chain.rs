@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tmem_api::abi::status;
-use tmem_api::manifest::PluginKind;
+use tmem_api::manifest::{Capability, PluginKind};
 
-use crate::page_store::PageShard;
+use crate::page_store::{PageMeta, PageShard};
 use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, SandboxLimits};
 use crate::stats::PoolStats;
 
@@ -33,20 +33,45 @@ pub struct ChainLink {
     pub module: PluginModule,
     /// The complete config (defaults filled in), checked against the manifest.
     pub config: Map<String, Value>,
+    /// The capabilities the pool grants it: exactly those its manifest asks for.
+    pub grants: Vec<Capability>,
     config_text: String,
 }
 
 impl ChainLink {
     /// A link with its config checked against the plugin's manifest.
-    pub fn new(plugin: &str, module: PluginModule, config: &Value) -> Result<Self, ChainError> {
+    /// A link with its config checked against the plugin's manifest, and its grants against
+    /// the capabilities the manifest asks for (each needed one granted, nothing more).
+    pub fn new(plugin: &str, module: PluginModule, config: &Value, grants: &[String]) -> Result<Self, ChainError> {
         let config = module.manifest().resolve_config(config).map_err(|e| ChainError(e.0))?;
+        let needed = &module.manifest().capabilities;
+        let mut granted = Vec::new();
+        for grant in grants {
+            let capability = Capability::from_name(grant).ok_or_else(|| {
+                let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
+                ChainError(format!("unknown capability '{grant}' granted to '{plugin}' (capabilities: {})", known.join(", ")))
+            })?;
+            if !needed.contains(&capability) {
+                return Err(ChainError(format!(
+                    "plugin '{plugin}' does not use the '{grant}' capability; grant a plugin only what its manifest asks for"
+                )));
+            }
+            if !granted.contains(&capability) {
+                granted.push(capability);
+            }
+        }
+        if let Some(missing) = needed.iter().find(|c| !granted.contains(c)) {
+            return Err(ChainError(format!(
+                "plugin '{plugin}' needs the '{missing}' capability; grant it with \"grants\": [\"{missing}\"] on that backend"
+            )));
+        }
         let config_text = Value::Object(config.clone()).to_string();
-        Ok(ChainLink { plugin: plugin.into(), module, config, config_text })
+        Ok(ChainLink { plugin: plugin.into(), module, config, grants: granted, config_text })
     }
 
-    /// Whether two links run the same module with the same config.
+    /// Whether two links run the same module with the same config and grants.
     pub fn same_as(&self, other: &ChainLink) -> bool {
-        self.module.sha256() == other.module.sha256() && self.config == other.config
+        self.module.sha256() == other.module.sha256() && self.config == other.config && self.grants == other.grants
     }
 }
 
@@ -87,6 +112,11 @@ impl Chain {
         &self.links
     }
 
+    /// Whether the store keeps its pages on disk (it is granted `storage`).
+    pub fn is_persistent(&self) -> bool {
+        self.links.last().is_some_and(|l| l.grants.contains(&Capability::Storage))
+    }
+
     /// Names of the links, e.g. `[zstd, ram]`, for logs.
     pub fn describe(&self) -> String {
         let names: Vec<&str> = self.links.iter().map(|l| l.plugin.as_str()).collect();
@@ -103,6 +133,8 @@ pub(crate) struct ChainContext<'a> {
     pub(crate) pages: &'a Arc<PageShard>,
     pub(crate) stats: &'a PoolStats,
     pub(crate) pool: &'a str,
+    /// The generation whose chain this is (recorded with each page kept on disk).
+    pub(crate) generation: u32,
 }
 
 /// How the chain encoded a stored page (for the pool's gauges).
@@ -114,6 +146,26 @@ pub enum EncodedKind {
     SameFilled,
     /// Passed on raw because it did not compress.
     Incompressible,
+}
+
+impl EncodedKind {
+    /// As recorded on disk.
+    pub fn code(self) -> u8 {
+        match self {
+            EncodedKind::Normal => 0,
+            EncodedKind::SameFilled => 1,
+            EncodedKind::Incompressible => 2,
+        }
+    }
+
+    /// From its code (an unknown code reads as `Normal`: it only affects gauges).
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => EncodedKind::SameFilled,
+            2 => EncodedKind::Incompressible,
+            _ => EncodedKind::Normal,
+        }
+    }
 }
 
 /// Why a store did not go through.
@@ -285,6 +337,7 @@ impl ChainInstances {
             self.pass(i, i + 1, out);
             len = out;
         }
+        cx.pages.stage(PageMeta { kind: kind.code(), generation: cx.generation });
         match self.call(cx, store, true, |s| s.put(offset, len)).map_err(PutFailure::Fault)? {
             status::OK => Ok(kind),
             refused => Err(PutFailure::Refused(refused)),
@@ -306,6 +359,7 @@ impl ChainInstances {
         match code {
             status::OK => {}
             status::NOT_FOUND => return Err(GetFailure::Missing),
+            status::DECODE_FAILED => return Err(GetFailure::Decode),
             _ => return Err(GetFailure::Unavailable),
         }
         let mut holder = store;

@@ -598,6 +598,8 @@ impl PoolSetArgs {
                 None
             },
             backends: if self.backends.is_empty() { None } else { Some(self.backends) },
+            durability: None,
+            flush_interval_ms: None,
         }
     }
 }

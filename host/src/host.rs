@@ -15,9 +15,10 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch, SandboxConfig};
+use tmem_api::rest::{BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, SandboxConfig};
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, GenerationRecord, PoolRecord};
+use crate::persist::{DEFAULT_FLUSH_INTERVAL, Durability, PoolDisk};
 use crate::chain::{Chain, ChainLink};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
 use crate::pool::{Pool, PoolLimits, PoolModes, PoolSpec};
@@ -33,34 +34,9 @@ pub struct HostConfig {
     pub engine: EngineOptions,
 }
 
-/// One link of a pool's backend chain, as asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackendSpec {
-    /// Registered plugin name.
-    pub plugin: String,
-    /// A version string, or a sha256 (or a prefix of 8+ hex digits); `None`: the newest.
-    pub version: Option<String>,
-    /// The plugin's config object (`null`: all defaults).
-    pub config: Value,
-}
-
-impl From<&BackendRequest> for BackendSpec {
-    fn from(b: &BackendRequest) -> Self {
-        BackendSpec { plugin: b.plugin.clone(), version: b.version.clone(), config: b.config.clone() }
-    }
-}
-
-impl BackendSpec {
-    /// The newest version of `plugin` with its default config.
-    pub fn new(plugin: &str) -> Self {
-        BackendSpec { plugin: plugin.into(), version: None, config: Value::Null }
-    }
-
-    /// The same with a config.
-    pub fn with_config(plugin: &str, config: Value) -> Self {
-        BackendSpec { plugin: plugin.into(), version: None, config }
-    }
-}
+/// One link of a pool's backend chain, as asked for: the API's type (plugin, optional
+/// version or sha256, config, grants).
+pub type BackendSpec = BackendRequest;
 
 /// Errors of the host's management operations (not of the data path).
 #[derive(Debug, thiserror::Error)]
@@ -198,9 +174,13 @@ impl Host {
 
     fn restore_pools(&self) -> Result<(), CatalogError> {
         let Some(catalog) = &self.catalog else { return Ok(()) };
-        for config in catalog.pools()? {
-            let name = config.name.clone();
-            match self.build_pool(&config) {
+        for record in catalog.pools()? {
+            let name = record.config.name.clone();
+            match self.restore_pool(&record) {
+                Ok(pool) if pool.is_persistent() => {
+                    self.pools.write().insert(name.clone(), pool.clone());
+                    tracing::info!(pool = %name, chain = %pool.chain().describe(), pages = pool.curr_pages(), "persistent pool restored");
+                }
                 Ok(pool) => {
                     self.pools.write().insert(name.clone(), pool.clone());
                     tracing::warn!(
@@ -209,10 +189,37 @@ impl Host {
                         "pool restored; its store keeps pages in memory only, so it starts empty"
                     );
                 }
-                Err(e) => tracing::error!(pool = %name, "a kept pool could not be restored (its config stays in the catalog): {e}"),
+                Err(e) => tracing::error!(pool = %name, "a kept pool could not be restored (its record stays in the catalog): {e}"),
             }
         }
         Ok(())
+    }
+
+    fn restore_pool(&self, record: &PoolRecord) -> Result<Arc<Pool>, HostError> {
+        let spec = pool_spec(&record.config).map_err(HostError::InvalidPool)?;
+        spec.check().map_err(HostError::InvalidPool)?;
+        let Some(database) = &record.database else {
+            let chain = self.resolve_chain(&record.config.backends)?;
+            return Ok(Arc::new(Pool::new(spec, chain, self.engine.clone(), None).map_err(HostError::InvalidPool)?));
+        };
+        let dir = self.pools_dir()?.join(database);
+        if !dir.is_dir() {
+            return Err(HostError::InvalidPool(format!("its database {} is missing", dir.display())));
+        }
+        let generations = record
+            .generations
+            .iter()
+            .map(|g| Ok((g.id, self.resolve_chain(&g.backends)?)))
+            .collect::<Result<Vec<_>, HostError>>()?;
+        let disk = PoolDisk::open(&dir, spec.durability).map_err(HostError::InvalidPool)?;
+        Ok(Arc::new(Pool::restore(spec, generations, self.engine.clone(), disk).map_err(HostError::InvalidPool)?))
+    }
+
+    fn pools_dir(&self) -> Result<PathBuf, HostError> {
+        let data_dir = self.data_dir.as_ref().ok_or_else(|| {
+            HostError::InvalidPool("a persistent pool (a store granted storage) needs a host with a data dir".into())
+        })?;
+        Ok(data_dir.join("pools"))
     }
 
     /// The plugin engine.
@@ -360,7 +367,7 @@ impl Host {
             .iter()
             .map(|b| {
                 let module = self.plugin(&b.plugin, b.version.as_deref())?;
-                ChainLink::new(&b.plugin, module, &b.config).map_err(|e| HostError::InvalidPool(e.0))
+                ChainLink::new(&b.plugin, module, &b.config, &b.grants).map_err(|e| HostError::InvalidPool(e.0))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Chain::new(links).map_err(|e| HostError::InvalidPool(e.0))
@@ -376,37 +383,62 @@ impl Host {
         }
         let chain = self.resolve_chain(backends)?;
         let name = spec.name.clone();
-        let pool = Arc::new(Pool::new(spec, chain, self.engine.clone()).map_err(HostError::InvalidPool)?);
-        self.keep(&pool)?;
+        let disk = if chain.is_persistent() {
+            let mut suffix = [0u8; 4];
+            getrandom::fill(&mut suffix).map_err(|e| HostError::InvalidPool(format!("no randomness: {e}")))?;
+            let dir = self.pools_dir()?.join(format!("{name}-{}", hex::encode(suffix)));
+            Some(PoolDisk::open(&dir, spec.durability).map_err(HostError::InvalidPool)?)
+        } else {
+            None
+        };
+        let created = Pool::new(spec, chain, self.engine.clone(), disk.clone())
+            .map_err(HostError::InvalidPool)
+            .map(Arc::new)
+            .and_then(|pool| self.keep(&pool).map(|()| pool));
+        let pool = match created {
+            Ok(pool) => pool,
+            Err(e) => {
+                if let Some(disk) = disk {
+                    disk.remove_when_dropped();
+                }
+                return Err(e);
+            }
+        };
         self.pools.write().insert(name.clone(), pool.clone());
-        tracing::info!(pool = %name, chain = %pool.chain().describe(), page_size = pool.page_size(), "pool created");
+        tracing::info!(pool = %name, chain = %pool.chain().describe(), page_size = pool.page_size(), persistent = pool.is_persistent(), "pool created");
         Ok(pool)
     }
 
     /// Creates a pool from its API config.
     pub fn create_pool_from(&self, config: &PoolConfig) -> Result<Arc<Pool>, HostError> {
-        let backends: Vec<BackendSpec> = config.backends.iter().map(BackendSpec::from).collect();
-        self.create_pool(pool_spec(config), &backends)
+        let spec = pool_spec(config).map_err(HostError::InvalidPool)?;
+        let persistent = config.backends.last().is_some_and(|b| b.grants.iter().any(|g| g == "storage"));
+        if !persistent && (config.durability.is_some() || config.flush_interval_ms.is_some()) {
+            return Err(HostError::InvalidPool(
+                "durability and flush_interval_ms apply only to persistent pools (a store granted \"storage\", e.g. sled)".into(),
+            ));
+        }
+        self.create_pool(spec, &config.backends)
     }
 
-    fn build_pool(&self, config: &PoolConfig) -> Result<Arc<Pool>, HostError> {
-        let spec = pool_spec(config);
-        spec.check().map_err(HostError::InvalidPool)?;
-        let backends: Vec<BackendSpec> = config.backends.iter().map(BackendSpec::from).collect();
-        let chain = self.resolve_chain(&backends)?;
-        Ok(Arc::new(Pool::new(spec, chain, self.engine.clone()).map_err(HostError::InvalidPool)?))
-    }
-
-    /// Writes a pool's current config to the catalog, pinning the bundled modules it runs
-    /// (so a later binary with newer bundled plugins still has them).
+    /// Writes a pool's record to the catalog, pinning the bundled modules it runs (so a later
+    /// binary with newer bundled plugins still has them).
     fn keep(&self, pool: &Pool) -> Result<(), HostError> {
         let Some(catalog) = &self.catalog else { return Ok(()) };
-        for link in pool.chain().links() {
+        let generations = if pool.is_persistent() { pool.generations() } else { Vec::new() };
+        for link in generations.iter().flat_map(|(g, _)| g.chain.links()).chain(pool.chain().links()) {
             if self.is_bundled(&link.plugin, &link.module) {
                 catalog.add_module(&link.plugin, self.bundled[link.module.sha256()])?;
             }
         }
-        catalog.put_pool(&pool_config(pool))?;
+        catalog.put_pool(&PoolRecord {
+            config: pool_config(pool),
+            database: pool.disk().and_then(|d| d.dir().file_name()).map(|n| n.to_string_lossy().into_owned()),
+            generations: generations
+                .iter()
+                .map(|(g, _)| GenerationRecord { id: g.id, backends: pinned_backends(&g.chain) })
+                .collect(),
+        })?;
         Ok(())
     }
 
@@ -427,6 +459,7 @@ impl Host {
             limits.accept_threshold_percent = percent;
         }
         limits.check().map_err(HostError::InvalidPool)?;
+        let durability = patched_durability(&pool, patch).map_err(HostError::InvalidPool)?;
         if let Some(backends) = &patch.backends {
             let current = pool.chain();
             let names: Vec<&str> = current.links().iter().map(|l| l.plugin.as_str()).collect();
@@ -438,8 +471,7 @@ impl Host {
                     names.join(", ")
                 )));
             }
-            let specs: Vec<BackendSpec> = backends.iter().map(BackendSpec::from).collect();
-            let chain = self.resolve_chain(&specs)?;
+            let chain = self.resolve_chain(backends)?;
             let unchanged = chain.links().iter().zip(current.links()).all(|(a, b)| a.same_as(b));
             if !unchanged {
                 let generation = pool.swap_chain(Arc::new(chain)).map_err(HostError::InvalidPool)?;
@@ -453,6 +485,9 @@ impl Host {
         pool.set_modes(modes);
         if let Some(enabled) = patch.enabled {
             pool.set_enabled(enabled);
+        }
+        if let Some(durability) = durability {
+            pool.set_durability(durability).map_err(HostError::InvalidPool)?;
         }
         self.keep(&pool)?;
         Ok(pool)
@@ -478,6 +513,10 @@ impl Host {
         }
         let pool = self.pools.write().remove(name).ok_or_else(|| HostError::PoolNotFound(name.into()))?;
         pool.invalidate_area();
+        if let Some(disk) = pool.disk() {
+            // The directory goes when the last operation still holding the pool is done.
+            disk.remove_when_dropped();
+        }
         tracing::info!(pool = %name, "pool destroyed");
         Ok(())
     }
@@ -503,8 +542,52 @@ fn describe_versions(chain: &Chain) -> String {
     links.join(" → ")
 }
 
+/// The durability a PATCH asks for, checked against the pool (`None`: unchanged).
+fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durability>, String> {
+    if patch.durability.is_none() && patch.flush_interval_ms.is_none() {
+        return Ok(None);
+    }
+    let Some(current) = pool.durability() else {
+        return Err(format!("pool '{}' is not persistent (its store is not granted storage); durability does not apply", pool.name()));
+    };
+    let durability = match (patch.durability, patch.flush_interval_ms) {
+        (Some(ApiDurability::Sync), Some(_)) => return Err("flush_interval_ms applies only to periodic durability".into()),
+        (Some(ApiDurability::Sync), None) => Durability::Sync,
+        (Some(ApiDurability::Periodic), ms) => Durability::Periodic(ms.map_or_else(
+            || match current {
+                Durability::Periodic(interval) => interval,
+                Durability::Sync => DEFAULT_FLUSH_INTERVAL,
+            },
+            Duration::from_millis,
+        )),
+        (None, Some(ms)) => match current {
+            Durability::Periodic(_) => Durability::Periodic(Duration::from_millis(ms)),
+            Durability::Sync => return Err("flush_interval_ms applies only to periodic durability; set \"durability\": \"periodic\" too".into()),
+        },
+        (None, None) => unreachable!("checked above"),
+    };
+    let mut check = PoolSpec::new(pool.name());
+    check.durability = durability;
+    check.check()?;
+    Ok(Some(durability))
+}
+
+/// A chain's links as API backends, pinned by sha256.
+fn pinned_backends(chain: &Chain) -> Vec<BackendRequest> {
+    chain
+        .links()
+        .iter()
+        .map(|l| BackendRequest {
+            plugin: l.plugin.clone(),
+            version: Some(l.module.sha256().into()),
+            config: Value::Object(l.config.clone()),
+            grants: l.grants.iter().map(|c| c.name().to_string()).collect(),
+        })
+        .collect()
+}
+
 /// The pool spec an API config asks for.
-pub fn pool_spec(config: &PoolConfig) -> PoolSpec {
+pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, String> {
     let mut spec = PoolSpec::new(config.name.clone());
     spec.page_size = config.page_size;
     spec.limits = PoolLimits {
@@ -522,7 +605,12 @@ pub fn pool_spec(config: &PoolConfig) -> PoolSpec {
             ..SandboxLimits::default()
         };
     }
-    spec
+    spec.durability = match (config.durability, config.flush_interval_ms) {
+        (None | Some(ApiDurability::Sync), None) => Durability::Sync,
+        (Some(ApiDurability::Periodic), ms) => Durability::Periodic(ms.map_or(DEFAULT_FLUSH_INTERVAL, Duration::from_millis)),
+        (_, Some(_)) => return Err("flush_interval_ms applies only to periodic durability (\"durability\": \"periodic\")".into()),
+    };
+    Ok(spec)
 }
 
 /// A live pool's config as the API shows it and the catalog keeps it: every setting
@@ -534,16 +622,7 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
     PoolConfig {
         name: pool.name().into(),
         page_size: pool.page_size(),
-        backends: pool
-            .chain()
-            .links()
-            .iter()
-            .map(|l| BackendRequest {
-                plugin: l.plugin.clone(),
-                version: Some(l.module.sha256().into()),
-                config: Value::Object(l.config.clone()),
-            })
-            .collect(),
+        backends: pinned_backends(&pool.chain()),
         max_pages: limits.max_pages,
         max_bytes: limits.max_bytes,
         accept_threshold_percent: limits.accept_threshold_percent,
@@ -555,5 +634,13 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
             memory_bytes: sandbox.memory_bytes as u64,
             call_timeout_ms: sandbox.call_timeout.as_millis() as u64,
         }),
+        durability: pool.durability().map(|d| match d {
+            Durability::Sync => ApiDurability::Sync,
+            Durability::Periodic(_) => ApiDurability::Periodic,
+        }),
+        flush_interval_ms: match pool.durability() {
+            Some(Durability::Periodic(interval)) => Some(interval.as_millis() as u64),
+            _ => None,
+        },
     }
 }

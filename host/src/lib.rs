@@ -25,6 +25,7 @@ pub mod chain;
 pub mod cli;
 pub mod host;
 pub mod page_store;
+pub mod persist;
 pub mod plugin;
 pub mod pool;
 pub mod rest;

@@ -1,31 +1,90 @@
-//! The host page store: the capability through which a store plugin keeps page bytes in host
-//! memory, so that they outlive any plugin instance (a trapped instance is thrown away with
-//! its linear memory; these bytes are not).
+//! The host page store: the capability through which a store plugin keeps page bytes outside
+//! its own linear memory, so that they outlive any plugin instance (a trapped instance is
+//! thrown away with its linear memory; these bytes are not).
 //!
-//! One [`PageShard`] per pool shard, keyed by page offset. A shard is only ever touched while
-//! its pool shard is locked, so its mutex is never contended; it exists so that the plugin
-//! instance (through its host functions) and the pool (to purge after a plugin fault) can
-//! both reach the same bytes. Every byte kept is accounted in the pool's `pool_total_size`.
+//! One [`PageShard`] per pool shard, keyed by page offset, with one of two backings:
+//!
+//! - **memory** (every store by default): a map in host memory; every byte kept is accounted
+//!   in the pool's `pool_total_size`.
+//! - **disk** (a store granted `storage`): the shard's tree in the pool's own sled database
+//!   ([`crate::persist`]). Each record is `[kind: u8][generation: u32 LE][the plugin's bytes]`,
+//!   key = offset (big-endian): the host's own header says how the page was encoded and by
+//!   which chain generation, so a restarted host rebuilds the pool's map from the records
+//!   alone ([`PageShard::recover`]), and one record insert is one atomic change.
+//!   `pool_total_size` is the database's size on disk.
+//!
+//! A shard is only ever touched while its pool shard is locked; the mutex (memory backing)
+//! exists so that the plugin instance (through its host functions) and the pool (to purge
+//! after a plugin fault) can both reach the same bytes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::stats::PoolStats;
 
+/// Bytes of the host header of a disk record.
+const DISK_HEADER: usize = 5;
+
+/// What the host records about a page next to its bytes (disk backing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageMeta {
+    /// How the chain encoded it (`EncodedKind` as a byte).
+    pub kind: u8,
+    /// The chain generation that stored it.
+    pub generation: u32,
+}
+
+enum Backing {
+    Memory(Mutex<HashMap<u64, Box<[u8]>, foldhash::fast::RandomState>>),
+    Disk {
+        tree: sled::Tree,
+        /// The header of the next put, staged by the chain before it calls the store
+        /// (packed: kind << 32 | generation).
+        staged: AtomicU64,
+    },
+}
+
 /// Bytes of one pool shard, by offset.
-#[derive(Debug)]
 pub struct PageShard {
-    pages: Mutex<HashMap<u64, Box<[u8]>, foldhash::fast::RandomState>>,
-    /// The owning pool's stats: every byte kept is counted in `pool_total_size`.
+    backing: Backing,
+    /// The owning pool's stats (memory backing accounts every byte in `pool_total_size`).
     stats: Arc<PoolStats>,
 }
 
+impl std::fmt::Debug for PageShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_persistent() { "PageShard(disk)" } else { "PageShard(memory)" })
+    }
+}
+
+fn key(offset: u64) -> [u8; 8] {
+    offset.to_be_bytes()
+}
+
 impl PageShard {
-    /// An empty shard that accounts into `stats`.
+    /// An empty in-memory shard that accounts into `stats`.
     pub fn new(stats: Arc<PoolStats>) -> Self {
-        PageShard { pages: Mutex::new(HashMap::default()), stats }
+        PageShard { backing: Backing::Memory(Mutex::new(HashMap::default())), stats }
+    }
+
+    /// A shard kept in `tree`.
+    pub fn on_disk(tree: sled::Tree, stats: Arc<PoolStats>) -> Self {
+        PageShard { backing: Backing::Disk { tree, staged: AtomicU64::new(0) }, stats }
+    }
+
+    /// Whether the bytes are on disk.
+    pub fn is_persistent(&self) -> bool {
+        matches!(self.backing, Backing::Disk { .. })
+    }
+
+    /// Sets the header the next put records (disk backing; ignored in memory).
+    pub fn stage(&self, meta: PageMeta) {
+        if let Backing::Disk { staged, .. } = &self.backing {
+            staged.store((meta.kind as u64) << 32 | meta.generation as u64, Ordering::Relaxed);
+        }
     }
 
     fn bytes_added(&self, n: usize) {
@@ -36,48 +95,116 @@ impl PageShard {
         PoolStats::sub(&self.stats.counters.pool_total_size, n as u64);
     }
 
-    /// Keeps a copy of `bytes` under `offset`, replacing what was there.
-    pub fn put(&self, offset: u64, bytes: &[u8]) {
-        let old = self.pages.lock().insert(offset, bytes.into());
-        self.bytes_added(bytes.len());
-        if let Some(old) = old {
-            self.bytes_removed(old.len());
+    /// Keeps a copy of `bytes` under `offset`, replacing what was there. `false` if it could
+    /// not be kept (a disk error).
+    pub fn put(&self, offset: u64, bytes: &[u8]) -> bool {
+        match &self.backing {
+            Backing::Memory(pages) => {
+                let old = pages.lock().insert(offset, bytes.into());
+                self.bytes_added(bytes.len());
+                if let Some(old) = old {
+                    self.bytes_removed(old.len());
+                }
+                true
+            }
+            Backing::Disk { tree, staged } => {
+                let staged = staged.load(Ordering::Relaxed);
+                let mut record = Vec::with_capacity(DISK_HEADER + bytes.len());
+                record.push((staged >> 32) as u8);
+                record.extend_from_slice(&(staged as u32).to_le_bytes());
+                record.extend_from_slice(bytes);
+                match tree.insert(key(offset), record) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!("pool database write failed: {e}");
+                        false
+                    }
+                }
+            }
         }
     }
 
     /// Calls `read` with the bytes under `offset`, if any.
     pub fn with<R>(&self, offset: u64, read: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        self.pages.lock().get(&offset).map(|bytes| read(bytes))
+        match &self.backing {
+            Backing::Memory(pages) => pages.lock().get(&offset).map(|bytes| read(bytes)),
+            Backing::Disk { tree, .. } => match tree.get(key(offset)) {
+                Ok(Some(record)) if record.len() >= DISK_HEADER => Some(read(&record[DISK_HEADER..])),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::error!(offset, "pool database read failed: {e}");
+                    None
+                }
+            },
+        }
     }
 
     /// Drops `offset`; returns whether anything was there.
     pub fn delete(&self, offset: u64) -> bool {
-        match self.pages.lock().remove(&offset) {
-            Some(old) => {
-                self.bytes_removed(old.len());
-                true
-            }
-            None => false,
+        match &self.backing {
+            Backing::Memory(pages) => match pages.lock().remove(&offset) {
+                Some(old) => {
+                    self.bytes_removed(old.len());
+                    true
+                }
+                None => false,
+            },
+            Backing::Disk { tree, .. } => match tree.remove(key(offset)) {
+                Ok(old) => old.is_some(),
+                Err(e) => {
+                    tracing::error!(offset, "pool database delete failed: {e}");
+                    false
+                }
+            },
         }
     }
 
     /// Drops everything in this shard.
     pub fn clear(&self) {
-        let mut pages = self.pages.lock();
-        let bytes: usize = pages.values().map(|b| b.len()).sum();
-        pages.clear();
-        pages.shrink_to_fit();
-        self.bytes_removed(bytes);
-    }
-
-    /// How many offsets this shard keeps.
-    pub fn len(&self) -> usize {
-        self.pages.lock().len()
+        match &self.backing {
+            Backing::Memory(pages) => {
+                let mut pages = pages.lock();
+                let bytes: usize = pages.values().map(|b| b.len()).sum();
+                pages.clear();
+                pages.shrink_to_fit();
+                self.bytes_removed(bytes);
+            }
+            Backing::Disk { tree, .. } => {
+                if let Err(e) = tree.clear() {
+                    tracing::error!("pool database clear failed: {e}");
+                }
+            }
+        }
     }
 
     /// Whether this shard keeps nothing.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        match &self.backing {
+            Backing::Memory(pages) => pages.lock().is_empty(),
+            Backing::Disk { tree, .. } => tree.is_empty(),
+        }
+    }
+
+    /// Every record's offset and header (disk backing; empty in memory): what a restarted
+    /// host rebuilds the pool's map from. Records too short to have a header are dropped.
+    pub fn recover(&self) -> Vec<(u64, PageMeta)> {
+        let Backing::Disk { tree, .. } = &self.backing else { return Vec::new() };
+        let mut found = Vec::new();
+        for entry in tree.iter() {
+            match entry {
+                Ok((key, record)) if key.len() == 8 && record.len() >= DISK_HEADER => {
+                    let offset = u64::from_be_bytes(key.as_ref().try_into().expect("8 bytes"));
+                    let generation = u32::from_le_bytes(record[1..DISK_HEADER].try_into().expect("4 bytes"));
+                    found.push((offset, PageMeta { kind: record[0], generation }));
+                }
+                Ok((key, _)) => {
+                    tracing::error!(key = ?key, "dropping a malformed record from a pool database");
+                    let _ = tree.remove(key);
+                }
+                Err(e) => tracing::error!("reading a pool database failed: {e}"),
+            }
+        }
+        found
     }
 }
 
@@ -90,7 +217,7 @@ mod tests {
         let stats = Arc::new(PoolStats::default());
         let shard = PageShard::new(stats.clone());
         let gauge = || stats.counters.snapshot().pool_total_size;
-        shard.put(1, &[1; 100]);
+        assert!(shard.put(1, &[1; 100]));
         shard.put(2, &[2; 50]);
         assert_eq!(gauge(), 150);
         shard.put(1, &[3; 10]);
@@ -102,5 +229,23 @@ mod tests {
         shard.clear();
         assert_eq!(gauge(), 0);
         assert!(shard.is_empty());
+    }
+
+    #[test]
+    fn disk_records_carry_the_staged_header_and_are_recovered() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let shard = PageShard::on_disk(db.open_tree("s").unwrap(), Arc::new(PoolStats::default()));
+        shard.stage(PageMeta { kind: 2, generation: 7 });
+        assert!(shard.put(5, b"five"));
+        shard.stage(PageMeta { kind: 0, generation: 8 });
+        assert!(shard.put(3, b"three"));
+        assert_eq!(shard.with(5, |b| b.to_vec()), Some(b"five".to_vec()));
+        assert_eq!(
+            shard.recover(),
+            vec![(3, PageMeta { kind: 0, generation: 8 }), (5, PageMeta { kind: 2, generation: 7 })]
+        );
+        assert!(shard.delete(3) && !shard.delete(3));
+        shard.clear();
+        assert!(shard.is_empty() && shard.recover().is_empty());
     }
 }

@@ -31,6 +31,7 @@ use tmem_api::abi::status;
 
 use crate::chain::{Chain, ChainContext, ChainInstances, EncodedKind, GetFailure, PutFailure};
 use crate::page_store::PageShard;
+use crate::persist::{Durability, PoolDisk};
 use crate::plugin::{PluginEngine, PluginFault, SandboxLimits};
 use crate::stats::{CounterSnapshot, HistogramSnapshot, Op, PoolStats};
 
@@ -208,6 +209,8 @@ pub struct PoolSpec {
     pub shards: Option<usize>,
     /// Whether stores are accepted from the start.
     pub enabled: bool,
+    /// When changes reach the disk, for a pool whose store is granted `storage`.
+    pub durability: Durability,
 }
 
 impl PoolSpec {
@@ -221,6 +224,7 @@ impl PoolSpec {
             sandbox: SandboxLimits::default(),
             shards: None,
             enabled: true,
+            durability: Durability::Sync,
         }
     }
 
@@ -239,12 +243,32 @@ impl PoolSpec {
             ));
         }
         self.limits.check()?;
+        if self.name.starts_with('.') {
+            return Err(format!("pool name {:?} must not start with '.'", self.name));
+        }
         if let Some(n) = self.shards
             && (!n.is_power_of_two() || n > 1024)
         {
             return Err(format!("shards {n} must be a power of two up to 1024"));
         }
+        if let Durability::Periodic(interval) = self.durability
+            && (interval.is_zero() || interval > crate::persist::MAX_FLUSH_INTERVAL)
+        {
+            return Err(format!(
+                "flush_interval_ms {} must be from 1 to {}",
+                interval.as_millis(),
+                crate::persist::MAX_FLUSH_INTERVAL.as_millis()
+            ));
+        }
         Ok(())
+    }
+
+    /// The number of shards the pool will have (`shards`, or two per CPU, 4 to 64).
+    pub fn shard_count(&self) -> usize {
+        self.shards.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cpus * 2).next_power_of_two().clamp(4, 64)
+        })
     }
 }
 
@@ -348,6 +372,8 @@ pub struct Pool {
     full: AtomicBool,
     frontends: RwLock<Vec<Arc<dyn Frontend>>>,
     created: Instant,
+    /// The pool's own database, when its store is granted `storage`.
+    disk: Option<Arc<PoolDisk>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -360,25 +386,85 @@ const UNLIMITED: u64 = u64::MAX;
 
 impl Pool {
     /// Creates the pool (init: the map starts empty) and instantiates its whole chain once,
-    /// so a config the plugins refuse is reported now, not when the first page arrives.
-    pub(crate) fn new(spec: PoolSpec, chain: Chain, engine: Arc<PluginEngine>) -> Result<Self, String> {
+    /// so a config the plugins refuse is reported now, not when the first page arrives. A
+    /// pool whose store is granted `storage` needs `disk`, its own (empty) database.
+    pub(crate) fn new(spec: PoolSpec, chain: Chain, engine: Arc<PluginEngine>, disk: Option<Arc<PoolDisk>>) -> Result<Self, String> {
+        let pool = Pool::empty(spec, Arc::new(chain.clone()), engine, disk)?;
+        pool.swap_chain(Arc::new(chain))?;
+        Ok(pool)
+    }
+
+    /// Brings back a persistent pool after a restart: its chain generations (oldest first,
+    /// the last is current) are started with their recorded ids, then the map, the gauges and
+    /// each generation's page count are rebuilt from the records in `disk`. Records of a
+    /// generation not listed cannot be decoded: they are dropped, with an error logged.
+    pub(crate) fn restore(
+        spec: PoolSpec,
+        generations: Vec<(u32, Chain)>,
+        engine: Arc<PluginEngine>,
+        disk: Arc<PoolDisk>,
+    ) -> Result<Self, String> {
+        let (_, current) = generations.last().ok_or("a restored pool needs a chain")?;
+        let pool = Pool::empty(spec, Arc::new(current.clone()), engine, Some(disk))?;
+        let mut installed = Vec::new();
+        for (id, chain) in generations {
+            let chain = Arc::new(chain);
+            pool.install(chain.clone(), Some(id))?;
+            installed.push((id, chain));
+        }
+        let mut dropped = 0u64;
+        for (i, shard) in pool.shards.iter().enumerate() {
+            let mut shard = shard.lock();
+            if i > 0 {
+                // Shard 0 has every generation's warmed-up slot; the others start them lazily.
+                shard.generations = installed
+                    .iter()
+                    .map(|(id, chain)| GenerationSlot { id: *id, chain: chain.clone(), instances: ChainInstances::new(chain.links().len()), held: 0 })
+                    .collect();
+            }
+            for (offset, meta) in shard.pages.recover() {
+                let Some(slot) = shard.generations.iter().position(|g| g.id == meta.generation) else {
+                    shard.pages.delete(offset);
+                    dropped += 1;
+                    continue;
+                };
+                let kind = EncodedKind::from_code(meta.kind);
+                shard.map.insert(offset, Entry { kind, generation: meta.generation });
+                shard.generations[slot].held += 1;
+                pool.remember(kind);
+            }
+            let newest = shard.generations.len() - 1;
+            let mut i = 0;
+            shard.generations.retain(|g| {
+                i += 1;
+                g.held > 0 || i - 1 == newest
+            });
+        }
+        if dropped > 0 {
+            tracing::error!(pool = %pool.name, dropped, "DATA LOSS: pages stored by an unknown chain generation were dropped");
+        }
+        Ok(pool)
+    }
+
+    fn empty(spec: PoolSpec, chain: Arc<Chain>, engine: Arc<PluginEngine>, disk: Option<Arc<PoolDisk>>) -> Result<Self, String> {
         spec.check()?;
-        let shard_count = spec.shards.unwrap_or_else(|| {
-            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-            (cpus * 2).next_power_of_two().clamp(4, 64)
-        });
+        if chain.is_persistent() != disk.is_some() {
+            return Err("a pool has a database exactly when its store is granted storage".into());
+        }
         let stats = Arc::new(PoolStats::default());
-        let shards = (0..shard_count)
-            .map(|_| {
-                Mutex::new(Shard {
-                    map: HashMap::default(),
-                    generations: Vec::new(),
-                    pages: Arc::new(PageShard::new(stats.clone())),
-                })
+        let shards = (0..spec.shard_count())
+            .map(|i| {
+                let pages = match &disk {
+                    Some(disk) => PageShard::on_disk(disk.shard_tree(i)?, stats.clone()),
+                    None => PageShard::new(stats.clone()),
+                };
+                Ok(Mutex::new(Shard { map: HashMap::default(), generations: Vec::new(), pages: Arc::new(pages) }))
             })
-            .collect();
-        let chain = Arc::new(chain);
-        let pool = Pool {
+            .collect::<Result<_, String>>()?;
+        if let Some(disk) = &disk {
+            disk.set_durability(spec.durability);
+        }
+        Ok(Pool {
             name: spec.name,
             page_size: spec.page_size,
             current: RwLock::new(Arc::new(Generation { id: 0, chain: chain.clone() })),
@@ -396,9 +482,8 @@ impl Pool {
             full: AtomicBool::new(false),
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
-        };
-        pool.swap_chain(chain)?;
-        Ok(pool)
+            disk,
+        })
     }
 
     /// Makes `chain` the current generation: new stores use it at once; pages stored by
@@ -406,30 +491,34 @@ impl Pool {
     /// the new chain is started once first, so a chain that cannot start changes nothing.
     /// Returns the new generation's id.
     pub fn swap_chain(&self, chain: Arc<Chain>) -> Result<u32, String> {
+        if chain.is_persistent() != self.disk.is_some() {
+            return Err("a hot swap cannot change whether the pool's store is persistent".into());
+        }
+        self.install(chain, None)
+    }
+
+    /// Starts `chain` and makes it the current generation, as `id` or as the next id.
+    fn install(&self, chain: Arc<Chain>, id: Option<u32>) -> Result<u32, String> {
         // Shard 0's lock serializes swaps, and no store in shard 0 can see the new id before
         // its warmed-up slot is in place.
         let mut shard = self.shards[0].lock();
         let Shard { generations, pages, .. } = &mut *shard;
+        let id = id.unwrap_or_else(|| self.current.read().id + 1);
         let mut instances = ChainInstances::new(chain.links().len());
-        instances.warm_up(&self.context(&chain, pages)).map_err(|(i, fault)| {
+        instances.warm_up(&self.context(id, &chain, pages)).map_err(|(i, fault)| {
             let plugin = &chain.links()[i].plugin;
             match fault {
                 PluginFault::InitRefused(message) => format!("plugin '{plugin}' refused its config: {message}"),
                 other => format!("plugin '{plugin}' could not start: {other}"),
             }
         })?;
-        let id = {
-            let mut current = self.current.write();
-            let id = current.id + 1;
-            *current = Arc::new(Generation { id, chain: chain.clone() });
-            self.current_id.store(id, Ordering::Release);
-            id
-        };
+        *self.current.write() = Arc::new(Generation { id, chain: chain.clone() });
+        self.current_id.store(id, Ordering::Release);
         generations.push(GenerationSlot { id, chain, instances, held: 0 });
         Ok(id)
     }
 
-    fn context<'a>(&'a self, chain: &'a Chain, pages: &'a Arc<PageShard>) -> ChainContext<'a> {
+    fn context<'a>(&'a self, generation: u32, chain: &'a Chain, pages: &'a Arc<PageShard>) -> ChainContext<'a> {
         ChainContext {
             engine: &self.engine,
             chain,
@@ -438,7 +527,46 @@ impl Pool {
             pages,
             stats: &self.stats,
             pool: &self.name,
+            generation,
         }
+    }
+
+    /// After a change: with a sync database, returns once the change is on disk. A database
+    /// that cannot flush disables the pool (stores are refused from then on) and says so.
+    fn make_durable(&self) -> Result<(), ()> {
+        let Some(disk) = &self.disk else { return Ok(()) };
+        disk.make_durable().map_err(|e| {
+            if self.enabled.swap(false, Ordering::Relaxed) {
+                tracing::error!(pool = %self.name, "pool disabled: its database cannot be flushed: {e}");
+            }
+        })
+    }
+
+    /// Whether stored pages survive a restart (the store is granted `storage`).
+    pub fn is_persistent(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// The pool's database, if it is persistent.
+    pub fn disk(&self) -> Option<&Arc<PoolDisk>> {
+        self.disk.as_ref()
+    }
+
+    /// The durability mode (persistent pools).
+    pub fn durability(&self) -> Option<Durability> {
+        self.disk.as_ref().map(|d| d.durability())
+    }
+
+    /// Changes the durability mode of a persistent pool.
+    pub fn set_durability(&self, durability: Durability) -> Result<(), String> {
+        let disk = self.disk.as_ref().ok_or_else(|| {
+            format!("pool '{}' is not persistent (its store is not granted storage); durability does not apply", self.name)
+        })?;
+        let mut check = PoolSpec::new(self.name.clone());
+        check.durability = durability;
+        check.check()?;
+        disk.set_durability(durability);
+        Ok(())
     }
 
     fn shard_of(&self, offset: u64) -> &Mutex<Shard> {
@@ -514,13 +642,18 @@ impl Pool {
         self.check_len(page.len())?;
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        if let Some(old) = shard.map.remove(&offset) {
+        let replaced = shard.map.remove(&offset);
+        if let Some(old) = replaced {
             // The duplicate-store rule: invalidate before trying the new store.
             PoolStats::add(&self.stats.counters.duplicate_entry, 1);
             self.drop_stored(&mut shard, offset, old);
         }
-        let outcome = self.try_store(&mut shard, offset, page);
+        let mut outcome = self.try_store(&mut shard, offset, page);
         drop(shard);
+        let stored = !matches!(outcome, StoreOutcome::Rejected(_));
+        if (stored || replaced.is_some()) && self.make_durable().is_err() && stored {
+            outcome = StoreOutcome::Rejected(RejectReason::Unavailable);
+        }
         let c = &self.stats.counters;
         match outcome {
             StoreOutcome::Rejected(reason) => {
@@ -537,7 +670,7 @@ impl Pool {
     fn drop_stored(&self, shard: &mut Shard, offset: u64, entry: Entry) {
         let slot = shard.slot_of(entry.generation);
         let GenerationSlot { chain, instances, .. } = &mut shard.generations[slot];
-        instances.delete(&self.context(chain, &shard.pages), offset);
+        instances.delete(&self.context(entry.generation, chain, &shard.pages), offset);
         shard.release(slot);
         self.forget(entry.kind);
     }
@@ -552,7 +685,7 @@ impl Pool {
         let slot = shard.current_slot(self);
         let Shard { map, generations, pages } = shard;
         let GenerationSlot { id, chain, instances, held } = &mut generations[slot];
-        let cx = self.context(chain, pages);
+        let cx = self.context(*id, chain, pages);
         match instances.put(&cx, offset, page) {
             Ok(kind) => {
                 map.insert(offset, Entry { kind, generation: *id });
@@ -609,8 +742,15 @@ impl Pool {
     }
 
     fn usage(&self) -> (u64, u64) {
-        let c = &self.stats.counters;
-        (c.stored_pages.load(Ordering::Relaxed), c.pool_total_size.load(Ordering::Relaxed))
+        (self.stats.counters.stored_pages.load(Ordering::Relaxed), self.total_size())
+    }
+
+    /// `pool_total_size`: bytes kept in host memory, or the database's size on disk.
+    fn total_size(&self) -> u64 {
+        match &self.disk {
+            Some(disk) => disk.size_on_disk(),
+            None => self.stats.counters.pool_total_size.load(Ordering::Relaxed),
+        }
     }
 
     fn at_limit(&self) -> bool {
@@ -686,13 +826,17 @@ impl Pool {
         let slot = shard.slot_of(entry.generation);
         let Shard { generations, pages, map } = &mut *shard;
         let GenerationSlot { chain, instances, .. } = &mut generations[slot];
-        let result = instances.get(&self.context(chain, pages), offset, page);
+        let result = instances.get(&self.context(entry.generation, chain, pages), offset, page);
         let described = result.is_err().then(|| chain.describe());
-        if result.is_ok() && exclusive {
+        let removed = result.is_ok() && exclusive;
+        if removed {
             map.remove(&offset);
             self.drop_stored(&mut shard, offset, entry);
         }
         drop(shard);
+        if removed {
+            let _ = self.make_durable();
+        }
         let c = &self.stats.counters;
         self.stats.latency(Op::Load).record(start.elapsed());
         match result {
@@ -720,6 +864,7 @@ impl Pool {
         };
         self.drop_stored(&mut shard, offset, entry);
         drop(shard);
+        let _ = self.make_durable();
         PoolStats::add(&self.stats.counters.invalidates, 1);
         self.stats.latency(Op::InvalidatePage).record(start.elapsed());
         true
@@ -734,8 +879,8 @@ impl Pool {
             if map.is_empty() && pages.is_empty() {
                 continue;
             }
-            for GenerationSlot { chain, instances, held, .. } in generations.iter_mut() {
-                instances.clear(&self.context(chain, pages));
+            for GenerationSlot { id, chain, instances, held } in generations.iter_mut() {
+                instances.clear(&self.context(*id, chain, pages));
                 *held = 0;
             }
             let newest = generations.len().saturating_sub(1);
@@ -745,6 +890,7 @@ impl Pool {
             }
             map.shrink_to_fit();
         }
+        let _ = self.make_durable();
         self.stats.latency(Op::InvalidateArea).record(start.elapsed());
     }
 
@@ -873,7 +1019,7 @@ impl Pool {
 
     /// Every counter.
     pub fn counters(&self) -> CounterSnapshot {
-        self.stats.counters.snapshot()
+        CounterSnapshot { pool_total_size: self.total_size(), ..self.stats.counters.snapshot() }
     }
 
     /// The most recent plugin fault: the plugin's name and what happened.

@@ -78,7 +78,7 @@ pub mod log;
 #[doc(hidden)]
 pub mod rt;
 
-pub use tmem_api::manifest::{ConfigKey, ConfigValueKind, PluginKind};
+pub use tmem_api::manifest::{Capability, ConfigKey, ConfigValueKind, PluginKind};
 
 #[doc(hidden)]
 pub use serde_json as __serde_json;
@@ -124,6 +124,8 @@ pub enum GetError {
     NotFound,
     /// The backend cannot be reached.
     Unavailable,
+    /// The kept bytes fail the store's own integrity check (a torn or damaged record).
+    Corrupt,
 }
 
 /// A filter: transforms pages on their way to the store (`encode`) and back (`decode`).
@@ -158,6 +160,9 @@ pub trait Store: Sized + 'static {
     const DESCRIPTION: &'static str;
     /// The config keys the plugin accepts (see [`config`]). The host refuses any other key.
     const CONFIG: &'static [ConfigKey] = &[];
+    /// Capabilities the store needs beyond the sandbox, e.g. [`Capability::Storage`] to have
+    /// [`host_pages`] kept on disk. A pool must grant each one, or it is refused.
+    const CAPABILITIES: &'static [Capability] = &[];
     /// The config, deserialized from a JSON object that has every key of [`Self::CONFIG`].
     type Config: serde::de::DeserializeOwned;
 
@@ -181,7 +186,7 @@ pub trait Store: Sized + 'static {
 #[macro_export]
 macro_rules! export_filter {
     ($plugin:ty) => {
-        $crate::__export_common!($plugin, $crate::PluginKind::Filter, Filter);
+        $crate::__export_common!($plugin, $crate::PluginKind::Filter, Filter, &[]);
 
         #[unsafe(no_mangle)]
         pub extern "C" fn tmem_filter_encode(len: i32) -> i64 {
@@ -199,7 +204,7 @@ macro_rules! export_filter {
 #[macro_export]
 macro_rules! export_store {
     ($plugin:ty) => {
-        $crate::__export_common!($plugin, $crate::PluginKind::Store, Store);
+        $crate::__export_common!($plugin, $crate::PluginKind::Store, Store, <$plugin as $crate::Store>::CAPABILITIES);
 
         #[unsafe(no_mangle)]
         pub extern "C" fn tmem_store_put(offset: i64, len: i32) -> i64 {
@@ -226,13 +231,14 @@ macro_rules! export_store {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_common {
-    ($plugin:ty, $kind:expr, $trait:ident) => {
+    ($plugin:ty, $kind:expr, $trait:ident, $capabilities:expr) => {
         impl $crate::rt::Plugin for $plugin {
             const KIND: $crate::PluginKind = $kind;
             const NAME: &'static str = <$plugin as $crate::$trait>::NAME;
             const VERSION: &'static str = env!("CARGO_PKG_VERSION");
             const DESCRIPTION: &'static str = <$plugin as $crate::$trait>::DESCRIPTION;
             const CONFIG: &'static [$crate::ConfigKey] = <$plugin as $crate::$trait>::CONFIG;
+            const CAPABILITIES: &'static [$crate::Capability] = $capabilities;
             type Config = <$plugin as $crate::$trait>::Config;
             fn new(config: Self::Config, page_size: usize) -> Result<Self, String> {
                 <$plugin as $crate::$trait>::new(config, page_size)

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::cell::UnsafeCell;
 
 use tmem_api::abi::{self, status};
-use tmem_api::manifest::{ConfigKey, Manifest, PluginKind};
+use tmem_api::manifest::{Capability, ConfigKey, Manifest, PluginKind};
 
 use crate::{DecodeError, Encoded, Filter, GetError, Reject, Store};
 
@@ -25,6 +25,8 @@ pub trait Plugin: Sized + 'static {
     const DESCRIPTION: &'static str;
     /// See [`Filter::CONFIG`].
     const CONFIG: &'static [ConfigKey];
+    /// See [`Store::CAPABILITIES`].
+    const CAPABILITIES: &'static [Capability] = &[];
     /// See [`Filter::Config`].
     type Config: serde::de::DeserializeOwned;
     /// See [`Filter::new`].
@@ -78,6 +80,7 @@ pub fn manifest<P: Plugin>() -> i64 {
             kind: P::KIND,
             description: Cow::Borrowed(P::DESCRIPTION),
             config: Cow::Borrowed(P::CONFIG),
+            capabilities: Cow::Borrowed(P::CAPABILITIES),
         };
         serde_json::to_string(&manifest).expect("a manifest always serializes")
     });
@@ -188,6 +191,7 @@ pub fn store_get<P: Plugin + Store>(offset: i64) -> i64 {
         Ok(n) => abi::pack(status::OK, written(n, cap)),
         Err(GetError::NotFound) => abi::pack(status::NOT_FOUND, 0),
         Err(GetError::Unavailable) => abi::pack(status::UNAVAILABLE, 0),
+        Err(GetError::Corrupt) => abi::pack(status::DECODE_FAILED, 0),
     }
 }
 

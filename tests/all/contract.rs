@@ -314,7 +314,7 @@ fn pools_with_bad_specs_or_chains_are_refused_with_the_reason() {
         (spec("a"), vec![BackendSpec::new("nope")], "no plugin named 'nope'"),
         (spec("a"), vec![BackendSpec::with_config("zstd", json!({"levle": 1})), BackendSpec::new("ram")], "no config key 'levle'"),
         (spec("a"), vec![BackendSpec::with_config("zstd", json!({"level": 99})), BackendSpec::new("ram")], "from -7 to 19"),
-        (spec("a"), vec![BackendSpec { plugin: "ram".into(), version: Some("9.9.9".into()), config: json!(null) }], "no version '9.9.9'"),
+        (spec("a"), vec![BackendSpec { version: Some("9.9.9".into()), ..BackendSpec::new("ram") }], "no version '9.9.9'"),
     ];
     for (spec, chain, reason) in cases {
         let err = host.create_pool(spec, &chain).unwrap_err().to_string();

@@ -15,7 +15,7 @@ use tmem_host::{BackendSpec, LoadOutcome, StoreOutcome};
 use crate::common::{ServeProcess, host, spec, tagged_page, temp_dir};
 
 fn versioned(version: &str) -> BackendSpec {
-    BackendSpec { plugin: "versioned".into(), version: Some(version.into()), config: serde_json::Value::Null }
+    BackendSpec { version: Some(version.into()), ..BackendSpec::new("versioned") }
 }
 
 fn register_both_versions(host: &tmem_host::Host) {
@@ -84,7 +84,7 @@ fn swapping_versions_under_concurrent_load_loses_and_misreads_nothing() {
     for round in 0..8 {
         std::thread::sleep(Duration::from_millis(150));
         let version = if round % 2 == 0 { "2.0.0" } else { "1.0.0" };
-        let patch = PoolPatch { backends: Some(vec![versioned_request(version), BackendRequest::new("ram")]), ..Default::default() };
+        let patch = PoolPatch { backends: Some(vec![versioned(version), BackendRequest::new("ram")]), ..Default::default() };
         host.update_pool("swap", &patch).unwrap();
         generations_seen = generations_seen.max(pool.generations().len());
     }
@@ -124,9 +124,6 @@ fn swapping_versions_under_concurrent_load_loses_and_misreads_nothing() {
     assert_eq!(generations[0].1, THREADS * OFFSETS_PER_THREAD);
 }
 
-fn versioned_request(version: &str) -> BackendRequest {
-    BackendRequest { plugin: "versioned".into(), version: Some(version.into()), config: serde_json::Value::Null }
-}
 
 #[test]
 fn a_swap_over_http_keeps_old_pages_readable_and_rolls_back() {
@@ -135,14 +132,14 @@ fn a_swap_over_http_keeps_old_pages_readable_and_rolls_back() {
     for fixture in ["tmem_plugin_versioned_v1", "tmem_plugin_versioned_v2"] {
         client.upload_plugin(None, &tmem_host::bundled::built(fixture).unwrap()).unwrap();
     }
-    let mut config = PoolConfig::new("s", vec![versioned_request("1.0.0"), BackendRequest::new("ram")]);
+    let mut config = PoolConfig::new("s", vec![versioned("1.0.0"), BackendRequest::new("ram")]);
     config.shards = Some(2);
     client.create_pool(&config).unwrap();
     for offset in 0..10 {
         client.put_page("s", offset, &page(offset, 1)).unwrap();
     }
 
-    let info = client.update_pool("s", &PoolPatch { backends: Some(vec![versioned_request("2.0.0"), BackendRequest::new("ram")]), ..Default::default() }).unwrap();
+    let info = client.update_pool("s", &PoolPatch { backends: Some(vec![versioned("2.0.0"), BackendRequest::new("ram")]), ..Default::default() }).unwrap();
     assert_eq!(info.backends[0].version, "2.0.0");
     let gens: Vec<(bool, u64, String)> = info.generations.iter().map(|g| (g.current, g.pages, g.backends[0].version.clone())).collect();
     assert_eq!(gens, [(false, 10, "1.0.0".to_string()), (true, 0, "2.0.0".to_string())]);
@@ -165,7 +162,7 @@ fn a_swap_over_http_keeps_old_pages_readable_and_rolls_back() {
     assert_eq!(client.pool("s").unwrap().generations.len(), 2);
 
     // Roll back to 1.0.0: new stores use it, every page still reads back.
-    let info = client.update_pool("s", &PoolPatch { backends: Some(vec![versioned_request("1.0.0"), BackendRequest::new("ram")]), ..Default::default() }).unwrap();
+    let info = client.update_pool("s", &PoolPatch { backends: Some(vec![versioned("1.0.0"), BackendRequest::new("ram")]), ..Default::default() }).unwrap();
     assert_eq!(info.backends[0].version, "1.0.0");
     client.put_page("s", 9, &page(9, 3)).unwrap();
     for offset in 0..10 {

@@ -8,6 +8,7 @@ mod common;
 mod contract;
 mod hot_swap;
 mod plugin_faults;
+mod persistence;
 mod plugin_loading;
 mod restart;
 mod serve;

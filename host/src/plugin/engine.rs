@@ -110,7 +110,7 @@ impl PluginEngine {
         let text = PluginInstance::probe_manifest(&self.engine, &compiled, &self.linker, limits, self.options.epoch_tick)
             .map_err(|fault| PluginLoadError::BadManifest(format!("reading it failed: {fault}")))?;
         let manifest = module::parse_manifest(&text)?;
-        module::check_kind(&compiled, manifest.kind)?;
+        module::check_kind(&compiled, &manifest)?;
         let pre = self
             .linker
             .instantiate_pre(&compiled)

@@ -104,8 +104,8 @@ pub(crate) fn define_host_functions(linker: &mut Linker<PluginState>) -> wasmtim
     linker.func_wrap(abi::HOST_MODULE, import::PAGES_PUT, |mut caller: Caller<'_, PluginState>, offset: i64, ptr: i32, len: i32| {
         let (data, state) = memory_of(&mut caller)?;
         let bytes = guest_slice(data, ptr, len)?;
-        pages_of(state)?.put(offset as u64, bytes);
-        wasmtime::Result::Ok(0i32)
+        let kept = pages_of(state)?.put(offset as u64, bytes);
+        wasmtime::Result::Ok(if kept { 0i32 } else { abi::pages::ALLOC_FAILED })
     })?;
     linker.func_wrap(abi::HOST_MODULE, import::PAGES_GET, |mut caller: Caller<'_, PluginState>, offset: i64, ptr: i32, cap: i32| {
         let (data, state) = memory_of(&mut caller)?;
@@ -373,7 +373,7 @@ impl PluginInstance {
         self.arm();
         let Exports::Store { get, .. } = &self.exports else { return Err(not_a("store")) };
         let r = get.call(&mut self.store, offset as i64);
-        self.finish(r, &[status::OK, status::NOT_FOUND, status::UNAVAILABLE])
+        self.finish(r, &[status::OK, status::NOT_FOUND, status::UNAVAILABLE, status::DECODE_FAILED])
     }
 
     /// Store: drops `offset`.

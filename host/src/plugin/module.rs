@@ -228,10 +228,15 @@ pub(crate) fn check_shape(module: &Module) -> Result<(), PluginLoadError> {
 }
 
 /// Checks the exports and imports that depend on the plugin's kind.
-pub(crate) fn check_kind(module: &Module, kind: PluginKind) -> Result<(), PluginLoadError> {
-    match kind {
+pub(crate) fn check_kind(module: &Module, manifest: &Manifest) -> Result<(), PluginLoadError> {
+    match manifest.kind {
         PluginKind::Filter => {
             check_exports(module, FILTER_EXPORTS)?;
+            if !manifest.capabilities.is_empty() {
+                return Err(PluginLoadError::BadManifest(
+                    "a filter asks for capabilities; only stores may (filters see pages, never storage or the network)".into(),
+                ));
+            }
             if let Some(imp) = module.imports().find(|i| HOST_IMPORTS.iter().any(|(n, .., store_only)| *store_only && *n == i.name())) {
                 return Err(PluginLoadError::ForbiddenImport {
                     module: imp.module().to_owned(),

@@ -12,12 +12,12 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use tmem_api::rest::{
     AreaInvalidated, BackendInfo, ErrorBody, FaultInfo, GenerationInfo, LatencySummary, PoolConfig, PoolInfo, PoolPatch,
-    SandboxConfig, ShrinkRequest, ShrinkResult, StoreResult,
+    ShrinkRequest, ShrinkResult, StoreResult,
 };
 
 use super::error::{ApiError, Json, Path, blocking};
 use crate::chain::Chain;
-use crate::host::Host;
+use crate::host::{Host, pool_config};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::stats::Op;
 
@@ -31,15 +31,14 @@ fn backends_info(chain: &Chain) -> Vec<BackendInfo> {
             sha256: l.module.sha256().into(),
             kind: l.module.kind().to_string(),
             config: l.config.clone(),
+            grants: l.grants.iter().map(|c| c.name().to_string()).collect(),
         })
         .collect()
 }
 
 /// Everything the API shows about a pool.
 pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
-    let limits = pool.limits();
-    let modes = pool.modes();
-    let sandbox = pool.sandbox();
+    let config = pool_config(pool);
     let current = pool.current_generation();
     let latency = Op::ALL
         .iter()
@@ -60,16 +59,18 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
             .into_iter()
             .map(|(g, pages)| GenerationInfo { id: g.id, current: g.id == current.id, pages, backends: backends_info(&g.chain) })
             .collect(),
-        max_pages: limits.max_pages,
-        max_bytes: limits.max_bytes,
-        accept_threshold_percent: limits.accept_threshold_percent,
-        writethrough: modes.writethrough,
-        exclusive_gets: modes.exclusive_gets,
-        enabled: pool.enabled(),
+        max_pages: config.max_pages,
+        max_bytes: config.max_bytes,
+        accept_threshold_percent: config.accept_threshold_percent,
+        writethrough: config.writethrough,
+        exclusive_gets: config.exclusive_gets,
+        enabled: config.enabled,
         full: pool.is_full(),
         shards: pool.shard_count() as u32,
-        sandbox: SandboxConfig { memory_bytes: sandbox.memory_bytes as u64, call_timeout_ms: sandbox.call_timeout.as_millis() as u64 },
-        persistent: false,
+        sandbox: config.sandbox.expect("a live pool's config names its sandbox"),
+        persistent: pool.is_persistent(),
+        durability: config.durability,
+        flush_interval_ms: config.flush_interval_ms,
         frontends: pool.frontends(),
         uptime_seconds: pool.created().elapsed().as_secs(),
         counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),

@@ -1,0 +1,310 @@
+//! Persistent pools: the pool's own sled database (`DATA_DIR/pools/NAME-ID/`) behind the host
+//! page store of a store granted `storage`, and **when** changes reach the disk.
+//!
+//! Durability (the full statement is `docs/durability.md`):
+//!
+//! - [`Durability::Sync`]: the pool calls [`PoolDisk::make_durable`] after every change (store,
+//!   invalidate, invalidate_area, exclusive load) and acknowledges only when it returns. Calls
+//!   from many threads share flushes (**group commit**): a flusher thread takes every request
+//!   made so far, flushes once, and wakes all of them; requests that arrive during a flush are
+//!   served by the next one. One fsync per batch, not per page.
+//! - [`Durability::Periodic`]: `make_durable` only notes that something changed; the flusher
+//!   flushes at most every interval. sled recovers a prefix of its log, so after a crash the
+//!   pool is as it was at one moment no more than the interval (plus one flush) before the
+//!   crash: whole pages, each the latest version as of that moment.
+//!
+//! One database per pool keeps pools independent: one pool's flushes never wait for another's
+//! writes, and destroying a pool deletes its directory, so its space is returned at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// When a persistent pool's changes are acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After they are on disk.
+    Sync,
+    /// At once; on disk within the interval.
+    Periodic(Duration),
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Sync
+    }
+}
+
+/// The default flush interval of periodic durability.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest flush interval accepted.
+pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+struct CommitState {
+    durability: Durability,
+    /// Tickets handed out to sync callers (each waits until `durable >= its ticket`).
+    requested: u64,
+    /// Every ticket up to this one is on disk (or failed, see `failed_through`).
+    durable: u64,
+    /// The last ticket covered by a flush that failed.
+    failed_through: u64,
+    failure: Option<String>,
+    /// Something changed since the last flush (periodic mode).
+    dirty: bool,
+    stop: bool,
+}
+
+struct Commit {
+    state: Mutex<CommitState>,
+    /// Wakes the flusher: a ticket was taken, the mode changed, or stop.
+    work: Condvar,
+    /// Wakes sync callers: a flush finished.
+    done: Condvar,
+}
+
+/// A persistent pool's database and its flusher.
+pub struct PoolDisk {
+    db: sled::Db,
+    dir: PathBuf,
+    commit: Arc<Commit>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Bytes the database uses on disk, updated after every flush.
+    size_on_disk: Arc<std::sync::atomic::AtomicU64>,
+    remove_on_drop: AtomicBool,
+}
+
+impl std::fmt::Debug for PoolDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolDisk").field("dir", &self.dir).finish()
+    }
+}
+
+impl PoolDisk {
+    /// Opens (or creates) the database in `dir` and starts its flusher.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Arc<Self>, String> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| format!("cannot open the pool database {}: {e}", dir.display()))?;
+        let commit = Arc::new(Commit {
+            state: Mutex::new(CommitState {
+                durability,
+                requested: 0,
+                durable: 0,
+                failed_through: 0,
+                failure: None,
+                dirty: false,
+                stop: false,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let size_on_disk = Arc::new(std::sync::atomic::AtomicU64::new(db.size_on_disk().unwrap_or(0)));
+        let flusher = {
+            let (db, commit, size) = (db.clone(), commit.clone(), size_on_disk.clone());
+            let name = format!("tmem-flush-{}", dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+            std::thread::Builder::new()
+                .name(name.chars().take(15).collect())
+                .spawn(move || run_flusher(&db, &commit, &size))
+                .map_err(|e| format!("cannot start the flusher thread: {e}"))?
+        };
+        Ok(Arc::new(PoolDisk {
+            db,
+            dir: dir.to_path_buf(),
+            commit,
+            flusher: Mutex::new(Some(flusher)),
+            size_on_disk,
+            remove_on_drop: AtomicBool::new(false),
+        }))
+    }
+
+    /// The database directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tree of one pool shard.
+    pub fn shard_tree(&self, shard: usize) -> Result<sled::Tree, String> {
+        self.db.open_tree(format!("shard-{shard}")).map_err(|e| format!("cannot open shard {shard}'s tree: {e}"))
+    }
+
+    /// The current durability mode.
+    pub fn durability(&self) -> Durability {
+        self.commit.state.lock().durability
+    }
+
+    /// Changes the durability mode (takes effect for the next change; switching to sync
+    /// flushes at once).
+    pub fn set_durability(&self, durability: Durability) {
+        let mut state = self.commit.state.lock();
+        state.durability = durability;
+        state.dirty = true;
+        self.commit.work.notify_one();
+    }
+
+    /// Called after a change: in sync mode returns once it is on disk (sharing the flush with
+    /// every concurrent caller); in periodic mode returns at once.
+    pub fn make_durable(&self) -> Result<(), String> {
+        let mut state = self.commit.state.lock();
+        state.dirty = true;
+        if state.durability != Durability::Sync {
+            return Ok(());
+        }
+        state.requested += 1;
+        let ticket = state.requested;
+        self.commit.work.notify_one();
+        while state.durable < ticket && !state.stop {
+            self.commit.done.wait(&mut state);
+        }
+        if state.failed_through >= ticket {
+            return Err(state.failure.clone().unwrap_or_else(|| "the flush failed".into()));
+        }
+        if state.durable < ticket {
+            return Err("the pool is closing".into());
+        }
+        Ok(())
+    }
+
+    /// Flushes everything now, whatever the mode.
+    pub fn flush(&self) -> Result<(), String> {
+        self.db.flush().map(drop).map_err(|e| format!("flush of {} failed: {e}", self.dir.display()))
+    }
+
+    /// Bytes the database uses on disk (as of the last flush).
+    pub fn size_on_disk(&self) -> u64 {
+        self.size_on_disk.load(Ordering::Relaxed)
+    }
+
+    /// Deletes the directory once the last user of the database is gone (pool destroyed).
+    pub fn remove_when_dropped(&self) {
+        self.remove_on_drop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic::AtomicU64) {
+    let mut last_flush = Instant::now();
+    loop {
+        let target = {
+            let mut state = commit.state.lock();
+            loop {
+                if state.stop {
+                    return;
+                }
+                if state.requested > state.durable {
+                    break;
+                }
+                match state.durability {
+                    Durability::Periodic(interval) if state.dirty => {
+                        let due = last_flush + interval;
+                        let now = Instant::now();
+                        if now >= due {
+                            break;
+                        }
+                        commit.work.wait_for(&mut state, due - now);
+                    }
+                    _ => {
+                        commit.work.wait(&mut state);
+                    }
+                }
+            }
+            state.dirty = false;
+            state.requested
+        };
+        let result = db.flush();
+        last_flush = Instant::now();
+        if let Ok(size) = db.size_on_disk() {
+            size_on_disk.store(size, Ordering::Relaxed);
+        }
+        let mut state = commit.state.lock();
+        if let Err(e) = result {
+            tracing::error!("pool database flush failed: {e}");
+            state.failed_through = target;
+            state.failure = Some(format!("the pool database could not be flushed: {e}"));
+        }
+        state.durable = state.durable.max(target);
+        commit.done.notify_all();
+    }
+}
+
+impl Drop for PoolDisk {
+    fn drop(&mut self) {
+        {
+            let mut state = self.commit.state.lock();
+            state.stop = true;
+            self.commit.work.notify_all();
+            self.commit.done.notify_all();
+        }
+        if let Some(flusher) = self.flusher.lock().take() {
+            let _ = flusher.join();
+        }
+        if self.remove_on_drop.load(Ordering::Relaxed) {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), "could not remove a destroyed pool's database: {e}");
+            }
+        } else if let Err(e) = self.db.flush() {
+            tracing::error!(dir = %self.dir.display(), "final flush of a pool database failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tmem-persist-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn sync_callers_share_flushes_and_see_their_writes_after_reopening() {
+        let dir = dir("sync");
+        {
+            let disk = PoolDisk::open(&dir, Durability::Sync).unwrap();
+            let tree = disk.shard_tree(0).unwrap();
+            std::thread::scope(|s| {
+                for t in 0..8u64 {
+                    let (disk, tree) = (&disk, &tree);
+                    s.spawn(move || {
+                        for i in 0..50u64 {
+                            tree.insert((t * 1000 + i).to_be_bytes(), &b"page"[..]).unwrap();
+                            disk.make_durable().unwrap();
+                        }
+                    });
+                }
+            });
+            assert!(disk.size_on_disk() > 0);
+        }
+        let disk = PoolDisk::open(&dir, Durability::Sync).unwrap();
+        assert_eq!(disk.shard_tree(0).unwrap().len(), 400);
+        disk.remove_when_dropped();
+        drop(disk);
+        assert!(!dir.exists(), "a destroyed pool's directory is removed");
+    }
+
+    #[test]
+    fn periodic_mode_acknowledges_at_once_and_flushes_within_the_interval() {
+        let dir = dir("periodic");
+        let disk = PoolDisk::open(&dir, Durability::Periodic(Duration::from_millis(20))).unwrap();
+        let tree = disk.shard_tree(1).unwrap();
+        tree.insert(1u64.to_be_bytes(), &b"x"[..]).unwrap();
+        disk.make_durable().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while disk.size_on_disk() == 0 || disk.commit.state.lock().dirty {
+            assert!(Instant::now() < deadline, "the flusher did not flush");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        disk.set_durability(Durability::Sync);
+        tree.insert(2u64.to_be_bytes(), &b"y"[..]).unwrap();
+        disk.make_durable().unwrap();
+        disk.remove_when_dropped();
+    }
+}
