@@ -25,7 +25,8 @@ use serde_json::{Map, Value};
 use tmem_api::client::{Client, ClientError};
 use tmem_api::manifest::{ConfigKey, ConfigValueKind};
 use tmem_api::rest::{
-    BackendInfo, BackendRequest, PluginInfo, PluginVersion, PoolConfig, PoolInfo, PoolPatch, SandboxConfig, StoreResult,
+    BackendInfo, BackendRequest, Durability, PluginInfo, PluginVersion, PoolConfig, PoolInfo, PoolPatch, SandboxConfig,
+    StoreResult,
 };
 
 /// Where `tmem serve` listens unless told otherwise.
@@ -152,9 +153,16 @@ pub struct PoolCreateArgs {
     /// The pool name (letters, digits, `-`, `_`, `.`).
     name: String,
     /// One link of the chain, in order: filters, then one store.
-    /// Syntax: PLUGIN[@VERSION][:KEY=VALUE[,KEY=VALUE...]], e.g. `zstd:level=1`, `ram`.
+    /// Syntax: PLUGIN[@VERSION][+GRANT...][:KEY=VALUE[,KEY=VALUE...]], e.g. `zstd:level=1`,
+    /// `ram`, `sled+storage` (the persistent store, granted storage).
     #[arg(long = "backend", value_name = "SPEC", required = true, value_parser = parse_backend)]
     backends: Vec<BackendRequest>,
+    /// Persistent pools: `sync` (acknowledge once on disk; the default) or `periodic`.
+    #[arg(long, value_name = "sync|periodic", value_parser = parse_durability)]
+    durability: Option<Durability>,
+    /// Persistent pools with periodic durability: flush interval in ms [default: 1000].
+    #[arg(long, value_name = "MS")]
+    flush_interval_ms: Option<u64>,
     /// Bytes per page: a power of two from 4K to 2M [default: 4096].
     #[arg(long, value_name = "SIZE", value_parser = parse_page_size)]
     page_size: Option<u32>,
@@ -221,6 +229,12 @@ pub struct PoolSetArgs {
     /// and config wanted (syntax as for `pool create`).
     #[arg(long = "backend", value_name = "SPEC", value_parser = parse_backend, group = "change")]
     backends: Vec<BackendRequest>,
+    /// Persistent pools: `sync` or `periodic`.
+    #[arg(long, value_name = "sync|periodic", value_parser = parse_durability, group = "change")]
+    durability: Option<Durability>,
+    /// Persistent pools with periodic durability: flush interval in ms.
+    #[arg(long, value_name = "MS", group = "change")]
+    flush_interval_ms: Option<u64>,
 }
 
 /// `tmem page ...`.
@@ -572,6 +586,8 @@ impl PoolCreateArgs {
         config.exclusive_gets = self.exclusive_gets;
         config.enabled = !self.disabled;
         config.shards = self.shards;
+        config.durability = self.durability;
+        config.flush_interval_ms = self.flush_interval_ms;
         if self.sandbox_memory.is_some() || self.call_timeout_ms.is_some() {
             config.sandbox = Some(SandboxConfig {
                 memory_bytes: self.sandbox_memory.unwrap_or(DEFAULT_SANDBOX.memory_bytes),
@@ -598,21 +614,36 @@ impl PoolSetArgs {
                 None
             },
             backends: if self.backends.is_empty() { None } else { Some(self.backends) },
-            durability: None,
-            flush_interval_ms: None,
+            durability: self.durability,
+            flush_interval_ms: self.flush_interval_ms,
         }
     }
 }
 
 // ----- parsing -----
 
-/// `plugin[@version][:key=value[,key=value...]]`; values are JSON when they parse as JSON
-/// (numbers, `true`, arrays, quoted strings), else strings.
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "sync" => Ok(Durability::Sync),
+        "periodic" => Ok(Durability::Periodic),
+        other => Err(format!("`{other}` is not a durability mode (sync or periodic)")),
+    }
+}
+
+/// `plugin[@version][+grant...][:key=value[,key=value...]]`; values are JSON when they parse
+/// as JSON (numbers, `true`, arrays, quoted strings), else strings. (A version with `+` build
+/// metadata is given by its sha256 prefix instead.)
 fn parse_backend(spec: &str) -> Result<BackendRequest, String> {
     let (head, config) = match spec.split_once(':') {
         Some((head, config)) => (head, Some(config)),
         None => (spec, None),
     };
+    let mut parts = head.split('+');
+    let head = parts.next().unwrap_or_default();
+    let grants: Vec<String> = parts.map(str::to_string).collect();
+    if grants.iter().any(String::is_empty) {
+        return Err(format!("an empty grant in `{spec}` (expected PLUGIN+GRANT, e.g. sled+storage)"));
+    }
     let (plugin, version) = match head.split_once('@') {
         Some((plugin, version)) => (plugin, Some(version)),
         None => (head, None),
@@ -625,6 +656,7 @@ fn parse_backend(spec: &str) -> Result<BackendRequest, String> {
     }
     let mut request = BackendRequest::new(plugin);
     request.version = version.map(str::to_string);
+    request.grants = grants;
     if let Some(config) = config {
         let mut object = Map::new();
         for pair in split_top_level(config) {
@@ -1073,7 +1105,14 @@ fn pool_view(info: &PoolInfo) -> String {
     fields.add("accept threshold", format!("{}%", info.accept_threshold_percent));
     fields.add("writethrough", yes_no(info.writethrough));
     fields.add("exclusive gets", yes_no(info.exclusive_gets));
-    fields.add("persistent", yes_no(info.persistent));
+    fields.add(
+        "persistent",
+        match (info.durability, info.flush_interval_ms) {
+            (Some(Durability::Periodic), Some(ms)) => format!("yes, periodic durability (flushed every {ms} ms)"),
+            (Some(_), _) => "yes, sync durability (acknowledged once on disk)".to_string(),
+            (None, _) => "no (pages are lost when the host stops)".to_string(),
+        },
+    );
     fields.add("shards", info.shards);
     fields.add(
         "sandbox",
@@ -1202,6 +1241,9 @@ mod tests {
         assert!(parse_backend("zstd:level").unwrap_err().contains("KEY=VALUE"));
         assert!(parse_backend("zstd:level=1,level=2").unwrap_err().contains("twice"));
         assert!(parse_backend("zstd:").is_err());
+        let b = parse_backend("sled@0.1.0+storage").unwrap();
+        assert_eq!((b.plugin.as_str(), b.version.as_deref(), b.grants.as_slice()), ("sled", Some("0.1.0"), &["storage".to_string()][..]));
+        assert!(parse_backend("sled+").unwrap_err().contains("empty grant"));
     }
 
     #[test]

@@ -273,3 +273,23 @@ fn an_unreachable_server_is_reported_clearly() {
     assert!(r.stderr.starts_with(&format!("tmem: cannot reach tmem at {url}: ")), "{}", r.stderr);
     assert!(r.stderr.trim_end().ends_with("(is `tmem serve` running?)"), "{}", r.stderr);
 }
+
+#[test]
+fn persistent_pools_are_created_with_grants_and_durability_from_the_command_line() {
+    let server = ServeProcess::start(&temp_dir("cli-persist"), &[]);
+    let created = run(
+        &mut tmem_at(&server),
+        &["pool", "create", "disk", "--backend", "zstd", "--backend", "sled+storage", "--durability", "periodic", "--flush-interval-ms", "250"],
+    );
+    created.ok();
+    let shown: serde_json::Value = serde_json::from_str(&run(&mut tmem_at(&server), &["pool", "show", "disk", "--json"]).ok()).unwrap();
+    assert_eq!((shown["persistent"].as_bool(), shown["durability"].as_str(), shown["flush_interval_ms"].as_u64()), (Some(true), Some("periodic"), Some(250)));
+    assert_eq!(shown["backends"][1]["grants"], serde_json::json!(["storage"]));
+    assert!(run(&mut tmem_at(&server), &["pool", "show", "disk"]).ok().contains("periodic durability (flushed every 250 ms)"));
+    run(&mut tmem_at(&server), &["pool", "set", "disk", "--durability", "sync"]).ok();
+    assert_eq!(server.client().pool("disk").unwrap().durability, Some(tmem_api::rest::Durability::Sync));
+    // Without the grant: refused with the reason, exit 1.
+    let refused = run(&mut tmem_at(&server), &["pool", "create", "bare", "--backend", "sled"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("needs the 'storage' capability"), "{}", refused.stderr);
+}

@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod common;
 mod contract;
+mod crash;
 mod hot_swap;
 mod plugin_faults;
 mod persistence;

@@ -28,6 +28,18 @@ fn plugins_and_pools_come_back_after_a_restart_and_after_a_kill() {
     let swap = PoolPatch { backends: Some(vec![BackendRequest { version: Some("2.0.0".into()), ..BackendRequest::new("fmt") }, BackendRequest::new("ram")]), max_pages: Some(Some(600)), enabled: Some(false), ..Default::default() };
     client.update_pool("a", &swap).unwrap();
     client.put_page("demo", 1, &tagged_page(1)).unwrap();
+    // Two persistent pools, one of them running the uploaded plugin.
+    let sled = BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("sled") };
+    client.create_pool(&PoolConfig::new("disk1", vec![BackendRequest::new("fmt"), sled.clone()])).unwrap();
+    let mut disk2 = PoolConfig::new("disk2", vec![BackendRequest::new("zstd"), sled]);
+    disk2.durability = Some(tmem_api::rest::Durability::Periodic);
+    disk2.flush_interval_ms = Some(50);
+    client.create_pool(&disk2).unwrap();
+    for offset in 0..20 {
+        client.put_page("disk1", offset, &tagged_page(offset)).unwrap();
+        client.put_page("disk2", offset, &tagged_page(offset + 100)).unwrap();
+    }
+    client.remove_page("disk1", 3).unwrap();
     let before: Vec<_> = client.pools().unwrap();
     let plugins_before = client.plugins().unwrap();
     let token = server.token.clone();
@@ -37,7 +49,12 @@ fn plugins_and_pools_come_back_after_a_restart_and_after_a_kill() {
     assert_eq!(server.token, token, "the token file is reused");
     let client = server.client();
     let after = client.pools().unwrap();
-    assert_eq!(after.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["a", "b", "demo"]);
+    assert_eq!(after.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["a", "b", "demo", "disk1", "disk2"]);
+    for offset in 0..20 {
+        let expected = (offset != 3).then(|| tagged_page(offset));
+        assert_eq!(client.get_page("disk1", offset).unwrap(), expected, "disk1 offset {offset}");
+        assert_eq!(client.get_page("disk2", offset).unwrap(), Some(tagged_page(offset + 100)), "disk2 offset {offset}");
+    }
     for (old, new) in before.iter().zip(&after) {
         assert_eq!(old.backends, new.backends, "pool {}: same versions (by sha256) and configs", old.name);
         assert_eq!(
@@ -46,7 +63,9 @@ fn plugins_and_pools_come_back_after_a_restart_and_after_a_kill() {
             "pool {}",
             old.name
         );
-        assert_eq!(new.counters["stored_pages"], 0, "ram pools come back empty");
+        assert_eq!((old.persistent, old.durability, old.flush_interval_ms), (new.persistent, new.durability, new.flush_interval_ms));
+        let expected_pages = if new.persistent { old.counters["stored_pages"] } else { 0 };
+        assert_eq!(new.counters["stored_pages"], expected_pages, "pool {}: persistent pools come back whole, ram pools empty", new.name);
     }
     assert_eq!(after[0].backends[0].version, "2.0.0");
     assert_eq!(after[0].max_pages, Some(600));
@@ -59,11 +78,13 @@ fn plugins_and_pools_come_back_after_a_restart_and_after_a_kill() {
     client.remove_pool("b").unwrap();
     client.update_pool("a", &PoolPatch { enabled: Some(true), ..Default::default() }).unwrap();
     client.remove_plugin("fmt", Some("1.0.0")).unwrap();
+    client.put_page("disk1", 19, &tagged_page(19)).unwrap();
     drop(server); // SIGKILL
     let server = ServeProcess::start(&dir, &[]);
     let client = server.client();
     let names: Vec<String> = client.pools().unwrap().into_iter().map(|p| p.name).collect();
-    assert_eq!(names, ["a", "demo"]);
+    assert_eq!(names, ["a", "demo", "disk1", "disk2"]);
+    assert_eq!(client.get_page("disk1", 19).unwrap(), Some(tagged_page(19)), "pages survive the SIGKILL too");
     assert!(client.pool("a").unwrap().enabled);
     assert_eq!(client.plugin("fmt").unwrap().versions.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(), ["2.0.0"]);
     assert!(client.put_page("a", 3, &tagged_page(3)).unwrap().outcome == "stored");
