@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-# The benchmark must keep compiling (it is run by hand: timings are never asserted).
-cargo bench -p tmem-host --bench chains --locked --no-run
+# The benchmarks must keep compiling (it is run by hand: timings are never asserted).
+cargo bench -p tmem-host --benches --locked --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 (cd plugins && cargo test --locked) 2>&1 | tee -a "$log"

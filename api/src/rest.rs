@@ -55,6 +55,9 @@ pub struct PluginVersion {
     /// The config keys it accepts (key, doc, type, range, default).
     #[schema(value_type = Vec<Object>)]
     pub config: Vec<Value>,
+    /// Capabilities it needs (a pool must grant them), e.g. `["storage"]`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
     /// Built into this `tmem` binary.
     pub bundled: bool,
     /// Pools whose chain uses this version now (including pages still held by an old

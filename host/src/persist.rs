@@ -25,18 +25,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 /// When a persistent pool's changes are acknowledged relative to the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// After they are on disk.
+    #[default]
     Sync,
     /// At once; on disk within the interval.
     Periodic(Duration),
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Sync
-    }
 }
 
 /// The default flush interval of periodic durability.

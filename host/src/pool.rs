@@ -651,8 +651,12 @@ impl Pool {
         let mut outcome = self.try_store(&mut shard, offset, page);
         drop(shard);
         let stored = !matches!(outcome, StoreOutcome::Rejected(_));
-        if (stored || replaced.is_some()) && self.make_durable().is_err() && stored {
-            outcome = StoreOutcome::Rejected(RejectReason::Unavailable);
+        if stored || replaced.is_some() {
+            // A sync pool acknowledges only what is on disk (the dropped old copy included).
+            let durable = self.make_durable().is_ok();
+            if stored && !durable {
+                outcome = StoreOutcome::Rejected(RejectReason::Unavailable);
+            }
         }
         let c = &self.stats.counters;
         match outcome {

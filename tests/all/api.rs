@@ -80,6 +80,7 @@ fn plugins_upload_validate_version_list_and_remove() {
     assert!(names.contains(&"zstd".to_string()) && names.contains(&"ram".to_string()), "{names:?}");
     let zstd = client.plugin("zstd").unwrap();
     assert!(zstd.versions[0].bundled && zstd.versions[0].kind == "filter" && zstd.versions[0].abi == 1);
+    assert_eq!(client.plugin("sled").unwrap().versions[0].capabilities, ["storage"]);
 
     // Upload a fixture built from plugins/versioned-v1: 201, and the same bytes again: 200.
     let v1 = tmem_host::bundled::built("tmem_plugin_versioned_v1").unwrap();

@@ -39,14 +39,10 @@ struct OffsetLog {
 }
 
 impl OffsetLog {
-    fn current(&self) -> Option<u64> {
-        self.acked.last().and_then(|(_, s)| *s)
-    }
-
     /// The states this offset may be found in after a crash at `kill`, if every change
     /// acknowledged before `horizon` is durable.
     fn allowed(&self, horizon: Instant) -> Vec<Option<u64>> {
-        let base = self.acked.iter().rev().find(|(t, _)| *t <= horizon).map_or(None, |(_, s)| *s);
+        let base = self.acked.iter().rev().find(|(t, _)| *t <= horizon).and_then(|(_, s)| *s);
         let mut allowed = vec![base];
         allowed.extend(self.acked.iter().filter(|(t, _)| *t > horizon).map(|(_, s)| *s));
         if let Some(state) = self.in_flight {

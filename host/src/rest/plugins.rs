@@ -26,6 +26,7 @@ pub(crate) fn version_info(host: &Host, name: &str, module: &PluginModule) -> Pl
         version: manifest.version.to_string(),
         description: manifest.description.to_string(),
         config: manifest.config.iter().map(|k| serde_json::to_value(k).expect("a config key serializes")).collect(),
+        capabilities: manifest.capabilities.iter().map(|c| c.name().to_string()).collect(),
         bundled: host.is_bundled(name, module),
         used_by: host.users_of(module),
     }
