@@ -55,8 +55,27 @@
 //! | [`import::PAGES_GET`] | `(offset: i64, ptr: i32, cap: i32) -> i32` | copy the bytes to `ptr`; their length, or [`pages::ABSENT`] / [`pages::TOO_SMALL`] |
 //! | [`import::PAGES_DELETE`] | `(offset: i64) -> i32` | 1 if something was dropped, 0 if absent |
 //! | [`import::PAGES_CLEAR`] | `() -> ()` | drop every page of the pool |
+//! | [`import::NET_CONNECT`] | `(addr_ptr: i32, addr_len: i32) -> i32` | open a TCP connection to `host:port` (UTF-8); a handle, or a negative [`net`] code |
+//! | [`import::NET_SEND`] | `(handle: i32, ptr: i32, len: i32) -> i32` | send all `len` bytes; `len`, or a negative [`net`] code |
+//! | [`import::NET_RECV`] | `(handle: i32, ptr: i32, cap: i32) -> i32` | receive 1 to `cap` bytes; their number, 0 when the peer closed, or a negative [`net`] code |
+//! | [`import::NET_CLOSE`] | `(handle: i32) -> ()` | close a connection |
 //!
-//! Only stores may import `pages_*`: a filter that does is refused at load time.
+//! Only stores may import `pages_*` and `net_*`: a filter that does is refused at load time.
+//!
+//! # Capabilities
+//!
+//! What a plugin may do beyond computing is granted per pool
+//! ([`crate::manifest::Capability`]): the manifest lists what it needs, the pool config must
+//! grant exactly that.
+//!
+//! - `storage`: the `pages_*` imports keep bytes in the pool's own database on disk, not in
+//!   host memory.
+//! - `network`: the `net_*` imports work, for exactly the endpoints in the plugin's config key
+//!   `endpoints` — URLs `scheme://host:port[,host:port…][/path]`; every `host:port` listed is
+//!   granted, nothing else (a connect to another address returns [`net::DENIED`]). Every
+//!   connect, send and receive is bounded by the config key `timeout_ms` (default 1000) and
+//!   by the call's deadline, which for such plugins is the pool's call timeout plus
+//!   `timeout_ms`. Connections belong to the instance and close with it.
 //!
 //! # Results
 //!
@@ -122,6 +141,30 @@ pub mod import {
     pub const PAGES_DELETE: &str = "pages_delete";
     /// `() -> ()`.
     pub const PAGES_CLEAR: &str = "pages_clear";
+    /// `(addr_ptr: i32, addr_len: i32) -> i32`.
+    pub const NET_CONNECT: &str = "net_connect";
+    /// `(handle: i32, ptr: i32, len: i32) -> i32`.
+    pub const NET_SEND: &str = "net_send";
+    /// `(handle: i32, ptr: i32, cap: i32) -> i32`.
+    pub const NET_RECV: &str = "net_recv";
+    /// `(handle: i32) -> ()`.
+    pub const NET_CLOSE: &str = "net_close";
+}
+
+/// Results of the network imports (negative; a non-negative result is a handle or a length).
+pub mod net {
+    /// `net_connect`: the address is not one the pool granted (or the plugin has no grant).
+    pub const DENIED: i32 = -1;
+    /// The connection could not be made, or it broke.
+    pub const FAILED: i32 = -2;
+    /// The operation did not finish within the grant's `timeout_ms` (or the call's deadline).
+    pub const TIMEOUT: i32 = -3;
+    /// `net_connect`: the instance has too many open connections.
+    pub const TOO_MANY: i32 = -4;
+    /// Not an open handle.
+    pub const BAD_HANDLE: i32 = -5;
+    /// The most connections one instance may hold open.
+    pub const MAX_CONNECTIONS: usize = 64;
 }
 
 /// Results of the host page store imports.

@@ -44,16 +44,20 @@ pub enum Capability {
     /// database under the host's data dir, surviving restarts and crashes. The plugin sees
     /// only its pool's pages, never a path or any other file.
     Storage,
+    /// Stores only: TCP connections to exactly the endpoints listed in the plugin's config
+    /// key `endpoints`, each operation bounded by its `timeout_ms` (see `abi`).
+    Network,
 }
 
 impl Capability {
     /// Every capability, for messages.
-    pub const ALL: [Capability; 1] = [Capability::Storage];
+    pub const ALL: [Capability; 2] = [Capability::Storage, Capability::Network];
 
     /// The name in manifests and pool configs.
     pub fn name(self) -> &'static str {
         match self {
             Capability::Storage => "storage",
+            Capability::Network => "network",
         }
     }
 
@@ -128,6 +132,8 @@ pub enum ConfigValueKind {
     },
     /// A list of strings (e.g. endpoints); empty by default.
     StringList,
+    /// A secret string (a token): empty by default, never shown back by the API.
+    Secret,
 }
 
 /// Why a pool's config for a plugin was refused.
@@ -202,6 +208,10 @@ impl ConfigKey {
                 Some(items) if items.iter().all(Value::is_string) => Ok(value.clone()),
                 _ => Err(bad("a list of strings".into())),
             },
+            ConfigValueKind::Secret => match value {
+                Value::String(_) => Ok(value.clone()),
+                _ => Err(ConfigError(format!("plugin '{plugin}' config key '{}' must be a string", self.key))),
+            },
         }
     }
 }
@@ -214,6 +224,7 @@ impl ConfigValueKind {
             ConfigValueKind::Bool { default } => Value::from(*default),
             ConfigValueKind::Enum { default, .. } => Value::from(default.as_ref()),
             ConfigValueKind::StringList => Value::Array(Vec::new()),
+            ConfigValueKind::Secret => Value::String(String::new()),
         }
     }
 }

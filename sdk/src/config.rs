@@ -43,3 +43,8 @@ pub const fn string_list(key: &'static str, doc: &'static str) -> ConfigKey {
     ConfigKey { key: Cow::Borrowed(key), doc: Cow::Borrowed(doc), value: ConfigValueKind::StringList }
 }
 
+
+/// A secret string key (a token): empty by default; the host never shows its value back.
+pub const fn secret(key: &'static str, doc: &'static str) -> ConfigKey {
+    ConfigKey { key: Cow::Borrowed(key), doc: Cow::Borrowed(doc), value: ConfigValueKind::Secret }
+}

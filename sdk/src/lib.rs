@@ -75,6 +75,7 @@
 pub mod config;
 pub mod host_pages;
 pub mod log;
+pub mod net;
 #[doc(hidden)]
 pub mod rt;
 
