@@ -16,7 +16,12 @@ use tmem_api::abi::status;
 use tmem_api::manifest::{Capability, PluginKind};
 
 use crate::page_store::{PageMeta, PageShard};
+use crate::plugin::net::NetPolicy;
 use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, SandboxLimits};
+
+/// Where a plugin granted `network` gets its `token` when the pool config leaves it empty:
+/// the memory server's token, set in the environment of this host.
+pub const PEER_TOKEN_ENV: &str = "TMEM_PEER_TOKEN";
 use crate::stats::PoolStats;
 
 /// Consecutive faults of one link after which re-instantiation backs off.
@@ -35,6 +40,10 @@ pub struct ChainLink {
     pub config: Map<String, Value>,
     /// The capabilities the pool grants it: exactly those its manifest asks for.
     pub grants: Vec<Capability>,
+    /// The network grant (endpoints, timeout), when `network` is granted.
+    pub net: Option<NetPolicy>,
+    /// The config as the instance gets it (an empty `token` of a network plugin filled from
+    /// [`PEER_TOKEN_ENV`]; never shown or kept).
     config_text: String,
 }
 
@@ -65,8 +74,32 @@ impl ChainLink {
                 "plugin '{plugin}' needs the '{missing}' capability; grant it with \"grants\": [\"{missing}\"] on that backend"
             )));
         }
-        let config_text = Value::Object(config.clone()).to_string();
-        Ok(ChainLink { plugin: plugin.into(), module, config, grants: granted, config_text })
+        let mut instance_config = config.clone();
+        let net = if granted.contains(&Capability::Network) {
+            if instance_config.get("token").and_then(Value::as_str) == Some("")
+                && let Ok(token) = std::env::var(PEER_TOKEN_ENV)
+            {
+                instance_config.insert("token".into(), Value::String(token));
+            }
+            Some(NetPolicy::from_config(plugin, &config).map_err(ChainError)?)
+        } else {
+            None
+        };
+        let config_text = Value::Object(instance_config).to_string();
+        Ok(ChainLink { plugin: plugin.into(), module, config, grants: granted, net, config_text })
+    }
+
+    /// The config for people: secret values replaced by `"<secret>"`.
+    pub fn shown_config(&self) -> Map<String, Value> {
+        let mut shown = self.config.clone();
+        for key in self.module.manifest().config.iter() {
+            if key.value == tmem_api::manifest::ConfigValueKind::Secret
+                && shown.get(key.key.as_ref()).and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+            {
+                shown.insert(key.key.to_string(), Value::String("<secret>".into()));
+            }
+        }
+        shown
     }
 
     /// Whether two links run the same module with the same config and grants.
@@ -236,7 +269,7 @@ impl ChainInstances {
         }
         let link = &cx.chain.links[i];
         let pages = (link.module.kind() == PluginKind::Store).then(|| cx.pages.clone());
-        match cx.engine.instantiate(&link.module, cx.limits, cx.page_size, &link.config_text, pages) {
+        match cx.engine.instantiate(&link.module, cx.limits, cx.page_size, &link.config_text, pages, link.net.as_ref()) {
             Ok(instance) => {
                 if slot.created_before {
                     PoolStats::add(&cx.stats.counters.instance_restarts, 1);
@@ -346,14 +379,16 @@ impl ChainInstances {
 
     /// Gets the bytes under `offset` from the store and decodes them through the filters
     /// (last to first) into `page`. A plugin fault is retried once on a fresh instance.
-    pub(crate) fn get(&mut self, cx: &ChainContext<'_>, offset: u64, page: &mut [u8]) -> Result<(), GetFailure> {
-        match self.get_once(cx, offset, page) {
-            Err(GetFailure::Fault(_)) => self.get_once(cx, offset, page),
+    /// `exact`: the result must fill `out` (a page); else it may be shorter (a record of a
+    /// store-only pool). Returns the length written.
+    pub(crate) fn get(&mut self, cx: &ChainContext<'_>, offset: u64, out: &mut [u8], exact: bool) -> Result<usize, GetFailure> {
+        match self.get_once(cx, offset, out, exact) {
+            Err(GetFailure::Fault(_)) => self.get_once(cx, offset, out, exact),
             other => other,
         }
     }
 
-    fn get_once(&mut self, cx: &ChainContext<'_>, offset: u64, page: &mut [u8]) -> Result<(), GetFailure> {
+    fn get_once(&mut self, cx: &ChainContext<'_>, offset: u64, out: &mut [u8], exact: bool) -> Result<usize, GetFailure> {
         let store = self.slots.len() - 1;
         let (code, mut len) = self.call(cx, store, false, |s| s.get(offset)).map_err(GetFailure::Fault)?;
         match code {
@@ -372,11 +407,11 @@ impl ChainInstances {
             }
             (holder, len) = (i, out);
         }
-        if len != page.len() {
+        if len > out.len() || (exact && len != out.len()) {
             return Err(GetFailure::Decode);
         }
-        page.copy_from_slice(self.live(holder).output(len));
-        Ok(())
+        out[..len].copy_from_slice(self.live(holder).output(len));
+        Ok(len)
     }
 
     /// Drops `offset` from the store. If the store plugin faults, the host drops the bytes

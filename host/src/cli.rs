@@ -1019,6 +1019,7 @@ fn plugin_version_view(v: &PluginVersion, default: bool) -> String {
                         ("enum", default.to_string(), values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("|"))
                     }
                     ConfigValueKind::StringList => ("strings", "[]".to_string(), String::new()),
+                    ConfigValueKind::Secret => ("secret", "\"\"".to_string(), String::new()),
                 };
                 table.row(vec![key.key.to_string(), kind.into(), default, range, key.doc.to_string()]);
             }

@@ -25,6 +25,7 @@ pub mod chain;
 pub mod cli;
 pub mod host;
 pub mod page_store;
+pub mod peer_server;
 pub mod persist;
 pub mod plugin;
 pub mod pool;

@@ -28,6 +28,10 @@ enum Command {
         /// Create a `[zstd, ram]` pool named `demo` at start.
         #[arg(long)]
         demo_pool: bool,
+        /// Also serve as a memory server for other hosts' `remote` stores on this address
+        /// (peers authenticate with this host's API token). Off by default.
+        #[arg(long, value_name = "ADDR", env = "TMEM_PEER_LISTEN")]
+        peer_listen: Option<SocketAddr>,
     },
     #[command(flatten)]
     Client(tmem_host::cli::ClientCommand),
@@ -37,7 +41,7 @@ fn main() -> ExitCode {
     tmem_host::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { listen, data_dir, demo_pool } => serve(ServeConfig { listen, data_dir, demo_pool }),
+        Command::Serve { listen, data_dir, demo_pool, peer_listen } => serve(ServeConfig { listen, data_dir, demo_pool, peer_listen }),
         Command::Client(command) => return tmem_host::cli::run(command),
     };
     match result {
@@ -51,13 +55,7 @@ fn main() -> ExitCode {
 
 fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let (host, token) = server::build_host(&config)?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        server::run(host, token, listener, shutdown_signal()).await
-    })
+    runtime.block_on(server::serve(&config, shutdown_signal()))
 }
 
 async fn shutdown_signal() {

@@ -92,7 +92,7 @@ pub enum RejectReason {
     AllocFail,
     /// A plugin faulted (`reject_plugin_fault`).
     PluginFault,
-    /// A backend is unreachable (`reject_unavailable`).
+    /// A remote backend is unreachable (`remote_unavailable`).
     Unavailable,
     /// The pool is disabled (`reject_disabled`).
     Disabled,
@@ -107,7 +107,7 @@ impl RejectReason {
             RejectReason::CompressFail => "reject_compress_fail",
             RejectReason::AllocFail => "reject_alloc_fail",
             RejectReason::PluginFault => "reject_plugin_fault",
-            RejectReason::Unavailable => "reject_unavailable",
+            RejectReason::Unavailable => "remote_unavailable",
             RejectReason::Disabled => "reject_disabled",
         }
     }
@@ -147,6 +147,19 @@ pub enum OpError {
         /// The buffer's length.
         got: usize,
     },
+    /// A record for a store-only pool is empty or longer than the store can take.
+    #[error("a record is {got} bytes, but pool '{pool}' takes 1 to {max}")]
+    WrongRecordSize {
+        /// The pool.
+        pool: String,
+        /// The largest record.
+        max: usize,
+        /// The record's length.
+        got: usize,
+    },
+    /// Records (already encoded pages) go only to a pool whose chain is a lone store.
+    #[error("pool '{0}' has filters in its chain; records (already encoded pages) need a pool that is a lone store, e.g. [ram]")]
+    NotARecordPool(String),
     /// A page the map says is present could not be produced: data loss, counted in
     /// `load_failures`. The page stays present (the failure may be transient).
     #[error("load of offset {offset} in pool '{pool}' failed: {reason}")]
@@ -640,6 +653,41 @@ impl Pool {
     /// from every backend first, so whatever happens next, stale data cannot be returned.
     pub fn store(&self, offset: u64, page: &[u8]) -> Result<StoreOutcome, OpError> {
         self.check_len(page.len())?;
+        Ok(self.store_bytes(offset, page))
+    }
+
+    /// The largest record a store-only pool takes (its store's I/O buffer).
+    pub fn max_record(&self) -> usize {
+        tmem_api::abi::io_capacity(self.page_size) as usize
+    }
+
+    fn check_record_pool(&self) -> Result<(), OpError> {
+        if self.chain().links().len() == 1 { Ok(()) } else { Err(OpError::NotARecordPool(self.name.clone())) }
+    }
+
+    /// Stores a **record**: bytes another host's chain already encoded (1 byte up to
+    /// [`Pool::max_record`]), kept as they are by a pool whose chain is a lone store — how a
+    /// memory server keeps its peers' pages. Every rule of [`Pool::store`] applies.
+    pub fn store_record(&self, offset: u64, record: &[u8]) -> Result<StoreOutcome, OpError> {
+        self.check_record_pool()?;
+        if record.is_empty() || record.len() > self.max_record() {
+            return Err(OpError::WrongRecordSize { pool: self.name.clone(), max: self.max_record(), got: record.len() });
+        }
+        Ok(self.store_bytes(offset, record))
+    }
+
+    /// Loads a record stored by [`Pool::store_record`] (`None`: absent).
+    pub fn load_record(&self, offset: u64) -> Result<Option<Vec<u8>>, OpError> {
+        self.check_record_pool()?;
+        let mut buf = vec![0u8; self.max_record()];
+        let exclusive = self.exclusive_gets.load(Ordering::Relaxed);
+        Ok(self.load_into(offset, &mut buf, exclusive, false)?.map(|len| {
+            buf.truncate(len);
+            buf
+        }))
+    }
+
+    fn store_bytes(&self, offset: u64, page: &[u8]) -> StoreOutcome {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let replaced = shard.map.remove(&offset);
@@ -655,7 +703,7 @@ impl Pool {
             // A sync pool acknowledges only what is on disk (the dropped old copy included).
             let durable = self.make_durable().is_ok();
             if stored && !durable {
-                outcome = StoreOutcome::Rejected(RejectReason::Unavailable);
+                outcome = StoreOutcome::Rejected(RejectReason::AllocFail);
             }
         }
         let c = &self.stats.counters;
@@ -667,7 +715,7 @@ impl Pool {
             _ => PoolStats::add(&c.succ_stores, 1),
         }
         self.stats.latency(Op::Store).record(start.elapsed());
-        Ok(outcome)
+        outcome
     }
 
     /// Drops a page that was just removed from the map from the generation that stored it.
@@ -721,7 +769,7 @@ impl Pool {
             RejectReason::CompressFail => &c.reject_compress_fail,
             RejectReason::AllocFail => &c.reject_alloc_fail,
             RejectReason::PluginFault => &c.reject_plugin_fault,
-            RejectReason::Unavailable => &c.reject_unavailable,
+            RejectReason::Unavailable => &c.remote_unavailable,
             RejectReason::Disabled => &c.reject_disabled,
         }
     }
@@ -810,6 +858,14 @@ impl Pool {
         self.load_inner(offset, page, self.exclusive_gets.load(Ordering::Relaxed))
     }
 
+    fn load_inner(&self, offset: u64, page: &mut [u8], exclusive: bool) -> Result<LoadOutcome, OpError> {
+        self.check_len(page.len())?;
+        Ok(match self.load_into(offset, page, exclusive, true)? {
+            Some(_) => LoadOutcome::Loaded { exclusive },
+            None => LoadOutcome::Absent,
+        })
+    }
+
     /// Loads and invalidates in one step, whatever the mode: how a frontend takes a page back
     /// when the host shrinks the pool. Counted in `written_back_pages`.
     pub fn take(&self, offset: u64, page: &mut [u8]) -> Result<LoadOutcome, OpError> {
@@ -820,17 +876,17 @@ impl Pool {
         Ok(outcome)
     }
 
-    fn load_inner(&self, offset: u64, page: &mut [u8], exclusive: bool) -> Result<LoadOutcome, OpError> {
-        self.check_len(page.len())?;
+    /// Loads into `out` (exactly filling it when `exact`); the length, or `None` if absent.
+    fn load_into(&self, offset: u64, out: &mut [u8], exclusive: bool, exact: bool) -> Result<Option<usize>, OpError> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(&entry) = shard.map.get(&offset) else {
-            return Ok(LoadOutcome::Absent);
+            return Ok(None);
         };
         let slot = shard.slot_of(entry.generation);
         let Shard { generations, pages, map } = &mut *shard;
         let GenerationSlot { chain, instances, .. } = &mut generations[slot];
-        let result = instances.get(&self.context(entry.generation, chain, pages), offset, page);
+        let result = instances.get(&self.context(entry.generation, chain, pages), offset, out, exact);
         let described = result.is_err().then(|| chain.describe());
         let removed = result.is_ok() && exclusive;
         if removed {
@@ -844,9 +900,9 @@ impl Pool {
         let c = &self.stats.counters;
         self.stats.latency(Op::Load).record(start.elapsed());
         match result {
-            Ok(()) => {
+            Ok(len) => {
                 PoolStats::add(&c.loads, 1);
-                Ok(LoadOutcome::Loaded { exclusive })
+                Ok(Some(len))
             }
             Err(reason) => {
                 PoolStats::add(&c.load_failures, 1);

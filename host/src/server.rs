@@ -1,7 +1,8 @@
-//! `tmem serve`: a [`Host`] behind an HTTP listener serving the [`rest`](crate::rest) router.
+//! `tmem serve`: a [`Host`] behind an HTTP listener serving the [`rest`](crate::rest) router,
+//! and, when asked, the memory server for peers ([`peer_server`](crate::peer_server)).
 //!
-//! [`run`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and stop
-//! the server at will; the binary passes Ctrl-C / SIGTERM.
+//! [`serve`] binds, runs until the shutdown future completes (the binary passes Ctrl-C /
+//! SIGTERM), and then stops both listeners gracefully.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Create a `[zstd, ram]` pool named `demo` at start.
     pub demo_pool: bool,
+    /// Address of the memory server for peers (`None`: off).
+    pub peer_listen: Option<SocketAddr>,
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -47,18 +50,47 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
 }
 
 /// Serves `host` on `listener` until `shutdown` completes.
-pub async fn run(
-    host: Arc<Host>,
-    token: ApiToken,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (host, token) = build_host(config)?;
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    };
+    let listener = bind(config.listen).await?;
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the API listens beyond loopback: anyone who can reach it and has the token controls the host (there is no TLS)");
     }
+    let peers = match peer_listener {
+        Some(peer_listener) => {
+            let peer_addr = peer_listener.local_addr()?;
+            if !peer_addr.ip().is_loopback() {
+                tracing::warn!(%peer_addr, "the memory server listens beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
+            }
+            tracing::info!(%peer_addr, "memory server listening for peers");
+            Some(tokio::spawn(crate::peer_server::serve_peers(host.clone(), token.clone(), peer_listener, until_stopped())))
+        }
+        None => None,
+    };
     tracing::info!(%addr, "tmem listening: API at /api/v1, health at /healthz, metrics at /metrics");
-    axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(until_stopped()).await?;
+    if let Some(peers) = peers {
+        let _ = peers.await;
+    }
     tracing::info!("tmem stopped");
     Ok(())
 }

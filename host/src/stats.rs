@@ -63,8 +63,8 @@ counters! {
     reject_alloc_fail,
     /// Stores rejected because a plugin trapped, overran its deadline or its memory cap.
     reject_plugin_fault,
-    /// Stores rejected because a backend was unreachable.
-    reject_unavailable,
+    /// Stores rejected because a remote backend (a peer, Redis) could not be reached in time.
+    remote_unavailable,
     /// Stores rejected because the pool was disabled.
     reject_disabled,
     /// Stores to an offset that was already present (zswap `duplicate_entry`).

@@ -9,6 +9,7 @@ mod contract;
 mod crash;
 mod hot_swap;
 mod plugin_faults;
+mod peer;
 mod persistence;
 mod plugin_loading;
 mod restart;

@@ -126,11 +126,18 @@ impl PluginEngine {
         page_size: u32,
         config: &str,
         pages: Option<Arc<crate::page_store::PageShard>>,
+        net: Option<&super::net::NetPolicy>,
     ) -> Result<PluginInstance, PluginFault> {
-        let limits = SandboxLimits { memory_bytes: limits.memory_bytes.min(self.options.max_memory_bytes), ..limits };
+        let mut limits = SandboxLimits { memory_bytes: limits.memory_bytes.min(self.options.max_memory_bytes), ..limits };
+        if let Some(net) = net {
+            // Time waiting on the network is bounded by the grant's timeout; the call may
+            // take that long on top of its own budget.
+            limits.call_timeout += net.timeout;
+            limits.init_timeout += net.timeout;
+        }
         PluginInstance::new(
             &self.engine,
-            InstanceSpec { module, limits, tick: self.options.epoch_tick, page_size, config, pages },
+            InstanceSpec { module, limits, tick: self.options.epoch_tick, page_size, config, pages, net: net.cloned() },
         )
     }
 

@@ -11,6 +11,7 @@ use wasmtime::{Caller, Linker, Memory, Store, Trap, TypedFunc};
 
 use super::limits::{MemoryCap, SandboxLimits};
 use super::module::PluginModule;
+use super::net::{NetAccess, NetPolicy};
 use crate::page_store::PageShard;
 
 /// The data of a plugin's wasmtime `Store`: what its host functions can reach.
@@ -22,6 +23,8 @@ pub struct PluginState {
     /// Plugin name, for log lines.
     name: Arc<str>,
     log_budget: LogBudget,
+    /// Connections, for a plugin granted `network`.
+    net: Option<NetAccess>,
 }
 
 /// Log lines a plugin may write: a burst, then one per 10 ms on average.
@@ -127,6 +130,27 @@ pub(crate) fn define_host_functions(linker: &mut Linker<PluginState>) -> wasmtim
         pages_of(caller.data())?.clear();
         wasmtime::Result::Ok(())
     })?;
+    linker.func_wrap(abi::HOST_MODULE, import::NET_CONNECT, |mut caller: Caller<'_, PluginState>, ptr: i32, len: i32| {
+        let (data, state) = memory_of(&mut caller)?;
+        let address = String::from_utf8_lossy(guest_slice(data, ptr, len.min(512))?).into_owned();
+        wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::DENIED, |net| net.connect(&address)))
+    })?;
+    linker.func_wrap(abi::HOST_MODULE, import::NET_SEND, |mut caller: Caller<'_, PluginState>, handle: i32, ptr: i32, len: i32| {
+        let (data, state) = memory_of(&mut caller)?;
+        let bytes = guest_slice(data, ptr, len)?;
+        wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::BAD_HANDLE, |net| net.send(handle, bytes)))
+    })?;
+    linker.func_wrap(abi::HOST_MODULE, import::NET_RECV, |mut caller: Caller<'_, PluginState>, handle: i32, ptr: i32, cap: i32| {
+        let (data, state) = memory_of(&mut caller)?;
+        let buf = guest_slice_mut(data, ptr, cap)?;
+        wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::BAD_HANDLE, |net| net.recv(handle, buf)))
+    })?;
+    linker.func_wrap(abi::HOST_MODULE, import::NET_CLOSE, |mut caller: Caller<'_, PluginState>, handle: i32| {
+        if let Some(net) = caller.data_mut().net.as_mut() {
+            net.close(handle);
+        }
+        wasmtime::Result::Ok(())
+    })?;
     Ok(())
 }
 
@@ -187,6 +211,8 @@ pub(crate) struct InstanceSpec<'a> {
     /// The resolved config, as a JSON object.
     pub(crate) config: &'a str,
     pub(crate) pages: Option<Arc<PageShard>>,
+    /// The network grant, if the pool gives one.
+    pub(crate) net: Option<NetPolicy>,
 }
 
 fn ticks(timeout: Duration, tick: Duration) -> u64 {
@@ -202,7 +228,7 @@ impl PluginInstance {
         limits: SandboxLimits,
         tick: Duration,
     ) -> Result<Vec<u8>, PluginFault> {
-        let mut store = new_store(engine, "probe".into(), limits, None);
+        let mut store = new_store(engine, "probe".into(), limits, None, None);
         store.set_epoch_deadline(ticks(limits.init_timeout, tick));
         let instance = linker.instantiate(&mut store, module).map_err(|e| classify(&store, e, limits.init_timeout))?;
         let memory = instance
@@ -221,7 +247,8 @@ impl PluginInstance {
     pub(crate) fn new(engine: &wasmtime::Engine, spec: InstanceSpec<'_>) -> Result<Self, PluginFault> {
         let limits = spec.limits;
         let name: Arc<str> = spec.module.manifest().name.as_ref().into();
-        let mut store = new_store(engine, name, limits, spec.pages);
+        let net = spec.net.map(|policy| NetAccess::new(policy, Instant::now() + limits.init_timeout));
+        let mut store = new_store(engine, name, limits, spec.pages, net);
         store.set_epoch_deadline(ticks(limits.init_timeout, spec.tick));
         let fault = |store: &Store<PluginState>, e| classify(store, e, limits.init_timeout);
         let instance = spec.module.pre().instantiate(&mut store).map_err(|e| {
@@ -330,6 +357,9 @@ impl PluginInstance {
 
     fn arm(&mut self) {
         self.store.set_epoch_deadline(self.call_ticks);
+        if let Some(net) = &mut self.store.data_mut().net {
+            net.deadline = Instant::now() + self.call_timeout;
+        }
     }
 
     /// Filter: encodes the `len` input bytes. Returns the status and the output length.
@@ -397,13 +427,20 @@ fn not_a(kind: &str) -> PluginFault {
     PluginFault::Protocol(format!("called as a {kind}, which this plugin is not"))
 }
 
-fn new_store(engine: &wasmtime::Engine, name: Arc<str>, limits: SandboxLimits, pages: Option<Arc<PageShard>>) -> Store<PluginState> {
+fn new_store(
+    engine: &wasmtime::Engine,
+    name: Arc<str>,
+    limits: SandboxLimits,
+    pages: Option<Arc<PageShard>>,
+    net: Option<NetAccess>,
+) -> Store<PluginState> {
     let state = PluginState {
         cap: MemoryCap::new(limits.memory_bytes),
         pages,
         memory: None,
         name,
         log_budget: LogBudget { tokens: 100.0, last: Instant::now() },
+        net,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.cap);

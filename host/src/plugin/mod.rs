@@ -5,6 +5,7 @@
 //! - [`module`] — a loaded, validated plugin ([`PluginModule`]) and every load-time refusal.
 //! - [`instance`] — one live instance: calls under a deadline and a memory cap, host functions.
 //! - [`limits`] — the sandbox limits a pool gives its instances.
+//! - [`net`] — the `network` capability: granted endpoints, bounded socket operations.
 //!
 //! The ABI itself is specified in [`tmem_api::abi`].
 
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod instance;
 pub mod limits;
 pub mod module;
+pub mod net;
 
 pub use engine::{EngineOptions, PluginEngine};
 pub use instance::{PluginFault, PluginInstance};

@@ -174,6 +174,10 @@ const HOST_IMPORTS: &[(&str, &[ValType], &[ValType], bool)] = &[
     (import::PAGES_GET, &[I64, I32, I32], &[I32], true),
     (import::PAGES_DELETE, &[I64], &[I32], true),
     (import::PAGES_CLEAR, &[], &[], true),
+    (import::NET_CONNECT, &[I32, I32], &[I32], true),
+    (import::NET_SEND, &[I32, I32, I32], &[I32], true),
+    (import::NET_RECV, &[I32, I32, I32], &[I32], true),
+    (import::NET_CLOSE, &[I32], &[], true),
 ];
 
 /// Checks the ABI marker, the common exports and every import. The kind-specific exports are
@@ -246,7 +250,18 @@ pub(crate) fn check_kind(module: &Module, manifest: &Manifest) -> Result<(), Plu
             }
             Ok(())
         }
-        PluginKind::Store => check_exports(module, STORE_EXPORTS),
+        PluginKind::Store => {
+            check_exports(module, STORE_EXPORTS)?;
+            let wants_network = manifest.capabilities.contains(&tmem_api::manifest::Capability::Network);
+            if let Some(imp) = module.imports().find(|i| i.name().starts_with("net_")).filter(|_| !wants_network) {
+                return Err(PluginLoadError::ForbiddenImport {
+                    module: imp.module().to_owned(),
+                    name: imp.name().to_owned(),
+                    why: "only plugins whose manifest asks for the network capability may use".into(),
+                });
+            }
+            Ok(())
+        }
     }
 }
 

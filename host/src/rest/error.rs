@@ -86,6 +86,8 @@ impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         match e {
             OpError::WrongPageSize { .. } => ApiError::bad_request("wrong_page_size", e.to_string()),
+            OpError::WrongRecordSize { .. } => ApiError::bad_request("wrong_record_size", e.to_string()),
+            OpError::NotARecordPool(_) => ApiError::bad_request("not_a_record_pool", e.to_string()),
             OpError::LoadFailed { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", e.to_string()),
         }
     }

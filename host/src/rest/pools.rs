@@ -30,7 +30,7 @@ fn backends_info(chain: &Chain) -> Vec<BackendInfo> {
             version: l.module.manifest().version.to_string(),
             sha256: l.module.sha256().into(),
             kind: l.module.kind().to_string(),
-            config: l.config.clone(),
+            config: l.shown_config(),
             grants: l.grants.iter().map(|c| c.name().to_string()).collect(),
         })
         .collect()

@@ -1,0 +1,156 @@
+//! The memory server (`tmem serve --peer-listen ADDR`, off by default): other tmem hosts'
+//! `remote` stores keep their pages in this host's pools over the peer protocol
+//! ([`tmem_api::peer`]: binary, length-prefixed, pipelined).
+//!
+//! A connection starts with HELLO carrying this host's API token and the name of a pool whose
+//! chain is a lone store (e.g. `[ram]`); every later request is a record operation on that
+//! pool ([`Pool::store_record`](crate::pool::Pool::store_record) and friends), so the pool's
+//! limits, counters and the duplicate-store rule apply to peers as to anyone. Requests are
+//! answered in order, one response each. A malformed or oversized frame gets an ERROR and the
+//! connection is closed; no stored page is touched by a bad frame.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tmem_api::peer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::host::Host;
+use crate::pool::{Pool, StoreOutcome};
+use crate::rest::auth::ApiToken;
+
+/// Serves peers on `listener` until `shutdown` completes.
+pub async fn serve_peers(host: Arc<Host>, token: ApiToken, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let token = Arc::new(token);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => {
+                    let (host, token) = (host.clone(), token.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_connection(host, &token, stream).await {
+                            tracing::warn!(%from, "peer connection closed: {e}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("accepting a peer connection failed: {e}"),
+            },
+            () = &mut shutdown => break,
+        }
+    }
+}
+
+/// Reads one frame body; `None` at a clean end of stream (between frames).
+async fn read_frame(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if !(5..=peer::MAX_BODY).contains(&len) {
+        return Err(format!("frame of {len} bytes (a body is 5 to {} bytes)", peer::MAX_BODY));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(|e| format!("truncated frame: {e}"))?;
+    Ok(Some(body))
+}
+
+async fn send(writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, kind: u8, id: u32, payload: &[u8]) -> Result<(), String> {
+    let mut frame = Vec::with_capacity(9 + payload.len());
+    peer::frame(&mut frame, kind, id, &[payload]);
+    writer.write_all(&frame).await.map_err(|e| e.to_string())?;
+    writer.flush().await.map_err(|e| e.to_string())
+}
+
+async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let (mut reader, mut writer) = (BufReader::with_capacity(64 << 10, read), BufWriter::with_capacity(64 << 10, write));
+    let Some(body) = read_frame(&mut reader).await? else { return Ok(()) };
+    let (kind, id, payload) = peer::parse_body(&body)?;
+    let hello = if kind == peer::HELLO { peer::parse_hello(payload).map_err(str::to_string) } else { Err("the first frame must be HELLO".into()) };
+    let accepted = hello.and_then(|(presented, pool_name)| {
+        if !token.matches(presented) {
+            return Err("wrong token: peers authenticate with the memory server's API token".to_string());
+        }
+        let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
+        if pool.chain().links().len() != 1 {
+            return Err(format!("pool '{pool_name}' has filters; a memory server pool must be a lone store, e.g. [ram]"));
+        }
+        Ok(pool)
+    });
+    let pool = match accepted {
+        Ok(pool) => pool,
+        Err(message) => {
+            send(&mut writer, peer::ERROR, id, message.as_bytes()).await?;
+            return Err(message);
+        }
+    };
+    send(&mut writer, peer::OK, id, &pool.page_size().to_le_bytes()).await?;
+    tracing::info!(pool = %pool.name(), "peer connected");
+    loop {
+        let body = match read_frame(&mut reader).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let _ = send(&mut writer, peer::ERROR, 0, e.as_bytes()).await;
+                return Err(e);
+            }
+        };
+        // A destroyed pool is not served any longer, even to a connection that had it.
+        let current = host.pool(pool.name()).ok().filter(|p| Arc::ptr_eq(p, &pool));
+        let (kind, id, response) = match (peer::parse_body(&body), current) {
+            (Err(e), _) => (peer::ERROR, 0, e.as_bytes().to_vec()),
+            (Ok((_, id, _)), None) => (peer::ERROR, id, b"the pool no longer exists".to_vec()),
+            (Ok((kind, id, _)), Some(pool)) => {
+                let (kind, response) = tokio::task::spawn_blocking(move || {
+                    let (_, _, payload) = peer::parse_body(&body).expect("parsed above");
+                    handle(&pool, kind, payload)
+                })
+                .await
+                .map_err(|e| format!("request failed: {e}"))?;
+                (kind, id, response)
+            }
+        };
+        send(&mut writer, kind, id, &response).await?;
+    }
+}
+
+/// One request on the pool: the response kind and payload.
+fn handle(pool: &Pool, kind: u8, payload: &[u8]) -> (u8, Vec<u8>) {
+    let error = |message: String| (peer::ERROR, message.into_bytes());
+    match kind {
+        peer::PUT => match peer::parse_offset(payload) {
+            Ok((offset, record)) => match pool.store_record(offset, record) {
+                Ok(StoreOutcome::Rejected(reason)) => (peer::REJECTED, reason.name().as_bytes().to_vec()),
+                Ok(_) => (peer::OK, Vec::new()),
+                Err(e) => error(e.to_string()),
+            },
+            Err(e) => error(e.into()),
+        },
+        peer::GET => match peer::parse_offset(payload) {
+            Ok((offset, _)) => match pool.load_record(offset) {
+                Ok(Some(record)) => (peer::DATA, record),
+                Ok(None) => (peer::NOT_FOUND, Vec::new()),
+                Err(e) => error(e.to_string()),
+            },
+            Err(e) => error(e.into()),
+        },
+        peer::DELETE => match peer::parse_offset(payload) {
+            Ok((offset, _)) => {
+                pool.invalidate_page(offset);
+                (peer::OK, Vec::new())
+            }
+            Err(e) => error(e.into()),
+        },
+        peer::CLEAR => {
+            pool.invalidate_area();
+            (peer::OK, Vec::new())
+        }
+        other => error(format!("unknown request kind {other}")),
+    }
+}

@@ -1,0 +1,209 @@
+//! The `network` capability's host side: TCP connections a store plugin may open, to exactly
+//! the endpoints its pool granted, every operation bounded by the grant's timeout and by the
+//! plugin call's own deadline (so a dead peer costs at most the timeout, and never traps the
+//! instance by overrunning its deadline while the host waits).
+//!
+//! The grant ([`NetPolicy`]) is derived when the pool is created from the plugin's config:
+//! `endpoints` (URLs `scheme://host:port[,host:port…][/path]`; every `host:port` is granted)
+//! and `timeout_ms`. A connect to any other address is refused with `net::DENIED` — compared
+//! as text, so a plugin cannot reach an address by another spelling or through DNS games.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tmem_api::abi::net as code;
+
+/// The default of `timeout_ms` when a plugin's config has none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// What a pool grants a plugin with the `network` capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPolicy {
+    /// `host:port` texts the plugin may connect to.
+    pub allowed: Vec<String>,
+    /// Bound of every connect, send and receive.
+    pub timeout: Duration,
+}
+
+impl NetPolicy {
+    /// The grant a plugin's resolved config asks for: every `host:port` of its `endpoints`.
+    pub fn from_config(plugin: &str, config: &Map<String, Value>) -> Result<NetPolicy, String> {
+        let endpoints = config.get("endpoints").and_then(Value::as_array).ok_or_else(|| {
+            format!("plugin '{plugin}' has the network capability but no `endpoints` config key listing what it may reach")
+        })?;
+        let mut allowed = Vec::new();
+        for endpoint in endpoints {
+            let url = endpoint.as_str().unwrap_or_default();
+            let (_, rest) = url
+                .split_once("://")
+                .ok_or_else(|| format!("endpoint {url:?} of plugin '{plugin}' is not a URL (scheme://host:port[/path])"))?;
+            let authority = rest.split('/').next().unwrap_or_default();
+            for address in authority.split(',') {
+                let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !port_ok {
+                    return Err(format!("endpoint {url:?} of plugin '{plugin}': {address:?} is not host:port"));
+                }
+                if !allowed.iter().any(|a| a == address) {
+                    allowed.push(address.to_string());
+                }
+            }
+        }
+        if allowed.is_empty() {
+            return Err(format!("plugin '{plugin}' needs at least one endpoint in `endpoints`"));
+        }
+        let timeout = match config.get("timeout_ms") {
+            Some(ms) => Duration::from_millis(ms.as_u64().filter(|ms| *ms > 0).ok_or_else(|| format!("plugin '{plugin}': timeout_ms must be positive"))?),
+            None => DEFAULT_TIMEOUT,
+        };
+        Ok(NetPolicy { allowed, timeout })
+    }
+}
+
+/// The connections of one instance, and the deadline of its current call.
+#[derive(Debug)]
+pub(crate) struct NetAccess {
+    policy: NetPolicy,
+    connections: Vec<Option<TcpStream>>,
+    /// When the current plugin call must be over (set as each call starts).
+    pub(crate) deadline: Instant,
+}
+
+fn failure(e: &std::io::Error) -> i32 {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => code::TIMEOUT,
+        _ => code::FAILED,
+    }
+}
+
+impl NetAccess {
+    pub(crate) fn new(policy: NetPolicy, deadline: Instant) -> Self {
+        NetAccess { policy, connections: Vec::new(), deadline }
+    }
+
+    /// Time left for one operation: the grant's timeout, cut to what the call has left
+    /// (minus a margin, so the plugin can still answer before its deadline).
+    fn budget(&self) -> Option<Duration> {
+        let left = self.deadline.checked_duration_since(Instant::now())?.checked_sub(Duration::from_millis(2))?;
+        let budget = left.min(self.policy.timeout);
+        (!budget.is_zero()).then_some(budget)
+    }
+
+    pub(crate) fn connect(&mut self, address: &str) -> i32 {
+        if !self.policy.allowed.iter().any(|a| a == address) {
+            tracing::warn!(address, "a plugin tried to reach an address its pool did not grant");
+            return code::DENIED;
+        }
+        let open = self.connections.iter().filter(|c| c.is_some()).count();
+        if open >= code::MAX_CONNECTIONS {
+            return code::TOO_MANY;
+        }
+        let Some(budget) = self.budget() else { return code::TIMEOUT };
+        let Some(socket) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return code::FAILED };
+        let stream = match TcpStream::connect_timeout(&socket, budget) {
+            Ok(stream) => stream,
+            Err(e) => return failure(&e),
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = match self.connections.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.connections.push(None);
+                self.connections.len() - 1
+            }
+        };
+        self.connections[slot] = Some(stream);
+        slot as i32
+    }
+
+    fn stream(&mut self, handle: i32) -> Result<(&mut TcpStream, Duration), i32> {
+        let budget = self.budget().ok_or(code::TIMEOUT)?;
+        let stream = usize::try_from(handle).ok().and_then(|h| self.connections.get_mut(h)).and_then(Option::as_mut).ok_or(code::BAD_HANDLE)?;
+        Ok((stream, budget))
+    }
+
+    /// Sends all of `bytes`; a connection that fails is closed.
+    pub(crate) fn send(&mut self, handle: i32, bytes: &[u8]) -> i32 {
+        let result = self.stream(handle).and_then(|(stream, budget)| {
+            stream.set_write_timeout(Some(budget)).map_err(|e| failure(&e))?;
+            stream.write_all(bytes).map_err(|e| failure(&e))
+        });
+        match result {
+            Ok(()) => bytes.len() as i32,
+            Err(e) => self.broken(handle, e),
+        }
+    }
+
+    /// Receives 1 to `buf.len()` bytes (0: the peer closed).
+    pub(crate) fn recv(&mut self, handle: i32, buf: &mut [u8]) -> i32 {
+        let result = self.stream(handle).and_then(|(stream, budget)| {
+            stream.set_read_timeout(Some(budget)).map_err(|e| failure(&e))?;
+            stream.read(buf).map_err(|e| failure(&e))
+        });
+        match result {
+            Ok(n) => n as i32,
+            Err(e) => self.broken(handle, e),
+        }
+    }
+
+    fn broken(&mut self, handle: i32, error: i32) -> i32 {
+        if error != code::BAD_HANDLE {
+            self.close(handle);
+        }
+        error
+    }
+
+    pub(crate) fn close(&mut self, handle: i32) {
+        if let Some(slot) = usize::try_from(handle).ok().and_then(|h| self.connections.get_mut(h)) {
+            *slot = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(config: Value) -> Result<NetPolicy, String> {
+        NetPolicy::from_config("remote", config.as_object().unwrap())
+    }
+
+    #[test]
+    fn grants_come_from_the_endpoint_urls() {
+        let p = policy(json!({"endpoints": ["tmem://127.0.0.1:7001/b", "redis-cluster://10.0.0.1:7000,10.0.0.2:7000/ns"], "timeout_ms": 250})).unwrap();
+        assert_eq!(p.allowed, ["127.0.0.1:7001", "10.0.0.1:7000", "10.0.0.2:7000"]);
+        assert_eq!(p.timeout, Duration::from_millis(250));
+        assert!(policy(json!({"endpoints": []})).unwrap_err().contains("at least one"));
+        assert!(policy(json!({"endpoints": ["127.0.0.1:7001"]})).unwrap_err().contains("not a URL"));
+        assert!(policy(json!({"endpoints": ["redis://nohost/x"]})).unwrap_err().contains("not host:port"));
+        assert!(policy(json!({})).unwrap_err().contains("no `endpoints`"));
+    }
+
+    #[test]
+    fn only_granted_addresses_are_reached_and_time_is_bounded() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let granted = listener.local_addr().unwrap().to_string();
+        let p = NetPolicy { allowed: vec![granted.clone()], timeout: Duration::from_millis(100) };
+        let mut net = NetAccess::new(p, Instant::now() + Duration::from_secs(5));
+        assert_eq!(net.connect("127.0.0.1:1"), code::DENIED);
+        assert_eq!(net.connect(&format!("localhost:{}", listener.local_addr().unwrap().port())), code::DENIED, "another spelling is another address");
+        let handle = net.connect(&granted);
+        assert!(handle >= 0);
+        let (mut peer, _) = listener.accept().unwrap();
+        assert_eq!(net.send(handle, b"ping"), 4);
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        // Nothing to read: the receive gives up after the grant's timeout, not never.
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        assert_eq!(net.recv(handle, &mut buf), code::TIMEOUT);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(net.recv(handle, &mut buf), code::BAD_HANDLE, "a timed-out connection is closed");
+        // The call's deadline cuts every budget.
+        net.deadline = Instant::now();
+        assert_eq!(net.connect(&granted), code::TIMEOUT);
+    }
+}
