@@ -13,10 +13,11 @@ const TARGET: &str = "wasm32-unknown-unknown";
 
 /// Every crate of the plugins workspace (its directory) and the module it builds: the bundled
 /// plugins and the test fixtures.
-const PLUGINS: [(&str, &str); 6] = [
+const PLUGINS: [(&str, &str); 7] = [
     ("zstd", "tmem_plugin_zstd"),
     ("ram", "tmem_plugin_ram"),
     ("sled", "tmem_plugin_sled"),
+    ("remote", "tmem_plugin_remote"),
     ("misbehave", "tmem_plugin_misbehave"),
     ("versioned-v1", "tmem_plugin_versioned_v1"),
     ("versioned-v2", "tmem_plugin_versioned_v2"),

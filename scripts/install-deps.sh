@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs what building and testing tmem needs on a fresh Debian machine (as root, or with
-# sudo): clang and llvm (zstd's C code for the Wasm plugins) and the wasm32 rustup target.
-# Idempotent; safe to run before every build.
+# Installs what building tmem needs on a fresh Debian machine (as root, or with sudo): clang
+# and llvm (zstd's C code for the Wasm plugins) and the wasm32 rustup target. With `--test`,
+# also what the tests run against: redis-server and redis-cli (the remote store's Redis and
+# Redis Cluster tests). Idempotent; safe to run before every build.
 set -euo pipefail
 
 need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
 command -v llvm-ar >/dev/null || need_apt+=(llvm)
+if [ "${1:-}" = "--test" ]; then
+    command -v redis-server >/dev/null || need_apt+=(redis-server)
+    command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -4,7 +4,7 @@
 # start real hosts and a real `tmem serve`), and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --test
 # The benchmarks must keep compiling (it is run by hand: timings are never asserted).
 cargo bench -p tmem-host --benches --locked --no-run
 log=$(mktemp)

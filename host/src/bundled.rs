@@ -9,8 +9,11 @@ pub const RAM: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/
 /// The `sled` persistent store (needs the `storage` grant).
 pub const SLED: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_sled.wasm"));
 
+/// The `remote` store: a peer host, Redis or Redis Cluster (needs the `network` grant).
+pub const REMOTE: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_remote.wasm"));
+
 /// Every bundled plugin, registered by every host at start.
-pub const ALL: &[&[u8]] = &[ZSTD, RAM, SLED];
+pub const ALL: &[&[u8]] = &[ZSTD, RAM, SLED, REMOTE];
 
 /// Where this build put every plugin of `plugins/`, test fixtures included (for tests and
 /// benchmarks; a deployed binary needs only the embedded ones above).

@@ -12,5 +12,6 @@ mod plugin_faults;
 mod peer;
 mod persistence;
 mod plugin_loading;
+mod remote;
 mod restart;
 mod serve;

@@ -118,8 +118,12 @@ fn grants_and_durability_are_checked_at_creation() {
         "does not use the 'storage' capability",
     );
     refuse(
-        PoolConfig::new("a", vec![BackendRequest { grants: vec!["network".into()], ..BackendRequest::new("sled") }]),
-        "unknown capability 'network'",
+        PoolConfig::new("a", vec![BackendRequest { grants: vec!["teleport".into()], ..BackendRequest::new("sled") }]),
+        "unknown capability 'teleport'",
+    );
+    refuse(
+        PoolConfig::new("a", vec![BackendRequest { grants: vec!["storage".into(), "network".into()], ..BackendRequest::new("sled") }]),
+        "does not use the 'network' capability",
     );
     refuse(PoolConfig { durability: Some(Durability::Periodic), ..PoolConfig::new("a", vec![BackendRequest::new("ram")]) }, "only to persistent pools");
     refuse(PoolConfig { flush_interval_ms: Some(10), ..persistent("a") }, "only to periodic");
