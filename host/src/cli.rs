@@ -1245,6 +1245,9 @@ mod tests {
         let b = parse_backend("sled@0.1.0+storage").unwrap();
         assert_eq!((b.plugin.as_str(), b.version.as_deref(), b.grants.as_slice()), ("sled", Some("0.1.0"), &["storage".to_string()][..]));
         assert!(parse_backend("sled+").unwrap_err().contains("empty grant"));
+        let b = parse_backend(r#"remote+network:endpoints=["tmem://127.0.0.1:7001/for-a"],timeout_ms=200,token=abc"#).unwrap();
+        assert_eq!(b.grants, ["network"]);
+        assert_eq!(b.config, serde_json::json!({"endpoints": ["tmem://127.0.0.1:7001/for-a"], "timeout_ms": 200, "token": "abc"}));
     }
 
     #[test]

@@ -285,6 +285,16 @@ impl PoolSpec {
     }
 }
 
+/// A store that keeps bytes elsewhere (granted `network`) has no `pool_total_size` on this
+/// host, so a byte limit could never apply: it is refused rather than silently ignored.
+fn check_byte_limit(chain: &Chain, limits: &PoolLimits) -> Result<(), String> {
+    let remote = chain.links().last().is_some_and(|l| l.grants.contains(&tmem_api::manifest::Capability::Network));
+    if remote && limits.max_bytes.is_some() {
+        return Err("max_bytes cannot apply to a remote store (its bytes are on the remote, which has its own limits); use max_pages".into());
+    }
+    Ok(())
+}
+
 impl PoolLimits {
     /// Checks the limits make sense.
     pub fn check(&self) -> Result<(), String> {
@@ -464,6 +474,7 @@ impl Pool {
         if chain.is_persistent() != disk.is_some() {
             return Err("a pool has a database exactly when its store is granted storage".into());
         }
+        check_byte_limit(&chain, &spec.limits)?;
         let stats = Arc::new(PoolStats::default());
         let shards = (0..spec.shard_count())
             .map(|i| {
@@ -1040,6 +1051,7 @@ impl Pool {
     /// refused until usage falls below the accept threshold.
     pub fn set_limits(&self, limits: PoolLimits) -> Result<(), String> {
         limits.check()?;
+        check_byte_limit(&self.chain(), &limits)?;
         self.max_pages.store(limits.max_pages.unwrap_or(UNLIMITED), Ordering::Relaxed);
         self.max_bytes.store(limits.max_bytes.unwrap_or(UNLIMITED), Ordering::Relaxed);
         self.accept_threshold_percent.store(limits.accept_threshold_percent, Ordering::Relaxed);

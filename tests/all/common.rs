@@ -15,7 +15,9 @@ pub fn host() -> Host {
     .expect("host starts")
 }
 
-/// Every bundled chain the contract must hold for, by name.
+/// Every bundled chain the contract must hold for, by name. The remote chain reaches a fresh
+/// `[ram]` pool of an in-process memory server (a second host serving the peer protocol on a
+/// loopback port), one per call, so tests running in parallel never share offsets.
 pub fn bundled_chains() -> Vec<(&'static str, Vec<BackendSpec>)> {
     vec![
         ("[ram]", vec![BackendSpec::new("ram")]),
@@ -24,7 +26,45 @@ pub fn bundled_chains() -> Vec<(&'static str, Vec<BackendSpec>)> {
             "[zstd(store_raw), ram]",
             vec![BackendSpec::with_config("zstd", json!({"on_incompressible": "store_raw"})), BackendSpec::new("ram")],
         ),
+        ("[zstd, remote(peer)]", vec![BackendSpec::new("zstd"), remote_to_memory_server()]),
     ]
+}
+
+struct MemoryServer {
+    host: std::sync::Arc<Host>,
+    address: std::net::SocketAddr,
+}
+
+const MEMORY_SERVER_TOKEN: &str = "contract-token";
+
+fn memory_server() -> &'static MemoryServer {
+    static SERVER: std::sync::OnceLock<MemoryServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let host = std::sync::Arc::new(Host::new(HostConfig::default()).expect("memory server host"));
+        let runtime = Box::leak(Box::new(tokio::runtime::Runtime::new().expect("runtime")));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let address = listener.local_addr().unwrap();
+        let token = tmem_host::rest::auth::ApiToken::new(MEMORY_SERVER_TOKEN);
+        runtime.spawn(tmem_host::peer_server::serve_peers(host.clone(), token, listener, std::future::pending()));
+        MemoryServer { host, address }
+    })
+}
+
+/// A `remote` backend reaching a fresh pool of the in-process memory server.
+pub fn remote_to_memory_server() -> BackendSpec {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let server = memory_server();
+    let name = format!("b{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let config = tmem_api::rest::PoolConfig {
+        page_size: 2 << 20, // records of any of the contract's page sizes fit
+        ..tmem_api::rest::PoolConfig::new(&name, vec![BackendSpec::new("ram")])
+    };
+    server.host.create_pool_from(&config).expect("a memory server pool");
+    BackendSpec {
+        grants: vec!["network".into()],
+        config: json!({"endpoints": [format!("tmem://{}/{name}", server.address)], "timeout_ms": 2000, "token": MEMORY_SERVER_TOKEN}),
+        ..BackendSpec::new("remote")
+    }
 }
 
 /// A pool spec with 4 shards (so tests exercise several) and quick plugin deadlines.

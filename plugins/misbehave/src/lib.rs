@@ -30,7 +30,7 @@ impl Misbehave {
         }
         self.calls += 1;
         let (after, every) = (self.config.after as u64, self.config.every as u64);
-        if self.calls <= after || (self.calls - after - 1) % every != 0 {
+        if self.calls <= after || !(self.calls - after - 1).is_multiple_of(every) {
             return;
         }
         match self.config.mode.as_str() {

@@ -33,7 +33,8 @@
 //!     (or a redirect to one) makes its slots unavailable. The slot map comes from
 //!     `CLUSTER SLOTS` at the first use; keys carry no hash tag, so pages spread over all
 //!     masters; `MOVED` updates the map (at most 5 redirects per command), `ASK` is followed
-//!     once with `ASKING`; the map is asked for again after a node fails. If the cluster
+//!     once with `ASKING`; the map is asked for again after a node fails (and, while no listed
+//!     node answers, at most once per 64 operations). If the cluster
 //!     announces its nodes under other addresses than the URL (NAT, hostnames), listed nodes
 //!     are matched by their node ids (`CLUSTER MYID`).
 //!

@@ -406,7 +406,7 @@ impl Redis {
                     |c| c.reply(None),
                 )
                 .map_err(drop)?;
-            let Some((next, keys)) = parse_scan(reply.clone()) else {
+            let Some((next, keys)) = parse_scan(&reply) else {
                 self.trip(n, &format!("unexpected answer to SCAN: {}", short(&reply)));
                 return Err(());
             };
@@ -506,15 +506,11 @@ fn parse_redirect(error: &str) -> Option<(bool, u16, String)> {
 }
 
 /// `SCAN`'s `[cursor, [key...]]`.
-fn parse_scan(reply: Reply) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
-    let Reply::Array(Some(mut parts)) = reply else { return None };
-    if parts.len() != 2 {
-        return None;
-    }
-    let Reply::Array(Some(keys)) = parts.pop()? else { return None };
-    let Reply::Bulk(Some(cursor)) = parts.pop()? else { return None };
-    let keys = keys.into_iter().map(|k| if let Reply::Bulk(Some(k)) = k { Some(k) } else { None }).collect::<Option<_>>()?;
-    Some((cursor, keys))
+fn parse_scan(reply: &Reply) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let Reply::Array(Some(parts)) = reply else { return None };
+    let [Reply::Bulk(Some(cursor)), Reply::Array(Some(keys))] = parts.as_slice() else { return None };
+    let keys = keys.iter().map(|k| if let Reply::Bulk(Some(k)) = k { Some(k.clone()) } else { None }).collect::<Option<_>>()?;
+    Some((cursor.clone(), keys))
 }
 
 /// A reply for a log line.
@@ -592,7 +588,8 @@ mod tests {
     #[test]
     fn scan_replies_parse() {
         let reply = Reply::Array(Some(vec![bulk("17"), Reply::Array(Some(vec![bulk("tmem:a:1"), bulk("tmem:a:2")]))]));
-        assert_eq!(parse_scan(reply), Some((b"17".to_vec(), vec![b"tmem:a:1".to_vec(), b"tmem:a:2".to_vec()])));
-        assert_eq!(parse_scan(Reply::Error("ERR".into())), None);
+        assert_eq!(parse_scan(&reply), Some((b"17".to_vec(), vec![b"tmem:a:1".to_vec(), b"tmem:a:2".to_vec()])));
+        assert_eq!(parse_scan(&Reply::Error("ERR".into())), None);
+        assert_eq!(parse_scan(&Reply::Array(Some(vec![bulk("0"), Reply::Array(Some(vec![Reply::Int(1)]))]))), None);
     }
 }
