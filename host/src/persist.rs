@@ -148,6 +148,10 @@ impl PoolDisk {
     /// every concurrent caller); in periodic mode returns at once.
     pub fn make_durable(&self) -> Result<(), String> {
         let mut state = self.commit.state.lock();
+        if !state.dirty {
+            // The flusher sleeps while nothing is dirty: start its interval now.
+            self.commit.work.notify_one();
+        }
         state.dirty = true;
         if state.durability != Durability::Sync {
             return Ok(());

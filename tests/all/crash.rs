@@ -132,7 +132,7 @@ fn verify(client: &Client, logs: Vec<Vec<OffsetLog>>, horizon: Instant, round: u
     next
 }
 
-fn crash_many_times(durability: Durability, kills: usize, window: Duration) {
+fn crash_many_times(durability: Durability, kills: usize, window: Duration, run_for: std::ops::Range<u64>) {
     let dir = temp_dir(&format!("crash-{durability:?}"));
     let mut server = ServeProcess::start(&dir, &[]);
     server.client().create_pool(&pool_config(durability)).unwrap();
@@ -150,7 +150,7 @@ fn crash_many_times(durability: Durability, kills: usize, window: Duration) {
                 std::thread::spawn(move || drive(client, t as u64, thread_logs, version, stop))
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+        std::thread::sleep(Duration::from_millis(run_for.start + rng.below(run_for.end - run_for.start)));
         let kill = Instant::now();
         drop(server); // SIGKILL, mid-traffic
         stop.store(true, Ordering::Relaxed);
@@ -171,11 +171,12 @@ fn crash_many_times(durability: Durability, kills: usize, window: Duration) {
 #[test]
 fn sync_pools_lose_nothing_acknowledged_across_repeated_sigkills() {
     // Sync: everything acknowledged before the kill is on disk.
-    crash_many_times(Durability::Sync, 6, Duration::ZERO);
+    crash_many_times(Durability::Sync, 6, Duration::ZERO, 300..1000);
 }
 
 #[test]
 fn periodic_pools_lose_at_most_the_window_and_never_tear_or_go_stale() {
     // 100 ms window; the slack covers one flush and scheduling on a loaded 2-core machine.
-    crash_many_times(Durability::Periodic, 5, Duration::from_millis(100 + 1500));
+    // Each round runs well past the window, so a pool that stopped flushing would show.
+    crash_many_times(Durability::Periodic, 4, Duration::from_millis(100 + 900), 2000..3000);
 }
