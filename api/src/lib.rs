@@ -6,6 +6,7 @@
 //!   The one contract between the host and a Wasm plugin.
 //! - [`manifest`] — what a plugin says about itself (kind, config keys) and the checking of a
 //!   pool's config against it.
+//! - [`frontend`] — the frontend protocol between a frontend and the host's Unix socket.
 //! - [`peer`] — the peer protocol between a `remote` store and a memory server host.
 //! - [`rest`] (feature `rest`) — the REST API's bodies and their OpenAPI schemas.
 //! - [`client`] (feature `client`) — a blocking client of the REST API.
@@ -14,6 +15,7 @@
 //! `tmem-sdk`), so without features it has no dependency that needs an operating system.
 
 pub mod abi;
+pub mod frontend;
 pub mod manifest;
 pub mod peer;
 #[cfg(feature = "rest")]

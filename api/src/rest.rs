@@ -280,6 +280,15 @@ pub struct GenerationInfo {
     pub backends: Vec<BackendInfo>,
 }
 
+/// A frontend connected to a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FrontendInfo {
+    /// The name it attached with.
+    pub name: String,
+    /// Its counters (batches, stores, rejected, loads, absent, invalidates, taken_back, ...).
+    pub counters: BTreeMap<String, u64>,
+}
+
 /// Latency of one operation, from the pool's histogram.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LatencySummary {
@@ -341,8 +350,8 @@ pub struct PoolInfo {
     /// Persistent pools in `periodic` mode: the flush interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush_interval_ms: Option<u64>,
-    /// Connected frontends.
-    pub frontends: Vec<String>,
+    /// Connected frontends, with their own counters.
+    pub frontends: Vec<FrontendInfo>,
     /// Seconds since the pool was created (or restored) in this host process.
     pub uptime_seconds: u64,
     /// Every counter of contract.md §4 and the host's own, by name.

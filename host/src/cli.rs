@@ -1119,7 +1119,15 @@ fn pool_view(info: &PoolInfo) -> String {
         "sandbox",
         format!("{} memory, {} ms per call", human_bytes(info.sandbox.memory_bytes), info.sandbox.call_timeout_ms),
     );
-    fields.add("frontends", or_dash(&info.frontends));
+    let frontends: Vec<String> = info
+        .frontends
+        .iter()
+        .map(|f| {
+            let counter = |k: &str| f.counters.get(k).copied().unwrap_or(0);
+            format!("{} ({} stores, {} loads, {} taken back)", f.name, counter("stores"), counter("loads"), counter("taken_back"))
+        })
+        .collect();
+    fields.add("frontends", or_dash(&frontends));
     fields.add("uptime", human_duration(info.uptime_seconds));
     fields.add(
         "last fault",

@@ -13,6 +13,9 @@
 //! - [`stats`] — the counters of contract.md §4 and latency histograms.
 //! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
 //! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).
+//! - [`frontend_server`] — the frontends' Unix socket (frontend protocol, shrink callbacks).
+//! - [`peer_server`] — the memory server for other hosts' `remote` stores.
+//! - [`persist`] — persistent pools' databases and durability (group commit, periodic flush).
 //! - [`server`] — `tmem serve`: the HTTP listener around a host.
 //! - [`cli`] — the client commands of `tmem` (`plugin`, `pool`, `page`), over the REST API.
 //! - [`bundled`] — the plugins built from `plugins/` and embedded in the binary.
@@ -21,6 +24,7 @@
 
 pub mod bundled;
 pub mod catalog;
+pub mod frontend_server;
 pub mod chain;
 pub mod cli;
 pub mod host;

@@ -32,6 +32,9 @@ enum Command {
         /// (peers authenticate with this host's API token). Off by default.
         #[arg(long, value_name = "ADDR", env = "TMEM_PEER_LISTEN")]
         peer_listen: Option<SocketAddr>,
+        /// The frontends' Unix socket [default: DATA_DIR/tmem.sock].
+        #[arg(long, value_name = "PATH", env = "TMEM_SOCKET")]
+        socket: Option<PathBuf>,
     },
     #[command(flatten)]
     Client(tmem_host::cli::ClientCommand),
@@ -41,7 +44,9 @@ fn main() -> ExitCode {
     tmem_host::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { listen, data_dir, demo_pool, peer_listen } => serve(ServeConfig { listen, data_dir, demo_pool, peer_listen }),
+        Command::Serve { listen, data_dir, demo_pool, peer_listen, socket } => {
+            serve(ServeConfig { listen, data_dir, demo_pool, peer_listen, socket })
+        }
         Command::Client(command) => return tmem_host::cli::run(command),
     };
     match result {

@@ -203,6 +203,11 @@ pub trait Frontend: Send + Sync {
     /// loads and invalidates in one step) and keeps them on its own device. Returns how many
     /// it took; offsets no longer present are skipped.
     fn take_back(&self, pool: &Pool, offsets: &[u64]) -> u64;
+
+    /// The frontend's own counters, by name (shown by the API).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// What a new pool is made of. `backends` is resolved to a [`Chain`] by the host.
@@ -1033,6 +1038,11 @@ impl Pool {
     /// Names of the connected frontends.
     pub fn frontends(&self) -> Vec<String> {
         self.frontends.read().iter().map(|f| f.name()).collect()
+    }
+
+    /// The connected frontends, with their counters.
+    pub fn frontend_counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        self.frontends.read().iter().map(|f| (f.name(), f.counters())).collect()
     }
 
     // ----- settings -----

@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub demo_pool: bool,
     /// Address of the memory server for peers (`None`: off).
     pub peer_listen: Option<SocketAddr>,
+    /// The frontend socket (`None`: `DATA_DIR/tmem.sock`).
+    pub socket: Option<PathBuf>,
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -60,6 +62,8 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let socket = config.socket.clone().unwrap_or_else(|| crate::frontend_server::default_socket(&config.data_dir));
+    let frontends = crate::frontend_server::bind(&socket)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -86,11 +90,15 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         }
         None => None,
     };
+    tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
+    let frontend_task = tokio::spawn(crate::frontend_server::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
     tracing::info!(%addr, "tmem listening: API at /api/v1, health at /healthz, metrics at /metrics");
     axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(until_stopped()).await?;
     if let Some(peers) = peers {
         let _ = peers.await;
     }
+    let _ = frontend_task.await;
+    let _ = std::fs::remove_file(&socket);
     tracing::info!("tmem stopped");
     Ok(())
 }

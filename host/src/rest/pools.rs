@@ -11,7 +11,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use tmem_api::rest::{
-    AreaInvalidated, BackendInfo, ErrorBody, FaultInfo, GenerationInfo, LatencySummary, PoolConfig, PoolInfo, PoolPatch,
+    AreaInvalidated, BackendInfo, ErrorBody, FaultInfo, FrontendInfo, GenerationInfo, LatencySummary, PoolConfig, PoolInfo, PoolPatch,
     ShrinkRequest, ShrinkResult, StoreResult,
 };
 
@@ -71,7 +71,11 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         persistent: pool.is_persistent(),
         durability: config.durability,
         flush_interval_ms: config.flush_interval_ms,
-        frontends: pool.frontends(),
+        frontends: pool
+            .frontend_counters()
+            .into_iter()
+            .map(|(name, counters)| FrontendInfo { name, counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })
+            .collect(),
         uptime_seconds: pool.created().elapsed().as_secs(),
         counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
         latency,

@@ -1,0 +1,294 @@
+//! The frontend protocol: how a frontend (an application's userfaultfd region, a block
+//! device) talks to the host's pools over the local Unix socket (`DATA_DIR/tmem.sock`, mode
+//! 0600, or `tmem serve --socket PATH`). Binary, length-prefixed, batched and pipelined; the
+//! one definition both sides use (the host in `host/src/frontend_server.rs`, the client in
+//! `tmem_sdk::frontend`).
+//!
+//! # Frames
+//!
+//! Every message is `[body length: u32 LE][body]`, body 5 to [`MAX_BODY`] bytes:
+//! `[kind: u8][id: u32 LE][payload]`. The client numbers its requests; the host answers each
+//! with one frame carrying the same id, in order, so a client may send many before reading.
+//! The host may also send [`TAKE_BACK`] at any time (with its own ids, high bit set).
+//!
+//! # Client → host
+//!
+//! | kind | payload | answer |
+//! |---|---|---|
+//! | [`HELLO`] | `[version u8 = 1][token: str16][pool: str16][frontend name: str16]` | [`ATTACHED`] `[page size u32][flags u8]` ([`FLAG_WRITETHROUGH`], [`FLAG_EXCLUSIVE_GETS`]) or [`ERROR`] (then closed) |
+//! | [`BATCH`] | `[count u16]` then `count` ops, each `[op u8][offset u64]` and, for [`OP_STORE`], one page of bytes | [`RESULTS`] `[count u16]` then one result per op, in order |
+//! | [`TAKEN`] | `[count u64]` — the answer to a [`TAKE_BACK`] (same id): how many pages it took | — |
+//!
+//! Ops: [`OP_STORE`], [`OP_LOAD`], [`OP_TAKE`] (load and invalidate in one step, whatever the
+//! pool's mode: for taking pages back), [`OP_INVALIDATE`], [`OP_INVALIDATE_AREA`] (offset
+//! ignored).
+//!
+//! Results: [`R_STORED`], [`R_STORED_WRITETHROUGH`] (the frontend must also write the page to
+//! its device), [`R_REJECTED`] `[reason: str16]` (the frontend keeps the page itself; any older
+//! copy in the pool is gone), [`R_LOADED`] `[flags u8: 1 = exclusive][one page]`,
+//! [`R_ABSENT`], [`R_INVALIDATED`] `[was present u8]`, [`R_FAILED`] `[message: str16]` (a
+//! load that could not be served: data loss reported loudly, or a bad op).
+//!
+//! # Host → client
+//!
+//! [`TAKE_BACK`] `[count u32][offsets u64…]`: the host is shrinking the pool; the frontend
+//! takes these offsets back ([`OP_TAKE`]), keeps them on its own device, and answers
+//! [`TAKEN`] with the same id. [`ERROR`] `[message: str16]`: a malformed frame (the host then
+//! closes the connection; nothing stored is touched).
+//!
+//! `str16` is `[length u16 LE][UTF-8 bytes]`.
+//!
+//! # Security
+//!
+//! The socket file is mode 0600 (only the host's user can connect), and HELLO must carry the
+//! host's API token: one user cannot attach to — or read — another's pool.
+
+/// Highest body length accepted: a batch of pages must fit (a frame of 64 MiB).
+pub const MAX_BODY: usize = 64 << 20;
+/// The protocol version in HELLO.
+pub const VERSION: u8 = 1;
+/// The most ops in one batch.
+pub const MAX_BATCH: usize = 4096;
+
+/// Request: attach to a pool.
+pub const HELLO: u8 = 1;
+/// Request: a batch of operations.
+pub const BATCH: u8 = 2;
+/// Answer to a TAKE_BACK.
+pub const TAKEN: u8 = 3;
+
+/// Answer to HELLO.
+pub const ATTACHED: u8 = 128;
+/// Answer to BATCH.
+pub const RESULTS: u8 = 129;
+/// From the host: take these offsets back.
+pub const TAKE_BACK: u8 = 130;
+/// An error (then the connection is closed).
+pub const ERROR: u8 = 131;
+
+/// The pool is writethrough.
+pub const FLAG_WRITETHROUGH: u8 = 1;
+/// The pool has exclusive gets.
+pub const FLAG_EXCLUSIVE_GETS: u8 = 2;
+
+/// Op: store one page.
+pub const OP_STORE: u8 = 1;
+/// Op: load one page.
+pub const OP_LOAD: u8 = 2;
+/// Op: load and invalidate one page.
+pub const OP_TAKE: u8 = 3;
+/// Op: invalidate one page.
+pub const OP_INVALIDATE: u8 = 4;
+/// Op: invalidate every page.
+pub const OP_INVALIDATE_AREA: u8 = 5;
+
+/// Result: stored.
+pub const R_STORED: u8 = 0;
+/// Result: stored; also write it to your device.
+pub const R_STORED_WRITETHROUGH: u8 = 1;
+/// Result: refused, with the reason.
+pub const R_REJECTED: u8 = 2;
+/// Result: the page follows.
+pub const R_LOADED: u8 = 3;
+/// Result: no page there.
+pub const R_ABSENT: u8 = 4;
+/// Result: invalidated (was it present).
+pub const R_INVALIDATED: u8 = 5;
+/// Result: the op failed, with a message.
+pub const R_FAILED: u8 = 6;
+
+/// Host-assigned ids (TAKE_BACK) have this bit set, so they never meet a client's.
+pub const HOST_ID_BIT: u32 = 1 << 31;
+
+/// Appends a frame to `out`.
+pub fn frame(out: &mut Vec<u8>, kind: u8, id: u32, payload: &[&[u8]]) {
+    let body = 5 + payload.iter().map(|p| p.len()).sum::<usize>();
+    out.reserve(4 + body);
+    out.extend_from_slice(&(body as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&id.to_le_bytes());
+    for part in payload {
+        out.extend_from_slice(part);
+    }
+}
+
+/// Appends a `str16`.
+pub fn put_str(out: &mut Vec<u8>, text: &str) {
+    let text = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    out.extend_from_slice(text);
+}
+
+/// A cursor over a payload that never panics: every read says when the bytes ran out.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+/// The payload ended early or held something impossible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed(pub &'static str);
+
+impl<'a> Reader<'a> {
+    /// A cursor at the start of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Malformed> {
+        if self.bytes.len() < n {
+            return Err(Malformed(what));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    /// A byte.
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, Malformed> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    /// A little-endian u16.
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, Malformed> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+    }
+
+    /// A little-endian u32.
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, Malformed> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+    }
+
+    /// A little-endian u64.
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, Malformed> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+    }
+
+    /// A `str16`.
+    pub fn str(&mut self, what: &'static str) -> Result<&'a str, Malformed> {
+        let len = self.u16(what)? as usize;
+        core::str::from_utf8(self.take(len, what)?).map_err(|_| Malformed(what))
+    }
+}
+
+/// A parsed frame body: `(kind, id, payload)`.
+pub fn parse_body(body: &[u8]) -> Result<(u8, u32, &[u8]), Malformed> {
+    let mut r = Reader::new(body);
+    let kind = r.u8("frame kind")?;
+    let id = r.u32("frame id")?;
+    Ok((kind, id, r.bytes))
+}
+
+/// One op of a batch, as decoded by the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op<'a> {
+    /// Store the page.
+    Store(u64, &'a [u8]),
+    /// Load a page.
+    Load(u64),
+    /// Load and invalidate a page.
+    Take(u64),
+    /// Invalidate a page.
+    Invalidate(u64),
+    /// Invalidate every page.
+    InvalidateArea,
+}
+
+/// Decodes a BATCH payload for a pool of `page_size` pages. Every op is checked before any
+/// is returned, so a malformed batch does nothing at all.
+pub fn parse_batch(payload: &[u8], page_size: usize) -> Result<Vec<Op<'_>>, Malformed> {
+    let mut r = Reader::new(payload);
+    let count = r.u16("batch count")? as usize;
+    if count > MAX_BATCH {
+        return Err(Malformed("batch larger than MAX_BATCH"));
+    }
+    let mut ops = Vec::with_capacity(count);
+    for _ in 0..count {
+        let op = r.u8("op")?;
+        let offset = r.u64("offset")?;
+        ops.push(match op {
+            OP_STORE => Op::Store(offset, r.take(page_size, "a stored page (one page of bytes)")?),
+            OP_LOAD => Op::Load(offset),
+            OP_TAKE => Op::Take(offset),
+            OP_INVALIDATE => Op::Invalidate(offset),
+            OP_INVALIDATE_AREA => Op::InvalidateArea,
+            _ => return Err(Malformed("unknown op")),
+        });
+    }
+    if r.remaining() != 0 {
+        return Err(Malformed("bytes after the last op"));
+    }
+    Ok(ops)
+}
+
+/// Encodes one op into a BATCH payload being built (after its count).
+pub fn put_op(out: &mut Vec<u8>, op: &Op<'_>) {
+    let (code, offset, page) = match *op {
+        Op::Store(offset, page) => (OP_STORE, offset, Some(page)),
+        Op::Load(offset) => (OP_LOAD, offset, None),
+        Op::Take(offset) => (OP_TAKE, offset, None),
+        Op::Invalidate(offset) => (OP_INVALIDATE, offset, None),
+        Op::InvalidateArea => (OP_INVALIDATE_AREA, 0, None),
+    };
+    out.push(code);
+    out.extend_from_slice(&offset.to_le_bytes());
+    if let Some(page) = page {
+        out.extend_from_slice(page);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_malformed_ones_do_nothing() {
+        let page = [7u8; 4096];
+        let ops = [Op::Store(3, &page), Op::Load(3), Op::Take(4), Op::Invalidate(5), Op::InvalidateArea];
+        let mut payload = (ops.len() as u16).to_le_bytes().to_vec();
+        for op in &ops {
+            put_op(&mut payload, op);
+        }
+        assert_eq!(parse_batch(&payload, 4096).unwrap(), ops);
+        // Every truncation is refused (never a panic, never a partial batch).
+        for cut in 0..payload.len() {
+            assert!(parse_batch(&payload[..cut], 4096).is_err(), "cut at {cut}");
+        }
+        assert!(parse_batch(&payload, 8192).is_err(), "a page of the wrong size");
+        let mut extra = payload.clone();
+        extra.push(0);
+        assert!(parse_batch(&extra, 4096).is_err());
+        assert_eq!(parse_batch(&[0xff, 0xff], 4096), Err(Malformed("batch larger than MAX_BATCH")));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoders() {
+        // A deterministic corpus of mutations (the fuzz-style check that runs in every test run).
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len > 2 && next() % 2 == 0 {
+                bytes[0] = (next() % 4) as u8;
+                bytes[1] = 0;
+            }
+            let _ = parse_batch(&bytes, 16);
+            let _ = parse_body(&bytes);
+            let mut r = Reader::new(&bytes);
+            let _ = r.str("s");
+            let _ = r.u64("n");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Frontends (feature `frontend`, native targets only): what an application links to hand
+//! pages to a tmem pool.
+//!
+//! - [`client`] — [`FrontendClient`](client::FrontendClient): the frontend protocol
+//!   (`tmem_api::frontend`) over the host's Unix socket: attach, batched store/load/invalidate,
+//!   and the host's take-back requests (shrink).
+//! - [`region`] — [`Region`](region::Region): an anonymous memory region under userfaultfd whose
+//!   cold pages live in a pool (or, when the pool refuses them, in a backing file).
+//!
+//! [`PageBackend`] is the seam between them: a region works with any backend (the protocol
+//! client, or an in-memory one in tests).
+
+pub mod client;
+pub mod region;
+
+use std::io;
+
+/// What happened to a stored page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The pool keeps it.
+    Kept,
+    /// The pool keeps it, and the frontend must also keep its own copy (writethrough).
+    KeptWritethrough,
+    /// The pool refused it (the reason is a counter name); the frontend keeps it itself.
+    Rejected(String),
+}
+
+/// Where a frontend's cold pages go: a pool, seen through some transport.
+pub trait PageBackend: Send {
+    /// Bytes per page of the pool.
+    fn page_size(&self) -> usize;
+
+    /// Stores pages (offset, exactly one page each), in one round trip where the transport
+    /// allows; one outcome per page, in order.
+    fn store_many(&mut self, pages: &[(u64, &[u8])]) -> io::Result<Vec<Stored>>;
+
+    /// Loads the page at `offset` into `page`; `false` if the pool has none there.
+    fn load(&mut self, offset: u64, page: &mut [u8]) -> io::Result<bool>;
+
+    /// Drops the page at `offset` (absent is fine).
+    fn invalidate(&mut self, offset: u64) -> io::Result<()>;
+
+    /// Drops every page.
+    fn invalidate_area(&mut self) -> io::Result<()>;
+}

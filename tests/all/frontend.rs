@@ -1,0 +1,216 @@
+//! The frontend socket of a real `tmem serve`: the client SDK's batched operations, auth,
+//! shrink calling back into a connected frontend, frontends visible in the API, bad frames,
+//! several frontends at once, and a frontend that disconnects abruptly.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use tmem_api::frontend as wire;
+use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch};
+use tmem_sdk::frontend::client::{FrontendClient, Op, OpResult};
+
+use crate::common::{ServeProcess, tagged_page, temp_dir};
+
+fn socket(server: &ServeProcess) -> std::path::PathBuf {
+    server.data_dir.join("tmem.sock")
+}
+
+fn pool(server: &ServeProcess, name: &str) {
+    server.client().create_pool(&PoolConfig::new(name, vec![BackendRequest::new("zstd"), BackendRequest::new("ram")])).unwrap();
+}
+
+#[test]
+fn a_frontend_stores_loads_and_invalidates_in_batches() {
+    let server = ServeProcess::start(&temp_dir("fe"), &[]);
+    pool(&server, "p");
+    let mode = std::fs::metadata(socket(&server)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only the host's user may connect");
+    let client = FrontendClient::connect(&socket(&server), &server.token, "p", "app-1").unwrap();
+    assert_eq!(client.page_size(), 4096);
+    assert!(!client.writethrough());
+    let pages: Vec<Vec<u8>> = (0..300).map(tagged_page).collect();
+    let mut rng = tmem_host::workload::Rng::new(3);
+    let random: Vec<u8> = (0..4096).map(|_| rng.next_u64() as u8).collect();
+    let mut ops: Vec<Op<'_>> = pages.iter().enumerate().map(|(i, p)| Op::Store(i as u64, p)).collect();
+    ops.push(Op::Store(1000, &random));
+    let results = client.batch(&ops).unwrap();
+    assert!(results[..300].iter().all(|r| *r == OpResult::Stored));
+    assert_eq!(results[300], OpResult::Rejected("reject_compress_poor".into()));
+    let loads: Vec<Op<'_>> = (0..301u64).map(Op::Load).chain([Op::Load(1000), Op::Invalidate(5), Op::Invalidate(5), Op::Load(5)]).collect();
+    let results = client.batch(&loads).unwrap();
+    for (i, r) in results[..300].iter().enumerate() {
+        assert_eq!(*r, OpResult::Loaded { exclusive: false, page: pages[i].clone() }, "offset {i}");
+    }
+    assert_eq!(results[300..], [OpResult::Absent, OpResult::Absent, OpResult::Invalidated(true), OpResult::Invalidated(false), OpResult::Absent]);
+    // Pipelined from several threads on one connection.
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let client = &client;
+            s.spawn(move || {
+                for i in 0..50 {
+                    let offset = 2000 + t * 100 + i;
+                    let page = tagged_page(offset);
+                    assert_eq!(client.batch(&[Op::Store(offset, &page), Op::Load(offset)]).unwrap()[1], OpResult::Loaded { exclusive: false, page });
+                }
+            });
+        }
+    });
+    // The API shows the frontend with its counters.
+    let info = server.client().pool("p").unwrap();
+    assert_eq!(info.frontends.len(), 1);
+    assert_eq!(info.frontends[0].name, "app-1");
+    assert_eq!(info.frontends[0].counters["stores"], 501);
+    assert_eq!(client.batch(&[Op::InvalidateArea]).unwrap(), [OpResult::Invalidated(true)]);
+    assert_eq!(server.client().pool("p").unwrap().counters["stored_pages"], 0);
+    // Writethrough is announced.
+    server.client().update_pool("p", &PoolPatch { writethrough: Some(true), ..Default::default() }).unwrap();
+    assert_eq!(client.batch(&[Op::Store(1, &pages[1])]).unwrap(), [OpResult::StoredWritethrough]);
+    let again = FrontendClient::connect(&socket(&server), &server.token, "p", "app-2").unwrap();
+    assert!(again.writethrough());
+}
+
+#[test]
+fn attaching_needs_the_token_and_a_pool() {
+    let server = ServeProcess::start(&temp_dir("fe-auth"), &[]);
+    pool(&server, "p");
+    let err = FrontendClient::connect(&socket(&server), "wrong", "p", "x").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("wrong token"), "{err}");
+    let err = FrontendClient::connect(&socket(&server), &server.token, "nope", "x").unwrap_err();
+    assert!(err.to_string().contains("no pool named 'nope'"), "{err}");
+    assert!(server.client().pool("p").unwrap().frontends.is_empty());
+}
+
+fn raw_hello(server: &ServeProcess, pool: &str) -> UnixStream {
+    let mut stream = UnixStream::connect(socket(server)).unwrap();
+    let mut hello = vec![wire::VERSION];
+    wire::put_str(&mut hello, &server.token);
+    wire::put_str(&mut hello, pool);
+    wire::put_str(&mut hello, "raw");
+    let mut frame = Vec::new();
+    wire::frame(&mut frame, wire::HELLO, 0, &[&hello]);
+    stream.write_all(&frame).unwrap();
+    let mut answer = [0u8; 4 + 5 + 5];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[4], wire::ATTACHED);
+    stream
+}
+
+/// Reads frames until the host closes; returns the kinds seen.
+fn kinds_until_closed(stream: &mut UnixStream) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    let mut len = [0u8; 4];
+    while stream.read_exact(&mut len).is_ok() {
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        if stream.read_exact(&mut body).is_err() {
+            break;
+        }
+        kinds.push(body[0]);
+    }
+    kinds
+}
+
+#[test]
+fn malformed_frames_get_an_error_and_lose_nothing() {
+    let server = ServeProcess::start(&temp_dir("fe-bad"), &[]);
+    pool(&server, "p");
+    let client = FrontendClient::connect(&socket(&server), &server.token, "p", "good").unwrap();
+    client.batch(&[Op::Store(1, &tagged_page(1))]).unwrap();
+    let page = [1u8; 100];
+    let cases: Vec<Vec<u8>> = vec![
+        // A batch whose page is too short.
+        { let mut p = 1u16.to_le_bytes().to_vec(); wire::put_op(&mut p, &Op::Store(2, &page)); let mut f = Vec::new(); wire::frame(&mut f, wire::BATCH, 1, &[&p]); f },
+        // An unknown op.
+        { let mut f = Vec::new(); wire::frame(&mut f, wire::BATCH, 1, &[&[1, 0, 99, 0, 0, 0, 0, 0, 0, 0, 0]]); f },
+        // An oversized frame header.
+        u32::MAX.to_le_bytes().to_vec(),
+        // An unknown frame kind.
+        { let mut f = Vec::new(); wire::frame(&mut f, 77, 1, &[]); f },
+    ];
+    for (i, bytes) in cases.into_iter().enumerate() {
+        let mut raw = raw_hello(&server, "p");
+        raw.write_all(&bytes).unwrap();
+        assert_eq!(kinds_until_closed(&mut raw), [wire::ERROR], "case {i}: an ERROR, then closed");
+    }
+    // A truncated frame: the writer disappears mid-frame.
+    let mut raw = raw_hello(&server, "p");
+    let mut frame = Vec::new();
+    let mut payload = 1u16.to_le_bytes().to_vec();
+    wire::put_op(&mut payload, &Op::Store(3, &tagged_page(3)));
+    wire::frame(&mut frame, wire::BATCH, 1, &[&payload]);
+    raw.write_all(&frame[..frame.len() / 2]).unwrap();
+    drop(raw);
+    // The host still serves, and nothing stored was touched.
+    let results = client.batch(&[Op::Load(1), Op::Load(2), Op::Load(3)]).unwrap();
+    assert_eq!(results, [OpResult::Loaded { exclusive: false, page: tagged_page(1) }, OpResult::Absent, OpResult::Absent]);
+    assert_eq!(server.client().pool("p").unwrap().counters["stored_pages"], 1);
+}
+
+#[test]
+fn shrink_asks_the_connected_frontend_to_take_pages_back() {
+    let server = ServeProcess::start(&temp_dir("fe-shrink"), &[]);
+    pool(&server, "p");
+    let client = FrontendClient::connect(&socket(&server), &server.token, "p", "device").unwrap();
+    let device: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+    let sink = device.clone();
+    client.on_take_back(Box::new(move |offset, page| sink.lock().unwrap().push((offset, page.to_vec()))));
+    let pages: Vec<Vec<u8>> = (0..100).map(tagged_page).collect();
+    let ops: Vec<Op<'_>> = pages.iter().enumerate().map(|(i, p)| Op::Store(i as u64, p)).collect();
+    client.batch(&ops).unwrap();
+    let shrunk = server.client().shrink("p", 40).unwrap();
+    assert_eq!((shrunk.before, shrunk.after, shrunk.written_back), (100, 40, 60));
+    let taken = device.lock().unwrap().clone();
+    assert_eq!(taken.len(), 60);
+    for (offset, page) in &taken {
+        assert_eq!(*page, pages[*offset as usize], "the device got the right bytes for offset {offset}");
+    }
+    let info = server.client().pool("p").unwrap();
+    assert_eq!((info.counters["written_back_pages"], info.frontends[0].counters["taken_back"]), (60, 60));
+    // Every page is in exactly one place: the pool or the device.
+    let results = client.batch(&(0..100u64).map(Op::Load).collect::<Vec<_>>()).unwrap();
+    let in_pool = results.iter().filter(|r| matches!(r, OpResult::Loaded { .. })).count();
+    assert_eq!(in_pool, 40);
+    for (offset, _) in &taken {
+        assert_eq!(results[*offset as usize], OpResult::Absent);
+    }
+}
+
+#[test]
+fn two_frontends_on_two_pools_and_an_abrupt_disconnect() {
+    let server = ServeProcess::start(&temp_dir("fe-two"), &[]);
+    pool(&server, "a");
+    pool(&server, "b");
+    std::thread::scope(|s| {
+        for name in ["a", "b"] {
+            let server = &server;
+            s.spawn(move || {
+                let client = FrontendClient::connect(&socket(server), &server.token, name, name).unwrap();
+                let pages: Vec<Vec<u8>> = (0..200).map(|i| tagged_page(i + if name == "a" { 0 } else { 10_000 })).collect();
+                let ops: Vec<Op<'_>> = pages.iter().enumerate().map(|(i, p)| Op::Store(i as u64, p)).collect();
+                client.batch(&ops).unwrap();
+                let results = client.batch(&(0..200u64).map(Op::Load).collect::<Vec<_>>()).unwrap();
+                for (i, r) in results.into_iter().enumerate() {
+                    assert_eq!(r, OpResult::Loaded { exclusive: false, page: pages[i].clone() }, "{name} offset {i}");
+                }
+            });
+        }
+    });
+    // A frontend dies in the middle of a batch: the host detaches it, the pool stays whole.
+    let mut raw = raw_hello(&server, "a");
+    let mut payload = 2u16.to_le_bytes().to_vec();
+    let page = tagged_page(7);
+    wire::put_op(&mut payload, &Op::Store(500, &page));
+    wire::put_op(&mut payload, &Op::Store(501, &page));
+    let mut frame = Vec::new();
+    wire::frame(&mut frame, wire::BATCH, 1, &[&payload]);
+    raw.write_all(&frame[..frame.len() - 10]).unwrap();
+    drop(raw);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let info = server.client().pool("a").unwrap();
+    assert!(info.frontends.is_empty(), "detached: {:?}", info.frontends);
+    assert_eq!(info.counters["stored_pages"], 200, "the partial batch did nothing");
+    let client = FrontendClient::connect(&socket(&server), &server.token, "a", "after").unwrap();
+    assert_eq!(client.batch(&[Op::Load(199)]).unwrap(), [OpResult::Loaded { exclusive: false, page: tagged_page(199) }]);
+}
