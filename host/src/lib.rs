@@ -13,6 +13,7 @@
 //! - [`stats`] — the counters of contract.md §4 and latency histograms.
 //! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
 //! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).
+//! - [`demo`] — `tmem demo`: a host plus a userfaultfd workload, verified page by page.
 //! - [`frontend_server`] — the frontends' Unix socket (frontend protocol, shrink callbacks).
 //! - [`peer_server`] — the memory server for other hosts' `remote` stores.
 //! - [`persist`] — persistent pools' databases and durability (group commit, periodic flush).
@@ -24,6 +25,7 @@
 
 pub mod bundled;
 pub mod catalog;
+pub mod demo;
 pub mod frontend_server;
 pub mod chain;
 pub mod cli;

@@ -36,6 +36,25 @@ enum Command {
         #[arg(long, value_name = "PATH", env = "TMEM_SOCKET")]
         socket: Option<PathBuf>,
     },
+    /// Run a host and a verified workload in a userfaultfd region 4x larger than its
+    /// resident limit, over a `[zstd, ram]` pool (needs root for userfaultfd).
+    Demo {
+        /// Address of the host's HTTP listener (the dashboard shows the run live).
+        #[arg(long, default_value = "127.0.0.1:7411", env = "TMEM_LISTEN")]
+        listen: SocketAddr,
+        /// Directory for the host's state.
+        #[arg(long, default_value = "tmem-data", env = "TMEM_DATA_DIR")]
+        data_dir: PathBuf,
+        /// How long the workload runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Size of the region in MiB (a quarter of it may be resident).
+        #[arg(long, default_value_t = 64)]
+        region_mib: usize,
+        /// After the workload, keep the host serving (API, dashboard) until Ctrl-C / SIGTERM.
+        #[arg(long)]
+        then_serve: bool,
+    },
     #[command(flatten)]
     Client(tmem_host::cli::ClientCommand),
 }
@@ -46,6 +65,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { listen, data_dir, demo_pool, peer_listen, socket } => {
             serve(ServeConfig { listen, data_dir, demo_pool, peer_listen, socket })
+        }
+        Command::Demo { listen, data_dir, seconds, region_mib, then_serve } => {
+            let config = tmem_host::demo::DemoConfig { listen, data_dir, seconds, region_mib, then_serve };
+            return match tmem_host::demo::run(&config) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("tmem demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Client(command) => return tmem_host::cli::run(command),
     };
@@ -60,14 +90,6 @@ fn main() -> ExitCode {
 
 fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(server::serve(&config, shutdown_signal()))
+    runtime.block_on(server::serve(&config, server::shutdown_signal()))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
-}

@@ -102,3 +102,13 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     tracing::info!("tmem stopped");
     Ok(())
 }
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}

@@ -148,12 +148,15 @@ fn malformed_frames_get_an_error_and_lose_nothing() {
     assert_eq!(server.client().pool("p").unwrap().counters["stored_pages"], 1);
 }
 
+/// What a frontend's own device received: `(offset, page)`.
+type Device = Vec<(u64, Vec<u8>)>;
+
 #[test]
 fn shrink_asks_the_connected_frontend_to_take_pages_back() {
     let server = ServeProcess::start(&temp_dir("fe-shrink"), &[]);
     pool(&server, "p");
     let client = FrontendClient::connect(&socket(&server), &server.token, "p", "device").unwrap();
-    let device: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+    let device: Arc<Mutex<Device>> = Arc::default();
     let sink = device.clone();
     client.on_take_back(Box::new(move |offset, page| sink.lock().unwrap().push((offset, page.to_vec()))));
     let pages: Vec<Vec<u8>> = (0..100).map(tagged_page).collect();

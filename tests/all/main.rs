@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod contract;
 mod crash;
+mod demo;
 mod frontend;
 mod hot_swap;
 mod plugin_faults;
