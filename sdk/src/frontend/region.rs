@@ -1718,6 +1718,115 @@ unsafe fn copy_into_region(src: &[u8], dst: *mut u8) {
     }
 }
 
+/// Fault latency of a bare userfaultfd handler: **the baseline of the frontend benchmark**
+/// (`host/benches/frontend.rs`), what a [`Region`] fault costs beyond the kernel's own round
+/// trip.
+///
+/// Maps `pages` fresh anonymous pages, registers them in `MISSING` mode only, and starts one
+/// handler thread that answers every fault with a `UFFDIO_COPY` of a constant page — no pool,
+/// no eviction, no write-protect, no page table. The calling thread then reads each page once,
+/// copying it out as [`Region::read`] does, and times each read from the application's side
+/// (fault, handler wake-up, copy, wake of the faulting thread, the 4 KiB copy out).
+///
+/// Returns `(p50_ns, p99_ns)` over the `pages` reads (at least one page is used). Errors: no
+/// permission to use userfaultfd (`PermissionDenied`), or a kernel refusing the registration
+/// or a copy.
+pub fn bare_copy_fault_latency(pages: usize) -> io::Result<(u64, u64)> {
+    let pages = pages.max(1);
+    let page_size = system_page_size();
+    let uffd = open_uffd()?;
+    let mut api = sys::UffdioApi { api: sys::UFFD_API, features: 0, ioctls: 0 };
+    // SAFETY: UFFDIO_API takes a `struct uffdio_api`.
+    unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_API, &mut api) }
+        .map_err(|e| io::Error::new(e.kind(), format!("userfaultfd handshake: {e}")))?;
+    let len = pages * page_size;
+    let mapping = Mapping::new(len)?;
+    let base = mapping.ptr as usize;
+    // SAFETY: madvise on our own fresh mapping (as the region does); no contents change.
+    unsafe { libc::madvise(mapping.ptr, len, libc::MADV_NOHUGEPAGE) };
+    let mut register =
+        sys::UffdioRegister { range: sys::UffdioRange { start: base as u64, len: len as u64 }, mode: sys::REGISTER_MODE_MISSING, ioctls: 0 };
+    // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register`, which `register` is.
+    unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_REGISTER, &mut register) }
+        .map_err(|e| io::Error::new(e.kind(), format!("registering with userfaultfd (missing): {e}")))?;
+    if register.ioctls & sys::IOCTL_COPY == 0 {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "userfaultfd on this kernel cannot copy into anonymous memory"));
+    }
+
+    // The handler owns the uffd: when it stops (done, or an error) the descriptor closes, the
+    // registration goes with it, and a thread still faulting is released (zero-filled).
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new().name("tmem-uffd-bare".into()).spawn(move || -> io::Result<()> {
+            let source = vec![0x5Au8; page_size];
+            let mut buf = vec![0u8; sys::MSG_SIZE * 64];
+            let mut served = 0;
+            while served < pages && !stop.load(Ordering::Relaxed) {
+                let mut fd = libc::pollfd { fd: uffd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: polls one live descriptor.
+                if unsafe { libc::poll(&mut fd, 1, 100) } <= 0 {
+                    continue;
+                }
+                // SAFETY: reads into our buffer, at most its length.
+                let r = unsafe { libc::read(uffd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                        continue;
+                    }
+                    return Err(io::Error::new(e.kind(), format!("reading the userfaultfd: {e}")));
+                }
+                for msg in buf[..r as usize].chunks_exact(sys::MSG_SIZE) {
+                    if msg[0] != sys::EVENT_PAGEFAULT {
+                        continue;
+                    }
+                    let addr = u64::from_ne_bytes(msg[16..24].try_into().expect("8 bytes"));
+                    let mut copy = sys::UffdioCopy {
+                        dst: addr & !(page_size as u64 - 1),
+                        src: source.as_ptr() as u64,
+                        len: page_size as u64,
+                        mode: 0,
+                        copy: 0,
+                    };
+                    // SAFETY: UFFDIO_COPY with a `struct uffdio_copy` whose source is one
+                    // readable page and whose destination is the faulting page of the range.
+                    match unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_COPY, &mut copy) } {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            let mut range = sys::UffdioRange { start: copy.dst, len: page_size as u64 };
+                            // SAFETY: UFFDIO_WAKE takes a `struct uffdio_range` inside the range.
+                            unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_WAKE, &mut range) }?;
+                        }
+                        Err(e) => return Err(io::Error::new(e.kind(), format!("UFFDIO_COPY: {e}"))),
+                    }
+                    served += 1;
+                }
+            }
+            Ok(())
+        })?
+    };
+
+    let mut page = vec![0u8; page_size];
+    let mut samples = Vec::with_capacity(pages);
+    for p in 0..pages {
+        let started = Instant::now();
+        // SAFETY: page `p` is inside the live mapping, unmapped only after this loop.
+        unsafe { copy_from_region((base + p * page_size) as *const u8, &mut page) };
+        samples.push(started.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+        std::hint::black_box(&page);
+    }
+    stop.store(true, Ordering::Relaxed);
+    handler.join().map_err(|_| io::Error::other("the bare fault handler panicked"))??;
+    drop(mapping);
+    if page[0] != 0x5A {
+        return Err(io::Error::other("the bare fault handler did not serve the faults (pages read as zeros)"));
+    }
+    samples.sort_unstable();
+    let at = |q: usize| samples[(samples.len() - 1) * q / 100];
+    Ok((at(50), at(99)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
