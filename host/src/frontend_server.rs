@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tmem_api::frontend::{self as wire, Op, Reader};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -135,7 +135,10 @@ pub async fn serve_frontends(host: Arc<Host>, token: ApiToken, listener: UnixLis
     }
 }
 
-async fn read_frame(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<Vec<u8>>, String> {
+/// Reads one length-prefixed frame body (`[len u32 LE][body]`, 5 to `max_body` bytes) — the
+/// framing the frontend and peer protocols share; `None` at a clean end of stream (between
+/// frames).
+pub(crate) async fn read_frame(reader: &mut (impl AsyncRead + Unpin), max_body: usize) -> Result<Option<Vec<u8>>, String> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -143,8 +146,8 @@ async fn read_frame(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> 
         Err(e) => return Err(e.to_string()),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if !(5..=wire::MAX_BODY).contains(&len) {
-        return Err(format!("frame of {len} bytes (a body is 5 to {} bytes)", wire::MAX_BODY));
+    if !(5..=max_body).contains(&len) {
+        return Err(format!("frame of {len} bytes (a body is 5 to {max_body} bytes)"));
     }
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).await.map_err(|e| format!("truncated frame: {e}"))?;
@@ -170,7 +173,7 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: UnixStream)
             }
         }
     });
-    let Some(body) = read_frame(&mut reader).await? else { return Ok(()) };
+    let Some(body) = read_frame(&mut reader, wire::MAX_BODY).await? else { return Ok(()) };
     let attached = attach(&host, token, &body, frames.clone());
     let (pool, frontend) = match attached {
         Ok(attached) => attached,
@@ -236,7 +239,7 @@ async fn serve_batches(
     frontend: &Arc<SocketFrontend>,
 ) -> Result<(), String> {
     let page_size = pool.page_size() as usize;
-    while let Some(body) = read_frame(reader).await? {
+    while let Some(body) = read_frame(reader, wire::MAX_BODY).await? {
         let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.0.to_string())?;
         match kind {
             wire::BATCH => {

@@ -13,9 +13,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tmem_api::peer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::frontend_server::read_frame;
 use crate::host::Host;
 use crate::pool::{Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
@@ -42,23 +43,6 @@ pub async fn serve_peers(host: Arc<Host>, token: ApiToken, listener: TcpListener
     }
 }
 
-/// Reads one frame body; `None` at a clean end of stream (between frames).
-async fn read_frame(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Result<Option<Vec<u8>>, String> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if !(5..=peer::MAX_BODY).contains(&len) {
-        return Err(format!("frame of {len} bytes (a body is 5 to {} bytes)", peer::MAX_BODY));
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| format!("truncated frame: {e}"))?;
-    Ok(Some(body))
-}
-
 async fn send(writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, kind: u8, id: u32, payload: &[u8]) -> Result<(), String> {
     let mut frame = Vec::with_capacity(9 + payload.len());
     peer::frame(&mut frame, kind, id, &[payload]);
@@ -70,7 +54,7 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) 
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let (mut reader, mut writer) = (BufReader::with_capacity(64 << 10, read), BufWriter::with_capacity(64 << 10, write));
-    let Some(body) = read_frame(&mut reader).await? else { return Ok(()) };
+    let Some(body) = read_frame(&mut reader, peer::MAX_BODY).await? else { return Ok(()) };
     let (kind, id, payload) = peer::parse_body(&body)?;
     let hello = if kind == peer::HELLO { peer::parse_hello(payload).map_err(str::to_string) } else { Err("the first frame must be HELLO".into()) };
     let accepted = hello.and_then(|(presented, pool_name)| {
@@ -93,7 +77,7 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) 
     send(&mut writer, peer::OK, id, &pool.page_size().to_le_bytes()).await?;
     tracing::info!(pool = %pool.name(), "peer connected");
     loop {
-        let body = match read_frame(&mut reader).await {
+        let body = match read_frame(&mut reader, peer::MAX_BODY).await {
             Ok(Some(body)) => body,
             Ok(None) => return Ok(()),
             Err(e) => {
