@@ -112,6 +112,21 @@ pub fn frame(out: &mut Vec<u8>, kind: u8, id: u32, payload: &[&[u8]]) {
     }
 }
 
+/// Starts a frame in `out` (which must be empty) so its payload can be written in place,
+/// without building it elsewhere and copying it; [`finish_frame`] writes the length.
+pub fn begin_frame(out: &mut Vec<u8>, kind: u8, id: u32) {
+    debug_assert!(out.is_empty());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+/// Completes a frame started with [`begin_frame`].
+pub fn finish_frame(out: &mut [u8]) {
+    let body = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&body.to_le_bytes());
+}
+
 /// Appends a `str16`.
 pub fn put_str(out: &mut Vec<u8>, text: &str) {
     let text = &text.as_bytes()[..text.len().min(u16::MAX as usize)];

@@ -246,9 +246,7 @@ async fn serve_batches(
                 let ops = wire::parse_batch(payload, page_size).map_err(|e| format!("malformed batch: {}", e.0))?;
                 // Pool operations are short and bounded by the plugins' deadlines: run them on
                 // this worker (tokio moves its other tasks away) rather than hop threads.
-                let results = tokio::task::block_in_place(|| run_batch(pool, &frontend.counters, &ops, page_size));
-                let mut frame = Vec::with_capacity(9 + results.len());
-                wire::frame(&mut frame, wire::RESULTS, id, &[&results]);
+                let frame = tokio::task::block_in_place(|| run_batch(pool, &frontend.counters, id, &ops, page_size));
                 frontend.frames.send(frame).map_err(|_| "the connection closed".to_string())?;
             }
             wire::TAKEN => {
@@ -263,10 +261,11 @@ async fn serve_batches(
     Ok(())
 }
 
-/// Runs a decoded batch and encodes its RESULTS payload.
-fn run_batch(pool: &Pool, counters: &FrontendCounters, ops: &[Op<'_>], page_size: usize) -> Vec<u8> {
+/// Runs a decoded batch and encodes its RESULTS frame (loaded pages written in place).
+fn run_batch(pool: &Pool, counters: &FrontendCounters, id: u32, ops: &[Op<'_>], page_size: usize) -> Vec<u8> {
     let loads = ops.iter().filter(|op| matches!(op, Op::Load(_) | Op::Take(_))).count();
-    let mut out = Vec::with_capacity(2 + ops.len() * 2 + loads * (page_size + 1));
+    let mut out = Vec::with_capacity(11 + ops.len() * 2 + loads * (page_size + 1));
+    wire::begin_frame(&mut out, wire::RESULTS, id);
     out.extend_from_slice(&(ops.len() as u16).to_le_bytes());
     counters.batches.fetch_add(1, Ordering::Relaxed);
     let mut page = vec![0u8; page_size];
@@ -314,6 +313,7 @@ fn run_batch(pool: &Pool, counters: &FrontendCounters, ops: &[Op<'_>], page_size
             }
         }
     }
+    wire::finish_frame(&mut out);
     out
 }
 

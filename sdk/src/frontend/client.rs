@@ -107,15 +107,20 @@ impl Shared {
         self.writer.lock().expect("writer lock").write_all(&frame)
     }
 
-    /// Sends a request and waits for its answer.
-    fn call(&self, kind: u8, payload: &[&[u8]]) -> Reply {
+    /// Sends a request whose frame `build` writes in place (after its header), and waits for
+    /// the answer.
+    fn call(&self, kind: u8, build: impl FnOnce(&mut Vec<u8>)) -> Reply {
         if self.closed.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the host is closed"));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !wire::HOST_ID_BIT;
+        let mut frame = Vec::new();
+        wire::begin_frame(&mut frame, kind, id);
+        build(&mut frame);
+        wire::finish_frame(&mut frame);
         let (tx, rx) = sync_channel(1);
         self.pending.lock().expect("pending lock").insert(id, tx);
-        if let Err(e) = self.send(kind, id, payload) {
+        if let Err(e) = self.writer.lock().expect("writer lock").write_all(&frame) {
             self.pending.lock().expect("pending lock").remove(&id);
             return Err(e);
         }
@@ -125,17 +130,16 @@ impl Shared {
     fn batch(&self, ops: &[Op<'_>]) -> io::Result<Vec<OpResult>> {
         let mut results = Vec::with_capacity(ops.len());
         for chunk in ops.chunks(MAX_BATCH) {
-            let mut payload = Vec::with_capacity(2 + chunk.len() * (9 + self.page_size));
-            payload.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
-            for op in chunk {
-                if let Op::Store(_, page) = op
-                    && page.len() != self.page_size
-                {
-                    return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a page is {} bytes, the pool's are {}", page.len(), self.page_size)));
-                }
-                wire::put_op(&mut payload, op);
+            if let Some(Op::Store(_, page)) = chunk.iter().find(|op| matches!(op, Op::Store(_, page) if page.len() != self.page_size)) {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a page is {} bytes, the pool's are {}", page.len(), self.page_size)));
             }
-            let (kind, answer) = self.call(wire::BATCH, &[&payload])?;
+            let (kind, answer) = self.call(wire::BATCH, |frame| {
+                frame.reserve(2 + chunk.len() * (9 + self.page_size));
+                frame.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
+                for op in chunk {
+                    wire::put_op(frame, op);
+                }
+            })?;
             if kind == wire::ERROR {
                 let message = Reader::new(&answer).str("message").unwrap_or("(unreadable)").to_string();
                 return Err(io::Error::other(format!("the host refused the batch: {message}")));
