@@ -340,6 +340,7 @@ impl Host {
             return Err(HostError::PluginBundled { plugin: name.into(), version: bundled.manifest().version.to_string() });
         }
         let mut users: Vec<String> = doomed.iter().flat_map(|m| self.users_of(m)).collect();
+        users.sort();
         users.dedup();
         if !users.is_empty() {
             return Err(HostError::PluginInUse { plugin: name.into(), pools: users.join(", ") });
