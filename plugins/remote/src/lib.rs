@@ -66,6 +66,31 @@
 //! - delete, clear: one attempt each; a failure only trips the breaker (the host's map is the
 //!   authority, so a leftover copy is never read: a later store overwrites it).
 
+/// Why an exchange with a remote (a memory server or Redis) failed; the connection is
+/// dropped (and, for stores, the endpoint's breaker tripped).
+#[derive(Debug)]
+pub enum Fail {
+    /// The network operation failed.
+    Net(tmem_sdk::net::NetError),
+    /// The server said something this client does not accept.
+    Protocol(String),
+}
+
+impl From<tmem_sdk::net::NetError> for Fail {
+    fn from(e: tmem_sdk::net::NetError) -> Fail {
+        Fail::Net(e)
+    }
+}
+
+impl core::fmt::Display for Fail {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Fail::Net(e) => write!(f, "{e}"),
+            Fail::Protocol(m) => write!(f, "{m}"),
+        }
+    }
+}
+
 mod breaker;
 mod peer;
 mod redis;

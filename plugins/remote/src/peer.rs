@@ -4,32 +4,9 @@ use tmem_api::peer;
 use tmem_sdk::net::{Connection, NetError};
 use tmem_sdk::{GetError, Reject, log};
 
+use crate::Fail;
 use crate::breaker::Breaker;
 use crate::url::PeerUrl;
-
-/// Why a request to a replica failed; the connection is dropped and the breaker tripped.
-#[derive(Debug)]
-pub enum Fail {
-    /// The network operation failed.
-    Net(NetError),
-    /// The server said something this client does not accept.
-    Protocol(String),
-}
-
-impl From<NetError> for Fail {
-    fn from(e: NetError) -> Fail {
-        Fail::Net(e)
-    }
-}
-
-impl core::fmt::Display for Fail {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Fail::Net(e) => write!(f, "{e}"),
-            Fail::Protocol(m) => write!(f, "{m}"),
-        }
-    }
-}
 
 /// A response to one request.
 #[derive(Debug, PartialEq, Eq)]

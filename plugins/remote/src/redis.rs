@@ -4,7 +4,8 @@ use tmem_sdk::net::Connection;
 use tmem_sdk::{GetError, Reject, log};
 
 use crate::breaker::{Breaker, SKIPPED_STORES};
-use crate::resp::{self, Fail, Reply, RespConn};
+use crate::Fail;
+use crate::resp::{self, Reply, RespConn};
 use crate::slot::{self, SLOTS};
 
 /// Redirects (`MOVED`/`ASK`) followed for one command.

@@ -1,31 +1,8 @@
 //! A small RESP2 client connection: commands out, replies in, bulk page data read straight into
 //! the caller's buffer.
 
-use tmem_sdk::net::{Connection, NetError};
-
-/// Why a Redis exchange failed; the connection is dropped.
-#[derive(Debug)]
-pub enum Fail {
-    /// The network operation failed.
-    Net(NetError),
-    /// The server said something this client does not accept.
-    Protocol(String),
-}
-
-impl From<NetError> for Fail {
-    fn from(e: NetError) -> Fail {
-        Fail::Net(e)
-    }
-}
-
-impl core::fmt::Display for Fail {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Fail::Net(e) => write!(f, "{e}"),
-            Fail::Protocol(m) => write!(f, "{m}"),
-        }
-    }
-}
+use crate::Fail;
+use tmem_sdk::net::Connection;
 
 fn protocol<T>(what: impl Into<String>) -> Result<T, Fail> {
     Err(Fail::Protocol(what.into()))
