@@ -272,7 +272,8 @@ impl Host {
         Ok(Registered { name, module, new: true })
     }
 
-    fn versions(&self, name: &str) -> Vec<PluginModule> {
+    /// Every version registered under `name`, oldest first (empty if none).
+    pub fn versions(&self, name: &str) -> Vec<PluginModule> {
         self.plugins.read().get(name).cloned().unwrap_or_default()
     }
 
@@ -567,9 +568,7 @@ fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durabilit
         },
         (None, None) => unreachable!("checked above"),
     };
-    let mut check = PoolSpec::new(pool.name());
-    check.durability = durability;
-    check.check()?;
+    durability.check()?;
     Ok(Some(durability))
 }
 

@@ -40,6 +40,20 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest flush interval accepted.
 pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
+impl Durability {
+    /// Checks the mode makes sense (a periodic interval from 1 ms to [`MAX_FLUSH_INTERVAL`]).
+    pub fn check(self) -> Result<(), String> {
+        match self {
+            Durability::Periodic(interval) if interval.is_zero() || interval > MAX_FLUSH_INTERVAL => Err(format!(
+                "flush_interval_ms {} must be from 1 to {}",
+                interval.as_millis(),
+                MAX_FLUSH_INTERVAL.as_millis()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 struct CommitState {
     durability: Durability,
     /// Tickets handed out to sync callers (each waits until `durable >= its ticket`).

@@ -269,16 +269,7 @@ impl PoolSpec {
         {
             return Err(format!("shards {n} must be a power of two up to 1024"));
         }
-        if let Durability::Periodic(interval) = self.durability
-            && (interval.is_zero() || interval > crate::persist::MAX_FLUSH_INTERVAL)
-        {
-            return Err(format!(
-                "flush_interval_ms {} must be from 1 to {}",
-                interval.as_millis(),
-                crate::persist::MAX_FLUSH_INTERVAL.as_millis()
-            ));
-        }
-        Ok(())
+        self.durability.check()
     }
 
     /// The number of shards the pool will have (`shards`, or two per CPU, 4 to 64).
@@ -591,9 +582,7 @@ impl Pool {
         let disk = self.disk.as_ref().ok_or_else(|| {
             format!("pool '{}' is not persistent (its store is not granted storage); durability does not apply", self.name)
         })?;
-        let mut check = PoolSpec::new(self.name.clone());
-        check.durability = durability;
-        check.check()?;
+        durability.check()?;
         disk.set_durability(durability);
         Ok(())
     }

@@ -97,8 +97,10 @@ pub async fn list_plugins(State(host): State<Arc<Host>>) -> Json<Vec<PluginInfo>
     security(("token" = []))
 )]
 pub async fn get_plugin(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
-    let versions = host.plugins().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v);
-    let versions = versions.ok_or_else(|| ApiError::from(crate::host::HostError::UnknownPlugin(name.clone())))?;
+    let versions = host.versions(&name);
+    if versions.is_empty() {
+        return Err(crate::host::HostError::UnknownPlugin(name).into());
+    }
     Ok(Json(plugin_info(&host, &name, &versions)))
 }
 
