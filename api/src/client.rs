@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::rest::{
-    API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolConfig, PoolInfo, PoolPatch,
-    ShrinkRequest, ShrinkResult, StoreResult,
+    API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolCheck, PoolConfig, PoolInfo, PoolPatch,
+    ShrinkRequest, ShrinkResult, StatsSample, StoreResult,
 };
 
 /// The error code the server gives an absent page (`404`).
@@ -225,6 +225,16 @@ impl Client {
     /// `POST /api/v1/pools`.
     pub fn create_pool(&self, config: &PoolConfig) -> Result<PoolInfo, ClientError> {
         self.send_json("POST", &format!("{API_PREFIX}/pools"), config)
+    }
+
+    /// `POST /api/v1/pools?dry_run=true`: checks a config, creating nothing.
+    pub fn check_pool(&self, config: &PoolConfig) -> Result<PoolCheck, ClientError> {
+        self.send_json("POST", &format!("{API_PREFIX}/pools?dry_run=true"), config)
+    }
+
+    /// `GET /api/v1/stats`: every pool's statistics now.
+    pub fn stats(&self) -> Result<StatsSample, ClientError> {
+        self.get_json(&format!("{API_PREFIX}/stats"))
     }
 
     /// `GET /api/v1/pools`.

@@ -237,7 +237,8 @@ pub struct PoolPatch {
     pub enabled: Option<bool>,
     /// Hot swap: the same plugins in the same order, each at the version and config wanted.
     /// New stores use the new chain at once; pages stored before stay readable through the
-    /// chain that stored them until they are invalidated or overwritten.
+    /// chain that stored them until they are invalidated or overwritten. A secret config value
+    /// given as `"<secret>"` (how the API shows it) keeps its current value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<Vec<BackendRequest>>,
     /// Persistent pools: change the durability mode.
@@ -400,6 +401,116 @@ pub struct ShrinkResult {
 pub struct AreaInvalidated {
     /// Pages the pool held before.
     pub pages: u64,
+}
+
+/// The query of `POST /api/v1/pools`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreatePoolQuery {
+    /// Check the config completely (plugins, versions, config keys and values, grants, limits,
+    /// the name being free) and answer 200 [`PoolCheck`] without creating anything: what a
+    /// form uses to validate as the user types.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer of a dry run of `POST /api/v1/pools`: the config is valid (an invalid one is a
+/// 400/409 [`ErrorBody`], exactly as the real create would answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolCheck {
+    /// Always `true`.
+    pub valid: bool,
+    /// The chain as it would run: versions resolved, config defaults filled in.
+    pub backends: Vec<BackendInfo>,
+}
+
+// ----- live statistics -----
+
+/// The query of `GET /api/v1/stats/stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsStreamQuery {
+    /// Milliseconds between samples, 100 to 60000 (default 1000).
+    #[serde(default = "default_stats_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_stats_interval() -> u64 {
+    1000
+}
+
+/// Host-wide totals of one [`StatsSample`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostTotals {
+    /// Pools.
+    pub pools: u64,
+    /// Pages held over all pools (frontswap `curr_pages`).
+    pub curr_pages: u64,
+    /// Bytes the stores use for those pages, over all pools.
+    pub pool_total_size: u64,
+    /// Linear memory of every live plugin instance.
+    pub plugin_memory_bytes: u64,
+    /// Plugin faults since start, over all pools.
+    pub plugin_faults: u64,
+    /// Connected frontends, over all pools.
+    pub frontends: u64,
+}
+
+/// Latency of one operation over a sample's interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LatencyWindow {
+    /// Operations in the interval.
+    pub count: u64,
+    /// Median upper bound, in microseconds (0 when nothing ran).
+    pub p50_us: f64,
+    /// 99th percentile upper bound, in microseconds (0 when nothing ran).
+    pub p99_us: f64,
+}
+
+/// One pool in a [`StatsSample`]: its levels, every counter, and what changed in the interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolSample {
+    /// The pool.
+    pub name: String,
+    /// Pages held now.
+    pub stored_pages: u64,
+    /// Bytes the store uses for them.
+    pub pool_total_size: u64,
+    /// Page bytes held per byte used (`stored_pages × page_size / pool_total_size`); `null`
+    /// while the pool is empty.
+    pub compression_ratio: Option<f64>,
+    /// A limit was hit and stores are refused until usage falls below the threshold.
+    pub full: bool,
+    /// Stores accepted.
+    pub enabled: bool,
+    /// Linear memory of its live plugin instances.
+    pub plugin_memory_bytes: u64,
+    /// Connected frontends.
+    pub frontends: u64,
+    /// Every counter (contract.md §4 and the host's own), by name, since the pool started.
+    pub counters: BTreeMap<String, u64>,
+    /// Per second over the interval, for every counter that only grows (`succ_stores`,
+    /// `loads`, `failed_stores`, `pool_limit_hit`, ...); empty in the first sample of a stream.
+    pub rates: BTreeMap<String, f64>,
+    /// Latency per operation (`store`, `load`, `invalidate_page`, `invalidate_area`) over the
+    /// interval; over the pool's life in the first sample of a stream.
+    pub latency: BTreeMap<String, LatencyWindow>,
+}
+
+/// A snapshot of every pool's statistics: `GET /api/v1/stats`, and each event of
+/// `GET /api/v1/stats/stream`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatsSample {
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Milliseconds since the stream's previous sample (0 for the first, and for `GET /stats`).
+    pub interval_ms: u64,
+    /// Host-wide totals.
+    pub host: HostTotals,
+    /// Every pool, by name.
+    pub pools: Vec<PoolSample>,
 }
 
 /// `GET /healthz`.

@@ -19,6 +19,10 @@ use crate::page_store::{PageMeta, PageShard};
 use crate::plugin::net::NetPolicy;
 use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, SandboxLimits};
 
+
+/// How the API shows a secret config value; sent back in a hot swap, it keeps the value.
+pub const SECRET_SHOWN: &str = "<secret>";
+
 /// Where a plugin granted `network` gets its `token` when the pool config leaves it empty:
 /// the memory server's token, set in the environment of this host.
 pub const PEER_TOKEN_ENV: &str = "TMEM_PEER_TOKEN";
@@ -89,17 +93,34 @@ impl ChainLink {
         Ok(ChainLink { plugin: plugin.into(), module, config, grants: granted, net, config_text })
     }
 
-    /// The config for people: secret values replaced by `"<secret>"`.
+    /// The config for people: secret values replaced by [`SECRET_SHOWN`].
     pub fn shown_config(&self) -> Map<String, Value> {
         let mut shown = self.config.clone();
         for key in self.module.manifest().config.iter() {
             if key.value == tmem_api::manifest::ConfigValueKind::Secret
                 && shown.get(key.key.as_ref()).and_then(Value::as_str).is_some_and(|s| !s.is_empty())
             {
-                shown.insert(key.key.to_string(), Value::String("<secret>".into()));
+                shown.insert(key.key.to_string(), Value::String(SECRET_SHOWN.into()));
             }
         }
         shown
+    }
+
+    /// `config` with every secret given as [`SECRET_SHOWN`] replaced by this link's current
+    /// value, so a config read from the API and sent back (a hot swap) keeps its secrets.
+    pub fn keep_secrets(&self, config: &Value) -> Value {
+        let mut config = config.clone();
+        if let Value::Object(map) = &mut config {
+            for (key, value) in map.iter_mut() {
+                if value.as_str() == Some(SECRET_SHOWN) && self.config.contains_key(key) {
+                    let is_secret = self.module.manifest().config.iter().any(|k| k.key == key.as_str() && k.value == tmem_api::manifest::ConfigValueKind::Secret);
+                    if is_secret {
+                        *value = self.config[key].clone();
+                    }
+                }
+            }
+        }
+        config
     }
 
     /// Whether two links run the same module with the same config and grants.

@@ -379,11 +379,7 @@ impl Host {
     /// once with its config, keeps its config in the catalog, and registers it by name.
     pub fn create_pool(&self, spec: PoolSpec, backends: &[BackendSpec]) -> Result<Arc<Pool>, HostError> {
         let _changes = self.changes.lock();
-        spec.check().map_err(HostError::InvalidPool)?;
-        if self.pools.read().contains_key(&spec.name) {
-            return Err(HostError::PoolExists(spec.name));
-        }
-        let chain = self.resolve_chain(backends)?;
+        let chain = self.check_new_pool(&spec, backends)?;
         let name = spec.name.clone();
         let disk = if chain.is_persistent() {
             let mut suffix = [0u8; 4];
@@ -411,16 +407,36 @@ impl Host {
         Ok(pool)
     }
 
-    /// Creates a pool from its API config.
-    pub fn create_pool_from(&self, config: &PoolConfig) -> Result<Arc<Pool>, HostError> {
-        let spec = pool_spec(config).map_err(HostError::InvalidPool)?;
+    /// Everything `create_pool` checks before it creates anything: the spec, the name being
+    /// free, the chain. Returns the resolved chain.
+    fn check_new_pool(&self, spec: &PoolSpec, backends: &[BackendSpec]) -> Result<Chain, HostError> {
+        spec.check().map_err(HostError::InvalidPool)?;
+        if self.pools.read().contains_key(&spec.name) {
+            return Err(HostError::PoolExists(spec.name.clone()));
+        }
+        self.resolve_chain(backends)
+    }
+
+    /// The spec an API config asks for, with the checks only an API config needs.
+    fn spec_from(config: &PoolConfig) -> Result<PoolSpec, HostError> {
         let persistent = config.backends.last().is_some_and(|b| b.grants.iter().any(|g| g == "storage"));
         if !persistent && (config.durability.is_some() || config.flush_interval_ms.is_some()) {
             return Err(HostError::InvalidPool(
                 "durability and flush_interval_ms apply only to persistent pools (a store granted \"storage\", e.g. sled)".into(),
             ));
         }
-        self.create_pool(spec, &config.backends)
+        pool_spec(config).map_err(HostError::InvalidPool)
+    }
+
+    /// Creates a pool from its API config.
+    pub fn create_pool_from(&self, config: &PoolConfig) -> Result<Arc<Pool>, HostError> {
+        self.create_pool(Self::spec_from(config)?, &config.backends)
+    }
+
+    /// Checks an API config as [`Host::create_pool_from`] would, creating nothing (a dry
+    /// run); returns the chain it would run.
+    pub fn check_pool_config(&self, config: &PoolConfig) -> Result<Chain, HostError> {
+        self.check_new_pool(&Self::spec_from(config)?, &config.backends)
     }
 
     /// Writes a pool's record to the catalog, pinning the bundled modules it runs (so a later
@@ -473,7 +489,12 @@ impl Host {
                     names.join(", ")
                 )));
             }
-            let chain = self.resolve_chain(backends)?;
+            let backends: Vec<BackendSpec> = backends
+                .iter()
+                .zip(current.links())
+                .map(|(b, link)| BackendSpec { config: link.keep_secrets(&b.config), ..b.clone() })
+                .collect();
+            let chain = self.resolve_chain(&backends)?;
             let unchanged = chain.links().iter().zip(current.links()).all(|(a, b)| a.same_as(b));
             if !unchanged {
                 let generation = pool.swap_chain(Arc::new(chain)).map_err(HostError::InvalidPool)?;

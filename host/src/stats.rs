@@ -181,6 +181,15 @@ impl HistogramSnapshot {
         None
     }
 
+    /// What was recorded after `earlier` (a snapshot of the same histogram): the
+    /// distribution of one interval.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self.counts.iter().zip(&earlier.counts).map(|(now, then)| now.saturating_sub(*then)).collect(),
+            sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
+        }
+    }
+
     /// Non-empty buckets as `(upper bound in ns, count)`, for exposition.
     pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| (bucket_upper(i), *n))
@@ -275,6 +284,23 @@ mod tests {
         assert!((500_000.0..=500_000.0 * 1.19).contains(&p50), "p50 {p50}");
         assert!((990_000.0..=990_000.0 * 1.19).contains(&p99), "p99 {p99}");
         assert_eq!(LatencyHistogram::default().snapshot().quantile_ns(0.5), None);
+    }
+
+    #[test]
+    fn an_interval_holds_only_what_was_recorded_after_the_earlier_snapshot() {
+        let h = LatencyHistogram::default();
+        for _ in 0..100 {
+            h.record(Duration::from_micros(1));
+        }
+        let earlier = h.snapshot();
+        for _ in 0..10 {
+            h.record(Duration::from_millis(1));
+        }
+        let interval = h.snapshot().since(&earlier);
+        assert_eq!(interval.count(), 10);
+        assert_eq!(interval.sum_ns, 10_000_000);
+        let p50 = interval.quantile_ns(0.5).unwrap();
+        assert!((1_000_000..=1_190_000).contains(&p50), "the interval's median is the 1 ms ops, not the 1 µs ones: {p50}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/v1/pools/{name}/pages/{offset}", "/api/v1/pools/demo/pages/1"),
     ("DELETE", "/api/v1/pools/{name}/pages", "/api/v1/pools/demo/pages"),
     ("POST", "/api/v1/pools/{name}/shrink", "/api/v1/pools/demo/shrink"),
+    ("GET", "/api/v1/stats", "/api/v1/stats"),
+    ("GET", "/api/v1/stats/stream", "/api/v1/stats/stream"),
     ("GET", "/api/v1/openapi.json", "/api/v1/openapi.json"),
 ];
 

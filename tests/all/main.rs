@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod contract;
 mod crash;
+mod dashboard;
 mod demo;
 mod frontend;
 mod hot_swap;

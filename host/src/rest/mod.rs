@@ -11,7 +11,9 @@
 //! then (on `/api/v1` only) the token check.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
+pub mod live_stats;
 pub mod metrics;
 pub mod plugins;
 pub mod pools;
@@ -49,6 +51,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
         (name = "plugins", description = "Plugin modules: upload, list, remove"),
         (name = "pools", description = "Pools: create, configure, hot swap, destroy"),
         (name = "pages", description = "Pages of a pool, for scripting and tests"),
+        (name = "stats", description = "Live statistics of every pool, for dashboards"),
     )
 )]
 struct ApiDoc;
@@ -82,6 +85,8 @@ fn api_routes() -> (axum::Router<Arc<Host>>, utoipa::openapi::OpenApi) {
         .routes(routes!(pools::put_page, pools::get_page, pools::delete_page))
         .routes(routes!(pools::invalidate_area))
         .routes(routes!(pools::shrink))
+        .routes(routes!(live_stats::stats))
+        .routes(routes!(live_stats::stats_stream))
         .routes(routes!(openapi_json))
         .split_for_parts()
 }
@@ -136,6 +141,7 @@ pub fn router(host: Arc<Host>, token: ApiToken) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
+        .merge(dashboard::routes())
         .merge(api)
         .fallback(not_found)
         .with_state(host)

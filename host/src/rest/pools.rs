@@ -11,11 +11,11 @@ use axum::http::{HeaderName, StatusCode};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use tmem_api::rest::{
-    AreaInvalidated, BackendInfo, ErrorBody, FaultInfo, FrontendInfo, GenerationInfo, LatencySummary, PoolConfig, PoolInfo, PoolPatch,
+    AreaInvalidated, BackendInfo, CreatePoolQuery, ErrorBody, FaultInfo, FrontendInfo, GenerationInfo, LatencySummary, PoolCheck, PoolConfig, PoolInfo, PoolPatch,
     ShrinkRequest, ShrinkResult, StoreResult,
 };
 
-use super::error::{ApiError, Json, Path, blocking};
+use super::error::{ApiError, Json, Path, Query, blocking};
 use crate::chain::Chain;
 use crate::host::{Host, pool_config};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
@@ -83,21 +83,32 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
     }
 }
 
-/// Creates a pool.
+/// Creates a pool; with `?dry_run=true`, only checks the config (200 [`PoolCheck`], nothing
+/// created), answering every error exactly as the real create would.
 #[utoipa::path(
     post, path = "/api/v1/pools", tag = "pools",
+    params(CreatePoolQuery),
     request_body = PoolConfig,
     responses(
         (status = 201, body = PoolInfo),
+        (status = 200, description = "Dry run: the config is valid", body = PoolCheck),
         (status = 400, description = "Unknown fields, unknown plugins, a bad chain, bad config keys, a bad page size", body = ErrorBody),
         (status = 409, description = "A pool of that name exists", body = ErrorBody),
     ),
     security(("token" = []))
 )]
-pub async fn create_pool(State(host): State<Arc<Host>>, Json(config): Json<PoolConfig>) -> Result<(StatusCode, Json<PoolInfo>), ApiError> {
+pub async fn create_pool(
+    State(host): State<Arc<Host>>,
+    Query(query): Query<CreatePoolQuery>,
+    Json(config): Json<PoolConfig>,
+) -> Result<Response, ApiError> {
     blocking(move || {
+        if query.dry_run {
+            let chain = host.check_pool_config(&config).map_err(ApiError::in_pool_config)?;
+            return Ok(Json(PoolCheck { valid: true, backends: backends_info(&chain) }).into_response());
+        }
         let pool = host.create_pool_from(&config).map_err(ApiError::in_pool_config)?;
-        Ok((StatusCode::CREATED, Json(pool_info(&pool))))
+        Ok((StatusCode::CREATED, Json(pool_info(&pool))).into_response())
     })
     .await
 }
