@@ -2,7 +2,9 @@
 # Installs what building tmem needs on a fresh Debian machine (as root, or with sudo): clang
 # and llvm (zstd's C code for the Wasm plugins) and the wasm32 rustup target. With `--test`,
 # also what the tests run against: redis-server and redis-cli (the remote store's Redis and
-# Redis Cluster tests). Idempotent; safe to run before every build.
+# Redis Cluster tests), Debian's chromium, Node.js and the dashboard's npm packages
+# (playwright-core drives chromium in the dashboard's browser test). Idempotent; safe to run
+# before every build.
 set -euo pipefail
 
 need_apt=()
@@ -11,6 +13,9 @@ command -v llvm-ar >/dev/null || need_apt+=(llvm)
 if [ "${1:-}" = "--test" ]; then
     command -v redis-server >/dev/null || need_apt+=(redis-server)
     command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+    [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+    command -v node >/dev/null || need_apt+=(nodejs)
+    command -v npm >/dev/null || need_apt+=(npm)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
@@ -25,3 +30,8 @@ if ! command -v cargo >/dev/null; then
 fi
 # rust-toolchain.toml lists the target too; this makes the install explicit and early.
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || rustup target add wasm32-unknown-unknown
+
+if [ "${1:-}" = "--test" ]; then
+    # The browser test's packages, exactly as package-lock.json pins them.
+    (cd "$(dirname "$0")/../web-ui" && npm ci --no-audit --no-fund --loglevel=error)
+fi

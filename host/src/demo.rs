@@ -76,11 +76,21 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
     let outcome = drive(config);
     if config.then_serve {
         println!("the host keeps serving on http://{} (pool 'demo' keeps its pages); Ctrl-C stops it", config.listen);
+        if let Ok(token) = std::fs::read_to_string(config.data_dir.join(crate::rest::auth::TOKEN_FILE)) {
+            println!("{}", dashboard_line(config.listen, std::env::var(crate::rest::auth::TOKEN_ENV).as_deref().unwrap_or(token.trim())));
+        }
         runtime.block_on(server::shutdown_signal());
     }
     let _ = stop.send(());
     runtime.block_on(server)??;
     outcome
+}
+
+/// The line that tells a newcomer where the dashboard is: a link that signs in (the token
+/// rides in the URL fragment, which the browser never sends to the server; the dashboard moves
+/// it to session storage and wipes it from the address bar).
+fn dashboard_line(listen: SocketAddr, token: &str) -> String {
+    format!("dashboard: http://{listen}/#token={token}  (open it to watch the pool live; the link signs you in for this browser session)")
 }
 
 fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
@@ -98,6 +108,7 @@ fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
         anyhow::ensure!(Instant::now() < deadline, "the host's API did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
+    println!("{}", dashboard_line(config.listen, &token));
     if api.pool("demo").is_ok() {
         api.remove_pool("demo").map_err(|e| anyhow::anyhow!("{e}"))?;
     }

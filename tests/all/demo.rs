@@ -47,6 +47,9 @@ fn the_demo_verifies_every_page_through_faults_evictions_and_a_shrink() {
         let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("no '{name}' in {stdout}"));
         line.trim_start()[name.len()..].split_whitespace().next().unwrap().parse().unwrap()
     };
+    let token = std::fs::read_to_string(dir.join("token")).unwrap();
+    let link = format!("dashboard: http://127.0.0.1:{port}/#token={}", token.trim());
+    assert!(stdout.contains(&link), "the demo prints a dashboard link that signs in: {stdout}");
     assert_eq!(field("mismatches"), 0);
     assert!(field("pages verified") > 1000, "{stdout}");
     assert!(field("pages stored to pool") > 0 && field("zero-filled faults") > 0, "{stdout}");

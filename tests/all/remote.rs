@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tmem_api::client::Client;
-use tmem_api::rest::{BackendRequest, PoolConfig};
+use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch};
 
 use crate::common::{ServeProcess, tagged_page, temp_dir};
 use crate::peer::{free_port, memory_server};
@@ -99,6 +99,25 @@ fn a_pool_keeps_its_pages_in_another_hosts_pool_and_survives_it_going_away() {
     let held = counter(&client, "far", "stored_pages");
     assert_eq!(counter(&b.client(), "for-a", "stored_pages"), held, "B holds exactly A's pages");
     assert!(counter(&b.client(), "for-a", "pool_total_size") < held * 4096 / 2, "B keeps A's compressed bytes");
+
+    // A hot swap that sends back the config as the API shows it (the token as "<secret>", as
+    // the dashboard does) keeps the token: stores through the new generation still reach B.
+    let shown = client.pool("far").unwrap().backends;
+    assert_eq!(shown[1].config["token"], "<secret>", "the API never shows the token");
+    let backends = shown
+        .iter()
+        .map(|b| {
+            let mut config = b.config.clone();
+            if b.plugin == "remote" {
+                config.insert("timeout_ms".into(), 300.into());
+            }
+            BackendRequest { plugin: b.plugin.clone(), version: Some(b.sha256.clone()), config: config.into(), grants: b.grants.clone() }
+        })
+        .collect();
+    let swapped = client.update_pool("far", &PoolPatch { backends: Some(backends), ..Default::default() }).unwrap();
+    assert_eq!(swapped.generations.len(), 2, "the changed timeout made a new generation");
+    assert_eq!(client.put_page("far", 4000, &tagged_page(4000)).unwrap().outcome, "stored", "the token survived the swap");
+    assert_eq!(client.get_page("far", 4000).unwrap(), Some(tagged_page(4000)));
 
     // A wrong token is refused at the first store, not silently.
     client.create_pool(&remote_pool("badtoken", std::slice::from_ref(&endpoint), "not-the-token")).unwrap();
