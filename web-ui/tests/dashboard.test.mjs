@@ -179,10 +179,21 @@ test('an operator manages tmem from the dashboard', { timeout: 300_000 }, async 
     await page.locator('.message.ok', { hasText: 'Registered versioned 2.0.0' }).waitFor();
     await page.locator('tr[data-plugin="versioned"][data-version="2.0.0"]').waitFor();
 
-    await page.locator('#plugin-file').setInputFiles({ name: 'notes.wasm', mimeType: 'application/wasm', buffer: Buffer.from('this is not wasm') });
+    // A large file shows upload progress, then the host's refusal where the user dropped it.
+    await page.evaluate(() => {
+      window.progressSeen = [];
+      const bar = document.getElementById('upload-progress');
+      new MutationObserver(() => window.progressSeen.push(bar.value)).observe(bar, { attributes: true });
+      bar.addEventListener('change', () => window.progressSeen.push(bar.value));
+      const text = bar.nextElementSibling;
+      new MutationObserver(() => window.progressSeen.push(text.textContent)).observe(text, { childList: true, characterData: true, subtree: true });
+    });
+    await page.locator('#plugin-file').setInputFiles({ name: 'big.wasm', mimeType: 'application/wasm', buffer: Buffer.alloc(8 << 20, 7) });
     const refusal = page.getByRole('alert');
     await refusal.waitFor();
     assert.match(await refusal.textContent(), /invalid_plugin/);
+    const seen = await page.evaluate(() => window.progressSeen);
+    assert.ok(seen.some((s) => typeof s === 'string' && /^Uploading big\.wasm: \d+%$/.test(s)), `upload progress was shown: ${JSON.stringify(seen.slice(0, 10))}`);
     await shot('03-plugins');
   });
 
@@ -300,6 +311,18 @@ test('an operator manages tmem from the dashboard', { timeout: 300_000 }, async 
     await page.locator('[data-pool="web"]').waitFor({ state: 'detached' });
     assert.equal((await api('GET', `/pools/${POOL}`)).status, 404);
     await shot('12-overview-after-delete');
+  });
+
+  await step('a plugin version nothing uses any more can be removed', async () => {
+    await page.getByRole('link', { name: 'Plugins' }).click();
+    const row = page.locator('tr[data-plugin="versioned"][data-version="2.0.0"]');
+    await row.getByRole('button', { name: 'Remove' }).click();
+    await page.locator('#confirm-ok').click();
+    await row.waitFor({ state: 'detached' });
+    const left = await (await api('GET', '/plugins/versioned')).json();
+    assert.deepEqual(left.versions.map((v) => v.version), ['1.0.0']);
+    assert.ok(await page.locator('tr[data-plugin="zstd"] button', { hasText: 'Remove' }).isDisabled(), 'a bundled plugin cannot be removed');
+    await shot('13-plugins-after-remove');
   });
 
   await step('no console errors', () => {
