@@ -93,7 +93,9 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
     let frontend_task = tokio::spawn(crate::frontend_server::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
     tracing::info!(%addr, "tmem listening: API at /api/v1, health at /healthz, metrics at /metrics");
-    axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(until_stopped()).await?;
+    axum::serve(listener, crate::rest::router(host.clone(), token)).with_graceful_shutdown(until_stopped()).await?;
+    // Block devices stop serving; they stay in the catalog and are served again at the next start.
+    host.block_devices().stop_all();
     if let Some(peers) = peers {
         let _ = peers.await;
     }

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod frontends;
 pub mod metrics;
 pub mod plugins;
 pub mod pools;
@@ -49,6 +50,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
         (name = "plugins", description = "Plugin modules: upload, list, remove"),
         (name = "pools", description = "Pools: create, configure, hot swap, destroy"),
         (name = "pages", description = "Pages of a pool, for scripting and tests"),
+        (name = "frontends", description = "Block devices over a pool (NBD)"),
     )
 )]
 struct ApiDoc;
@@ -82,6 +84,8 @@ fn api_routes() -> (axum::Router<Arc<Host>>, utoipa::openapi::OpenApi) {
         .routes(routes!(pools::put_page, pools::get_page, pools::delete_page))
         .routes(routes!(pools::invalidate_area))
         .routes(routes!(pools::shrink))
+        .routes(routes!(frontends::list_frontends, frontends::attach_frontend))
+        .routes(routes!(frontends::detach_frontend))
         .routes(routes!(openapi_json))
         .split_for_parts()
 }
