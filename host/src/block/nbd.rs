@@ -74,8 +74,8 @@ const OPT_STARTTLS: u32 = 5;
 const OPT_INFO: u32 = 6;
 const OPT_GO: u32 = 7;
 const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_LIST_META_CONTEXT: u32 = 10;
-const OPT_SET_META_CONTEXT: u32 = 11;
+const OPT_LIST_META_CONTEXT: u32 = 9;
+const OPT_SET_META_CONTEXT: u32 = 10;
 
 const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
@@ -397,9 +397,12 @@ fn serve_connection<S: Stream>(export: &Export, stream: S) -> Result<(), String>
         meta_context: false,
     };
     let result = conn.negotiate().and_then(|()| conn.transmit());
-    let flushed = conn.flush();
     match result {
-        Ok(()) | Err(End::Clean) => flushed.map_err(|e| e.to_string()),
+        // A client that said goodbye may already be gone: a last reply it misses is fine.
+        Ok(()) | Err(End::Clean) => {
+            let _ = conn.flush();
+            Ok(())
+        }
         Err(End::Broken(why)) => Err(why),
     }
 }
