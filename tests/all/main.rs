@@ -10,6 +10,7 @@ mod crash;
 mod demo;
 mod frontend;
 mod hot_swap;
+mod nbd;
 mod plugin_faults;
 mod peer;
 mod persistence;
