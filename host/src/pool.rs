@@ -216,6 +216,17 @@ pub trait Frontend: Send + Sync {
     }
 }
 
+/// A connected frontend as listings show it.
+#[derive(Debug, Clone)]
+pub struct FrontendDetails {
+    /// Its name.
+    pub name: String,
+    /// Its counters, by name.
+    pub counters: Vec<(&'static str, u64)>,
+    /// For a block device attached through the API: how clients reach it.
+    pub attachment: Option<Attachment>,
+}
+
 /// How clients reach a frontend the host serves itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -1047,8 +1058,12 @@ impl Pool {
     }
 
     /// The connected frontends, with their counters and (block devices) attachments.
-    pub fn frontend_details(&self) -> Vec<(String, Vec<(&'static str, u64)>, Option<Attachment>)> {
-        self.frontends.read().iter().map(|f| (f.name(), f.counters(), f.attachment())).collect()
+    pub fn frontend_details(&self) -> Vec<FrontendDetails> {
+        self.frontends
+            .read()
+            .iter()
+            .map(|f| FrontendDetails { name: f.name(), counters: f.counters(), attachment: f.attachment() })
+            .collect()
     }
 
     // ----- settings -----

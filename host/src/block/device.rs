@@ -6,7 +6,7 @@
 //!
 //! # Where a page lives
 //!
-//! The device keeps one [`Loc`] per page: nowhere (never written or discarded: reads zeros),
+//! The device keeps one location per page: nowhere (never written or discarded: reads zeros),
 //! zero (written with write-zeroes: reads zeros), the pool, the backing file, both (a
 //! writethrough pool), or lost (the pool no longer has a page only it held: reads fail with
 //! EIO until the page is written again, so lost data is never turned into zeros).

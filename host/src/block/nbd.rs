@@ -130,6 +130,10 @@ const BASE_ALLOCATION_ID: u32 = 1;
 const MAX_OPTION_DATA: u32 = 64 << 10;
 /// Options one connection may send before it must choose an export.
 const MAX_OPTIONS: u32 = 1024;
+/// Replies are written at least every this many requests, so a pipelining client gets its
+/// first answers (and sends its next requests) while later ones are still being served,
+/// instead of client and server taking turns over whole batches.
+const FLUSH_EVERY: u32 = 4;
 /// Block-status descriptors in one reply.
 const MAX_EXTENTS: usize = 1024;
 
@@ -637,6 +641,7 @@ impl<S: Stream> Connection<'_, S> {
     // ----- transmission -----
 
     fn transmit(&mut self) -> Result<(), End> {
+        let mut unsent = 0;
         loop {
             let header = self.read_start::<28>()?;
             let magic = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes"));
@@ -652,8 +657,12 @@ impl<S: Stream> Connection<'_, S> {
                 return Err(End::Clean);
             }
             self.request(flags, command, handle, offset, len)?;
-            if self.out.len() >= 1 << 20 {
+            unsent += 1;
+            if unsent >= FLUSH_EVERY || self.out.len() >= 1 << 20 {
                 self.flush()?;
+            }
+            if self.out.is_empty() {
+                unsent = 0;
             }
         }
     }

@@ -74,12 +74,12 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         frontends: pool
             .frontend_details()
             .into_iter()
-            .map(|(name, counters, attachment)| FrontendInfo {
-                name,
-                counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                id: attachment.as_ref().map(|a| a.id.clone()),
-                kind: attachment.as_ref().map(|a| a.kind.to_string()),
-                address: attachment.map(|a| a.address),
+            .map(|f| FrontendInfo {
+                name: f.name,
+                counters: f.counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                id: f.attachment.as_ref().map(|a| a.id.clone()),
+                kind: f.attachment.as_ref().map(|a| a.kind.to_string()),
+                address: f.attachment.map(|a| a.address),
             })
             .collect(),
         uptime_seconds: pool.created().elapsed().as_secs(),
