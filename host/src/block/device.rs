@@ -605,3 +605,88 @@ impl BlockDevice {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{BackendSpec, Host, HostConfig};
+    use crate::pool::{PoolModes, PoolSpec};
+
+    fn device(tag: &str, modes: PoolModes, max_pages: Option<u64>) -> (Host, BlockDevice, std::path::PathBuf) {
+        let host = Host::new(HostConfig::default()).unwrap();
+        let mut spec = PoolSpec::new(tag);
+        spec.modes = modes;
+        spec.limits.max_pages = max_pages;
+        spec.shards = Some(2);
+        let pool = host.create_pool(spec, &[BackendSpec::new("ram")]).unwrap();
+        let path = std::env::temp_dir().join(format!("tmem-block-unit-{tag}-{}", std::process::id()));
+        let device = BlockDevice::new(pool, 64 * 4096, &path, Start::Empty).unwrap();
+        (host, device, path)
+    }
+
+    fn counter(device: &BlockDevice, name: &str) -> u64 {
+        device.counters().into_iter().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    #[test]
+    fn writethrough_pages_are_in_both_places_and_survive_the_pool_dropping_them() {
+        let (_host, device, path) = device("wt", PoolModes { writethrough: true, exclusive_gets: false }, None);
+        device.write(0, &[7u8; 8192], false).unwrap();
+        assert_eq!((counter(&device, "pool_pages"), counter(&device, "backing_pages")), (2, 2));
+        // The pool may drop writethrough pages at will: the backing copy serves the read.
+        device.pool().invalidate_page(1);
+        let mut buf = vec![0u8; 8192];
+        device.read(0, &mut buf).unwrap();
+        assert_eq!(buf, vec![7u8; 8192]);
+        assert_eq!((counter(&device, "pool_pages"), counter(&device, "from_backing")), (1, 1));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn an_exclusive_load_keeps_the_page_in_the_backing_file() {
+        let (_host, device, path) = device("excl", PoolModes { writethrough: false, exclusive_gets: true }, None);
+        device.write(4096, &[9u8; 4096], false).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..2 {
+            device.read(4096, &mut buf).unwrap();
+            assert_eq!(buf, vec![9u8; 4096]);
+        }
+        assert_eq!(device.pool().curr_pages(), 0);
+        assert_eq!((counter(&device, "exclusive_to_backing"), counter(&device, "backing_pages")), (1, 1));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_page_invalidated_behind_the_device_reads_as_an_error_not_as_zeros() {
+        let (_host, device, path) = device("lost", PoolModes::default(), None);
+        device.write(0, &[1u8; 4096], false).unwrap();
+        device.pool().invalidate_area();
+        let mut buf = vec![0u8; 4096];
+        assert!(matches!(device.read(0, &mut buf), Err(BlockError::Io(_))));
+        assert!(matches!(device.read(0, &mut buf), Err(BlockError::Io(_))), "it stays lost");
+        assert_eq!(counter(&device, "lost_pages"), 1);
+        device.write(0, &[2u8; 4096], false).unwrap();
+        device.read(0, &mut buf).unwrap();
+        assert_eq!(buf, vec![2u8; 4096]);
+        assert_eq!(counter(&device, "lost_pages"), 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn requests_are_checked_before_any_page_is_touched() {
+        let (_host, device, path) = device("check", PoolModes::default(), Some(4));
+        let mut buf = vec![0u8; 4096];
+        assert!(matches!(device.read(512, &mut buf), Err(BlockError::Invalid(_))));
+        assert!(matches!(device.read(64 * 4096, &mut buf), Err(BlockError::Invalid(_))));
+        assert!(matches!(device.write(63 * 4096, &[0; 8192], false), Err(BlockError::NoSpace(_))));
+        assert!(matches!(device.discard(u64::MAX - 4095, 4096, false), Err(BlockError::NoSpace(_))));
+        assert_eq!(counter(&device, "writes"), 0);
+        // Past the pool's limit, pages go to the backing file; extents see data and holes.
+        device.write(0, &[5u8; 8 * 4096], true).unwrap();
+        assert!(counter(&device, "to_backing") >= 4);
+        device.write_zeroes(4096, 4096, false).unwrap();
+        assert_eq!(device.extents(0, 16 * 4096, 8).unwrap(), vec![(4096, false), (4096, true), (6 * 4096, false), (8 * 4096, true)]);
+        assert_eq!(device.extents(0, 16 * 4096, 1).unwrap(), vec![(4096, false)]);
+        std::fs::remove_file(path).unwrap();
+    }
+}
