@@ -2,21 +2,20 @@
 # Installs what building tmem needs on a fresh Debian machine (as root, or with sudo): clang
 # and llvm (zstd's C code for the Wasm plugins) and the wasm32 rustup target. With `--test`,
 # also what the tests run against: redis-server and redis-cli (the remote store's Redis and
-# Redis Cluster tests), and the NBD clients the block-device tests drive (qemu-io and qemu-img
-# from qemu-utils, nbdinfo and nbdcopy from libnbd-bin, fio, nbdkit). Idempotent; safe to run
-# before every build.
+# Redis Cluster tests). Idempotent; safe to run before every build.
 set -euo pipefail
 
 need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
 command -v llvm-ar >/dev/null || need_apt+=(llvm)
 if [ "${1:-}" = "--test" ]; then
-    command -v redis-server >/dev/null || need_apt+=(redis-server)
-    command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+    # The block-device tests' NBD clients: qemu-io and qemu-img, nbdinfo and nbdcopy, fio, nbdkit.
     command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
     command -v nbdcopy >/dev/null || need_apt+=(libnbd-bin)
     command -v fio >/dev/null || need_apt+=(fio)
     command -v nbdkit >/dev/null || need_apt+=(nbdkit)
+    command -v redis-server >/dev/null || need_apt+=(redis-server)
+    command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""

@@ -21,9 +21,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::rest::{
-    API_PREFIX, AreaInvalidated, AttachRequest, AttachedFrontend, ErrorBody, Health, PluginInfo, PluginVersion, PoolConfig,
-    PoolInfo, PoolPatch, ShrinkRequest, ShrinkResult, StoreResult,
+    API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolConfig, PoolInfo, PoolPatch,
+    ShrinkRequest, ShrinkResult, StoreResult,
 };
+use crate::rest::{AttachRequest, AttachedFrontend};
 
 /// The error code the server gives an absent page (`404`).
 pub const PAGE_NOT_FOUND: &str = "page_not_found";

@@ -64,6 +64,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     };
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend_server::default_socket(&config.data_dir));
     let frontends = crate::frontend_server::bind(&socket)?;
+    let block_host = host.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -93,13 +94,13 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
     let frontend_task = tokio::spawn(crate::frontend_server::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
     tracing::info!(%addr, "tmem listening: API at /api/v1, health at /healthz, metrics at /metrics");
-    axum::serve(listener, crate::rest::router(host.clone(), token)).with_graceful_shutdown(until_stopped()).await?;
-    // Block devices stop serving; they stay in the catalog and are served again at the next start.
-    host.block_devices().stop_all();
+    axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(until_stopped()).await?;
     if let Some(peers) = peers {
         let _ = peers.await;
     }
     let _ = frontend_task.await;
+    // Block devices stop serving; they stay in the catalog and are served again at the next start.
+    block_host.block_devices().stop_all();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("tmem stopped");
     Ok(())

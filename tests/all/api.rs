@@ -18,14 +18,14 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/pools/{name}", "/api/v1/pools/demo"),
     ("PATCH", "/api/v1/pools/{name}", "/api/v1/pools/demo"),
     ("DELETE", "/api/v1/pools/{name}", "/api/v1/pools/demo"),
+    ("GET", "/api/v1/pools/{name}/frontends", "/api/v1/pools/demo/frontends"),
+    ("POST", "/api/v1/pools/{name}/frontends", "/api/v1/pools/demo/frontends"),
+    ("DELETE", "/api/v1/pools/{name}/frontends/{id}", "/api/v1/pools/demo/frontends/nbd-1"),
     ("PUT", "/api/v1/pools/{name}/pages/{offset}", "/api/v1/pools/demo/pages/1"),
     ("GET", "/api/v1/pools/{name}/pages/{offset}", "/api/v1/pools/demo/pages/1"),
     ("DELETE", "/api/v1/pools/{name}/pages/{offset}", "/api/v1/pools/demo/pages/1"),
     ("DELETE", "/api/v1/pools/{name}/pages", "/api/v1/pools/demo/pages"),
     ("POST", "/api/v1/pools/{name}/shrink", "/api/v1/pools/demo/shrink"),
-    ("GET", "/api/v1/pools/{name}/frontends", "/api/v1/pools/demo/frontends"),
-    ("POST", "/api/v1/pools/{name}/frontends", "/api/v1/pools/demo/frontends"),
-    ("DELETE", "/api/v1/pools/{name}/frontends/{id}", "/api/v1/pools/demo/frontends/nbd-1"),
     ("GET", "/api/v1/openapi.json", "/api/v1/openapi.json"),
 ];
 
