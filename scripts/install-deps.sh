@@ -11,6 +11,11 @@ need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
 command -v llvm-ar >/dev/null || need_apt+=(llvm)
 if [ "${1:-}" = "--test" ]; then
+    # The block-device tests' NBD clients: qemu-io and qemu-img, nbdinfo and nbdcopy, fio, nbdkit.
+    command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
+    command -v nbdcopy >/dev/null || need_apt+=(libnbd-bin)
+    command -v fio >/dev/null || need_apt+=(fio)
+    command -v nbdkit >/dev/null || need_apt+=(nbdkit)
     command -v redis-server >/dev/null || need_apt+=(redis-server)
     command -v redis-cli >/dev/null || need_apt+=(redis-tools)
     [ -x /usr/bin/chromium ] || need_apt+=(chromium)

@@ -64,6 +64,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     };
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend_server::default_socket(&config.data_dir));
     let frontends = crate::frontend_server::bind(&socket)?;
+    let block_host = host.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -98,6 +99,8 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         let _ = peers.await;
     }
     let _ = frontend_task.await;
+    // Block devices stop serving; they stay in the catalog and are served again at the next start.
+    block_host.block_devices().stop_all();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("tmem stopped");
     Ok(())
