@@ -380,7 +380,7 @@ pub struct PoolInfo {
 pub enum FrontendKind {
     /// An NBD server (fixed newstyle) on a Unix socket or a TCP address.
     Nbd,
-    /// A ublk device (`/dev/ublkbN`): not supported yet.
+    /// A ublk device (`/dev/ublkbN`, Linux 6.0+ with `ublk_drv`) served by the host itself.
     Ublk,
 }
 
@@ -388,7 +388,7 @@ pub enum FrontendKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
-    /// `nbd` (`ublk` is refused for now).
+    /// `nbd` or `ublk`.
     pub kind: FrontendKind,
     /// The device's size: a nonzero multiple of the pool's page size (its block size).
     pub size_bytes: u64,
@@ -407,6 +407,10 @@ pub struct AttachRequest {
     /// device).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_remote: bool,
+    /// ublk: the device number N of `/dev/ublkbN` to create; absent: the next free one. (The
+    /// host records the number it got, and takes the same device over after a restart.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ublk_id: Option<u32>,
 }
 
 /// A block device attached to a pool: `POST` answers with it, `GET .../frontends` lists them.
@@ -418,7 +422,7 @@ pub struct AttachedFrontend {
     pub kind: FrontendKind,
     /// The pool.
     pub pool: String,
-    /// Where clients reach it: `nbd+unix:///?socket=PATH` or `nbd://HOST:PORT`.
+    /// Where clients reach it: `nbd+unix:///?socket=PATH`, `nbd://HOST:PORT` or `/dev/ublkbN`.
     pub address: String,
     /// The export name clients may ask for (the empty default export works too).
     pub export_name: String,

@@ -156,12 +156,19 @@ pub enum PoolCommand {
     },
 }
 
-/// `tmem pool attach`: where the NBD server listens, the size, the backing file.
+/// `tmem pool attach`: the transport (an NBD server's socket or address, or a ublk device),
+/// the size, the backing file.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("where").required(true).args(["nbd_socket", "nbd_listen"])))]
+#[command(group(ArgGroup::new("where").required(true).args(["nbd_socket", "nbd_listen", "ublk"])))]
 pub struct PoolAttachArgs {
     /// The pool name.
     name: String,
+    /// Serve a ublk device, /dev/ublkbN (the host needs the ublk_drv module and root).
+    #[arg(long)]
+    ublk: bool,
+    /// With --ublk: the device number N to create (default: the next free one).
+    #[arg(long, value_name = "N", requires = "ublk")]
+    ublk_id: Option<u32>,
     /// Serve NBD on a Unix socket at this absolute path.
     #[arg(long, value_name = "PATH")]
     nbd_socket: Option<PathBuf>,
@@ -644,12 +651,13 @@ impl PoolCreateArgs {
 impl PoolAttachArgs {
     fn into_request(self) -> AttachRequest {
         AttachRequest {
-            kind: FrontendKind::Nbd,
+            kind: if self.ublk { FrontendKind::Ublk } else { FrontendKind::Nbd },
             size_bytes: self.size,
             backing: self.backing.display().to_string(),
             socket: self.nbd_socket.map(|p| p.display().to_string()),
             listen: self.nbd_listen,
             allow_remote: self.allow_remote,
+            ublk_id: self.ublk_id,
         }
     }
 }

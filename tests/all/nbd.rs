@@ -140,6 +140,7 @@ fn unix_request(dir: &Path, size: u64) -> AttachRequest {
         socket: Some(dir.join("nbd.sock").display().to_string()),
         listen: None,
         allow_remote: false,
+        ublk_id: None,
     }
 }
 
@@ -554,12 +555,18 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
         (AttachRequest { listen: Some("127.0.0.1:0".into()), ..good.clone() }, 400, "invalid_frontend"),
         (AttachRequest { socket: None, listen: Some("0.0.0.0:0".into()), ..good.clone() }, 400, "invalid_frontend"),
         (AttachRequest { socket: None, listen: Some("localhost".into()), ..good.clone() }, 400, "invalid_frontend"),
-        (AttachRequest { kind: FrontendKind::Ublk, ..good.clone() }, 400, "unsupported_frontend"),
+        (AttachRequest { kind: FrontendKind::Ublk, ..good.clone() }, 400, "invalid_frontend"),
+        (AttachRequest { ublk_id: Some(3), ..good.clone() }, 400, "invalid_frontend"),
     ];
     for (request, status, code) in refused {
         assert_eq!(api_error(client.attach_frontend("a", &request)), (status, code.to_string()), "{request:?}");
     }
     assert_eq!(api_error(client.attach_frontend("nope", &good)), (404, "pool_not_found".into()));
+    if !Path::new("/dev/ublk-control").exists() {
+        // This kernel has no ublk driver (kernel_swap.rs runs ublk in a guest kernel that has).
+        let ublk = AttachRequest { kind: FrontendKind::Ublk, socket: None, ..good.clone() };
+        assert_eq!(api_error(client.attach_frontend("a", &ublk)), (400, "unsupported_frontend".into()));
+    }
     let (status, body) = client
         .request("POST", "/api/v1/pools/a/frontends", Some(("application/json", br#"{"kind": "iscsi", "size_bytes": 4096, "backing": "/tmp/x"}"#)), true)
         .unwrap();

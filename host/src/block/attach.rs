@@ -29,6 +29,7 @@ use tmem_api::rest::{AttachRequest, AttachedFrontend, FrontendKind};
 
 use super::device::{BlockDevice, OpenError, Start};
 use super::nbd::{Export, Listen, NbdServer};
+use super::ublk::{self, UblkServer};
 use crate::catalog::{CatalogError, FrontendRecord};
 use crate::host::{Host, HostError};
 use crate::pool::{Attachment, Frontend, Pool};
@@ -78,8 +79,24 @@ struct Attached {
     /// The backing file, its directory resolved (to tell two spellings of one file apart).
     backing: PathBuf,
     device: Arc<BlockDevice>,
-    server: Mutex<NbdServer>,
+    server: Mutex<Transport>,
     uri: String,
+}
+
+/// What serves a device.
+enum Transport {
+    Nbd(NbdServer),
+    /// `None` once stopped.
+    Ublk(Option<UblkServer>),
+}
+
+impl Transport {
+    fn connections(&self) -> (u64, u64) {
+        match self {
+            Transport::Nbd(server) => (server.connections(), server.connections_total()),
+            Transport::Ublk(server) => (u64::from(server.is_some()), 1),
+        }
+    }
 }
 
 impl Frontend for Attached {
@@ -93,14 +110,18 @@ impl Frontend for Attached {
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let mut counters = self.device.counters();
-        let server = self.server.lock();
-        counters.push(("connections", server.connections()));
-        counters.push(("connections_total", server.connections_total()));
+        let (open, total) = self.server.lock().connections();
+        counters.push(("connections", open));
+        counters.push(("connections_total", total));
         counters
     }
 
     fn attachment(&self) -> Option<Attachment> {
-        Some(Attachment { id: self.id.clone(), kind: "nbd", address: self.uri.clone() })
+        let kind = match self.request.kind {
+            FrontendKind::Nbd => "nbd",
+            FrontendKind::Ublk => "ublk",
+        };
+        Some(Attachment { id: self.id.clone(), kind, address: self.uri.clone() })
     }
 }
 
@@ -117,13 +138,27 @@ impl Attached {
             backing: self.request.backing.clone(),
             socket: self.request.socket.clone(),
             listen: self.request.listen.clone(),
-            connections: self.server.lock().connections(),
+            connections: self.server.lock().connections().0,
         }
     }
 
-    /// Stops serving and lets go of the pool (not the pages: see [`Attached::release`]).
-    fn stop(self: &Arc<Self>) {
-        self.server.lock().stop();
+    /// Stops serving and lets go of the pool (not the pages: see [`Attached::release`]). A
+    /// ublk device is deleted when `for_good` (detach); otherwise (the host is stopping) it
+    /// stays for the next host process to take over (user recovery).
+    fn stop(self: &Arc<Self>, for_good: bool) {
+        match &mut *self.server.lock() {
+            Transport::Nbd(server) => server.stop(),
+            Transport::Ublk(server) => {
+                if let Some(server) = server.take() {
+                    if for_good {
+                        server.delete();
+                    } else {
+                        tracing::info!(device = %server.path(), "ublk device left for the next host process to take over");
+                        std::mem::forget(server);
+                    }
+                }
+            }
+        }
         let as_frontend: Arc<dyn Frontend> = self.clone();
         self.pool.detach_frontend(&as_frontend);
     }
@@ -157,6 +192,36 @@ fn resolve(path: &Path, what: &str) -> Result<PathBuf, AttachError> {
     Ok(dir.join(name))
 }
 
+/// Where a device is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    Nbd(Listen),
+    /// `/dev/ublkbN`: the number asked for (`None`: the next free one).
+    Ublk(Option<u32>),
+}
+
+fn place_of(request: &AttachRequest) -> Result<Place, AttachError> {
+    match request.kind {
+        FrontendKind::Nbd if request.ublk_id.is_some() => {
+            Err(AttachError::Invalid("ublk_id applies to \"kind\": \"ublk\" only".into()))
+        }
+        FrontendKind::Nbd => listen_of(request).map(Place::Nbd),
+        FrontendKind::Ublk if request.socket.is_some() || request.listen.is_some() || request.allow_remote => Err(
+            AttachError::Invalid("a ublk device is /dev/ublkbN on this host: it takes no socket, listen or allow_remote".into()),
+        ),
+        FrontendKind::Ublk => {
+            if !Path::new("/dev/ublk-control").exists() {
+                return Err(AttachError::Unsupported(
+                    "this kernel has no ublk driver (/dev/ublk-control is missing: modprobe ublk_drv, Linux 6.0+); \
+                     use \"kind\": \"nbd\""
+                        .into(),
+                ));
+            }
+            Ok(Place::Ublk(request.ublk_id))
+        }
+    }
+}
+
 fn listen_of(request: &AttachRequest) -> Result<Listen, AttachError> {
     match (&request.socket, &request.listen) {
         (Some(socket), None) => {
@@ -182,10 +247,14 @@ fn listen_of(request: &AttachRequest) -> Result<Listen, AttachError> {
     }
 }
 
-fn new_id() -> Result<String, AttachError> {
+fn new_id(kind: FrontendKind) -> Result<String, AttachError> {
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).map_err(|e| AttachError::Invalid(format!("no randomness for an id: {e}")))?;
-    Ok(format!("nbd-{}", hex::encode(bytes)))
+    let prefix = match kind {
+        FrontendKind::Nbd => "nbd",
+        FrontendKind::Ublk => "ublk",
+    };
+    Ok(format!("{prefix}-{}", hex::encode(bytes)))
 }
 
 impl BlockDevices {
@@ -193,14 +262,9 @@ impl BlockDevices {
     /// and returns how clients reach it.
     pub fn attach(&self, host: &Host, pool_name: &str, request: &AttachRequest) -> Result<AttachedFrontend, AttachError> {
         let _changes = self.changes.lock();
-        if request.kind == FrontendKind::Ublk {
-            return Err(AttachError::Unsupported(
-                "ublk block devices are not supported yet (they come with the ublk transport); use \"kind\": \"nbd\"".into(),
-            ));
-        }
         let pool = host.pool(pool_name)?;
         let backing = resolve(Path::new(&request.backing), "backing")?;
-        let listen = listen_of(request)?;
+        let place = place_of(request)?;
         {
             let attached = self.attached.lock();
             for other in attached.values() {
@@ -219,7 +283,12 @@ impl BlockDevices {
                         message: format!("backing file {} is in use by block device {} of pool '{}'", request.backing, other.id, other.pool.name()),
                     });
                 }
-                if other.server.lock().listen() == &listen {
+                let taken = match (&*other.server.lock(), &place) {
+                    (Transport::Nbd(server), Place::Nbd(listen)) => server.listen() == listen,
+                    (Transport::Ublk(_), Place::Ublk(Some(id))) => other.request.ublk_id == Some(*id),
+                    _ => false,
+                };
+                if taken {
                     return Err(AttachError::Conflict {
                         code: "address_in_use",
                         message: format!("{} is in use by block device {} of pool '{}'", other.uri, other.id, other.pool.name()),
@@ -227,11 +296,11 @@ impl BlockDevices {
                 }
             }
         }
-        let attached = self.start(new_id()?, pool, request.clone(), backing, &listen, Start::Empty)?;
+        let attached = self.start(new_id(request.kind)?, pool, request.clone(), backing, &place, Start::Empty)?;
         if let Some(catalog) = host.catalog() {
             let record = FrontendRecord { id: attached.id.clone(), pool: pool_name.to_string(), request: attached.request.clone() };
             if let Err(e) = catalog.put_frontend(&record) {
-                attached.stop();
+                attached.stop(true);
                 return Err(e.into());
             }
         }
@@ -241,14 +310,16 @@ impl BlockDevices {
         Ok(info)
     }
 
-    /// Creates the device and its server and attaches it to the pool.
+    /// Creates the device and its server and attaches it to the pool. `start` says whether
+    /// the device resumes its contents; for ublk, `Start::Resume` also takes over the
+    /// device the previous host process left (user recovery) when the kernel still has it.
     fn start(
         &self,
         id: String,
         pool: Arc<Pool>,
         mut request: AttachRequest,
         backing: PathBuf,
-        listen: &Listen,
+        place: &Place,
         start: Start,
     ) -> Result<Arc<Attached>, AttachError> {
         let device = BlockDevice::new(pool.clone(), request.size_bytes, &backing, start).map_err(|e| match e {
@@ -256,21 +327,47 @@ impl BlockDevices {
             OpenError::BackingInUse(m) => AttachError::Conflict { code: "backing_in_use", message: m },
         })?;
         let device = Arc::new(device);
-        let export = Arc::new(Export {
-            device: device.clone(),
-            name: pool.name().to_string(),
-            description: format!("tmem pool '{}' ({})", pool.name(), pool.chain().describe()),
-        });
-        let server = NbdServer::start(export, listen).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AlreadyExists => {
-                AttachError::Conflict { code: "address_in_use", message: format!("cannot listen: {e}") }
+        let (server, uri) = match place {
+            Place::Nbd(listen) => {
+                let export = Arc::new(Export {
+                    device: device.clone(),
+                    name: pool.name().to_string(),
+                    description: format!("tmem pool '{}' ({})", pool.name(), pool.chain().describe()),
+                });
+                let server = NbdServer::start(export, listen).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AlreadyExists => {
+                        AttachError::Conflict { code: "address_in_use", message: format!("cannot listen: {e}") }
+                    }
+                    _ => AttachError::Invalid(format!("cannot listen on {listen:?}: {e}")),
+                })?;
+                if let Listen::Tcp(addr) = server.listen() {
+                    request.listen = Some(addr.to_string());
+                }
+                let uri = server.uri();
+                (Transport::Nbd(server), uri)
             }
-            _ => AttachError::Invalid(format!("cannot listen on {listen:?}: {e}")),
-        })?;
-        if let Listen::Tcp(addr) = server.listen() {
-            request.listen = Some(addr.to_string());
-        }
-        let uri = server.uri();
+            Place::Ublk(wanted) => {
+                let recover = match wanted {
+                    Some(n) if ublk::awaits_recovery(*n) => {
+                        if start == Start::Resume {
+                            true
+                        } else {
+                            // The old device's contents are gone with its pool: a fresh device.
+                            ublk::delete(*n);
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+                let server = UblkServer::start(device.clone(), *wanted, recover).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => AttachError::Unsupported(e.to_string()),
+                    _ => AttachError::Invalid(format!("cannot start the ublk device: {e}")),
+                })?;
+                request.ublk_id = Some(server.id());
+                let uri = server.path();
+                (Transport::Ublk(Some(server)), uri)
+            }
+        };
         let attached = Arc::new(Attached { id, pool: pool.clone(), request, backing, device, server: Mutex::new(server), uri });
         pool.attach_frontend(attached.clone());
         Ok(attached)
@@ -285,7 +382,7 @@ impl BlockDevices {
             catalog.remove_frontend(id)?;
         }
         self.attached.lock().remove(id);
-        attached.stop();
+        attached.stop(true);
         attached.device.release();
         tracing::info!(pool = %pool_name, id, "block device detached");
         Ok(())
@@ -330,7 +427,7 @@ impl BlockDevices {
     fn resume(&self, host: &Host, record: &FrontendRecord) -> Result<Arc<Attached>, AttachError> {
         let pool = host.pool(&record.pool)?;
         let backing = resolve(Path::new(&record.request.backing), "backing")?;
-        let listen = listen_of(&record.request)?;
+        let place = place_of(&record.request)?;
         let start = if pool.is_persistent() {
             Start::Resume
         } else {
@@ -341,7 +438,7 @@ impl BlockDevices {
             );
             Start::Empty
         };
-        self.start(record.id.clone(), pool, record.request.clone(), backing, &listen, start)
+        self.start(record.id.clone(), pool, record.request.clone(), backing, &place, start)
     }
 
     /// Stops every server (the host is shutting down); attachments stay in the catalog and
@@ -349,7 +446,7 @@ impl BlockDevices {
     pub fn stop_all(&self) {
         let all: Vec<Arc<Attached>> = std::mem::take(&mut *self.attached.lock()).into_values().collect();
         for attached in all {
-            attached.stop();
+            attached.stop(false);
         }
     }
 }

@@ -9,9 +9,12 @@
 //!   per-page map of where each page lives, the backing file, flush, shrink's take-back).
 //! - [`nbd`] — [`NbdServer`](nbd::NbdServer): the NBD transport (fixed newstyle, structured
 //!   replies, Unix socket or TCP).
+//! - [`ublk`] — [`UblkServer`](ublk::UblkServer): the ublk transport (`/dev/ublkbN`, served
+//!   through the kernel's ublk driver; locked memory, user recovery).
 //! - [`attach`] — [`BlockDevices`](attach::BlockDevices): devices attached through the API,
 //!   kept in the catalog and served again after a restart.
 
 pub mod attach;
 pub mod device;
 pub mod nbd;
+pub mod ublk;
