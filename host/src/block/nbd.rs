@@ -343,6 +343,7 @@ fn accept_loop<S: Stream>(
         live.insert(id, (Box::new(move || handle.shut()), None));
         let (export, registry) = (export.clone(), connections.clone());
         let thread = std::thread::Builder::new().name(format!("tmem-nbd-{id}")).spawn(move || {
+            super::become_io_flusher();
             if let Err(e) = serve_connection(&export, stream) {
                 tracing::info!(export = %export.name, "NBD connection closed: {e}");
             }

@@ -13,7 +13,7 @@
 //! - the whole process's memory is locked (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`)
 //!   before the first device starts — without it the kernel swaps the server's own pages
 //!   through the server and stalls (test-recipes.md saw it after 224 pages);
-//! - every queue thread is `PR_SET_IO_FLUSHER`: its allocations never recurse into I/O;
+//! - every queue thread is an I/O flusher ([`super::become_io_flusher`]);
 //! - the I/O buffers are allocated once per queue (`queue_depth` × `max_io_buf_bytes`) at
 //!   start, and a request is served in place in its buffer: nothing is allocated per request
 //!   by the transport.
@@ -40,10 +40,6 @@ use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, UblkFlags, UblkIORes, sys};
 
 use super::device::BlockDevice;
-
-/// `prctl(PR_SET_IO_FLUSHER, 1)` (Linux 5.6): the thread takes part in writing pages out, so
-/// its memory allocations never wait for I/O.
-const PR_SET_IO_FLUSHER: libc::c_int = 57;
 
 /// Hardware queues of a device, each with its own thread.
 pub const QUEUES: u16 = 2;
@@ -81,29 +77,6 @@ pub fn delete(id: u32) {
     }
 }
 
-/// Locks every page of this process, present and future, in memory (once per process).
-fn lock_process_memory() -> io::Result<()> {
-    static LOCKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    LOCKED
-        .get_or_init(|| {
-            // SAFETY: mlockall takes flags only.
-            let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
-            if rc == 0 {
-                tracing::info!("process memory locked (mlockall): the kernel can swap to this host's ublk devices");
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error().to_string())
-            }
-        })
-        .clone()
-        .map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("cannot lock the host's memory (mlockall: {e}); a swap device whose server can be swapped out deadlocks — run as root or raise RLIMIT_MEMLOCK"),
-            )
-        })
-}
-
 /// A ublk device serving a [`BlockDevice`].
 #[derive(Debug)]
 pub struct UblkServer {
@@ -122,7 +95,7 @@ impl UblkServer {
                 "/dev/ublk-control is missing: this kernel has no ublk driver loaded (modprobe ublk_drv; Linux 6.0+)",
             ));
         }
-        lock_process_memory()?;
+        super::lock_process_memory()?;
         let requested = match (id, recover) {
             (Some(id), true) => {
                 let ctrl = UblkCtrl::new_simple(id as i32).map_err(ublk_error)?;
@@ -217,10 +190,7 @@ fn serve(device: Arc<BlockDevice>, id: i32, recover: bool, started: mpsc::Sender
 
 /// One hardware queue: its buffers, and requests served in place until the device goes.
 fn serve_queue(qid: u16, dev: &UblkDev, device: &BlockDevice) {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
-        tracing::warn!(queue = qid, "PR_SET_IO_FLUSHER: {}", io::Error::last_os_error());
-    }
+    super::become_io_flusher();
     let buffers = dev.alloc_queue_io_bufs();
     let handle = |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
         let iod = q.get_iod(tag);
