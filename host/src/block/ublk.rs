@@ -198,22 +198,28 @@ fn serve_queue(qid: u16, dev: &UblkDev, device: &BlockDevice) {
         let len = u64::from(iod.nr_sectors) << 9;
         let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
         let buffer = &buffers[tag as usize];
-        let result = if len > MAX_IO_BYTES as u64 {
-            Err(libc::EINVAL)
-        } else {
+        // The data of a read or a write, in place in the tag's buffer. Discards and
+        // write-zeroes carry no data and may be far longer than a buffer.
+        let data = || {
+            if len > u64::from(MAX_IO_BYTES) {
+                return None;
+            }
             // SAFETY: the kernel hands tag `tag`'s buffer to this thread between the fetch and
             // the commit below, and only this thread serves `tag`: nothing else reads or
             // writes it now. `len` is at most the buffer's size (checked above).
-            let data = unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr(), len as usize) };
-            let done = match iod.op_flags & 0xff {
-                sys::UBLK_IO_OP_READ => device.read(offset, data).map(|()| len),
-                sys::UBLK_IO_OP_WRITE => device.write(offset, data, fua).map(|()| len),
-                sys::UBLK_IO_OP_FLUSH => device.flush().map(|()| 0),
-                sys::UBLK_IO_OP_DISCARD => device.discard(offset, len, fua).map(|()| 0),
-                sys::UBLK_IO_OP_WRITE_ZEROES => device.write_zeroes(offset, len, fua).map(|()| 0),
-                _ => return complete(q, tag, buffer, -libc::EOPNOTSUPP),
-            };
-            done.map_err(|e| e.errno() as i32)
+            Some(unsafe { std::slice::from_raw_parts_mut(buffer.as_mut_ptr(), len as usize) })
+        };
+        let result = match iod.op_flags & 0xff {
+            sys::UBLK_IO_OP_READ => data().map(|data| device.read(offset, data).map(|()| len)),
+            sys::UBLK_IO_OP_WRITE => data().map(|data| device.write(offset, data, fua).map(|()| len)),
+            sys::UBLK_IO_OP_FLUSH => Some(device.flush().map(|()| 0)),
+            sys::UBLK_IO_OP_DISCARD => Some(device.discard(offset, len, fua).map(|()| 0)),
+            sys::UBLK_IO_OP_WRITE_ZEROES => Some(device.write_zeroes(offset, len, fua).map(|()| 0)),
+            _ => return complete(q, tag, buffer, -libc::EOPNOTSUPP),
+        };
+        let result = match result {
+            None => Err(libc::EINVAL),
+            Some(done) => done.map_err(|e| e.errno() as i32),
         };
         complete(q, tag, buffer, result.map_or_else(|errno| -errno, |n| n as i32));
     };
