@@ -31,6 +31,9 @@ struct Scenario {
     bins: Vec<(PathBuf, &'static str)>,
     /// Guest RAM in MiB.
     memory_mib: u32,
+    /// Guest CPUs. One is fastest under TCG (a second vCPU costs more in cross-CPU work than
+    /// it gains on this 2-core machine).
+    cpus: u32,
     /// `swapcheck`'s size in MiB (`tmem.mib`); more than the guest's RAM.
     workload_mib: u32,
     /// `swapcheck`'s passes (`tmem.passes`).
@@ -222,8 +225,8 @@ fn boot_guest(scenario: &Scenario) -> GuestRun {
     );
     let started = Instant::now();
     let child = Command::new(&qemu)
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-nodefaults", "-display", "none", "-serial", "stdio"])
-        .args(["-no-reboot", "-m", &scenario.memory_mib.to_string()])
+        .args(["-accel", "tcg", "-cpu", "max", "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(["-smp", &scenario.cpus.to_string(), "-m", &scenario.memory_mib.to_string()])
         .arg("-kernel")
         .arg(kernel.join("vmlinuz"))
         .arg("-initrd")
@@ -294,6 +297,7 @@ fn zram_swap_verifies_more_than_the_guests_ram() {
         init: "zram.init",
         bins: vec![],
         memory_mib: 256,
+        cpus: 1,
         workload_mib: 320,
         passes: 2,
         timeout: Duration::from_secs(300),
@@ -327,6 +331,7 @@ fn tmem_nbd_swap_verifies_more_than_the_guests_ram() {
         init: "nbd.init",
         bins: vec![(PathBuf::from(env!("CARGO_BIN_EXE_tmem")), "/bin/tmem"), (find_program("nbd-client"), "/bin/nbd-client")],
         memory_mib: 512,
+        cpus: 2,
         workload_mib: 640,
         passes: 2,
         timeout: Duration::from_secs(900),
@@ -342,4 +347,46 @@ fn tmem_nbd_swap_verifies_more_than_the_guests_ram() {
     assert!(loads > 0, "pages were loaded from the pool (loads={loads})");
     assert_eq!(pool["counters"]["load_failures"].as_u64().unwrap_or(0), 0, "no load failed");
     eprintln!("tmem-nbd: pswpout={pswpout} succ_stores={stores} loads={loads}");
+}
+
+/// The checks are honest: `swapcheck` (run natively here, a few MiB) reports a page it finds
+/// corrupted and exits 1, and [`GuestRun::assert_swapped_and_verified`] refuses that run, and
+/// also a clean run in which nothing was swapped and the workload fit in RAM.
+#[test]
+fn swap_checks_refuse_bad_data_and_runs_without_swapping() {
+    let scenario = Scenario {
+        name: "native",
+        init: "zram.init",
+        bins: vec![],
+        memory_mib: 256,
+        cpus: 1,
+        workload_mib: 4,
+        passes: 2,
+        timeout: Duration::from_secs(60),
+    };
+    let native = |extra: &[&str]| {
+        let output = Command::new(swapcheck()).args(["4", "2"]).args(extra).output().expect("swapcheck runs natively");
+        let mut serial = String::from_utf8(output.stdout).unwrap();
+        serial.push_str(&format!("GUEST INIT\nGUEST SWAPCHECK EXIT {}\nGUEST DONE\n", output.status.code().unwrap_or(-1)));
+        GuestRun { serial, log: PathBuf::from("(native run)"), boot: Duration::ZERO, workload: None, total: Duration::ZERO }
+    };
+    // The check's panic message (empty if it passed).
+    let refusal = |run: &GuestRun| {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.assert_swapped_and_verified(&scenario)));
+        result.err().map(|panic| panic.downcast::<String>().map(|text| *text).unwrap_or_default()).unwrap_or_default()
+    };
+
+    let corrupted = native(&["corrupt=77"]);
+    assert!(corrupted.serial.contains("SWAPCHECK FAIL page=77 pass=0"), "{}", corrupted.serial);
+    assert!(corrupted.serial.contains("GUEST SWAPCHECK EXIT 1"), "{}", corrupted.serial);
+    let why = refusal(&corrupted);
+    assert!(why.contains("the guest reported a failure: SWAPCHECK FAIL page=77"), "a corrupted page fails the check: {why}");
+
+    let clean = native(&[]);
+    assert_eq!(clean.number("SWAPCHECK OK", "verified"), 2048, "{}", clean.serial);
+    let why = refusal(&clean);
+    assert!(why.contains("must exceed the guest's RAM"), "a run that fits in RAM fails the check: {why}");
+    let fitting = GuestRun { serial: clean.serial.replace("memtotal_kib=", "memtotal_kib=1 was="), ..clean };
+    let why = refusal(&fitting);
+    assert!(why.contains("must have swapped out and in"), "a run that never swapped fails the check: {why}");
 }

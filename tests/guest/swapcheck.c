@@ -1,7 +1,7 @@
 //! swapcheck: the guest-kernel tests' workload (tests/all/kernel_swap.rs). It writes and
 //! re-reads verified data larger than the guest's RAM, so the kernel must swap it out and in.
 //!
-//!   swapcheck MIB [PASSES]     (compiled at test time: gcc -static -O2)
+//!   swapcheck MIB [PASSES [corrupt=PAGE]]     (compiled at test time: gcc -static -O2)
 //!
 //! Allocates MIB MiB in 4 MiB chunks. Pass 0 writes every 4 KiB page with a pattern derived from
 //! (page index, pass); each later pass verifies every page against the previous pass's pattern
@@ -9,6 +9,8 @@
 //! PASSES times and verified PASSES times. A page is 64 blocks of 64 bytes, each naming the page,
 //! the pass and the block: a page from elsewhere, a stale page, a zero page or a misplaced sector
 //! never verifies; the repetition keeps pages compressible (as real anonymous memory mostly is).
+//! `corrupt=PAGE` flips one byte of that page after the first pass: the harness's own test that
+//! a bad page is reported.
 //!
 //! Marker lines (stdout), which the test on the outside parses:
 //!   SWAPCHECK START mib=M pages=N passes=P memtotal_kib=K
@@ -111,12 +113,13 @@ static void verify(size_t page, uint64_t pass, uint64_t *expected) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: swapcheck MIB [PASSES]\n");
+    if (argc < 2 || argc > 4 || (argc == 4 && strncmp(argv[3], "corrupt=", 8) != 0)) {
+        fprintf(stderr, "usage: swapcheck MIB [PASSES [corrupt=PAGE]]\n");
         return 2;
     }
     size_t mib = strtoul(argv[1], NULL, 10);
-    int passes = argc == 3 ? atoi(argv[2]) : 2;
+    int passes = argc >= 3 && argv[2][0] ? atoi(argv[2]) : 2;
+    long corrupt = argc == 4 ? atol(argv[3] + 8) : -1;
     if (mib == 0 || passes < 1) {
         fprintf(stderr, "swapcheck: MIB and PASSES must be positive\n");
         return 2;
@@ -144,6 +147,7 @@ int main(int argc, char **argv) {
             if (pass > 0) verify(page, pass - 1, expected);
             if (pass < passes) pattern(page_at(page), page, pass);
         }
+        if (pass == 0 && corrupt >= 0 && (size_t)corrupt < pages) ((volatile uint8_t *)page_at(corrupt))[100] ^= 1;
         printf("SWAPCHECK PASS n=%d seconds=%.1f pswpin=%ld pswpout=%ld\n", pass, now() - start,
                proc_value("/proc/vmstat", "pswpin") - in0, proc_value("/proc/vmstat", "pswpout") - out0);
         fflush(stdout);
