@@ -324,7 +324,7 @@ fn zram_swap_verifies_more_than_the_guests_ram() {
 /// guest's only swap. The data must verify, the kernel must have swapped, and the pool's own
 /// counters must show the pages went through it (stored and loaded back).
 #[test]
-#[ignore = "needs the NBD frontend (issue 8 part 1)"]
+#[ignore = "needs the NBD frontend (issue 8 part 1) and `tmem serve --mlock`"]
 fn tmem_nbd_swap_verifies_more_than_the_guests_ram() {
     let scenario = Scenario {
         name: "tmem-nbd",
