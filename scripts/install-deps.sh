@@ -13,11 +13,17 @@ need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
 command -v llvm-ar >/dev/null || need_apt+=(llvm)
 if [ "${1:-}" = "--test" ]; then
+    # The block-device tests' NBD clients: qemu-io and qemu-img, nbdinfo and nbdcopy, fio, nbdkit.
+    command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
+    command -v nbdcopy >/dev/null || need_apt+=(libnbd-bin)
+    command -v fio >/dev/null || need_apt+=(fio)
+    command -v nbdkit >/dev/null || need_apt+=(nbdkit)
     command -v redis-server >/dev/null || need_apt+=(redis-server)
     command -v redis-cli >/dev/null || need_apt+=(redis-tools)
     [ -x /usr/bin/chromium ] || need_apt+=(chromium)
     command -v node >/dev/null || need_apt+=(nodejs)
     command -v npm >/dev/null || need_apt+=(npm)
+    # The guest-kernel tests (scripts/guest/): QEMU, the initramfs tools, swapcheck, nbd-client.
     command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
     dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
     command -v cpio >/dev/null || need_apt+=(cpio)

@@ -24,6 +24,7 @@ use crate::rest::{
     API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolCheck, PoolConfig, PoolInfo, PoolPatch,
     ShrinkRequest, ShrinkResult, StatsSample, StoreResult,
 };
+use crate::rest::{AttachRequest, AttachedFrontend};
 
 /// The error code the server gives an absent page (`404`).
 pub const PAGE_NOT_FOUND: &str = "page_not_found";
@@ -261,6 +262,26 @@ impl Client {
     /// `POST /api/v1/pools/{name}/shrink`: brings the pool down to at most `target_pages`.
     pub fn shrink(&self, pool: &str, target_pages: u64) -> Result<ShrinkResult, ClientError> {
         self.send_json("POST", &format!("{}/shrink", pool_path(pool)), &ShrinkRequest { target_pages })
+    }
+
+    // ----- block frontends -----
+
+    /// `POST /api/v1/pools/{pool}/frontends`: attaches a block device (an NBD server) to the
+    /// pool; the answer says how clients reach it.
+    pub fn attach_frontend(&self, pool: &str, request: &AttachRequest) -> Result<AttachedFrontend, ClientError> {
+        self.send_json("POST", &format!("{}/frontends", pool_path(pool)), request)
+    }
+
+    /// `GET /api/v1/pools/{pool}/frontends`: the pool's block devices.
+    pub fn frontends(&self, pool: &str) -> Result<Vec<AttachedFrontend>, ClientError> {
+        self.get_json(&format!("{}/frontends", pool_path(pool)))
+    }
+
+    /// `DELETE /api/v1/pools/{pool}/frontends/{id}`: detaches a block device (its pages leave
+    /// the pool).
+    pub fn detach_frontend(&self, pool: &str, id: &str) -> Result<(), ClientError> {
+        let (status, body) = self.request("DELETE", &format!("{}/frontends/{}", pool_path(pool), encode(id)), None, true)?;
+        success(status, &body)
     }
 
     // ----- pages -----

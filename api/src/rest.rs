@@ -288,6 +288,15 @@ pub struct FrontendInfo {
     pub name: String,
     /// Its counters (batches, stores, rejected, loads, absent, invalidates, taken_back, ...).
     pub counters: BTreeMap<String, u64>,
+    /// Block devices attached through the API: the attachment's id (for `DELETE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Block devices: `nbd` (later `ublk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Block devices: where clients reach it (`nbd+unix:///?socket=...`, `nbd://HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// Latency of one operation, from the pool's histogram.
@@ -361,6 +370,76 @@ pub struct PoolInfo {
     pub latency: BTreeMap<String, LatencySummary>,
     /// The most recent plugin fault, if any.
     pub last_fault: Option<FaultInfo>,
+}
+
+// ----- block frontends -----
+
+/// The transport of a block frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    /// An NBD server (fixed newstyle) on a Unix socket or a TCP address.
+    Nbd,
+    /// A ublk device (`/dev/ublkbN`, Linux 6.0+ with `ublk_drv`) served by the host itself.
+    Ublk,
+}
+
+/// The body of `POST /api/v1/pools/{name}/frontends`: a block device over the pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// `nbd` or `ublk`.
+    pub kind: FrontendKind,
+    /// The device's size: a nonzero multiple of the pool's page size (its block size).
+    pub size_bytes: u64,
+    /// Absolute path of the backing file that takes the pages the pool refuses (created if
+    /// missing, sized to `size_bytes`, sparse; one device per file).
+    pub backing: String,
+    /// NBD on a Unix socket at this absolute path (mode 0600). Exactly one of `socket` and
+    /// `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// NBD on this TCP address, e.g. `127.0.0.1:10809` (port 0: any free port). NBD has no
+    /// authentication: only loopback addresses unless `allow_remote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Allow a `listen` address beyond loopback (anyone who reaches it can read and write the
+    /// device).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_remote: bool,
+    /// ublk: the device number N of `/dev/ublkbN` to create; absent: the next free one. (The
+    /// host records the number it got, and takes the same device over after a restart.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ublk_id: Option<u32>,
+}
+
+/// A block device attached to a pool: `POST` answers with it, `GET .../frontends` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttachedFrontend {
+    /// The attachment's id (`DELETE /api/v1/pools/{name}/frontends/{id}`).
+    pub id: String,
+    /// The transport.
+    pub kind: FrontendKind,
+    /// The pool.
+    pub pool: String,
+    /// Where clients reach it: `nbd+unix:///?socket=PATH`, `nbd://HOST:PORT` or `/dev/ublkbN`.
+    pub address: String,
+    /// The export name clients may ask for (the empty default export works too).
+    pub export_name: String,
+    /// Bytes.
+    pub size_bytes: u64,
+    /// Every request is aligned to it (the pool's page size).
+    pub block_size: u32,
+    /// The backing file.
+    pub backing: String,
+    /// The Unix socket, if it listens on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// The TCP address (port resolved), if it listens on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Connections open now.
+    pub connections: u64,
 }
 
 // ----- pages -----

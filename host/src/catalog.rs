@@ -11,11 +11,13 @@
 //! - `pools`: pool name → the pool's [`PoolRecord`] as JSON: its config (versions pinned by
 //!   sha256) and, for a persistent pool, its database directory and every chain generation
 //!   whose pages are on disk.
+//! - `frontends`: attachment id → the block device's [`FrontendRecord`] as JSON (its pool and
+//!   its attach request, a TCP port resolved), so a restarted host serves it again.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tmem_api::rest::{BackendRequest, PoolConfig};
+use tmem_api::rest::{AttachRequest, BackendRequest, PoolConfig};
 
 /// What the catalog keeps of a pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +45,18 @@ pub struct GenerationRecord {
     pub backends: Vec<BackendRequest>,
 }
 
+/// A block device attached through the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendRecord {
+    /// The attachment's id.
+    pub id: String,
+    /// The pool it stores into.
+    pub pool: String,
+    /// What was asked for (a TCP port 0 replaced by the port bound).
+    pub request: AttachRequest,
+}
+
 /// Why the catalog could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("catalog: {0}")]
@@ -68,6 +82,7 @@ pub struct Catalog {
     db: sled::Db,
     modules: sled::Tree,
     pools: sled::Tree,
+    frontends: sled::Tree,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -102,7 +117,8 @@ impl Catalog {
             .map_err(|e| CatalogError(format!("cannot open {}: {e}", dir.display())))?;
         let modules = db.open_tree("modules")?;
         let pools = db.open_tree("pools")?;
-        Ok(Catalog { db, modules, pools })
+        let frontends = db.open_tree("frontends")?;
+        Ok(Catalog { db, modules, pools, frontends })
     }
 
     fn flush(&self) -> Result<(), CatalogError> {
@@ -157,6 +173,28 @@ impl Catalog {
     /// Forgets a pool.
     pub fn remove_pool(&self, name: &str) -> Result<(), CatalogError> {
         self.pools.remove(name.as_bytes())?;
+        self.flush()
+    }
+
+    /// Every kept block device.
+    pub fn frontends(&self) -> Result<Vec<FrontendRecord>, CatalogError> {
+        self.frontends
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(|e| CatalogError(format!("a stored block device is unreadable: {e}"))))
+            .collect()
+    }
+
+    /// Keeps (or replaces) a block device's record.
+    pub fn put_frontend(&self, record: &FrontendRecord) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(record).expect("a frontend record serializes");
+        self.frontends.insert(record.id.as_bytes(), json)?;
+        self.flush()
+    }
+
+    /// Forgets a block device.
+    pub fn remove_frontend(&self, id: &str) -> Result<(), CatalogError> {
+        self.frontends.remove(id.as_bytes())?;
         self.flush()
     }
 }

@@ -25,8 +25,8 @@ use serde_json::{Map, Value};
 use tmem_api::client::{Client, ClientError};
 use tmem_api::manifest::{ConfigKey, ConfigValueKind};
 use tmem_api::rest::{
-    BackendInfo, BackendRequest, Durability, PluginInfo, PluginVersion, PoolConfig, PoolInfo, PoolPatch, SandboxConfig,
-    StoreResult,
+    AttachRequest, BackendInfo, BackendRequest, Durability, FrontendKind, PluginInfo, PluginVersion, PoolConfig, PoolInfo,
+    PoolPatch, SandboxConfig, StoreResult,
 };
 
 /// Where `tmem serve` listens unless told otherwise.
@@ -145,6 +145,45 @@ pub enum PoolCommand {
         #[arg(long, value_name = "N")]
         target_pages: u64,
     },
+    /// Attach a block device (an NBD server) whose pages live in the pool.
+    Attach(PoolAttachArgs),
+    /// Detach a block device (its pages leave the pool; the backing file stays).
+    Detach {
+        /// The pool name.
+        name: String,
+        /// The attachment id (`tmem pool attach` printed it; `tmem pool show` lists it).
+        id: String,
+    },
+}
+
+/// `tmem pool attach`: the transport (an NBD server's socket or address, or a ublk device),
+/// the size, the backing file.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("where").required(true).args(["nbd_socket", "nbd_listen", "ublk"])))]
+pub struct PoolAttachArgs {
+    /// The pool name.
+    name: String,
+    /// Serve a ublk device, /dev/ublkbN (the host needs the ublk_drv module and root).
+    #[arg(long)]
+    ublk: bool,
+    /// With --ublk: the device number N to create (default: the next free one).
+    #[arg(long, value_name = "N", requires = "ublk")]
+    ublk_id: Option<u32>,
+    /// Serve NBD on a Unix socket at this absolute path.
+    #[arg(long, value_name = "PATH")]
+    nbd_socket: Option<PathBuf>,
+    /// Serve NBD on this TCP address, e.g. 127.0.0.1:10809 (loopback unless --allow-remote).
+    #[arg(long, value_name = "ADDR")]
+    nbd_listen: Option<String>,
+    /// Accept a --nbd-listen address beyond loopback (NBD has no authentication).
+    #[arg(long)]
+    allow_remote: bool,
+    /// The device size, a multiple of the pool's page size, e.g. `1G`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    size: u64,
+    /// The backing file for pages the pool refuses (absolute path; created if missing).
+    #[arg(long, value_name = "PATH")]
+    backing: PathBuf,
 }
 
 /// `tmem pool create`.
@@ -486,6 +525,17 @@ fn pool(session: &Session, command: PoolCommand) -> Result<Done, CliError> {
             client.remove_pool(&name).map_err(|e| session.fail(e))?;
             session.say(&format!("removed pool {name}"))?;
         }
+        PoolCommand::Attach(args) => {
+            let name = args.name.clone();
+            let attached = client.attach_frontend(&name, &args.into_request()).map_err(|e| session.fail(e))?;
+            session.show(&attached, |a| {
+                format!("attached block device {} to pool {name}: {} ({}, {}-byte blocks)\n", a.id, a.address, human_bytes(a.size_bytes), a.block_size)
+            })?;
+        }
+        PoolCommand::Detach { name, id } => {
+            client.detach_frontend(&name, &id).map_err(|e| session.fail(e))?;
+            session.say(&format!("detached block device {id} from pool {name}"))?;
+        }
         PoolCommand::Shrink { name, target_pages } => {
             let result = client.shrink(&name, target_pages).map_err(|e| session.fail(e))?;
             session.show(&result, |r| {
@@ -595,6 +645,20 @@ impl PoolCreateArgs {
             });
         }
         config
+    }
+}
+
+impl PoolAttachArgs {
+    fn into_request(self) -> AttachRequest {
+        AttachRequest {
+            kind: if self.ublk { FrontendKind::Ublk } else { FrontendKind::Nbd },
+            size_bytes: self.size,
+            backing: self.backing.display().to_string(),
+            socket: self.nbd_socket.map(|p| p.display().to_string()),
+            listen: self.nbd_listen,
+            allow_remote: self.allow_remote,
+            ublk_id: self.ublk_id,
+        }
     }
 }
 
@@ -1124,7 +1188,17 @@ fn pool_view(info: &PoolInfo) -> String {
         .iter()
         .map(|f| {
             let counter = |k: &str| f.counters.get(k).copied().unwrap_or(0);
-            format!("{} ({} stores, {} loads, {} taken back)", f.name, counter("stores"), counter("loads"), counter("taken_back"))
+            match &f.address {
+                Some(address) => format!(
+                    "{} at {address} ({} writes, {} reads, {} to backing, {} taken back)",
+                    f.name,
+                    counter("writes"),
+                    counter("reads"),
+                    counter("to_backing"),
+                    counter("taken_back")
+                ),
+                None => format!("{} ({} stores, {} loads, {} taken back)", f.name, counter("stores"), counter("loads"), counter("taken_back")),
+            }
         })
         .collect();
     fields.add("frontends", or_dash(&frontends));

@@ -66,6 +66,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         demo_pool: false,
         peer_listen: None,
         socket: None,
+        mlock: false,
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

@@ -15,6 +15,7 @@
 //! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).
 //! - [`demo`] — `tmem demo`: a host plus a userfaultfd workload, verified page by page.
 //! - [`frontend_server`] — the frontends' Unix socket (frontend protocol, shrink callbacks).
+//! - [`block`] — block devices over pools: the block-frontend core and its NBD server.
 //! - [`peer_server`] — the memory server for other hosts' `remote` stores.
 //! - [`persist`] — persistent pools' databases and durability (group commit, periodic flush).
 //! - [`server`] — `tmem serve`: the HTTP listener around a host.
@@ -23,6 +24,7 @@
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`telemetry`] — logging set-up.
 
+pub mod block;
 pub mod bundled;
 pub mod catalog;
 pub mod demo;

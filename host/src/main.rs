@@ -35,6 +35,10 @@ enum Command {
         /// The frontends' Unix socket [default: DATA_DIR/tmem.sock].
         #[arg(long, value_name = "PATH", env = "TMEM_SOCKET")]
         socket: Option<PathBuf>,
+        /// Lock all of the host's memory (mlockall) at start: needed when this machine's own
+        /// kernel swaps to the host's NBD devices (ublk devices lock it themselves).
+        #[arg(long)]
+        mlock: bool,
     },
     /// Run a host and a verified workload in a userfaultfd region 4x larger than its
     /// resident limit, over a `[zstd, ram]` pool (needs root for userfaultfd).
@@ -63,8 +67,8 @@ fn main() -> ExitCode {
     tmem_host::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { listen, data_dir, demo_pool, peer_listen, socket } => {
-            serve(ServeConfig { listen, data_dir, demo_pool, peer_listen, socket })
+        Command::Serve { listen, data_dir, demo_pool, peer_listen, socket, mlock } => {
+            serve(ServeConfig { listen, data_dir, demo_pool, peer_listen, socket, mlock })
         }
         Command::Demo { listen, data_dir, seconds, region_mib, then_serve } => {
             let config = tmem_host::demo::DemoConfig { listen, data_dir, seconds, region_mib, then_serve };

@@ -208,6 +208,34 @@ pub trait Frontend: Send + Sync {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+
+    /// For a frontend the host serves itself (a block device attached through the API): its
+    /// id, kind and client address.
+    fn attachment(&self) -> Option<Attachment> {
+        None
+    }
+}
+
+/// A connected frontend as listings show it.
+#[derive(Debug, Clone)]
+pub struct FrontendDetails {
+    /// Its name.
+    pub name: String,
+    /// Its counters, by name.
+    pub counters: Vec<(&'static str, u64)>,
+    /// For a block device attached through the API: how clients reach it.
+    pub attachment: Option<Attachment>,
+}
+
+/// How clients reach a frontend the host serves itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The attachment's id.
+    pub id: String,
+    /// `nbd`.
+    pub kind: &'static str,
+    /// The client address (an NBD URI).
+    pub address: String,
 }
 
 /// What a new pool is made of. `backends` is resolved to a [`Chain`] by the host.
@@ -1029,9 +1057,13 @@ impl Pool {
         self.frontends.read().iter().map(|f| f.name()).collect()
     }
 
-    /// The connected frontends, with their counters.
-    pub fn frontend_counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
-        self.frontends.read().iter().map(|f| (f.name(), f.counters())).collect()
+    /// The connected frontends, with their counters and (block devices) attachments.
+    pub fn frontend_details(&self) -> Vec<FrontendDetails> {
+        self.frontends
+            .read()
+            .iter()
+            .map(|f| FrontendDetails { name: f.name(), counters: f.counters(), attachment: f.attachment() })
+            .collect()
     }
 
     // ----- settings -----

@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub peer_listen: Option<SocketAddr>,
     /// The frontend socket (`None`: `DATA_DIR/tmem.sock`).
     pub socket: Option<PathBuf>,
+    /// Lock the process's memory at start ([`crate::block::lock_process_memory`]).
+    pub mlock: bool,
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -53,6 +55,9 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
 
 /// Serves `host` on `listener` until `shutdown` completes.
 pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if config.mlock {
+        crate::block::lock_process_memory()?;
+    }
     let (host, token) = build_host(config)?;
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
@@ -64,6 +69,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     };
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend_server::default_socket(&config.data_dir));
     let frontends = crate::frontend_server::bind(&socket)?;
+    let block_host = host.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -98,6 +104,8 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         let _ = peers.await;
     }
     let _ = frontend_task.await;
+    // Block devices stop serving; they stay in the catalog and are served again at the next start.
+    block_host.block_devices().stop_all();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("tmem stopped");
     Ok(())

@@ -12,6 +12,7 @@ mod demo;
 mod frontend;
 mod hot_swap;
 mod kernel_swap;
+mod nbd;
 mod plugin_faults;
 mod peer;
 mod persistence;

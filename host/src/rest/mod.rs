@@ -17,6 +17,7 @@ pub mod live_stats;
 pub mod metrics;
 pub mod plugins;
 pub mod pools;
+pub mod frontends;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     modifiers(&BearerToken),
     tags(
         (name = "plugins", description = "Plugin modules: upload, list, remove"),
+        (name = "frontends", description = "Block devices over a pool (NBD)"),
         (name = "pools", description = "Pools: create, configure, hot swap, destroy"),
         (name = "pages", description = "Pages of a pool, for scripting and tests"),
         (name = "stats", description = "Live statistics of every pool, for dashboards"),
@@ -82,6 +84,8 @@ fn api_routes() -> (axum::Router<Arc<Host>>, utoipa::openapi::OpenApi) {
         .routes(routes!(plugins::get_plugin, plugins::delete_plugin))
         .routes(routes!(pools::list_pools, pools::create_pool))
         .routes(routes!(pools::get_pool, pools::patch_pool, pools::delete_pool))
+        .routes(routes!(frontends::list_frontends, frontends::attach_frontend))
+        .routes(routes!(frontends::detach_frontend))
         .routes(routes!(pools::put_page, pools::get_page, pools::delete_page))
         .routes(routes!(pools::invalidate_area))
         .routes(routes!(pools::shrink))

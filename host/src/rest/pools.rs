@@ -72,9 +72,15 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         durability: config.durability,
         flush_interval_ms: config.flush_interval_ms,
         frontends: pool
-            .frontend_counters()
+            .frontend_details()
             .into_iter()
-            .map(|(name, counters)| FrontendInfo { name, counters: counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })
+            .map(|f| FrontendInfo {
+                name: f.name,
+                counters: f.counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                id: f.attachment.as_ref().map(|a| a.id.clone()),
+                kind: f.attachment.as_ref().map(|a| a.kind.to_string()),
+                address: f.attachment.map(|a| a.address),
+            })
             .collect(),
         uptime_seconds: pool.created().elapsed().as_secs(),
         counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),

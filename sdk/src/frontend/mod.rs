@@ -6,10 +6,13 @@
 //!   and the host's take-back requests (shrink).
 //! - [`region`] — [`Region`](region::Region): an anonymous memory region under userfaultfd whose
 //!   cold pages live in a pool (or, when the pool refuses them, in a backing file).
+//! - [`backing`] — [`BackingFile`](backing::BackingFile): the sparse file of pages a pool
+//!   refused, shared by the region and the host's block devices.
 //!
 //! [`PageBackend`] is the seam between them: a region works with any backend (the protocol
 //! client, or an in-memory one in tests).
 
+pub mod backing;
 pub mod client;
 pub mod region;
 

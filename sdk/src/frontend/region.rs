@@ -120,12 +120,13 @@ use std::hash::{DefaultHasher, Hasher};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::backing::BackingFile;
 use super::{PageBackend, Stored};
 
 /// The error text when userfaultfd is not available to this process.
@@ -399,7 +400,7 @@ impl Region {
         }
         let poison = poison_feature && register.ioctls & sys::IOCTL_POISON != 0;
 
-        let file = backing_file(&config.backing_dir)?;
+        let file = BackingFile::temporary(&config.backing_dir, page_size)?;
         let pagemap = File::open("/proc/self/pagemap").ok();
         // SAFETY: eventfd returns a new descriptor or -1; nothing else is passed.
         let stop_raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -757,7 +758,7 @@ struct Handler {
     /// Pool copies to invalidate before the next store.
     pending_invalidates: Vec<u32>,
     backend: Box<dyn PageBackend>,
-    file: File,
+    file: BackingFile,
     pagemap: Option<File>,
     poison: bool,
     shared: Arc<Shared>,
@@ -1000,7 +1001,7 @@ impl Handler {
                     return Content::Data { dirty: false };
                 }
                 Loc::File => {
-                    return match self.file.read_exact_at(&mut self.buf, (p * self.page_size) as u64) {
+                    return match self.file.read_page(p as u64, &mut self.buf) {
                         Ok(()) => {
                             self.stats.file_loads += 1;
                             Content::Data { dirty: false }
@@ -1404,22 +1405,15 @@ impl Handler {
     }
 
     fn write_file(&mut self, p: usize, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(bytes, (p * self.page_size) as u64).inspect_err(|e| {
+        self.file.write_page(p as u64, bytes).inspect_err(|e| {
             self.stats.io_errors += 1;
             crate::log::error(&format!("tmem region: writing page {p} to the backing file: {e}"));
         })
     }
 
     fn punch(&mut self, p: usize) {
-        // SAFETY: fallocate on our own file descriptor; a failure only leaves space in use.
-        unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                (p * self.page_size) as libc::off_t,
-                self.page_size as libc::off_t,
-            )
-        };
+        // A failure only leaves space in use: the page map, not the file, says where a page is.
+        let _ = self.file.punch(p as u64, 1);
     }
 
     /// Whether page `p` is mapped (or swapped out by the kernel), per /proc/self/pagemap.
@@ -1631,30 +1625,6 @@ fn open_configured_uffd() -> io::Result<(OwnedFd, bool)> {
     unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_API, &mut api) }
         .map_err(|e| io::Error::new(e.kind(), format!("userfaultfd handshake: {e}")))?;
     Ok((uffd, poison))
-}
-
-/// An unlinked read-write file in `dir`.
-fn backing_file(dir: &Path) -> io::Result<File> {
-    let context = |e: io::Error| io::Error::new(e.kind(), format!("creating the backing file in {}: {e}", dir.display()));
-    match OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).open(dir) {
-        Ok(file) => Ok(file),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
-            // No O_TMPFILE on this file system: create a unique name and unlink it at once.
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let name = dir.join(format!(".tmem-region-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&name)
-                .map_err(context)?;
-            std::fs::remove_file(&name).map_err(context)?;
-            Ok(file)
-        }
-        Err(e) => Err(context(e)),
-    }
 }
 
 fn system_page_size() -> usize {

@@ -1,0 +1,452 @@
+//! Block devices attached to pools through the API (`POST /api/v1/pools/{name}/frontends`):
+//! checking a request, creating the device and its NBD server, keeping the attachment in the
+//! catalog, detaching, and bringing attachments back when the host restarts.
+//!
+//! # Rules
+//!
+//! - A pool has at most one block device: a pool is one swap area (contract.md §1), and the
+//!   device's page `p` is the pool's offset `p`.
+//! - A backing file and a socket path serve one device at a time (the backing file is also
+//!   `flock`ed, so another process cannot share it either).
+//! - NBD has no authentication: a Unix socket is mode 0600, and a TCP address must be
+//!   loopback unless the request says `allow_remote`.
+//! - **Detach** is swapoff: the server stops (open connections are closed), the device's pages
+//!   are invalidated in the pool, and the backing file is left as it is. **Destroying a pool**
+//!   detaches its device first.
+//! - **Host restart**: every attachment is in the catalog and is served again at the same
+//!   address. Over a persistent pool the device resumes with its contents (the pool's pages,
+//!   and the backing file's); over a pool that keeps pages in memory only, the pool restarts
+//!   empty, so the device restarts empty too (like a swap device after a reboot) and says so
+//!   in the log — half a device would be worse than none.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tmem_api::rest::{AttachRequest, AttachedFrontend, FrontendKind};
+
+use super::device::{BlockDevice, OpenError, Start};
+use super::nbd::{Export, Listen, NbdServer};
+use super::ublk::{self, UblkServer};
+use crate::catalog::{CatalogError, FrontendRecord};
+use crate::host::{Host, HostError};
+use crate::pool::{Attachment, Frontend, Pool};
+
+/// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Why an attach or detach was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// No such pool (or another host error).
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The request cannot be served as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// A kind of frontend this host cannot serve yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Something the request needs is taken: `code` says what.
+    #[error("{message}")]
+    Conflict {
+        /// `frontend_exists`, `backing_in_use` or `address_in_use`.
+        code: &'static str,
+        /// What and by whom.
+        message: String,
+    },
+    /// No attachment of that id on that pool.
+    #[error("pool '{pool}' has no block device '{id}'")]
+    NotFound {
+        /// The pool.
+        pool: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// The catalog could not be written: nothing changed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// One attached block device: the device, its server, and what was asked for.
+struct Attached {
+    id: String,
+    pool: Arc<Pool>,
+    /// The request as kept: paths as given, a TCP port 0 replaced by the one bound.
+    request: AttachRequest,
+    /// The backing file, its directory resolved (to tell two spellings of one file apart).
+    backing: PathBuf,
+    device: Arc<BlockDevice>,
+    server: Mutex<Transport>,
+    uri: String,
+}
+
+/// What serves a device.
+enum Transport {
+    Nbd(NbdServer),
+    /// `None` once stopped.
+    Ublk(Option<UblkServer>),
+}
+
+impl Transport {
+    fn connections(&self) -> (u64, u64) {
+        match self {
+            Transport::Nbd(server) => (server.connections(), server.connections_total()),
+            Transport::Ublk(server) => (u64::from(server.is_some()), 1),
+        }
+    }
+}
+
+impl Frontend for Attached {
+    fn name(&self) -> String {
+        self.id.clone()
+    }
+
+    fn take_back(&self, _pool: &Pool, offsets: &[u64]) -> u64 {
+        self.device.take_back(offsets)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut counters = self.device.counters();
+        let (open, total) = self.server.lock().connections();
+        counters.push(("connections", open));
+        counters.push(("connections_total", total));
+        counters
+    }
+
+    fn attachment(&self) -> Option<Attachment> {
+        let kind = match self.request.kind {
+            FrontendKind::Nbd => "nbd",
+            FrontendKind::Ublk => "ublk",
+        };
+        Some(Attachment { id: self.id.clone(), kind, address: self.uri.clone() })
+    }
+}
+
+impl Attached {
+    fn info(&self) -> AttachedFrontend {
+        AttachedFrontend {
+            id: self.id.clone(),
+            kind: self.request.kind,
+            pool: self.pool.name().to_string(),
+            address: self.uri.clone(),
+            export_name: self.pool.name().to_string(),
+            size_bytes: self.device.size(),
+            block_size: self.device.block_size(),
+            backing: self.request.backing.clone(),
+            socket: self.request.socket.clone(),
+            listen: self.request.listen.clone(),
+            connections: self.server.lock().connections().0,
+        }
+    }
+
+    /// Stops serving and lets go of the pool (not the pages: see [`Attached::release`]). A
+    /// ublk device is deleted when `for_good` (detach); otherwise (the host is stopping) it
+    /// stays for the next host process to take over (user recovery).
+    fn stop(self: &Arc<Self>, for_good: bool) {
+        match &mut *self.server.lock() {
+            Transport::Nbd(server) => server.stop(),
+            Transport::Ublk(server) => {
+                if let Some(server) = server.take() {
+                    if for_good {
+                        server.delete();
+                    } else {
+                        tracing::info!(device = %server.path(), "ublk device left for the next host process to take over");
+                        std::mem::forget(server);
+                    }
+                }
+            }
+        }
+        let as_frontend: Arc<dyn Frontend> = self.clone();
+        self.pool.detach_frontend(&as_frontend);
+    }
+}
+
+/// The block devices of a host, by attachment id.
+#[derive(Default)]
+pub struct BlockDevices {
+    attached: Mutex<BTreeMap<String, Arc<Attached>>>,
+    /// Serializes attach and detach, so checks and the catalog see one change at a time.
+    changes: Mutex<()>,
+}
+
+impl std::fmt::Debug for BlockDevices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockDevices").field("attached", &self.attached.lock().keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// The resolved form of a path that may not exist yet: its directory canonicalized.
+fn resolve(path: &Path, what: &str) -> Result<PathBuf, AttachError> {
+    if !path.is_absolute() {
+        return Err(AttachError::Invalid(format!("{what} {} must be an absolute path", path.display())));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(AttachError::Invalid(format!("{what} {} must name a file", path.display())));
+    };
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| AttachError::Invalid(format!("{what} {}: its directory cannot be used: {e}", path.display())))?;
+    Ok(dir.join(name))
+}
+
+/// Where a device is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    Nbd(Listen),
+    /// `/dev/ublkbN`: the number asked for (`None`: the next free one).
+    Ublk(Option<u32>),
+}
+
+fn place_of(request: &AttachRequest) -> Result<Place, AttachError> {
+    match request.kind {
+        FrontendKind::Nbd if request.ublk_id.is_some() => {
+            Err(AttachError::Invalid("ublk_id applies to \"kind\": \"ublk\" only".into()))
+        }
+        FrontendKind::Nbd => listen_of(request).map(Place::Nbd),
+        FrontendKind::Ublk if request.socket.is_some() || request.listen.is_some() || request.allow_remote => Err(
+            AttachError::Invalid("a ublk device is /dev/ublkbN on this host: it takes no socket, listen or allow_remote".into()),
+        ),
+        FrontendKind::Ublk => {
+            if !Path::new("/dev/ublk-control").exists() {
+                return Err(AttachError::Unsupported(
+                    "this kernel has no ublk driver (/dev/ublk-control is missing: modprobe ublk_drv, Linux 6.0+); \
+                     use \"kind\": \"nbd\""
+                        .into(),
+                ));
+            }
+            Ok(Place::Ublk(request.ublk_id))
+        }
+    }
+}
+
+fn listen_of(request: &AttachRequest) -> Result<Listen, AttachError> {
+    match (&request.socket, &request.listen) {
+        (Some(socket), None) => {
+            let path = resolve(Path::new(socket), "socket")?;
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(AttachError::Invalid(format!("socket path {socket} is longer than {MAX_SOCKET_PATH} bytes")));
+            }
+            Ok(Listen::Unix(path))
+        }
+        (None, Some(listen)) => {
+            let addr: SocketAddr = listen
+                .parse()
+                .map_err(|e| AttachError::Invalid(format!("listen {listen:?} is not an IP address and port (e.g. 127.0.0.1:10809): {e}")))?;
+            if !addr.ip().is_loopback() && !request.allow_remote {
+                return Err(AttachError::Invalid(format!(
+                    "listen {addr} is not a loopback address; NBD has no authentication or encryption, so anyone who reaches it \
+                     can read and write the device: set \"allow_remote\": true to mean it"
+                )));
+            }
+            Ok(Listen::Tcp(addr))
+        }
+        _ => Err(AttachError::Invalid("give exactly one of \"socket\" (a Unix socket path) and \"listen\" (a TCP address)".into())),
+    }
+}
+
+fn new_id(kind: FrontendKind) -> Result<String, AttachError> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).map_err(|e| AttachError::Invalid(format!("no randomness for an id: {e}")))?;
+    let prefix = match kind {
+        FrontendKind::Nbd => "nbd",
+        FrontendKind::Ublk => "ublk",
+    };
+    Ok(format!("{prefix}-{}", hex::encode(bytes)))
+}
+
+impl BlockDevices {
+    /// Attaches a block device to pool `pool_name` as `request` asks, keeps it in the catalog,
+    /// and returns how clients reach it.
+    pub fn attach(&self, host: &Host, pool_name: &str, request: &AttachRequest) -> Result<AttachedFrontend, AttachError> {
+        let _changes = self.changes.lock();
+        let pool = host.pool(pool_name)?;
+        let backing = resolve(Path::new(&request.backing), "backing")?;
+        let place = place_of(request)?;
+        {
+            let attached = self.attached.lock();
+            for other in attached.values() {
+                if other.pool.name() == pool.name() {
+                    return Err(AttachError::Conflict {
+                        code: "frontend_exists",
+                        message: format!(
+                            "pool '{pool_name}' already has block device {} (a pool is one swap area: create another pool for another device)",
+                            other.id
+                        ),
+                    });
+                }
+                if other.backing == backing {
+                    return Err(AttachError::Conflict {
+                        code: "backing_in_use",
+                        message: format!("backing file {} is in use by block device {} of pool '{}'", request.backing, other.id, other.pool.name()),
+                    });
+                }
+                let taken = match (&*other.server.lock(), &place) {
+                    (Transport::Nbd(server), Place::Nbd(listen)) => server.listen() == listen,
+                    (Transport::Ublk(_), Place::Ublk(Some(id))) => other.request.ublk_id == Some(*id),
+                    _ => false,
+                };
+                if taken {
+                    return Err(AttachError::Conflict {
+                        code: "address_in_use",
+                        message: format!("{} is in use by block device {} of pool '{}'", other.uri, other.id, other.pool.name()),
+                    });
+                }
+            }
+        }
+        let attached = self.start(new_id(request.kind)?, pool, request.clone(), backing, &place, Start::Empty)?;
+        if let Some(catalog) = host.catalog() {
+            let record = FrontendRecord { id: attached.id.clone(), pool: pool_name.to_string(), request: attached.request.clone() };
+            if let Err(e) = catalog.put_frontend(&record) {
+                attached.stop(true);
+                return Err(e.into());
+            }
+        }
+        let info = attached.info();
+        tracing::info!(pool = %pool_name, id = %attached.id, address = %attached.uri, size = attached.device.size(), "block device attached");
+        self.attached.lock().insert(attached.id.clone(), attached);
+        Ok(info)
+    }
+
+    /// Creates the device and its server and attaches it to the pool. `start` says whether
+    /// the device resumes its contents; for ublk, `Start::Resume` also takes over the
+    /// device the previous host process left (user recovery) when the kernel still has it.
+    fn start(
+        &self,
+        id: String,
+        pool: Arc<Pool>,
+        mut request: AttachRequest,
+        backing: PathBuf,
+        place: &Place,
+        start: Start,
+    ) -> Result<Arc<Attached>, AttachError> {
+        let device = BlockDevice::new(pool.clone(), request.size_bytes, &backing, start).map_err(|e| match e {
+            OpenError::Invalid(m) | OpenError::Backing(m) => AttachError::Invalid(m),
+            OpenError::BackingInUse(m) => AttachError::Conflict { code: "backing_in_use", message: m },
+        })?;
+        let device = Arc::new(device);
+        let (server, uri) = match place {
+            Place::Nbd(listen) => {
+                let export = Arc::new(Export {
+                    device: device.clone(),
+                    name: pool.name().to_string(),
+                    description: format!("tmem pool '{}' ({})", pool.name(), pool.chain().describe()),
+                });
+                let server = NbdServer::start(export, listen).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AlreadyExists => {
+                        AttachError::Conflict { code: "address_in_use", message: format!("cannot listen: {e}") }
+                    }
+                    _ => AttachError::Invalid(format!("cannot listen on {listen:?}: {e}")),
+                })?;
+                if let Listen::Tcp(addr) = server.listen() {
+                    request.listen = Some(addr.to_string());
+                }
+                let uri = server.uri();
+                (Transport::Nbd(server), uri)
+            }
+            Place::Ublk(wanted) => {
+                let recover = match wanted {
+                    Some(n) if ublk::awaits_recovery(*n) => {
+                        if start == Start::Resume {
+                            true
+                        } else {
+                            // The old device's contents are gone with its pool: a fresh device.
+                            ublk::delete(*n);
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+                let server = UblkServer::start(device.clone(), *wanted, recover).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => AttachError::Unsupported(e.to_string()),
+                    _ => AttachError::Invalid(format!("cannot start the ublk device: {e}")),
+                })?;
+                request.ublk_id = Some(server.id());
+                let uri = server.path();
+                (Transport::Ublk(Some(server)), uri)
+            }
+        };
+        let attached = Arc::new(Attached { id, pool: pool.clone(), request, backing, device, server: Mutex::new(server), uri });
+        pool.attach_frontend(attached.clone());
+        Ok(attached)
+    }
+
+    /// Detaches block device `id` of pool `pool_name` (swapoff: its pages leave the pool).
+    pub fn detach(&self, host: &Host, pool_name: &str, id: &str) -> Result<(), AttachError> {
+        let _changes = self.changes.lock();
+        let found = self.attached.lock().get(id).filter(|a| a.pool.name() == pool_name).cloned();
+        let attached = found.ok_or_else(|| AttachError::NotFound { pool: pool_name.into(), id: id.into() })?;
+        if let Some(catalog) = host.catalog() {
+            catalog.remove_frontend(id)?;
+        }
+        self.attached.lock().remove(id);
+        attached.stop(true);
+        attached.device.release();
+        tracing::info!(pool = %pool_name, id, "block device detached");
+        Ok(())
+    }
+
+    /// Detaches every block device of a pool about to be destroyed.
+    pub(crate) fn detach_pool(&self, host: &Host, pool_name: &str) -> Result<(), AttachError> {
+        let ids: Vec<String> = self.attached.lock().values().filter(|a| a.pool.name() == pool_name).map(|a| a.id.clone()).collect();
+        for id in ids {
+            self.detach(host, pool_name, &id)?;
+        }
+        Ok(())
+    }
+
+    /// The block devices of a pool.
+    pub fn list(&self, pool_name: &str) -> Vec<AttachedFrontend> {
+        self.attached.lock().values().filter(|a| a.pool.name() == pool_name).map(|a| a.info()).collect()
+    }
+
+    /// Serves again every block device the catalog keeps (at host start). One that cannot be
+    /// served is logged and stays in the catalog.
+    pub(crate) fn restore(&self, host: &Host) {
+        let Some(catalog) = host.catalog() else { return };
+        let records = match catalog.frontends() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!("the catalog's block devices cannot be read: {e}");
+                return;
+            }
+        };
+        for record in records {
+            match self.resume(host, &record) {
+                Ok(attached) => {
+                    tracing::info!(pool = %record.pool, id = %record.id, address = %attached.uri, "block device restored");
+                    self.attached.lock().insert(record.id.clone(), attached);
+                }
+                Err(e) => tracing::error!(pool = %record.pool, id = %record.id, "a kept block device cannot be served (its record stays in the catalog): {e}"),
+            }
+        }
+    }
+
+    fn resume(&self, host: &Host, record: &FrontendRecord) -> Result<Arc<Attached>, AttachError> {
+        let pool = host.pool(&record.pool)?;
+        let backing = resolve(Path::new(&record.request.backing), "backing")?;
+        let place = place_of(&record.request)?;
+        let start = if pool.is_persistent() {
+            Start::Resume
+        } else {
+            tracing::warn!(
+                pool = %record.pool,
+                id = %record.id,
+                "pool keeps pages in memory only: its block device starts empty after the restart"
+            );
+            Start::Empty
+        };
+        self.start(record.id.clone(), pool, record.request.clone(), backing, &place, start)
+    }
+
+    /// Stops every server (the host is shutting down); attachments stay in the catalog and
+    /// pages stay in their pools.
+    pub fn stop_all(&self) {
+        let all: Vec<Arc<Attached>> = std::mem::take(&mut *self.attached.lock()).into_values().collect();
+        for attached in all {
+            attached.stop(false);
+        }
+    }
+}

@@ -1,0 +1,819 @@
+//! An NBD server for one [`BlockDevice`]: the fixed-newstyle protocol of
+//! `NetworkBlockDevice/nbd` `doc/proto.md`, on a Unix socket or TCP (loopback unless the
+//! attachment allows otherwise). Useful to any kernel with the `nbd` module and to QEMU and
+//! libnbd users directly.
+//!
+//! # What is spoken
+//!
+//! - Handshake: fixed newstyle, `NO_ZEROES`. Options: `EXPORT_NAME`, `ABORT`, `LIST`,
+//!   `INFO`/`GO` (export size and flags, name, description, and block sizes: minimum and
+//!   preferred the pool's page size, maximum [`MAX_PAYLOAD`]), `STRUCTURED_REPLY`,
+//!   `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`). `STARTTLS` is refused
+//!   (`ERR_POLICY`: use a Unix socket or loopback); other options are `ERR_UNSUP`.
+//! - Export names: the pool's name, and `""` (the default export).
+//! - Transmission flags: `SEND_FLUSH`, `SEND_FUA`, `SEND_TRIM`, `SEND_WRITE_ZEROES`,
+//!   `SEND_FAST_ZERO`, `CAN_MULTI_CONN` (one device behind every connection: a flush on any
+//!   connection covers every write any of them had answered), and `SEND_DF` with structured
+//!   replies (a read is always one chunk).
+//! - Commands: `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`, `WRITE_ZEROES`, `BLOCK_STATUS`.
+//!
+//! # Bad input
+//!
+//! A request that is well framed but wrong (unaligned, out of range, unknown command or flag,
+//! too long) gets an error reply — `EINVAL`, or `ENOSPC` for a change past the end — and the
+//! connection goes on. A stream that cannot be framed (bad magic, a write longer than
+//! [`MAX_PAYLOAD`], an absurd option) is answered by closing the connection: the protocol
+//! allows a hard disconnect when the peer breaks a mandatory rule, and nothing else on the
+//! stream can be trusted. Either way no page is touched by a request that was refused.
+//!
+//! # Threads and buffers
+//!
+//! Each connection has its own thread with blocking I/O (pool operations block: plugin calls
+//! under deadlines, database and backing-file syncs), like nbdkit. Requests are read through a
+//! 256 KiB buffer, so a pipelining client's requests arrive many per `read(2)`; replies
+//! collect in one output buffer that is written when the next request is not already buffered
+//! (before the thread could block), so a burst of replies costs one `write(2)`. Read data is
+//! loaded straight into the output buffer; buffers are reused, so the steady state allocates
+//! nothing per request.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use super::device::{BlockDevice, BlockError};
+
+/// The largest request (read or write) a client may send: the maximum block size advertised.
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+
+/// The most connections one export serves at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const CLIENT_FLAGS: u32 = (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) as u32;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_STARTTLS: u32 = 5;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const OPT_LIST_META_CONTEXT: u32 = 9;
+const OPT_SET_META_CONTEXT: u32 = 10;
+
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_META_CONTEXT: u32 = 4;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+
+const INFO_EXPORT: u16 = 0;
+const INFO_NAME: u16 = 1;
+const INFO_DESCRIPTION: u16 = 2;
+const INFO_BLOCK_SIZE: u16 = 3;
+
+const TFLAG_HAS_FLAGS: u16 = 1 << 0;
+const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+const TFLAG_SEND_FUA: u16 = 1 << 3;
+const TFLAG_SEND_TRIM: u16 = 1 << 5;
+const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+const TFLAG_SEND_DF: u16 = 1 << 7;
+const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
+const CMD_BLOCK_STATUS: u16 = 7;
+
+const CMD_FLAG_FUA: u16 = 1 << 0;
+const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+const CMD_FLAG_DF: u16 = 1 << 2;
+const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+const REPLY_FLAG_DONE: u16 = 1;
+const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+const STATE_HOLE: u32 = 1;
+const STATE_ZERO: u32 = 2;
+
+/// The one metadata context served, and its id.
+const BASE_ALLOCATION: &str = "base:allocation";
+const BASE_ALLOCATION_ID: u32 = 1;
+
+/// Option data longer than this ends the connection (no legitimate option comes close).
+const MAX_OPTION_DATA: u32 = 64 << 10;
+/// Options one connection may send before it must choose an export.
+const MAX_OPTIONS: u32 = 1024;
+/// Replies are written at least every this many requests, so a pipelining client gets its
+/// first answers (and sends its next requests) while later ones are still being served,
+/// instead of client and server taking turns over whole batches.
+const FLUSH_EVERY: u32 = 4;
+/// Block-status descriptors in one reply.
+const MAX_EXTENTS: usize = 1024;
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix socket at this path (mode 0600).
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+/// What is exported: the device and the name clients ask for.
+#[derive(Debug)]
+pub struct Export {
+    /// The device.
+    pub device: Arc<BlockDevice>,
+    /// The export name (besides `""`, the default export).
+    pub name: String,
+    /// Shown to clients that ask (`NBD_INFO_DESCRIPTION`).
+    pub description: String,
+}
+
+/// The live connections of a server: a handle to shut each down, and its thread.
+type Connections = Mutex<HashMap<u64, (Box<dyn Fn() + Send>, Option<JoinHandle<()>>)>>;
+
+/// A running server; stopped (every connection closed, the socket file removed) by
+/// [`NbdServer::stop`] or when dropped.
+pub struct NbdServer {
+    listen: Listen,
+    stopping: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    connections: Arc<Connections>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for NbdServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdServer").field("listen", &self.listen).finish()
+    }
+}
+
+/// One side of a connection: a Unix or TCP stream.
+trait Stream: Read + Write + Send + 'static {
+    fn duplicate(&self) -> io::Result<Self>
+    where
+        Self: Sized;
+    fn shut(&self);
+}
+
+impl Stream for UnixStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Stream for TcpStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// Binds a Unix socket at `path` (mode 0600). A stale socket file (nothing answers) is
+/// replaced; a live one, or a path that is not a socket, is refused.
+fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by a live server", path.display())));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+impl NbdServer {
+    /// Binds `listen` and starts serving `export` on a thread of its own. A TCP port 0 is
+    /// given a free port ([`NbdServer::listen`] says which).
+    pub fn start(export: Arc<Export>, listen: &Listen) -> io::Result<NbdServer> {
+        let (listener, listen) = match listen {
+            Listen::Unix(path) => (Listener::Unix(bind_unix(path)?), Listen::Unix(path.clone())),
+            Listen::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)?;
+                let bound = listener.local_addr()?;
+                (Listener::Tcp(listener), Listen::Tcp(bound))
+            }
+        };
+        let stopping = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Connections> = Arc::default();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let accept = {
+            let (stopping, connections, accepted) = (stopping.clone(), connections.clone(), accepted.clone());
+            std::thread::Builder::new()
+                .name("tmem-nbd-accept".into())
+                .spawn(move || match listener {
+                    Listener::Unix(l) => accept_loop(export, &stopping, &connections, &accepted, || l.accept().map(|(s, _)| s)),
+                    Listener::Tcp(l) => accept_loop(export, &stopping, &connections, &accepted, || {
+                        let (s, _) = l.accept()?;
+                        s.set_nodelay(true)?;
+                        Ok(s)
+                    }),
+                })?
+        };
+        Ok(NbdServer { listen, stopping, accept: Some(accept), connections, accepted })
+    }
+
+    /// Where it listens (a TCP port 0 resolved).
+    pub fn listen(&self) -> &Listen {
+        &self.listen
+    }
+
+    /// The URI clients use: `nbd+unix:///?socket=PATH` or `nbd://HOST:PORT`.
+    pub fn uri(&self) -> String {
+        match &self.listen {
+            Listen::Unix(path) => format!("nbd+unix:///?socket={}", path.display()),
+            Listen::Tcp(addr) => format!("nbd://{addr}"),
+        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> u64 {
+        self.connections.lock().len() as u64
+    }
+
+    /// Connections accepted since the server started.
+    pub fn connections_total(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, closes every connection (a request being served finishes first) and
+    /// removes the socket file. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(accept) = self.accept.take() else { return };
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop with a connection of our own.
+        match &self.listen {
+            Listen::Unix(path) => drop(UnixStream::connect(path)),
+            Listen::Tcp(addr) => drop(TcpStream::connect(addr)),
+        }
+        let _ = accept.join();
+        let live: Vec<_> = self.connections.lock().drain().collect();
+        for (_, (shut, _)) in &live {
+            shut();
+        }
+        for (_, (_, thread)) in live {
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+        }
+        if let Listen::Unix(path) = &self.listen {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop<S: Stream>(
+    export: Arc<Export>,
+    stopping: &AtomicBool,
+    connections: &Arc<Connections>,
+    accepted: &AtomicU64,
+    mut accept: impl FnMut() -> io::Result<S>,
+) {
+    let mut next_id = 0u64;
+    loop {
+        let stream = accept();
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("accepting an NBD connection failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        if connections.lock().len() >= MAX_CONNECTIONS {
+            tracing::warn!(export = %export.name, "refusing an NBD connection: {MAX_CONNECTIONS} are open");
+            continue;
+        }
+        let Ok(handle) = stream.duplicate() else { continue };
+        accepted.fetch_add(1, Ordering::Relaxed);
+        next_id += 1;
+        let id = next_id;
+        let mut live = connections.lock();
+        live.insert(id, (Box::new(move || handle.shut()), None));
+        let (export, registry) = (export.clone(), connections.clone());
+        let thread = std::thread::Builder::new().name(format!("tmem-nbd-{id}")).spawn(move || {
+            super::become_io_flusher();
+            if let Err(e) = serve_connection(&export, stream) {
+                tracing::info!(export = %export.name, "NBD connection closed: {e}");
+            }
+            registry.lock().remove(&id);
+        });
+        match thread {
+            Ok(thread) => {
+                if let Some(entry) = live.get_mut(&id) {
+                    entry.1 = Some(thread);
+                }
+            }
+            Err(e) => {
+                live.remove(&id);
+                tracing::warn!("cannot start an NBD connection thread: {e}");
+            }
+        }
+    }
+}
+
+/// One connection: its buffered input, its pending output, the negotiated options.
+struct Connection<'a, S: Stream> {
+    export: &'a Export,
+    input: BufReader<S>,
+    output: S,
+    out: Vec<u8>,
+    payload: Vec<u8>,
+    structured: bool,
+    no_zeroes: bool,
+    meta_context: bool,
+}
+
+/// Why a connection ends.
+enum End {
+    /// The client said goodbye (ABORT, DISC) or went away between messages.
+    Clean,
+    /// The stream broke or the client broke the protocol.
+    Broken(String),
+}
+
+impl From<io::Error> for End {
+    fn from(e: io::Error) -> Self {
+        End::Broken(e.to_string())
+    }
+}
+
+fn serve_connection<S: Stream>(export: &Export, stream: S) -> Result<(), String> {
+    let output = stream.duplicate().map_err(|e| e.to_string())?;
+    let mut conn = Connection {
+        export,
+        input: BufReader::with_capacity(256 << 10, stream),
+        output,
+        out: Vec::with_capacity(64 << 10),
+        payload: Vec::new(),
+        structured: false,
+        no_zeroes: false,
+        meta_context: false,
+    };
+    let result = conn.negotiate().and_then(|()| conn.transmit());
+    match result {
+        // A client that said goodbye may already be gone: a last reply it misses is fine.
+        Ok(()) | Err(End::Clean) => {
+            let _ = conn.flush();
+            Ok(())
+        }
+        Err(End::Broken(why)) => Err(why),
+    }
+}
+
+impl<S: Stream> Connection<'_, S> {
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.output.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes; pending replies are written first if the read might
+    /// block (the client may be waiting for them).
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if self.input.buffer().len() < buf.len() {
+            self.flush()?;
+        }
+        self.input.read_exact(buf)
+    }
+
+    fn read_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut buf = [0u8; N];
+        self.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads the first bytes of a message: a clean end of stream here is the client leaving.
+    fn read_start<const N: usize>(&mut self) -> Result<[u8; N], End> {
+        match self.read_array::<N>() {
+            Ok(buf) => Ok(buf),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(End::Clean),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ----- handshake and options -----
+
+    fn negotiate(&mut self) -> Result<(), End> {
+        self.out.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        self.out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        self.out.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        self.flush()?;
+        let client_flags = u32::from_be_bytes(self.read_start::<4>()?);
+        if client_flags & !CLIENT_FLAGS != 0 {
+            return Err(End::Broken(format!("unknown client flags {client_flags:#x}")));
+        }
+        self.no_zeroes = client_flags & FLAG_NO_ZEROES as u32 != 0;
+        for _ in 0..MAX_OPTIONS {
+            let header = self.read_start::<16>()?;
+            let magic = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
+            if magic != IHAVEOPT {
+                return Err(End::Broken(format!("bad option magic {magic:#x}")));
+            }
+            let option = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
+            let len = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
+            if len > MAX_OPTION_DATA {
+                return Err(End::Broken(format!("option {option} with {len} bytes of data")));
+            }
+            let mut data = vec![0u8; len as usize];
+            self.read_exact(&mut data)?;
+            if self.option(option, &data)? {
+                return Ok(());
+            }
+        }
+        Err(End::Broken(format!("more than {MAX_OPTIONS} options without choosing an export")))
+    }
+
+    fn option_reply(&mut self, option: u32, kind: u32, data: &[&[u8]]) {
+        let len: usize = data.iter().map(|d| d.len()).sum();
+        self.out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+        self.out.extend_from_slice(&option.to_be_bytes());
+        self.out.extend_from_slice(&kind.to_be_bytes());
+        self.out.extend_from_slice(&(len as u32).to_be_bytes());
+        for d in data {
+            self.out.extend_from_slice(d);
+        }
+    }
+
+    fn option_error(&mut self, option: u32, kind: u32, message: &str) {
+        self.option_reply(option, kind, &[message.as_bytes()]);
+    }
+
+    fn known_export(&self, name: &[u8]) -> bool {
+        name.is_empty() || name == self.export.name.as_bytes()
+    }
+
+    fn transmission_flags(&self) -> u16 {
+        let base = TFLAG_HAS_FLAGS
+            | TFLAG_SEND_FLUSH
+            | TFLAG_SEND_FUA
+            | TFLAG_SEND_TRIM
+            | TFLAG_SEND_WRITE_ZEROES
+            | TFLAG_SEND_FAST_ZERO
+            | TFLAG_CAN_MULTI_CONN;
+        if self.structured { base | TFLAG_SEND_DF } else { base }
+    }
+
+    /// Handles one option; `true` when transmission begins.
+    fn option(&mut self, option: u32, data: &[u8]) -> Result<bool, End> {
+        match option {
+            OPT_EXPORT_NAME => {
+                if !self.known_export(data) {
+                    // This option cannot be answered with an error: the protocol says hang up.
+                    return Err(End::Broken(format!("unknown export {:?}", String::from_utf8_lossy(data))));
+                }
+                self.out.extend_from_slice(&self.export.device.size().to_be_bytes());
+                self.out.extend_from_slice(&self.transmission_flags().to_be_bytes());
+                if !self.no_zeroes {
+                    self.out.extend_from_slice(&[0u8; 124]);
+                }
+                return Ok(true);
+            }
+            OPT_ABORT => {
+                self.option_reply(option, REP_ACK, &[]);
+                return Err(End::Clean);
+            }
+            OPT_LIST => {
+                if !data.is_empty() {
+                    self.option_error(option, REP_ERR_INVALID, "LIST takes no data");
+                } else {
+                    let name = self.export.name.clone();
+                    self.option_reply(option, REP_SERVER, &[&(name.len() as u32).to_be_bytes(), name.as_bytes()]);
+                    self.option_reply(option, REP_ACK, &[]);
+                }
+            }
+            OPT_STARTTLS => self.option_error(option, REP_ERR_POLICY, "TLS is not offered: use a Unix socket or a loopback address"),
+            OPT_INFO | OPT_GO => return self.info(option, data),
+            OPT_STRUCTURED_REPLY => {
+                if data.is_empty() {
+                    self.structured = true;
+                    self.option_reply(option, REP_ACK, &[]);
+                } else {
+                    self.option_error(option, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
+                }
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => self.meta_context(option, data),
+            _ => self.option_error(option, REP_ERR_UNSUP, "option not supported by tmem"),
+        }
+        Ok(false)
+    }
+
+    /// `INFO` and `GO`: export name, requested infos; `true` when `GO` begins transmission.
+    fn info(&mut self, option: u32, data: &[u8]) -> Result<bool, End> {
+        let mut r = Parser(data);
+        let parsed = (|| {
+            let name_len = r.u32()? as usize;
+            let name = r.take(name_len)?;
+            let count = r.u16()? as usize;
+            let mut infos = Vec::with_capacity(count);
+            for _ in 0..count {
+                infos.push(r.u16()?);
+            }
+            r.end()?;
+            Some((name, infos))
+        })();
+        let Some((name, infos)) = parsed else {
+            self.option_error(option, REP_ERR_INVALID, "malformed INFO/GO request");
+            return Ok(false);
+        };
+        if !self.known_export(name) {
+            let message = format!("no export named {:?} (this server exports {:?})", String::from_utf8_lossy(name), self.export.name);
+            self.option_error(option, REP_ERR_UNKNOWN, &message);
+            return Ok(false);
+        }
+        let device = &self.export.device;
+        let mut export = Vec::with_capacity(12);
+        export.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+        export.extend_from_slice(&device.size().to_be_bytes());
+        export.extend_from_slice(&self.transmission_flags().to_be_bytes());
+        self.option_reply(option, REP_INFO, &[&export]);
+        let mut sizes = Vec::with_capacity(14);
+        sizes.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        sizes.extend_from_slice(&device.block_size().to_be_bytes());
+        sizes.extend_from_slice(&device.block_size().to_be_bytes());
+        sizes.extend_from_slice(&MAX_PAYLOAD.to_be_bytes());
+        self.option_reply(option, REP_INFO, &[&sizes]);
+        if infos.contains(&INFO_NAME) {
+            let name = self.export.name.clone();
+            self.option_reply(option, REP_INFO, &[&INFO_NAME.to_be_bytes(), name.as_bytes()]);
+        }
+        if infos.contains(&INFO_DESCRIPTION) {
+            let description = self.export.description.clone();
+            self.option_reply(option, REP_INFO, &[&INFO_DESCRIPTION.to_be_bytes(), description.as_bytes()]);
+        }
+        self.option_reply(option, REP_ACK, &[]);
+        Ok(option == OPT_GO)
+    }
+
+    fn meta_context(&mut self, option: u32, data: &[u8]) {
+        if !self.structured {
+            self.option_error(option, REP_ERR_INVALID, "negotiate structured replies first");
+            return;
+        }
+        let mut r = Parser(data);
+        let parsed = (|| {
+            let name_len = r.u32()? as usize;
+            let name = r.take(name_len)?;
+            let count = r.u32()? as usize;
+            let mut queries = Vec::new();
+            for _ in 0..count {
+                let len = r.u32()? as usize;
+                queries.push(r.take(len)?);
+            }
+            r.end()?;
+            Some((name, queries))
+        })();
+        let Some((name, queries)) = parsed else {
+            self.option_error(option, REP_ERR_INVALID, "malformed meta context request");
+            return;
+        };
+        if !self.known_export(name) {
+            self.option_error(option, REP_ERR_UNKNOWN, "no such export");
+            return;
+        }
+        let listing = option == OPT_LIST_META_CONTEXT;
+        let selected = if queries.is_empty() {
+            listing
+        } else {
+            queries.iter().any(|q| *q == BASE_ALLOCATION.as_bytes() || (listing && *q == b"base:"))
+        };
+        if !listing {
+            self.meta_context = selected;
+        }
+        if selected {
+            self.option_reply(option, REP_META_CONTEXT, &[&BASE_ALLOCATION_ID.to_be_bytes(), BASE_ALLOCATION.as_bytes()]);
+        }
+        self.option_reply(option, REP_ACK, &[]);
+    }
+
+    // ----- transmission -----
+
+    fn transmit(&mut self) -> Result<(), End> {
+        let mut unsent = 0;
+        loop {
+            let header = self.read_start::<28>()?;
+            let magic = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes"));
+            if magic != REQUEST_MAGIC {
+                return Err(End::Broken(format!("bad request magic {magic:#x}")));
+            }
+            let flags = u16::from_be_bytes(header[4..6].try_into().expect("2 bytes"));
+            let command = u16::from_be_bytes(header[6..8].try_into().expect("2 bytes"));
+            let handle = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+            let offset = u64::from_be_bytes(header[16..24].try_into().expect("8 bytes"));
+            let len = u32::from_be_bytes(header[24..28].try_into().expect("4 bytes"));
+            if command == CMD_DISC {
+                return Err(End::Clean);
+            }
+            self.request(flags, command, handle, offset, len)?;
+            unsent += 1;
+            if unsent >= FLUSH_EVERY || self.out.len() >= 1 << 20 {
+                self.flush()?;
+            }
+            if self.out.is_empty() {
+                unsent = 0;
+            }
+        }
+    }
+
+    fn request(&mut self, flags: u16, command: u16, handle: u64, offset: u64, len: u32) -> Result<(), End> {
+        let allowed = match command {
+            CMD_READ => CMD_FLAG_FUA | if self.structured { CMD_FLAG_DF } else { 0 },
+            CMD_WRITE | CMD_TRIM | CMD_FLUSH => CMD_FLAG_FUA,
+            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+            _ => 0,
+        };
+        if command == CMD_WRITE {
+            // The payload follows whatever we think of the request: read it to stay framed.
+            if len > MAX_PAYLOAD {
+                return Err(End::Broken(format!("a write of {len} bytes (the maximum block size is {MAX_PAYLOAD})")));
+            }
+            let mut payload = std::mem::take(&mut self.payload);
+            payload.resize(len as usize, 0);
+            let read = self.read_exact(&mut payload);
+            self.payload = payload;
+            read?;
+        }
+        let fua = flags & CMD_FLAG_FUA != 0;
+        let invalid = |message: String| Err(BlockError::Invalid(message));
+        let result = if flags & !allowed != 0 {
+            invalid(format!("command {command} does not take flags {:#x}", flags & !allowed))
+        } else {
+            let device = self.export.device.clone();
+            match command {
+                CMD_READ if len > MAX_PAYLOAD => invalid(format!("a read of {len} bytes (the maximum block size is {MAX_PAYLOAD})")),
+                CMD_READ => return self.read(handle, offset, len),
+                CMD_WRITE => device.write(offset, &self.payload, fua),
+                CMD_FLUSH => device.flush(),
+                CMD_TRIM => device.discard(offset, len.into(), fua),
+                CMD_WRITE_ZEROES => device.write_zeroes(offset, len.into(), fua),
+                CMD_BLOCK_STATUS if self.meta_context => return self.block_status(handle, offset, len, flags),
+                CMD_BLOCK_STATUS => invalid("BLOCK_STATUS needs the base:allocation meta context".into()),
+                other => invalid(format!("unknown command {other}")),
+            }
+        };
+        match result {
+            Ok(()) => self.simple_reply(handle, 0),
+            Err(e) => self.error_reply(handle, &e),
+        }
+        Ok(())
+    }
+
+    fn simple_reply(&mut self, handle: u64, error: u32) {
+        self.out.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+        self.out.extend_from_slice(&error.to_be_bytes());
+        self.out.extend_from_slice(&handle.to_be_bytes());
+    }
+
+    fn chunk_header(&mut self, handle: u64, flags: u16, kind: u16, len: u32) {
+        self.out.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        self.out.extend_from_slice(&flags.to_be_bytes());
+        self.out.extend_from_slice(&kind.to_be_bytes());
+        self.out.extend_from_slice(&handle.to_be_bytes());
+        self.out.extend_from_slice(&len.to_be_bytes());
+    }
+
+    /// An error: a structured error chunk with the message, or a simple reply's errno.
+    fn error_reply(&mut self, handle: u64, error: &BlockError) {
+        if self.structured {
+            let message = error.to_string();
+            let message = &message.as_bytes()[..message.len().min(4096)];
+            self.chunk_header(handle, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 6 + message.len() as u32);
+            self.out.extend_from_slice(&error.errno().to_be_bytes());
+            self.out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+            self.out.extend_from_slice(message);
+        } else {
+            self.simple_reply(handle, error.errno());
+        }
+    }
+
+    /// A read: the data is loaded straight into the output buffer after its header, which is
+    /// written only once the whole read succeeded (so a failed read is a clean error reply).
+    fn read(&mut self, handle: u64, offset: u64, len: u32) -> Result<(), End> {
+        let start = self.out.len();
+        let header = if self.structured { 28 } else { 16 };
+        self.out.resize(start + header + len as usize, 0);
+        let device = self.export.device.clone();
+        match device.read(offset, &mut self.out[start + header..]) {
+            Ok(()) => {
+                let head = &mut self.out[start..start + header];
+                if self.structured {
+                    let chunk_len = len + 8;
+                    fill(head, &[&STRUCTURED_REPLY_MAGIC.to_be_bytes(), &REPLY_FLAG_DONE.to_be_bytes(), &REPLY_TYPE_OFFSET_DATA.to_be_bytes(), &handle.to_be_bytes(), &chunk_len.to_be_bytes(), &offset.to_be_bytes()]);
+                } else {
+                    fill(head, &[&SIMPLE_REPLY_MAGIC.to_be_bytes(), &0u32.to_be_bytes(), &handle.to_be_bytes()]);
+                }
+            }
+            Err(e) => {
+                self.out.truncate(start);
+                self.error_reply(handle, &e);
+            }
+        }
+        Ok(())
+    }
+
+    fn block_status(&mut self, handle: u64, offset: u64, len: u32, flags: u16) -> Result<(), End> {
+        let max_runs = if flags & CMD_FLAG_REQ_ONE != 0 { 1 } else { MAX_EXTENTS };
+        match self.export.device.extents(offset, len.into(), max_runs) {
+            Ok(runs) if !runs.is_empty() => {
+                self.chunk_header(handle, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, 4 + 8 * runs.len() as u32);
+                self.out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+                for (bytes, zero) in runs {
+                    self.out.extend_from_slice(&(bytes as u32).to_be_bytes());
+                    self.out.extend_from_slice(&(if zero { STATE_HOLE | STATE_ZERO } else { 0 }).to_be_bytes());
+                }
+            }
+            Ok(_) => self.error_reply(handle, &BlockError::Invalid("BLOCK_STATUS of zero bytes".into())),
+            Err(e) => self.error_reply(handle, &e),
+        }
+        Ok(())
+    }
+}
+
+/// Reads big-endian fields from option data; `None` when it runs short.
+struct Parser<'a>(&'a [u8]);
+
+impl<'a> Parser<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn end(&self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
+}
+
+/// Copies `parts` one after another into `buf`.
+fn fill(buf: &mut [u8], parts: &[&[u8]]) {
+    let mut at = 0;
+    for part in parts {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+}
