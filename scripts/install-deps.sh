@@ -3,8 +3,10 @@
 # and llvm (zstd's C code for the Wasm plugins) and the wasm32 rustup target. With `--test`,
 # also what the tests run against: redis-server and redis-cli (the remote store's Redis and
 # Redis Cluster tests), Debian's chromium, Node.js and the dashboard's npm packages
-# (playwright-core drives chromium in the dashboard's browser test). Idempotent; safe to run
-# before every build.
+# (playwright-core drives chromium in the dashboard's browser test), and what the guest-kernel
+# tests (tests/all/kernel_swap.rs, scripts/guest/) need: QEMU, busybox-static, cpio, kmod
+# (modinfo), xz, gcc with a static libc (swapcheck) and nbd-client (copied into the guest).
+# Idempotent; safe to run before every build.
 set -euo pipefail
 
 need_apt=()
@@ -21,6 +23,15 @@ if [ "${1:-}" = "--test" ]; then
     [ -x /usr/bin/chromium ] || need_apt+=(chromium)
     command -v node >/dev/null || need_apt+=(nodejs)
     command -v npm >/dev/null || need_apt+=(npm)
+    # The guest-kernel tests (scripts/guest/): QEMU, the initramfs tools, swapcheck, nbd-client.
+    command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+    dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+    command -v cpio >/dev/null || need_apt+=(cpio)
+    command -v xz >/dev/null || need_apt+=(xz-utils)
+    [ -x /usr/sbin/modinfo ] || [ -x /sbin/modinfo ] || need_apt+=(kmod)
+    command -v gcc >/dev/null || need_apt+=(gcc)
+    [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
+    [ -x /usr/sbin/nbd-client ] || [ -x /sbin/nbd-client ] || need_apt+=(nbd-client)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""

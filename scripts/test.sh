@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, from nothing: installs build dependencies, then runs the plugins' own native
 # unit tests and the workspace's tests (unit, integration and doc tests; the integration tests
-# start real hosts and a real `tmem serve`), and ends with one summary line.
+# start real hosts and a real `tmem serve`), then the slow guest-kernel tests on their own, and
+# ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
@@ -11,5 +12,8 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 (cd plugins && cargo test --locked) 2>&1 | tee -a "$log"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
+# The slow guest-kernel scenario (a real kernel swapping to tmem over NBD, minutes under QEMU's
+# software emulation) is ignored in the suite above and runs here, on its own.
+cargo test --locked --test all kernel_swap::tmem_nbd -- --ignored 2>&1 | tee -a "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

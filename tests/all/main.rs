@@ -11,6 +11,7 @@ mod dashboard;
 mod demo;
 mod frontend;
 mod hot_swap;
+mod kernel_swap;
 mod nbd;
 mod plugin_faults;
 mod peer;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds a guest's initramfs (a gzip'd newc cpio) for the guest-kernel tests: busybox-static
+# (every applet linked in /bin), kernel modules, binaries with the shared libraries `ldd` lists
+# and the dynamic loader, extra files, and the scenario's /init script. Generic: the scenario
+# (tests/all/kernel_swap.rs) decides what goes in.
+#
+#   build-initramfs.sh --out FILE --init SCRIPT
+#       [--modules DIR]        a lib/modules/RELEASE dir (from fetch-kernel.sh) -> /lib/modules/RELEASE
+#       [--bin PATH[=DEST]]... an executable -> DEST (default /bin/NAME), debug info stripped,
+#                              plus its shared libraries at the paths ldd prints
+#       [--file SRC=DEST]...   any file, copied as is
+set -euo pipefail
+
+die() { echo "build-initramfs: $*" >&2; exit 1; }
+
+out="" init="" modules=""
+bins=() files=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out=$2; shift 2 ;;
+        --init) init=$2; shift 2 ;;
+        --modules) modules=$2; shift 2 ;;
+        --bin) bins+=("$2"); shift 2 ;;
+        --file) files+=("$2"); shift 2 ;;
+        *) die "unknown argument $1 (see the header of $0)" ;;
+    esac
+done
+[ -n "$out" ] && [ -n "$init" ] || die "--out FILE and --init SCRIPT are required"
+[ -f "$init" ] || die "no init script $init"
+for tool in busybox cpio gzip ldd; do
+    command -v "$tool" >/dev/null || die "needs $tool (scripts/install-deps.sh --test installs it)"
+done
+busybox=$(command -v busybox)
+ldd "$busybox" >/dev/null 2>&1 && die "$busybox is not static (install busybox-static)"
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,dev,proc,sys,run,tmp,etc,lib,root}
+ln -s bin "$stage/sbin"
+mkdir -p "$stage/usr"
+ln -s ../bin "$stage/usr/bin"
+ln -s ../bin "$stage/usr/sbin"
+
+cp "$busybox" "$stage/bin/busybox"
+for applet in $("$busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$stage/bin/$applet"
+done
+
+# Copies FILE (following symlinks) to the same absolute path in the image.
+copy_same_path() {
+    mkdir -p "$stage$(dirname "$1")"
+    cp -L "$1" "$stage$1"
+}
+
+for spec in "${bins[@]}"; do
+    src=${spec%%=*}
+    dest=/bin/$(basename "$src")
+    [ "$spec" != "$src" ] && dest=${spec#*=}
+    [ -x "$src" ] || die "no executable $src"
+    mkdir -p "$stage$(dirname "$dest")"
+    rm -f "$stage$dest" # may be a busybox applet link
+    if command -v strip >/dev/null; then
+        strip --strip-debug -o "$stage$dest" "$src"
+    else
+        cp "$src" "$stage$dest"
+    fi
+    # Shared libraries ("name => /path (addr)") and the loader ("/lib64/ld-linux... (addr)").
+    if ldd "$src" >/dev/null 2>&1; then
+        for lib in $(ldd "$src" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+            [ -e "$stage$lib" ] || copy_same_path "$lib"
+        done
+    fi
+done
+
+for spec in "${files[@]}"; do
+    src=${spec%%=*}
+    dest=${spec#*=}
+    [ "$spec" != "$src" ] || die "--file needs SRC=DEST, got $spec"
+    [ -f "$src" ] || die "no file $src"
+    mkdir -p "$stage$(dirname "$dest")"
+    cp -L "$src" "$stage$dest"
+done
+
+if [ -n "$modules" ]; then
+    [ -f "$modules/modules.dep" ] || die "$modules has no modules.dep (use fetch-kernel.sh's lib/modules/RELEASE)"
+    mkdir -p "$stage/lib/modules"
+    cp -r "$modules" "$stage/lib/modules/$(basename "$modules")"
+fi
+
+cp "$init" "$stage/init"
+chmod 755 "$stage/init"
+
+mkdir -p "$(dirname "$out")"
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) | gzip -1 > "$out.tmp"
+mv "$out.tmp" "$out"
