@@ -24,7 +24,6 @@ if [ "${1:-}" = "--test" ]; then
     command -v node >/dev/null || need_apt+=(nodejs)
     command -v npm >/dev/null || need_apt+=(npm)
     # The guest-kernel tests (scripts/guest/): QEMU, the initramfs tools, swapcheck, nbd-client.
-    command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
     dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
     command -v cpio >/dev/null || need_apt+=(cpio)
     command -v xz >/dev/null || need_apt+=(xz-utils)
@@ -38,6 +37,34 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# QEMU for the guest-kernel tests, at the version of the machine's qemu-utils: when qemu-utils
+# came from bookworm-backports (qemu 10), a qemu-system-x86 from bookworm (qemu 7.2) would take
+# qemu-utils away with it, so it comes from backports too — through a private apt state, so the
+# system's sources stay as they are.
+if [ "${1:-}" = "--test" ] && ! command -v qemu-system-x86_64 >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if [[ "$utils" == *bpo* ]]; then
+        . /etc/os-release
+        apt_state=$(mktemp -d)
+        mkdir -p "$apt_state/lists/partial"
+        {
+            echo "deb http://deb.debian.org/debian $VERSION_CODENAME main"
+            echo "deb http://deb.debian.org/debian $VERSION_CODENAME-updates main"
+            echo "deb http://deb.debian.org/debian-security $VERSION_CODENAME-security main"
+            echo "deb http://deb.debian.org/debian $VERSION_CODENAME-backports main"
+        } >"$apt_state/sources.list"
+        private=(-oDir::Etc::SourceList="$apt_state/sources.list" -oDir::Etc::SourceParts=/dev/null -oDir::State::Lists="$apt_state/lists")
+        $SUDO apt-get -qq "${private[@]}" update
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${private[@]}" -t "$VERSION_CODENAME-backports" \
+            qemu-system-x86 qemu-utils >/dev/null
+        rm -rf "$apt_state"
+    else
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq qemu-system-x86 >/dev/null
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then
