@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use tmem_api::client::{Client, ClientError};
 use tmem_api::rest::{AttachRequest, AttachedFrontend, BackendRequest, FrontendKind, PoolConfig};
+use tmem_host::workload::Rng;
 
 use crate::common::{ServeProcess, temp_dir};
 
@@ -55,29 +56,13 @@ fn strings(commands: &[&str]) -> Vec<String> {
     commands.iter().map(|c| c.to_string()).collect()
 }
 
-/// A deterministic pseudo-random generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A file of `len` bytes of data that compresses to about half (3 random words in 8, runs
 /// between), so a `[zstd, ...]` pool keeps its pages.
 fn data_file(dir: &Path, name: &str, len: u64, seed: u64) -> PathBuf {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed | 1);
     let mut bytes = Vec::with_capacity(len as usize);
     while (bytes.len() as u64) < len {
-        let word = rng.next();
+        let word = rng.next_u64();
         if word % 8 < 3 {
             bytes.extend_from_slice(&word.to_le_bytes());
         } else {
@@ -329,7 +314,7 @@ fn the_same_operations_leave_the_same_image_as_nbdkit_memory() {
     let config = PoolConfig { max_pages: Some(300), ..pool("d", &["zstd", "ram"]) };
     let device = Device::new("nbd-diff", config, size);
     let reference = Nbdkit::memory(&device.dir, size);
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     let mut commands = Vec::new();
     for _ in 0..400 {
         let pages = 1 + rng.below(32);
