@@ -291,10 +291,11 @@ pub struct FrontendInfo {
     /// Block devices attached through the API: the attachment's id (for `DELETE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Block devices: `nbd` (later `ublk`).
+    /// Block devices: `nbd` or `ublk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    /// Block devices: where clients reach it (`nbd+unix:///?socket=...`, `nbd://HOST:PORT`).
+    /// Block devices: where clients reach it (`nbd+unix:///?socket=...`, `nbd://HOST:PORT`,
+    /// `/dev/ublkbN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
 }

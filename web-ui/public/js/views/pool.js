@@ -198,14 +198,19 @@ export function poolView(main, name) {
 
   function renderFrontends() {
     const rows = info.frontends.map((f) =>
-      h('tr', {}, h('td', {}, f.name), h('td', {}, Object.entries(f.counters).map(([k, v]) => h('span', { class: 'kv' }, `${k} ${fmt.count(v)}`)))),
+      h(
+        'tr',
+        {},
+        h('td', {}, f.name, f.kind ? h('span', { class: 'badge' }, f.kind) : null, f.address ? h('div', {}, h('code', {}, f.address)) : null),
+        h('td', {}, Object.entries(f.counters).map(([k, v]) => h('span', { class: 'kv' }, `${k} ${fmt.count(v)}`))),
+      ),
     );
     fill(
       frontendsCard,
       h('h2', {}, 'Connected frontends'),
       rows.length
         ? h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'frontend'), h('th', {}, 'counters'))), h('tbody', {}, rows)))
-        : h('p', { class: 'muted' }, 'None. Frontends (userfaultfd regions, block devices) attach over the frontend socket; shrink needs one unless the pool is writethrough.'),
+        : h('p', { class: 'muted' }, 'None. Frontends are userfaultfd regions (over the frontend socket) and block devices (NBD, ublk: tmem pool attach); shrink needs one unless the pool is writethrough.'),
     );
   }
 
