@@ -10,7 +10,8 @@
 //! killed past it) and saves the serial log as an artifact, `CARGO_TARGET_TMPDIR/guest/NAME.serial.log`.
 //! A scenario is a [`Scenario`]: an init script, the binaries it needs, a memory size.
 //!
-//! Scenarios: `zram` (the harness's self-test: proves the workload exceeds the guest's RAM and
+//! Scenarios: `tmem-ublk-recover` (ublk user recovery across a SIGKILL of the host; about 40
+//! s), `zram` (the harness's self-test: proves the workload exceeds the guest's RAM and
 //! that swapping happened, with no tmem involved), `tmem-nbd` and `tmem-ublk` (the guest runs
 //! `tmem serve`, a `[zstd, ram]` pool and a block device of it, and swaps to it: over NBD through
 //! `nbd-client`, or over ublk). Another scenario is an init script under `tests/guest/` (or a
@@ -366,6 +367,37 @@ fn tmem_nbd_swap_verifies_more_than_the_guests_ram() {
 #[ignore = "slow (about 5 minutes under TCG): scripts/test.sh runs it on its own after the suite"]
 fn tmem_ublk_swap_verifies_more_than_the_guests_ram() {
     swap_to_tmem("tmem-ublk", &[("transport", "ublk")], vec![]);
+}
+
+/// ublk user recovery: a ublk device over a persistent pool keeps its data across a SIGKILL of
+/// its host — the kernel keeps `/dev/ublkb0`, the next `tmem serve` takes it over from its
+/// catalog, and the 16 MiB written before the kill read back identical through the device.
+#[test]
+fn tmem_ublk_device_survives_a_host_restart() {
+    let scenario = Scenario {
+        name: "tmem-ublk-recover",
+        init: "recover.init",
+        bins: vec![(PathBuf::from(env!("CARGO_BIN_EXE_tmem")), "/bin/tmem")],
+        memory_mib: 512,
+        cpus: 2,
+        workload_mib: 0,
+        passes: 0,
+        params: &[],
+        workload_limit_mib: None,
+        timeout: Duration::from_secs(600),
+        silence: Duration::from_secs(150),
+    };
+    let run = boot_guest(&scenario);
+    let fields = run.marker("GUEST RECOVER").unwrap_or_else(|| run.fail("no `GUEST RECOVER` line"));
+    let (written, read) = (&fields["written"], &fields["read"]);
+    assert_eq!(written.len(), 64, "a sha256 of the written data");
+    assert_eq!(read, written, "the data read back through the recovered /dev/ublkb0 is what was written before the host was killed");
+    assert!(run.serial.contains("/dev/ublkb0 still there: yes"), "the kernel kept the device while its host was down");
+    let (restored, loads) = (run.number("GUEST POOL-AFTER", "stored_pages"), run.number("GUEST POOL-AFTER", "loads"));
+    assert!(restored >= 4096, "the restarted host restored the device's 4096 pages from the pool's disk: {restored}");
+    assert!(loads >= 4096, "the read after the restart was served by the pool: {loads} loads");
+    assert_eq!(run.number("GUEST POOL-AFTER", "load_failures"), 0);
+    eprintln!("tmem-ublk-recover: {restored} pages restored, {loads} loads after the restart");
 }
 
 /// A guest swapping to a `[zstd, ram]` pool of `tmem serve` in it over the transport `params`
