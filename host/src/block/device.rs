@@ -339,6 +339,29 @@ impl BlockDevice {
         Ok(())
     }
 
+    /// Writes page `p` to the backing file and moves its entry to `written`; if the write
+    /// fails, moves it to `failed` instead and returns the I/O error `what` describes.
+    fn write_backing(
+        &self,
+        slot: &mut Loc,
+        p: u64,
+        page: &[u8],
+        written: Loc,
+        failed: Loc,
+        what: impl FnOnce(std::io::Error) -> String,
+    ) -> Result<(), BlockError> {
+        match self.backing.write_page(p, page) {
+            Ok(()) => {
+                self.relocate(slot, written);
+                Ok(())
+            }
+            Err(e) => {
+                self.relocate(slot, failed);
+                Err(self.io_error(what(e)))
+            }
+        }
+    }
+
     fn read_page(&self, p: u64, page: &mut [u8]) -> Result<(), BlockError> {
         let mut shard = self.shard(p);
         let slot = &mut shard[(p >> SHARD_BITS) as usize];
@@ -359,16 +382,9 @@ impl BlockDevice {
                         return Ok(());
                     }
                     bump(&self.counters.exclusive_to_backing, 1);
-                    match self.backing.write_page(p, page) {
-                        Ok(()) => {
-                            self.relocate(slot, Loc::Backing);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            self.relocate(slot, Loc::Lost);
-                            Err(self.io_error(format!("page {p} left the pool (exclusive load) and could not be written to the backing file: {e}")))
-                        }
-                    }
+                    self.write_backing(slot, p, page, Loc::Backing, Loc::Lost, |e| {
+                        format!("page {p} left the pool (exclusive load) and could not be written to the backing file: {e}")
+                    })
                 }
                 Ok(LoadOutcome::Absent) if loc == Loc::PoolAndBacking => {
                     // A writethrough page the pool reclaimed: the backing copy is the page.
@@ -421,31 +437,17 @@ impl BlockDevice {
             }
             StoreOutcome::StoredWritethrough => {
                 bump(&self.counters.writethrough_copies, 1);
-                match self.backing.write_page(p, page) {
-                    Ok(()) => {
-                        self.relocate(slot, Loc::PoolAndBacking);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.relocate(slot, Loc::Pool);
-                        Err(self.io_error(format!("writing the writethrough copy of page {p}: {e}")))
-                    }
-                }
+                self.write_backing(slot, p, page, Loc::PoolAndBacking, Loc::Pool, |e| {
+                    format!("writing the writethrough copy of page {p}: {e}")
+                })
             }
             StoreOutcome::Rejected(_) => {
                 bump(&self.counters.to_backing, 1);
-                match self.backing.write_page(p, page) {
-                    Ok(()) => {
-                        self.relocate(slot, Loc::Backing);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // The pool dropped any older copy (the duplicate-store rule) and the file
-                        // has no whole new one: the page is gone until written again.
-                        self.relocate(slot, Loc::Lost);
-                        Err(self.io_error(format!("page {p} was refused by the pool and could not be written to the backing file: {e}")))
-                    }
-                }
+                // On failure the pool has dropped any older copy (the duplicate-store rule) and
+                // the file has no whole new one: the page is gone until written again.
+                self.write_backing(slot, p, page, Loc::Backing, Loc::Lost, |e| {
+                    format!("page {p} was refused by the pool and could not be written to the backing file: {e}")
+                })
             }
         }
     }
