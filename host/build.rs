@@ -47,7 +47,20 @@ fn main() {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         let outer = key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_NET_OFFLINE"
-            || matches!(key.as_str(), "RUSTFLAGS" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTC_WRAPPER" | "TARGET" | "HOST" | "OUT_DIR" | "OPT_LEVEL" | "PROFILE" | "DEBUG" | "NUM_JOBS" | "RUSTDOC");
+            || matches!(
+                key.as_str(),
+                "RUSTFLAGS"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTC_WRAPPER"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "OPT_LEVEL"
+                    | "PROFILE"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "RUSTDOC"
+            );
         if outer {
             cmd.env_remove(&key);
         }

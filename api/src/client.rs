@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::rest::{
-    API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolCheck, PoolConfig, PoolInfo, PoolPatch,
-    ShrinkRequest, ShrinkResult, StatsSample, StoreResult,
+    API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolCheck, PoolConfig, PoolInfo,
+    PoolPatch, ShrinkRequest, ShrinkResult, StatsSample, StoreResult,
 };
 use crate::rest::{AttachRequest, AttachedFrontend};
 
@@ -117,7 +117,10 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The token stays out of logs.
-        f.debug_struct("Client").field("base_url", &self.base_url).field("token", &self.token.as_ref().map(|_| "…")).finish()
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
     }
 }
 
@@ -130,7 +133,11 @@ impl Client {
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .user_agent(concat!("tmem-client/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client { agent: ureq::Agent::new_with_config(config), base_url: base_url.trim_end_matches('/').to_string(), token }
+        Client {
+            agent: ureq::Agent::new_with_config(config),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token,
+        }
     }
 
     /// The server's base URL, without a trailing slash.
@@ -280,7 +287,8 @@ impl Client {
     /// `DELETE /api/v1/pools/{pool}/frontends/{id}`: detaches a block device (its pages leave
     /// the pool).
     pub fn detach_frontend(&self, pool: &str, id: &str) -> Result<(), ClientError> {
-        let (status, body) = self.request("DELETE", &format!("{}/frontends/{}", pool_path(pool), encode(id)), None, true)?;
+        let (status, body) =
+            self.request("DELETE", &format!("{}/frontends/{}", pool_path(pool), encode(id)), None, true)?;
         success(status, &body)
     }
 
@@ -338,8 +346,14 @@ impl Client {
         decode_success(status, &body)
     }
 
-    fn send_json<T: DeserializeOwned>(&self, method: &str, path: &str, value: &impl Serialize) -> Result<T, ClientError> {
-        let json = serde_json::to_vec(value).map_err(|e| ClientError::Decode(format!("cannot encode the request: {e}")))?;
+    fn send_json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        value: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        let json =
+            serde_json::to_vec(value).map_err(|e| ClientError::Decode(format!("cannot encode the request: {e}")))?;
         let (status, body) = self.request(method, path, Some(("application/json", &json)), true)?;
         decode_success(status, &body)
     }
@@ -405,7 +419,10 @@ mod tests {
     fn an_error_body_becomes_an_api_error() {
         let body = br#"{"error":{"code":"pool_not_found","message":"no pool named x"}}"#;
         let e = ClientError::from_response(404, body);
-        assert_eq!(e, ClientError::Api { status: 404, code: "pool_not_found".into(), message: "no pool named x".into() });
+        assert_eq!(
+            e,
+            ClientError::Api { status: 404, code: "pool_not_found".into(), message: "no pool named x".into() }
+        );
         assert_eq!(e.status(), Some(404));
         assert_eq!(e.code(), Some("pool_not_found"));
         assert_eq!(e.to_string(), "no pool named x (pool_not_found, HTTP 404)");

@@ -15,10 +15,10 @@
 //! `tmem-sdk`), so without features it has no dependency that needs an operating system.
 
 pub mod abi;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod frontend;
 pub mod manifest;
 pub mod peer;
 #[cfg(feature = "rest")]
 pub mod rest;
-#[cfg(feature = "client")]
-pub mod client;

@@ -157,10 +157,7 @@ impl Manifest {
             Value::Null => Map::new(),
             Value::Object(map) => map.clone(),
             other => {
-                return Err(ConfigError(format!(
-                    "config for plugin '{}' must be an object, not {other}",
-                    self.name
-                )));
+                return Err(ConfigError(format!("config for plugin '{}' must be an object, not {other}", self.name)));
             }
         };
         if let Some(unknown) = given.keys().find(|k| !self.config.iter().any(|c| c.key == **k)) {
@@ -186,10 +183,7 @@ impl Manifest {
 impl ConfigKey {
     fn check(&self, plugin: &str, value: &Value) -> Result<Value, ConfigError> {
         let bad = |expected: String| {
-            ConfigError(format!(
-                "plugin '{plugin}' config key '{}' must be {expected}, got {value}",
-                self.key
-            ))
+            ConfigError(format!("plugin '{plugin}' config key '{}' must be {expected}, got {value}", self.key))
         };
         match &self.value {
             ConfigValueKind::Integer { min, max, .. } => match value.as_i64() {

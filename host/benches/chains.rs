@@ -201,7 +201,12 @@ fn print(name: &str, r: &Run) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: u64 = args.iter().position(|a| a == "--pages").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: u64 = args
+        .iter()
+        .position(|a| a == "--pages")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     if args.iter().any(|a| a == "--list") {
         return;
     }

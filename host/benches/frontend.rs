@@ -146,7 +146,9 @@ fn fault_latency(socket: &Path, pages: usize, resident_limit: usize) {
          pages read in random order"
     );
     println!("   app = one 4 KiB read of a non-resident page, timed by the reading thread (fault included);");
-    println!("   handler = the region's missing_fault_latency (fault message read -> resolving ioctl, eviction included)");
+    println!(
+        "   handler = the region's missing_fault_latency (fault message read -> resolving ioctl, eviction included)"
+    );
     println!();
     let bare_pages = REGION_SAMPLES as usize;
     let (bare_p50, bare_p99) = match bare_copy_fault_latency(bare_pages) {
@@ -180,7 +182,11 @@ fn fault_latency(socket: &Path, pages: usize, resident_limit: usize) {
             f.hits,
             p50_ratio,
             f.app_p99 as f64 / bare_p99 as f64,
-            if goal { format!("  (goal: p50 <= 2x: {})", if p50_ratio <= 2.0 { "met" } else { "NOT met" }) } else { String::new() }
+            if goal {
+                format!("  (goal: p50 <= 2x: {})", if p50_ratio <= 2.0 { "met" } else { "NOT met" })
+            } else {
+                String::new()
+            }
         );
         println!(
             "   {:<44} handler p50 {:>7.1} µs  p99 {:>7.1} µs  max {:>8.1} µs  (its last {} samples; the read phase loaded {} pages \
@@ -230,10 +236,15 @@ fn in_process(pool: &Pool, pages: u64, set: &[Vec<u8>]) -> Throughput {
 fn protocol(client: &FrontendClient, pages: u64, batch: u64, set: &[Vec<u8>]) -> std::io::Result<Throughput> {
     let started = Instant::now();
     for first in (0..pages).step_by(batch as usize) {
-        let ops: Vec<Op<'_>> =
-            (first..(first + batch).min(pages)).map(|offset| Op::Store(offset, &set[offset as usize % set.len()])).collect();
+        let ops: Vec<Op<'_>> = (first..(first + batch).min(pages))
+            .map(|offset| Op::Store(offset, &set[offset as usize % set.len()]))
+            .collect();
         let results = client.batch(&ops)?;
-        assert!(results.iter().all(|r| *r == OpResult::Stored), "the pool refused pages: {:?}", results.iter().find(|r| **r != OpResult::Stored));
+        assert!(
+            results.iter().all(|r| *r == OpResult::Stored),
+            "the pool refused pages: {:?}",
+            results.iter().find(|r| **r != OpResult::Stored)
+        );
     }
     let store_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -292,7 +303,8 @@ fn main() {
     let host = Arc::new(Host::new(HostConfig::default()).expect("host"));
     let ram = || BackendRequest::new("ram");
     host.create_pool_from(&PoolConfig::new("ram", vec![ram()])).expect("[ram] pool");
-    host.create_pool_from(&PoolConfig::new("zstd-ram", vec![BackendRequest::new("zstd"), ram()])).expect("[zstd, ram] pool");
+    host.create_pool_from(&PoolConfig::new("zstd-ram", vec![BackendRequest::new("zstd"), ram()]))
+        .expect("[zstd, ram] pool");
     let inproc = host.create_pool_from(&PoolConfig::new("inproc", vec![ram()])).expect("in-process [ram] pool");
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -301,7 +313,12 @@ fn main() {
         let _context = runtime.enter();
         tmem_host::frontend_server::bind(&socket).expect("bind the frontend socket")
     };
-    runtime.spawn(tmem_host::frontend_server::serve_frontends(host.clone(), ApiToken::new(TOKEN), listener, std::future::pending()));
+    runtime.spawn(tmem_host::frontend_server::serve_frontends(
+        host.clone(),
+        ApiToken::new(TOKEN),
+        listener,
+        std::future::pending(),
+    ));
 
     println!(
         "tmem frontend benchmark: one in-process host serving the frontend protocol on a Unix socket, realistic pages \

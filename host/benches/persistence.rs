@@ -59,13 +59,22 @@ fn run(pool: &Arc<Pool>, pages: u64, threads: u64) -> Figures {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let pages: u64 = args.iter().position(|a| a == "--pages").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let pages: u64 = args
+        .iter()
+        .position(|a| a == "--pages")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
     let dir = std::env::temp_dir().join(format!("tmem-bench-persistence-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let host = Host::new(HostConfig { data_dir: Some(dir.clone()), engine: EngineOptions::default() }).expect("host");
     let sled = BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("sled") };
     let configs: Vec<(&str, PoolConfig, u64)> = vec![
-        ("[zstd, ram] (baseline)", PoolConfig::new("ram", vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]), pages),
+        (
+            "[zstd, ram] (baseline)",
+            PoolConfig::new("ram", vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]),
+            pages,
+        ),
         (
             "[zstd, sled] periodic 100 ms",
             PoolConfig {
@@ -77,11 +86,17 @@ fn main() {
         ),
         (
             "[zstd, sled] sync",
-            PoolConfig { durability: Some(Durability::Sync), ..PoolConfig::new("sync", vec![BackendRequest::new("zstd"), sled]) },
+            PoolConfig {
+                durability: Some(Durability::Sync),
+                ..PoolConfig::new("sync", vec![BackendRequest::new("zstd"), sled])
+            },
             (pages / 10).max(400),
         ),
     ];
-    println!("tmem persistence benchmark: 4 KiB pages, mixed contents (15% zero, 15% random, 70% text), data dir {}", dir.display());
+    println!(
+        "tmem persistence benchmark: 4 KiB pages, mixed contents (15% zero, 15% random, 70% text), data dir {}",
+        dir.display()
+    );
     println!();
     let mut baseline: [Option<(f64, f64)>; 2] = [None, None];
     for (label, config, pages) in configs {

@@ -80,7 +80,12 @@ fn free_port() -> u16 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let pages: u64 = args.iter().position(|a| a == "--pages").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let pages: u64 = args
+        .iter()
+        .position(|a| a == "--pages")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
 
     // The memory server: a second host with a [ram] pool, serving peers on loopback.
     let server = Arc::new(Host::new(HostConfig::default()).expect("host"));
@@ -89,7 +94,12 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let peer_addr = listener.local_addr().unwrap();
-    runtime.spawn(tmem_host::peer_server::serve_peers(server.clone(), ApiToken::new(token), listener, std::future::pending()));
+    runtime.spawn(tmem_host::peer_server::serve_peers(
+        server.clone(),
+        ApiToken::new(token),
+        listener,
+        std::future::pending(),
+    ));
 
     // Redis, if installed.
     let redis_port = free_port();
@@ -104,13 +114,18 @@ fn main() {
 
     let host = Host::new(HostConfig::default()).expect("host");
     let mut chains = vec![
-        ("[zstd, ram] (baseline)", PoolConfig::new("local", vec![BackendRequest::new("zstd"), BackendRequest::new("ram")])),
+        (
+            "[zstd, ram] (baseline)",
+            PoolConfig::new("local", vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]),
+        ),
         ("[zstd, remote] to a peer host", remote("peer", format!("tmem://{peer_addr}/mem"), token)),
     ];
     if redis.is_some() {
         chains.push(("[zstd, remote] to Redis", remote("redis", format!("redis://127.0.0.1:{redis_port}/bench"), "")));
     }
-    println!("tmem remote benchmark: {pages} pages of 4 KiB, one thread, mixed contents (15% zero, 15% random, 70% text), loopback");
+    println!(
+        "tmem remote benchmark: {pages} pages of 4 KiB, one thread, mixed contents (15% zero, 15% random, 70% text), loopback"
+    );
     println!();
     let mut baseline = None;
     for (label, config) in chains {

@@ -159,7 +159,10 @@ impl Catalog {
         self.pools
             .iter()
             .values()
-            .map(|v| serde_json::from_slice(&v?).map_err(|e| CatalogError(format!("a stored pool config is unreadable: {e}"))))
+            .map(|v| {
+                serde_json::from_slice(&v?)
+                    .map_err(|e| CatalogError(format!("a stored pool config is unreadable: {e}")))
+            })
             .collect()
     }
 
@@ -181,7 +184,10 @@ impl Catalog {
         self.frontends
             .iter()
             .values()
-            .map(|v| serde_json::from_slice(&v?).map_err(|e| CatalogError(format!("a stored block device is unreadable: {e}"))))
+            .map(|v| {
+                serde_json::from_slice(&v?)
+                    .map_err(|e| CatalogError(format!("a stored block device is unreadable: {e}")))
+            })
             .collect()
     }
 

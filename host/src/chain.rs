@@ -19,7 +19,6 @@ use crate::page_store::{PageMeta, PageShard};
 use crate::plugin::net::NetPolicy;
 use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, SandboxLimits};
 
-
 /// How the API shows a secret config value; sent back in a hot swap, it keeps the value.
 pub const SECRET_SHOWN: &str = "<secret>";
 
@@ -62,7 +61,10 @@ impl ChainLink {
         for grant in grants {
             let capability = Capability::from_name(grant).ok_or_else(|| {
                 let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
-                ChainError(format!("unknown capability '{grant}' granted to '{plugin}' (capabilities: {})", known.join(", ")))
+                ChainError(format!(
+                    "unknown capability '{grant}' granted to '{plugin}' (capabilities: {})",
+                    known.join(", ")
+                ))
             })?;
             if !needed.contains(&capability) {
                 return Err(ChainError(format!(
@@ -113,7 +115,12 @@ impl ChainLink {
         if let Value::Object(map) = &mut config {
             for (key, value) in map.iter_mut() {
                 if value.as_str() == Some(SECRET_SHOWN) && self.config.contains_key(key) {
-                    let is_secret = self.module.manifest().config.iter().any(|k| k.key == key.as_str() && k.value == tmem_api::manifest::ConfigValueKind::Secret);
+                    let is_secret = self
+                        .module
+                        .manifest()
+                        .config
+                        .iter()
+                        .any(|k| k.key == key.as_str() && k.value == tmem_api::manifest::ConfigValueKind::Secret);
                     if is_secret {
                         *value = self.config[key].clone();
                     }
@@ -290,7 +297,8 @@ impl ChainInstances {
         }
         let link = &cx.chain.links[i];
         let pages = (link.module.kind() == PluginKind::Store).then(|| cx.pages.clone());
-        match cx.engine.instantiate(&link.module, cx.limits, cx.page_size, &link.config_text, pages, link.net.as_ref()) {
+        match cx.engine.instantiate(&link.module, cx.limits, cx.page_size, &link.config_text, pages, link.net.as_ref())
+        {
             Ok(instance) => {
                 if slot.created_before {
                     PoolStats::add(&cx.stats.counters.instance_restarts, 1);
@@ -402,14 +410,26 @@ impl ChainInstances {
     /// (last to first) into `page`. A plugin fault is retried once on a fresh instance.
     /// `exact`: the result must fill `out` (a page); else it may be shorter (a record of a
     /// store-only pool). Returns the length written.
-    pub(crate) fn get(&mut self, cx: &ChainContext<'_>, offset: u64, out: &mut [u8], exact: bool) -> Result<usize, GetFailure> {
+    pub(crate) fn get(
+        &mut self,
+        cx: &ChainContext<'_>,
+        offset: u64,
+        out: &mut [u8],
+        exact: bool,
+    ) -> Result<usize, GetFailure> {
         match self.get_once(cx, offset, out, exact) {
             Err(GetFailure::Fault(_)) => self.get_once(cx, offset, out, exact),
             other => other,
         }
     }
 
-    fn get_once(&mut self, cx: &ChainContext<'_>, offset: u64, out: &mut [u8], exact: bool) -> Result<usize, GetFailure> {
+    fn get_once(
+        &mut self,
+        cx: &ChainContext<'_>,
+        offset: u64,
+        out: &mut [u8],
+        exact: bool,
+    ) -> Result<usize, GetFailure> {
         let store = self.slots.len() - 1;
         let (code, mut len) = self.call(cx, store, false, |s| s.get(offset)).map_err(GetFailure::Fault)?;
         match code {

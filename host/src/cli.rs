@@ -25,8 +25,8 @@ use serde_json::{Map, Value};
 use tmem_api::client::{Client, ClientError};
 use tmem_api::manifest::{ConfigKey, ConfigValueKind};
 use tmem_api::rest::{
-    AttachRequest, BackendInfo, BackendRequest, Durability, FrontendKind, PluginInfo, PluginVersion, PoolConfig, PoolInfo,
-    PoolPatch, SandboxConfig, StoreResult,
+    AttachRequest, BackendInfo, BackendRequest, Durability, FrontendKind, PluginInfo, PluginVersion, PoolConfig,
+    PoolInfo, PoolPatch, SandboxConfig, StoreResult,
 };
 
 /// Where `tmem serve` listens unless told otherwise.
@@ -58,10 +58,24 @@ pub struct ConnectOptions {
     #[arg(long, global = true, help_heading = "Client options", value_name = "URL", env = "TMEM_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
     /// API token [default: read from DATA_DIR/token].
-    #[arg(long, global = true, help_heading = "Client options", value_name = "TOKEN", env = "TMEM_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        value_name = "TOKEN",
+        env = "TMEM_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// The server's data directory, where it wrote its API token.
-    #[arg(long, global = true, help_heading = "Client options", value_name = "DIR", env = "TMEM_DATA_DIR", default_value = "tmem-data")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        value_name = "DIR",
+        env = "TMEM_DATA_DIR",
+        default_value = "tmem-data"
+    )]
     data_dir: PathBuf,
     /// Print the server's JSON response instead of a human-readable view.
     #[arg(long, global = true, help_heading = "Client options")]
@@ -465,8 +479,8 @@ fn plugin(session: &Session, command: PluginCommand) -> Result<Done, CliError> {
     let client = &session.client;
     match command {
         PluginCommand::Upload { file, name } => {
-            let wasm = std::fs::read(&file)
-                .map_err(|e| CliError::Message(format!("cannot read {}: {e}", file.display())))?;
+            let wasm =
+                std::fs::read(&file).map_err(|e| CliError::Message(format!("cannot read {}: {e}", file.display())))?;
             let version = client.upload_plugin(name.as_deref(), &wasm).map_err(|e| session.fail(e))?;
             session.show(&version, |v| {
                 format!(
@@ -529,7 +543,13 @@ fn pool(session: &Session, command: PoolCommand) -> Result<Done, CliError> {
             let name = args.name.clone();
             let attached = client.attach_frontend(&name, &args.into_request()).map_err(|e| session.fail(e))?;
             session.show(&attached, |a| {
-                format!("attached block device {} to pool {name}: {} ({}, {}-byte blocks)\n", a.id, a.address, human_bytes(a.size_bytes), a.block_size)
+                format!(
+                    "attached block device {} to pool {name}: {} ({}, {}-byte blocks)\n",
+                    a.id,
+                    a.address,
+                    human_bytes(a.size_bytes),
+                    a.block_size
+                )
             })?;
         }
         PoolCommand::Detach { name, id } => {
@@ -1079,9 +1099,11 @@ fn plugin_version_view(v: &PluginVersion, default: bool) -> String {
                         ("integer", default.to_string(), format!("{min}..={max}"))
                     }
                     ConfigValueKind::Bool { default } => ("bool", default.to_string(), String::new()),
-                    ConfigValueKind::Enum { values, default } => {
-                        ("enum", default.to_string(), values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("|"))
-                    }
+                    ConfigValueKind::Enum { values, default } => (
+                        "enum",
+                        default.to_string(),
+                        values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("|"),
+                    ),
                     ConfigValueKind::StringList => ("strings", "[]".to_string(), String::new()),
                     ConfigValueKind::Secret => ("secret", "\"\"".to_string(), String::new()),
                 };
@@ -1163,7 +1185,10 @@ fn pool_table(pools: &[PoolInfo]) -> String {
 fn pool_view(info: &PoolInfo) -> String {
     let mut fields = Fields::default();
     fields.add("name", &info.name);
-    fields.add("state", if info.full { "full (refusing stores until usage falls below the threshold)" } else { state(info) });
+    fields.add(
+        "state",
+        if info.full { "full (refusing stores until usage falls below the threshold)" } else { state(info) },
+    );
     fields.add("page size", info.page_size);
     fields.add("max pages", info.max_pages.map_or("none".to_string(), |p| p.to_string()));
     fields.add("max bytes", info.max_bytes.map_or("none".to_string(), |b| format!("{} ({b})", human_bytes(b))));
@@ -1197,7 +1222,13 @@ fn pool_view(info: &PoolInfo) -> String {
                     counter("to_backing"),
                     counter("taken_back")
                 ),
-                None => format!("{} ({} stores, {} loads, {} taken back)", f.name, counter("stores"), counter("loads"), counter("taken_back")),
+                None => format!(
+                    "{} ({} stores, {} loads, {} taken back)",
+                    f.name,
+                    counter("stores"),
+                    counter("loads"),
+                    counter("taken_back")
+                ),
             }
         })
         .collect();
@@ -1215,7 +1246,8 @@ fn pool_view(info: &PoolInfo) -> String {
         out.push_str("generations:\n");
         let mut table = Table::new(&[("ID", Align::Left), ("PAGES", Align::Right), ("CHAIN", Align::Left)]);
         for generation in &info.generations {
-            let id = if generation.current { format!("{} (current)", generation.id) } else { generation.id.to_string() };
+            let id =
+                if generation.current { format!("{} (current)", generation.id) } else { generation.id.to_string() };
             table.row(vec![id, generation.pages.to_string(), chain_with_config(&generation.backends)]);
         }
         out.push_str(&indent(&table.render(), "  "));
@@ -1325,11 +1357,18 @@ mod tests {
         assert!(parse_backend("zstd:level=1,level=2").unwrap_err().contains("twice"));
         assert!(parse_backend("zstd:").is_err());
         let b = parse_backend("sled@0.1.0+storage").unwrap();
-        assert_eq!((b.plugin.as_str(), b.version.as_deref(), b.grants.as_slice()), ("sled", Some("0.1.0"), &["storage".to_string()][..]));
+        assert_eq!(
+            (b.plugin.as_str(), b.version.as_deref(), b.grants.as_slice()),
+            ("sled", Some("0.1.0"), &["storage".to_string()][..])
+        );
         assert!(parse_backend("sled+").unwrap_err().contains("empty grant"));
-        let b = parse_backend(r#"remote+network:endpoints=["tmem://127.0.0.1:7001/for-a"],timeout_ms=200,token=abc"#).unwrap();
+        let b = parse_backend(r#"remote+network:endpoints=["tmem://127.0.0.1:7001/for-a"],timeout_ms=200,token=abc"#)
+            .unwrap();
         assert_eq!(b.grants, ["network"]);
-        assert_eq!(b.config, serde_json::json!({"endpoints": ["tmem://127.0.0.1:7001/for-a"], "timeout_ms": 200, "token": "abc"}));
+        assert_eq!(
+            b.config,
+            serde_json::json!({"endpoints": ["tmem://127.0.0.1:7001/for-a"], "timeout_ms": 200, "token": "abc"})
+        );
     }
 
     #[test]
@@ -1404,7 +1443,10 @@ mod tests {
             patch,
             PoolPatch { max_pages: Some(None), writethrough: Some(true), enabled: Some(false), ..Default::default() }
         );
-        assert_eq!(serde_json::to_value(&patch).unwrap(), json!({"max_pages": null, "writethrough": true, "enabled": false}));
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!({"max_pages": null, "writethrough": true, "enabled": false})
+        );
         assert!(parse(&["pool", "set", "demo"]).is_err(), "nothing to change");
         assert!(parse(&["pool", "set", "demo", "--enable", "--disable"]).is_err());
     }
@@ -1465,7 +1507,10 @@ mod tests {
 
     #[test]
     fn store_outcomes_read_well() {
-        let r = |outcome: &str, reason: Option<&str>| StoreResult { outcome: outcome.into(), reason: reason.map(Into::into) };
+        let r = |outcome: &str, reason: Option<&str>| StoreResult {
+            outcome: outcome.into(),
+            reason: reason.map(Into::into),
+        };
         assert_eq!(store_outcome(&r("stored", None)), "stored");
         assert_eq!(store_outcome(&r("stored_writethrough", None)), "stored (writethrough)");
         assert_eq!(store_outcome(&r("rejected", Some("pool_limit_hit"))), "rejected: pool_limit_hit");

@@ -78,7 +78,13 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
     if config.then_serve {
         println!("the host keeps serving on http://{} (pool 'demo' keeps its pages); Ctrl-C stops it", config.listen);
         if let Ok(token) = std::fs::read_to_string(config.data_dir.join(crate::rest::auth::TOKEN_FILE)) {
-            println!("{}", dashboard_line(config.listen, std::env::var(crate::rest::auth::TOKEN_ENV).as_deref().unwrap_or(token.trim())));
+            println!(
+                "{}",
+                dashboard_line(
+                    config.listen,
+                    std::env::var(crate::rest::auth::TOKEN_ENV).as_deref().unwrap_or(token.trim())
+                )
+            );
         }
         runtime.block_on(server::shutdown_signal());
     }
@@ -91,7 +97,9 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
 /// rides in the URL fragment, which the browser never sends to the server; the dashboard moves
 /// it to session storage and wipes it from the address bar).
 fn dashboard_line(listen: SocketAddr, token: &str) -> String {
-    format!("dashboard: http://{listen}/#token={token}  (open it to watch the pool live; the link signs you in for this browser session)")
+    format!(
+        "dashboard: http://{listen}/#token={token}  (open it to watch the pool live; the link signs you in for this browser session)"
+    )
 }
 
 fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
@@ -102,7 +110,8 @@ fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
         anyhow::ensure!(Instant::now() < deadline, "the host did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let token = std::env::var(crate::rest::auth::TOKEN_ENV).unwrap_or(std::fs::read_to_string(&token_file)?.trim().to_string());
+    let token =
+        std::env::var(crate::rest::auth::TOKEN_ENV).unwrap_or(std::fs::read_to_string(&token_file)?.trim().to_string());
     let api = Client::new(&format!("http://{}", config.listen), Some(token.clone()));
     let deadline = Instant::now() + Duration::from_secs(60);
     while api.health().is_err() {
@@ -234,7 +243,10 @@ fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
         s.missing_fault_latency.p99_ns as f64 / 1e3,
         s.wp_fault_latency.p50_ns as f64 / 1e3
     );
-    println!("  result                 {}", if summary.mismatches == 0 { "OK: every page read back as written" } else { "FAILED" });
+    println!(
+        "  result                 {}",
+        if summary.mismatches == 0 { "OK: every page read back as written" } else { "FAILED" }
+    );
     drop(region);
     Ok(summary.mismatches == 0 && s.load_failures == 0)
 }

@@ -41,7 +41,8 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot bind the frontend socket {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind the frontend socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -114,7 +115,12 @@ impl Frontend for SocketFrontend {
 }
 
 /// Serves frontends on `listener` until `shutdown` completes.
-pub async fn serve_frontends(host: Arc<Host>, token: ApiToken, listener: UnixListener, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve_frontends(
+    host: Arc<Host>,
+    token: ApiToken,
+    listener: UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let token = Arc::new(token);
     tokio::pin!(shutdown);
     loop {
@@ -138,7 +144,10 @@ pub async fn serve_frontends(host: Arc<Host>, token: ApiToken, listener: UnixLis
 /// Reads one length-prefixed frame body (`[len u32 LE][body]`, 5 to `max_body` bytes) — the
 /// framing the frontend and peer protocols share; `None` at a clean end of stream (between
 /// frames).
-pub(crate) async fn read_frame(reader: &mut (impl AsyncRead + Unpin), max_body: usize) -> Result<Option<Vec<u8>>, String> {
+pub(crate) async fn read_frame(
+    reader: &mut (impl AsyncRead + Unpin),
+    max_body: usize,
+) -> Result<Option<Vec<u8>>, String> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -201,7 +210,12 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: UnixStream)
     result
 }
 
-fn attach(host: &Host, token: &ApiToken, body: &[u8], frames: UnboundedSender<Vec<u8>>) -> Result<(Arc<Pool>, Arc<SocketFrontend>), String> {
+fn attach(
+    host: &Host,
+    token: &ApiToken,
+    body: &[u8],
+    frames: UnboundedSender<Vec<u8>>,
+) -> Result<(Arc<Pool>, Arc<SocketFrontend>), String> {
     let (kind, id, payload) = wire::parse_body(body).map_err(|e| e.0.to_string())?;
     if kind != wire::HELLO {
         return Err("the first frame must be HELLO".into());
@@ -210,14 +224,18 @@ fn attach(host: &Host, token: &ApiToken, body: &[u8], frames: UnboundedSender<Ve
     let hello = (|| Ok::<_, wire::Malformed>((r.u8("version")?, r.str("token")?, r.str("pool")?, r.str("name")?)))();
     let (version, presented, pool_name, name) = hello.map_err(|e| format!("malformed HELLO: {}", e.0))?;
     if version != wire::VERSION {
-        return Err(format!("frontend protocol version {version} is not supported (this host speaks {})", wire::VERSION));
+        return Err(format!(
+            "frontend protocol version {version} is not supported (this host speaks {})",
+            wire::VERSION
+        ));
     }
     if !token.matches(presented) {
         return Err("wrong token: frontends authenticate with the host's API token".into());
     }
     let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
     let modes = pool.modes();
-    let flags = if modes.writethrough { wire::FLAG_WRITETHROUGH } else { 0 } | if modes.exclusive_gets { wire::FLAG_EXCLUSIVE_GETS } else { 0 };
+    let flags = if modes.writethrough { wire::FLAG_WRITETHROUGH } else { 0 }
+        | if modes.exclusive_gets { wire::FLAG_EXCLUSIVE_GETS } else { 0 };
     let mut frame = Vec::new();
     wire::frame(&mut frame, wire::ATTACHED, id, &[&pool.page_size().to_le_bytes(), &[flags]]);
     frames.send(frame).map_err(|_| "the connection closed".to_string())?;
@@ -286,7 +304,8 @@ fn run_batch(pool: &Pool, counters: &FrontendCounters, id: u32, ops: &[Op<'_>], 
             }
             Op::Load(offset) | Op::Take(offset) => {
                 counters.loads.fetch_add(1, Ordering::Relaxed);
-                let result = if matches!(op, Op::Take(_)) { pool.take(offset, &mut page) } else { pool.load(offset, &mut page) };
+                let result =
+                    if matches!(op, Op::Take(_)) { pool.take(offset, &mut page) } else { pool.load(offset, &mut page) };
                 match result {
                     Ok(LoadOutcome::Loaded { exclusive }) => {
                         out.push(wire::R_LOADED);

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use tmem_api::rest::{BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, SandboxConfig};
 
 use crate::catalog::{Catalog, CatalogError, GenerationRecord, PoolRecord};
-use crate::persist::{DEFAULT_FLUSH_INTERVAL, Durability, PoolDisk};
 use crate::chain::{Chain, ChainLink};
+use crate::persist::{DEFAULT_FLUSH_INTERVAL, Durability, PoolDisk};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
 use crate::pool::{Pool, PoolLimits, PoolModes, PoolSpec};
 use crate::stats::CounterSnapshot;
@@ -193,7 +193,9 @@ impl Host {
                         "pool restored; its store keeps pages in memory only, so it starts empty"
                     );
                 }
-                Err(e) => tracing::error!(pool = %name, "a kept pool could not be restored (its record stays in the catalog): {e}"),
+                Err(e) => {
+                    tracing::error!(pool = %name, "a kept pool could not be restored (its record stays in the catalog): {e}")
+                }
             }
         }
         Ok(())
@@ -307,7 +309,9 @@ impl Host {
         self.pools()
             .iter()
             .filter(|p| {
-                p.generations().iter().any(|(g, _)| g.chain.links().iter().any(|l| l.module.sha256() == module.sha256()))
+                p.generations()
+                    .iter()
+                    .any(|(g, _)| g.chain.links().iter().any(|l| l.module.sha256() == module.sha256()))
             })
             .map(|p| p.name().to_string())
             .collect()
@@ -324,7 +328,9 @@ impl Host {
         versions
             .iter()
             .rev()
-            .find(|m| m.manifest().version == wanted || (by_sha && m.sha256().starts_with(&wanted.to_ascii_lowercase())))
+            .find(|m| {
+                m.manifest().version == wanted || (by_sha && m.sha256().starts_with(&wanted.to_ascii_lowercase()))
+            })
             .cloned()
             .ok_or_else(|| HostError::UnknownVersion {
                 plugin: name.into(),
@@ -352,7 +358,10 @@ impl Host {
             }
         };
         if let Some(bundled) = doomed.iter().find(|m| self.is_bundled(name, m)) {
-            return Err(HostError::PluginBundled { plugin: name.into(), version: bundled.manifest().version.to_string() });
+            return Err(HostError::PluginBundled {
+                plugin: name.into(),
+                version: bundled.manifest().version.to_string(),
+            });
         }
         let mut users: Vec<String> = doomed.iter().flat_map(|m| self.users_of(m)).collect();
         users.sort();
@@ -545,7 +554,9 @@ impl Host {
     pub fn destroy_pool(&self, name: &str) -> Result<(), HostError> {
         let _changes = self.changes.lock();
         self.pool(name)?;
-        self.block.detach_pool(self, name).map_err(|e| HostError::InvalidPool(format!("its block device could not be detached: {e}")))?;
+        self.block
+            .detach_pool(self, name)
+            .map_err(|e| HostError::InvalidPool(format!("its block device could not be detached: {e}")))?;
         if let Some(catalog) = &self.catalog {
             catalog.remove_pool(name)?;
         }
@@ -576,7 +587,8 @@ impl Host {
 
 /// `zstd 0.1.0 → ram 0.1.0`, for logs.
 fn describe_versions(chain: &Chain) -> String {
-    let links: Vec<String> = chain.links().iter().map(|l| format!("{} {}", l.plugin, l.module.manifest().version)).collect();
+    let links: Vec<String> =
+        chain.links().iter().map(|l| format!("{} {}", l.plugin, l.module.manifest().version)).collect();
     links.join(" → ")
 }
 
@@ -586,10 +598,15 @@ fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durabilit
         return Ok(None);
     }
     let Some(current) = pool.durability() else {
-        return Err(format!("pool '{}' is not persistent (its store is not granted storage); durability does not apply", pool.name()));
+        return Err(format!(
+            "pool '{}' is not persistent (its store is not granted storage); durability does not apply",
+            pool.name()
+        ));
     };
     let durability = match (patch.durability, patch.flush_interval_ms) {
-        (Some(ApiDurability::Sync), Some(_)) => return Err("flush_interval_ms applies only to periodic durability".into()),
+        (Some(ApiDurability::Sync), Some(_)) => {
+            return Err("flush_interval_ms applies only to periodic durability".into());
+        }
         (Some(ApiDurability::Sync), None) => Durability::Sync,
         (Some(ApiDurability::Periodic), ms) => Durability::Periodic(ms.map_or_else(
             || match current {
@@ -600,7 +617,12 @@ fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durabilit
         )),
         (None, Some(ms)) => match current {
             Durability::Periodic(_) => Durability::Periodic(Duration::from_millis(ms)),
-            Durability::Sync => return Err("flush_interval_ms applies only to periodic durability; set \"durability\": \"periodic\" too".into()),
+            Durability::Sync => {
+                return Err(
+                    "flush_interval_ms applies only to periodic durability; set \"durability\": \"periodic\" too"
+                        .into(),
+                );
+            }
         },
         (None, None) => unreachable!("checked above"),
     };
@@ -643,8 +665,12 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, String> {
     }
     spec.durability = match (config.durability, config.flush_interval_ms) {
         (None | Some(ApiDurability::Sync), None) => Durability::Sync,
-        (Some(ApiDurability::Periodic), ms) => Durability::Periodic(ms.map_or(DEFAULT_FLUSH_INTERVAL, Duration::from_millis)),
-        (_, Some(_)) => return Err("flush_interval_ms applies only to periodic durability (\"durability\": \"periodic\")".into()),
+        (Some(ApiDurability::Periodic), ms) => {
+            Durability::Periodic(ms.map_or(DEFAULT_FLUSH_INTERVAL, Duration::from_millis))
+        }
+        (_, Some(_)) => {
+            return Err("flush_interval_ms applies only to periodic durability (\"durability\": \"periodic\")".into());
+        }
     };
     Ok(spec)
 }

@@ -27,10 +27,10 @@
 pub mod block;
 pub mod bundled;
 pub mod catalog;
-pub mod demo;
-pub mod frontend_server;
 pub mod chain;
 pub mod cli;
+pub mod demo;
+pub mod frontend_server;
 pub mod host;
 pub mod page_store;
 pub mod peer_server;

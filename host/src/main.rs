@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use tmem_host::server::{self, ServeConfig};
 
 #[derive(Parser)]
-#[command(name = "tmem", version, about = "Transcendent memory in userspace: frontswap pools backed by sandboxed Wasm plugins")]
+#[command(
+    name = "tmem",
+    version,
+    about = "Transcendent memory in userspace: frontswap pools backed by sandboxed Wasm plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,4 +100,3 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(server::serve(&config, server::shutdown_signal()))
 }
-

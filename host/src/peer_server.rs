@@ -43,7 +43,12 @@ pub async fn serve_peers(host: Arc<Host>, token: ApiToken, listener: TcpListener
     }
 }
 
-async fn send(writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, kind: u8, id: u32, payload: &[u8]) -> Result<(), String> {
+async fn send(
+    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    kind: u8,
+    id: u32,
+    payload: &[u8],
+) -> Result<(), String> {
     let mut frame = Vec::with_capacity(9 + payload.len());
     peer::frame(&mut frame, kind, id, &[payload]);
     writer.write_all(&frame).await.map_err(|e| e.to_string())?;
@@ -53,17 +58,24 @@ async fn send(writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, kind: u8,
 async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let (mut reader, mut writer) = (BufReader::with_capacity(64 << 10, read), BufWriter::with_capacity(64 << 10, write));
+    let (mut reader, mut writer) =
+        (BufReader::with_capacity(64 << 10, read), BufWriter::with_capacity(64 << 10, write));
     let Some(body) = read_frame(&mut reader, peer::MAX_BODY).await? else { return Ok(()) };
     let (kind, id, payload) = peer::parse_body(&body)?;
-    let hello = if kind == peer::HELLO { peer::parse_hello(payload).map_err(str::to_string) } else { Err("the first frame must be HELLO".into()) };
+    let hello = if kind == peer::HELLO {
+        peer::parse_hello(payload).map_err(str::to_string)
+    } else {
+        Err("the first frame must be HELLO".into())
+    };
     let accepted = hello.and_then(|(presented, pool_name)| {
         if !token.matches(presented) {
             return Err("wrong token: peers authenticate with the memory server's API token".to_string());
         }
         let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
         if pool.chain().links().len() != 1 {
-            return Err(format!("pool '{pool_name}' has filters; a memory server pool must be a lone store, e.g. [ram]"));
+            return Err(format!(
+                "pool '{pool_name}' has filters; a memory server pool must be a lone store, e.g. [ram]"
+            ));
         }
         Ok(pool)
     });

@@ -158,7 +158,9 @@ pub enum OpError {
         got: usize,
     },
     /// Records (already encoded pages) go only to a pool whose chain is a lone store.
-    #[error("pool '{0}' has filters in its chain; records (already encoded pages) need a pool that is a lone store, e.g. [ram]")]
+    #[error(
+        "pool '{0}' has filters in its chain; records (already encoded pages) need a pool that is a lone store, e.g. [ram]"
+    )]
     NotARecordPool(String),
     /// A page the map says is present could not be produced: data loss, counted in
     /// `load_failures`. The page stays present (the failure may be transient).
@@ -280,7 +282,10 @@ impl PoolSpec {
             && self.name.len() <= 64
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
-            return Err(format!("pool name {:?} must be 1-64 characters of ASCII letters, digits, '-', '_' and '.'", self.name));
+            return Err(format!(
+                "pool name {:?} must be 1-64 characters of ASCII letters, digits, '-', '_' and '.'",
+                self.name
+            ));
         }
         if !self.page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&self.page_size) {
             return Err(format!(
@@ -435,7 +440,12 @@ impl Pool {
     /// Creates the pool (init: the map starts empty) and instantiates its whole chain once,
     /// so a config the plugins refuse is reported now, not when the first page arrives. A
     /// pool whose store is granted `storage` needs `disk`, its own (empty) database.
-    pub(crate) fn new(spec: PoolSpec, chain: Chain, engine: Arc<PluginEngine>, disk: Option<Arc<PoolDisk>>) -> Result<Self, String> {
+    pub(crate) fn new(
+        spec: PoolSpec,
+        chain: Chain,
+        engine: Arc<PluginEngine>,
+        disk: Option<Arc<PoolDisk>>,
+    ) -> Result<Self, String> {
         let pool = Pool::empty(spec, Arc::new(chain.clone()), engine, disk)?;
         pool.swap_chain(Arc::new(chain))?;
         Ok(pool)
@@ -466,7 +476,12 @@ impl Pool {
                 // Shard 0 has every generation's warmed-up slot; the others start them lazily.
                 shard.generations = installed
                     .iter()
-                    .map(|(id, chain)| GenerationSlot { id: *id, chain: chain.clone(), instances: ChainInstances::new(chain.links().len()), held: 0 })
+                    .map(|(id, chain)| GenerationSlot {
+                        id: *id,
+                        chain: chain.clone(),
+                        instances: ChainInstances::new(chain.links().len()),
+                        held: 0,
+                    })
                     .collect();
             }
             for (offset, meta) in shard.pages.recover() {
@@ -493,7 +508,12 @@ impl Pool {
         Ok(pool)
     }
 
-    fn empty(spec: PoolSpec, chain: Arc<Chain>, engine: Arc<PluginEngine>, disk: Option<Arc<PoolDisk>>) -> Result<Self, String> {
+    fn empty(
+        spec: PoolSpec,
+        chain: Arc<Chain>,
+        engine: Arc<PluginEngine>,
+        disk: Option<Arc<PoolDisk>>,
+    ) -> Result<Self, String> {
         spec.check()?;
         if chain.is_persistent() != disk.is_some() {
             return Err("a pool has a database exactly when its store is granted storage".into());
@@ -608,7 +628,10 @@ impl Pool {
     /// Changes the durability mode of a persistent pool.
     pub fn set_durability(&self, durability: Durability) -> Result<(), String> {
         let disk = self.disk.as_ref().ok_or_else(|| {
-            format!("pool '{}' is not persistent (its store is not granted storage); durability does not apply", self.name)
+            format!(
+                "pool '{}' is not persistent (its store is not granted storage); durability does not apply",
+                self.name
+            )
         })?;
         durability.check()?;
         disk.set_durability(durability);
@@ -656,7 +679,9 @@ impl Pool {
             for slot in &shard.lock().generations {
                 match all.iter_mut().find(|(g, _)| g.id == slot.id) {
                     Some((_, held)) => *held += slot.held,
-                    None if slot.held > 0 => all.push((Generation { id: slot.id, chain: slot.chain.clone() }, slot.held)),
+                    None if slot.held > 0 => {
+                        all.push((Generation { id: slot.id, chain: slot.chain.clone() }, slot.held))
+                    }
                     None => {}
                 }
             }
@@ -704,7 +729,11 @@ impl Pool {
     pub fn store_record(&self, offset: u64, record: &[u8]) -> Result<StoreOutcome, OpError> {
         self.check_record_pool()?;
         if record.is_empty() || record.len() > self.max_record() {
-            return Err(OpError::WrongRecordSize { pool: self.name.clone(), max: self.max_record(), got: record.len() });
+            return Err(OpError::WrongRecordSize {
+                pool: self.name.clone(),
+                max: self.max_record(),
+                got: record.len(),
+            });
         }
         Ok(self.store_bytes(offset, record))
     }
@@ -1137,7 +1166,8 @@ impl Pool {
 
     /// Bytes of linear memory of the pool's live plugin instances (all shards, generations).
     pub fn plugin_memory_bytes(&self) -> u64 {
-        let shard_bytes = |s: &Mutex<Shard>| s.lock().generations.iter().map(|g| g.instances.memory_bytes()).sum::<usize>();
+        let shard_bytes =
+            |s: &Mutex<Shard>| s.lock().generations.iter().map(|g| g.instances.memory_bytes()).sum::<usize>();
         self.shards.iter().map(shard_bytes).sum::<usize>() as u64
     }
 

@@ -43,7 +43,9 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
     match source {
         TokenSource::Environment => tracing::info!("API token from {TOKEN_ENV}"),
         TokenSource::File(path) => tracing::info!(path = %path.display(), "API token read from the data dir"),
-        TokenSource::Created(path) => tracing::info!(path = %path.display(), "API token created (mode 0600); clients send it as `Authorization: Bearer TOKEN`"),
+        TokenSource::Created(path) => {
+            tracing::info!(path = %path.display(), "API token created (mode 0600); clients send it as `Authorization: Bearer TOKEN`")
+        }
     }
     let host = Arc::new(Host::new(HostConfig { data_dir: Some(config.data_dir.clone()), ..Default::default() })?);
     if config.demo_pool && host.pool("demo").is_err() {
@@ -92,12 +94,18 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
                 tracing::warn!(%peer_addr, "the memory server listens beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
             }
             tracing::info!(%peer_addr, "memory server listening for peers");
-            Some(tokio::spawn(crate::peer_server::serve_peers(host.clone(), token.clone(), peer_listener, until_stopped())))
+            Some(tokio::spawn(crate::peer_server::serve_peers(
+                host.clone(),
+                token.clone(),
+                peer_listener,
+                until_stopped(),
+            )))
         }
         None => None,
     };
     tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
-    let frontend_task = tokio::spawn(crate::frontend_server::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
+    let frontend_task =
+        tokio::spawn(crate::frontend_server::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
     tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");
     axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(until_stopped()).await?;
     if let Some(peers) = peers {

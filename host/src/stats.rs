@@ -300,7 +300,10 @@ mod tests {
         assert_eq!(interval.count(), 10);
         assert_eq!(interval.sum_ns, 10_000_000);
         let p50 = interval.quantile_ns(0.5).unwrap();
-        assert!((1_000_000..=1_190_000).contains(&p50), "the interval's median is the 1 ms ops, not the 1 µs ones: {p50}");
+        assert!(
+            (1_000_000..=1_190_000).contains(&p50),
+            "the interval's median is the 1 ms ops, not the 1 µs ones: {p50}"
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ use tmem_api::manifest::{ConfigKey, ConfigValueKind};
 
 /// A whole number in `min..=max`, `default` when the pool leaves it out.
 pub const fn integer(key: &'static str, doc: &'static str, min: i64, max: i64, default: i64) -> ConfigKey {
-    ConfigKey { key: Cow::Borrowed(key), doc: Cow::Borrowed(doc), value: ConfigValueKind::Integer { min, max, default } }
+    ConfigKey {
+        key: Cow::Borrowed(key),
+        doc: Cow::Borrowed(doc),
+        value: ConfigValueKind::Integer { min, max, default },
+    }
 }
 
 /// `true` or `false`.
@@ -42,7 +46,6 @@ macro_rules! one_of {
 pub const fn string_list(key: &'static str, doc: &'static str) -> ConfigKey {
     ConfigKey { key: Cow::Borrowed(key), doc: Cow::Borrowed(doc), value: ConfigValueKind::StringList }
 }
-
 
 /// A secret string key (a token): empty by default; the host never shows its value back.
 pub const fn secret(key: &'static str, doc: &'static str) -> ConfigKey {

@@ -32,7 +32,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
 ];
 
 fn error_code(body: &[u8]) -> String {
-    let v: Value = serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
+    let v: Value =
+        serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
     v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {v}")).to_string()
 }
 
@@ -90,12 +91,17 @@ fn plugins_upload_validate_version_list_and_remove() {
     // Upload a fixture built from plugins/versioned-v1: 201, and the same bytes again: 200.
     let v1 = tmem_host::bundled::built("tmem_plugin_versioned_v1").unwrap();
     let v2 = tmem_host::bundled::built("tmem_plugin_versioned_v2").unwrap();
-    let (status, body) = client.request("POST", "/api/v1/plugins?name=fmt", Some(("application/wasm", &v1)), true).unwrap();
+    let (status, body) =
+        client.request("POST", "/api/v1/plugins?name=fmt", Some(("application/wasm", &v1)), true).unwrap();
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     let first: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!((first["name"].as_str(), first["version"].as_str(), first["kind"].as_str()), (Some("fmt"), Some("1.0.0"), Some("filter")));
+    assert_eq!(
+        (first["name"].as_str(), first["version"].as_str(), first["kind"].as_str()),
+        (Some("fmt"), Some("1.0.0"), Some("filter"))
+    );
     assert_eq!(first["size"].as_u64(), Some(v1.len() as u64));
-    let (status, body) = client.request("POST", "/api/v1/plugins?name=fmt", Some(("application/wasm", &v1)), true).unwrap();
+    let (status, body) =
+        client.request("POST", "/api/v1/plugins?name=fmt", Some(("application/wasm", &v1)), true).unwrap();
     assert_eq!(status, 200, "the same bytes again are idempotent");
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["sha256"], first["sha256"]);
     // New bytes under the same name: a second version, the newest.
@@ -108,8 +114,10 @@ fn plugins_upload_validate_version_list_and_remove() {
 
     // Bad uploads: a clear 400 or 413 each, and nothing registered.
     let before = client.plugins().unwrap();
-    let mut wrong_abi = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "tmem_abi_v2")))"#).unwrap();
-    let missing_exports = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "tmem_abi_v1")))"#).unwrap();
+    let mut wrong_abi =
+        wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "tmem_abi_v2")))"#).unwrap();
+    let missing_exports =
+        wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "tmem_abi_v1")))"#).unwrap();
     let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
         ("not wasm", b"#!/bin/sh\necho hi\n".to_vec(), 400, "invalid_plugin", "not a WebAssembly module"),
         ("wrong abi", std::mem::take(&mut wrong_abi), 400, "invalid_plugin", "ABI"),
@@ -118,13 +126,15 @@ fn plugins_upload_validate_version_list_and_remove() {
         ("too large", vec![0u8; (16 << 20) + 10], 413, "plugin_too_large", "limit"),
     ];
     for (what, bytes, status, code, needle) in cases {
-        let (got, body) = client.request("POST", "/api/v1/plugins?name=bad", Some(("application/wasm", &bytes)), true).unwrap();
+        let (got, body) =
+            client.request("POST", "/api/v1/plugins?name=bad", Some(("application/wasm", &bytes)), true).unwrap();
         assert_eq!(got, status, "{what}: {}", String::from_utf8_lossy(&body));
         assert_eq!(error_code(&body), code, "{what}");
         let message = serde_json::from_slice::<Value>(&body).unwrap()["error"]["message"].as_str().unwrap().to_string();
         assert!(message.contains(needle), "{what}: {message}");
     }
-    let (status, body) = client.request("POST", "/api/v1/plugins?name=no%20spaces", Some(("application/wasm", &v1)), true).unwrap();
+    let (status, body) =
+        client.request("POST", "/api/v1/plugins?name=no%20spaces", Some(("application/wasm", &v1)), true).unwrap();
     assert_eq!((status, error_code(&body).as_str()), (400, "invalid_plugin_name"));
     assert_eq!(client.plugins().unwrap(), before, "nothing half-registered");
 
@@ -152,7 +162,8 @@ fn pools_are_created_checked_changed_and_destroyed() {
     let client = server.client();
     let body = json!({"name": "p1", "page_size": 4096, "backends": [{"plugin": "zstd", "config": {"level": 1}}, {"plugin": "ram"}],
                       "max_pages": 100000, "max_bytes": null, "writethrough": false, "exclusive_gets": false});
-    let (status, created) = client.request("POST", "/api/v1/pools", Some(("application/json", body.to_string().as_bytes())), true).unwrap();
+    let (status, created) =
+        client.request("POST", "/api/v1/pools", Some(("application/json", body.to_string().as_bytes())), true).unwrap();
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
     let info = client.pool("p1").unwrap();
     assert_eq!((info.page_size, info.max_pages, info.max_bytes), (4096, Some(100000), None));
@@ -166,50 +177,93 @@ fn pools_are_created_checked_changed_and_destroyed() {
 
     // Every kind of bad pool config: 400 with the reason; and a duplicate name: 409.
     let bad = [
-        (json!({"name": "x", "backends": [{"plugin": "ram"}], "max_page": 3}), "invalid_json", "unknown field `max_page`"),
+        (
+            json!({"name": "x", "backends": [{"plugin": "ram"}], "max_page": 3}),
+            "invalid_json",
+            "unknown field `max_page`",
+        ),
         (json!({"name": "x", "backends": [{"plugin": "nope"}]}), "unknown_plugin", "nope"),
         (json!({"name": "x", "backends": [{"plugin": "ram", "version": "9.9"}]}), "unknown_plugin_version", "9.9"),
-        (json!({"name": "x", "backends": [{"plugin": "ram"}, {"plugin": "zstd"}]}), "invalid_pool", "must end with a store"),
+        (
+            json!({"name": "x", "backends": [{"plugin": "ram"}, {"plugin": "zstd"}]}),
+            "invalid_pool",
+            "must end with a store",
+        ),
         (json!({"name": "x", "backends": [{"plugin": "zstd"}]}), "invalid_pool", "must end with a store"),
         (json!({"name": "x", "backends": []}), "invalid_pool", "at least a store"),
-        (json!({"name": "x", "backends": [{"plugin": "zstd", "config": {"levle": 1}}, {"plugin": "ram"}]}), "invalid_pool", "levle"),
-        (json!({"name": "x", "backends": [{"plugin": "zstd", "config": {"level": 99}}, {"plugin": "ram"}]}), "invalid_pool", "level"),
+        (
+            json!({"name": "x", "backends": [{"plugin": "zstd", "config": {"levle": 1}}, {"plugin": "ram"}]}),
+            "invalid_pool",
+            "levle",
+        ),
+        (
+            json!({"name": "x", "backends": [{"plugin": "zstd", "config": {"level": 99}}, {"plugin": "ram"}]}),
+            "invalid_pool",
+            "level",
+        ),
         (json!({"name": "x", "page_size": 5000, "backends": [{"plugin": "ram"}]}), "invalid_pool", "power of two"),
         (json!({"name": "bad name!", "backends": [{"plugin": "ram"}]}), "invalid_pool", "pool name"),
         (json!({"name": "x", "backends": [{"plugin": "ram"}], "max_pages": 0}), "invalid_pool", "limit of 0"),
         (json!({"name": "x"}), "invalid_json", "backends"),
     ];
     for (body, code, needle) in bad {
-        let (status, response) = client.request("POST", "/api/v1/pools", Some(("application/json", body.to_string().as_bytes())), true).unwrap();
+        let (status, response) = client
+            .request("POST", "/api/v1/pools", Some(("application/json", body.to_string().as_bytes())), true)
+            .unwrap();
         assert_eq!(status, 400, "{body}: {}", String::from_utf8_lossy(&response));
         assert_eq!(error_code(&response), code, "{body}");
         assert!(String::from_utf8_lossy(&response).contains(needle), "{body}: {}", String::from_utf8_lossy(&response));
     }
-    let (status, response) = client.request("POST", "/api/v1/pools", Some(("application/json", b"{not json")), true).unwrap();
+    let (status, response) =
+        client.request("POST", "/api/v1/pools", Some(("application/json", b"{not json")), true).unwrap();
     assert_eq!((status, error_code(&response).as_str()), (400, "invalid_json"));
     let (status, response) = client.request("POST", "/api/v1/pools", Some(("text/plain", b"{}")), true).unwrap();
     assert_eq!((status, error_code(&response).as_str()), (415, "unsupported_media_type"));
-    assert_eq!(api_error(client.create_pool(&PoolConfig::new("p1", vec![BackendRequest::new("ram")]))).1, "pool_exists");
+    assert_eq!(
+        api_error(client.create_pool(&PoolConfig::new("p1", vec![BackendRequest::new("ram")]))).1,
+        "pool_exists"
+    );
     assert_eq!(client.pools().unwrap().len(), 1, "no failed create left anything");
 
     // PATCH: limits, modes, enabled; null clears a limit; bad values are refused whole.
-    let patch: PoolPatch = serde_json::from_value(json!({"max_pages": 10, "max_bytes": 1000000, "writethrough": true, "exclusive_gets": true, "enabled": false})).unwrap();
+    let patch: PoolPatch = serde_json::from_value(
+        json!({"max_pages": 10, "max_bytes": 1000000, "writethrough": true, "exclusive_gets": true, "enabled": false}),
+    )
+    .unwrap();
     let info = client.update_pool("p1", &patch).unwrap();
-    assert_eq!((info.max_pages, info.max_bytes, info.writethrough, info.exclusive_gets, info.enabled), (Some(10), Some(1000000), true, true, false));
-    let info = client.update_pool("p1", &serde_json::from_value(json!({"max_pages": null, "enabled": true})).unwrap()).unwrap();
+    assert_eq!(
+        (info.max_pages, info.max_bytes, info.writethrough, info.exclusive_gets, info.enabled),
+        (Some(10), Some(1000000), true, true, false)
+    );
+    let info = client
+        .update_pool("p1", &serde_json::from_value(json!({"max_pages": null, "enabled": true})).unwrap())
+        .unwrap();
     assert_eq!((info.max_pages, info.max_bytes, info.enabled), (None, Some(1000000), true));
-    let (status, code, _) = api_error(client.update_pool("p1", &serde_json::from_value(json!({"accept_threshold_percent": 0, "writethrough": false})).unwrap()));
+    let (status, code, _) = api_error(client.update_pool(
+        "p1",
+        &serde_json::from_value(json!({"accept_threshold_percent": 0, "writethrough": false})).unwrap(),
+    ));
     assert_eq!((status, code.as_str()), (400, "invalid_pool"));
     assert!(client.pool("p1").unwrap().writethrough, "a refused patch changes nothing");
-    let (status, response) = client.request("PATCH", "/api/v1/pools/p1", Some(("application/json", br#"{"max_pgaes": 1}"#)), true).unwrap();
+    let (status, response) =
+        client.request("PATCH", "/api/v1/pools/p1", Some(("application/json", br#"{"max_pgaes": 1}"#)), true).unwrap();
     assert_eq!((status, error_code(&response).as_str()), (400, "invalid_json"));
     let swap_other_plugin = json!({"backends": [{"plugin": "ram"}]});
-    let (status, response) = client.request("PATCH", "/api/v1/pools/p1", Some(("application/json", swap_other_plugin.to_string().as_bytes())), true).unwrap();
+    let (status, response) = client
+        .request(
+            "PATCH",
+            "/api/v1/pools/p1",
+            Some(("application/json", swap_other_plugin.to_string().as_bytes())),
+            true,
+        )
+        .unwrap();
     assert_eq!((status, error_code(&response).as_str()), (400, "invalid_pool"));
     assert!(String::from_utf8_lossy(&response).contains("hot swap keeps the chain's plugins"));
 
     // Unknown pools and routes, wrong methods.
-    for (method, path) in [("GET", "/api/v1/pools/nope"), ("DELETE", "/api/v1/pools/nope"), ("GET", "/api/v1/pools/nope/pages/1")] {
+    for (method, path) in
+        [("GET", "/api/v1/pools/nope"), ("DELETE", "/api/v1/pools/nope"), ("GET", "/api/v1/pools/nope/pages/1")]
+    {
         let (status, response) = client.request(method, path, None, true).unwrap();
         assert_eq!((status, error_code(&response).as_str()), (404, "pool_not_found"), "{method} {path}");
     }
@@ -238,9 +292,14 @@ fn pages_store_load_invalidate_reject_and_shrink_over_http() {
         let r = client.put_page("pg", offset, &tagged_page(offset)).unwrap();
         assert_eq!((r.outcome.as_str(), r.reason.as_deref()), ("stored", None));
     }
-    let (status, body) = client.request("PUT", "/api/v1/pools/pg/pages/3", Some(("application/octet-stream", &tagged_page(3))), true).unwrap();
+    let (status, body) = client
+        .request("PUT", "/api/v1/pools/pg/pages/3", Some(("application/octet-stream", &tagged_page(3))), true)
+        .unwrap();
     assert_eq!(status, 507, "the pool is full");
-    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"outcome": "rejected", "reason": "pool_limit_hit"}));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"outcome": "rejected", "reason": "pool_limit_hit"})
+    );
     assert_eq!(client.get_page("pg", 1).unwrap().as_deref(), Some(&tagged_page(1)[..]));
     assert_eq!(client.get_page("pg", 3).unwrap(), None, "a rejected store left nothing");
     let (status, body) = client.request("GET", "/api/v1/pools/pg/pages/3", None, true).unwrap();
@@ -248,10 +307,16 @@ fn pages_store_load_invalidate_reject_and_shrink_over_http() {
 
     // Wrong lengths and bad offsets are 400 and change nothing.
     for len in [0usize, 4095, 4097, 8192] {
-        let (status, body) = client.request("PUT", "/api/v1/pools/pg/pages/1", Some(("application/octet-stream", &vec![7u8; len])), true).unwrap();
+        let (status, body) = client
+            .request("PUT", "/api/v1/pools/pg/pages/1", Some(("application/octet-stream", &vec![7u8; len])), true)
+            .unwrap();
         assert_eq!((status, error_code(&body).as_str()), (400, "wrong_page_size"), "{len} bytes");
     }
-    assert_eq!(client.get_page("pg", 1).unwrap().as_deref(), Some(&tagged_page(1)[..]), "a refused put keeps the old page");
+    assert_eq!(
+        client.get_page("pg", 1).unwrap().as_deref(),
+        Some(&tagged_page(1)[..]),
+        "a refused put keeps the old page"
+    );
     let (status, body) = client.request("GET", "/api/v1/pools/pg/pages/minus-one", None, true).unwrap();
     assert_eq!((status, error_code(&body).as_str()), (400, "invalid_path"));
 
@@ -295,5 +360,10 @@ fn pages_store_load_invalidate_reject_and_shrink_over_http() {
         .and_then(|n| n.parse::<u64>().ok())
         .expect("a store latency count");
     assert_eq!(store_count, info.latency["store"].count);
-    assert!(metrics.lines().filter(|l| !l.starts_with('#')).all(|l| l.rsplit_once(' ').is_some_and(|(_, v)| v.parse::<f64>().is_ok())));
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.rsplit_once(' ').is_some_and(|(_, v)| v.parse::<f64>().is_ok()))
+    );
 }

@@ -89,9 +89,11 @@ fn the_token_comes_from_the_data_dir_or_the_environment_and_is_required() {
     // From --data-dir, with the server as an option.
     run(&mut tmem(), &["pool", "ls", "--server", &server.url, "--data-dir", data_dir]).ok();
     // From TMEM_TOKEN, with a data dir that has none.
-    run(tmem().env("TMEM_TOKEN", &server.token), &["pool", "--server", &server.url, "ls", "--data-dir", empty_dir]).ok();
+    run(tmem().env("TMEM_TOKEN", &server.token), &["pool", "--server", &server.url, "ls", "--data-dir", empty_dir])
+        .ok();
     // From --token.
-    run(&mut tmem(), &["plugin", "ls", "--server", &server.url, "--token", &server.token, "--data-dir", empty_dir]).ok();
+    run(&mut tmem(), &["plugin", "ls", "--server", &server.url, "--token", &server.token, "--data-dir", empty_dir])
+        .ok();
 
     // None at all.
     let r = run(&mut tmem(), &["pool", "ls", "--server", &server.url, "--data-dir", empty_dir]);
@@ -164,8 +166,11 @@ fn pools_are_created_changed_and_removed_and_pages_round_trip() {
     let files = temp_dir("cli-files");
     let tmem = || tmem_at(&server);
 
-    let created = run(&mut tmem(), &["pool", "create", "demo", "--backend", "zstd:level=1", "--backend", "ram", "--max-pages", "100"])
-        .ok();
+    let created = run(
+        &mut tmem(),
+        &["pool", "create", "demo", "--backend", "zstd:level=1", "--backend", "ram", "--max-pages", "100"],
+    )
+    .ok();
     assert!(created.starts_with("created pool demo"), "{created}");
     assert!(created.contains("zstd") && created.contains("ram"), "{created}");
     assert_eq!(server.client().pool("demo").expect("the API sees it").max_pages, Some(100));
@@ -176,7 +181,10 @@ fn pools_are_created_changed_and_removed_and_pages_round_trip() {
         assert!(header.contains(column), "{listing}");
     }
     let row = listing.lines().find(|l| l.starts_with("demo ")).unwrap_or_else(|| panic!("no demo row: {listing}"));
-    assert!(row.contains("zstd") && row.contains("→ ram") && row.contains("100 pages") && row.contains("enabled"), "{row}");
+    assert!(
+        row.contains("zstd") && row.contains("→ ram") && row.contains("100 pages") && row.contains("enabled"),
+        "{row}"
+    );
 
     let shown = run(&mut tmem(), &["pool", "show", "demo"]).ok();
     assert!(shown.contains("name:") && shown.contains("demo"), "{shown}");
@@ -279,13 +287,33 @@ fn persistent_pools_are_created_with_grants_and_durability_from_the_command_line
     let server = ServeProcess::start(&temp_dir("cli-persist"), &[]);
     let created = run(
         &mut tmem_at(&server),
-        &["pool", "create", "disk", "--backend", "zstd", "--backend", "sled+storage", "--durability", "periodic", "--flush-interval-ms", "250"],
+        &[
+            "pool",
+            "create",
+            "disk",
+            "--backend",
+            "zstd",
+            "--backend",
+            "sled+storage",
+            "--durability",
+            "periodic",
+            "--flush-interval-ms",
+            "250",
+        ],
     );
     created.ok();
-    let shown: serde_json::Value = serde_json::from_str(&run(&mut tmem_at(&server), &["pool", "show", "disk", "--json"]).ok()).unwrap();
-    assert_eq!((shown["persistent"].as_bool(), shown["durability"].as_str(), shown["flush_interval_ms"].as_u64()), (Some(true), Some("periodic"), Some(250)));
+    let shown: serde_json::Value =
+        serde_json::from_str(&run(&mut tmem_at(&server), &["pool", "show", "disk", "--json"]).ok()).unwrap();
+    assert_eq!(
+        (shown["persistent"].as_bool(), shown["durability"].as_str(), shown["flush_interval_ms"].as_u64()),
+        (Some(true), Some("periodic"), Some(250))
+    );
     assert_eq!(shown["backends"][1]["grants"], serde_json::json!(["storage"]));
-    assert!(run(&mut tmem_at(&server), &["pool", "show", "disk"]).ok().contains("periodic durability (flushed every 250 ms)"));
+    assert!(
+        run(&mut tmem_at(&server), &["pool", "show", "disk"])
+            .ok()
+            .contains("periodic durability (flushed every 250 ms)")
+    );
     run(&mut tmem_at(&server), &["pool", "set", "disk", "--durability", "sync"]).ok();
     assert_eq!(server.client().pool("disk").unwrap().durability, Some(tmem_api::rest::Durability::Sync));
     // Without the grant: refused with the reason, exit 1.

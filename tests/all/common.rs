@@ -8,11 +8,8 @@ use tmem_host::{BackendSpec, Host, HostConfig, PoolSpec};
 
 /// A host with no data dir and a modest number of instance slots (tests run in parallel).
 pub fn host() -> Host {
-    Host::new(HostConfig {
-        data_dir: None,
-        engine: EngineOptions { max_instances: 200, ..Default::default() },
-    })
-    .expect("host starts")
+    Host::new(HostConfig { data_dir: None, engine: EngineOptions { max_instances: 200, ..Default::default() } })
+        .expect("host starts")
 }
 
 /// Every bundled chain the contract must hold for, by name. The remote chain reaches a fresh
@@ -71,7 +68,8 @@ pub fn remote_to_memory_server() -> BackendSpec {
 pub fn spec(name: &str) -> PoolSpec {
     let mut spec = PoolSpec::new(name);
     spec.shards = Some(4);
-    spec.sandbox = SandboxLimits { call_timeout: Duration::from_millis(50), memory_bytes: 16 << 20, ..Default::default() };
+    spec.sandbox =
+        SandboxLimits { call_timeout: Duration::from_millis(50), memory_bytes: 16 << 20, ..Default::default() };
     spec
 }
 
@@ -113,8 +111,12 @@ impl ServeProcess {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("tmem binary runs");
-        let mut server =
-            ServeProcess { child, url: format!("http://127.0.0.1:{port}"), data_dir: data_dir.into(), token: String::new() };
+        let mut server = ServeProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.into(),
+            token: String::new(),
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(status) = server.child.try_wait() {

@@ -105,7 +105,8 @@ fn a_duplicate_store_replaces_or_drops_the_old_page_never_keeps_it() {
         // Rejected because the new page compresses poorly.
         if chain.starts_with("[zstd,") && !chain.contains("store_raw") {
             assert_eq!(pool.store(9, &tagged_page(4)).unwrap(), StoreOutcome::Stored);
-            let noise = workload::page(3, (0..).find(|&i| workload::class_of(3, i) == PageClass::Random).unwrap(), 4096);
+            let noise =
+                workload::page(3, (0..).find(|&i| workload::class_of(3, i) == PageClass::Random).unwrap(), 4096);
             assert_eq!(pool.store(9, &noise).unwrap(), StoreOutcome::Rejected(RejectReason::CompressPoor));
             assert_eq!(load(&pool, 9), None, "{chain}: stale data after a poorly compressing duplicate");
         }
@@ -124,7 +125,11 @@ fn a_duplicate_store_into_a_full_pool_still_drops_the_old_page() {
         assert_eq!(pool.store(3, &tagged_page(3)).unwrap(), StoreOutcome::Rejected(RejectReason::PoolLimit), "{chain}");
         // Pool is full (hysteresis holds until below 50% of 2 = 1 page): a duplicate store to
         // 2 drops the old copy first, and is then refused too.
-        assert_eq!(pool.store(2, &tagged_page(22)).unwrap(), StoreOutcome::Rejected(RejectReason::PoolLimit), "{chain}");
+        assert_eq!(
+            pool.store(2, &tagged_page(22)).unwrap(),
+            StoreOutcome::Rejected(RejectReason::PoolLimit),
+            "{chain}"
+        );
         assert_eq!(load(&pool, 2), None, "{chain}: stale page kept by a full pool");
         assert_eq!(load(&pool, 1), Some(tagged_page(1)));
     }
@@ -207,7 +212,11 @@ fn limits_refuse_stores_until_usage_falls_below_the_accept_threshold() {
             pool.invalidate_page(i);
         }
         // 5 pages: not below 50% of 10 yet.
-        assert_eq!(pool.store(10, &tagged_page(10)).unwrap(), StoreOutcome::Rejected(RejectReason::PoolLimit), "{chain}");
+        assert_eq!(
+            pool.store(10, &tagged_page(10)).unwrap(),
+            StoreOutcome::Rejected(RejectReason::PoolLimit),
+            "{chain}"
+        );
         pool.invalidate_page(5);
         assert_eq!(pool.store(10, &tagged_page(10)).unwrap(), StoreOutcome::Stored, "{chain}: below threshold again");
         assert!(!pool.is_full());
@@ -216,14 +225,17 @@ fn limits_refuse_stores_until_usage_falls_below_the_accept_threshold() {
         // A byte limit, raised at runtime (a remote store's bytes are elsewhere: refused).
         pool.invalidate_area();
         if chain.contains("remote") {
-            let err = pool.set_limits(PoolLimits { max_pages: None, max_bytes: Some(1), accept_threshold_percent: 90 }).unwrap_err();
+            let err = pool
+                .set_limits(PoolLimits { max_pages: None, max_bytes: Some(1), accept_threshold_percent: 90 })
+                .unwrap_err();
             assert!(err.contains("max_bytes cannot apply to a remote store"), "{err}");
             return;
         }
         pool.set_limits(PoolLimits { max_pages: None, max_bytes: Some(1), accept_threshold_percent: 90 }).unwrap();
         pool.store(1, &tagged_page(1)).unwrap();
         assert_eq!(pool.store(2, &tagged_page(2)).unwrap(), StoreOutcome::Rejected(RejectReason::PoolLimit), "{chain}");
-        pool.set_limits(PoolLimits { max_pages: None, max_bytes: Some(1 << 30), accept_threshold_percent: 90 }).unwrap();
+        pool.set_limits(PoolLimits { max_pages: None, max_bytes: Some(1 << 30), accept_threshold_percent: 90 })
+            .unwrap();
         assert_eq!(pool.store(2, &tagged_page(2)).unwrap(), StoreOutcome::Stored, "{chain}");
         assert!(pool.set_limits(PoolLimits { max_pages: Some(0), ..Default::default() }).is_err());
     });
@@ -310,16 +322,44 @@ fn pools_with_bad_specs_or_chains_are_refused_with_the_reason() {
     let host = host();
     let ram = || vec![BackendSpec::new("ram")];
     let cases: Vec<(tmem_host::PoolSpec, Vec<BackendSpec>, &str)> = vec![
-        ({ let mut s = spec("a"); s.page_size = 5000; s }, ram(), "power of two"),
-        ({ let mut s = spec("a"); s.page_size = 2048; s }, ram(), "from 4096"),
+        (
+            {
+                let mut s = spec("a");
+                s.page_size = 5000;
+                s
+            },
+            ram(),
+            "power of two",
+        ),
+        (
+            {
+                let mut s = spec("a");
+                s.page_size = 2048;
+                s
+            },
+            ram(),
+            "from 4096",
+        ),
         (spec("bad name!"), ram(), "pool name"),
         (spec("a"), vec![], "at least a store"),
         (spec("a"), vec![BackendSpec::new("zstd")], "must end with a store"),
         (spec("a"), vec![BackendSpec::new("ram"), BackendSpec::new("ram")], "must be the last link"),
         (spec("a"), vec![BackendSpec::new("nope")], "no plugin named 'nope'"),
-        (spec("a"), vec![BackendSpec::with_config("zstd", json!({"levle": 1})), BackendSpec::new("ram")], "no config key 'levle'"),
-        (spec("a"), vec![BackendSpec::with_config("zstd", json!({"level": 99})), BackendSpec::new("ram")], "from -7 to 19"),
-        (spec("a"), vec![BackendSpec { version: Some("9.9.9".into()), ..BackendSpec::new("ram") }], "no version '9.9.9'"),
+        (
+            spec("a"),
+            vec![BackendSpec::with_config("zstd", json!({"levle": 1})), BackendSpec::new("ram")],
+            "no config key 'levle'",
+        ),
+        (
+            spec("a"),
+            vec![BackendSpec::with_config("zstd", json!({"level": 99})), BackendSpec::new("ram")],
+            "from -7 to 19",
+        ),
+        (
+            spec("a"),
+            vec![BackendSpec { version: Some("9.9.9".into()), ..BackendSpec::new("ram") }],
+            "no version '9.9.9'",
+        ),
     ];
     for (spec, chain, reason) in cases {
         let err = host.create_pool(spec, &chain).unwrap_err().to_string();

@@ -65,7 +65,13 @@ fn pool_config(durability: Durability) -> PoolConfig {
 }
 
 /// Drives one client thread's offsets until `stop` or until the server is gone.
-fn drive(client: Client, thread: u64, logs: Vec<OffsetLog>, next_version: u64, stop: Arc<AtomicBool>) -> (Vec<OffsetLog>, u64) {
+fn drive(
+    client: Client,
+    thread: u64,
+    logs: Vec<OffsetLog>,
+    next_version: u64,
+    stop: Arc<AtomicBool>,
+) -> (Vec<OffsetLog>, u64) {
     let mut logs = logs;
     let mut rng = Rng::new(thread * 7919 + next_version);
     let mut version = next_version;
@@ -103,12 +109,23 @@ fn verify(client: &Client, logs: Vec<Vec<OffsetLog>>, horizon: Instant, round: u
         let mut fresh = Vec::new();
         for (i, log) in thread_logs.into_iter().enumerate() {
             let offset = i as u64 * THREADS + thread as u64;
-            let found = client.get_page("crash", offset).unwrap_or_else(|e| panic!("round {round}: load of offset {offset}: {e}"));
+            let found = client
+                .get_page("crash", offset)
+                .unwrap_or_else(|e| panic!("round {round}: load of offset {offset}: {e}"));
             let state = match found {
                 None => None,
                 Some(bytes) => {
-                    let version = log.acked.iter().filter_map(|(_, s)| *s).chain(log.in_flight.flatten()).find(|v| bytes == page(offset, *v));
-                    Some(version.unwrap_or_else(|| panic!("round {round}: offset {offset} holds a page that was never stored there (torn or foreign)")))
+                    let version = log
+                        .acked
+                        .iter()
+                        .filter_map(|(_, s)| *s)
+                        .chain(log.in_flight.flatten())
+                        .find(|v| bytes == page(offset, *v));
+                    Some(version.unwrap_or_else(|| {
+                        panic!(
+                            "round {round}: offset {offset} holds a page that was never stored there (torn or foreign)"
+                        )
+                    }))
                 }
             };
             let allowed = log.allowed(horizon);
@@ -136,7 +153,8 @@ fn crash_many_times(durability: Durability, kills: usize, window: Duration, run_
     let dir = temp_dir(&format!("crash-{durability:?}"));
     let mut server = ServeProcess::start(&dir, &[]);
     server.client().create_pool(&pool_config(durability)).unwrap();
-    let mut logs: Vec<Vec<OffsetLog>> = (0..THREADS).map(|_| vec![OffsetLog::default(); OFFSETS_PER_THREAD as usize]).collect();
+    let mut logs: Vec<Vec<OffsetLog>> =
+        (0..THREADS).map(|_| vec![OffsetLog::default(); OFFSETS_PER_THREAD as usize]).collect();
     let mut versions = vec![0u64; THREADS as usize];
     let mut rng = Rng::new(durability as u64 + 1);
     let mut total_ops = 0;

@@ -5,8 +5,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -119,7 +119,14 @@ fn a_dry_run_checks_a_pool_config_exactly_as_create_would_and_creates_nothing() 
     let cases = [
         (zstd_ram("demo"), 409, "pool_exists"),
         (zstd_ram("bad name"), 400, "invalid_pool"),
-        (PoolConfig::new("x", vec![BackendRequest::with_config("zstd", json!({"level": 99})), BackendRequest::new("ram")]), 400, "invalid_pool"),
+        (
+            PoolConfig::new(
+                "x",
+                vec![BackendRequest::with_config("zstd", json!({"level": 99})), BackendRequest::new("ram")],
+            ),
+            400,
+            "invalid_pool",
+        ),
         (PoolConfig::new("x", vec![BackendRequest::new("sled")]), 400, "invalid_pool"),
         (PoolConfig::new("x", vec![BackendRequest::new("nope")]), 400, "unknown_plugin"),
     ];
@@ -136,7 +143,9 @@ fn a_dry_run_checks_a_pool_config_exactly_as_create_would_and_creates_nothing() 
 fn the_dashboard_is_served_by_the_host_with_a_strict_policy() {
     let server = ServeProcess::start(&temp_dir("assets"), &[]);
     let page = ureq::get(&server.url).call().unwrap();
-    let header = |r: &ureq::http::Response<ureq::Body>, name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+    let header = |r: &ureq::http::Response<ureq::Body>, name: &str| {
+        r.headers().get(name).map(|v| v.to_str().unwrap().to_string())
+    };
     assert_eq!(header(&page, "content-type").as_deref(), Some("text/html; charset=utf-8"));
     let csp = header(&page, "content-security-policy").expect("a CSP");
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
@@ -176,7 +185,8 @@ fn frontend_for(server: &ServeProcess, pool: &'static str, done: Arc<AtomicBool>
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let device = FrontendClient::connect(&socket, &token, pool, "dashboard-test-device").expect("the frontend attaches");
+        let device =
+            FrontendClient::connect(&socket, &token, pool, "dashboard-test-device").expect("the frontend attaches");
         let taken = Arc::new(AtomicU64::new(0));
         let sink = taken.clone();
         device.on_take_back(Box::new(move |_offset, page| {
@@ -220,6 +230,9 @@ fn the_dashboard_in_a_real_browser() {
     println!("{report}\nscreenshots and the console log: {}", artifacts.display());
     assert!(output.status.success(), "the browser test failed:\n{report}");
     assert!(taken_back > 0, "the shrink clicked in the browser sent pages to the frontend");
-    let shots = std::fs::read_dir(&artifacts).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count();
+    let shots = std::fs::read_dir(&artifacts)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"))
+        .count();
     assert!(shots >= 10, "screenshots of every page: {shots}");
 }

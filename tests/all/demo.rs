@@ -30,7 +30,8 @@ fn the_demo_verifies_every_page_through_faults_evictions_and_a_shrink() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = loop {
         if let Ok(token) = std::fs::read_to_string(dir.join("token")) {
-            let client = tmem_api::client::Client::new(&format!("http://127.0.0.1:{port}"), Some(token.trim().to_string()));
+            let client =
+                tmem_api::client::Client::new(&format!("http://127.0.0.1:{port}"), Some(token.trim().to_string()));
             if client.pool("demo").is_ok_and(|p| p.counters["stored_pages"] > 500) {
                 break client;
             }
@@ -44,7 +45,10 @@ fn the_demo_verifies_every_page_through_faults_evictions_and_a_shrink() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "tmem demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let field = |name: &str| -> u64 {
-        let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("no '{name}' in {stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no '{name}' in {stdout}"));
         line.trim_start()[name.len()..].split_whitespace().next().unwrap().parse().unwrap()
     };
     let token = std::fs::read_to_string(dir.join("token")).unwrap();
@@ -54,7 +58,10 @@ fn the_demo_verifies_every_page_through_faults_evictions_and_a_shrink() {
     assert!(field("pages verified") > 1000, "{stdout}");
     assert!(field("pages stored to pool") > 0 && field("zero-filled faults") > 0, "{stdout}");
     assert!(field("pages taken back") > 0, "the shrink reached the region: {stdout}");
-    assert!(stdout.contains("rejected to the backing file: ") && !stdout.contains("rejected to the backing file: 0)"), "incompressible pages went to the file: {stdout}");
+    assert!(
+        stdout.contains("rejected to the backing file: ") && !stdout.contains("rejected to the backing file: 0)"),
+        "incompressible pages went to the file: {stdout}"
+    );
     assert!(field("pages discarded (app)") > 0, "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,10 @@ fn socket(server: &ServeProcess) -> std::path::PathBuf {
 }
 
 fn pool(server: &ServeProcess, name: &str) {
-    server.client().create_pool(&PoolConfig::new(name, vec![BackendRequest::new("zstd"), BackendRequest::new("ram")])).unwrap();
+    server
+        .client()
+        .create_pool(&PoolConfig::new(name, vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]))
+        .unwrap();
 }
 
 #[test]
@@ -38,12 +41,22 @@ fn a_frontend_stores_loads_and_invalidates_in_batches() {
     let results = client.batch(&ops).unwrap();
     assert!(results[..300].iter().all(|r| *r == OpResult::Stored));
     assert_eq!(results[300], OpResult::Rejected("reject_compress_poor".into()));
-    let loads: Vec<Op<'_>> = (0..301u64).map(Op::Load).chain([Op::Load(1000), Op::Invalidate(5), Op::Invalidate(5), Op::Load(5)]).collect();
+    let loads: Vec<Op<'_>> =
+        (0..301u64).map(Op::Load).chain([Op::Load(1000), Op::Invalidate(5), Op::Invalidate(5), Op::Load(5)]).collect();
     let results = client.batch(&loads).unwrap();
     for (i, r) in results[..300].iter().enumerate() {
         assert_eq!(*r, OpResult::Loaded { exclusive: false, page: pages[i].clone() }, "offset {i}");
     }
-    assert_eq!(results[300..], [OpResult::Absent, OpResult::Absent, OpResult::Invalidated(true), OpResult::Invalidated(false), OpResult::Absent]);
+    assert_eq!(
+        results[300..],
+        [
+            OpResult::Absent,
+            OpResult::Absent,
+            OpResult::Invalidated(true),
+            OpResult::Invalidated(false),
+            OpResult::Absent
+        ]
+    );
     // Pipelined from several threads on one connection.
     std::thread::scope(|s| {
         for t in 0..4u64 {
@@ -52,7 +65,10 @@ fn a_frontend_stores_loads_and_invalidates_in_batches() {
                 for i in 0..50 {
                     let offset = 2000 + t * 100 + i;
                     let page = tagged_page(offset);
-                    assert_eq!(client.batch(&[Op::Store(offset, &page), Op::Load(offset)]).unwrap()[1], OpResult::Loaded { exclusive: false, page });
+                    assert_eq!(
+                        client.batch(&[Op::Store(offset, &page), Op::Load(offset)]).unwrap()[1],
+                        OpResult::Loaded { exclusive: false, page }
+                    );
                 }
             });
         }
@@ -121,13 +137,27 @@ fn malformed_frames_get_an_error_and_lose_nothing() {
     let page = [1u8; 100];
     let cases: Vec<Vec<u8>> = vec![
         // A batch whose page is too short.
-        { let mut p = 1u16.to_le_bytes().to_vec(); wire::put_op(&mut p, &Op::Store(2, &page)); let mut f = Vec::new(); wire::frame(&mut f, wire::BATCH, 1, &[&p]); f },
+        {
+            let mut p = 1u16.to_le_bytes().to_vec();
+            wire::put_op(&mut p, &Op::Store(2, &page));
+            let mut f = Vec::new();
+            wire::frame(&mut f, wire::BATCH, 1, &[&p]);
+            f
+        },
         // An unknown op.
-        { let mut f = Vec::new(); wire::frame(&mut f, wire::BATCH, 1, &[&[1, 0, 99, 0, 0, 0, 0, 0, 0, 0, 0]]); f },
+        {
+            let mut f = Vec::new();
+            wire::frame(&mut f, wire::BATCH, 1, &[&[1, 0, 99, 0, 0, 0, 0, 0, 0, 0, 0]]);
+            f
+        },
         // An oversized frame header.
         u32::MAX.to_le_bytes().to_vec(),
         // An unknown frame kind.
-        { let mut f = Vec::new(); wire::frame(&mut f, 77, 1, &[]); f },
+        {
+            let mut f = Vec::new();
+            wire::frame(&mut f, 77, 1, &[]);
+            f
+        },
     ];
     for (i, bytes) in cases.into_iter().enumerate() {
         let mut raw = raw_hello(&server, "p");
@@ -144,7 +174,10 @@ fn malformed_frames_get_an_error_and_lose_nothing() {
     drop(raw);
     // The host still serves, and nothing stored was touched.
     let results = client.batch(&[Op::Load(1), Op::Load(2), Op::Load(3)]).unwrap();
-    assert_eq!(results, [OpResult::Loaded { exclusive: false, page: tagged_page(1) }, OpResult::Absent, OpResult::Absent]);
+    assert_eq!(
+        results,
+        [OpResult::Loaded { exclusive: false, page: tagged_page(1) }, OpResult::Absent, OpResult::Absent]
+    );
     assert_eq!(server.client().pool("p").unwrap().counters["stored_pages"], 1);
 }
 
@@ -190,7 +223,8 @@ fn two_frontends_on_two_pools_and_an_abrupt_disconnect() {
             let server = &server;
             s.spawn(move || {
                 let client = FrontendClient::connect(&socket(server), &server.token, name, name).unwrap();
-                let pages: Vec<Vec<u8>> = (0..200).map(|i| tagged_page(i + if name == "a" { 0 } else { 10_000 })).collect();
+                let pages: Vec<Vec<u8>> =
+                    (0..200).map(|i| tagged_page(i + if name == "a" { 0 } else { 10_000 })).collect();
                 let ops: Vec<Op<'_>> = pages.iter().enumerate().map(|(i, p)| Op::Store(i as u64, p)).collect();
                 client.batch(&ops).unwrap();
                 let results = client.batch(&(0..200u64).map(Op::Load).collect::<Vec<_>>()).unwrap();
@@ -215,5 +249,8 @@ fn two_frontends_on_two_pools_and_an_abrupt_disconnect() {
     assert!(info.frontends.is_empty(), "detached: {:?}", info.frontends);
     assert_eq!(info.counters["stored_pages"], 200, "the partial batch did nothing");
     let client = FrontendClient::connect(&socket(&server), &server.token, "a", "after").unwrap();
-    assert_eq!(client.batch(&[Op::Load(199)]).unwrap(), [OpResult::Loaded { exclusive: false, page: tagged_page(199) }]);
+    assert_eq!(
+        client.batch(&[Op::Load(199)]).unwrap(),
+        [OpResult::Loaded { exclusive: false, page: tagged_page(199) }]
+    );
 }

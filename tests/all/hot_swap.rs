@@ -84,7 +84,8 @@ fn swapping_versions_under_concurrent_load_loses_and_misreads_nothing() {
     for round in 0..8 {
         std::thread::sleep(Duration::from_millis(150));
         let version = if round % 2 == 0 { "2.0.0" } else { "1.0.0" };
-        let patch = PoolPatch { backends: Some(vec![versioned(version), BackendRequest::new("ram")]), ..Default::default() };
+        let patch =
+            PoolPatch { backends: Some(vec![versioned(version), BackendRequest::new("ram")]), ..Default::default() };
         host.update_pool("swap", &patch).unwrap();
         generations_seen = generations_seen.max(pool.generations().len());
     }
@@ -112,7 +113,11 @@ fn swapping_versions_under_concurrent_load_loses_and_misreads_nothing() {
     assert!(operations.load(Ordering::Relaxed) > 1000, "the workers ran: {}", operations.load(Ordering::Relaxed));
     assert!(generations_seen >= 2, "old generations held pages while new stores used the new one");
     assert_eq!(pool.current_generation().id, 9);
-    assert_eq!(pool.chain().links()[0].module.manifest().version, "1.0.0", "the last swap (round 7) went back to 1.0.0");
+    assert_eq!(
+        pool.chain().links()[0].module.manifest().version,
+        "1.0.0",
+        "the last swap (round 7) went back to 1.0.0"
+    );
     assert!(pool.latency(Op::Load).count() > 0);
 
     // Overwrite everything: every old generation drains and is dropped.
@@ -123,7 +128,6 @@ fn swapping_versions_under_concurrent_load_loses_and_misreads_nothing() {
     assert_eq!(generations.len(), 1, "only the current generation is left");
     assert_eq!(generations[0].1, THREADS * OFFSETS_PER_THREAD);
 }
-
 
 #[test]
 fn a_swap_over_http_keeps_old_pages_readable_and_rolls_back() {
@@ -139,9 +143,15 @@ fn a_swap_over_http_keeps_old_pages_readable_and_rolls_back() {
         client.put_page("s", offset, &page(offset, 1)).unwrap();
     }
 
-    let info = client.update_pool("s", &PoolPatch { backends: Some(vec![versioned("2.0.0"), BackendRequest::new("ram")]), ..Default::default() }).unwrap();
+    let info = client
+        .update_pool(
+            "s",
+            &PoolPatch { backends: Some(vec![versioned("2.0.0"), BackendRequest::new("ram")]), ..Default::default() },
+        )
+        .unwrap();
     assert_eq!(info.backends[0].version, "2.0.0");
-    let gens: Vec<(bool, u64, String)> = info.generations.iter().map(|g| (g.current, g.pages, g.backends[0].version.clone())).collect();
+    let gens: Vec<(bool, u64, String)> =
+        info.generations.iter().map(|g| (g.current, g.pages, g.backends[0].version.clone())).collect();
     assert_eq!(gens, [(false, 10, "1.0.0".to_string()), (true, 0, "2.0.0".to_string())]);
     for offset in 0..5 {
         client.put_page("s", offset, &page(offset, 2)).unwrap();
@@ -157,12 +167,19 @@ fn a_swap_over_http_keeps_old_pages_readable_and_rolls_back() {
 
     // A swap to a config the plugin refuses changes nothing.
     let refused = json!({"backends": [{"plugin": "versioned"}, {"plugin": "ram", "config": {"bogus": 1}}]});
-    let (status, _) = client.request("PATCH", "/api/v1/pools/s", Some(("application/json", refused.to_string().as_bytes())), true).unwrap();
+    let (status, _) = client
+        .request("PATCH", "/api/v1/pools/s", Some(("application/json", refused.to_string().as_bytes())), true)
+        .unwrap();
     assert_eq!(status, 400);
     assert_eq!(client.pool("s").unwrap().generations.len(), 2);
 
     // Roll back to 1.0.0: new stores use it, every page still reads back.
-    let info = client.update_pool("s", &PoolPatch { backends: Some(vec![versioned("1.0.0"), BackendRequest::new("ram")]), ..Default::default() }).unwrap();
+    let info = client
+        .update_pool(
+            "s",
+            &PoolPatch { backends: Some(vec![versioned("1.0.0"), BackendRequest::new("ram")]), ..Default::default() },
+        )
+        .unwrap();
     assert_eq!(info.backends[0].version, "1.0.0");
     client.put_page("s", 9, &page(9, 3)).unwrap();
     for offset in 0..10 {

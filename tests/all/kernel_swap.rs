@@ -104,7 +104,9 @@ impl GuestRun {
     /// verified every page of every pass, the workload was larger than the guest's RAM, and
     /// pages were swapped out and back in. Returns `pswpout`.
     fn assert_swapped_and_verified(&self, scenario: &Scenario) -> u64 {
-        if let Some(failed) = self.serial.lines().find(|line| line.contains("GUEST FAIL") || line.contains("SWAPCHECK FAIL")) {
+        if let Some(failed) =
+            self.serial.lines().find(|line| line.contains("GUEST FAIL") || line.contains("SWAPCHECK FAIL"))
+        {
             self.fail(&format!("the guest reported a failure: {failed}"));
         }
         if !self.serial.contains("GUEST SWAPCHECK EXIT 0") {
@@ -117,8 +119,14 @@ impl GuestRun {
         let pswpin = self.number("SWAPCHECK OK", "pswpin");
         assert_eq!(pages, u64::from(scenario.workload_mib) * 256, "swapcheck's size");
         assert_eq!(verified, pages * u64::from(scenario.passes), "every page of every pass verified");
-        assert!(pages * 4 > memtotal_kib, "the workload ({pages} pages) must exceed the guest's RAM ({memtotal_kib} KiB)");
-        assert!(pswpout > 0 && pswpin > 0, "the kernel must have swapped out and in (pswpout={pswpout}, pswpin={pswpin})");
+        assert!(
+            pages * 4 > memtotal_kib,
+            "the workload ({pages} pages) must exceed the guest's RAM ({memtotal_kib} KiB)"
+        );
+        assert!(
+            pswpout > 0 && pswpin > 0,
+            "the kernel must have swapped out and in (pswpout={pswpout}, pswpin={pswpin})"
+        );
         assert!(self.serial.contains("GUEST DONE"), "the init script ran to its end");
         pswpout
     }
@@ -282,7 +290,9 @@ fn boot_guest(scenario: &Scenario) -> GuestRun {
         if qemu_child.0.try_wait().unwrap().is_some() {
             break None;
         }
-        let silent = started.elapsed().saturating_sub(Duration::from_millis(last_line_ms.load(std::sync::atomic::Ordering::Relaxed)));
+        let silent = started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last_line_ms.load(std::sync::atomic::Ordering::Relaxed)));
         let why = if started.elapsed() > scenario.timeout {
             Some(format!("the guest did not power off within {:?}", scenario.timeout))
         } else if silent > scenario.silence {
@@ -344,7 +354,10 @@ fn zram_swap_verifies_more_than_the_guests_ram() {
         run.fail("no /sys/block/zram0/stat line");
     }
     let (read_sectors, write_sectors) = (fields[2], fields[6]);
-    assert!(write_sectors >= pswpout * 8, "zram took every page swapped out ({write_sectors} sectors, pswpout={pswpout})");
+    assert!(
+        write_sectors >= pswpout * 8,
+        "zram took every page swapped out ({write_sectors} sectors, pswpout={pswpout})"
+    );
     assert!(read_sectors > 0, "zram was read");
     eprintln!(
         "zram: pswpout={pswpout} pswpin={} zram write_sectors={write_sectors} read_sectors={read_sectors}",
@@ -391,7 +404,10 @@ fn tmem_ublk_device_survives_a_host_restart() {
     let fields = run.marker("GUEST RECOVER").unwrap_or_else(|| run.fail("no `GUEST RECOVER` line"));
     let (written, read) = (&fields["written"], &fields["read"]);
     assert_eq!(written.len(), 64, "a sha256 of the written data");
-    assert_eq!(read, written, "the data read back through the recovered /dev/ublkb0 is what was written before the host was killed");
+    assert_eq!(
+        read, written,
+        "the data read back through the recovered /dev/ublkb0 is what was written before the host was killed"
+    );
     assert!(run.serial.contains("/dev/ublkb0 still there: yes"), "the kernel kept the device while its host was down");
     let (restored, loads) = (run.number("GUEST POOL-AFTER", "stored_pages"), run.number("GUEST POOL-AFTER", "loads"));
     assert!(restored >= 4096, "the restarted host restored the device's 4096 pages from the pool's disk: {restored}");
@@ -404,7 +420,11 @@ fn tmem_ublk_device_survives_a_host_restart() {
 /// name (`tests/guest/tmem.init`); `swapcheck` runs in a memory cgroup smaller than the guest's RAM
 /// (the init script says why). The data must verify, the kernel must have swapped, and the
 /// pool's own counters must show the pages went through it (stored and loaded back).
-fn swap_to_tmem(name: &'static str, params: &'static [(&'static str, &'static str)], mut bins: Vec<(PathBuf, &'static str)>) {
+fn swap_to_tmem(
+    name: &'static str,
+    params: &'static [(&'static str, &'static str)],
+    mut bins: Vec<(PathBuf, &'static str)>,
+) {
     bins.push((PathBuf::from(env!("CARGO_BIN_EXE_tmem")), "/bin/tmem"));
     let scenario = Scenario {
         name,
@@ -424,7 +444,8 @@ fn swap_to_tmem(name: &'static str, params: &'static [(&'static str, &'static st
     let pool = run.between("GUEST POOL-JSON-BEGIN", "GUEST POOL-JSON-END");
     let pool: serde_json::Value =
         serde_json::from_str(&pool).unwrap_or_else(|e| run.fail(&format!("the pool's JSON does not parse: {e}")));
-    let counter = |name: &str| pool["counters"][name].as_u64().unwrap_or_else(|| run.fail(&format!("no counter {name}")));
+    let counter =
+        |name: &str| pool["counters"][name].as_u64().unwrap_or_else(|| run.fail(&format!("no counter {name}")));
     let (stores, loads) = (counter("succ_stores"), counter("loads"));
     assert!(stores > 0, "pages were stored in the pool (succ_stores={stores}, pswpout={pswpout})");
     assert!(loads > 0, "pages were loaded from the pool (loads={loads})");
@@ -456,12 +477,22 @@ fn swap_checks_refuse_bad_data_and_runs_without_swapping() {
     let native = |extra: &[&str]| {
         let output = Command::new(swapcheck()).args(["4", "2"]).args(extra).output().expect("swapcheck runs natively");
         let mut serial = String::from_utf8(output.stdout).unwrap();
-        serial.push_str(&format!("GUEST INIT\nGUEST SWAPCHECK EXIT {}\nGUEST DONE\n", output.status.code().unwrap_or(-1)));
-        GuestRun { serial, log: PathBuf::from("(native run)"), boot: Duration::ZERO, workload: None, total: Duration::ZERO }
+        serial.push_str(&format!(
+            "GUEST INIT\nGUEST SWAPCHECK EXIT {}\nGUEST DONE\n",
+            output.status.code().unwrap_or(-1)
+        ));
+        GuestRun {
+            serial,
+            log: PathBuf::from("(native run)"),
+            boot: Duration::ZERO,
+            workload: None,
+            total: Duration::ZERO,
+        }
     };
     // The check's panic message (empty if it passed).
     let refusal = |run: &GuestRun| {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.assert_swapped_and_verified(&scenario)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.assert_swapped_and_verified(&scenario)));
         result.err().map(|panic| panic.downcast::<String>().map(|text| *text).unwrap_or_default()).unwrap_or_default()
     };
 
@@ -469,7 +500,10 @@ fn swap_checks_refuse_bad_data_and_runs_without_swapping() {
     assert!(corrupted.serial.contains("SWAPCHECK FAIL page=77 pass=0"), "{}", corrupted.serial);
     assert!(corrupted.serial.contains("GUEST SWAPCHECK EXIT 1"), "{}", corrupted.serial);
     let why = refusal(&corrupted);
-    assert!(why.contains("the guest reported a failure: SWAPCHECK FAIL page=77"), "a corrupted page fails the check: {why}");
+    assert!(
+        why.contains("the guest reported a failure: SWAPCHECK FAIL page=77"),
+        "a corrupted page fails the check: {why}"
+    );
 
     let clean = native(&[]);
     assert_eq!(clean.number("SWAPCHECK OK", "verified"), 2048, "{}", clean.serial);

@@ -104,7 +104,8 @@ impl Device {
     /// The device's counters, as the pool shows them.
     fn counters(&self) -> serde_json::Map<String, Value> {
         let info = self.client.pool(&self.attached.pool).unwrap();
-        let frontend = info.frontends.iter().find(|f| f.id.as_deref() == Some(&self.attached.id)).expect("the device is listed");
+        let frontend =
+            info.frontends.iter().find(|f| f.id.as_deref() == Some(&self.attached.id)).expect("the device is listed");
         frontend.counters.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect()
     }
 
@@ -330,7 +331,8 @@ fn the_same_operations_leave_the_same_image_as_nbdkit_memory() {
             _ => format!("write -P {} {offset} {len}", rng.below(256)),
         });
     }
-    let commands: Vec<String> = commands.iter().flat_map(|c| c.lines().map(str::to_string).collect::<Vec<_>>()).collect();
+    let commands: Vec<String> =
+        commands.iter().flat_map(|c| c.lines().map(str::to_string).collect::<Vec<_>>()).collect();
     for uri in [device.uri(), reference.uri.as_str()] {
         for chunk in commands.chunks(100) {
             qemu_io(uri, chunk);
@@ -361,7 +363,8 @@ fn pages_the_pool_refuses_go_to_the_backing_file_and_read_back() {
     assert!(device.counter("from_backing") >= in_backing);
     // The backing file is sparse and holds exactly the refused pages; discarding them frees it.
     let backing = Path::new(&device.attached.backing);
-    let allocated = |path: &Path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap();
+    let allocated =
+        |path: &Path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap();
     assert_eq!(std::fs::metadata(backing).unwrap().len(), 4 * MIB);
     assert!(allocated(backing) >= in_backing * 4096);
     qemu_io(device.uri(), &strings(&["discard 0 4M", "read -P 0 0 4M"]));
@@ -553,7 +556,12 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
         assert_eq!(api_error(client.attach_frontend("a", &ublk)), (400, "unsupported_frontend".into()));
     }
     let (status, body) = client
-        .request("POST", "/api/v1/pools/a/frontends", Some(("application/json", br#"{"kind": "iscsi", "size_bytes": 4096, "backing": "/tmp/x"}"#)), true)
+        .request(
+            "POST",
+            "/api/v1/pools/a/frontends",
+            Some(("application/json", br#"{"kind": "iscsi", "size_bytes": 4096, "backing": "/tmp/x"}"#)),
+            true,
+        )
         .unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
 
@@ -597,7 +605,9 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
     client.remove_pool("other").unwrap();
     assert!(std::net::TcpStream::connect(tcp.listen.as_deref().unwrap()).is_err(), "the TCP server is gone");
     // The backing file is free again.
-    let again = client.attach_frontend("a", &AttachRequest { backing: dir.join("tcp.img").display().to_string(), ..good }).unwrap();
+    let again = client
+        .attach_frontend("a", &AttachRequest { backing: dir.join("tcp.img").display().to_string(), ..good })
+        .unwrap();
     qemu_io(&again.address, &strings(&["read -P 0 0 64k"]));
 }
 

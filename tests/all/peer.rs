@@ -21,7 +21,9 @@ pub fn memory_server(dir: &std::path::Path, peer_port: u16) -> ServeProcess {
     let client = server.client();
     if client.pool("mem").is_err() {
         client.create_pool(&PoolConfig::new("mem", vec![BackendRequest::new("ram")])).unwrap();
-        client.create_pool(&PoolConfig::new("filtered", vec![BackendRequest::new("zstd"), BackendRequest::new("ram")])).unwrap();
+        client
+            .create_pool(&PoolConfig::new("filtered", vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]))
+            .unwrap();
     }
     server
 }
@@ -94,7 +96,8 @@ fn the_memory_server_keeps_records_and_refuses_bad_input_clearly() {
     // Records: any length up to the page size + 4 KiB, pipelined.
     let (mut p, kind, page_size) = Peer::hello(port, &token, "mem");
     assert_eq!((kind, page_size), (peer::OK, 4096u32.to_le_bytes().to_vec()));
-    let ids: Vec<u32> = (0..50u64).map(|o| p.send(peer::PUT, &[&o.to_le_bytes(), &vec![o as u8 + 1; 100 + o as usize]])).collect();
+    let ids: Vec<u32> =
+        (0..50u64).map(|o| p.send(peer::PUT, &[&o.to_le_bytes(), &vec![o as u8 + 1; 100 + o as usize]])).collect();
     for id in ids {
         assert_eq!(p.response().map(|(k, i, _)| (k, i)), Some((peer::OK, id)), "pipelined responses in order");
     }
@@ -104,7 +107,11 @@ fn the_memory_server_keeps_records_and_refuses_bad_input_clearly() {
     assert_eq!(p.call(peer::GET, &[&7u64.to_le_bytes()]).0, peer::NOT_FOUND);
     let (kind, message) = p.call(peer::PUT, &[&1u64.to_le_bytes(), &vec![0u8; 4096 + 4097]]);
     assert_eq!((kind, text(&message).contains("takes 1 to 8192")), (peer::ERROR, true));
-    assert_eq!(p.call(peer::GET, &[&1u64.to_le_bytes()]), (peer::DATA, vec![2u8; 101]), "a refused record keeps the old one");
+    assert_eq!(
+        p.call(peer::GET, &[&1u64.to_le_bytes()]),
+        (peer::DATA, vec![2u8; 101]),
+        "a refused record keeps the old one"
+    );
     let (kind, message) = p.call(peer::GET, &[b"short"]);
     assert_eq!((kind, text(&message).contains("shorter than an offset")), (peer::ERROR, true));
     assert_eq!(p.call(99, &[]).0, peer::ERROR);

@@ -65,7 +65,10 @@ fn pages_invalidations_and_generations_survive_a_restart() {
         // A second persistent pool and a ram pool alongside.
         let other = host.create_pool_from(&persistent("q")).unwrap();
         other.store(7, &tagged_page(7)).unwrap();
-        host.create_pool_from(&PoolConfig::new("r", vec![BackendRequest::new("ram")])).unwrap().store(1, &zero).unwrap();
+        host.create_pool_from(&PoolConfig::new("r", vec![BackendRequest::new("ram")]))
+            .unwrap()
+            .store(1, &zero)
+            .unwrap();
     }
     let host = host_on(&dir);
     let pool = host.pool("p").unwrap();
@@ -122,24 +125,46 @@ fn grants_and_durability_are_checked_at_creation() {
         "unknown capability 'teleport'",
     );
     refuse(
-        PoolConfig::new("a", vec![BackendRequest { grants: vec!["storage".into(), "network".into()], ..BackendRequest::new("sled") }]),
+        PoolConfig::new(
+            "a",
+            vec![BackendRequest { grants: vec!["storage".into(), "network".into()], ..BackendRequest::new("sled") }],
+        ),
         "does not use the 'network' capability",
     );
-    refuse(PoolConfig { durability: Some(Durability::Periodic), ..PoolConfig::new("a", vec![BackendRequest::new("ram")]) }, "only to persistent pools");
+    refuse(
+        PoolConfig { durability: Some(Durability::Periodic), ..PoolConfig::new("a", vec![BackendRequest::new("ram")]) },
+        "only to persistent pools",
+    );
     refuse(PoolConfig { flush_interval_ms: Some(10), ..persistent("a") }, "only to periodic");
-    refuse(PoolConfig { durability: Some(Durability::Periodic), flush_interval_ms: Some(0), ..persistent("a") }, "flush_interval_ms 0");
+    refuse(
+        PoolConfig { durability: Some(Durability::Periodic), flush_interval_ms: Some(0), ..persistent("a") },
+        "flush_interval_ms 0",
+    );
     refuse(PoolConfig::new("..", vec![BackendRequest::new("ram")]), "must not start with '.'");
     assert!(host.pools().is_empty());
-    assert!(!dir.join("pools").exists() || std::fs::read_dir(dir.join("pools")).unwrap().count() == 0, "refused pools leave no database");
+    assert!(
+        !dir.join("pools").exists() || std::fs::read_dir(dir.join("pools")).unwrap().count() == 0,
+        "refused pools leave no database"
+    );
 
     // Durability changes at runtime; a swap cannot make a pool (non-)persistent.
-    let pool = host.create_pool_from(&PoolConfig { durability: Some(Durability::Periodic), flush_interval_ms: Some(50), ..persistent("p") }).unwrap();
+    let pool = host
+        .create_pool_from(&PoolConfig {
+            durability: Some(Durability::Periodic),
+            flush_interval_ms: Some(50),
+            ..persistent("p")
+        })
+        .unwrap();
     assert_eq!(pool.durability(), Some(tmem_host::persist::Durability::Periodic(std::time::Duration::from_millis(50))));
     host.update_pool("p", &PoolPatch { durability: Some(Durability::Sync), ..Default::default() }).unwrap();
     assert_eq!(pool.durability(), Some(tmem_host::persist::Durability::Sync));
-    let err = host.update_pool("p", &PoolPatch { flush_interval_ms: Some(5), ..Default::default() }).unwrap_err().to_string();
+    let err =
+        host.update_pool("p", &PoolPatch { flush_interval_ms: Some(5), ..Default::default() }).unwrap_err().to_string();
     assert!(err.contains("only to periodic"), "{err}");
-    let to_ram = PoolPatch { backends: Some(vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]), ..Default::default() };
+    let to_ram = PoolPatch {
+        backends: Some(vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]),
+        ..Default::default()
+    };
     assert!(host.update_pool("p", &to_ram).is_err());
 
     // Without a data dir there is nowhere to persist.

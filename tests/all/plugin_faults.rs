@@ -44,11 +44,7 @@ fn each_kind_of_fault_on_store_is_reported_as_itself_and_loses_no_page() {
     let host = host();
     register_misbehave(&host);
     let other = healthy(&host);
-    let cases = [
-        ("loop", "deadline"),
-        ("bomb", "memory_cap"),
-        ("trap", "trap"),
-    ];
+    let cases = [("loop", "deadline"), ("bomb", "memory_cap"), ("trap", "trap")];
     for (round, (mode, kind)) in cases.into_iter().enumerate() {
         for with_zstd in [false, true] {
             let name = format!("{mode}-{with_zstd}");
@@ -57,7 +53,11 @@ fn each_kind_of_fault_on_store_is_reported_as_itself_and_loses_no_page() {
                 assert_eq!(pool.store(i, &tagged_page(i)).unwrap(), StoreOutcome::Stored);
             }
             let started = Instant::now();
-            assert_eq!(pool.store(3, &tagged_page(3)).unwrap(), StoreOutcome::Rejected(RejectReason::PluginFault), "{name}");
+            assert_eq!(
+                pool.store(3, &tagged_page(3)).unwrap(),
+                StoreOutcome::Rejected(RejectReason::PluginFault),
+                "{name}"
+            );
             assert!(started.elapsed() < Duration::from_secs(5), "{name}: the fault took {:?}", started.elapsed());
             let (plugin, fault) = pool.last_fault().expect("fault recorded");
             assert_eq!((plugin.as_str(), fault.kind()), ("misbehave", kind), "{name}: {fault}");

@@ -144,7 +144,12 @@ fn compiled_code_is_cached_on_disk_and_reused() {
     drop(first);
     let second = Host::new(config()).unwrap();
     assert_eq!(entries(), tmem_host::bundled::ALL.len(), "reused, not recompiled");
-    let pool = second.create_pool(crate::common::spec("c"), &[tmem_host::BackendSpec::new("zstd"), tmem_host::BackendSpec::new("ram")]).unwrap();
+    let pool = second
+        .create_pool(
+            crate::common::spec("c"),
+            &[tmem_host::BackendSpec::new("zstd"), tmem_host::BackendSpec::new("ram")],
+        )
+        .unwrap();
     assert_eq!(pool.store(1, &crate::common::tagged_page(1)).unwrap(), tmem_host::StoreOutcome::Stored);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);

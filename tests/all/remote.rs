@@ -111,12 +111,21 @@ fn a_pool_keeps_its_pages_in_another_hosts_pool_and_survives_it_going_away() {
             if b.plugin == "remote" {
                 config.insert("timeout_ms".into(), 300.into());
             }
-            BackendRequest { plugin: b.plugin.clone(), version: Some(b.sha256.clone()), config: config.into(), grants: b.grants.clone() }
+            BackendRequest {
+                plugin: b.plugin.clone(),
+                version: Some(b.sha256.clone()),
+                config: config.into(),
+                grants: b.grants.clone(),
+            }
         })
         .collect();
     let swapped = client.update_pool("far", &PoolPatch { backends: Some(backends), ..Default::default() }).unwrap();
     assert_eq!(swapped.generations.len(), 2, "the changed timeout made a new generation");
-    assert_eq!(client.put_page("far", 4000, &tagged_page(4000)).unwrap().outcome, "stored", "the token survived the swap");
+    assert_eq!(
+        client.put_page("far", 4000, &tagged_page(4000)).unwrap().outcome,
+        "stored",
+        "the token survived the swap"
+    );
     assert_eq!(client.get_page("far", 4000).unwrap(), Some(tagged_page(4000)));
 
     // A wrong token is refused at the first store, not silently.
@@ -147,7 +156,8 @@ fn several_hosts_share_one_memory_server() {
     for name in ["for-a1", "for-a2"] {
         b.client().create_pool(&PoolConfig::new(name, vec![BackendRequest::new("ram")])).unwrap();
     }
-    let hosts: Vec<ServeProcess> = (0..2).map(|i| ServeProcess::start(&temp_dir(&format!("remote-a{i}")), &[])).collect();
+    let hosts: Vec<ServeProcess> =
+        (0..2).map(|i| ServeProcess::start(&temp_dir(&format!("remote-a{i}")), &[])).collect();
     for (i, host) in hosts.iter().enumerate() {
         let endpoint = format!("tmem://127.0.0.1:{peer_port}/for-a{}", i + 1);
         host.client().create_pool(&remote_pool("far", &[endpoint], &b.token)).unwrap();
@@ -158,7 +168,10 @@ fn several_hosts_share_one_memory_server() {
         }
     });
     for (i, host) in hosts.iter().enumerate() {
-        assert_eq!(counter(&b.client(), &format!("for-a{}", i + 1), "stored_pages"), counter(&host.client(), "far", "stored_pages"));
+        assert_eq!(
+            counter(&b.client(), &format!("for-a{}", i + 1), "stored_pages"),
+            counter(&host.client(), "far", "stored_pages")
+        );
     }
 }
 
@@ -183,7 +196,8 @@ impl Redis {
         if cluster {
             command.args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")]);
         }
-        let redis = Redis { child: command.spawn().expect("redis-server is installed (scripts/install-deps.sh --test)"), port };
+        let redis =
+            Redis { child: command.spawn().expect("redis-server is installed (scripts/install-deps.sh --test)"), port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while redis.cli(&["ping"]) != "PONG" {
             assert!(Instant::now() < deadline, "redis-server on {port} did not start");
@@ -194,7 +208,11 @@ impl Redis {
 
     /// Runs `redis-cli -p PORT args...` and returns its trimmed output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli is installed");
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -220,7 +238,10 @@ fn pages_live_in_redis_and_the_pool_recovers_when_redis_returns() {
     client.create_pool(&remote_pool("r", &[format!("redis://127.0.0.1:{port}/ns1")], "")).unwrap();
     round_trips(&client, "r", 120);
     assert_eq!(redis.dbsize(), counter(&client, "r", "stored_pages"), "one key per page");
-    assert!(redis.cli(&["--scan", "--pattern", "tmem:ns1:*"]).lines().count() as u64 == redis.dbsize(), "keys are namespaced");
+    assert!(
+        redis.cli(&["--scan", "--pattern", "tmem:ns1:*"]).lines().count() as u64 == redis.dbsize(),
+        "keys are namespaced"
+    );
     client.invalidate_area("r").unwrap();
     assert_eq!(redis.dbsize(), 0, "invalidate_area removes every key");
 

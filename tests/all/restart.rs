@@ -14,18 +14,38 @@ fn plugins_and_pools_come_back_after_a_restart_and_after_a_kill() {
     let v2 = tmem_host::bundled::built("tmem_plugin_versioned_v2").unwrap();
     client.upload_plugin(Some("fmt"), &v1).unwrap();
     client.upload_plugin(Some("fmt"), &v2).unwrap();
-    let mut a = PoolConfig::new("a", vec![BackendRequest { version: Some("1.0.0".into()), ..BackendRequest::new("fmt") }, BackendRequest::new("ram")]);
+    let mut a = PoolConfig::new(
+        "a",
+        vec![
+            BackendRequest { version: Some("1.0.0".into()), ..BackendRequest::new("fmt") },
+            BackendRequest::new("ram"),
+        ],
+    );
     a.max_pages = Some(500);
     a.exclusive_gets = true;
     client.create_pool(&a).unwrap();
-    let mut b = PoolConfig::new("b", vec![BackendRequest { config: serde_json::json!({"level": 7}), ..BackendRequest::new("zstd") }, BackendRequest::new("ram")]);
+    let mut b = PoolConfig::new(
+        "b",
+        vec![
+            BackendRequest { config: serde_json::json!({"level": 7}), ..BackendRequest::new("zstd") },
+            BackendRequest::new("ram"),
+        ],
+    );
     b.page_size = 8192;
     b.writethrough = true;
     client.create_pool(&b).unwrap();
     client.create_pool(&PoolConfig::new("doomed", vec![BackendRequest::new("ram")])).unwrap();
     client.remove_pool("doomed").unwrap();
     // Hot swap a to 2.0.0 and change a limit: the catalog keeps the latest state.
-    let swap = PoolPatch { backends: Some(vec![BackendRequest { version: Some("2.0.0".into()), ..BackendRequest::new("fmt") }, BackendRequest::new("ram")]), max_pages: Some(Some(600)), enabled: Some(false), ..Default::default() };
+    let swap = PoolPatch {
+        backends: Some(vec![
+            BackendRequest { version: Some("2.0.0".into()), ..BackendRequest::new("fmt") },
+            BackendRequest::new("ram"),
+        ]),
+        max_pages: Some(Some(600)),
+        enabled: Some(false),
+        ..Default::default()
+    };
     client.update_pool("a", &swap).unwrap();
     client.put_page("demo", 1, &tagged_page(1)).unwrap();
     // Two persistent pools, one of them running the uploaded plugin.
@@ -58,21 +78,48 @@ fn plugins_and_pools_come_back_after_a_restart_and_after_a_kill() {
     for (old, new) in before.iter().zip(&after) {
         assert_eq!(old.backends, new.backends, "pool {}: same versions (by sha256) and configs", old.name);
         assert_eq!(
-            (old.page_size, old.max_pages, old.max_bytes, old.accept_threshold_percent, old.writethrough, old.exclusive_gets, old.enabled, old.shards),
-            (new.page_size, new.max_pages, new.max_bytes, new.accept_threshold_percent, new.writethrough, new.exclusive_gets, new.enabled, new.shards),
+            (
+                old.page_size,
+                old.max_pages,
+                old.max_bytes,
+                old.accept_threshold_percent,
+                old.writethrough,
+                old.exclusive_gets,
+                old.enabled,
+                old.shards
+            ),
+            (
+                new.page_size,
+                new.max_pages,
+                new.max_bytes,
+                new.accept_threshold_percent,
+                new.writethrough,
+                new.exclusive_gets,
+                new.enabled,
+                new.shards
+            ),
             "pool {}",
             old.name
         );
-        assert_eq!((old.persistent, old.durability, old.flush_interval_ms), (new.persistent, new.durability, new.flush_interval_ms));
+        assert_eq!(
+            (old.persistent, old.durability, old.flush_interval_ms),
+            (new.persistent, new.durability, new.flush_interval_ms)
+        );
         let expected_pages = if new.persistent { old.counters["stored_pages"] } else { 0 };
-        assert_eq!(new.counters["stored_pages"], expected_pages, "pool {}: persistent pools come back whole, ram pools empty", new.name);
+        assert_eq!(
+            new.counters["stored_pages"], expected_pages,
+            "pool {}: persistent pools come back whole, ram pools empty",
+            new.name
+        );
     }
     assert_eq!(after[0].backends[0].version, "2.0.0");
     assert_eq!(after[0].max_pages, Some(600));
     assert!(!after[0].enabled);
     assert_eq!(client.get_page("demo", 1).unwrap(), None);
-    assert_eq!(client.plugins().unwrap().iter().map(|p| (&p.name, p.versions.len())).collect::<Vec<_>>(),
-               plugins_before.iter().map(|p| (&p.name, p.versions.len())).collect::<Vec<_>>());
+    assert_eq!(
+        client.plugins().unwrap().iter().map(|p| (&p.name, p.versions.len())).collect::<Vec<_>>(),
+        plugins_before.iter().map(|p| (&p.name, p.versions.len())).collect::<Vec<_>>()
+    );
 
     // Changes after the restart survive a SIGKILL (every change is on disk before the answer).
     client.remove_pool("b").unwrap();
@@ -86,7 +133,10 @@ fn plugins_and_pools_come_back_after_a_restart_and_after_a_kill() {
     assert_eq!(names, ["a", "demo", "disk1", "disk2"]);
     assert_eq!(client.get_page("disk1", 19).unwrap(), Some(tagged_page(19)), "pages survive the SIGKILL too");
     assert!(client.pool("a").unwrap().enabled);
-    assert_eq!(client.plugin("fmt").unwrap().versions.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(), ["2.0.0"]);
+    assert_eq!(
+        client.plugin("fmt").unwrap().versions.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(),
+        ["2.0.0"]
+    );
     assert!(client.put_page("a", 3, &tagged_page(3)).unwrap().outcome == "stored");
     assert_eq!(client.get_page("a", 3).unwrap().as_deref(), Some(&tagged_page(3)[..]));
     let _ = std::fs::remove_dir_all(&dir);

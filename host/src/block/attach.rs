@@ -206,9 +206,11 @@ fn place_of(request: &AttachRequest) -> Result<Place, AttachError> {
             Err(AttachError::Invalid("ublk_id applies to \"kind\": \"ublk\" only".into()))
         }
         FrontendKind::Nbd => listen_of(request).map(Place::Nbd),
-        FrontendKind::Ublk if request.socket.is_some() || request.listen.is_some() || request.allow_remote => Err(
-            AttachError::Invalid("a ublk device is /dev/ublkbN on this host: it takes no socket, listen or allow_remote".into()),
-        ),
+        FrontendKind::Ublk if request.socket.is_some() || request.listen.is_some() || request.allow_remote => {
+            Err(AttachError::Invalid(
+                "a ublk device is /dev/ublkbN on this host: it takes no socket, listen or allow_remote".into(),
+            ))
+        }
         FrontendKind::Ublk => {
             if !Path::new("/dev/ublk-control").exists() {
                 return Err(AttachError::Unsupported(
@@ -227,14 +229,18 @@ fn listen_of(request: &AttachRequest) -> Result<Listen, AttachError> {
         (Some(socket), None) => {
             let path = resolve(Path::new(socket), "socket")?;
             if path.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(AttachError::Invalid(format!("socket path {socket} is longer than {MAX_SOCKET_PATH} bytes")));
+                return Err(AttachError::Invalid(format!(
+                    "socket path {socket} is longer than {MAX_SOCKET_PATH} bytes"
+                )));
             }
             Ok(Listen::Unix(path))
         }
         (None, Some(listen)) => {
-            let addr: SocketAddr = listen
-                .parse()
-                .map_err(|e| AttachError::Invalid(format!("listen {listen:?} is not an IP address and port (e.g. 127.0.0.1:10809): {e}")))?;
+            let addr: SocketAddr = listen.parse().map_err(|e| {
+                AttachError::Invalid(format!(
+                    "listen {listen:?} is not an IP address and port (e.g. 127.0.0.1:10809): {e}"
+                ))
+            })?;
             if !addr.ip().is_loopback() && !request.allow_remote {
                 return Err(AttachError::Invalid(format!(
                     "listen {addr} is not a loopback address; NBD has no authentication or encryption, so anyone who reaches it \
@@ -243,7 +249,9 @@ fn listen_of(request: &AttachRequest) -> Result<Listen, AttachError> {
             }
             Ok(Listen::Tcp(addr))
         }
-        _ => Err(AttachError::Invalid("give exactly one of \"socket\" (a Unix socket path) and \"listen\" (a TCP address)".into())),
+        _ => Err(AttachError::Invalid(
+            "give exactly one of \"socket\" (a Unix socket path) and \"listen\" (a TCP address)".into(),
+        )),
     }
 }
 
@@ -260,7 +268,12 @@ fn new_id(kind: FrontendKind) -> Result<String, AttachError> {
 impl BlockDevices {
     /// Attaches a block device to pool `pool_name` as `request` asks, keeps it in the catalog,
     /// and returns how clients reach it.
-    pub fn attach(&self, host: &Host, pool_name: &str, request: &AttachRequest) -> Result<AttachedFrontend, AttachError> {
+    pub fn attach(
+        &self,
+        host: &Host,
+        pool_name: &str,
+        request: &AttachRequest,
+    ) -> Result<AttachedFrontend, AttachError> {
         let _changes = self.changes.lock();
         let pool = host.pool(pool_name)?;
         let backing = resolve(Path::new(&request.backing), "backing")?;
@@ -280,7 +293,12 @@ impl BlockDevices {
                 if other.backing == backing {
                     return Err(AttachError::Conflict {
                         code: "backing_in_use",
-                        message: format!("backing file {} is in use by block device {} of pool '{}'", request.backing, other.id, other.pool.name()),
+                        message: format!(
+                            "backing file {} is in use by block device {} of pool '{}'",
+                            request.backing,
+                            other.id,
+                            other.pool.name()
+                        ),
                     });
                 }
                 let taken = match (&*other.server.lock(), &place) {
@@ -291,14 +309,23 @@ impl BlockDevices {
                 if taken {
                     return Err(AttachError::Conflict {
                         code: "address_in_use",
-                        message: format!("{} is in use by block device {} of pool '{}'", other.uri, other.id, other.pool.name()),
+                        message: format!(
+                            "{} is in use by block device {} of pool '{}'",
+                            other.uri,
+                            other.id,
+                            other.pool.name()
+                        ),
                     });
                 }
             }
         }
         let attached = self.start(new_id(request.kind)?, pool, request.clone(), backing, &place, Start::Empty)?;
         if let Some(catalog) = host.catalog() {
-            let record = FrontendRecord { id: attached.id.clone(), pool: pool_name.to_string(), request: attached.request.clone() };
+            let record = FrontendRecord {
+                id: attached.id.clone(),
+                pool: pool_name.to_string(),
+                request: attached.request.clone(),
+            };
             if let Err(e) = catalog.put_frontend(&record) {
                 attached.stop(true);
                 return Err(e.into());
@@ -368,7 +395,8 @@ impl BlockDevices {
                 (Transport::Ublk(Some(server)), uri)
             }
         };
-        let attached = Arc::new(Attached { id, pool: pool.clone(), request, backing, device, server: Mutex::new(server), uri });
+        let attached =
+            Arc::new(Attached { id, pool: pool.clone(), request, backing, device, server: Mutex::new(server), uri });
         pool.attach_frontend(attached.clone());
         Ok(attached)
     }
@@ -390,7 +418,8 @@ impl BlockDevices {
 
     /// Detaches every block device of a pool about to be destroyed.
     pub(crate) fn detach_pool(&self, host: &Host, pool_name: &str) -> Result<(), AttachError> {
-        let ids: Vec<String> = self.attached.lock().values().filter(|a| a.pool.name() == pool_name).map(|a| a.id.clone()).collect();
+        let ids: Vec<String> =
+            self.attached.lock().values().filter(|a| a.pool.name() == pool_name).map(|a| a.id.clone()).collect();
         for id in ids {
             self.detach(host, pool_name, &id)?;
         }
@@ -419,7 +448,9 @@ impl BlockDevices {
                     tracing::info!(pool = %record.pool, id = %record.id, address = %attached.uri, "block device restored");
                     self.attached.lock().insert(record.id.clone(), attached);
                 }
-                Err(e) => tracing::error!(pool = %record.pool, id = %record.id, "a kept block device cannot be served (its record stays in the catalog): {e}"),
+                Err(e) => {
+                    tracing::error!(pool = %record.pool, id = %record.id, "a kept block device cannot be served (its record stays in the catalog): {e}")
+                }
             }
         }
     }

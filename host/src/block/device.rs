@@ -219,7 +219,9 @@ impl BlockDevice {
         };
         match start {
             Start::Empty => device.forget_pool_pages(),
-            Start::Resume => device.rebuild_map().map_err(|e| OpenError::Backing(format!("backing file {path}: {e}")))?,
+            Start::Resume => {
+                device.rebuild_map().map_err(|e| OpenError::Backing(format!("backing file {path}: {e}")))?
+            }
         }
         Ok(device)
     }
@@ -298,8 +300,14 @@ impl BlockDevice {
         }
         match offset.checked_add(len) {
             Some(end) if end <= self.size() => Ok((offset >> self.page_shift, len >> self.page_shift)),
-            _ if changes => refuse(BlockError::NoSpace(format!("{len} bytes at {offset} go past the end of the {}-byte device", self.size()))),
-            _ => refuse(BlockError::Invalid(format!("{len} bytes at {offset} go past the end of the {}-byte device", self.size()))),
+            _ if changes => refuse(BlockError::NoSpace(format!(
+                "{len} bytes at {offset} go past the end of the {}-byte device",
+                self.size()
+            ))),
+            _ => refuse(BlockError::Invalid(format!(
+                "{len} bytes at {offset} go past the end of the {}-byte device",
+                self.size()
+            ))),
         }
     }
 
@@ -372,37 +380,47 @@ impl BlockDevice {
                 Ok(())
             }
             Loc::Backing => self.read_backing(p, page),
-            Loc::Lost => Err(self.io_error(format!("page {p} was lost by pool '{}' (see its load_failures and logs)", self.pool.name()))),
-            loc @ (Loc::Pool | Loc::PoolAndBacking) => match self.pool.load(p, page) {
-                Ok(LoadOutcome::Loaded { exclusive: false }) => Ok(()),
-                Ok(LoadOutcome::Loaded { exclusive: true }) => {
-                    // The pool let go of the page: the device keeps it.
-                    if loc == Loc::PoolAndBacking {
-                        self.relocate(slot, Loc::Backing);
-                        return Ok(());
-                    }
-                    bump(&self.counters.exclusive_to_backing, 1);
-                    self.write_backing(slot, p, page, Loc::Backing, Loc::Lost, |e| {
+            Loc::Lost => Err(self.io_error(format!(
+                "page {p} was lost by pool '{}' (see its load_failures and logs)",
+                self.pool.name()
+            ))),
+            loc @ (Loc::Pool | Loc::PoolAndBacking) => {
+                match self.pool.load(p, page) {
+                    Ok(LoadOutcome::Loaded { exclusive: false }) => Ok(()),
+                    Ok(LoadOutcome::Loaded { exclusive: true }) => {
+                        // The pool let go of the page: the device keeps it.
+                        if loc == Loc::PoolAndBacking {
+                            self.relocate(slot, Loc::Backing);
+                            return Ok(());
+                        }
+                        bump(&self.counters.exclusive_to_backing, 1);
+                        self.write_backing(slot, p, page, Loc::Backing, Loc::Lost, |e| {
                         format!("page {p} left the pool (exclusive load) and could not be written to the backing file: {e}")
                     })
+                    }
+                    Ok(LoadOutcome::Absent) if loc == Loc::PoolAndBacking => {
+                        // A writethrough page the pool reclaimed: the backing copy is the page.
+                        self.relocate(slot, Loc::Backing);
+                        self.read_backing(p, page)
+                    }
+                    Ok(LoadOutcome::Absent) => {
+                        self.relocate(slot, Loc::Lost);
+                        Err(self.io_error(format!(
+                            "page {p} is no longer in pool '{}' (invalidated behind the device's back)",
+                            self.pool.name()
+                        )))
+                    }
+                    Err(e) => Err(self.io_error(e.to_string())),
                 }
-                Ok(LoadOutcome::Absent) if loc == Loc::PoolAndBacking => {
-                    // A writethrough page the pool reclaimed: the backing copy is the page.
-                    self.relocate(slot, Loc::Backing);
-                    self.read_backing(p, page)
-                }
-                Ok(LoadOutcome::Absent) => {
-                    self.relocate(slot, Loc::Lost);
-                    Err(self.io_error(format!("page {p} is no longer in pool '{}' (invalidated behind the device's back)", self.pool.name())))
-                }
-                Err(e) => Err(self.io_error(e.to_string())),
-            },
+            }
         }
     }
 
     fn read_backing(&self, p: u64, page: &mut [u8]) -> Result<(), BlockError> {
         bump(&self.counters.from_backing, 1);
-        self.backing.read_page(p, page).map_err(|e| self.io_error(format!("reading page {p} from the backing file: {e}")))
+        self.backing
+            .read_page(p, page)
+            .map_err(|e| self.io_error(format!("reading page {p} from the backing file: {e}")))
     }
 
     /// Writes `data` at `offset` (both aligned to the block size); with `fua`, durable before
@@ -687,7 +705,10 @@ mod tests {
         device.write(0, &[5u8; 8 * 4096], true).unwrap();
         assert!(counter(&device, "to_backing") >= 4);
         device.write_zeroes(4096, 4096, false).unwrap();
-        assert_eq!(device.extents(0, 16 * 4096, 8).unwrap(), vec![(4096, false), (4096, true), (6 * 4096, false), (8 * 4096, true)]);
+        assert_eq!(
+            device.extents(0, 16 * 4096, 8).unwrap(),
+            vec![(4096, false), (4096, true), (6 * 4096, false), (8 * 4096, true)]
+        );
         assert_eq!(device.extents(0, 16 * 4096, 1).unwrap(), vec![(4096, false)]);
         std::fs::remove_file(path).unwrap();
     }

@@ -212,10 +212,16 @@ enum Listener {
 fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
         }
         if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by a live server", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a live server", path.display()),
+            ));
         }
         std::fs::remove_file(path)?;
     }
@@ -241,16 +247,16 @@ impl NbdServer {
         let accepted = Arc::new(AtomicU64::new(0));
         let accept = {
             let (stopping, connections, accepted) = (stopping.clone(), connections.clone(), accepted.clone());
-            std::thread::Builder::new()
-                .name("tmem-nbd-accept".into())
-                .spawn(move || match listener {
-                    Listener::Unix(l) => accept_loop(export, &stopping, &connections, &accepted, || l.accept().map(|(s, _)| s)),
-                    Listener::Tcp(l) => accept_loop(export, &stopping, &connections, &accepted, || {
-                        let (s, _) = l.accept()?;
-                        s.set_nodelay(true)?;
-                        Ok(s)
-                    }),
-                })?
+            std::thread::Builder::new().name("tmem-nbd-accept".into()).spawn(move || match listener {
+                Listener::Unix(l) => {
+                    accept_loop(export, &stopping, &connections, &accepted, || l.accept().map(|(s, _)| s))
+                }
+                Listener::Tcp(l) => accept_loop(export, &stopping, &connections, &accepted, || {
+                    let (s, _) = l.accept()?;
+                    s.set_nodelay(true)?;
+                    Ok(s)
+                }),
+            })?
         };
         Ok(NbdServer { listen, stopping, accept: Some(accept), connections, accepted })
     }
@@ -535,7 +541,9 @@ impl<S: Stream> Connection<'_, S> {
                     self.option_reply(option, REP_ACK, &[]);
                 }
             }
-            OPT_STARTTLS => self.option_error(option, REP_ERR_POLICY, "TLS is not offered: use a Unix socket or a loopback address"),
+            OPT_STARTTLS => {
+                self.option_error(option, REP_ERR_POLICY, "TLS is not offered: use a Unix socket or a loopback address")
+            }
             OPT_INFO | OPT_GO => return self.info(option, data),
             OPT_STRUCTURED_REPLY => {
                 if data.is_empty() {
@@ -570,7 +578,11 @@ impl<S: Stream> Connection<'_, S> {
             return Ok(false);
         };
         if !self.known_export(name) {
-            let message = format!("no export named {:?} (this server exports {:?})", String::from_utf8_lossy(name), self.export.name);
+            let message = format!(
+                "no export named {:?} (this server exports {:?})",
+                String::from_utf8_lossy(name),
+                self.export.name
+            );
             self.option_error(option, REP_ERR_UNKNOWN, &message);
             return Ok(false);
         }
@@ -634,7 +646,11 @@ impl<S: Stream> Connection<'_, S> {
             self.meta_context = selected;
         }
         if selected {
-            self.option_reply(option, REP_META_CONTEXT, &[&BASE_ALLOCATION_ID.to_be_bytes(), BASE_ALLOCATION.as_bytes()]);
+            self.option_reply(
+                option,
+                REP_META_CONTEXT,
+                &[&BASE_ALLOCATION_ID.to_be_bytes(), BASE_ALLOCATION.as_bytes()],
+            );
         }
         self.option_reply(option, REP_ACK, &[]);
     }
@@ -694,7 +710,9 @@ impl<S: Stream> Connection<'_, S> {
         } else {
             let device = self.export.device.clone();
             match command {
-                CMD_READ if len > MAX_PAYLOAD => invalid(format!("a read of {len} bytes (the maximum block size is {MAX_PAYLOAD})")),
+                CMD_READ if len > MAX_PAYLOAD => {
+                    invalid(format!("a read of {len} bytes (the maximum block size is {MAX_PAYLOAD})"))
+                }
                 CMD_READ => return self.read(handle, offset, len),
                 CMD_WRITE => device.write(offset, &self.payload, fua),
                 CMD_FLUSH => device.flush(),
@@ -752,7 +770,17 @@ impl<S: Stream> Connection<'_, S> {
                 let head = &mut self.out[start..start + header];
                 if self.structured {
                     let chunk_len = len + 8;
-                    fill(head, &[&STRUCTURED_REPLY_MAGIC.to_be_bytes(), &REPLY_FLAG_DONE.to_be_bytes(), &REPLY_TYPE_OFFSET_DATA.to_be_bytes(), &handle.to_be_bytes(), &chunk_len.to_be_bytes(), &offset.to_be_bytes()]);
+                    fill(
+                        head,
+                        &[
+                            &STRUCTURED_REPLY_MAGIC.to_be_bytes(),
+                            &REPLY_FLAG_DONE.to_be_bytes(),
+                            &REPLY_TYPE_OFFSET_DATA.to_be_bytes(),
+                            &handle.to_be_bytes(),
+                            &chunk_len.to_be_bytes(),
+                            &offset.to_be_bytes(),
+                        ],
+                    );
                 } else {
                     fill(head, &[&SIMPLE_REPLY_MAGIC.to_be_bytes(), &0u32.to_be_bytes(), &handle.to_be_bytes()]);
                 }

@@ -104,7 +104,9 @@ impl UblkServer {
             }
             (Some(id), false) => id as i32,
             (None, false) => -1,
-            (None, true) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "recovering a ublk device needs its id")),
+            (None, true) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "recovering a ublk device needs its id"));
+            }
         };
         let (started_tx, started) = mpsc::channel::<io::Result<u32>>();
         let thread = std::thread::Builder::new().name(format!("ublk-{}", device.pool().name())).spawn(move || {
@@ -223,7 +225,9 @@ fn serve_queue(qid: u16, dev: &UblkDev, device: &BlockDevice) {
         };
         complete(q, tag, buffer, result.map_or_else(|errno| -errno, |n| n as i32));
     };
-    let queue = match UblkQueue::new(qid, dev).and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&buffers)))) {
+    let queue = match UblkQueue::new(qid, dev)
+        .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&buffers))))
+    {
         Ok(queue) => queue,
         Err(e) => {
             tracing::error!(queue = qid, "ublk queue cannot start: {e}");

@@ -107,14 +107,12 @@ impl PluginEngine {
         let compiled = self.compile(&sha256, bytes)?;
         module::check_shape(&compiled)?;
         let limits = SandboxLimits::default();
-        let text = PluginInstance::probe_manifest(&self.engine, &compiled, &self.linker, limits, self.options.epoch_tick)
-            .map_err(|fault| PluginLoadError::BadManifest(format!("reading it failed: {fault}")))?;
+        let text =
+            PluginInstance::probe_manifest(&self.engine, &compiled, &self.linker, limits, self.options.epoch_tick)
+                .map_err(|fault| PluginLoadError::BadManifest(format!("reading it failed: {fault}")))?;
         let manifest = module::parse_manifest(&text)?;
         module::check_kind(&compiled, &manifest)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&compiled)
-            .map_err(|e| PluginLoadError::Invalid(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&compiled).map_err(|e| PluginLoadError::Invalid(format!("{e:#}")))?;
         Ok(PluginModule::new(sha256, bytes.len(), manifest, pre))
     }
 
@@ -128,7 +126,8 @@ impl PluginEngine {
         pages: Option<Arc<crate::page_store::PageShard>>,
         net: Option<&super::net::NetPolicy>,
     ) -> Result<PluginInstance, PluginFault> {
-        let mut limits = SandboxLimits { memory_bytes: limits.memory_bytes.min(self.options.max_memory_bytes), ..limits };
+        let mut limits =
+            SandboxLimits { memory_bytes: limits.memory_bytes.min(self.options.max_memory_bytes), ..limits };
         if let Some(net) = net {
             // Time waiting on the network is bounded by the grant's timeout; the call may
             // take that long on top of its own budget.
@@ -157,7 +156,9 @@ impl PluginEngine {
             }
         }
         let module = Module::new(&self.engine, bytes).map_err(invalid)?;
-        if let Err(e) = module.serialize().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|code| write_atomically(&path, &code)) {
+        if let Err(e) =
+            module.serialize().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|code| write_atomically(&path, &code))
+        {
             tracing::warn!(path = %path.display(), "could not cache compiled code: {e:#}");
         }
         Ok(module)

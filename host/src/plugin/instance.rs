@@ -87,42 +87,54 @@ impl PluginFault {
 
 /// Defines the host imports (module `tmem`, see [`tmem_api::abi`]) on `linker`.
 pub(crate) fn define_host_functions(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    linker.func_wrap(abi::HOST_MODULE, import::LOG, |mut caller: Caller<'_, PluginState>, level: i32, ptr: i32, len: i32| {
-        let Some(memory) = caller.data().memory else { return wasmtime::Result::Ok(()) };
-        let (data, state) = memory.data_and_store_mut(&mut caller);
-        if !state.log_budget.take() {
-            return wasmtime::Result::Ok(());
-        }
-        let bytes = guest_slice(data, ptr, len.min(1024))?;
-        let line = String::from_utf8_lossy(bytes);
-        let plugin = &*state.name;
-        match level {
-            abi::log_level::ERROR => tracing::error!(plugin, "{line}"),
-            abi::log_level::WARN => tracing::warn!(plugin, "{line}"),
-            abi::log_level::INFO => tracing::info!(plugin, "{line}"),
-            _ => tracing::debug!(plugin, "{line}"),
-        }
-        wasmtime::Result::Ok(())
-    })?;
-    linker.func_wrap(abi::HOST_MODULE, import::PAGES_PUT, |mut caller: Caller<'_, PluginState>, offset: i64, ptr: i32, len: i32| {
-        let (data, state) = memory_of(&mut caller)?;
-        let bytes = guest_slice(data, ptr, len)?;
-        let kept = pages_of(state)?.put(offset as u64, bytes);
-        wasmtime::Result::Ok(if kept { 0i32 } else { abi::pages::ALLOC_FAILED })
-    })?;
-    linker.func_wrap(abi::HOST_MODULE, import::PAGES_GET, |mut caller: Caller<'_, PluginState>, offset: i64, ptr: i32, cap: i32| {
-        let (data, state) = memory_of(&mut caller)?;
-        let out = guest_slice_mut(data, ptr, cap)?;
-        let found = pages_of(state)?.with(offset as u64, |bytes| {
-            if bytes.len() > out.len() {
-                abi::pages::TOO_SMALL
-            } else {
-                out[..bytes.len()].copy_from_slice(bytes);
-                bytes.len() as i32
+    linker.func_wrap(
+        abi::HOST_MODULE,
+        import::LOG,
+        |mut caller: Caller<'_, PluginState>, level: i32, ptr: i32, len: i32| {
+            let Some(memory) = caller.data().memory else { return wasmtime::Result::Ok(()) };
+            let (data, state) = memory.data_and_store_mut(&mut caller);
+            if !state.log_budget.take() {
+                return wasmtime::Result::Ok(());
             }
-        });
-        wasmtime::Result::Ok(found.unwrap_or(abi::pages::ABSENT))
-    })?;
+            let bytes = guest_slice(data, ptr, len.min(1024))?;
+            let line = String::from_utf8_lossy(bytes);
+            let plugin = &*state.name;
+            match level {
+                abi::log_level::ERROR => tracing::error!(plugin, "{line}"),
+                abi::log_level::WARN => tracing::warn!(plugin, "{line}"),
+                abi::log_level::INFO => tracing::info!(plugin, "{line}"),
+                _ => tracing::debug!(plugin, "{line}"),
+            }
+            wasmtime::Result::Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        abi::HOST_MODULE,
+        import::PAGES_PUT,
+        |mut caller: Caller<'_, PluginState>, offset: i64, ptr: i32, len: i32| {
+            let (data, state) = memory_of(&mut caller)?;
+            let bytes = guest_slice(data, ptr, len)?;
+            let kept = pages_of(state)?.put(offset as u64, bytes);
+            wasmtime::Result::Ok(if kept { 0i32 } else { abi::pages::ALLOC_FAILED })
+        },
+    )?;
+    linker.func_wrap(
+        abi::HOST_MODULE,
+        import::PAGES_GET,
+        |mut caller: Caller<'_, PluginState>, offset: i64, ptr: i32, cap: i32| {
+            let (data, state) = memory_of(&mut caller)?;
+            let out = guest_slice_mut(data, ptr, cap)?;
+            let found = pages_of(state)?.with(offset as u64, |bytes| {
+                if bytes.len() > out.len() {
+                    abi::pages::TOO_SMALL
+                } else {
+                    out[..bytes.len()].copy_from_slice(bytes);
+                    bytes.len() as i32
+                }
+            });
+            wasmtime::Result::Ok(found.unwrap_or(abi::pages::ABSENT))
+        },
+    )?;
     linker.func_wrap(abi::HOST_MODULE, import::PAGES_DELETE, |caller: Caller<'_, PluginState>, offset: i64| {
         wasmtime::Result::Ok(pages_of(caller.data())?.delete(offset as u64) as i32)
     })?;
@@ -130,21 +142,33 @@ pub(crate) fn define_host_functions(linker: &mut Linker<PluginState>) -> wasmtim
         pages_of(caller.data())?.clear();
         wasmtime::Result::Ok(())
     })?;
-    linker.func_wrap(abi::HOST_MODULE, import::NET_CONNECT, |mut caller: Caller<'_, PluginState>, ptr: i32, len: i32| {
-        let (data, state) = memory_of(&mut caller)?;
-        let address = String::from_utf8_lossy(guest_slice(data, ptr, len.min(512))?).into_owned();
-        wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::DENIED, |net| net.connect(&address)))
-    })?;
-    linker.func_wrap(abi::HOST_MODULE, import::NET_SEND, |mut caller: Caller<'_, PluginState>, handle: i32, ptr: i32, len: i32| {
-        let (data, state) = memory_of(&mut caller)?;
-        let bytes = guest_slice(data, ptr, len)?;
-        wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::BAD_HANDLE, |net| net.send(handle, bytes)))
-    })?;
-    linker.func_wrap(abi::HOST_MODULE, import::NET_RECV, |mut caller: Caller<'_, PluginState>, handle: i32, ptr: i32, cap: i32| {
-        let (data, state) = memory_of(&mut caller)?;
-        let buf = guest_slice_mut(data, ptr, cap)?;
-        wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::BAD_HANDLE, |net| net.recv(handle, buf)))
-    })?;
+    linker.func_wrap(
+        abi::HOST_MODULE,
+        import::NET_CONNECT,
+        |mut caller: Caller<'_, PluginState>, ptr: i32, len: i32| {
+            let (data, state) = memory_of(&mut caller)?;
+            let address = String::from_utf8_lossy(guest_slice(data, ptr, len.min(512))?).into_owned();
+            wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::DENIED, |net| net.connect(&address)))
+        },
+    )?;
+    linker.func_wrap(
+        abi::HOST_MODULE,
+        import::NET_SEND,
+        |mut caller: Caller<'_, PluginState>, handle: i32, ptr: i32, len: i32| {
+            let (data, state) = memory_of(&mut caller)?;
+            let bytes = guest_slice(data, ptr, len)?;
+            wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::BAD_HANDLE, |net| net.send(handle, bytes)))
+        },
+    )?;
+    linker.func_wrap(
+        abi::HOST_MODULE,
+        import::NET_RECV,
+        |mut caller: Caller<'_, PluginState>, handle: i32, ptr: i32, cap: i32| {
+            let (data, state) = memory_of(&mut caller)?;
+            let buf = guest_slice_mut(data, ptr, cap)?;
+            wasmtime::Result::Ok(state.net.as_mut().map_or(abi::net::BAD_HANDLE, |net| net.recv(handle, buf)))
+        },
+    )?;
     linker.func_wrap(abi::HOST_MODULE, import::NET_CLOSE, |mut caller: Caller<'_, PluginState>, handle: i32| {
         if let Some(net) = caller.data_mut().net.as_mut() {
             net.close(handle);
@@ -181,7 +205,10 @@ fn guest_slice_mut(data: &mut [u8], ptr: i32, len: i32) -> wasmtime::Result<&mut
 }
 
 enum Exports {
-    Filter { encode: TypedFunc<i32, i64>, decode: TypedFunc<i32, i64> },
+    Filter {
+        encode: TypedFunc<i32, i64>,
+        decode: TypedFunc<i32, i64>,
+    },
     Store {
         put: TypedFunc<(i64, i32), i64>,
         get: TypedFunc<i64, i64>,
@@ -239,7 +266,8 @@ impl PluginInstance {
             .map_err(|e| PluginFault::Protocol(e.to_string()))?;
         let packed = manifest.call(&mut store, ()).map_err(|e| classify(&store, e, limits.init_timeout))?;
         let (ptr, len) = abi::packed(packed);
-        let range = guest_range(memory.data_size(&store), ptr as i32, len as i32).map_err(|e| PluginFault::Protocol(e.to_string()))?;
+        let range = guest_range(memory.data_size(&store), ptr as i32, len as i32)
+            .map_err(|e| PluginFault::Protocol(e.to_string()))?;
         Ok(memory.data(&store)[range].to_vec())
     }
 
@@ -278,7 +306,8 @@ impl PluginInstance {
 
         let config = spec.config.as_bytes();
         let cfg_ptr = alloc.call(&mut store, config.len() as i32).map_err(|e| fault(&store, e))?;
-        let range = guest_range(memory.data_size(&store), cfg_ptr, config.len() as i32).map_err(|e| PluginFault::Protocol(e.to_string()))?;
+        let range = guest_range(memory.data_size(&store), cfg_ptr, config.len() as i32)
+            .map_err(|e| PluginFault::Protocol(e.to_string()))?;
         memory.data_mut(&mut store)[range].copy_from_slice(config);
         let result = init
             .call(&mut store, (cfg_ptr, config.len() as i32, spec.page_size as i32))
@@ -294,8 +323,9 @@ impl PluginInstance {
         }
         let io_in = io_in.call(&mut store, ()).map_err(|e| fault(&store, e))? as u32 as usize;
         for (which, at) in [("input", io_in), ("output", io_out)] {
-            guest_range(memory.data_size(&store), at as i32, io_cap as i32)
-                .map_err(|_| PluginFault::Protocol(format!("{which} buffer at {at} does not fit {io_cap} bytes in memory")))?;
+            guest_range(memory.data_size(&store), at as i32, io_cap as i32).map_err(|_| {
+                PluginFault::Protocol(format!("{which} buffer at {at} does not fit {io_cap} bytes in memory"))
+            })?;
         }
         let exports = match spec.module.kind() {
             tmem_api::manifest::PluginKind::Filter => Exports::Filter {

@@ -183,10 +183,8 @@ const HOST_IMPORTS: &[(&str, &[ValType], &[ValType], bool)] = &[
 /// Checks the ABI marker, the common exports and every import. The kind-specific exports are
 /// checked by [`check_kind`] once the manifest says which kind the plugin is.
 pub(crate) fn check_shape(module: &Module) -> Result<(), PluginLoadError> {
-    let markers: Vec<String> = module
-        .exports()
-        .filter_map(|e| e.name().strip_prefix(abi::ABI_MARKER_PREFIX).map(str::to_owned))
-        .collect();
+    let markers: Vec<String> =
+        module.exports().filter_map(|e| e.name().strip_prefix(abi::ABI_MARKER_PREFIX).map(str::to_owned)).collect();
     if !markers.iter().any(|v| *v == abi::ABI_VERSION.to_string()) {
         return Err(match markers.into_iter().next() {
             Some(found) => PluginLoadError::WrongAbi { found },
@@ -196,7 +194,12 @@ pub(crate) fn check_shape(module: &Module) -> Result<(), PluginLoadError> {
     check_exports(module, COMMON_EXPORTS)?;
     match module.get_export(export::MEMORY) {
         Some(ExternType::Memory(_)) => {}
-        _ => return Err(PluginLoadError::BadExport { name: export::MEMORY, problem: "is missing or not a memory".into() }),
+        _ => {
+            return Err(PluginLoadError::BadExport {
+                name: export::MEMORY,
+                problem: "is missing or not a memory".into(),
+            });
+        }
     }
     for imp in module.imports() {
         let forbidden = |why: String| PluginLoadError::ForbiddenImport {
@@ -238,10 +241,13 @@ pub(crate) fn check_kind(module: &Module, manifest: &Manifest) -> Result<(), Plu
             check_exports(module, FILTER_EXPORTS)?;
             if !manifest.capabilities.is_empty() {
                 return Err(PluginLoadError::BadManifest(
-                    "a filter asks for capabilities; only stores may (filters see pages, never storage or the network)".into(),
+                    "a filter asks for capabilities; only stores may (filters see pages, never storage or the network)"
+                        .into(),
                 ));
             }
-            if let Some(imp) = module.imports().find(|i| HOST_IMPORTS.iter().any(|(n, .., store_only)| *store_only && *n == i.name())) {
+            if let Some(imp) =
+                module.imports().find(|i| HOST_IMPORTS.iter().any(|(n, .., store_only)| *store_only && *n == i.name()))
+            {
                 return Err(PluginLoadError::ForbiddenImport {
                     module: imp.module().to_owned(),
                     name: imp.name().to_owned(),
@@ -272,7 +278,12 @@ fn check_exports(module: &Module, wanted: &[(&'static str, &[ValType], &[ValType
             Some(ExternType::Func(ty)) => {
                 return Err(PluginLoadError::BadExport {
                     name,
-                    problem: format!("has signature {}, ABI v{} says {}", func_sig(&ty), abi::ABI_VERSION, sig(params, results)),
+                    problem: format!(
+                        "has signature {}, ABI v{} says {}",
+                        func_sig(&ty),
+                        abi::ABI_VERSION,
+                        sig(params, results)
+                    ),
                 });
             }
             Some(_) => return Err(PluginLoadError::BadExport { name, problem: "is not a function".into() }),

@@ -31,17 +31,21 @@ impl NetPolicy {
     /// The grant a plugin's resolved config asks for: every `host:port` of its `endpoints`.
     pub fn from_config(plugin: &str, config: &Map<String, Value>) -> Result<NetPolicy, String> {
         let endpoints = config.get("endpoints").and_then(Value::as_array).ok_or_else(|| {
-            format!("plugin '{plugin}' has the network capability but no `endpoints` config key listing what it may reach")
+            format!(
+                "plugin '{plugin}' has the network capability but no `endpoints` config key listing what it may reach"
+            )
         })?;
         let mut allowed = Vec::new();
         for endpoint in endpoints {
             let url = endpoint.as_str().unwrap_or_default();
-            let (_, rest) = url
-                .split_once("://")
-                .ok_or_else(|| format!("endpoint {url:?} of plugin '{plugin}' is not a URL (scheme://host:port[/path])"))?;
+            let (_, rest) = url.split_once("://").ok_or_else(|| {
+                format!("endpoint {url:?} of plugin '{plugin}' is not a URL (scheme://host:port[/path])")
+            })?;
             let authority = rest.split('/').next().unwrap_or_default();
             for address in authority.split(',') {
-                let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                let port_ok = address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
                 if !port_ok {
                     return Err(format!("endpoint {url:?} of plugin '{plugin}': {address:?} is not host:port"));
                 }
@@ -54,7 +58,11 @@ impl NetPolicy {
             return Err(format!("plugin '{plugin}' needs at least one endpoint in `endpoints`"));
         }
         let timeout = match config.get("timeout_ms") {
-            Some(ms) => Duration::from_millis(ms.as_u64().filter(|ms| *ms > 0).ok_or_else(|| format!("plugin '{plugin}': timeout_ms must be positive"))?),
+            Some(ms) => Duration::from_millis(
+                ms.as_u64()
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| format!("plugin '{plugin}': timeout_ms must be positive"))?,
+            ),
             None => DEFAULT_TIMEOUT,
         };
         Ok(NetPolicy { allowed, timeout })
@@ -119,7 +127,11 @@ impl NetAccess {
 
     fn stream(&mut self, handle: i32) -> Result<(&mut TcpStream, Duration), i32> {
         let budget = self.budget().ok_or(code::TIMEOUT)?;
-        let stream = usize::try_from(handle).ok().and_then(|h| self.connections.get_mut(h)).and_then(Option::as_mut).ok_or(code::BAD_HANDLE)?;
+        let stream = usize::try_from(handle)
+            .ok()
+            .and_then(|h| self.connections.get_mut(h))
+            .and_then(Option::as_mut)
+            .ok_or(code::BAD_HANDLE)?;
         Ok((stream, budget))
     }
 
@@ -188,7 +200,11 @@ mod tests {
         let p = NetPolicy { allowed: vec![granted.clone()], timeout: Duration::from_millis(100) };
         let mut net = NetAccess::new(p, Instant::now() + Duration::from_secs(5));
         assert_eq!(net.connect("127.0.0.1:1"), code::DENIED);
-        assert_eq!(net.connect(&format!("localhost:{}", listener.local_addr().unwrap().port())), code::DENIED, "another spelling is another address");
+        assert_eq!(
+            net.connect(&format!("localhost:{}", listener.local_addr().unwrap().port())),
+            code::DENIED,
+            "another spelling is another address"
+        );
         let handle = net.connect(&granted);
         assert!(handle >= 0);
         let (mut peer, _) = listener.accept().unwrap();

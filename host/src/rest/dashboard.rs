@@ -9,7 +9,10 @@
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -57,7 +60,8 @@ fn content_type(path: &str) -> &'static str {
 
 fn serve(path: &str, request: &HeaderMap) -> Response {
     let Some(file) = Assets::get(path) else {
-        return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("the dashboard has no file {path}")).into_response();
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("the dashboard has no file {path}"))
+            .into_response();
     };
     let etag = format!("\"{}\"", hex::encode(file.metadata.sha256_hash()));
     let mut response = if request.get(IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {

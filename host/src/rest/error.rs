@@ -66,7 +66,9 @@ impl From<HostError> for ApiError {
     fn from(e: HostError) -> Self {
         let message = e.to_string();
         let (status, code) = match &e {
-            HostError::PluginLoad(PluginLoadError::TooLarge { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "plugin_too_large"),
+            HostError::PluginLoad(PluginLoadError::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "plugin_too_large")
+            }
             HostError::PluginLoad(_) => (StatusCode::BAD_REQUEST, "invalid_plugin"),
             HostError::UnknownPlugin(_) => (StatusCode::NOT_FOUND, "plugin_not_found"),
             HostError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "plugin_version_not_found"),
@@ -88,7 +90,9 @@ impl From<OpError> for ApiError {
             OpError::WrongPageSize { .. } => ApiError::bad_request("wrong_page_size", e.to_string()),
             OpError::WrongRecordSize { .. } => ApiError::bad_request("wrong_record_size", e.to_string()),
             OpError::NotARecordPool(_) => ApiError::bad_request("not_a_record_pool", e.to_string()),
-            OpError::LoadFailed { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", e.to_string()),
+            OpError::LoadFailed { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", e.to_string())
+            }
         }
     }
 }
@@ -116,7 +120,11 @@ impl From<JsonRejection> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is too large: {}", r.body_text()))
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is too large: {}", r.body_text()),
+            )
         } else {
             ApiError::bad_request("invalid_body", r.body_text())
         }
@@ -157,6 +165,10 @@ pub struct Path<T>(pub T);
 pub struct Query<T>(pub T);
 
 /// Runs blocking host work (plugin calls, compilation, the catalog) off the async threads.
-pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(format!("the request's work failed: {e}")))?
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's work failed: {e}")))?
 }

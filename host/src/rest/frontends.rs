@@ -18,7 +18,9 @@ impl From<AttachError> for ApiError {
             AttachError::Invalid(m) => ApiError::bad_request("invalid_frontend", m),
             AttachError::Unsupported(m) => ApiError::bad_request("unsupported_frontend", m),
             AttachError::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
-            e @ AttachError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "frontend_not_found", e.to_string()),
+            e @ AttachError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "frontend_not_found", e.to_string())
+            }
             AttachError::Catalog(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "catalog", e.to_string()),
         }
     }
@@ -57,7 +59,10 @@ pub async fn attach_frontend(
     responses((status = 200, body = Vec<AttachedFrontend>), (status = 404, body = ErrorBody)),
     security(("token" = []))
 )]
-pub async fn list_frontends(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<Json<Vec<AttachedFrontend>>, ApiError> {
+pub async fn list_frontends(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<AttachedFrontend>>, ApiError> {
     host.pool(&name)?;
     Ok(Json(host.block_devices().list(&name)))
 }
@@ -70,7 +75,10 @@ pub async fn list_frontends(State(host): State<Arc<Host>>, Path(name): Path<Stri
     responses((status = 204, description = "Detached"), (status = 404, description = "No such pool or attachment", body = ErrorBody)),
     security(("token" = []))
 )]
-pub async fn detach_frontend(State(host): State<Arc<Host>>, Path((name, id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+pub async fn detach_frontend(
+    State(host): State<Arc<Host>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
     blocking(move || {
         host.block_devices().detach(&host, &name, &id)?;
         Ok(StatusCode::NO_CONTENT)

@@ -77,7 +77,12 @@ impl StatsSampler {
     }
 }
 
-fn pool_sample(pool: &Pool, counters: &CounterSnapshot, latency: &[HistogramSnapshot], previous: Option<(&PoolBefore, Duration)>) -> PoolSample {
+fn pool_sample(
+    pool: &Pool,
+    counters: &CounterSnapshot,
+    latency: &[HistogramSnapshot],
+    previous: Option<(&PoolBefore, Duration)>,
+) -> PoolSample {
     let window = |h: &HistogramSnapshot| {
         let us = |q| h.quantile_ns(q).unwrap_or(0) as f64 / 1000.0;
         LatencyWindow { count: h.count(), p50_us: us(0.5), p99_us: us(0.99) }
@@ -92,17 +97,23 @@ fn pool_sample(pool: &Pool, counters: &CounterSnapshot, latency: &[HistogramSnap
                 .filter(|((name, _), _)| !GAUGES.contains(name))
                 .map(|((name, now), (_, then))| (name.to_string(), now.saturating_sub(then) as f64 / seconds))
                 .collect();
-            let latency = Op::ALL.iter().zip(latency.iter().zip(&before.latency)).map(|(op, (now, then))| (op.name().to_string(), window(&now.since(then))));
+            let latency = Op::ALL
+                .iter()
+                .zip(latency.iter().zip(&before.latency))
+                .map(|(op, (now, then))| (op.name().to_string(), window(&now.since(then))));
             (rates, latency.collect())
         }
-        None => (BTreeMap::new(), Op::ALL.iter().zip(latency).map(|(op, h)| (op.name().to_string(), window(h))).collect()),
+        None => {
+            (BTreeMap::new(), Op::ALL.iter().zip(latency).map(|(op, h)| (op.name().to_string(), window(h))).collect())
+        }
     };
     let page_bytes = counters.stored_pages as f64 * f64::from(pool.page_size());
     PoolSample {
         name: pool.name().to_string(),
         stored_pages: counters.stored_pages,
         pool_total_size: counters.pool_total_size,
-        compression_ratio: (counters.stored_pages > 0 && counters.pool_total_size > 0).then(|| page_bytes / counters.pool_total_size as f64),
+        compression_ratio: (counters.stored_pages > 0 && counters.pool_total_size > 0)
+            .then(|| page_bytes / counters.pool_total_size as f64),
         full: pool.is_full(),
         enabled: pool.enabled(),
         plugin_memory_bytes: pool.plugin_memory_bytes(),
@@ -141,16 +152,26 @@ pub async fn stats_stream(
     if !INTERVAL_RANGE_MS.contains(&query.interval_ms) {
         return Err(ApiError::bad_request(
             "invalid_interval",
-            format!("interval_ms must be {} to {}, not {}", INTERVAL_RANGE_MS.start(), INTERVAL_RANGE_MS.end(), query.interval_ms),
+            format!(
+                "interval_ms must be {} to {}, not {}",
+                INTERVAL_RANGE_MS.start(),
+                INTERVAL_RANGE_MS.end(),
+                query.interval_ms
+            ),
         ));
     }
     let mut ticker = tokio::time::interval(Duration::from_millis(query.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let events = futures_util::stream::unfold((host, StatsSampler::default(), ticker), |(host, mut sampler, mut ticker)| async move {
-        ticker.tick().await;
-        let sample = sampler.sample(&host);
-        let event = Event::default().json_data(&sample).unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-        Some((Ok(event), (host, sampler, ticker)))
-    });
+    let events = futures_util::stream::unfold(
+        (host, StatsSampler::default(), ticker),
+        |(host, mut sampler, mut ticker)| async move {
+            ticker.tick().await;
+            let sample = sampler.sample(&host);
+            let event = Event::default()
+                .json_data(&sample)
+                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+            Some((Ok(event), (host, sampler, ticker)))
+        },
+    );
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

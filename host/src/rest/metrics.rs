@@ -31,9 +31,13 @@ pub fn render(host: &Host) -> String {
     let _ = writeln!(w, "tmem_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     let _ = writeln!(w, "# HELP tmem_pools Pools of this host.\n# TYPE tmem_pools gauge\ntmem_pools {}", pools.len());
     let versions: usize = host.plugins().iter().map(|(_, v)| v.len()).sum();
-    let _ = writeln!(w, "# HELP tmem_plugin_versions Registered plugin versions.\n# TYPE tmem_plugin_versions gauge\ntmem_plugin_versions {versions}");
+    let _ = writeln!(
+        w,
+        "# HELP tmem_plugin_versions Registered plugin versions.\n# TYPE tmem_plugin_versions gauge\ntmem_plugin_versions {versions}"
+    );
 
-    let snapshots: Vec<(String, Vec<(&str, u64)>)> = pools.iter().map(|p| (label(p.name()), p.counters().named())).collect();
+    let snapshots: Vec<(String, Vec<(&str, u64)>)> =
+        pools.iter().map(|p| (label(p.name()), p.counters().named())).collect();
     for (i, (name, help)) in CounterSnapshot::HELP.iter().enumerate() {
         let gauge = GAUGES.contains(name);
         let metric = if gauge { format!("tmem_pool_{name}") } else { format!("tmem_pool_{name}_total") };
@@ -48,7 +52,12 @@ pub fn render(host: &Host) -> String {
     let _ = writeln!(w, "# HELP tmem_pool_plugin_memory_bytes Linear memory of the pool's live plugin instances.");
     let _ = writeln!(w, "# TYPE tmem_pool_plugin_memory_bytes gauge");
     for pool in &pools {
-        let _ = writeln!(w, "tmem_pool_plugin_memory_bytes{{pool=\"{}\"}} {}", label(pool.name()), pool.plugin_memory_bytes());
+        let _ = writeln!(
+            w,
+            "tmem_pool_plugin_memory_bytes{{pool=\"{}\"}} {}",
+            label(pool.name()),
+            pool.plugin_memory_bytes()
+        );
     }
 
     let _ = writeln!(w, "# HELP tmem_pool_plugin_info The plugins of each pool's current chain (position 0 first).");
@@ -66,11 +75,19 @@ pub fn render(host: &Host) -> String {
         }
     }
 
-    let _ = writeln!(w, "# HELP tmem_plugin_faults_total Plugin faults by pool, plugin and kind (deadline, memory_cap, trap, ...).");
+    let _ = writeln!(
+        w,
+        "# HELP tmem_plugin_faults_total Plugin faults by pool, plugin and kind (deadline, memory_cap, trap, ...)."
+    );
     let _ = writeln!(w, "# TYPE tmem_plugin_faults_total counter");
     for pool in &pools {
         for (plugin, kind, n) in pool.faults_by_plugin() {
-            let _ = writeln!(w, "tmem_plugin_faults_total{{pool=\"{}\",plugin=\"{}\",kind=\"{kind}\"}} {n}", label(pool.name()), label(&plugin));
+            let _ = writeln!(
+                w,
+                "tmem_plugin_faults_total{{pool=\"{}\",plugin=\"{}\",kind=\"{kind}\"}} {n}",
+                label(pool.name()),
+                label(&plugin)
+            );
         }
     }
 
@@ -91,9 +108,24 @@ pub fn render(host: &Host) -> String {
                     bound as f64 / 1e9
                 );
             }
-            let _ = writeln!(w, "tmem_pool_op_duration_seconds_bucket{{pool=\"{name}\",op=\"{}\",le=\"+Inf\"}} {}", op.name(), h.count());
-            let _ = writeln!(w, "tmem_pool_op_duration_seconds_sum{{pool=\"{name}\",op=\"{}\"}} {}", op.name(), h.sum_ns as f64 / 1e9);
-            let _ = writeln!(w, "tmem_pool_op_duration_seconds_count{{pool=\"{name}\",op=\"{}\"}} {}", op.name(), h.count());
+            let _ = writeln!(
+                w,
+                "tmem_pool_op_duration_seconds_bucket{{pool=\"{name}\",op=\"{}\",le=\"+Inf\"}} {}",
+                op.name(),
+                h.count()
+            );
+            let _ = writeln!(
+                w,
+                "tmem_pool_op_duration_seconds_sum{{pool=\"{name}\",op=\"{}\"}} {}",
+                op.name(),
+                h.sum_ns as f64 / 1e9
+            );
+            let _ = writeln!(
+                w,
+                "tmem_pool_op_duration_seconds_count{{pool=\"{name}\",op=\"{}\"}} {}",
+                op.name(),
+                h.count()
+            );
         }
     }
     out

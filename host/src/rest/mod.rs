@@ -13,11 +13,11 @@
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod frontends;
 pub mod live_stats;
 pub mod metrics;
 pub mod plugins;
 pub mod pools;
-pub mod frontends;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +63,10 @@ struct BearerToken;
 impl Modify for BearerToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 

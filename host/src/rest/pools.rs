@@ -7,12 +7,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderName, StatusCode};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tmem_api::rest::{
-    AreaInvalidated, BackendInfo, CreatePoolQuery, ErrorBody, FaultInfo, FrontendInfo, GenerationInfo, LatencySummary, PoolCheck, PoolConfig, PoolInfo, PoolPatch,
-    ShrinkRequest, ShrinkResult, StoreResult,
+    AreaInvalidated, BackendInfo, CreatePoolQuery, ErrorBody, FaultInfo, FrontendInfo, GenerationInfo, LatencySummary,
+    PoolCheck, PoolConfig, PoolInfo, PoolPatch, ShrinkRequest, ShrinkResult, StoreResult,
 };
 
 use super::error::{ApiError, Json, Path, Query, blocking};
@@ -47,7 +47,10 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
             let us = |ns: Option<u64>| ns.unwrap_or(0) as f64 / 1000.0;
             let count = h.count();
             let mean_us = if count == 0 { 0.0 } else { h.sum_ns as f64 / count as f64 / 1000.0 };
-            (op.name().to_string(), LatencySummary { count, mean_us, p50_us: us(h.quantile_ns(0.5)), p99_us: us(h.quantile_ns(0.99)) })
+            (
+                op.name().to_string(),
+                LatencySummary { count, mean_us, p50_us: us(h.quantile_ns(0.5)), p99_us: us(h.quantile_ns(0.99)) },
+            )
         })
         .collect();
     PoolInfo {
@@ -57,7 +60,12 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         generations: pool
             .generations()
             .into_iter()
-            .map(|(g, pages)| GenerationInfo { id: g.id, current: g.id == current.id, pages, backends: backends_info(&g.chain) })
+            .map(|(g, pages)| GenerationInfo {
+                id: g.id,
+                current: g.id == current.id,
+                pages,
+                backends: backends_info(&g.chain),
+            })
             .collect(),
         max_pages: config.max_pages,
         max_bytes: config.max_bytes,
@@ -85,7 +93,11 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         uptime_seconds: pool.created().elapsed().as_secs(),
         counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
         latency,
-        last_fault: pool.last_fault().map(|(plugin, fault)| FaultInfo { plugin, kind: fault.kind().into(), message: fault.to_string() }),
+        last_fault: pool.last_fault().map(|(plugin, fault)| FaultInfo {
+            plugin,
+            kind: fault.kind().into(),
+            message: fault.to_string(),
+        }),
     }
 }
 
@@ -227,7 +239,10 @@ fn page_not_found(pool: &str, offset: u64) -> ApiError {
     ),
     security(("token" = []))
 )]
-pub async fn get_page(State(host): State<Arc<Host>>, Path((name, offset)): Path<(String, u64)>) -> Result<Response, ApiError> {
+pub async fn get_page(
+    State(host): State<Arc<Host>>,
+    Path((name, offset)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
     let pool = host.pool(&name)?;
     blocking(move || {
         let mut page = vec![0u8; pool.page_size() as usize];
@@ -253,9 +268,17 @@ pub async fn get_page(State(host): State<Arc<Host>>, Path((name, offset)): Path<
     responses((status = 204, description = "Invalidated"), (status = 404, description = "No page there, or no such pool", body = ErrorBody)),
     security(("token" = []))
 )]
-pub async fn delete_page(State(host): State<Arc<Host>>, Path((name, offset)): Path<(String, u64)>) -> Result<StatusCode, ApiError> {
+pub async fn delete_page(
+    State(host): State<Arc<Host>>,
+    Path((name, offset)): Path<(String, u64)>,
+) -> Result<StatusCode, ApiError> {
     let pool = host.pool(&name)?;
-    blocking(move || if pool.invalidate_page(offset) { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }).await
+    blocking(
+        move || {
+            if pool.invalidate_page(offset) { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
+        },
+    )
+    .await
 }
 
 /// Invalidates every page (frontswap's invalidate_area); the pool stays.
@@ -265,7 +288,10 @@ pub async fn delete_page(State(host): State<Arc<Host>>, Path((name, offset)): Pa
     responses((status = 200, body = AreaInvalidated), (status = 404, body = ErrorBody)),
     security(("token" = []))
 )]
-pub async fn invalidate_area(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<Json<AreaInvalidated>, ApiError> {
+pub async fn invalidate_area(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+) -> Result<Json<AreaInvalidated>, ApiError> {
     let pool = host.pool(&name)?;
     blocking(move || {
         let pages = pool.curr_pages();

@@ -137,8 +137,7 @@ fn default_timeout() -> i64 {
 
 impl Store for Remote {
     const NAME: &'static str = "remote";
-    const DESCRIPTION: &'static str =
-        "pages kept on other machines: tmem memory servers (replicated), Redis/Valkey or a Redis Cluster (needs the network grant)";
+    const DESCRIPTION: &'static str = "pages kept on other machines: tmem memory servers (replicated), Redis/Valkey or a Redis Cluster (needs the network grant)";
     const CONFIG: &'static [ConfigKey] = &[
         config::string_list(
             "endpoints",
@@ -157,7 +156,9 @@ impl Store for Remote {
         }
         let backend = match parse_endpoints(&config.endpoints)? {
             Target::Peers(urls) => Backend::Peers(peer::Peers::new(urls, config.token, page_size)),
-            Target::Redis { addr, namespace } => Backend::Redis(redis::Redis::single(addr, namespace, config.token, page_size)),
+            Target::Redis { addr, namespace } => {
+                Backend::Redis(redis::Redis::single(addr, namespace, config.token, page_size))
+            }
             Target::Cluster { addrs, namespace } => {
                 Backend::Redis(redis::Redis::cluster(addrs, namespace, config.token, page_size))
             }

@@ -237,7 +237,9 @@ impl Peers {
         for i in 0..self.replicas.len() {
             match self.request(i, kind, &[payload], None) {
                 Ok(Response::Ok) => self.succeeded(i),
-                Ok(other) => self.failed(i, &Fail::Protocol(format!("unexpected answer to request kind {kind}: {other:?}"))),
+                Ok(other) => {
+                    self.failed(i, &Fail::Protocol(format!("unexpected answer to request kind {kind}: {other:?}")))
+                }
                 Err(_) => {}
             }
         }

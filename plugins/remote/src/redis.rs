@@ -3,8 +3,8 @@
 use tmem_sdk::net::Connection;
 use tmem_sdk::{GetError, Reject, log};
 
-use crate::breaker::{Breaker, SKIPPED_STORES};
 use crate::Fail;
+use crate::breaker::{Breaker, SKIPPED_STORES};
 use crate::resp::{self, Reply, RespConn};
 use crate::slot::{self, SLOTS};
 
@@ -75,7 +75,8 @@ impl Redis {
     }
 
     fn new(addrs: Vec<String>, cluster: Option<SlotMap>, namespace: String, token: String, page_size: usize) -> Redis {
-        let nodes = addrs.into_iter().map(|addr| Node { addr, id: None, conn: None, breaker: Breaker::default() }).collect();
+        let nodes =
+            addrs.into_iter().map(|addr| Node { addr, id: None, conn: None, breaker: Breaker::default() }).collect();
         Redis { nodes, cluster, namespace, token, tx: Vec::with_capacity(page_size + 128) }
     }
 
@@ -191,7 +192,8 @@ impl Redis {
 
     /// Applies `CLUSTER SLOTS` ranges; whether every slot has a listed owner.
     fn apply(&mut self, ranges: &[SlotRange]) -> bool {
-        let mut owners: Vec<Option<usize>> = ranges.iter().map(|r| self.resolve_reported(&r.addr, r.id.as_deref())).collect();
+        let mut owners: Vec<Option<usize>> =
+            ranges.iter().map(|r| self.resolve_reported(&r.addr, r.id.as_deref())).collect();
         if owners.iter().any(Option::is_none) && self.nodes.iter().any(|n| n.id.is_none()) {
             // The cluster names some masters by another spelling than the URL: learn the
             // listed nodes' ids and match by id.
@@ -210,7 +212,8 @@ impl Redis {
             }
         }
         map.loaded = true;
-        let unlisted: Vec<&str> = owners.iter().zip(ranges).filter(|(o, _)| o.is_none()).map(|(_, r)| r.addr.as_str()).collect();
+        let unlisted: Vec<&str> =
+            owners.iter().zip(ranges).filter(|(o, _)| o.is_none()).map(|(_, r)| r.addr.as_str()).collect();
         if !unlisted.is_empty() {
             log::warn(&format!(
                 "the Redis Cluster has masters that are not listed in `endpoints` ({}); keys in their slots are unavailable",
@@ -226,7 +229,9 @@ impl Redis {
             if self.nodes[n].id.is_some() || self.nodes[n].breaker.is_open() {
                 continue;
             }
-            if let Ok(Reply::Bulk(Some(id))) = self.call(n, |tx| resp::command(tx, &[b"CLUSTER", b"MYID"]), |c| c.reply(None)) {
+            if let Ok(Reply::Bulk(Some(id))) =
+                self.call(n, |tx| resp::command(tx, &[b"CLUSTER", b"MYID"]), |c| c.reply(None))
+            {
                 self.nodes[n].id = String::from_utf8(id).ok();
             }
         }
@@ -257,7 +262,13 @@ impl Redis {
 
     /// Runs `cmd key [value]` on the node serving the key, following redirects. `None`: the
     /// node could not be reached (recorded); otherwise the node that answered and its answer.
-    fn keyed(&mut self, offset: u64, cmd: &[u8], value: Option<&[u8]>, mut out: Option<&mut [u8]>) -> Option<(usize, Reply)> {
+    fn keyed(
+        &mut self,
+        offset: u64,
+        cmd: &[u8],
+        value: Option<&[u8]>,
+        mut out: Option<&mut [u8]>,
+    ) -> Option<(usize, Reply)> {
         let store = value.is_some();
         let key = self.key(offset);
         let mut node = match self.owner(slot::key_slot(key.as_bytes())) {
@@ -286,7 +297,12 @@ impl Redis {
                         if asking {
                             match c.reply(None)? {
                                 Reply::Status(s) if s == "OK" => {}
-                                other => return Err(Fail::Protocol(format!("unexpected answer to ASKING: {}", short(&other)))),
+                                other => {
+                                    return Err(Fail::Protocol(format!(
+                                        "unexpected answer to ASKING: {}",
+                                        short(&other)
+                                    )));
+                                }
                             }
                         }
                         c.reply(out.as_deref_mut())
@@ -470,7 +486,8 @@ fn parse_cluster_slots(reply: &Reply) -> Option<Vec<SlotRange>> {
         .iter()
         .map(|entry| {
             let Reply::Array(Some(e)) = entry else { return None };
-            let (Reply::Int(start), Reply::Int(end), Reply::Array(Some(master))) = (e.first()?, e.get(1)?, e.get(2)?) else {
+            let (Reply::Int(start), Reply::Int(end), Reply::Array(Some(master))) = (e.first()?, e.get(1)?, e.get(2)?)
+            else {
                 return None;
             };
             let (Reply::Bulk(Some(host)), Reply::Int(port)) = (master.first()?, master.get(1)?) else { return None };
@@ -510,7 +527,10 @@ fn parse_redirect(error: &str) -> Option<(bool, u16, String)> {
 fn parse_scan(reply: &Reply) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
     let Reply::Array(Some(parts)) = reply else { return None };
     let [Reply::Bulk(Some(cursor)), Reply::Array(Some(keys))] = parts.as_slice() else { return None };
-    let keys = keys.iter().map(|k| if let Reply::Bulk(Some(k)) = k { Some(k.clone()) } else { None }).collect::<Option<_>>()?;
+    let keys = keys
+        .iter()
+        .map(|k| if let Reply::Bulk(Some(k)) = k { Some(k.clone()) } else { None })
+        .collect::<Option<_>>()?;
     Some((cursor.clone(), keys))
 }
 
@@ -572,7 +592,11 @@ mod tests {
                 Reply::Array(Some(vec![bulk("127.0.0.1"), Reply::Int(30001), bulk("abc")])),
                 Reply::Array(Some(vec![bulk("127.0.0.1"), Reply::Int(30004), bulk("def")])),
             ])),
-            Reply::Array(Some(vec![Reply::Int(5461), Reply::Int(16383), Reply::Array(Some(vec![bulk("::1"), Reply::Int(30002)]))])),
+            Reply::Array(Some(vec![
+                Reply::Int(5461),
+                Reply::Int(16383),
+                Reply::Array(Some(vec![bulk("::1"), Reply::Int(30002)])),
+            ])),
         ]));
         assert_eq!(
             parse_cluster_slots(&reply).unwrap(),
@@ -582,7 +606,11 @@ mod tests {
             ]
         );
         assert!(parse_cluster_slots(&Reply::Error("ERR This instance has cluster support disabled".into())).is_none());
-        let bad = Reply::Array(Some(vec![Reply::Array(Some(vec![Reply::Int(0), Reply::Int(16384), Reply::Array(Some(vec![bulk("a"), Reply::Int(1)]))]))]));
+        let bad = Reply::Array(Some(vec![Reply::Array(Some(vec![
+            Reply::Int(0),
+            Reply::Int(16384),
+            Reply::Array(Some(vec![bulk("a"), Reply::Int(1)])),
+        ]))]));
         assert!(parse_cluster_slots(&bad).is_none());
     }
 

@@ -132,10 +132,10 @@ impl RespConn {
         let Some((&kind, rest)) = line.split_first() else { return protocol("an empty reply line") };
         let text = || String::from_utf8_lossy(rest).into_owned();
         let number = || -> Result<i64, Fail> {
-            core::str::from_utf8(rest)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-                .map_or_else(|| protocol(format!("a bad number in reply line {:?}", String::from_utf8_lossy(&line))), Ok)
+            core::str::from_utf8(rest).ok().and_then(|s| s.parse::<i64>().ok()).map_or_else(
+                || protocol(format!("a bad number in reply line {:?}", String::from_utf8_lossy(&line))),
+                Ok,
+            )
         };
         match kind {
             b'+' => Ok(Reply::Status(text())),

@@ -36,9 +36,11 @@ const MAX_NAME: usize = 128;
 /// Parses and checks a pool's `endpoints`.
 pub fn parse_endpoints(endpoints: &[String]) -> Result<Target, String> {
     if endpoints.is_empty() {
-        return Err("`endpoints` is empty: give tmem://HOST:PORT/POOL URLs (replicas), or one redis://HOST:PORT/NAMESPACE \
+        return Err(
+            "`endpoints` is empty: give tmem://HOST:PORT/POOL URLs (replicas), or one redis://HOST:PORT/NAMESPACE \
                     or redis-cluster://HOST:PORT,HOST:PORT,.../NAMESPACE URL"
-            .into());
+                .into(),
+        );
     }
     let mut peers: Vec<PeerUrl> = Vec::new();
     let mut redis: Vec<Target> = Vec::new();
@@ -61,7 +63,10 @@ pub fn parse_endpoints(endpoints: &[String]) -> Result<Target, String> {
             "`endpoints` lists {} redis URLs: give exactly one (redis:// for one server, redis-cluster:// listing every node of a cluster)",
             redis.len()
         )),
-        (false, _) => Err("`endpoints` mixes tmem:// and redis URLs: a pool's remote store is either tmem memory servers or Redis".into()),
+        (false, _) => Err(
+            "`endpoints` mixes tmem:// and redis URLs: a pool's remote store is either tmem memory servers or Redis"
+                .into(),
+        ),
     }
 }
 
@@ -77,9 +82,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         return Err(bad(&format!("no {what}: add /{}", what.to_uppercase())));
     }
     if path.len() > MAX_NAME || !path.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(bad(&format!(
-            "{what} {path:?} must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"
-        )));
+        return Err(bad(&format!("{what} {path:?} must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.'")));
     }
     let mut addrs: Vec<String> = Vec::new();
     for addr in authority.split(',') {
@@ -143,7 +146,10 @@ mod tests {
         );
         assert_eq!(
             parse(&["redis-cluster://10.0.0.1:7000,10.0.0.2:7000,[::1]:7002/ns"]).unwrap(),
-            Target::Cluster { addrs: vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into(), "[::1]:7002".into()], namespace: "ns".into() }
+            Target::Cluster {
+                addrs: vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into(), "[::1]:7002".into()],
+                namespace: "ns".into()
+            }
         );
         // The same server with two pools is two replicas.
         assert!(matches!(parse(&["tmem://a:1/p", "tmem://a:1/q"]).unwrap(), Target::Peers(p) if p.len() == 2));

@@ -81,10 +81,7 @@ impl Filter for Zstd {
             out[5..13].copy_from_slice(&word);
             return Ok(Encoded::SameFilled(13));
         }
-        let compressed = self
-            .compressor
-            .compress_to_buffer(page, &mut out[1..])
-            .map_err(|_| Reject::CompressFail)?;
+        let compressed = self.compressor.compress_to_buffer(page, &mut out[1..]).map_err(|_| Reject::CompressFail)?;
         if compressed <= self.max_compressed_bytes {
             out[0] = TAG_ZSTD;
             return Ok(Encoded::Transformed(1 + compressed));
@@ -159,7 +156,8 @@ mod tests {
 
     #[test]
     fn text_compresses_and_round_trips() {
-        let page: Vec<u8> = b"the quick brown fox jumps over the lazy dog. ".iter().copied().cycle().take(4096).collect();
+        let page: Vec<u8> =
+            b"the quick brown fox jumps over the lazy dog. ".iter().copied().cycle().take(4096).collect();
         let (encoded, n) = round_trip(&mut filter("reject"), &page);
         assert!(matches!(encoded, Encoded::Transformed(_)));
         assert!(n < 200, "{n}");

@@ -25,12 +25,20 @@ impl BackingFile {
     /// An unlinked read-write file in `dir` (`O_TMPFILE`, or a unique name unlinked at once
     /// where the file system has no `O_TMPFILE`): nothing is left behind when it is closed.
     pub fn temporary(dir: &Path, page_size: usize) -> io::Result<BackingFile> {
-        let context = |e: io::Error| io::Error::new(e.kind(), format!("creating the backing file in {}: {e}", dir.display()));
-        let file = match OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).open(dir) {
+        let context =
+            |e: io::Error| io::Error::new(e.kind(), format!("creating the backing file in {}: {e}", dir.display()));
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(dir)
+        {
             Ok(file) => file,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
                 static NEXT: AtomicU64 = AtomicU64::new(0);
-                let name = dir.join(format!(".tmem-region-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+                let name =
+                    dir.join(format!(".tmem-region-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -52,12 +60,21 @@ impl BackingFile {
     /// is refused with `WouldBlock`), and sizes it to `len` (sparse: no blocks are allocated).
     /// With `keep` false every byte already in it is punched out (a new device reads zeros).
     pub fn open(path: &Path, len: u64, page_size: usize, keep: bool) -> io::Result<BackingFile> {
-        let file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
             return Err(if e.kind() == io::ErrorKind::WouldBlock {
-                io::Error::new(io::ErrorKind::WouldBlock, format!("{} is in use by another device or process", path.display()))
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is in use by another device or process", path.display()),
+                )
             } else {
                 e
             });

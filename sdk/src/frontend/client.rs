@@ -27,8 +27,8 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-pub use tmem_api::frontend::{MAX_BATCH, Op};
 use tmem_api::frontend::{self as wire, Reader};
+pub use tmem_api::frontend::{MAX_BATCH, Op};
 
 use super::{PageBackend, Stored};
 
@@ -124,14 +124,20 @@ impl Shared {
             self.pending.lock().expect("pending lock").remove(&id);
             return Err(e);
         }
-        rx.recv().unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the host closed")))
+        rx.recv()
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the host closed")))
     }
 
     fn batch(&self, ops: &[Op<'_>]) -> io::Result<Vec<OpResult>> {
         let mut results = Vec::with_capacity(ops.len());
         for chunk in ops.chunks(MAX_BATCH) {
-            if let Some(Op::Store(_, page)) = chunk.iter().find(|op| matches!(op, Op::Store(_, page) if page.len() != self.page_size)) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a page is {} bytes, the pool's are {}", page.len(), self.page_size)));
+            if let Some(Op::Store(_, page)) =
+                chunk.iter().find(|op| matches!(op, Op::Store(_, page) if page.len() != self.page_size))
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a page is {} bytes, the pool's are {}", page.len(), self.page_size),
+                ));
             }
             let (kind, answer) = self.call(wire::BATCH, |frame| {
                 frame.reserve(2 + chunk.len() * (9 + self.page_size));
@@ -182,8 +188,9 @@ impl FrontendClient {
     /// Connects to the host's socket, authenticates with its API token, and attaches to
     /// `pool` as frontend `name` (shown by the host's API).
     pub fn connect(socket: &Path, token: &str, pool: &str, name: &str) -> io::Result<FrontendClient> {
-        let mut stream = UnixStream::connect(socket)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to the tmem socket {}: {e}", socket.display())))?;
+        let mut stream = UnixStream::connect(socket).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot connect to the tmem socket {}: {e}", socket.display()))
+        })?;
         let mut hello = vec![wire::VERSION];
         wire::put_str(&mut hello, token);
         wire::put_str(&mut hello, pool);
@@ -196,7 +203,10 @@ impl FrontendClient {
         let mut r = Reader::new(payload);
         if kind == wire::ERROR {
             let message = r.str("message").unwrap_or("(unreadable)");
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("the host refused to attach: {message}")));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("the host refused to attach: {message}"),
+            ));
         }
         if kind != wire::ATTACHED {
             return Err(invalid("unexpected answer to HELLO"));
@@ -214,7 +224,9 @@ impl FrontendClient {
         let (take_tx, take_rx) = channel::<(u32, Vec<u64>)>();
         let reader = {
             let shared = shared.clone();
-            std::thread::Builder::new().name("tmem-frontend-rx".into()).spawn(move || run_reader(stream, &shared, take_tx))?
+            std::thread::Builder::new()
+                .name("tmem-frontend-rx".into())
+                .spawn(move || run_reader(stream, &shared, take_tx))?
         };
         let taker = {
             let shared = shared.clone();
@@ -317,12 +329,15 @@ fn run_reader(mut stream: UnixStream, shared: &Shared, take_back: Sender<(u32, V
                 let _ = tx.send(Ok((kind, payload.to_vec())));
             }
             // An ERROR for no request (a frame the host could not read): the host closes.
-            None if kind == wire::ERROR => break io::Error::other(Reader::new(payload).str("message").unwrap_or("error").to_string()),
+            None if kind == wire::ERROR => {
+                break io::Error::other(Reader::new(payload).str("message").unwrap_or("error").to_string());
+            }
             None => {}
         }
     };
     shared.closed.store(true, Ordering::Relaxed);
-    let waiting: Vec<SyncSender<Reply>> = shared.pending.lock().expect("pending lock").drain().map(|(_, tx)| tx).collect();
+    let waiting: Vec<SyncSender<Reply>> =
+        shared.pending.lock().expect("pending lock").drain().map(|(_, tx)| tx).collect();
     for tx in waiting {
         let _ = tx.send(Err(io::Error::new(failure.kind(), failure.to_string())));
     }

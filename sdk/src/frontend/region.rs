@@ -345,7 +345,10 @@ pub struct Region {
 
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Region").field("base", &(self.base as *const u8)).field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("Region")
+            .field("base", &(self.base as *const u8))
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -360,7 +363,10 @@ impl Region {
     pub fn new(backend: Box<dyn PageBackend>, config: RegionConfig) -> io::Result<Region> {
         let page_size = system_page_size();
         if config.len == 0 || !config.len.is_multiple_of(page_size) {
-            return Err(invalid_input(format!("region length {} is not a nonzero multiple of the page size {page_size}", config.len)));
+            return Err(invalid_input(format!(
+                "region length {} is not a nonzero multiple of the page size {page_size}",
+                config.len
+            )));
         }
         let pages = config.len / page_size;
         if pages > u32::MAX as usize {
@@ -370,7 +376,10 @@ impl Region {
             return Err(invalid_input("resident_limit must be at least 1".to_string()));
         }
         if backend.page_size() != page_size {
-            return Err(invalid_input(format!("the pool's page size {} is not the system page size {page_size}", backend.page_size())));
+            return Err(invalid_input(format!(
+                "the pool's page size {} is not the system page size {page_size}",
+                backend.page_size()
+            )));
         }
 
         let (uffd, poison_feature) = open_configured_uffd()?;
@@ -389,13 +398,17 @@ impl Region {
             ioctls: 0,
         };
         // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register`, which `register` is.
-        unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_REGISTER, &mut register) }
-            .map_err(|e| io::Error::new(e.kind(), format!("registering the region with userfaultfd (missing + write-protect): {e}")))?;
+        unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_REGISTER, &mut register) }.map_err(|e| {
+            io::Error::new(e.kind(), format!("registering the region with userfaultfd (missing + write-protect): {e}"))
+        })?;
         let needed = sys::IOCTL_WAKE | sys::IOCTL_COPY | sys::IOCTL_ZEROPAGE | sys::IOCTL_WRITEPROTECT;
         if register.ioctls & needed != needed {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("userfaultfd on this kernel lacks copy/zeropage/writeprotect for anonymous memory (ioctls {:#x})", register.ioctls),
+                format!(
+                    "userfaultfd on this kernel lacks copy/zeropage/writeprotect for anonymous memory (ioctls {:#x})",
+                    register.ioctls
+                ),
             ));
         }
         let poison = poison_feature && register.ioctls & sys::IOCTL_POISON != 0;
@@ -439,7 +452,9 @@ impl Region {
         let reader = {
             let shared = Arc::clone(&shared);
             let (uffd, stop) = (uffd.as_raw_fd(), stop_fd.as_raw_fd());
-            std::thread::Builder::new().name("tmem-uffd-reader".into()).spawn(move || run_reader(uffd, stop, &shared))?
+            std::thread::Builder::new()
+                .name("tmem-uffd-reader".into())
+                .spawn(move || run_reader(uffd, stop, &shared))?
         };
         let mut region = Region {
             base,
@@ -453,7 +468,8 @@ impl Region {
             mapping: Some(mapping),
         };
         // On a spawn failure, `region`'s Drop stops the reader and unmaps.
-        region.handler = Some(std::thread::Builder::new().name("tmem-uffd-handler".into()).spawn(move || handler.run())?);
+        region.handler =
+            Some(std::thread::Builder::new().name("tmem-uffd-handler".into()).spawn(move || handler.run())?);
         Ok(region)
     }
 
@@ -521,7 +537,11 @@ impl Region {
     /// while the handler is in the middle of a store.
     pub fn take_back(&self, offset: u64, page: &[u8]) -> io::Result<()> {
         if page.len() != self.page_size {
-            return Err(invalid_input(format!("a handed-back page of {} bytes (page size {})", page.len(), self.page_size)));
+            return Err(invalid_input(format!(
+                "a handed-back page of {} bytes (page size {})",
+                page.len(),
+                self.page_size
+            )));
         }
         if offset >= (self.len / self.page_size) as u64 {
             return Err(invalid_input(format!("offset {offset} is outside the region")));
@@ -1054,7 +1074,11 @@ impl Handler {
                             return Content::Zero;
                         }
                         if inbox.take_backs.is_empty() {
-                            inbox = shared.wake.wait_timeout(inbox, Duration::from_millis(5)).unwrap_or_else(PoisonError::into_inner).0;
+                            inbox = shared
+                                .wake
+                                .wait_timeout(inbox, Duration::from_millis(5))
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0;
                         }
                         std::mem::take(&mut inbox.take_backs)
                     };
@@ -1067,7 +1091,9 @@ impl Handler {
     fn lost(&mut self, p: usize, why: &str) -> Content {
         self.stats.load_failures += 1;
         let what = if self.poison { "poisoned (SIGBUS on access)" } else { "zero-filled" };
-        crate::log::error(&format!("tmem region: DATA LOSS: page {p} could not be produced ({why}); the page is {what}"));
+        crate::log::error(&format!(
+            "tmem region: DATA LOSS: page {p} could not be produced ({why}); the page is {what}"
+        ));
         // Whatever the pool may still hold there is left alone (for forensics; a later store
         // of the page replaces it).
         self.relocate(p, Loc::Nowhere);
@@ -1122,7 +1148,9 @@ impl Handler {
                         match s.uffd_wp(p as usize, true, false) {
                             Ok(()) => s.pages[p as usize].wp = true,
                             Err(e) if is_eagain(&e) => return Quiet::Again,
-                            Err(e) => crate::log::warn(&format!("tmem region: write-protecting page {p} to evict it: {e}")),
+                            Err(e) => {
+                                crate::log::warn(&format!("tmem region: write-protecting page {p} to evict it: {e}"))
+                            }
                         }
                     }
                 }
@@ -1183,12 +1211,19 @@ impl Handler {
                     Ok(outcomes) if outcomes.len() == batch.len() => Some(outcomes),
                     Ok(outcomes) => {
                         self.stats.io_errors += 1;
-                        crate::log::error(&format!("tmem region: {} outcomes for a store of {} pages", outcomes.len(), batch.len()));
+                        crate::log::error(&format!(
+                            "tmem region: {} outcomes for a store of {} pages",
+                            outcomes.len(),
+                            batch.len()
+                        ));
                         None
                     }
                     Err(e) => {
                         self.stats.io_errors += 1;
-                        crate::log::error(&format!("tmem region: storing {} pages: {e}; keeping them in the backing file", batch.len()));
+                        crate::log::error(&format!(
+                            "tmem region: storing {} pages: {e}; keeping them in the backing file",
+                            batch.len()
+                        ));
                         None
                     }
                 };
@@ -1449,7 +1484,11 @@ impl Handler {
     }
 
     fn uffd_zeropage(&self, p: usize, wake: bool) -> io::Result<()> {
-        let mut zero = sys::UffdioZeropage { range: self.range(p), mode: if wake { 0 } else { sys::ZEROPAGE_MODE_DONTWAKE }, zeropage: 0 };
+        let mut zero = sys::UffdioZeropage {
+            range: self.range(p),
+            mode: if wake { 0 } else { sys::ZEROPAGE_MODE_DONTWAKE },
+            zeropage: 0,
+        };
         // SAFETY: UFFDIO_ZEROPAGE with a `struct uffdio_zeropage` over one page of our range.
         unsafe { uffd_ioctl(self.uffd, sys::UFFDIO_ZEROPAGE, &mut zero) }
     }
@@ -1496,8 +1535,10 @@ fn page_hash(bytes: &[u8]) -> u64 {
 fn run_reader(uffd: RawFd, stop: RawFd, shared: &Shared) {
     let mut buf = vec![0u8; sys::MSG_SIZE * 64];
     loop {
-        let mut fds =
-            [libc::pollfd { fd: uffd, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 }];
+        let mut fds = [
+            libc::pollfd { fd: uffd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
+        ];
         // SAFETY: polls two live descriptors through a valid array of two pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
         if n < 0 {
@@ -1620,7 +1661,11 @@ fn open_configured_uffd() -> io::Result<(OwnedFd, bool)> {
     }
     let poison = api.features & sys::FEATURE_POISON != 0;
     let uffd = open_uffd()?;
-    let mut api = sys::UffdioApi { api: sys::UFFD_API, features: needed | if poison { sys::FEATURE_POISON } else { 0 }, ioctls: 0 };
+    let mut api = sys::UffdioApi {
+        api: sys::UFFD_API,
+        features: needed | if poison { sys::FEATURE_POISON } else { 0 },
+        ioctls: 0,
+    };
     // SAFETY: as above.
     unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_API, &mut api) }
         .map_err(|e| io::Error::new(e.kind(), format!("userfaultfd handshake: {e}")))?;
@@ -1714,13 +1759,19 @@ pub fn bare_copy_fault_latency(pages: usize) -> io::Result<(u64, u64)> {
     let base = mapping.ptr as usize;
     // SAFETY: madvise on our own fresh mapping (as the region does); no contents change.
     unsafe { libc::madvise(mapping.ptr, len, libc::MADV_NOHUGEPAGE) };
-    let mut register =
-        sys::UffdioRegister { range: sys::UffdioRange { start: base as u64, len: len as u64 }, mode: sys::REGISTER_MODE_MISSING, ioctls: 0 };
+    let mut register = sys::UffdioRegister {
+        range: sys::UffdioRange { start: base as u64, len: len as u64 },
+        mode: sys::REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
     // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register`, which `register` is.
     unsafe { uffd_ioctl(uffd.as_raw_fd(), sys::UFFDIO_REGISTER, &mut register) }
         .map_err(|e| io::Error::new(e.kind(), format!("registering with userfaultfd (missing): {e}")))?;
     if register.ioctls & sys::IOCTL_COPY == 0 {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "userfaultfd on this kernel cannot copy into anonymous memory"));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "userfaultfd on this kernel cannot copy into anonymous memory",
+        ));
     }
 
     // The handler owns the uffd: when it stops (done, or an error) the descriptor closes, the
@@ -1951,7 +2002,13 @@ mod tests {
             let want = &self.bytes[offset..offset + len];
             if got != want {
                 let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap();
-                panic!("byte {} (page {}) reads {:#x}, last written {:#x}", offset + at, (offset + at) / ps(), got[at], want[at]);
+                panic!(
+                    "byte {} (page {}) reads {:#x}, last written {:#x}",
+                    offset + at,
+                    (offset + at) / ps(),
+                    got[at],
+                    want[at]
+                );
             }
         }
 
@@ -2014,7 +2071,10 @@ mod tests {
         assert!(stats.rejected_to_file > 0 && stats.zero_fills > 0 && stats.wp_faults > 0, "{stats:#?}");
         assert!(stats.clean_drops > 0, "{stats:#?}");
         assert_eq!(stats.load_failures + stats.io_errors, 0, "{stats:#?}");
-        assert!(stats.missing_fault_latency.count > 0 && stats.missing_fault_latency.p50_ns <= stats.missing_fault_latency.p99_ns);
+        assert!(
+            stats.missing_fault_latency.count > 0
+                && stats.missing_fault_latency.p50_ns <= stats.missing_fault_latency.p99_ns
+        );
         {
             let pool = backend.pool();
             // Never-written pages cost no backend call; refused pages are not in the pool.

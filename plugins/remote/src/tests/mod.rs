@@ -40,7 +40,11 @@ fn load(store: &mut Remote, offset: u64) -> Result<Vec<u8>, tmem_sdk::GetError> 
 #[test]
 fn config_errors_are_reported_by_new() {
     let err = |endpoints: &[&str]| {
-        let config = RemoteConfig { endpoints: endpoints.iter().map(|s| s.to_string()).collect(), timeout_ms: 200, token: String::new() };
+        let config = RemoteConfig {
+            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            timeout_ms: 200,
+            token: String::new(),
+        };
         Remote::new(config, PAGE).err().expect("refused")
     };
     assert!(err(&[]).contains("empty"));

@@ -93,7 +93,11 @@ impl Drop for RedisServer {
 }
 
 fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().expect("redis-cli runs");
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -222,7 +226,10 @@ impl Cluster {
             .map(|_| {
                 let port = free_port();
                 let conf = format!("nodes-{port}.conf");
-                RedisServer::start_on(port, &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "5000"])
+                RedisServer::start_on(
+                    port,
+                    &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "5000"],
+                )
             })
             .collect();
         let mut create = Command::new("redis-cli");
@@ -230,7 +237,8 @@ impl Cluster {
         for n in &nodes {
             create.arg(n.addr());
         }
-        let out = create.args(["--cluster-replicas", "0", "--cluster-yes"]).output().expect("redis-cli --cluster create");
+        let out =
+            create.args(["--cluster-replicas", "0", "--cluster-yes"]).output().expect("redis-cli --cluster create");
         assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
         let deadline = Instant::now() + Duration::from_secs(30);
         for n in &nodes {
@@ -279,7 +287,11 @@ fn redis_cluster() {
     for offset in 0..300u64 {
         assert_eq!(load(&mut store, offset).unwrap(), page(offset, 1000));
         let owner = store.test_redis().test_owner(slot_of(ns, offset)).unwrap().to_string();
-        assert_eq!(cluster.node_of(&owner).cli(&["exists", &format!("tmem:{ns}:{offset}")]), "1", "the map names the owner");
+        assert_eq!(
+            cluster.node_of(&owner).cli(&["exists", &format!("tmem:{ns}:{offset}")]),
+            "1",
+            "the map names the owner"
+        );
     }
     for offset in (0..300u64).step_by(3) {
         store.delete(offset);
@@ -293,7 +305,9 @@ fn redis_cluster() {
         let expected = if offset % 3 == 0 { Err(GetError::NotFound) } else { Ok(page(offset, 1000)) };
         assert_eq!(load(&mut store, offset), expected, "offset {offset}");
     }
-    let moved = (0..300u64).filter(|&o| store.test_redis().test_owner(slot_of(ns, o)) != Some(&cluster.nodes[0].addr())).count();
+    let moved = (0..300u64)
+        .filter(|&o| store.test_redis().test_owner(slot_of(ns, o)) != Some(&cluster.nodes[0].addr()))
+        .count();
     assert!(moved > 100, "MOVED updated the map ({moved} keys now elsewhere)");
     store.test_redis().test_point_all_slots_at(1);
     store.put(0, &page(0, 1000)).unwrap();
