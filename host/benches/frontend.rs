@@ -37,11 +37,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tmem_api::rest::{BackendRequest, PoolConfig};
+use tmem_frontend::client::{FrontendClient, Op, OpResult};
+use tmem_frontend::region::{LatencySummary, Region, RegionConfig, bare_copy_fault_latency};
 use tmem_host::rest::auth::ApiToken;
 use tmem_host::workload::{self, PageClass, Rng};
 use tmem_host::{Host, HostConfig, LoadOutcome, Pool, StoreOutcome};
-use tmem_sdk::frontend::client::{FrontendClient, Op, OpResult};
-use tmem_sdk::frontend::region::{LatencySummary, Region, RegionConfig, bare_copy_fault_latency};
 
 const PAGE: usize = 4096;
 const SEED: u64 = 23;
@@ -311,9 +311,9 @@ fn main() {
     let socket = std::env::temp_dir().join(format!("tmem-bench-frontend-{}.sock", std::process::id()));
     let listener = {
         let _context = runtime.enter();
-        tmem_host::frontend_server::bind(&socket).expect("bind the frontend socket")
+        tmem_host::frontend::socket::bind(&socket).expect("bind the frontend socket")
     };
-    runtime.spawn(tmem_host::frontend_server::serve_frontends(
+    runtime.spawn(tmem_host::frontend::socket::serve_frontends(
         host.clone(),
         ApiToken::new(TOKEN),
         listener,

@@ -94,12 +94,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let peer_addr = listener.local_addr().unwrap();
-    runtime.spawn(tmem_host::peer_server::serve_peers(
-        server.clone(),
-        ApiToken::new(token),
-        listener,
-        std::future::pending(),
-    ));
+    runtime.spawn(tmem_host::peer::serve_peers(server.clone(), ApiToken::new(token), listener, std::future::pending()));
 
     // Redis, if installed.
     let redis_port = free_port();

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tmem_api::client::Client;
 use tmem_api::rest::{BackendRequest, PoolConfig};
-use tmem_sdk::frontend::client::FrontendClient;
-use tmem_sdk::frontend::region::{Region, RegionConfig};
+use tmem_frontend::client::FrontendClient;
+use tmem_frontend::region::{Region, RegionConfig};
 
 use crate::server::{self, ServeConfig};
 use crate::workload::{self, Rng};
@@ -103,7 +103,7 @@ fn dashboard_line(listen: SocketAddr, token: &str) -> String {
 }
 
 fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
-    let socket = crate::frontend_server::default_socket(&config.data_dir);
+    let socket = crate::frontend::socket::default_socket(&config.data_dir);
     let token_file = config.data_dir.join(crate::rest::auth::TOKEN_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(socket.exists() && token_file.exists()) {

@@ -114,7 +114,7 @@ pub struct Host {
     /// Serializes control-plane changes, so the catalog is written in the order they happen.
     changes: Mutex<()>,
     /// Block devices attached to pools through the API.
-    block: crate::block::attach::BlockDevices,
+    block: crate::frontend::attach::BlockDevices,
 }
 
 impl std::fmt::Debug for Host {
@@ -244,7 +244,7 @@ impl Host {
     }
 
     /// The block devices attached to pools (NBD servers).
-    pub fn block_devices(&self) -> &crate::block::attach::BlockDevices {
+    pub fn block_devices(&self) -> &crate::frontend::attach::BlockDevices {
         &self.block
     }
 

@@ -14,9 +14,9 @@
 //! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
 //! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).
 //! - [`demo`] — `tmem demo`: a host plus a userfaultfd workload, verified page by page.
-//! - [`frontend_server`] — the frontends' Unix socket (frontend protocol, shrink callbacks).
-//! - [`block`] — block devices over pools: the block-frontend core and its NBD server.
-//! - [`peer_server`] — the memory server for other hosts' `remote` stores.
+//! - [`frontend`] — everything that hands pages to a pool: the frontend socket, block devices
+//!   (the block-device core, NBD, ublk) and their attachments.
+//! - [`peer`] — the peer role: this host's pools serving other hosts' `remote` stores.
 //! - [`persist`] — persistent pools' databases and durability (group commit, periodic flush).
 //! - [`server`] — `tmem serve`: the HTTP listener around a host.
 //! - [`cli`] — the client commands of `tmem` (`plugin`, `pool`, `page`), over the REST API.
@@ -24,16 +24,15 @@
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`telemetry`] — logging set-up.
 
-pub mod block;
 pub mod bundled;
 pub mod catalog;
 pub mod chain;
 pub mod cli;
 pub mod demo;
-pub mod frontend_server;
+pub mod frontend;
 pub mod host;
 pub mod page_store;
-pub mod peer_server;
+pub mod peer;
 pub mod persist;
 pub mod plugin;
 pub mod pool;

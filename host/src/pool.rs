@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use tmem_api::abi::status;
 
 use crate::chain::{Chain, ChainContext, ChainInstances, EncodedKind, GetFailure, PutFailure};
+use crate::frontend::{Frontend, FrontendDetails};
 use crate::page_store::PageShard;
 use crate::persist::{Durability, PoolDisk};
 use crate::plugin::{PluginEngine, PluginFault, SandboxLimits};
@@ -194,50 +195,6 @@ pub struct ShrinkReport {
     pub written_back: u64,
     /// Writethrough pages dropped (their durable copy is the frontend's).
     pub dropped: u64,
-}
-
-/// A frontend connected to a pool: the host's shrink asks it to take pages back.
-pub trait Frontend: Send + Sync {
-    /// A name for logs and listings.
-    fn name(&self) -> String;
-
-    /// Takes the pages at `offsets` back from `pool` (each with [`Pool::take`], which
-    /// loads and invalidates in one step) and keeps them on its own device. Returns how many
-    /// it took; offsets no longer present are skipped.
-    fn take_back(&self, pool: &Pool, offsets: &[u64]) -> u64;
-
-    /// The frontend's own counters, by name (shown by the API).
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
-    }
-
-    /// For a frontend the host serves itself (a block device attached through the API): its
-    /// id, kind and client address.
-    fn attachment(&self) -> Option<Attachment> {
-        None
-    }
-}
-
-/// A connected frontend as listings show it.
-#[derive(Debug, Clone)]
-pub struct FrontendDetails {
-    /// Its name.
-    pub name: String,
-    /// Its counters, by name.
-    pub counters: Vec<(&'static str, u64)>,
-    /// For a block device attached through the API: how clients reach it.
-    pub attachment: Option<Attachment>,
-}
-
-/// How clients reach a frontend the host serves itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    /// The attachment's id.
-    pub id: String,
-    /// `nbd`.
-    pub kind: &'static str,
-    /// The client address (an NBD URI).
-    pub address: String,
 }
 
 /// What a new pool is made of. `backends` is resolved to a [`Chain`] by the host.

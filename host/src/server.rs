@@ -1,5 +1,5 @@
 //! `tmem serve`: a [`Host`] behind an HTTP listener serving the [`rest`](crate::rest) router,
-//! and, when asked, the memory server for peers ([`peer_server`](crate::peer_server)).
+//! and, when asked, the memory server for peers ([`peer_server`](crate::peer)).
 //!
 //! [`serve`] binds, runs until the shutdown future completes (the binary passes Ctrl-C /
 //! SIGTERM), and then stops both listeners gracefully.
@@ -26,7 +26,7 @@ pub struct ServeConfig {
     pub peer_listen: Option<SocketAddr>,
     /// The frontend socket (`None`: `DATA_DIR/tmem.sock`).
     pub socket: Option<PathBuf>,
-    /// Lock the process's memory at start ([`crate::block::lock_process_memory`]).
+    /// Lock the process's memory at start ([`crate::frontend::lock_process_memory`]).
     pub mlock: bool,
 }
 
@@ -58,7 +58,7 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
 /// Serves `host` on `listener` until `shutdown` completes.
 pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if config.mlock {
-        crate::block::lock_process_memory()?;
+        crate::frontend::lock_process_memory()?;
     }
     let (host, token) = build_host(config)?;
     let bind = |addr: SocketAddr| async move {
@@ -69,8 +69,8 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let socket = config.socket.clone().unwrap_or_else(|| crate::frontend_server::default_socket(&config.data_dir));
-    let frontends = crate::frontend_server::bind(&socket)?;
+    let socket = config.socket.clone().unwrap_or_else(|| crate::frontend::socket::default_socket(&config.data_dir));
+    let frontends = crate::frontend::socket::bind(&socket)?;
     let block_host = host.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -94,18 +94,13 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
                 tracing::warn!(%peer_addr, "the memory server listens beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
             }
             tracing::info!(%peer_addr, "memory server listening for peers");
-            Some(tokio::spawn(crate::peer_server::serve_peers(
-                host.clone(),
-                token.clone(),
-                peer_listener,
-                until_stopped(),
-            )))
+            Some(tokio::spawn(crate::peer::serve_peers(host.clone(), token.clone(), peer_listener, until_stopped())))
         }
         None => None,
     };
     tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
     let frontend_task =
-        tokio::spawn(crate::frontend_server::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
+        tokio::spawn(crate::frontend::socket::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
     tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");
     axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(until_stopped()).await?;
     if let Some(peers) = peers {

@@ -73,8 +73,6 @@
 //! ```
 
 pub mod config;
-#[cfg(all(feature = "frontend", not(target_arch = "wasm32")))]
-pub mod frontend;
 pub mod host_pages;
 pub mod log;
 pub mod net;

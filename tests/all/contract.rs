@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::thread;
 
 use serde_json::json;
-use tmem_host::pool::{Frontend, ShrinkError};
+use tmem_host::frontend::Frontend;
+use tmem_host::pool::ShrinkError;
 use tmem_host::workload::{self, PageClass};
 use tmem_host::{BackendSpec, LoadOutcome, OpError, Pool, PoolLimits, PoolModes, RejectReason, StoreOutcome};
 

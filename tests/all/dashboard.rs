@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tmem_api::client::Client;
 use tmem_api::rest::{BackendRequest, PoolConfig, StatsSample};
-use tmem_sdk::frontend::client::FrontendClient;
+use tmem_frontend::client::FrontendClient;
 
 use crate::common::{ServeProcess, tagged_page, temp_dir};
 

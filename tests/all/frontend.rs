@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tmem_api::frontend as wire;
 use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch};
-use tmem_sdk::frontend::client::{FrontendClient, Op, OpResult};
+use tmem_frontend::client::{FrontendClient, Op, OpResult};
 
 use crate::common::{ServeProcess, tagged_page, temp_dir};
 

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use tmem_api::rest::{AttachRequest, AttachedFrontend, ErrorBody};
 
 use super::error::{ApiError, Json, Path, blocking};
-use crate::block::attach::AttachError;
+use crate::frontend::attach::AttachError;
 use crate::host::Host;
 
 impl From<AttachError> for ApiError {

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use tmem_sdk::frontend::backing::BackingFile;
+use tmem_frontend::backing::BackingFile;
 
 use crate::persist::Durability;
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};

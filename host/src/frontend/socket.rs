@@ -21,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
+use super::Frontend;
 use crate::host::Host;
-use crate::pool::{Frontend, LoadOutcome, Pool, StoreOutcome};
+use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
 
 /// How long the host waits for a frontend to take pages back before giving up on it.

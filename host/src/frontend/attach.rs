@@ -30,9 +30,10 @@ use tmem_api::rest::{AttachRequest, AttachedFrontend, FrontendKind};
 use super::device::{BlockDevice, OpenError, Start};
 use super::nbd::{Export, Listen, NbdServer};
 use super::ublk::{self, UblkServer};
+use super::{Attachment, Frontend};
 use crate::catalog::{CatalogError, FrontendRecord};
 use crate::host::{Host, HostError};
-use crate::pool::{Attachment, Frontend, Pool};
+use crate::pool::Pool;
 
 /// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;

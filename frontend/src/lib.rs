@@ -1,4 +1,4 @@
-//! Frontends (feature `frontend`, native targets only): what an application links to hand
+//! `tmem-frontend`: what an application links to hand
 //! pages to a tmem pool.
 //!
 //! - [`client`] — [`FrontendClient`](client::FrontendClient): the frontend protocol

@@ -16,7 +16,7 @@ use tmem_api::peer;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::frontend_server::read_frame;
+use crate::frontend::socket::read_frame;
 use crate::host::Host;
 use crate::pool::{Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;

@@ -126,8 +126,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::backing::BackingFile;
-use super::{PageBackend, Stored};
+use crate::backing::BackingFile;
+use crate::{PageBackend, Stored};
 
 /// The error text when userfaultfd is not available to this process.
 const PERMISSION_HINT: &str = "userfaultfd needs root or access to /dev/userfaultfd (or vm.unprivileged_userfaultfd=1)";
@@ -814,7 +814,7 @@ impl Handler {
                 Some(Event::Fault { addr, write, wp, at }) => {
                     let p = (addr as usize).wrapping_sub(self.base) / self.page_size;
                     if p >= self.pages.len() {
-                        crate::log::error(&format!("tmem region: a fault at {addr:#x}, outside the region"));
+                        tracing::error!("tmem region: a fault at {addr:#x}, outside the region");
                         None
                     } else if wp {
                         self.handle_wp(p);
@@ -939,7 +939,7 @@ impl Handler {
                         Ok(()) => true,
                         Err(e) => {
                             if !is_eagain(&e) {
-                                crate::log::warn(&format!("tmem region: write-protecting a zero page: {e}"));
+                                tracing::warn!("tmem region: write-protecting a zero page: {e}");
                             }
                             false // unprotected, so treated as dirty
                         }
@@ -1004,7 +1004,7 @@ impl Handler {
     }
 
     fn fail_and_wake(&mut self, p: usize, what: &str, e: &io::Error) {
-        crate::log::error(&format!("tmem region: {what} at page {p}: {e}"));
+        tracing::error!("tmem region: {what} at page {p}: {e}");
         self.stats.io_errors += 1;
         self.wake(p);
     }
@@ -1091,9 +1091,7 @@ impl Handler {
     fn lost(&mut self, p: usize, why: &str) -> Content {
         self.stats.load_failures += 1;
         let what = if self.poison { "poisoned (SIGBUS on access)" } else { "zero-filled" };
-        crate::log::error(&format!(
-            "tmem region: DATA LOSS: page {p} could not be produced ({why}); the page is {what}"
-        ));
+        tracing::error!("tmem region: DATA LOSS: page {p} could not be produced ({why}); the page is {what}");
         // Whatever the pool may still hold there is left alone (for forensics; a later store
         // of the page replaces it).
         self.relocate(p, Loc::Nowhere);
@@ -1149,7 +1147,7 @@ impl Handler {
                             Ok(()) => s.pages[p as usize].wp = true,
                             Err(e) if is_eagain(&e) => return Quiet::Again,
                             Err(e) => {
-                                crate::log::warn(&format!("tmem region: write-protecting page {p} to evict it: {e}"))
+                                tracing::warn!("tmem region: write-protecting page {p} to evict it: {e}")
                             }
                         }
                     }
@@ -1211,19 +1209,19 @@ impl Handler {
                     Ok(outcomes) if outcomes.len() == batch.len() => Some(outcomes),
                     Ok(outcomes) => {
                         self.stats.io_errors += 1;
-                        crate::log::error(&format!(
+                        tracing::error!(
                             "tmem region: {} outcomes for a store of {} pages",
                             outcomes.len(),
                             batch.len()
-                        ));
+                        );
                         None
                     }
                     Err(e) => {
                         self.stats.io_errors += 1;
-                        crate::log::error(&format!(
+                        tracing::error!(
                             "tmem region: storing {} pages: {e}; keeping them in the backing file",
                             batch.len()
-                        ));
+                        );
                         None
                     }
                 };
@@ -1343,7 +1341,7 @@ impl Handler {
         if r != 0 {
             let e = io::Error::last_os_error();
             self.consume_self_discard(first, first + count);
-            crate::log::error(&format!("tmem region: discarding {count} evicted pages: {e}"));
+            tracing::error!("tmem region: discarding {count} evicted pages: {e}");
             self.stats.io_errors += 1;
         }
     }
@@ -1415,7 +1413,7 @@ impl Handler {
             self.stats.invalidates += 1;
             if let Err(e) = self.backend.invalidate(p as u64) {
                 self.stats.io_errors += 1;
-                crate::log::warn(&format!("tmem region: invalidating page {p} in the pool: {e}"));
+                tracing::warn!("tmem region: invalidating page {p} in the pool: {e}");
             }
         }
     }
@@ -1442,7 +1440,7 @@ impl Handler {
     fn write_file(&mut self, p: usize, bytes: &[u8]) -> io::Result<()> {
         self.file.write_page(p as u64, bytes).inspect_err(|e| {
             self.stats.io_errors += 1;
-            crate::log::error(&format!("tmem region: writing page {p} to the backing file: {e}"));
+            tracing::error!("tmem region: writing page {p} to the backing file: {e}");
         })
     }
 
@@ -1516,7 +1514,7 @@ impl Handler {
         let mut range = self.range(p);
         // SAFETY: UFFDIO_WAKE with a `struct uffdio_range` over one page of our range.
         if let Err(e) = unsafe { uffd_ioctl(self.uffd, sys::UFFDIO_WAKE, &mut range) } {
-            crate::log::error(&format!("tmem region: waking the threads faulting on page {p}: {e}"));
+            tracing::error!("tmem region: waking the threads faulting on page {p}: {e}");
         }
     }
 }
@@ -1545,7 +1543,7 @@ fn run_reader(uffd: RawFd, stop: RawFd, shared: &Shared) {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            crate::log::error(&format!("tmem region: polling the userfaultfd: {}", io::Error::last_os_error()));
+            tracing::error!("tmem region: polling the userfaultfd: {}", io::Error::last_os_error());
             return;
         }
         if fds[1].revents != 0 {
@@ -1553,7 +1551,7 @@ fn run_reader(uffd: RawFd, stop: RawFd, shared: &Shared) {
         }
         if fds[0].revents & libc::POLLIN == 0 {
             if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-                crate::log::error("tmem region: the userfaultfd failed; faults are no longer served");
+                tracing::error!("tmem region: the userfaultfd failed; faults are no longer served");
                 return;
             }
             continue;
@@ -1569,7 +1567,7 @@ fn run_reader(uffd: RawFd, stop: RawFd, shared: &Shared) {
                     Some(libc::EAGAIN) => break,
                     Some(libc::EINTR) => continue,
                     _ => {
-                        crate::log::error(&format!("tmem region: reading the userfaultfd: {e}"));
+                        tracing::error!("tmem region: reading the userfaultfd: {e}");
                         break;
                     }
                 }
@@ -1594,7 +1592,7 @@ fn run_reader(uffd: RawFd, stop: RawFd, shared: &Shared) {
                         inbox.events.push_back(Event::Remove { start: word(0), end: word(1) });
                         inbox.removes += 1;
                     }
-                    other => crate::log::warn(&format!("tmem region: unexpected userfaultfd event {other:#x}")),
+                    other => tracing::warn!("tmem region: unexpected userfaultfd event {other:#x}"),
                 }
                 got = true;
             }

@@ -10,7 +10,7 @@
 //! it took. Without a sink, nothing is taken (the host's shrink then reports no progress).
 //!
 //! ```no_run
-//! use tmem_sdk::frontend::client::{FrontendClient, Op, OpResult};
+//! use tmem_frontend::client::{FrontendClient, Op, OpResult};
 //! let client = FrontendClient::connect("tmem-data/tmem.sock".as_ref(), "TOKEN", "demo", "my-app")?;
 //! let page = vec![7u8; client.page_size()];
 //! let results = client.batch(&[Op::Store(1, &page), Op::Load(1)])?;
@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use tmem_api::frontend::{self as wire, Reader};
 pub use tmem_api::frontend::{MAX_BATCH, Op};
 
-use super::{PageBackend, Stored};
+use crate::{PageBackend, Stored};
 
 /// The answer to one op of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,116 @@
+//! Frontends: everything that hands pages to a pool — the frontend socket, and block devices
+//! whose pages live in a pool (frontswap at the block layer: a kernel, QEMU or any libnbd
+//! program reads and writes the device; every write is a store, every read a load, every
+//! discard an invalidate, and the pages the pool refuses go to the device's own backing file,
+//! exactly as frontswap's swap device took them).
+//!
+//! # Layout
+//!
+//! - this module — [`Frontend`], what a pool sees of any frontend (shrink asks it to take pages
+//!   back), and the process-wide set-up of hosts that serve their own kernel's swap
+//!   ([`lock_process_memory`], [`become_io_flusher`]).
+//! - [`socket`] — the frontends' Unix socket (the frontend protocol, `tmem_api::frontend`): the
+//!   transport of `tmem_frontend::FrontendClient` and so of userfaultfd regions.
+//! - [`device`] — [`BlockDevice`](device::BlockDevice): the transport-independent block-device
+//!   core (requests to page operations over `tmem_frontend::PageLocations`, the backing file,
+//!   flush, shrink's take-back).
+//! - [`nbd`] — [`NbdServer`](nbd::NbdServer): the NBD transport (fixed newstyle, structured
+//!   replies, Unix socket or TCP).
+//! - [`ublk`] — [`UblkServer`](ublk::UblkServer): the ublk transport (`/dev/ublkbN`, served
+//!   through the kernel's ublk driver; locked memory, user recovery).
+//! - [`attach`] — [`BlockDevices`](attach::BlockDevices): devices attached through the API,
+//!   kept in the catalog and served again after a restart.
+
+pub mod attach;
+pub mod device;
+pub mod nbd;
+pub mod socket;
+pub mod ublk;
+
+use std::io;
+
+use crate::pool::Pool;
+
+/// A frontend connected to a pool: the host's shrink asks it to take pages back.
+pub trait Frontend: Send + Sync {
+    /// A name for logs and listings.
+    fn name(&self) -> String;
+
+    /// Takes the pages at `offsets` back from `pool` (each with [`Pool::take`], which
+    /// loads and invalidates in one step) and keeps them on its own device. Returns how many
+    /// it took; offsets no longer present are skipped.
+    fn take_back(&self, pool: &Pool, offsets: &[u64]) -> u64;
+
+    /// The frontend's own counters, by name (shown by the API).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// For a frontend the host serves itself (a block device attached through the API): its
+    /// id, kind and client address.
+    fn attachment(&self) -> Option<Attachment> {
+        None
+    }
+}
+
+/// A connected frontend as listings show it.
+#[derive(Debug, Clone)]
+pub struct FrontendDetails {
+    /// Its name.
+    pub name: String,
+    /// Its counters, by name.
+    pub counters: Vec<(&'static str, u64)>,
+    /// For a block device attached through the API: how clients reach it.
+    pub attachment: Option<Attachment>,
+}
+
+/// How clients reach a frontend the host serves itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The attachment's id.
+    pub id: String,
+    /// `nbd`.
+    pub kind: &'static str,
+    /// The client address (an NBD URI).
+    pub address: String,
+}
+
+/// Locks every page of this process, present and future, in memory (once per process; later
+/// calls report the first one's outcome). A process that serves its own kernel's swap must
+/// never be swapped out itself: the kernel would swap the server's pages through the server
+/// and stall. `MCL_ONFAULT` locks pages as they are touched, so the large address-space
+/// reservations of the Wasm runtime are not populated up front.
+pub fn lock_process_memory() -> io::Result<()> {
+    static LOCKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOCKED
+        .get_or_init(|| {
+            // SAFETY: mlockall takes flags only.
+            let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+            if rc == 0 {
+                tracing::info!("process memory locked (mlockall): the kernel can swap to this host's block devices");
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error().to_string())
+            }
+        })
+        .clone()
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("cannot lock the host's memory (mlockall: {e}); a swap device whose server can be swapped out deadlocks — run as root or raise RLIMIT_MEMLOCK"),
+            )
+        })
+}
+
+/// `prctl(PR_SET_IO_FLUSHER, 1)` (Linux 5.6).
+const PR_SET_IO_FLUSHER: libc::c_int = 57;
+
+/// Marks the calling thread as part of writing pages out (`PR_SET_IO_FLUSHER`): its memory
+/// allocations never wait for I/O, so a thread serving swap I/O cannot wait on itself. Needs
+/// `CAP_SYS_RESOURCE`; without it the thread serves as before (logged at debug level).
+pub fn become_io_flusher() {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
+        tracing::debug!("PR_SET_IO_FLUSHER: {}", io::Error::last_os_error());
+    }
+}
