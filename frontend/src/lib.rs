@@ -7,13 +7,17 @@
 //! - [`region`] — [`Region`](region::Region): an anonymous memory region under userfaultfd whose
 //!   cold pages live in a pool (or, when the pool refuses them, in a backing file).
 //! - [`backing`] — [`BackingFile`](backing::BackingFile): the sparse file of pages a pool
-//!   refused, shared by the region and the host's block devices.
+//!   refused.
+//! - [`locations`] — [`PageLocations`](locations::PageLocations): where each page is (pool,
+//!   backing file, both, zeros, held, lost) and the placement rules over the backing file; the
+//!   one implementation shared by the region and the host's block devices.
 //!
 //! [`PageBackend`] is the seam between them: a region works with any backend (the protocol
 //! client, or an in-memory one in tests).
 
 pub mod backing;
 pub mod client;
+pub mod locations;
 pub mod region;
 
 use std::io;

@@ -127,6 +127,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::backing::BackingFile;
+use crate::locations::{Location, PageLocations, StoreResult};
 use crate::{PageBackend, Stored};
 
 /// The error text when userfaultfd is not available to this process.
@@ -442,7 +443,7 @@ impl Region {
             self_discards: HashMap::new(),
             pending_invalidates: Vec::new(),
             backend,
-            file,
+            locations: PageLocations::new(pages as u64, file),
             pagemap,
             poison,
             shared: Arc::clone(&shared),
@@ -701,34 +702,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Where a page's authoritative copy is, when it is not resident (or the still-valid copy of
-/// a clean resident page).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum Loc {
-    /// Zeros: never written, or discarded by the application.
-    #[default]
-    Nowhere,
-    Pool,
-    File,
-    /// Writethrough: the file copy is durable, the pool's may disappear.
-    PoolAndFile,
-    /// In `Handler::held` (handed back while the file failed).
-    Held,
-}
-
-impl Loc {
-    fn in_pool(self) -> bool {
-        matches!(self, Loc::Pool | Loc::PoolAndFile)
-    }
-
-    fn in_file(self) -> bool {
-        matches!(self, Loc::File | Loc::PoolAndFile)
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default)]
 struct Page {
-    loc: Loc,
     resident: bool,
     /// Resident and different from its copy at `loc`.
     dirty: bool,
@@ -778,7 +753,9 @@ struct Handler {
     /// Pool copies to invalidate before the next store.
     pending_invalidates: Vec<u32>,
     backend: Box<dyn PageBackend>,
-    file: BackingFile,
+    /// Where each non-resident page's authoritative copy is (or the still-valid copy of a
+    /// clean resident page), with the backing file.
+    locations: PageLocations,
     pagemap: Option<File>,
     poison: bool,
     shared: Arc<Shared>,
@@ -840,6 +817,8 @@ impl Handler {
     fn publish(&mut self, sample: Option<(bool, Duration)>) {
         self.stats.resident_pages = self.resident as u64;
         let mut shared = lock(&self.shared.stats);
+        let at = self.locations.counts();
+        (self.stats.pool_pages, self.stats.file_pages) = (at.pool, at.backing);
         shared.counters = self.stats.clone();
         if let Some((wp, took)) = sample {
             let ns = took.as_nanos().min(u64::MAX as u128) as u64;
@@ -1013,15 +992,17 @@ impl Handler {
     fn fetch(&mut self, p: usize) -> Content {
         let deadline = Instant::now() + TAKE_BACK_WAIT;
         loop {
-            match self.pages[p].loc {
-                Loc::Nowhere => return Content::Zero,
-                Loc::Held => {
+            match self.locations.get(p as u64) {
+                Location::Nowhere | Location::Zero => return Content::Zero,
+                Location::Lost => return self.lost(p, "the pool lost it"),
+                Location::Held => {
                     self.buf.copy_from_slice(&self.held[&(p as u32)]);
                     self.stats.held_loads += 1;
                     return Content::Data { dirty: false };
                 }
-                Loc::File => {
-                    return match self.file.read_page(p as u64, &mut self.buf) {
+                Location::Backing => {
+                    let read = self.locations.lock(p as u64).read_backing(&mut self.buf);
+                    return match read {
                         Ok(()) => {
                             self.stats.file_loads += 1;
                             Content::Data { dirty: false }
@@ -1029,7 +1010,7 @@ impl Handler {
                         Err(e) => self.lost(p, &format!("reading it from the backing file: {e}")),
                     };
                 }
-                loc @ (Loc::Pool | Loc::PoolAndFile) => {
+                loc @ (Location::Pool | Location::PoolAndBacking) => {
                     self.flush_invalidates();
                     let mut error = None;
                     for attempt in 0..5 {
@@ -1040,9 +1021,8 @@ impl Handler {
                                     return Content::Data { dirty: false };
                                 }
                                 // The pool gave its copy away.
-                                let rest = if loc == Loc::PoolAndFile { Loc::File } else { Loc::Nowhere };
-                                self.relocate(p, rest);
-                                return Content::Data { dirty: rest == Loc::Nowhere };
+                                let rest = self.locations.lock(p as u64).pool_let_go();
+                                return Content::Data { dirty: rest == Location::Nowhere };
                             }
                             Ok(false) => {
                                 error = None;
@@ -1055,9 +1035,9 @@ impl Handler {
                             }
                         }
                     }
-                    if loc == Loc::PoolAndFile {
+                    if loc == Location::PoolAndBacking {
                         // Writethrough: the pool may have dropped its copy; the file has it.
-                        self.relocate(p, Loc::File);
+                        self.locations.lock(p as u64).pool_lost(Location::Lost);
                         continue;
                     }
                     if let Some(e) = error {
@@ -1094,7 +1074,7 @@ impl Handler {
         tracing::error!("tmem region: DATA LOSS: page {p} could not be produced ({why}); the page is {what}");
         // Whatever the pool may still hold there is left alone (for forensics; a later store
         // of the page replaces it).
-        self.relocate(p, Loc::Nowhere);
+        self.relocate(p, Location::Nowhere);
         Content::Lost
     }
 
@@ -1190,10 +1170,10 @@ impl Handler {
             for (i, &p) in dirty.iter().enumerate() {
                 let bytes = &data[i * ps..(i + 1) * ps];
                 if bytes.iter().all(|&b| b == 0) {
-                    if self.pages[p as usize].loc.in_pool() {
+                    if self.locations.get(p as u64).in_pool() {
                         self.pending_invalidates.push(p);
                     }
-                    self.relocate(p as usize, Loc::Nowhere);
+                    self.relocate(p as usize, Location::Nowhere);
                     self.stats.zero_drops += 1;
                     evicted.push(p);
                 } else {
@@ -1226,53 +1206,36 @@ impl Handler {
                     }
                 };
                 for (i, &(p, bytes)) in to_store.iter().enumerate() {
-                    let placed = match outcomes.as_ref().map(|o| &o[i]) {
-                        Some(Stored::Kept) => {
-                            self.relocate(p as usize, Loc::Pool);
-                            self.pages[p as usize].hash = page_hash(bytes);
-                            self.stats.stored_in_pool += 1;
-                            true
-                        }
-                        Some(Stored::KeptWritethrough) => {
-                            self.stats.stored_in_pool += 1;
-                            self.pages[p as usize].hash = page_hash(bytes);
-                            match self.write_file(p as usize, bytes) {
-                                Ok(()) => {
-                                    self.relocate(p as usize, Loc::PoolAndFile);
-                                    self.stats.writethrough_to_file += 1;
-                                }
-                                Err(_) => self.relocate(p as usize, Loc::Pool),
-                            }
-                            true
-                        }
-                        Some(Stored::Rejected(_)) => match self.write_file(p as usize, bytes) {
-                            Ok(()) => {
-                                self.relocate(p as usize, Loc::File);
-                                self.stats.rejected_to_file += 1;
-                                true
-                            }
-                            Err(_) => {
-                                // The pool dropped the old copy (duplicate-store rule).
-                                self.relocate(p as usize, Loc::Nowhere);
-                                false
-                            }
-                        },
+                    let result = match outcomes.as_ref().map(|o| &o[i]) {
+                        Some(Stored::Kept) => StoreResult::Stored,
+                        Some(Stored::KeptWritethrough) => StoreResult::StoredWritethrough,
+                        Some(Stored::Rejected(_)) => StoreResult::Rejected,
                         None => {
                             // Unknown whether the pool has it: never read it from there again.
-                            if self.pages[p as usize].loc.in_pool() || outcomes.is_none() {
-                                self.pending_invalidates.push(p);
+                            self.pending_invalidates.push(p);
+                            StoreResult::Unknown
+                        }
+                    };
+                    if matches!(result, StoreResult::Stored | StoreResult::StoredWritethrough) {
+                        self.stats.stored_in_pool += 1;
+                        self.pages[p as usize].hash = page_hash(bytes);
+                    }
+                    // A page the file cannot take where it must is nowhere: it stays resident.
+                    let placed = match self.locations.lock(p as u64).place(result, bytes, Location::Nowhere) {
+                        Ok(location) => {
+                            match (result, location) {
+                                (StoreResult::StoredWritethrough, _) => self.stats.writethrough_to_file += 1,
+                                (StoreResult::Rejected, _) => self.stats.rejected_to_file += 1,
+                                (StoreResult::Unknown, _) => self.stats.store_errors_to_file += 1,
+                                (StoreResult::Stored, _) => {}
                             }
-                            match self.write_file(p as usize, bytes) {
-                                Ok(()) => {
-                                    self.relocate(p as usize, Loc::File);
-                                    self.stats.store_errors_to_file += 1;
-                                    true
-                                }
-                                Err(_) => {
-                                    self.relocate(p as usize, Loc::Nowhere);
-                                    false
-                                }
-                            }
+                            true
+                        }
+                        Err(e) => {
+                            self.stats.io_errors += 1;
+                            tracing::error!("tmem region: writing page {p} to the backing file: {e}");
+                            // A writethrough page left in the pool alone is still placed.
+                            result == StoreResult::StoredWritethrough
                         }
                     };
                     if placed {
@@ -1374,13 +1337,14 @@ impl Handler {
         }
         for p in first..last {
             let page = self.pages[p];
-            if page.resident || page.loc != Loc::Nowhere {
+            let loc = self.locations.get(p as u64);
+            if page.resident || loc != Location::Nowhere {
                 self.stats.app_discarded_pages += 1;
             }
-            if page.loc.in_pool() {
+            if loc.in_pool() {
                 self.pending_invalidates.push(p as u32);
             }
-            self.relocate(p, Loc::Nowhere);
+            self.relocate(p, Location::Nowhere);
             self.forget_resident(p);
         }
     }
@@ -1389,20 +1353,21 @@ impl Handler {
         for (offset, bytes) in take_backs {
             let p = offset as usize;
             let page = self.pages[p];
-            if !page.loc.in_pool() || page_hash(&bytes) != page.hash {
+            let loc = self.locations.get(offset);
+            if !loc.in_pool() || page_hash(&bytes) != page.hash {
                 self.stats.stale_take_backs += 1;
                 continue;
             }
             self.stats.take_backs += 1;
-            if page.loc == Loc::PoolAndFile {
-                self.relocate(p, Loc::File);
+            if loc == Location::PoolAndBacking {
+                self.relocate(p, Location::Backing);
             } else if page.resident && page.dirty {
                 // The resident copy is newer; the pool's is gone.
-                self.relocate(p, Loc::Nowhere);
-            } else if self.write_file(p, &bytes).is_ok() {
-                self.relocate(p, Loc::File);
-            } else {
-                self.relocate(p, Loc::Held);
+                self.relocate(p, Location::Nowhere);
+            } else if let Err(e) = self.locations.lock(offset).write_backing(&bytes, Location::Backing, Location::Held)
+            {
+                self.stats.io_errors += 1;
+                tracing::error!("tmem region: writing page {p} to the backing file: {e}");
                 self.held.insert(p as u32, bytes);
             }
         }
@@ -1418,35 +1383,15 @@ impl Handler {
         }
     }
 
-    /// Moves page `p`'s copy to `to`, dropping a file copy or held copy it no longer has (a
-    /// pool copy is the caller's business: the pool may already have dropped it).
-    fn relocate(&mut self, p: usize, to: Loc) {
-        let from = self.pages[p].loc;
-        if from == to {
-            return;
-        }
-        if from.in_file() && !to.in_file() {
-            self.punch(p);
-        }
-        if from == Loc::Held {
+    /// Moves page `p`'s copy to `to` (its file copy punched if `to` has none), dropping a held
+    /// copy it no longer has (a pool copy is the caller's business: the pool may already have
+    /// dropped it).
+    fn relocate(&mut self, p: usize, to: Location) {
+        let mut slot = self.locations.lock(p as u64);
+        if slot.location() == Location::Held && to != Location::Held {
             self.held.remove(&(p as u32));
         }
-        let delta = |was: bool, is: bool| is as u64 as i64 - was as u64 as i64;
-        self.stats.pool_pages = (self.stats.pool_pages as i64 + delta(from.in_pool(), to.in_pool())) as u64;
-        self.stats.file_pages = (self.stats.file_pages as i64 + delta(from.in_file(), to.in_file())) as u64;
-        self.pages[p].loc = to;
-    }
-
-    fn write_file(&mut self, p: usize, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_page(p as u64, bytes).inspect_err(|e| {
-            self.stats.io_errors += 1;
-            tracing::error!("tmem region: writing page {p} to the backing file: {e}");
-        })
-    }
-
-    fn punch(&mut self, p: usize) {
-        // A failure only leaves space in use: the page map, not the file, says where a page is.
-        let _ = self.file.punch(p as u64, 1);
+        slot.relocate(to);
     }
 
     /// Whether page `p` is mapped (or swapped out by the kernel), per /proc/self/pagemap.

@@ -6,10 +6,11 @@
 //!
 //! # Where a page lives
 //!
-//! The device keeps one location per page: nowhere (never written or discarded: reads zeros),
-//! zero (written with write-zeroes: reads zeros), the pool, the backing file, both (a
-//! writethrough pool), or lost (the pool no longer has a page only it held: reads fail with
-//! EIO until the page is written again, so lost data is never turned into zeros).
+//! The device keeps one [`Location`] per page in a [`PageLocations`] (shared with the
+//! userfaultfd region, which owns the placement rules): nowhere (never written or discarded:
+//! reads zeros), zero (written with write-zeroes: reads zeros), the pool, the backing file,
+//! both (a writethrough pool), or lost (the pool no longer has a page only it held: reads fail
+//! with EIO until the page is written again, so lost data is never turned into zeros).
 //!
 //! - **write** → store. Stored: the page is in the pool and a stale copy in the backing file
 //!   is punched out. Stored writethrough: also written to the backing file. Rejected (the
@@ -34,10 +35,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
 use tmem_frontend::backing::BackingFile;
+use tmem_frontend::locations::{Location, PageLocations, PageSlot, StoreResult};
 
 use crate::persist::Durability;
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
@@ -47,34 +48,6 @@ pub const MAX_DEVICE_BYTES: u64 = 1 << 40;
 
 /// The largest block size a device offers (NBD's minimum block size is at most 64 KiB).
 pub const MAX_BLOCK_SIZE: u32 = 64 << 10;
-
-const SHARD_BITS: u32 = 6;
-const SHARDS: u64 = 1 << SHARD_BITS;
-
-/// Where a page's current contents are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Loc {
-    /// Never written, or discarded: reads zeros.
-    Nowhere,
-    /// Written with write-zeroes: reads zeros.
-    Zero,
-    Pool,
-    Backing,
-    /// Writethrough: the backing copy is durable, the pool's may be reclaimed.
-    PoolAndBacking,
-    /// The pool lost a page only it held: reads fail until the page is written again.
-    Lost,
-}
-
-impl Loc {
-    fn in_pool(self) -> bool {
-        matches!(self, Loc::Pool | Loc::PoolAndBacking)
-    }
-
-    fn in_backing(self) -> bool {
-        matches!(self, Loc::Backing | Loc::PoolAndBacking)
-    }
-}
 
 /// Why a request failed; each maps to one NBD error number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,10 +115,6 @@ struct Counters {
     errors: AtomicU64,
     /// Requests refused as malformed (unaligned, out of range).
     invalid_requests: AtomicU64,
-    pool_pages: AtomicI64,
-    backing_pages: AtomicI64,
-    zero_pages: AtomicI64,
-    lost_pages: AtomicI64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -158,9 +127,8 @@ pub struct BlockDevice {
     page_size: usize,
     page_shift: u32,
     pages: u64,
-    /// `shards[p % SHARDS][p / SHARDS]` is page `p`'s location.
-    shards: Box<[Mutex<Vec<Loc>>]>,
-    backing: BackingFile,
+    /// Where each page is, with the backing file.
+    locations: PageLocations,
     counters: Counters,
 }
 
@@ -207,14 +175,12 @@ impl BlockDevice {
                 OpenError::Backing(format!("backing file {path}: {e}"))
             }
         })?;
-        let per_shard = pages.div_ceil(SHARDS) as usize;
         let device = BlockDevice {
             pool,
             page_size: page_size as usize,
             page_shift: page_size.trailing_zeros(),
             pages,
-            shards: (0..SHARDS).map(|_| Mutex::new(vec![Loc::Nowhere; per_shard])).collect(),
-            backing,
+            locations: PageLocations::new(pages, backing),
             counters: Counters::default(),
         };
         match start {
@@ -242,25 +208,25 @@ impl BlockDevice {
     fn rebuild_map(&self) -> std::io::Result<()> {
         let writethrough = self.pool.modes().writethrough;
         let mut in_backing = vec![false; self.pages as usize];
-        for (first, count) in self.backing.allocated(self.pages)? {
+        for (first, count) in self.locations.backing().allocated(self.pages)? {
             for p in first..(first + count).min(self.pages) {
                 in_backing[p as usize] = true;
             }
         }
         for p in 0..self.pages {
-            let mut shard = self.shard(p);
-            let slot = &mut shard[(p >> SHARD_BITS) as usize];
-            let to = match (self.pool.contains(p), in_backing[p as usize]) {
-                (true, true) if writethrough => Loc::PoolAndBacking,
+            let mut slot = self.locations.lock(p);
+            match (self.pool.contains(p), in_backing[p as usize]) {
+                (true, true) if writethrough => slot.relocate(Location::PoolAndBacking),
                 (true, true) => {
-                    let _ = self.backing.punch(p, 1);
-                    Loc::Pool
+                    // Found in both: the copy the map names first is the stale one, punched by
+                    // the move to the pool alone.
+                    slot.relocate(Location::Backing);
+                    slot.relocate(Location::Pool);
                 }
-                (true, false) => Loc::Pool,
-                (false, true) => Loc::Backing,
-                (false, false) => Loc::Nowhere,
-            };
-            self.relocate(slot, to);
+                (true, false) => slot.relocate(Location::Pool),
+                (false, true) => slot.relocate(Location::Backing),
+                (false, false) => {}
+            }
         }
         Ok(())
     }
@@ -278,10 +244,6 @@ impl BlockDevice {
     /// The block size: every request is aligned to it (the pool's page size).
     pub fn block_size(&self) -> u32 {
         self.page_size as u32
-    }
-
-    fn shard(&self, p: u64) -> parking_lot::MutexGuard<'_, Vec<Loc>> {
-        self.shards[(p & (SHARDS - 1)) as usize].lock()
     }
 
     /// Checks a request and returns its first page and page count. Unaligned requests and
@@ -311,25 +273,6 @@ impl BlockDevice {
         }
     }
 
-    /// Moves page `p`'s entry to `to`, keeping the gauges.
-    fn relocate(&self, slot: &mut Loc, to: Loc) {
-        let from = *slot;
-        if from == to {
-            return;
-        }
-        let c = &self.counters;
-        let delta = |gauge: &AtomicI64, was: bool, is: bool| {
-            if was != is {
-                gauge.fetch_add(if is { 1 } else { -1 }, Ordering::Relaxed);
-            }
-        };
-        delta(&c.pool_pages, from.in_pool(), to.in_pool());
-        delta(&c.backing_pages, from.in_backing(), to.in_backing());
-        delta(&c.zero_pages, from == Loc::Zero, to == Loc::Zero);
-        delta(&c.lost_pages, from == Loc::Lost, to == Loc::Lost);
-        *slot = to;
-    }
-
     fn io_error(&self, message: String) -> BlockError {
         bump(&self.counters.errors, 1);
         tracing::error!(pool = %self.pool.name(), "block device: {message}");
@@ -347,80 +290,49 @@ impl BlockDevice {
         Ok(())
     }
 
-    /// Writes page `p` to the backing file and moves its entry to `written`; if the write
-    /// fails, moves it to `failed` instead and returns the I/O error `what` describes.
-    fn write_backing(
-        &self,
-        slot: &mut Loc,
-        p: u64,
-        page: &[u8],
-        written: Loc,
-        failed: Loc,
-        what: impl FnOnce(std::io::Error) -> String,
-    ) -> Result<(), BlockError> {
-        match self.backing.write_page(p, page) {
-            Ok(()) => {
-                self.relocate(slot, written);
-                Ok(())
-            }
-            Err(e) => {
-                self.relocate(slot, failed);
-                Err(self.io_error(what(e)))
-            }
-        }
-    }
-
     fn read_page(&self, p: u64, page: &mut [u8]) -> Result<(), BlockError> {
-        let mut shard = self.shard(p);
-        let slot = &mut shard[(p >> SHARD_BITS) as usize];
-        match *slot {
-            Loc::Nowhere | Loc::Zero => {
+        let mut slot = self.locations.lock(p);
+        match slot.location() {
+            Location::Nowhere | Location::Zero => {
                 page.fill(0);
                 bump(&self.counters.zero_reads, 1);
                 Ok(())
             }
-            Loc::Backing => self.read_backing(p, page),
-            Loc::Lost => Err(self.io_error(format!(
+            Location::Backing => self.read_backing(&slot, page),
+            Location::Lost | Location::Held => Err(self.io_error(format!(
                 "page {p} was lost by pool '{}' (see its load_failures and logs)",
                 self.pool.name()
             ))),
-            loc @ (Loc::Pool | Loc::PoolAndBacking) => {
-                match self.pool.load(p, page) {
-                    Ok(LoadOutcome::Loaded { exclusive: false }) => Ok(()),
-                    Ok(LoadOutcome::Loaded { exclusive: true }) => {
-                        // The pool let go of the page: the device keeps it.
-                        if loc == Loc::PoolAndBacking {
-                            self.relocate(slot, Loc::Backing);
-                            return Ok(());
-                        }
-                        bump(&self.counters.exclusive_to_backing, 1);
-                        self.write_backing(slot, p, page, Loc::Backing, Loc::Lost, |e| {
-                        format!("page {p} left the pool (exclusive load) and could not be written to the backing file: {e}")
+            Location::Pool | Location::PoolAndBacking => match self.pool.load(p, page) {
+                Ok(LoadOutcome::Loaded { exclusive: false }) => Ok(()),
+                Ok(LoadOutcome::Loaded { exclusive: true }) => {
+                    // The pool let go of the page: the device keeps it.
+                    if slot.pool_let_go() == Location::Backing {
+                        return Ok(());
+                    }
+                    bump(&self.counters.exclusive_to_backing, 1);
+                    slot.write_backing(page, Location::Backing, Location::Lost).map_err(|e| {
+                        self.io_error(format!(
+                            "page {p} left the pool (exclusive load) and could not be written to the backing file: {e}"
+                        ))
                     })
-                    }
-                    Ok(LoadOutcome::Absent) if loc == Loc::PoolAndBacking => {
-                        // A writethrough page the pool reclaimed: the backing copy is the page.
-                        self.relocate(slot, Loc::Backing);
-                        self.read_backing(p, page)
-                    }
-                    Ok(LoadOutcome::Absent) => {
-                        self.relocate(slot, Loc::Lost);
-                        Err(self.io_error(format!(
-                            "page {p} is no longer in pool '{}' (invalidated behind the device's back)",
-                            self.pool.name()
-                        )))
-                    }
-                    Err(e) => Err(self.io_error(e.to_string())),
                 }
-            }
+                Ok(LoadOutcome::Absent) => match slot.pool_lost(Location::Lost) {
+                    // A writethrough page the pool reclaimed: the backing copy is the page.
+                    Location::Backing => self.read_backing(&slot, page),
+                    _ => Err(self.io_error(format!(
+                        "page {p} is no longer in pool '{}' (invalidated behind the device's back)",
+                        self.pool.name()
+                    ))),
+                },
+                Err(e) => Err(self.io_error(e.to_string())),
+            },
         }
     }
 
-    fn read_backing(&self, p: u64, page: &mut [u8]) -> Result<(), BlockError> {
+    fn read_backing(&self, slot: &PageSlot<'_>, page: &mut [u8]) -> Result<(), BlockError> {
         bump(&self.counters.from_backing, 1);
-        self.backing
-            .read_page(p, page)
-            .map_err(|e| self.io_error(format!("reading page {p} from the backing file: {e}")))
+        slot.read_backing(page).map_err(|e| self.io_error(format!("reading a page from the backing file: {e}")))
     }
 
     /// Writes `data` at `offset` (both aligned to the block size); with `fua`, durable before
@@ -440,60 +352,45 @@ impl BlockDevice {
     }
 
     fn write_page(&self, p: u64, page: &[u8]) -> Result<(), BlockError> {
-        let mut shard = self.shard(p);
-        let slot = &mut shard[(p >> SHARD_BITS) as usize];
-        let outcome = self.pool.store(p, page).map_err(|e| self.io_error(e.to_string()))?;
-        match outcome {
-            StoreOutcome::Stored => {
-                if slot.in_backing() {
-                    // The pool has the newer page; the backing copy is stale. A failed punch
-                    // only leaves space in use: the map says where the page is.
-                    let _ = self.backing.punch(p, 1);
-                }
-                self.relocate(slot, Loc::Pool);
-                Ok(())
-            }
+        let mut slot = self.locations.lock(p);
+        let result = match self.pool.store(p, page).map_err(|e| self.io_error(e.to_string()))? {
+            StoreOutcome::Stored => StoreResult::Stored,
             StoreOutcome::StoredWritethrough => {
                 bump(&self.counters.writethrough_copies, 1);
-                self.write_backing(slot, p, page, Loc::PoolAndBacking, Loc::Pool, |e| {
-                    format!("writing the writethrough copy of page {p}: {e}")
-                })
+                StoreResult::StoredWritethrough
             }
             StoreOutcome::Rejected(_) => {
                 bump(&self.counters.to_backing, 1);
-                // On failure the pool has dropped any older copy (the duplicate-store rule) and
-                // the file has no whole new one: the page is gone until written again.
-                self.write_backing(slot, p, page, Loc::Backing, Loc::Lost, |e| {
-                    format!("page {p} was refused by the pool and could not be written to the backing file: {e}")
-                })
+                StoreResult::Rejected
             }
-        }
+        };
+        // A refused page whose file write fails is gone until written again: by the
+        // duplicate-store rule the pool no longer has an older copy.
+        slot.place(result, page, Location::Lost).map(drop).map_err(|e| {
+            self.io_error(format!("page {p} could not be written to the backing file ({result:?} by the pool): {e}"))
+        })
     }
 
     /// Discards `len` bytes at `offset`: the pages read as zeros and take no space.
     pub fn discard(&self, offset: u64, len: u64, fua: bool) -> Result<(), BlockError> {
         bump(&self.counters.discards, 1);
-        self.drop_pages(offset, len, Loc::Nowhere, fua)
+        self.drop_pages(offset, len, Location::Nowhere, fua)
     }
 
     /// Writes zeros over `len` bytes at `offset`: the pages are dropped and marked zero.
     pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), BlockError> {
         bump(&self.counters.write_zeroes, 1);
-        self.drop_pages(offset, len, Loc::Zero, fua)
+        self.drop_pages(offset, len, Location::Zero, fua)
     }
 
-    fn drop_pages(&self, offset: u64, len: u64, to: Loc, fua: bool) -> Result<(), BlockError> {
+    fn drop_pages(&self, offset: u64, len: u64, to: Location, fua: bool) -> Result<(), BlockError> {
         let (first, count) = self.pages_of(offset, len, true)?;
         for p in first..first + count {
-            let mut shard = self.shard(p);
-            let slot = &mut shard[(p >> SHARD_BITS) as usize];
-            if slot.in_pool() {
+            let mut slot = self.locations.lock(p);
+            if slot.location().in_pool() {
                 self.pool.invalidate_page(p);
             }
-            if slot.in_backing() {
-                let _ = self.backing.punch(p, 1);
-            }
-            self.relocate(slot, to);
+            slot.relocate(to);
         }
         if fua {
             bump(&self.counters.fua, 1);
@@ -515,7 +412,7 @@ impl BlockDevice {
         {
             disk.flush().map_err(|e| self.io_error(e))?;
         }
-        self.backing.sync_data().map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))
+        self.locations.backing().sync_data().map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))
     }
 
     /// Runs of pages from `offset` (at most `len` bytes, aligned) as `(bytes, reads_as_zero)`,
@@ -525,7 +422,7 @@ impl BlockDevice {
         let (first, count) = self.pages_of(offset, len, false)?;
         let mut runs: Vec<(u64, bool)> = Vec::new();
         for p in first..first + count {
-            let zero = matches!(self.shard(p)[(p >> SHARD_BITS) as usize], Loc::Nowhere | Loc::Zero);
+            let zero = self.locations.get(p).reads_as_zero();
             if let Some((bytes, z)) = runs.last_mut()
                 && *z == zero
             {
@@ -546,30 +443,29 @@ impl BlockDevice {
         let mut page = vec![0u8; self.page_size];
         let mut taken = 0;
         for &p in offsets.iter().filter(|&&p| p < self.pages) {
-            let mut shard = self.shard(p);
-            let slot = &mut shard[(p >> SHARD_BITS) as usize];
-            match *slot {
-                Loc::PoolAndBacking => {
+            let mut slot = self.locations.lock(p);
+            match slot.location() {
+                Location::PoolAndBacking => {
                     if self.pool.invalidate_page(p) {
                         taken += 1;
                     }
-                    self.relocate(slot, Loc::Backing);
+                    slot.relocate(Location::Backing);
                 }
-                Loc::Pool => match self.pool.take(p, &mut page) {
-                    Ok(LoadOutcome::Loaded { .. }) => match self.backing.write_page(p, &page) {
-                        Ok(()) => {
-                            self.relocate(slot, Loc::Backing);
-                            taken += 1;
+                Location::Pool => match self.pool.take(p, &mut page) {
+                    Ok(LoadOutcome::Loaded { .. }) => {
+                        match slot.write_backing(&page, Location::Backing, Location::Pool) {
+                            Ok(()) => taken += 1,
+                            Err(e) => {
+                                // Give the page back to the pool rather than lose it.
+                                let back = self.pool.store(p, &page);
+                                if !matches!(back, Ok(StoreOutcome::Stored | StoreOutcome::StoredWritethrough)) {
+                                    slot.relocate(Location::Lost);
+                                }
+                                let _ = self.io_error(format!("taking page {p} back into the backing file: {e}"));
+                            }
                         }
-                        Err(e) => {
-                            // Give the page back to the pool rather than lose it.
-                            let back = self.pool.store(p, &page);
-                            let kept = matches!(back, Ok(StoreOutcome::Stored | StoreOutcome::StoredWritethrough));
-                            self.relocate(slot, if kept { Loc::Pool } else { Loc::Lost });
-                            let _ = self.io_error(format!("taking page {p} back into the backing file: {e}"));
-                        }
-                    },
-                    Ok(LoadOutcome::Absent) => self.relocate(slot, Loc::Lost),
+                    }
+                    Ok(LoadOutcome::Absent) => slot.relocate(Location::Lost),
                     Err(e) => {
                         let _ = self.io_error(e.to_string());
                     }
@@ -585,12 +481,11 @@ impl BlockDevice {
     /// is left as it is; it is the user's file).
     pub fn release(&self) {
         for p in 0..self.pages {
-            let mut shard = self.shard(p);
-            let slot = &mut shard[(p >> SHARD_BITS) as usize];
-            if slot.in_pool() {
+            let mut slot = self.locations.lock(p);
+            if slot.location().in_pool() {
                 self.pool.invalidate_page(p);
             }
-            self.relocate(slot, Loc::Nowhere);
+            slot.relocate(Location::Nowhere);
         }
     }
 
@@ -598,7 +493,7 @@ impl BlockDevice {
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let gauge = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        let at = self.locations.counts();
         vec![
             ("size_bytes", self.size()),
             ("block_size", self.page_size as u64),
@@ -618,10 +513,10 @@ impl BlockDevice {
             ("taken_back", get(&c.taken_back)),
             ("errors", get(&c.errors)),
             ("invalid_requests", get(&c.invalid_requests)),
-            ("pool_pages", gauge(&c.pool_pages)),
-            ("backing_pages", gauge(&c.backing_pages)),
-            ("zero_pages", gauge(&c.zero_pages)),
-            ("lost_pages", gauge(&c.lost_pages)),
+            ("pool_pages", at.pool),
+            ("backing_pages", at.backing),
+            ("zero_pages", at.zero),
+            ("lost_pages", at.lost),
         ]
     }
 }
