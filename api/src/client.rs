@@ -24,7 +24,7 @@ use crate::rest::{
     API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolCheck, PoolConfig, PoolInfo,
     PoolPatch, ShrinkRequest, ShrinkResult, StatsSample, StoreResult,
 };
-use crate::rest::{AttachRequest, AttachedFrontend};
+use crate::rest::{AttachRequest, FrontendInfo};
 
 /// The error code the server gives an absent page (`404`).
 pub const PAGE_NOT_FOUND: &str = "page_not_found";
@@ -271,16 +271,17 @@ impl Client {
         self.send_json("POST", &format!("{}/shrink", pool_path(pool)), &ShrinkRequest { target_pages })
     }
 
-    // ----- block frontends -----
+    // ----- frontends -----
 
     /// `POST /api/v1/pools/{pool}/frontends`: attaches a block device (an NBD server) to the
     /// pool; the answer says how clients reach it.
-    pub fn attach_frontend(&self, pool: &str, request: &AttachRequest) -> Result<AttachedFrontend, ClientError> {
+    pub fn attach_frontend(&self, pool: &str, request: &AttachRequest) -> Result<FrontendInfo, ClientError> {
         self.send_json("POST", &format!("{}/frontends", pool_path(pool)), request)
     }
 
-    /// `GET /api/v1/pools/{pool}/frontends`: the pool's block devices.
-    pub fn frontends(&self, pool: &str) -> Result<Vec<AttachedFrontend>, ClientError> {
+    /// `GET /api/v1/pools/{pool}/frontends`: every frontend of the pool (socket connections
+    /// and block devices).
+    pub fn frontends(&self, pool: &str) -> Result<Vec<FrontendInfo>, ClientError> {
         self.get_json(&format!("{}/frontends", pool_path(pool)))
     }
 

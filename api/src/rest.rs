@@ -281,23 +281,54 @@ pub struct GenerationInfo {
     pub backends: Vec<BackendInfo>,
 }
 
-/// A frontend connected to a pool.
+/// A frontend of a pool — a connection on the frontend socket, or a block device the host
+/// serves: `GET /api/v1/pools/{name}/frontends` lists every one, pool details embed them, and
+/// `POST .../frontends` answers with the block device it attached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FrontendInfo {
-    /// The name it attached with.
+    /// Unique on this host: a block device's attachment id (`nbd-…`, `ublk-…`), or `socket-N`
+    /// for a socket connection. `DELETE /api/v1/pools/{name}/frontends/{id}` detaches a block
+    /// device.
+    pub id: String,
+    /// `socket`, `nbd` or `ublk`.
+    pub kind: FrontendKind,
+    /// The pool.
+    pub pool: String,
+    /// The name it attached with (a socket frontend's HELLO name; a block device's id).
     pub name: String,
-    /// Its counters (batches, stores, rejected, loads, absent, invalidates, taken_back, ...).
+    /// Where it is reached: a block device's client address (`nbd+unix:///?socket=PATH`,
+    /// `nbd://HOST:PORT`, `/dev/ublkbN`); for a socket connection, the host's frontend socket.
+    pub address: String,
+    /// Its counters (socket: batches, stores, rejected, loads, absent, invalidates,
+    /// taken_back, ...; block device: reads, writes, discards, to_backing, pool_pages, ...).
     pub counters: BTreeMap<String, u64>,
-    /// Block devices attached through the API: the attachment's id (for `DELETE`).
+    /// Block devices only: the device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Block devices: `nbd` or `ublk`.
+    pub device: Option<BlockDeviceInfo>,
+}
+
+/// A block device as attached (part of [`FrontendInfo`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlockDeviceInfo {
+    /// The export name clients may ask for (the empty default export works too).
+    pub export_name: String,
+    /// Bytes.
+    pub size_bytes: u64,
+    /// Every request is aligned to it (the pool's page size).
+    pub block_size: u32,
+    /// The backing file.
+    pub backing: String,
+    /// The Unix socket, if it listens on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// Block devices: where clients reach it (`nbd+unix:///?socket=...`, `nbd://HOST:PORT`,
-    /// `/dev/ublkbN`).
+    pub socket: Option<String>,
+    /// The TCP address (port resolved), if it listens on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+    pub listen: Option<String>,
+    /// The ublk device number N of `/dev/ublkbN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ublk_id: Option<u32>,
+    /// Connections open now.
+    pub connections: u64,
 }
 
 /// Latency of one operation, from the pool's histogram.
@@ -373,12 +404,16 @@ pub struct PoolInfo {
     pub last_fault: Option<FaultInfo>,
 }
 
-// ----- block frontends -----
+// ----- frontends -----
 
-/// The transport of a block frontend.
+/// What kind of frontend: a connection on the frontend socket, or a block device's transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FrontendKind {
+    /// A connection on the host's frontend socket (the frontend protocol: userfaultfd regions
+    /// and other `tmem-frontend` clients). Such frontends connect themselves: they cannot be
+    /// attached through the API.
+    Socket,
     /// An NBD server (fixed newstyle) on a Unix socket or a TCP address.
     Nbd,
     /// A ublk device (`/dev/ublkbN`, Linux 6.0+ with `ublk_drv`) served by the host itself.
@@ -389,7 +424,7 @@ pub enum FrontendKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
-    /// `nbd` or `ublk`.
+    /// `nbd` or `ublk` (`socket` frontends connect themselves and are refused here).
     pub kind: FrontendKind,
     /// The device's size: a nonzero multiple of the pool's page size (its block size).
     pub size_bytes: u64,
@@ -412,35 +447,6 @@ pub struct AttachRequest {
     /// host records the number it got, and takes the same device over after a restart.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ublk_id: Option<u32>,
-}
-
-/// A block device attached to a pool: `POST` answers with it, `GET .../frontends` lists them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct AttachedFrontend {
-    /// The attachment's id (`DELETE /api/v1/pools/{name}/frontends/{id}`).
-    pub id: String,
-    /// The transport.
-    pub kind: FrontendKind,
-    /// The pool.
-    pub pool: String,
-    /// Where clients reach it: `nbd+unix:///?socket=PATH`, `nbd://HOST:PORT` or `/dev/ublkbN`.
-    pub address: String,
-    /// The export name clients may ask for (the empty default export works too).
-    pub export_name: String,
-    /// Bytes.
-    pub size_bytes: u64,
-    /// Every request is aligned to it (the pool's page size).
-    pub block_size: u32,
-    /// The backing file.
-    pub backing: String,
-    /// The Unix socket, if it listens on one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<String>,
-    /// The TCP address (port resolved), if it listens on one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// Connections open now.
-    pub connections: u64,
 }
 
 // ----- pages -----

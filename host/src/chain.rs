@@ -25,7 +25,7 @@ pub const SECRET_SHOWN: &str = "<secret>";
 /// Where a plugin granted `network` gets its `token` when the pool config leaves it empty:
 /// the memory server's token, set in the environment of this host.
 pub const PEER_TOKEN_ENV: &str = "TMEM_PEER_TOKEN";
-use crate::stats::PoolStats;
+use crate::stats::{FaultRecord, PoolStats};
 
 /// Consecutive faults of one link after which re-instantiation backs off.
 pub const BACKOFF_AFTER: u32 = 3;
@@ -333,7 +333,7 @@ impl ChainInstances {
             "plugin fault: {fault}"
         );
         *cx.stats.faults_by_plugin.lock().entry((plugin.clone(), fault.kind())).or_default() += 1;
-        *cx.stats.last_fault.lock() = Some((plugin, fault.clone()));
+        *cx.stats.last_fault.lock() = Some(FaultRecord { plugin, kind: fault.kind(), message: fault.to_string() });
     }
 
     fn succeeded(&mut self, i: usize) {

@@ -543,12 +543,12 @@ fn pool(session: &Session, command: PoolCommand) -> Result<Done, CliError> {
             let name = args.name.clone();
             let attached = client.attach_frontend(&name, &args.into_request()).map_err(|e| session.fail(e))?;
             session.show(&attached, |a| {
+                let (size, block) = a.device.as_ref().map_or((0, 0), |d| (d.size_bytes, d.block_size));
                 format!(
-                    "attached block device {} to pool {name}: {} ({}, {}-byte blocks)\n",
+                    "attached block device {} to pool {name}: {} ({}, {block}-byte blocks)\n",
                     a.id,
                     a.address,
-                    human_bytes(a.size_bytes),
-                    a.block_size
+                    human_bytes(size),
                 )
             })?;
         }
@@ -1213,8 +1213,8 @@ fn pool_view(info: &PoolInfo) -> String {
         .iter()
         .map(|f| {
             let counter = |k: &str| f.counters.get(k).copied().unwrap_or(0);
-            match &f.address {
-                Some(address) => format!(
+            match (&f.device, &f.address) {
+                (Some(_), address) => format!(
                     "{} at {address} ({} writes, {} reads, {} to backing, {} taken back)",
                     f.name,
                     counter("writes"),
@@ -1222,7 +1222,7 @@ fn pool_view(info: &PoolInfo) -> String {
                     counter("to_backing"),
                     counter("taken_back")
                 ),
-                None => format!(
+                (None, _) => format!(
                     "{} ({} stores, {} loads, {} taken back)",
                     f.name,
                     counter("stores"),

@@ -113,8 +113,6 @@ pub struct Host {
     bundled: HashMap<String, &'static [u8]>,
     /// Serializes control-plane changes, so the catalog is written in the order they happen.
     changes: Mutex<()>,
-    /// Block devices attached to pools through the API.
-    block: crate::frontend::attach::BlockDevices,
 }
 
 impl std::fmt::Debug for Host {
@@ -152,7 +150,6 @@ impl Host {
             catalog,
             bundled: HashMap::new(),
             changes: Mutex::new(()),
-            block: Default::default(),
         };
         if let Some(catalog) = &host.catalog {
             for stored in catalog.modules()? {
@@ -172,7 +169,6 @@ impl Host {
             host.register(&name, module);
         }
         host.restore_pools()?;
-        host.block.restore(&host);
         Ok(host)
     }
 
@@ -241,11 +237,6 @@ impl Host {
     /// The catalog, if the host has a data dir.
     pub(crate) fn catalog(&self) -> Option<&Catalog> {
         self.catalog.as_ref()
-    }
-
-    /// The block devices attached to pools (NBD servers).
-    pub fn block_devices(&self) -> &crate::frontend::attach::BlockDevices {
-        &self.block
     }
 
     // ----- plugins -----
@@ -549,14 +540,12 @@ impl Host {
         self.pools.read().values().cloned().collect()
     }
 
-    /// Destroys a pool: its block devices are detached, it is forgotten by the catalog, then
-    /// invalidate_area, then it is gone. Operations still holding the pool finish on it; nothing new can find it.
+    /// Destroys a pool: it is forgotten by the catalog, then invalidate_area, then it is gone.
+    /// (A pool's block devices are detached first by their owner:
+    /// [`BlockDevices::destroy_pool`](crate::frontend::attach::BlockDevices::destroy_pool).) Operations still holding the pool finish on it; nothing new can find it.
     pub fn destroy_pool(&self, name: &str) -> Result<(), HostError> {
         let _changes = self.changes.lock();
         self.pool(name)?;
-        self.block
-            .detach_pool(self, name)
-            .map_err(|e| HostError::InvalidPool(format!("its block device could not be detached: {e}")))?;
         if let Some(catalog) = &self.catalog {
             catalog.remove_pool(name)?;
         }

@@ -34,7 +34,7 @@ use crate::frontend::{Frontend, FrontendDetails};
 use crate::page_store::PageShard;
 use crate::persist::{Durability, PoolDisk};
 use crate::plugin::{PluginEngine, PluginFault, SandboxLimits};
-use crate::stats::{CounterSnapshot, HistogramSnapshot, Op, PoolStats};
+use crate::stats::{CounterSnapshot, FaultRecord, HistogramSnapshot, Op, PoolStats};
 
 /// The smallest page size a pool accepts.
 pub const MIN_PAGE_SIZE: u32 = 4096;
@@ -1045,11 +1045,7 @@ impl Pool {
 
     /// The connected frontends, with their counters and (block devices) attachments.
     pub fn frontend_details(&self) -> Vec<FrontendDetails> {
-        self.frontends
-            .read()
-            .iter()
-            .map(|f| FrontendDetails { name: f.name(), counters: f.counters(), attachment: f.attachment() })
-            .collect()
+        self.frontends.read().iter().map(|f| FrontendDetails::of(f.as_ref())).collect()
     }
 
     // ----- settings -----
@@ -1112,7 +1108,7 @@ impl Pool {
     }
 
     /// The most recent plugin fault: the plugin's name and what happened.
-    pub fn last_fault(&self) -> Option<(String, PluginFault)> {
+    pub fn last_fault(&self) -> Option<FaultRecord> {
         self.stats.last_fault.lock().clone()
     }
 

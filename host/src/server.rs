@@ -1,5 +1,5 @@
 //! `tmem serve`: a [`Host`] behind an HTTP listener serving the [`rest`](crate::rest) router,
-//! and, when asked, the memory server for peers ([`peer_server`](crate::peer)).
+//! and, when asked, the peer listener for other hosts' remote stores ([`peer`](crate::peer)).
 //!
 //! [`serve`] binds, runs until the shutdown future completes (the binary passes Ctrl-C /
 //! SIGTERM), and then stops both listeners gracefully.
@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::frontend::attach::BlockDevices;
 use crate::host::{BackendSpec, Host, HostConfig};
 use crate::pool::PoolSpec;
+use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
 
 /// Settings of `tmem serve`.
@@ -22,7 +24,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Create a `[zstd, ram]` pool named `demo` at start.
     pub demo_pool: bool,
-    /// Address of the memory server for peers (`None`: off).
+    /// Address of the peer listener for other hosts' remote stores (`None`: off).
     pub peer_listen: Option<SocketAddr>,
     /// The frontend socket (`None`: `DATA_DIR/tmem.sock`).
     pub socket: Option<PathBuf>,
@@ -71,7 +73,8 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     };
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend::socket::default_socket(&config.data_dir));
     let frontends = crate::frontend::socket::bind(&socket)?;
-    let block_host = host.clone();
+    // Block devices sit above the host: restored here, detached before their pool is destroyed.
+    let devices = Arc::new(BlockDevices::restore(host.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -91,9 +94,9 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         Some(peer_listener) => {
             let peer_addr = peer_listener.local_addr()?;
             if !peer_addr.ip().is_loopback() {
-                tracing::warn!(%peer_addr, "the memory server listens beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
+                tracing::warn!(%peer_addr, "the peer listener is beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
             }
-            tracing::info!(%peer_addr, "memory server listening for peers");
+            tracing::info!(%peer_addr, "peer listener: other hosts' remote stores may keep pages here");
             Some(tokio::spawn(crate::peer::serve_peers(host.clone(), token.clone(), peer_listener, until_stopped())))
         }
         None => None,
@@ -102,13 +105,15 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     let frontend_task =
         tokio::spawn(crate::frontend::socket::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
     tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");
-    axum::serve(listener, crate::rest::router(host, token)).with_graceful_shutdown(until_stopped()).await?;
+    axum::serve(listener, crate::rest::router(AppState::new(devices.clone()), token))
+        .with_graceful_shutdown(until_stopped())
+        .await?;
     if let Some(peers) = peers {
         let _ = peers.await;
     }
     let _ = frontend_task.await;
     // Block devices stop serving; they stay in the catalog and are served again at the next start.
-    block_host.block_devices().stop_all();
+    devices.stop_all();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("tmem stopped");
     Ok(())

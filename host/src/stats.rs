@@ -224,14 +224,25 @@ impl Op {
     }
 }
 
+/// A plugin fault as the statistics keep it (what the API shows as the pool's last fault).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The fault's kind (`trap`, `timeout`, …).
+    pub kind: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
 /// Everything a pool measures.
 #[derive(Debug, Default)]
 pub struct PoolStats {
     /// The counters.
     pub counters: Counters,
     latency: [LatencyHistogram; 4],
-    /// The most recent plugin fault: which plugin, and what happened.
-    pub last_fault: parking_lot::Mutex<Option<(String, crate::plugin::PluginFault)>>,
+    /// The most recent plugin fault.
+    pub last_fault: parking_lot::Mutex<Option<FaultRecord>>,
     /// Faults by plugin name and fault kind (a rare path, so a plain lock).
     pub faults_by_plugin: parking_lot::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
 }

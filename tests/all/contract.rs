@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread;
 
 use serde_json::json;
-use tmem_host::frontend::Frontend;
+use tmem_host::frontend::{Frontend, FrontendKind};
 use tmem_host::pool::ShrinkError;
 use tmem_host::workload::{self, PageClass};
 use tmem_host::{BackendSpec, LoadOutcome, OpError, Pool, PoolLimits, PoolModes, RejectReason, StoreOutcome};
@@ -393,8 +393,20 @@ fn larger_page_sizes_work_end_to_end() {
 struct VecDevice(parking_lot::Mutex<std::collections::HashMap<u64, Vec<u8>>>);
 
 impl Frontend for VecDevice {
+    fn id(&self) -> String {
+        "vec-1".into()
+    }
+
+    fn kind(&self) -> FrontendKind {
+        FrontendKind::Socket
+    }
+
     fn name(&self) -> String {
         "test-device".into()
+    }
+
+    fn address(&self) -> String {
+        "in-process".into()
     }
 
     fn take_back(&self, pool: &Pool, offsets: &[u64]) -> u64 {

@@ -7,8 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
+use tmem_api::client::ClientError;
 use tmem_api::frontend as wire;
-use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch};
+use tmem_api::rest::{BackendRequest, FrontendKind, PoolConfig, PoolPatch};
 use tmem_frontend::client::{FrontendClient, Op, OpResult};
 
 use crate::common::{ServeProcess, tagged_page, temp_dir};
@@ -78,6 +79,16 @@ fn a_frontend_stores_loads_and_invalidates_in_batches() {
     assert_eq!(info.frontends.len(), 1);
     assert_eq!(info.frontends[0].name, "app-1");
     assert_eq!(info.frontends[0].counters["stores"], 501);
+    // One shape on the frontends route too: a socket frontend with its id, kind and address.
+    let listed = server.client().frontends("p").unwrap();
+    assert_eq!(listed, info.frontends);
+    assert!(listed[0].id.starts_with("socket-") && listed[0].kind == FrontendKind::Socket, "{listed:?}");
+    assert_eq!((listed[0].address.as_str(), listed[0].device.is_none()), (socket(&server).to_str().unwrap(), true));
+    // A socket frontend detaches by closing its connection, not through the API.
+    match server.client().detach_frontend("p", &listed[0].id) {
+        Err(ClientError::Api { status: 409, code, .. }) => assert_eq!(code, "frontend_not_detachable"),
+        other => panic!("detaching a socket frontend: {other:?}"),
+    }
     assert_eq!(client.batch(&[Op::InvalidateArea]).unwrap(), [OpResult::Invalidated(true)]);
     assert_eq!(server.client().pool("p").unwrap().counters["stored_pages"], 0);
     // Writethrough is announced.

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use tmem_api::client::{Client, ClientError};
-use tmem_api::rest::{AttachRequest, AttachedFrontend, BackendRequest, FrontendKind, PoolConfig};
+use tmem_api::rest::{AttachRequest, BackendRequest, FrontendInfo, FrontendKind, PoolConfig};
 use tmem_host::workload::Rng;
 
 use crate::common::{ServeProcess, temp_dir};
@@ -84,7 +84,7 @@ struct Device {
     server: ServeProcess,
     client: Client,
     dir: PathBuf,
-    attached: AttachedFrontend,
+    attached: FrontendInfo,
 }
 
 impl Device {
@@ -104,8 +104,7 @@ impl Device {
     /// The device's counters, as the pool shows them.
     fn counters(&self) -> serde_json::Map<String, Value> {
         let info = self.client.pool(&self.attached.pool).unwrap();
-        let frontend =
-            info.frontends.iter().find(|f| f.id.as_deref() == Some(&self.attached.id)).expect("the device is listed");
+        let frontend = info.frontends.iter().find(|f| f.id == self.attached.id).expect("the device is listed");
         frontend.counters.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect()
     }
 
@@ -199,7 +198,7 @@ fn nbdinfo_sees_block_sizes_flags_and_the_allocation_map() {
     assert_eq!(lines[2][..3], [MIB.to_string().as_str(), "4096", "0"], "{map}");
     // The listing names the export; an unknown export is refused without ending the server.
     assert!(run("nbdinfo", &["--list", device.uri()]).contains("export=\"i\""));
-    let socket = device.attached.socket.as_deref().unwrap();
+    let socket = device.attached.device.as_ref().and_then(|d| d.socket.as_deref()).unwrap();
     let status = Command::new("nbdinfo").arg(format!("nbd+unix:///nope?socket={socket}")).output().unwrap().status;
     assert!(!status.success());
     qemu_io(device.uri(), &strings(&["read -P 1 0 8k"]));
@@ -362,7 +361,7 @@ fn pages_the_pool_refuses_go_to_the_backing_file_and_read_back() {
     run("qemu-img", &["compare", "-f", "raw", "-F", "raw", source.to_str().unwrap(), device.uri()]);
     assert!(device.counter("from_backing") >= in_backing);
     // The backing file is sparse and holds exactly the refused pages; discarding them frees it.
-    let backing = Path::new(&device.attached.backing);
+    let backing = Path::new(&device.attached.device.as_ref().expect("a block device").backing);
     let allocated =
         |path: &Path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap();
     assert_eq!(std::fs::metadata(backing).unwrap().len(), 4 * MIB);
@@ -468,7 +467,7 @@ impl RawClient {
 fn bad_requests_and_garbage_get_errors_and_leave_the_server_and_its_pages_intact() {
     let device = Device::new("nbd-bad", pool("b", &["zstd", "ram"]), 4 * MIB);
     qemu_io(device.uri(), &strings(&["write -P 0x5a 0 64k", "write -P 0x6b 4032k 64k"]));
-    let socket = device.attached.socket.clone().unwrap();
+    let socket = device.attached.device.as_ref().and_then(|d| d.socket.clone()).unwrap();
     let (mut c, size) = RawClient::connect(&socket);
     assert_eq!(size, 4 * MIB);
     const EINVAL: u32 = 22;
@@ -567,7 +566,8 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
 
     let attached = client.attach_frontend("a", &good).unwrap();
     assert_eq!(attached.address, format!("nbd+unix:///?socket={}", dir.join("nbd.sock").display()));
-    assert_eq!((attached.size_bytes, attached.block_size, attached.export_name.as_str()), (8 * MIB, 4096, "a"));
+    let device = attached.device.as_ref().expect("a block device");
+    assert_eq!((device.size_bytes, device.block_size, device.export_name.as_str()), (8 * MIB, 4096, "a"));
     assert_eq!(api_error(client.attach_frontend("a", &good)), (409, "frontend_exists".into()));
     let same_backing = AttachRequest { socket: Some(dir.join("other.sock").display().to_string()), ..good.clone() };
     assert_eq!(api_error(client.attach_frontend("other", &same_backing)), (409, "backing_in_use".into()));
@@ -590,9 +590,9 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
     assert_eq!(listed[0].id, attached.id);
     let info = client.pool("a").unwrap();
     assert_eq!(info.frontends.len(), 1);
-    assert_eq!(info.frontends[0].id.as_deref(), Some(attached.id.as_str()));
-    assert_eq!(info.frontends[0].kind.as_deref(), Some("nbd"));
-    assert_eq!(info.frontends[0].address.as_deref(), Some(attached.address.as_str()));
+    assert_eq!(info.frontends[0], listed[0], "pool details and the frontends route show one shape");
+    assert_eq!((info.frontends[0].kind, info.frontends[0].pool.as_str()), (FrontendKind::Nbd, "a"));
+    assert_eq!(info.frontends[0].address, attached.address);
     assert!(info.frontends[0].counters["writes"] >= 1);
 
     assert_eq!(api_error(client.detach_frontend("a", "nbd-00000000")), (404, "frontend_not_found".into()));
@@ -603,7 +603,10 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
     assert_eq!(client.pool("a").unwrap().counters["stored_pages"], 0, "detach is swapoff");
     // Destroying a pool detaches its device first.
     client.remove_pool("other").unwrap();
-    assert!(std::net::TcpStream::connect(tcp.listen.as_deref().unwrap()).is_err(), "the TCP server is gone");
+    assert!(
+        std::net::TcpStream::connect(tcp.device.as_ref().and_then(|d| d.listen.as_deref()).unwrap()).is_err(),
+        "the TCP server is gone"
+    );
     // The backing file is free again.
     let again = client
         .attach_frontend("a", &AttachRequest { backing: dir.join("tcp.img").display().to_string(), ..good })
@@ -630,8 +633,8 @@ fn the_cli_attaches_and_detaches() {
     let socket = dir.join("cli.sock").display().to_string();
     let backing = dir.join("cli.img").display().to_string();
     let out = tmem(&["pool", "attach", "c", "--nbd-socket", &socket, "--size", "16M", "--backing", &backing, "--json"]);
-    let attached: AttachedFrontend = serde_json::from_str(&out).unwrap();
-    assert_eq!(attached.size_bytes, 16 * MIB);
+    let attached: FrontendInfo = serde_json::from_str(&out).unwrap();
+    assert_eq!(attached.device.as_ref().map(|d| d.size_bytes), Some(16 * MIB));
     qemu_io(&attached.address, &strings(&["write -P 3 0 4k", "read -P 3 0 4k"]));
     assert!(tmem(&["pool", "show", "c"]).contains(&attached.address));
     assert!(tmem(&["pool", "detach", "c", &attached.id]).contains("detached"));

@@ -59,8 +59,8 @@ fn each_kind_of_fault_on_store_is_reported_as_itself_and_loses_no_page() {
                 "{name}"
             );
             assert!(started.elapsed() < Duration::from_secs(5), "{name}: the fault took {:?}", started.elapsed());
-            let (plugin, fault) = pool.last_fault().expect("fault recorded");
-            assert_eq!((plugin.as_str(), fault.kind()), ("misbehave", kind), "{name}: {fault}");
+            let fault = pool.last_fault().expect("fault recorded");
+            assert_eq!((fault.plugin.as_str(), fault.kind), ("misbehave", kind), "{name}: {}", fault.message);
             let c = pool.counters();
             assert_eq!((c.plugin_faults, c.reject_plugin_fault, c.failed_stores), (1, 1, 1), "{name}");
             // Every acknowledged page survives the dropped instance.

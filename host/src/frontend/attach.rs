@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tmem_api::rest::{AttachRequest, AttachedFrontend, FrontendKind};
+use tmem_api::rest::AttachRequest;
 
 use super::device::{BlockDevice, OpenError, Start};
 use super::nbd::{Export, Listen, NbdServer};
 use super::ublk::{self, UblkServer};
-use super::{Attachment, Frontend};
+use super::{DeviceDetails, Frontend, FrontendDetails, FrontendKind};
 use crate::catalog::{CatalogError, FrontendRecord};
 use crate::host::{Host, HostError};
 use crate::pool::Pool;
@@ -101,8 +101,20 @@ impl Transport {
 }
 
 impl Frontend for Attached {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn kind(&self) -> FrontendKind {
+        self.request.kind
+    }
+
     fn name(&self) -> String {
         self.id.clone()
+    }
+
+    fn address(&self) -> String {
+        self.uri.clone()
     }
 
     fn take_back(&self, _pool: &Pool, offsets: &[u64]) -> u64 {
@@ -117,32 +129,21 @@ impl Frontend for Attached {
         counters
     }
 
-    fn attachment(&self) -> Option<Attachment> {
-        let kind = match self.request.kind {
-            FrontendKind::Nbd => "nbd",
-            FrontendKind::Ublk => "ublk",
-        };
-        Some(Attachment { id: self.id.clone(), kind, address: self.uri.clone() })
-    }
-}
-
-impl Attached {
-    fn info(&self) -> AttachedFrontend {
-        AttachedFrontend {
-            id: self.id.clone(),
-            kind: self.request.kind,
-            pool: self.pool.name().to_string(),
-            address: self.uri.clone(),
+    fn device(&self) -> Option<DeviceDetails> {
+        Some(DeviceDetails {
             export_name: self.pool.name().to_string(),
             size_bytes: self.device.size(),
             block_size: self.device.block_size(),
             backing: self.request.backing.clone(),
             socket: self.request.socket.clone(),
             listen: self.request.listen.clone(),
+            ublk_id: self.request.ublk_id,
             connections: self.server.lock().connections().0,
-        }
+        })
     }
+}
 
+impl Attached {
     /// Stops serving and lets go of the pool (not the pages: see [`Attached::release`]). A
     /// ublk device is deleted when `for_good` (detach); otherwise (the host is stopping) it
     /// stays for the next host process to take over (user recovery).
@@ -165,9 +166,11 @@ impl Attached {
     }
 }
 
-/// The block devices of a host, by attachment id.
-#[derive(Default)]
+/// The block devices of a host, by attachment id. They sit above the [`Host`] (which knows
+/// nothing of them): whoever owns the host owns its block devices, restores them at start and
+/// detaches a pool's device before destroying the pool ([`BlockDevices::destroy_pool`]).
 pub struct BlockDevices {
+    host: Arc<Host>,
     attached: Mutex<BTreeMap<String, Arc<Attached>>>,
     /// Serializes attach and detach, so checks and the catalog see one change at a time.
     changes: Mutex<()>,
@@ -203,6 +206,9 @@ enum Place {
 
 fn place_of(request: &AttachRequest) -> Result<Place, AttachError> {
     match request.kind {
+        FrontendKind::Socket => Err(AttachError::Invalid(
+            "socket frontends connect themselves to the frontend socket; attach takes \"nbd\" or \"ublk\"".into(),
+        )),
         FrontendKind::Nbd if request.ublk_id.is_some() => {
             Err(AttachError::Invalid("ublk_id applies to \"kind\": \"ublk\" only".into()))
         }
@@ -262,21 +268,32 @@ fn new_id(kind: FrontendKind) -> Result<String, AttachError> {
     let prefix = match kind {
         FrontendKind::Nbd => "nbd",
         FrontendKind::Ublk => "ublk",
+        FrontendKind::Socket => "socket",
     };
     Ok(format!("{prefix}-{}", hex::encode(bytes)))
 }
 
 impl BlockDevices {
+    /// The block devices of `host`, with every attachment its catalog keeps served again (one
+    /// that cannot be served is logged and stays in the catalog).
+    pub fn restore(host: Arc<Host>) -> BlockDevices {
+        let devices = BlockDevices { host, attached: Default::default(), changes: Default::default() };
+        devices.restore_catalog();
+        devices
+    }
+
+    /// The host they serve.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
     /// Attaches a block device to pool `pool_name` as `request` asks, keeps it in the catalog,
-    /// and returns how clients reach it.
-    pub fn attach(
-        &self,
-        host: &Host,
-        pool_name: &str,
-        request: &AttachRequest,
-    ) -> Result<AttachedFrontend, AttachError> {
+    /// and returns it as listings show it.
+    pub fn attach(&self, pool_name: &str, request: &AttachRequest) -> Result<FrontendDetails, AttachError> {
         let _changes = self.changes.lock();
+        let host = &self.host;
         let pool = host.pool(pool_name)?;
+
         let backing = resolve(Path::new(&request.backing), "backing")?;
         let place = place_of(request)?;
         {
@@ -332,7 +349,7 @@ impl BlockDevices {
                 return Err(e.into());
             }
         }
-        let info = attached.info();
+        let info = FrontendDetails::of(attached.as_ref());
         tracing::info!(pool = %pool_name, id = %attached.id, address = %attached.uri, size = attached.device.size(), "block device attached");
         self.attached.lock().insert(attached.id.clone(), attached);
         Ok(info)
@@ -403,8 +420,9 @@ impl BlockDevices {
     }
 
     /// Detaches block device `id` of pool `pool_name` (swapoff: its pages leave the pool).
-    pub fn detach(&self, host: &Host, pool_name: &str, id: &str) -> Result<(), AttachError> {
+    pub fn detach(&self, pool_name: &str, id: &str) -> Result<(), AttachError> {
         let _changes = self.changes.lock();
+        let host = &self.host;
         let found = self.attached.lock().get(id).filter(|a| a.pool.name() == pool_name).cloned();
         let attached = found.ok_or_else(|| AttachError::NotFound { pool: pool_name.into(), id: id.into() })?;
         if let Some(catalog) = host.catalog() {
@@ -417,25 +435,21 @@ impl BlockDevices {
         Ok(())
     }
 
-    /// Detaches every block device of a pool about to be destroyed.
-    pub(crate) fn detach_pool(&self, host: &Host, pool_name: &str) -> Result<(), AttachError> {
+    /// Destroys pool `pool_name`: its block device is detached first, then the host destroys
+    /// the pool.
+    pub fn destroy_pool(&self, pool_name: &str) -> Result<(), AttachError> {
         let ids: Vec<String> =
             self.attached.lock().values().filter(|a| a.pool.name() == pool_name).map(|a| a.id.clone()).collect();
         for id in ids {
-            self.detach(host, pool_name, &id)?;
+            self.detach(pool_name, &id)?;
         }
-        Ok(())
-    }
-
-    /// The block devices of a pool.
-    pub fn list(&self, pool_name: &str) -> Vec<AttachedFrontend> {
-        self.attached.lock().values().filter(|a| a.pool.name() == pool_name).map(|a| a.info()).collect()
+        Ok(self.host.destroy_pool(pool_name)?)
     }
 
     /// Serves again every block device the catalog keeps (at host start). One that cannot be
     /// served is logged and stays in the catalog.
-    pub(crate) fn restore(&self, host: &Host) {
-        let Some(catalog) = host.catalog() else { return };
+    fn restore_catalog(&self) {
+        let Some(catalog) = self.host.catalog() else { return };
         let records = match catalog.frontends() {
             Ok(records) => records,
             Err(e) => {
@@ -444,7 +458,7 @@ impl BlockDevices {
             }
         };
         for record in records {
-            match self.resume(host, &record) {
+            match self.resume(&record) {
                 Ok(attached) => {
                     tracing::info!(pool = %record.pool, id = %record.id, address = %attached.uri, "block device restored");
                     self.attached.lock().insert(record.id.clone(), attached);
@@ -456,8 +470,8 @@ impl BlockDevices {
         }
     }
 
-    fn resume(&self, host: &Host, record: &FrontendRecord) -> Result<Arc<Attached>, AttachError> {
-        let pool = host.pool(&record.pool)?;
+    fn resume(&self, record: &FrontendRecord) -> Result<Arc<Attached>, AttachError> {
+        let pool = self.host.pool(&record.pool)?;
         let backing = resolve(Path::new(&record.request.backing), "backing")?;
         let place = place_of(&record.request)?;
         let start = if pool.is_persistent() {

@@ -29,12 +29,25 @@ pub mod ublk;
 
 use std::io;
 
+pub use tmem_api::rest::FrontendKind;
+
 use crate::pool::Pool;
 
-/// A frontend connected to a pool: the host's shrink asks it to take pages back.
+/// A frontend of a pool, as the pool sees it: shrink asks it to take pages back, listings
+/// describe it. Every frontend implements it — a socket connection ([`socket`]) and a block
+/// device ([`attach`]) — so the API lists them all in one shape.
 pub trait Frontend: Send + Sync {
-    /// A name for logs and listings.
+    /// Unique on this host: a block device's attachment id, or `socket-N`.
+    fn id(&self) -> String;
+
+    /// What kind of frontend this is.
+    fn kind(&self) -> FrontendKind;
+
+    /// The name it attached with (for logs and listings).
     fn name(&self) -> String;
+
+    /// Where it is reached (a block device's client address, or the frontend socket's path).
+    fn address(&self) -> String;
 
     /// Takes the pages at `offsets` back from `pool` (each with [`Pool::take`], which
     /// loads and invalidates in one step) and keeps them on its own device. Returns how many
@@ -46,33 +59,62 @@ pub trait Frontend: Send + Sync {
         Vec::new()
     }
 
-    /// For a frontend the host serves itself (a block device attached through the API): its
-    /// id, kind and client address.
-    fn attachment(&self) -> Option<Attachment> {
+    /// A block device's details; `None` for other frontends.
+    fn device(&self) -> Option<DeviceDetails> {
         None
     }
 }
 
-/// A connected frontend as listings show it.
+/// A frontend as listings show it: what [`Frontend`] says of itself, in one value.
 #[derive(Debug, Clone)]
 pub struct FrontendDetails {
-    /// Its name.
+    /// [`Frontend::id`].
+    pub id: String,
+    /// [`Frontend::kind`].
+    pub kind: FrontendKind,
+    /// [`Frontend::name`].
     pub name: String,
-    /// Its counters, by name.
+    /// [`Frontend::address`].
+    pub address: String,
+    /// [`Frontend::counters`].
     pub counters: Vec<(&'static str, u64)>,
-    /// For a block device attached through the API: how clients reach it.
-    pub attachment: Option<Attachment>,
+    /// [`Frontend::device`].
+    pub device: Option<DeviceDetails>,
 }
 
-/// How clients reach a frontend the host serves itself.
+impl FrontendDetails {
+    /// Everything `frontend` says of itself.
+    pub fn of(frontend: &dyn Frontend) -> FrontendDetails {
+        FrontendDetails {
+            id: frontend.id(),
+            kind: frontend.kind(),
+            name: frontend.name(),
+            address: frontend.address(),
+            counters: frontend.counters(),
+            device: frontend.device(),
+        }
+    }
+}
+
+/// A block device the host serves, as listings show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    /// The attachment's id.
-    pub id: String,
-    /// `nbd`.
-    pub kind: &'static str,
-    /// The client address (an NBD URI).
-    pub address: String,
+pub struct DeviceDetails {
+    /// The NBD export name.
+    pub export_name: String,
+    /// Bytes.
+    pub size_bytes: u64,
+    /// The block size (the pool's page size).
+    pub block_size: u32,
+    /// The backing file, as given.
+    pub backing: String,
+    /// The NBD Unix socket, if any.
+    pub socket: Option<String>,
+    /// The NBD TCP address (port resolved), if any.
+    pub listen: Option<String>,
+    /// The ublk device number, if any.
+    pub ublk_id: Option<u32>,
+    /// Connections open now.
+    pub connections: u64,
 }
 
 /// Locks every page of this process, present and future, in memory (once per process; later

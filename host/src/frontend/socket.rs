@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use super::Frontend;
+use super::{Frontend, FrontendKind};
 use crate::host::Host;
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
@@ -62,7 +62,11 @@ struct FrontendCounters {
 
 /// A frontend connected through the socket.
 pub struct SocketFrontend {
+    /// `socket-N`, unique on this host.
+    id: String,
     name: String,
+    /// The socket's path (what listings show as its address).
+    address: Arc<str>,
     connected: Instant,
     frames: UnboundedSender<Vec<u8>>,
     next_id: AtomicU32,
@@ -71,8 +75,20 @@ pub struct SocketFrontend {
 }
 
 impl Frontend for SocketFrontend {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn kind(&self) -> FrontendKind {
+        FrontendKind::Socket
+    }
+
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn address(&self) -> String {
+        self.address.to_string()
     }
 
     fn take_back(&self, _pool: &Pool, offsets: &[u64]) -> u64 {
@@ -123,14 +139,18 @@ pub async fn serve_frontends(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let token = Arc::new(token);
+    let address: Arc<str> = match listener.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+        Some(path) => path.display().to_string().into(),
+        None => "unnamed socket".into(),
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (host, token) = (host.clone(), token.clone());
+                    let (host, token, address) = (host.clone(), token.clone(), address.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(host, &token, stream).await {
+                        if let Err(e) = serve_connection(host, &token, address, stream).await {
                             tracing::info!("frontend connection closed: {e}");
                         }
                     });
@@ -172,7 +192,12 @@ fn error_frame(id: u32, message: &str) -> Vec<u8> {
     frame
 }
 
-async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: UnixStream) -> Result<(), String> {
+async fn serve_connection(
+    host: Arc<Host>,
+    token: &ApiToken,
+    address: Arc<str>,
+    stream: UnixStream,
+) -> Result<(), String> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(1 << 20, read);
     let (frames, mut outgoing) = unbounded_channel::<Vec<u8>>();
@@ -184,7 +209,7 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: UnixStream)
         }
     });
     let Some(body) = read_frame(&mut reader, wire::MAX_BODY).await? else { return Ok(()) };
-    let attached = attach(&host, token, &body, frames.clone());
+    let attached = attach(&host, token, address, &body, frames.clone());
     let (pool, frontend) = match attached {
         Ok(attached) => attached,
         Err(message) => {
@@ -214,6 +239,7 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: UnixStream)
 fn attach(
     host: &Host,
     token: &ApiToken,
+    address: Arc<str>,
     body: &[u8],
     frames: UnboundedSender<Vec<u8>>,
 ) -> Result<(Arc<Pool>, Arc<SocketFrontend>), String> {
@@ -241,8 +267,11 @@ fn attach(
     wire::frame(&mut frame, wire::ATTACHED, id, &[&pool.page_size().to_le_bytes(), &[flags]]);
     frames.send(frame).map_err(|_| "the connection closed".to_string())?;
     let name = if name.is_empty() { "frontend".to_string() } else { name.to_string() };
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
     let frontend = Arc::new(SocketFrontend {
+        id: format!("socket-{}", CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1),
         name,
+        address,
         connected: Instant::now(),
         frames,
         next_id: AtomicU32::new(1),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +37,7 @@ use utoipa_axum::routes;
 
 use self::auth::ApiToken;
 use self::error::{ApiError, Json};
+use crate::frontend::attach::BlockDevices;
 use crate::host::Host;
 use crate::pool::MAX_PAGE_SIZE;
 
@@ -50,7 +51,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     modifiers(&BearerToken),
     tags(
         (name = "plugins", description = "Plugin modules: upload, list, remove"),
-        (name = "frontends", description = "Block devices over a pool (NBD)"),
+        (name = "frontends", description = "Frontends of a pool: socket connections and block devices (NBD, ublk)"),
         (name = "pools", description = "Pools: create, configure, hot swap, destroy"),
         (name = "pages", description = "Pages of a pool, for scripting and tests"),
         (name = "stats", description = "Live statistics of every pool, for dashboards"),
@@ -81,7 +82,7 @@ async fn openapi_json(Extension(doc): Extension<Arc<serde_json::Value>>) -> axum
 }
 
 /// The versioned API routes and their OpenAPI document.
-fn api_routes() -> (axum::Router<Arc<Host>>, utoipa::openapi::OpenApi) {
+fn api_routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(plugins::list_plugins, plugins::upload_plugin))
         .routes(routes!(plugins::get_plugin, plugins::delete_plugin))
@@ -136,8 +137,38 @@ async fn time_limit(request: Request, next: Next) -> Response {
     }
 }
 
+/// What every handler may reach: the host, and the block devices that sit above it (handlers
+/// extract either one with `State<Arc<Host>>` or `State<Arc<BlockDevices>>`).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The host: plugins and pools.
+    pub host: Arc<Host>,
+    /// The host's block devices.
+    pub devices: Arc<BlockDevices>,
+}
+
+impl AppState {
+    /// The state of a router over `devices` and the host they serve.
+    pub fn new(devices: Arc<BlockDevices>) -> AppState {
+        AppState { host: devices.host().clone(), devices }
+    }
+}
+
+impl FromRef<AppState> for Arc<Host> {
+    fn from_ref(state: &AppState) -> Arc<Host> {
+        state.host.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<BlockDevices> {
+    fn from_ref(state: &AppState) -> Arc<BlockDevices> {
+        state.devices.clone()
+    }
+}
+
 /// Every route of `tmem serve`, with no socket (tests can drive it directly).
-pub fn router(host: Arc<Host>, token: ApiToken) -> axum::Router {
+pub fn router(state: AppState, token: ApiToken) -> axum::Router {
+    let host = state.host.clone();
     let (api, doc) = api_routes();
     let doc = Arc::new(serde_json::to_value(&doc).expect("the OpenAPI document serializes"));
     let body_limit = host.engine().options().max_module_bytes.max(MAX_PAGE_SIZE as usize) + 1;
@@ -151,7 +182,7 @@ pub fn router(host: Arc<Host>, token: ApiToken) -> axum::Router {
         .merge(dashboard::routes())
         .merge(api)
         .fallback(not_found)
-        .with_state(host)
+        .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(time_limit))
         .layer(

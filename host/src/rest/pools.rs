@@ -11,12 +11,13 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tmem_api::rest::{
-    AreaInvalidated, BackendInfo, CreatePoolQuery, ErrorBody, FaultInfo, FrontendInfo, GenerationInfo, LatencySummary,
-    PoolCheck, PoolConfig, PoolInfo, PoolPatch, ShrinkRequest, ShrinkResult, StoreResult,
+    AreaInvalidated, BackendInfo, CreatePoolQuery, ErrorBody, FaultInfo, GenerationInfo, LatencySummary, PoolCheck,
+    PoolConfig, PoolInfo, PoolPatch, ShrinkRequest, ShrinkResult, StoreResult,
 };
 
 use super::error::{ApiError, Json, Path, Query, blocking};
 use crate::chain::Chain;
+use crate::frontend::attach::BlockDevices;
 use crate::host::{Host, pool_config};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::stats::Op;
@@ -79,24 +80,14 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         persistent: pool.is_persistent(),
         durability: config.durability,
         flush_interval_ms: config.flush_interval_ms,
-        frontends: pool
-            .frontend_details()
-            .into_iter()
-            .map(|f| FrontendInfo {
-                name: f.name,
-                counters: f.counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                id: f.attachment.as_ref().map(|a| a.id.clone()),
-                kind: f.attachment.as_ref().map(|a| a.kind.to_string()),
-                address: f.attachment.map(|a| a.address),
-            })
-            .collect(),
+        frontends: super::frontends::frontend_infos(pool),
         uptime_seconds: pool.created().elapsed().as_secs(),
         counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
         latency,
-        last_fault: pool.last_fault().map(|(plugin, fault)| FaultInfo {
-            plugin,
-            kind: fault.kind().into(),
-            message: fault.to_string(),
+        last_fault: pool.last_fault().map(|fault| FaultInfo {
+            plugin: fault.plugin,
+            kind: fault.kind.into(),
+            message: fault.message,
         }),
     }
 }
@@ -173,16 +164,20 @@ pub async fn patch_pool(
     .await
 }
 
-/// Destroys a pool: every page is invalidated, then the pool is gone.
+/// Destroys a pool: its block device (if any) is detached, every page is invalidated, then the
+/// pool is gone.
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}", tag = "pools",
     params(("name" = String, Path, description = "Pool name")),
     responses((status = 204, description = "Destroyed"), (status = 404, body = ErrorBody)),
     security(("token" = []))
 )]
-pub async fn delete_pool(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_pool(
+    State(devices): State<Arc<BlockDevices>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     blocking(move || {
-        host.destroy_pool(&name)?;
+        devices.destroy_pool(&name)?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
