@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every test, from nothing: installs build dependencies, then runs the plugins' own native
-# unit tests and the workspace's tests (unit, integration and doc tests; the integration tests
+# Every test, from nothing: installs build dependencies, checks formatting and clippy, then
+# runs the plugins' own native unit tests and the workspace's tests (unit, integration and doc tests; the integration tests
 # start real hosts and a real `tmem serve`), then the slow guest-kernel tests on their own, and
 # ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
+# Formatting and clippy first: a finding fails the run before the long tests.
+bash scripts/lint.sh
 # The benchmarks must keep compiling (it is run by hand: timings are never asserted).
 cargo bench -p tmem-host --benches --locked --no-run
 log=$(mktemp)

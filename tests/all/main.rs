@@ -3,6 +3,7 @@
 //! `tmem serve` process on a loopback port.
 
 mod api;
+mod architecture;
 mod cli;
 mod common;
 mod contract;
