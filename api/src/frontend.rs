@@ -1,15 +1,15 @@
 //! The frontend protocol: how a frontend (an application's userfaultfd region, a block
 //! device) talks to the host's pools over the local Unix socket (`DATA_DIR/tmem.sock`, mode
 //! 0600, or `tmem serve --socket PATH`). Binary, length-prefixed, batched and pipelined; the
-//! one definition both sides use (the host in `host/src/frontend_server.rs`, the client in
-//! `tmem_sdk::frontend`).
+//! one definition both sides use (the host in `host/src/frontend/socket.rs`, the client in
+//! `tmem_frontend::client`).
 //!
 //! # Frames
 //!
-//! Every message is `[body length: u32 LE][body]`, body 5 to [`MAX_BODY`] bytes:
-//! `[kind: u8][id: u32 LE][payload]`. The client numbers its requests; the host answers each
-//! with one frame carrying the same id, in order, so a client may send many before reading.
-//! The host may also send [`TAKE_BACK`] at any time (with its own ids, high bit set).
+//! Framing, ids, pipelining and `str16` are the shared ones of [`wire`], with a body of at
+//! most [`MAX_BODY`] bytes. The client numbers its requests; the host answers each with one
+//! frame carrying the same id, in order, so a client may send many before reading.
+//! The host may also send [`TAKE_BACK`] at any time (with its own ids, [`HOST_ID_BIT`] set).
 //!
 //! # Client → host
 //!
@@ -21,7 +21,8 @@
 //!
 //! Ops: [`OP_STORE`], [`OP_LOAD`], [`OP_TAKE`] (load and invalidate in one step, whatever the
 //! pool's mode: for taking pages back), [`OP_INVALIDATE`], [`OP_INVALIDATE_AREA`] (offset
-//! ignored).
+//! ignored). A batch holds at most [`MAX_BATCH`] ops, and fewer for large pages
+//! ([`max_batch`]: the request and its answer must fit a frame).
 //!
 //! Results: [`R_STORED`], [`R_STORED_WRITETHROUGH`] (the frontend must also write the page to
 //! its device), [`R_REJECTED`] `[reason: str16]` (the frontend keeps the page itself; any older
@@ -36,12 +37,12 @@
 //! [`TAKEN`] with the same id. [`ERROR`] `[message: str16]`: a malformed frame (the host then
 //! closes the connection; nothing stored is touched).
 //!
-//! `str16` is `[length u16 LE][UTF-8 bytes]`.
-//!
 //! # Security
 //!
 //! The socket file is mode 0600 (only the host's user can connect), and HELLO must carry the
 //! host's API token: one user cannot attach to — or read — another's pool.
+
+use crate::wire::{self, Reader, WireError};
 
 /// Highest body length accepted: a batch of pages must fit (a frame of 64 MiB).
 pub const MAX_BODY: usize = 64 << 20;
@@ -100,104 +101,31 @@ pub const R_FAILED: u8 = 6;
 /// Host-assigned ids (TAKE_BACK) have this bit set, so they never meet a client's.
 pub const HOST_ID_BIT: u32 = 1 << 31;
 
-/// Appends a frame to `out`.
-pub fn frame(out: &mut Vec<u8>, kind: u8, id: u32, payload: &[&[u8]]) {
-    let body = 5 + payload.iter().map(|p| p.len()).sum::<usize>();
-    out.reserve(4 + body);
-    out.extend_from_slice(&(body as u32).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&id.to_le_bytes());
-    for part in payload {
-        out.extend_from_slice(part);
-    }
+/// The most ops one batch may carry for pages of `page_size` bytes: [`MAX_BATCH`], or fewer
+/// where that many stored pages (in the request) or loaded pages (in the answer) would not
+/// fit a frame of [`MAX_BODY`].
+pub fn max_batch(page_size: usize) -> usize {
+    // Per op at most `[op][offset][page]` in a request, `[result][flags][page]` in an answer.
+    ((MAX_BODY - wire::BODY_HEADER - 2) / (9 + page_size)).clamp(1, MAX_BATCH)
 }
 
-/// Starts a frame in `out` (which must be empty) so its payload can be written in place,
-/// without building it elsewhere and copying it; [`finish_frame`] writes the length.
-pub fn begin_frame(out: &mut Vec<u8>, kind: u8, id: u32) {
-    debug_assert!(out.is_empty());
-    out.extend_from_slice(&[0; 4]);
-    out.push(kind);
-    out.extend_from_slice(&id.to_le_bytes());
+/// The HELLO payload.
+pub fn hello_payload(token: &str, pool: &str, name: &str) -> Result<Vec<u8>, WireError> {
+    let mut payload = vec![VERSION];
+    for text in [token, pool, name] {
+        wire::put_str16(&mut payload, text)?;
+    }
+    Ok(payload)
 }
 
-/// Completes a frame started with [`begin_frame`].
-pub fn finish_frame(out: &mut [u8]) {
-    let body = (out.len() - 4) as u32;
-    out[..4].copy_from_slice(&body.to_le_bytes());
-}
-
-/// Appends a `str16`.
-pub fn put_str(out: &mut Vec<u8>, text: &str) {
-    let text = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
-    out.extend_from_slice(text);
-}
-
-/// A cursor over a payload that never panics: every read says when the bytes ran out.
-#[derive(Debug, Clone)]
-pub struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-/// The payload ended early or held something impossible.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed(pub &'static str);
-
-impl<'a> Reader<'a> {
-    /// A cursor at the start of `bytes`.
-    pub fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes }
+/// Splits a HELLO payload into `(token, pool, frontend name)`.
+pub fn parse_hello(payload: &[u8]) -> Result<(&str, &str, &str), WireError> {
+    let mut r = Reader::new(payload);
+    let version = r.u8("the version")?;
+    if version != VERSION {
+        return Err(WireError::Version { protocol: "frontend", got: version, supported: VERSION });
     }
-
-    /// Bytes not read yet.
-    pub fn remaining(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// The next `n` bytes.
-    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Malformed> {
-        if self.bytes.len() < n {
-            return Err(Malformed(what));
-        }
-        let (head, tail) = self.bytes.split_at(n);
-        self.bytes = tail;
-        Ok(head)
-    }
-
-    /// A byte.
-    pub fn u8(&mut self, what: &'static str) -> Result<u8, Malformed> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    /// A little-endian u16.
-    pub fn u16(&mut self, what: &'static str) -> Result<u16, Malformed> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
-    }
-
-    /// A little-endian u32.
-    pub fn u32(&mut self, what: &'static str) -> Result<u32, Malformed> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
-    }
-
-    /// A little-endian u64.
-    pub fn u64(&mut self, what: &'static str) -> Result<u64, Malformed> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
-    }
-
-    /// A `str16`.
-    pub fn str(&mut self, what: &'static str) -> Result<&'a str, Malformed> {
-        let len = self.u16(what)? as usize;
-        core::str::from_utf8(self.take(len, what)?).map_err(|_| Malformed(what))
-    }
-}
-
-/// A parsed frame body: `(kind, id, payload)`.
-pub fn parse_body(body: &[u8]) -> Result<(u8, u32, &[u8]), Malformed> {
-    let mut r = Reader::new(body);
-    let kind = r.u8("frame kind")?;
-    let id = r.u32("frame id")?;
-    Ok((kind, id, r.bytes))
+    Ok((r.str16("the token")?, r.str16("the pool name")?, r.str16("the frontend name")?))
 }
 
 /// One op of a batch, as decoded by the host.
@@ -217,28 +145,26 @@ pub enum Op<'a> {
 
 /// Decodes a BATCH payload for a pool of `page_size` pages. Every op is checked before any
 /// is returned, so a malformed batch does nothing at all.
-pub fn parse_batch(payload: &[u8], page_size: usize) -> Result<Vec<Op<'_>>, Malformed> {
+pub fn parse_batch(payload: &[u8], page_size: usize) -> Result<Vec<Op<'_>>, WireError> {
     let mut r = Reader::new(payload);
-    let count = r.u16("batch count")? as usize;
+    let count = r.u16("the batch count")? as usize;
     if count > MAX_BATCH {
-        return Err(Malformed("batch larger than MAX_BATCH"));
+        return Err(WireError::TooLong { what: "a batch", len: count, max: MAX_BATCH });
     }
     let mut ops = Vec::with_capacity(count);
     for _ in 0..count {
-        let op = r.u8("op")?;
-        let offset = r.u64("offset")?;
+        let op = r.u8("an op")?;
+        let offset = r.u64("an offset")?;
         ops.push(match op {
-            OP_STORE => Op::Store(offset, r.take(page_size, "a stored page (one page of bytes)")?),
+            OP_STORE => Op::Store(offset, r.bytes(page_size, "a stored page (one page of bytes)")?),
             OP_LOAD => Op::Load(offset),
             OP_TAKE => Op::Take(offset),
             OP_INVALIDATE => Op::Invalidate(offset),
             OP_INVALIDATE_AREA => Op::InvalidateArea,
-            _ => return Err(Malformed("unknown op")),
+            _ => return Err(WireError::Unknown { what: "op", value: op }),
         });
     }
-    if r.remaining() != 0 {
-        return Err(Malformed("bytes after the last op"));
-    }
+    r.end("the last op")?;
     Ok(ops)
 }
 
@@ -279,31 +205,40 @@ mod tests {
         let mut extra = payload.clone();
         extra.push(0);
         assert!(parse_batch(&extra, 4096).is_err());
-        assert_eq!(parse_batch(&[0xff, 0xff], 4096), Err(Malformed("batch larger than MAX_BATCH")));
+        assert_eq!(
+            parse_batch(&[0xff, 0xff], 4096),
+            Err(WireError::TooLong { what: "a batch", len: 0xffff, max: MAX_BATCH })
+        );
+    }
+
+    #[test]
+    fn hello_round_trips_and_batches_fit_a_frame() {
+        let hello = hello_payload("token", "pool", "name").unwrap();
+        assert_eq!(&hello[..8], [VERSION, 5, 0, b't', b'o', b'k', b'e', b'n'], "str16s after the version");
+        assert_eq!(parse_hello(&hello), Ok(("token", "pool", "name")));
+        assert_eq!(parse_hello(&[9]), Err(WireError::Version { protocol: "frontend", got: 9, supported: VERSION }));
+        assert!(parse_hello(&hello[..hello.len() - 1]).is_err());
+        assert_eq!(max_batch(4096), MAX_BATCH, "small pages: the whole batch");
+        for page_size in [4096, 16 << 10, 64 << 10, 2 << 20] {
+            let most = max_batch(page_size);
+            assert!(2 + most * (9 + page_size) <= MAX_BODY - wire::BODY_HEADER, "{page_size}-byte pages");
+        }
+        assert_eq!(max_batch(2 << 20), 31);
     }
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders() {
         // A deterministic corpus of mutations (the fuzz-style check that runs in every test run).
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = wire::tests::xorshift();
         for _ in 0..20_000 {
             let len = (next() % 64) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if len > 2 && next() % 2 == 0 {
+            if len > 2 && next().is_multiple_of(2) {
                 bytes[0] = (next() % 4) as u8;
                 bytes[1] = 0;
             }
             let _ = parse_batch(&bytes, 16);
-            let _ = parse_body(&bytes);
-            let mut r = Reader::new(&bytes);
-            let _ = r.str("s");
-            let _ = r.u64("n");
+            let _ = parse_hello(&bytes);
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   pool's config against it.
 //! - [`frontend`] — the frontend protocol between a frontend and the host's Unix socket.
 //! - [`peer`] — the peer protocol between a `remote` store and a memory server host.
+//! - [`wire`] — the framing both protocols share: frames, their checked lengths, payload
+//!   reading and [`wire::WireError`], and a blocking `read_frame`.
 //! - [`rest`] (feature `rest`) — the REST API's bodies and their OpenAPI schemas.
 //! - [`client`] (feature `client`) — a blocking client of the REST API.
 //!
@@ -22,3 +24,4 @@ pub mod manifest;
 pub mod peer;
 #[cfg(feature = "rest")]
 pub mod rest;
+pub mod wire;

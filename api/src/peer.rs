@@ -4,14 +4,13 @@
 //!
 //! # Frames
 //!
-//! Every message is a frame: `[body length: u32 LE][body]`, body at most [`MAX_BODY`] bytes.
-//! A body is `[kind: u8][request id: u32 LE][payload]`. The server answers every request with
-//! exactly one response carrying the same request id, in the order the requests arrived, so a
-//! client may send many requests before reading (pipelining).
+//! Framing, request ids, pipelining and `str16` are the shared ones of [`wire`], with a body
+//! of at most [`MAX_BODY`] bytes. The server answers every request with exactly one response
+//! carrying the same request id, in the order the requests arrived.
 //!
 //! | kind | request | payload |
 //! |---|---|---|
-//! | [`HELLO`] | first frame of a connection | `[version u8 = 1][token len u16 LE][token][pool len u16 LE][pool name]` |
+//! | [`HELLO`] | first frame of a connection | `[version u8 = 1][token: str16][pool name: str16]` |
 //! | [`PUT`] | keep bytes under an offset | `[offset u64 LE][bytes]` (the client's encoded page) |
 //! | [`GET`] | fetch them | `[offset u64 LE]` |
 //! | [`DELETE`] | drop an offset | `[offset u64 LE]` |
@@ -29,6 +28,8 @@
 //! chain of one store (e.g. `[ram]`): the client already encoded the pages; the server keeps
 //! the bytes as they come (at most the pool's page size plus 4 KiB per record) under the
 //! pool's frontswap rules (limits, counters, the duplicate-store rule).
+
+use crate::wire::{self, Reader, WireError};
 
 /// Highest body length accepted (a 2 MiB page plus headers).
 pub const MAX_BODY: usize = (2 << 20) + 8192;
@@ -58,60 +59,30 @@ pub const REJECTED: u8 = 131;
 /// Response: the request was wrong.
 pub const ERROR: u8 = 132;
 
-/// Appends a frame of `kind` with `id` and `payload` parts to `out`.
-pub fn frame(out: &mut Vec<u8>, kind: u8, id: u32, payload: &[&[u8]]) {
-    let body_len = 5 + payload.iter().map(|p| p.len()).sum::<usize>();
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&id.to_le_bytes());
-    for part in payload {
-        out.extend_from_slice(part);
-    }
-}
-
 /// The HELLO payload.
-pub fn hello_payload(token: &str, pool: &str) -> Vec<u8> {
-    let mut p = vec![VERSION];
-    p.extend_from_slice(&(token.len() as u16).to_le_bytes());
-    p.extend_from_slice(token.as_bytes());
-    p.extend_from_slice(&(pool.len() as u16).to_le_bytes());
-    p.extend_from_slice(pool.as_bytes());
-    p
+pub fn hello_payload(token: &str, pool: &str) -> Result<Vec<u8>, WireError> {
+    let mut payload = vec![VERSION];
+    wire::put_str16(&mut payload, token)?;
+    wire::put_str16(&mut payload, pool)?;
+    Ok(payload)
 }
 
 /// Splits a HELLO payload into `(token, pool)`.
-pub fn parse_hello(payload: &[u8]) -> Result<(&str, &str), &'static str> {
-    let bad = "malformed HELLO";
-    let (&version, rest) = payload.split_first().ok_or(bad)?;
+pub fn parse_hello(payload: &[u8]) -> Result<(&str, &str), WireError> {
+    let mut r = Reader::new(payload);
+    let version = r.u8("the version")?;
     if version != VERSION {
-        return Err("unsupported peer protocol version");
+        return Err(WireError::Version { protocol: "peer", got: version, supported: VERSION });
     }
-    let (token, rest) = take_str(rest).ok_or(bad)?;
-    let (pool, rest) = take_str(rest).ok_or(bad)?;
-    if !rest.is_empty() {
-        return Err(bad);
-    }
+    let (token, pool) = (r.str16("the token")?, r.str16("the pool name")?);
+    r.end("the pool name")?;
     Ok((token, pool))
 }
 
-fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
-    let len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
-    let text = core::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
-    Some((text, &bytes[2 + len..]))
-}
-
-/// A parsed body: `(kind, request id, payload)`.
-pub fn parse_body(body: &[u8]) -> Result<(u8, u32, &[u8]), &'static str> {
-    if body.len() < 5 {
-        return Err("frame body shorter than its header");
-    }
-    Ok((body[0], u32::from_le_bytes(body[1..5].try_into().expect("4 bytes")), &body[5..]))
-}
-
 /// The offset at the start of a payload, and the rest.
-pub fn parse_offset(payload: &[u8]) -> Result<(u64, &[u8]), &'static str> {
-    let bytes = payload.get(..8).ok_or("payload shorter than an offset")?;
-    Ok((u64::from_le_bytes(bytes.try_into().expect("8 bytes")), &payload[8..]))
+pub fn parse_offset(payload: &[u8]) -> Result<(u64, &[u8]), WireError> {
+    let mut r = Reader::new(payload);
+    Ok((r.u64("an offset")?, r.rest()))
 }
 
 #[cfg(test)]
@@ -121,14 +92,31 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut out = Vec::new();
-        frame(&mut out, PUT, 7, &[&42u64.to_le_bytes(), b"page"]);
+        wire::frame(&mut out, MAX_BODY, PUT, 7, &[&42u64.to_le_bytes(), b"page"]).unwrap();
         let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
         assert_eq!(len, out.len() - 4);
-        let (kind, id, payload) = parse_body(&out[4..]).unwrap();
+        let (kind, id, payload) = wire::parse_body(&out[4..]).unwrap();
         assert_eq!((kind, id), (PUT, 7));
         assert_eq!(parse_offset(payload).unwrap(), (42, &b"page"[..]));
-        assert_eq!(parse_hello(&hello_payload("secret", "pool-b")).unwrap(), ("secret", "pool-b"));
+        assert_eq!(parse_hello(&hello_payload("secret", "pool-b").unwrap()).unwrap(), ("secret", "pool-b"));
         assert!(parse_hello(&[1, 5, 0, b'a']).is_err());
-        assert!(parse_body(&[1, 2]).is_err());
+        assert!(wire::parse_body(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn hello_is_the_same_bytes_as_ever_and_checked() {
+        // `[version][token len u16][token][pool len u16][pool]`, as the protocol always was.
+        assert_eq!(hello_payload("ab", "p").unwrap(), [VERSION, 2, 0, b'a', b'b', 1, 0, b'p']);
+        let long = "t".repeat(wire::MAX_STR16 + 1);
+        assert!(matches!(hello_payload(&long, "p"), Err(WireError::TooLong { .. })), "never a wrapped length");
+        assert_eq!(
+            parse_hello(&[2, 0, 0, 0, 0]),
+            Err(WireError::Version { protocol: "peer", got: 2, supported: VERSION })
+        );
+        assert_eq!(
+            parse_hello(&[VERSION, 0, 0, 0, 0, 9]),
+            Err(WireError::Trailing { what: "the pool name", extra: 1 })
+        );
+        assert_eq!(parse_offset(b"short").unwrap_err().to_string(), "truncated: shorter than an offset");
     }
 }

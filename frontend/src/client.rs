@@ -4,7 +4,7 @@
 //! One connection is shared by any number of threads: each request gets an id, a reader
 //! thread hands every answer to the thread waiting for it, so requests from several threads
 //! are pipelined on the socket. Operations travel in batches (one frame, one round trip, for
-//! up to [`MAX_BATCH`] pages). When the host shrinks the pool it sends a take-back request;
+//! up to [`MAX_BATCH`] pages, fewer of large pages). When the host shrinks the pool it sends a take-back request;
 //! a worker thread takes those pages ([`Op::Take`]) and hands each to the sink registered with
 //! [`FrontendClient::on_take_back`] — the frontend's own device — then tells the host how many
 //! it took. Without a sink, nothing is taken (the host's shrink then reports no progress).
@@ -19,7 +19,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -27,8 +27,9 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use tmem_api::frontend::{self as wire, Reader};
+use tmem_api::frontend::{self as proto, MAX_BODY};
 pub use tmem_api::frontend::{MAX_BATCH, Op};
+use tmem_api::wire::{self, Reader, WireError};
 
 use crate::{PageBackend, Stored};
 
@@ -84,26 +85,25 @@ impl std::fmt::Debug for FrontendClient {
     }
 }
 
+/// The host's next frame; its end of the connection is an error here.
 fn read_frame(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if !(5..=wire::MAX_BODY).contains(&len) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the host sent a frame of {len} bytes")));
-    }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body)?;
-    Ok(body)
+    wire::read_frame(stream, MAX_BODY)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the host closed the connection"))
 }
 
-fn invalid(what: &str) -> io::Error {
+fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// A frame this client cannot build (over [`MAX_BODY`], a string over 65535 bytes).
+fn unsendable(e: WireError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
 impl Shared {
     fn send(&self, kind: u8, id: u32, payload: &[&[u8]]) -> io::Result<()> {
         let mut frame = Vec::new();
-        wire::frame(&mut frame, kind, id, payload);
+        wire::frame(&mut frame, MAX_BODY, kind, id, payload).map_err(unsendable)?;
         self.writer.lock().expect("writer lock").write_all(&frame)
     }
 
@@ -113,11 +113,11 @@ impl Shared {
         if self.closed.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection to the host is closed"));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !wire::HOST_ID_BIT;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !proto::HOST_ID_BIT;
         let mut frame = Vec::new();
-        wire::begin_frame(&mut frame, kind, id);
+        let start = wire::begin(&mut frame, kind, id);
         build(&mut frame);
-        wire::finish_frame(&mut frame);
+        wire::finish(&mut frame, start, MAX_BODY).map_err(unsendable)?;
         let (tx, rx) = sync_channel(1);
         self.pending.lock().expect("pending lock").insert(id, tx);
         if let Err(e) = self.writer.lock().expect("writer lock").write_all(&frame) {
@@ -130,7 +130,7 @@ impl Shared {
 
     fn batch(&self, ops: &[Op<'_>]) -> io::Result<Vec<OpResult>> {
         let mut results = Vec::with_capacity(ops.len());
-        for chunk in ops.chunks(MAX_BATCH) {
+        for chunk in ops.chunks(proto::max_batch(self.page_size)) {
             if let Some(Op::Store(_, page)) =
                 chunk.iter().find(|op| matches!(op, Op::Store(_, page) if page.len() != self.page_size))
             {
@@ -139,46 +139,46 @@ impl Shared {
                     format!("a page is {} bytes, the pool's are {}", page.len(), self.page_size),
                 ));
             }
-            let (kind, answer) = self.call(wire::BATCH, |frame| {
+            let (kind, answer) = self.call(proto::BATCH, |frame| {
                 frame.reserve(2 + chunk.len() * (9 + self.page_size));
                 frame.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
                 for op in chunk {
-                    wire::put_op(frame, op);
+                    proto::put_op(frame, op);
                 }
             })?;
-            if kind == wire::ERROR {
-                let message = Reader::new(&answer).str("message").unwrap_or("(unreadable)").to_string();
+            if kind == proto::ERROR {
+                let message = Reader::new(&answer).str16("the message").unwrap_or("(unreadable)").to_string();
                 return Err(io::Error::other(format!("the host refused the batch: {message}")));
             }
-            if kind != wire::RESULTS {
+            if kind != proto::RESULTS {
                 return Err(invalid("unexpected answer to a batch"));
             }
-            results.extend(parse_results(&answer, chunk.len(), self.page_size).map_err(|e| invalid(e.0))?);
+            results.extend(parse_results(&answer, chunk.len(), self.page_size).map_err(invalid)?);
         }
         Ok(results)
     }
 }
 
-fn parse_results(payload: &[u8], expected: usize, page_size: usize) -> Result<Vec<OpResult>, wire::Malformed> {
+fn parse_results(payload: &[u8], expected: usize, page_size: usize) -> Result<Vec<OpResult>, WireError> {
     let mut r = Reader::new(payload);
-    let count = r.u16("result count")? as usize;
+    let count = r.u16("the result count")? as usize;
     if count != expected {
-        return Err(wire::Malformed("one result per op"));
+        return Err(WireError::Invalid("not one result per op"));
     }
     let mut results = Vec::with_capacity(count);
     for _ in 0..count {
-        results.push(match r.u8("result")? {
-            wire::R_STORED => OpResult::Stored,
-            wire::R_STORED_WRITETHROUGH => OpResult::StoredWritethrough,
-            wire::R_REJECTED => OpResult::Rejected(r.str("reason")?.to_string()),
-            wire::R_LOADED => {
-                let exclusive = r.u8("flags")? & 1 == 1;
-                OpResult::Loaded { exclusive, page: r.take(page_size, "a loaded page")?.to_vec() }
+        results.push(match r.u8("a result")? {
+            proto::R_STORED => OpResult::Stored,
+            proto::R_STORED_WRITETHROUGH => OpResult::StoredWritethrough,
+            proto::R_REJECTED => OpResult::Rejected(r.str16("the reason")?.to_string()),
+            proto::R_LOADED => {
+                let exclusive = r.u8("the flags")? & 1 == 1;
+                OpResult::Loaded { exclusive, page: r.bytes(page_size, "a loaded page")?.to_vec() }
             }
-            wire::R_ABSENT => OpResult::Absent,
-            wire::R_INVALIDATED => OpResult::Invalidated(r.u8("was present")? == 1),
-            wire::R_FAILED => OpResult::Failed(r.str("message")?.to_string()),
-            _ => return Err(wire::Malformed("unknown result")),
+            proto::R_ABSENT => OpResult::Absent,
+            proto::R_INVALIDATED => OpResult::Invalidated(r.u8("was present")? == 1),
+            proto::R_FAILED => OpResult::Failed(r.str16("the message")?.to_string()),
+            value => return Err(WireError::Unknown { what: "result", value }),
         });
     }
     Ok(results)
@@ -191,28 +191,25 @@ impl FrontendClient {
         let mut stream = UnixStream::connect(socket).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot connect to the tmem socket {}: {e}", socket.display()))
         })?;
-        let mut hello = vec![wire::VERSION];
-        wire::put_str(&mut hello, token);
-        wire::put_str(&mut hello, pool);
-        wire::put_str(&mut hello, name);
+        let hello = proto::hello_payload(token, pool, name).map_err(unsendable)?;
         let mut frame = Vec::new();
-        wire::frame(&mut frame, wire::HELLO, 0, &[&hello]);
+        wire::frame(&mut frame, MAX_BODY, proto::HELLO, 0, &[&hello]).map_err(unsendable)?;
         stream.write_all(&frame)?;
         let body = read_frame(&mut stream)?;
-        let (kind, _, payload) = wire::parse_body(&body).map_err(|e| invalid(e.0))?;
+        let (kind, _, payload) = wire::parse_body(&body).map_err(invalid)?;
         let mut r = Reader::new(payload);
-        if kind == wire::ERROR {
-            let message = r.str("message").unwrap_or("(unreadable)");
+        if kind == proto::ERROR {
+            let message = r.str16("the message").unwrap_or("(unreadable)");
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!("the host refused to attach: {message}"),
             ));
         }
-        if kind != wire::ATTACHED {
+        if kind != proto::ATTACHED {
             return Err(invalid("unexpected answer to HELLO"));
         }
-        let page_size = r.u32("page size").map_err(|e| invalid(e.0))? as usize;
-        let flags = r.u8("flags").map_err(|e| invalid(e.0))?;
+        let page_size = r.u32("the page size").map_err(invalid)? as usize;
+        let flags = r.u8("the flags").map_err(invalid)?;
         let shared = Arc::new(Shared {
             writer: Mutex::new(stream.try_clone()?),
             pending: Mutex::new(HashMap::new()),
@@ -242,15 +239,16 @@ impl FrontendClient {
 
     /// The pool was writethrough when this frontend attached (each store also says so).
     pub fn writethrough(&self) -> bool {
-        self.flags & wire::FLAG_WRITETHROUGH != 0
+        self.flags & proto::FLAG_WRITETHROUGH != 0
     }
 
     /// The pool had exclusive gets when this frontend attached.
     pub fn exclusive_gets(&self) -> bool {
-        self.flags & wire::FLAG_EXCLUSIVE_GETS != 0
+        self.flags & proto::FLAG_EXCLUSIVE_GETS != 0
     }
 
-    /// Runs `ops` in as few round trips as possible (batches of up to [`MAX_BATCH`]); one
+    /// Runs `ops` in as few round trips as possible (batches of up to [`MAX_BATCH`] ops, fewer
+    /// of large pages: `tmem_api::frontend::max_batch`); one
     /// result per op, in order. Safe to call from several threads at once (pipelined).
     pub fn batch(&self, ops: &[Op<'_>]) -> io::Result<Vec<OpResult>> {
         self.shared.batch(ops)
@@ -279,7 +277,7 @@ impl PageBackend for FrontendClient {
                 OpResult::Stored => Ok(Stored::Kept),
                 OpResult::StoredWritethrough => Ok(Stored::KeptWritethrough),
                 OpResult::Rejected(reason) => Ok(Stored::Rejected(reason)),
-                other => Err(invalid(&format!("unexpected answer to a store: {other:?}"))),
+                other => Err(invalid(format!("unexpected answer to a store: {other:?}"))),
             })
             .collect()
     }
@@ -292,7 +290,7 @@ impl PageBackend for FrontendClient {
             }
             OpResult::Absent => Ok(false),
             OpResult::Failed(message) => Err(io::Error::other(message)),
-            other => Err(invalid(&format!("unexpected answer to a load: {other:?}"))),
+            other => Err(invalid(format!("unexpected answer to a load: {other:?}"))),
         }
     }
 
@@ -312,14 +310,15 @@ fn run_reader(mut stream: UnixStream, shared: &Shared, take_back: Sender<(u32, V
             Err(e) => break e,
         };
         let Ok((kind, id, payload)) = wire::parse_body(&body) else { break invalid("a malformed frame from the host") };
-        if kind == wire::TAKE_BACK {
+        if kind == proto::TAKE_BACK {
             let mut r = Reader::new(payload);
-            let offsets: Result<Vec<u64>, _> = r.u32("count").and_then(|n| (0..n).map(|_| r.u64("offset")).collect());
+            let offsets: Result<Vec<u64>, _> =
+                r.u32("the count").and_then(|n| (0..n).map(|_| r.u64("an offset")).collect());
             match offsets {
                 Ok(offsets) => {
                     let _ = take_back.send((id, offsets));
                 }
-                Err(e) => break invalid(e.0),
+                Err(e) => break invalid(e),
             }
             continue;
         }
@@ -329,8 +328,8 @@ fn run_reader(mut stream: UnixStream, shared: &Shared, take_back: Sender<(u32, V
                 let _ = tx.send(Ok((kind, payload.to_vec())));
             }
             // An ERROR for no request (a frame the host could not read): the host closes.
-            None if kind == wire::ERROR => {
-                break io::Error::other(Reader::new(payload).str("message").unwrap_or("error").to_string());
+            None if kind == proto::ERROR => {
+                break io::Error::other(Reader::new(payload).str16("the message").unwrap_or("error").to_string());
             }
             None => {}
         }
@@ -360,7 +359,7 @@ fn run_taker(shared: &Shared, requests: Receiver<(u32, Vec<u64>)>) {
             }
         }
         drop(sink);
-        if shared.send(wire::TAKEN, id, &[&taken.to_le_bytes()]).is_err() {
+        if shared.send(proto::TAKEN, id, &[&taken.to_le_bytes()]).is_err() {
             return;
         }
     }

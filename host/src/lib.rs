@@ -23,6 +23,7 @@
 //! - [`bundled`] — the plugins built from `plugins/` and embedded in the binary.
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`telemetry`] — logging set-up.
+//! - [`wire_io`] — frames of the frontend and peer protocols read from async streams.
 
 pub mod bundled;
 pub mod catalog;
@@ -40,6 +41,7 @@ pub mod rest;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod wire_io;
 pub mod workload;
 
 pub use host::{BackendSpec, Host, HostConfig, HostError};

@@ -12,14 +12,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tmem_api::peer;
+use tmem_api::{peer, wire};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::frontend::socket::read_frame;
 use crate::host::Host;
 use crate::pool::{Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
+use crate::wire_io::read_frame;
 
 /// Serves peers on `listener` until `shutdown` completes.
 pub async fn serve_peers(host: Arc<Host>, token: ApiToken, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -49,8 +49,8 @@ async fn send(
     id: u32,
     payload: &[u8],
 ) -> Result<(), String> {
-    let mut frame = Vec::with_capacity(9 + payload.len());
-    peer::frame(&mut frame, kind, id, &[payload]);
+    let mut frame = Vec::with_capacity(wire::HEADER_LEN + payload.len());
+    wire::frame(&mut frame, peer::MAX_BODY, kind, id, &[payload]).map_err(|e| e.to_string())?;
     writer.write_all(&frame).await.map_err(|e| e.to_string())?;
     writer.flush().await.map_err(|e| e.to_string())
 }
@@ -60,10 +60,12 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) 
     let (read, write) = stream.into_split();
     let (mut reader, mut writer) =
         (BufReader::with_capacity(64 << 10, read), BufWriter::with_capacity(64 << 10, write));
-    let Some(body) = read_frame(&mut reader, peer::MAX_BODY).await? else { return Ok(()) };
-    let (kind, id, payload) = peer::parse_body(&body)?;
+    let Some(body) = read_frame(&mut reader, peer::MAX_BODY).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
     let hello = if kind == peer::HELLO {
-        peer::parse_hello(payload).map_err(str::to_string)
+        peer::parse_hello(payload).map_err(|e| format!("bad HELLO: {e}"))
     } else {
         Err("the first frame must be HELLO".into())
     };
@@ -93,19 +95,19 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) 
             Ok(Some(body)) => body,
             Ok(None) => return Ok(()),
             Err(e) => {
+                let e = e.to_string();
                 let _ = send(&mut writer, peer::ERROR, 0, e.as_bytes()).await;
                 return Err(e);
             }
         };
         // A destroyed pool is not served any longer, even to a connection that had it.
         let current = host.pool(pool.name()).ok().filter(|p| Arc::ptr_eq(p, &pool));
-        let (kind, id, response) = match (peer::parse_body(&body), current) {
-            (Err(e), _) => (peer::ERROR, 0, e.as_bytes().to_vec()),
+        let (kind, id, response) = match (wire::parse_body(&body), current) {
+            (Err(e), _) => (peer::ERROR, 0, e.to_string().into_bytes()),
             (Ok((_, id, _)), None) => (peer::ERROR, id, b"the pool no longer exists".to_vec()),
-            (Ok((kind, id, _)), Some(pool)) => {
+            (Ok((kind, id, payload)), Some(pool)) => {
                 // Pool operations are short and bounded by the plugins' deadlines: run them on
                 // this worker (tokio moves its other tasks away) instead of a thread hop.
-                let (_, _, payload) = peer::parse_body(&body).expect("parsed above");
                 let (kind, response) = tokio::task::block_in_place(|| handle(&pool, kind, payload));
                 (kind, id, response)
             }
@@ -124,7 +126,7 @@ fn handle(pool: &Pool, kind: u8, payload: &[u8]) -> (u8, Vec<u8>) {
                 Ok(_) => (peer::OK, Vec::new()),
                 Err(e) => error(e.to_string()),
             },
-            Err(e) => error(e.into()),
+            Err(e) => error(e.to_string()),
         },
         peer::GET => match peer::parse_offset(payload) {
             Ok((offset, _)) => match pool.load_record(offset) {
@@ -132,14 +134,14 @@ fn handle(pool: &Pool, kind: u8, payload: &[u8]) -> (u8, Vec<u8>) {
                 Ok(None) => (peer::NOT_FOUND, Vec::new()),
                 Err(e) => error(e.to_string()),
             },
-            Err(e) => error(e.into()),
+            Err(e) => error(e.to_string()),
         },
         peer::DELETE => match peer::parse_offset(payload) {
             Ok((offset, _)) => {
                 pool.invalidate_page(offset);
                 (peer::OK, Vec::new())
             }
-            Err(e) => error(e.into()),
+            Err(e) => error(e.to_string()),
         },
         peer::CLEAR => {
             pool.invalidate_area();

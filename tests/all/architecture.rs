@@ -39,7 +39,8 @@ fn names_crate(code: &str, krate: &str) -> bool {
             let before = line[..at].chars().next_back();
             let after = &line[at + krate.len()..];
             let starts_path = before.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '"' || c == '-'));
-            starts_path && (after.starts_with("::") || (line.trim_start().starts_with("use ") && after.starts_with([';', ' '])))
+            starts_path
+                && (after.starts_with("::") || (line.trim_start().starts_with("use ") && after.starts_with([';', ' '])))
         })
     })
 }
@@ -66,7 +67,8 @@ fn heavy_dependencies_stay_where_the_architecture_puts_them() {
     assert!(files.len() > 40, "the scan found only {} files", files.len());
     for (krate, allowed, why) in CONTAINED {
         for (path, text) in &files {
-            if names_crate(text, krate) && !allowed.iter().any(|a| path == a || (a.ends_with('/') && path.starts_with(a)))
+            if names_crate(text, krate)
+                && !allowed.iter().any(|a| path == a || (a.ends_with('/') && path.starts_with(a)))
             {
                 broken.push(format!("{path} names `{krate}`: {why} ({allowed:?})"));
             }
@@ -100,7 +102,11 @@ fn crates_depend_only_downwards() {
             &["tmem-host", "tmem-frontend", "tmem-sdk", "tokio", "wasmtime", "axum", "sled"],
             "api is what crosses process boundaries, as data: it depends on nothing of ours and no runtime",
         ),
-        ("sdk", &["tmem-host", "tmem-frontend", "libc"], "the plugin SDK is only the plugin SDK (it builds for wasm32)"),
+        (
+            "sdk",
+            &["tmem-host", "tmem-frontend", "libc"],
+            "the plugin SDK is only the plugin SDK (it builds for wasm32)",
+        ),
         ("frontend", &["tmem-host", "tmem-sdk", "wasmtime", "axum", "sled"], "a frontend links no host"),
         ("host", &["tmem-sdk", "clap"], "the host runs plugins, it is not one; its command line is the binary's"),
     ];

@@ -8,8 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use tmem_api::client::ClientError;
-use tmem_api::frontend as wire;
+use tmem_api::frontend::{self as proto, MAX_BODY};
 use tmem_api::rest::{BackendRequest, FrontendKind, PoolConfig, PoolPatch};
+use tmem_api::wire;
 use tmem_frontend::client::{FrontendClient, Op, OpResult};
 
 use crate::common::{ServeProcess, tagged_page, temp_dir};
@@ -112,16 +113,13 @@ fn attaching_needs_the_token_and_a_pool() {
 
 fn raw_hello(server: &ServeProcess, pool: &str) -> UnixStream {
     let mut stream = UnixStream::connect(socket(server)).unwrap();
-    let mut hello = vec![wire::VERSION];
-    wire::put_str(&mut hello, &server.token);
-    wire::put_str(&mut hello, pool);
-    wire::put_str(&mut hello, "raw");
+    let hello = proto::hello_payload(&server.token, pool, "raw").unwrap();
     let mut frame = Vec::new();
-    wire::frame(&mut frame, wire::HELLO, 0, &[&hello]);
+    wire::frame(&mut frame, MAX_BODY, proto::HELLO, 0, &[&hello]).unwrap();
     stream.write_all(&frame).unwrap();
     let mut answer = [0u8; 4 + 5 + 5];
     stream.read_exact(&mut answer).unwrap();
-    assert_eq!(answer[4], wire::ATTACHED);
+    assert_eq!(answer[4], proto::ATTACHED);
     stream
 }
 
@@ -150,15 +148,15 @@ fn malformed_frames_get_an_error_and_lose_nothing() {
         // A batch whose page is too short.
         {
             let mut p = 1u16.to_le_bytes().to_vec();
-            wire::put_op(&mut p, &Op::Store(2, &page));
+            proto::put_op(&mut p, &Op::Store(2, &page));
             let mut f = Vec::new();
-            wire::frame(&mut f, wire::BATCH, 1, &[&p]);
+            wire::frame(&mut f, MAX_BODY, proto::BATCH, 1, &[&p]).unwrap();
             f
         },
         // An unknown op.
         {
             let mut f = Vec::new();
-            wire::frame(&mut f, wire::BATCH, 1, &[&[1, 0, 99, 0, 0, 0, 0, 0, 0, 0, 0]]);
+            wire::frame(&mut f, MAX_BODY, proto::BATCH, 1, &[&[1, 0, 99, 0, 0, 0, 0, 0, 0, 0, 0]]).unwrap();
             f
         },
         // An oversized frame header.
@@ -166,21 +164,21 @@ fn malformed_frames_get_an_error_and_lose_nothing() {
         // An unknown frame kind.
         {
             let mut f = Vec::new();
-            wire::frame(&mut f, 77, 1, &[]);
+            wire::frame(&mut f, MAX_BODY, 77, 1, &[]).unwrap();
             f
         },
     ];
     for (i, bytes) in cases.into_iter().enumerate() {
         let mut raw = raw_hello(&server, "p");
         raw.write_all(&bytes).unwrap();
-        assert_eq!(kinds_until_closed(&mut raw), [wire::ERROR], "case {i}: an ERROR, then closed");
+        assert_eq!(kinds_until_closed(&mut raw), [proto::ERROR], "case {i}: an ERROR, then closed");
     }
     // A truncated frame: the writer disappears mid-frame.
     let mut raw = raw_hello(&server, "p");
     let mut frame = Vec::new();
     let mut payload = 1u16.to_le_bytes().to_vec();
-    wire::put_op(&mut payload, &Op::Store(3, &tagged_page(3)));
-    wire::frame(&mut frame, wire::BATCH, 1, &[&payload]);
+    proto::put_op(&mut payload, &Op::Store(3, &tagged_page(3)));
+    wire::frame(&mut frame, MAX_BODY, proto::BATCH, 1, &[&payload]).unwrap();
     raw.write_all(&frame[..frame.len() / 2]).unwrap();
     drop(raw);
     // The host still serves, and nothing stored was touched.
@@ -249,10 +247,10 @@ fn two_frontends_on_two_pools_and_an_abrupt_disconnect() {
     let mut raw = raw_hello(&server, "a");
     let mut payload = 2u16.to_le_bytes().to_vec();
     let page = tagged_page(7);
-    wire::put_op(&mut payload, &Op::Store(500, &page));
-    wire::put_op(&mut payload, &Op::Store(501, &page));
+    proto::put_op(&mut payload, &Op::Store(500, &page));
+    proto::put_op(&mut payload, &Op::Store(501, &page));
     let mut frame = Vec::new();
-    wire::frame(&mut frame, wire::BATCH, 1, &[&payload]);
+    wire::frame(&mut frame, MAX_BODY, proto::BATCH, 1, &[&payload]).unwrap();
     raw.write_all(&frame[..frame.len() - 10]).unwrap();
     drop(raw);
     std::thread::sleep(std::time::Duration::from_millis(200));

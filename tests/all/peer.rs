@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use tmem_api::peer;
 use tmem_api::rest::{BackendRequest, PoolConfig};
+use tmem_api::{peer, wire};
 
 use crate::common::{ServeProcess, temp_dir};
 
@@ -44,7 +44,7 @@ impl Peer {
         let id = self.next_id;
         self.next_id += 1;
         let mut frame = Vec::new();
-        peer::frame(&mut frame, kind, id, payload);
+        wire::frame(&mut frame, peer::MAX_BODY, kind, id, payload).unwrap();
         self.stream.write_all(&frame).unwrap();
         id
     }
@@ -55,7 +55,7 @@ impl Peer {
         self.stream.read_exact(&mut len).ok()?;
         let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
         self.stream.read_exact(&mut body).ok()?;
-        let (kind, id, payload) = peer::parse_body(&body).unwrap();
+        let (kind, id, payload) = wire::parse_body(&body).unwrap();
         Some((kind, id, payload.to_vec()))
     }
 
@@ -68,7 +68,7 @@ impl Peer {
 
     fn hello(port: u16, token: &str, pool: &str) -> (Peer, u8, Vec<u8>) {
         let mut peer = Peer::connect(port);
-        let (kind, payload) = peer.call(peer::HELLO, &[&peer::hello_payload(token, pool)]);
+        let (kind, payload) = peer.call(peer::HELLO, &[&peer::hello_payload(token, pool).unwrap()]);
         (peer, kind, payload)
     }
 }
@@ -126,7 +126,7 @@ fn the_memory_server_keeps_records_and_refuses_bad_input_clearly() {
     // A truncated frame (the writer dies mid-frame): nothing happens to the pool.
     let (mut t, _, _) = Peer::hello(port, &token, "mem");
     let mut frame = Vec::new();
-    peer::frame(&mut frame, peer::PUT, 1, &[&3u64.to_le_bytes(), &[9u8; 500]]);
+    wire::frame(&mut frame, peer::MAX_BODY, peer::PUT, 1, &[&3u64.to_le_bytes(), &[9u8; 500]]).unwrap();
     t.stream.write_all(&frame[..frame.len() / 2]).unwrap();
     drop(t);
     std::thread::sleep(Duration::from_millis(200));

@@ -16,8 +16,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tmem_api::frontend::{self as wire, Op, Reader};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tmem_api::frontend::{self as proto, MAX_BODY, Op};
+use tmem_api::wire::{self, Reader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -25,6 +26,7 @@ use super::{Frontend, FrontendKind};
 use crate::host::Host;
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
+use crate::wire_io::read_frame;
 
 /// How long the host waits for a frontend to take pages back before giving up on it.
 pub const TAKE_BACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,16 +94,20 @@ impl Frontend for SocketFrontend {
     }
 
     fn take_back(&self, _pool: &Pool, offsets: &[u64]) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) | wire::HOST_ID_BIT;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) | proto::HOST_ID_BIT;
+        let mut frame = Vec::with_capacity(wire::HEADER_LEN + 4 + offsets.len() * 8);
+        let start = wire::begin(&mut frame, proto::TAKE_BACK, id);
+        // A count beyond u32 could never fit the frame: `finish` refuses it below.
+        frame.extend_from_slice(&u32::try_from(offsets.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for offset in offsets {
+            frame.extend_from_slice(&offset.to_le_bytes());
+        }
+        if let Err(e) = wire::finish(&mut frame, start, MAX_BODY) {
+            tracing::warn!(frontend = %self.name, "cannot ask for {} pages back in one frame: {e}", offsets.len());
+            return 0;
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         self.waiting.lock().insert(id, tx);
-        let mut payload = Vec::with_capacity(4 + offsets.len() * 8);
-        payload.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
-        for offset in offsets {
-            payload.extend_from_slice(&offset.to_le_bytes());
-        }
-        let mut frame = Vec::new();
-        wire::frame(&mut frame, wire::TAKE_BACK, id, &[&payload]);
         if self.frames.send(frame).is_err() {
             self.waiting.lock().remove(&id);
             return 0;
@@ -162,34 +168,17 @@ pub async fn serve_frontends(
     }
 }
 
-/// Reads one length-prefixed frame body (`[len u32 LE][body]`, 5 to `max_body` bytes) — the
-/// framing the frontend and peer protocols share; `None` at a clean end of stream (between
-/// frames).
-pub(crate) async fn read_frame(
-    reader: &mut (impl AsyncRead + Unpin),
-    max_body: usize,
-) -> Result<Option<Vec<u8>>, String> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if !(5..=max_body).contains(&len) {
-        return Err(format!("frame of {len} bytes (a body is 5 to {max_body} bytes)"));
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| format!("truncated frame: {e}"))?;
-    Ok(Some(body))
+fn error_frame(id: u32, message: &str) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let start = wire::begin(&mut frame, proto::ERROR, id);
+    wire::put_str16_lossy(&mut frame, message);
+    wire::finish(&mut frame, start, MAX_BODY).expect("a str16 fits a frame");
+    frame
 }
 
-fn error_frame(id: u32, message: &str) -> Vec<u8> {
-    let mut payload = Vec::new();
-    wire::put_str(&mut payload, message);
-    let mut frame = Vec::new();
-    wire::frame(&mut frame, wire::ERROR, id, &[&payload]);
-    frame
+/// The next frame's body, or `None` at the end of the stream (between frames).
+async fn next_frame(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<Vec<u8>>, String> {
+    read_frame(reader, MAX_BODY).await.map_err(|e| e.to_string())
 }
 
 async fn serve_connection(
@@ -208,7 +197,7 @@ async fn serve_connection(
             }
         }
     });
-    let Some(body) = read_frame(&mut reader, wire::MAX_BODY).await? else { return Ok(()) };
+    let Some(body) = next_frame(&mut reader).await? else { return Ok(()) };
     let attached = attach(&host, token, address, &body, frames.clone());
     let (pool, frontend) = match attached {
         Ok(attached) => attached,
@@ -243,28 +232,21 @@ fn attach(
     body: &[u8],
     frames: UnboundedSender<Vec<u8>>,
 ) -> Result<(Arc<Pool>, Arc<SocketFrontend>), String> {
-    let (kind, id, payload) = wire::parse_body(body).map_err(|e| e.0.to_string())?;
-    if kind != wire::HELLO {
+    let (kind, id, payload) = wire::parse_body(body).map_err(|e| e.to_string())?;
+    if kind != proto::HELLO {
         return Err("the first frame must be HELLO".into());
     }
-    let mut r = Reader::new(payload);
-    let hello = (|| Ok::<_, wire::Malformed>((r.u8("version")?, r.str("token")?, r.str("pool")?, r.str("name")?)))();
-    let (version, presented, pool_name, name) = hello.map_err(|e| format!("malformed HELLO: {}", e.0))?;
-    if version != wire::VERSION {
-        return Err(format!(
-            "frontend protocol version {version} is not supported (this host speaks {})",
-            wire::VERSION
-        ));
-    }
+    let (presented, pool_name, name) = proto::parse_hello(payload).map_err(|e| format!("bad HELLO: {e}"))?;
     if !token.matches(presented) {
         return Err("wrong token: frontends authenticate with the host's API token".into());
     }
     let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
     let modes = pool.modes();
-    let flags = if modes.writethrough { wire::FLAG_WRITETHROUGH } else { 0 }
-        | if modes.exclusive_gets { wire::FLAG_EXCLUSIVE_GETS } else { 0 };
+    let flags = if modes.writethrough { proto::FLAG_WRITETHROUGH } else { 0 }
+        | if modes.exclusive_gets { proto::FLAG_EXCLUSIVE_GETS } else { 0 };
     let mut frame = Vec::new();
-    wire::frame(&mut frame, wire::ATTACHED, id, &[&pool.page_size().to_le_bytes(), &[flags]]);
+    wire::frame(&mut frame, MAX_BODY, proto::ATTACHED, id, &[&pool.page_size().to_le_bytes(), &[flags]])
+        .expect("ATTACHED fits a frame");
     frames.send(frame).map_err(|_| "the connection closed".to_string())?;
     let name = if name.is_empty() { "frontend".to_string() } else { name.to_string() };
     static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
@@ -287,18 +269,19 @@ async fn serve_batches(
     frontend: &Arc<SocketFrontend>,
 ) -> Result<(), String> {
     let page_size = pool.page_size() as usize;
-    while let Some(body) = read_frame(reader, wire::MAX_BODY).await? {
-        let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.0.to_string())?;
+    while let Some(body) = next_frame(reader).await? {
+        let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
         match kind {
-            wire::BATCH => {
-                let ops = wire::parse_batch(payload, page_size).map_err(|e| format!("malformed batch: {}", e.0))?;
+            proto::BATCH => {
+                let ops = proto::parse_batch(payload, page_size).map_err(|e| format!("malformed batch: {e}"))?;
                 // Pool operations are short and bounded by the plugins' deadlines: run them on
                 // this worker (tokio moves its other tasks away) rather than hop threads.
-                let frame = tokio::task::block_in_place(|| run_batch(pool, &frontend.counters, id, &ops, page_size));
+                let frame = tokio::task::block_in_place(|| run_batch(pool, &frontend.counters, id, &ops, page_size))
+                    .map_err(|e| format!("the answer to batch {id} does not fit a frame: {e}"))?;
                 frontend.frames.send(frame).map_err(|_| "the connection closed".to_string())?;
             }
-            wire::TAKEN => {
-                let taken = Reader::new(payload).u64("taken count").map_err(|e| e.0.to_string())?;
+            proto::TAKEN => {
+                let taken = Reader::new(payload).u64("the taken count").map_err(|e| e.to_string())?;
                 if let Some(waiting) = frontend.waiting.lock().remove(&id) {
                     let _ = waiting.send(taken);
                 }
@@ -309,11 +292,18 @@ async fn serve_batches(
     Ok(())
 }
 
-/// Runs a decoded batch and encodes its RESULTS frame (loaded pages written in place).
-fn run_batch(pool: &Pool, counters: &FrontendCounters, id: u32, ops: &[Op<'_>], page_size: usize) -> Vec<u8> {
+/// Runs a decoded batch and encodes its RESULTS frame (loaded pages written in place); an
+/// answer too long for a frame is an error.
+fn run_batch(
+    pool: &Pool,
+    counters: &FrontendCounters,
+    id: u32,
+    ops: &[Op<'_>],
+    page_size: usize,
+) -> Result<Vec<u8>, wire::WireError> {
     let loads = ops.iter().filter(|op| matches!(op, Op::Load(_) | Op::Take(_))).count();
     let mut out = Vec::with_capacity(11 + ops.len() * 2 + loads * (page_size + 1));
-    wire::begin_frame(&mut out, wire::RESULTS, id);
+    let start = wire::begin(&mut out, proto::RESULTS, id);
     out.extend_from_slice(&(ops.len() as u16).to_le_bytes());
     counters.batches.fetch_add(1, Ordering::Relaxed);
     let mut page = vec![0u8; page_size];
@@ -322,12 +312,12 @@ fn run_batch(pool: &Pool, counters: &FrontendCounters, id: u32, ops: &[Op<'_>], 
             Op::Store(offset, bytes) => {
                 counters.stores.fetch_add(1, Ordering::Relaxed);
                 match pool.store(offset, bytes) {
-                    Ok(StoreOutcome::Stored) => out.push(wire::R_STORED),
-                    Ok(StoreOutcome::StoredWritethrough) => out.push(wire::R_STORED_WRITETHROUGH),
+                    Ok(StoreOutcome::Stored) => out.push(proto::R_STORED),
+                    Ok(StoreOutcome::StoredWritethrough) => out.push(proto::R_STORED_WRITETHROUGH),
                     Ok(StoreOutcome::Rejected(reason)) => {
                         counters.rejected.fetch_add(1, Ordering::Relaxed);
-                        out.push(wire::R_REJECTED);
-                        wire::put_str(&mut out, reason.name());
+                        out.push(proto::R_REJECTED);
+                        wire::put_str16_lossy(&mut out, reason.name());
                     }
                     Err(e) => failed(&mut out, &e.to_string()),
                 }
@@ -338,35 +328,35 @@ fn run_batch(pool: &Pool, counters: &FrontendCounters, id: u32, ops: &[Op<'_>], 
                     if matches!(op, Op::Take(_)) { pool.take(offset, &mut page) } else { pool.load(offset, &mut page) };
                 match result {
                     Ok(LoadOutcome::Loaded { exclusive }) => {
-                        out.push(wire::R_LOADED);
+                        out.push(proto::R_LOADED);
                         out.push(exclusive as u8);
                         out.extend_from_slice(&page);
                     }
                     Ok(LoadOutcome::Absent) => {
                         counters.absent.fetch_add(1, Ordering::Relaxed);
-                        out.push(wire::R_ABSENT);
+                        out.push(proto::R_ABSENT);
                     }
                     Err(e) => failed(&mut out, &e.to_string()),
                 }
             }
             Op::Invalidate(offset) => {
                 counters.invalidates.fetch_add(1, Ordering::Relaxed);
-                out.push(wire::R_INVALIDATED);
+                out.push(proto::R_INVALIDATED);
                 out.push(pool.invalidate_page(offset) as u8);
             }
             Op::InvalidateArea => {
                 let present = pool.curr_pages() > 0;
                 pool.invalidate_area();
-                out.push(wire::R_INVALIDATED);
+                out.push(proto::R_INVALIDATED);
                 out.push(present as u8);
             }
         }
     }
-    wire::finish_frame(&mut out);
-    out
+    wire::finish(&mut out, start, MAX_BODY)?;
+    Ok(out)
 }
 
 fn failed(out: &mut Vec<u8>, message: &str) {
-    out.push(wire::R_FAILED);
-    wire::put_str(out, message);
+    out.push(proto::R_FAILED);
+    wire::put_str16_lossy(out, message);
 }

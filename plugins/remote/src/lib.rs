@@ -72,13 +72,19 @@
 pub enum Fail {
     /// The network operation failed.
     Net(tmem_sdk::net::NetError),
-    /// The server said something this client does not accept.
+    /// The server said something this client does not accept (or a frame could not be built).
     Protocol(String),
 }
 
 impl From<tmem_sdk::net::NetError> for Fail {
     fn from(e: tmem_sdk::net::NetError) -> Fail {
         Fail::Net(e)
+    }
+}
+
+impl From<tmem_api::wire::WireError> for Fail {
+    fn from(e: tmem_api::wire::WireError) -> Fail {
+        Fail::Protocol(e.to_string())
     }
 }
 

@@ -1,6 +1,6 @@
 //! tmem memory servers ([`tmem_api::peer`]): one lazily opened connection per replica.
 
-use tmem_api::peer;
+use tmem_api::{peer, wire};
 use tmem_sdk::net::{Connection, NetError};
 use tmem_sdk::{GetError, Reject, log};
 
@@ -62,14 +62,15 @@ impl Peers {
         let r = &mut self.replicas[i];
         self.tx.clear();
         if r.conn.is_none() {
+            let hello = peer::hello_payload(&self.token, &r.url.pool)?;
             let conn = Connection::connect(&r.url.addr)?;
-            peer::frame(&mut self.tx, peer::HELLO, 0, &[&peer::hello_payload(&self.token, &r.url.pool)]);
+            wire::frame(&mut self.tx, peer::MAX_BODY, peer::HELLO, 0, &[&hello])?;
             r.conn = Some(Open { conn, next_id: 1, hello_pending: true });
         }
         let open = r.conn.as_mut().expect("opened above");
         let id = open.next_id;
         open.next_id = open.next_id.wrapping_add(1).max(1);
-        peer::frame(&mut self.tx, kind, id, payload);
+        wire::frame(&mut self.tx, peer::MAX_BODY, kind, id, payload)?;
         open.conn.send_all(&self.tx)?;
         Ok(id)
     }
@@ -251,16 +252,12 @@ impl Peers {
     }
 }
 
-/// Reads a frame header: `(kind, id, payload length)`.
+/// Reads a frame header: `(kind, id, payload length)`, the length checked.
 fn header(conn: &mut Connection) -> Result<(u8, u32, usize), Fail> {
-    let mut h = [0u8; 9];
+    let mut h = [0u8; wire::HEADER_LEN];
     conn.recv_exact(&mut h)?;
-    let body = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
-    if !(5..=peer::MAX_BODY).contains(&body) {
-        return Err(Fail::Protocol(format!("frame body of {body} bytes")));
-    }
-    let (kind, id, _) = peer::parse_body(&h[4..]).map_err(|e| Fail::Protocol(e.into()))?;
-    Ok((kind, id, body - 5))
+    let header = wire::parse_header(&h, peer::MAX_BODY)?;
+    Ok((header.kind, header.id, header.payload_len))
 }
 
 fn read_payload(conn: &mut Connection, len: usize, into: &mut Vec<u8>) -> Result<(), Fail> {

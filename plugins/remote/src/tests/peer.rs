@@ -1,13 +1,13 @@
 //! A fake tmem memory server speaking the peer protocol.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use tmem_api::peer;
+use tmem_api::{peer, wire};
 use tmem_sdk::{GetError, Reject, Store};
 
 use super::{PAGE, load, page, remote};
@@ -94,30 +94,31 @@ impl Drop for FakePeer {
 }
 
 fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(body)
+    wire::read_frame(s, peer::MAX_BODY).ok().flatten()
+}
+
+/// Appends a response frame.
+fn respond(out: &mut Vec<u8>, kind: u8, id: u32, payload: &[&[u8]]) {
+    wire::frame(out, peer::MAX_BODY, kind, id, payload).unwrap();
 }
 
 fn serve(mut s: TcpStream, state: Arc<Mutex<State>>) {
     let mut out = Vec::new();
     let Some(hello) = read_frame(&mut s) else { return };
-    let (kind, id, payload) = peer::parse_body(&hello).unwrap();
+    let (kind, id, payload) = wire::parse_body(&hello).unwrap();
     assert_eq!((kind, id), (peer::HELLO, 0));
     let (token, pool) = peer::parse_hello(payload).unwrap();
     if token != TOKEN || pool != POOL {
-        peer::frame(&mut out, peer::ERROR, id, &[b"bad token or pool"]);
+        respond(&mut out, peer::ERROR, id, &[b"bad token or pool"]);
         let _ = s.write_all(&out);
         return;
     }
-    peer::frame(&mut out, peer::OK, id, &[&(PAGE as u32).to_le_bytes()]);
+    respond(&mut out, peer::OK, id, &[&(PAGE as u32).to_le_bytes()]);
     if s.write_all(&out).is_err() {
         return;
     }
     while let Some(body) = read_frame(&mut s) {
-        let (kind, id, payload) = peer::parse_body(&body).unwrap();
+        let (kind, id, payload) = wire::parse_body(&body).unwrap();
         let mut st = state.lock().unwrap();
         st.requests += 1;
         let reply_id = if st.wrong_ids { id.wrapping_add(1) } else { id };
@@ -126,29 +127,29 @@ fn serve(mut s: TcpStream, state: Arc<Mutex<State>>) {
             peer::PUT => {
                 let (offset, bytes) = peer::parse_offset(payload).unwrap();
                 if st.reject_over.is_some_and(|max| bytes.len() > max) {
-                    peer::frame(&mut out, peer::REJECTED, reply_id, &[b"reject_alloc_fail"]);
+                    respond(&mut out, peer::REJECTED, reply_id, &[b"reject_alloc_fail"]);
                 } else {
                     st.pages.insert(offset, bytes.to_vec());
-                    peer::frame(&mut out, peer::OK, reply_id, &[]);
+                    respond(&mut out, peer::OK, reply_id, &[]);
                 }
             }
             peer::GET => {
                 let (offset, _) = peer::parse_offset(payload).unwrap();
                 match st.pages.get(&offset) {
-                    Some(bytes) => peer::frame(&mut out, peer::DATA, reply_id, &[bytes]),
-                    None => peer::frame(&mut out, peer::NOT_FOUND, reply_id, &[]),
+                    Some(bytes) => respond(&mut out, peer::DATA, reply_id, &[bytes]),
+                    None => respond(&mut out, peer::NOT_FOUND, reply_id, &[]),
                 }
             }
             peer::DELETE => {
                 let (offset, _) = peer::parse_offset(payload).unwrap();
                 st.pages.remove(&offset);
-                peer::frame(&mut out, peer::OK, reply_id, &[]);
+                respond(&mut out, peer::OK, reply_id, &[]);
             }
             peer::CLEAR => {
                 st.pages.clear();
-                peer::frame(&mut out, peer::OK, reply_id, &[]);
+                respond(&mut out, peer::OK, reply_id, &[]);
             }
-            _ => peer::frame(&mut out, peer::ERROR, reply_id, &[b"unknown request"]),
+            _ => respond(&mut out, peer::ERROR, reply_id, &[b"unknown request"]),
         }
         drop(st);
         if s.write_all(&out).is_err() {

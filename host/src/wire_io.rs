@@ -1,0 +1,25 @@
+//! Frames ([`tmem_api::wire`]) read from async streams: the one reader of the frontend socket
+//! ([`crate::frontend::socket`]) and the memory server ([`crate::peer`]); the blocking twin is
+//! [`tmem_api::wire::read_frame`].
+
+use std::io;
+
+use tmem_api::wire;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Reads one frame and returns its body (`[kind][id][payload]`), or `None` when the stream
+/// ends before the next frame's length. The length is checked against `max_body` (an
+/// [`io::ErrorKind::InvalidData`] error carrying the [`wire::WireError`]) before the body is
+/// allocated; a stream that ends inside the body is an error ("truncated frame").
+pub(crate) async fn read_frame(reader: &mut (impl AsyncRead + Unpin), max_body: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut field = [0u8; wire::LEN_BYTES];
+    match reader.read_exact(&mut field).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = wire::body_len(field, max_body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(|e| io::Error::new(e.kind(), format!("truncated frame: {e}")))?;
+    Ok(Some(body))
+}
