@@ -98,17 +98,26 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts `tmem serve` on `data_dir` (created if needed) with extra arguments, and waits
-    /// until `/healthz` answers.
+    /// Starts `tmem serve` on `data_dir` (created if needed; an existing one is restored) with
+    /// extra arguments, and waits until `/healthz` answers.
     pub fn start(data_dir: &std::path::Path, extra_args: &[&str]) -> Self {
+        Self::start_logged(data_dir, extra_args, None)
+    }
+
+    /// [`ServeProcess::start`], with the server's log (`RUST_LOG=info`) written to `log`.
+    pub fn start_logged(data_dir: &std::path::Path, extra_args: &[&str], log: Option<&std::path::Path>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let stderr = match log {
+            Some(path) => std::fs::File::create(path).expect("log file").into(),
+            None => std::process::Stdio::null(),
+        };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_tmem"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .env_remove("TMEM_TOKEN")
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
+            .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+            .stderr(stderr)
             .spawn()
             .expect("tmem binary runs");
         let mut server = ServeProcess {

@@ -6,6 +6,7 @@ mod api;
 mod architecture;
 mod cli;
 mod common;
+mod compat;
 mod contract;
 mod crash;
 mod dashboard;
