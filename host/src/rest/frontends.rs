@@ -21,7 +21,7 @@ impl From<AttachError> for ApiError {
             e @ AttachError::NotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "frontend_not_found", e.to_string())
             }
-            AttachError::Catalog(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "catalog", e.to_string()),
+            AttachError::Catalog(e) => e.into(),
         }
     }
 }
@@ -37,6 +37,7 @@ impl From<AttachError> for ApiError {
         (status = 400, description = "A bad size, path or address (`invalid_frontend`); `ublk` (`unsupported_frontend`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "The pool has a device (`frontend_exists`), the backing file or address is taken (`backing_in_use`, `address_in_use`)", body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`), no randomness (`internal`): nothing is attached", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -72,7 +73,11 @@ pub async fn list_frontends(
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}/frontends/{id}", tag = "frontends",
     params(("name" = String, Path, description = "Pool name"), ("id" = String, Path, description = "Attachment id")),
-    responses((status = 204, description = "Detached"), (status = 404, description = "No such pool or attachment", body = ErrorBody)),
+    responses(
+        (status = 204, description = "Detached"),
+        (status = 404, description = "No such pool or attachment", body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`): the device stays", body = ErrorBody),
+    ),
     security(("token" = []))
 )]
 pub async fn detach_frontend(
