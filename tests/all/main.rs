@@ -9,6 +9,7 @@ mod contract;
 mod crash;
 mod dashboard;
 mod demo;
+mod errors;
 mod frontend;
 mod hot_swap;
 mod kernel_swap;
