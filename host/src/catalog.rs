@@ -57,15 +57,33 @@ pub struct FrontendRecord {
     pub request: AttachRequest,
 }
 
-/// Why the catalog could not be read or written.
+/// Why the catalog could not be read or written: always the host's own disk or data, never
+/// the client's mistake. The text names paths and sled's own words: it is for the host's log.
 #[derive(Debug, thiserror::Error)]
-#[error("catalog: {0}")]
-pub struct CatalogError(String);
-
-impl From<sled::Error> for CatalogError {
-    fn from(e: sled::Error) -> Self {
-        CatalogError(e.to_string())
-    }
+pub enum CatalogError {
+    /// The catalog's database cannot be opened or created.
+    #[error("catalog: cannot open {}: {source}", dir.display())]
+    Open {
+        /// Its directory.
+        dir: std::path::PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// A read, write or flush failed.
+    #[error("catalog: {0}")]
+    Db(#[from] sled::Error),
+    /// A module record is too short for its name.
+    #[error("catalog: a module record is truncated")]
+    TruncatedModule,
+    /// A module record's name is not UTF-8.
+    #[error("catalog: a module name is not UTF-8")]
+    ModuleName,
+    /// A pool record does not parse.
+    #[error("catalog: a stored pool config is unreadable: {0}")]
+    PoolRecord(#[source] serde_json::Error),
+    /// A block device record does not parse.
+    #[error("catalog: a stored block device is unreadable: {0}")]
+    FrontendRecord(#[source] serde_json::Error),
 }
 
 /// A module as the catalog keeps it.
@@ -100,10 +118,9 @@ fn encode_module(name: &str, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn decode_module(value: &[u8]) -> Result<StoredModule, CatalogError> {
-    let bad = || CatalogError("a module record is truncated".into());
-    let (&len, rest) = value.split_first().ok_or_else(bad)?;
-    let name = rest.get(..len as usize).ok_or_else(bad)?;
-    let name = std::str::from_utf8(name).map_err(|_| CatalogError("a module name is not UTF-8".into()))?;
+    let (&len, rest) = value.split_first().ok_or(CatalogError::TruncatedModule)?;
+    let name = rest.get(..len as usize).ok_or(CatalogError::TruncatedModule)?;
+    let name = std::str::from_utf8(name).map_err(|_| CatalogError::ModuleName)?;
     Ok(StoredModule { name: name.into(), bytes: rest[len as usize..].to_vec() })
 }
 
@@ -114,7 +131,7 @@ impl Catalog {
             .path(dir)
             .mode(sled::Mode::LowSpace)
             .open()
-            .map_err(|e| CatalogError(format!("cannot open {}: {e}", dir.display())))?;
+            .map_err(|source| CatalogError::Open { dir: dir.to_path_buf(), source })?;
         let modules = db.open_tree("modules")?;
         let pools = db.open_tree("pools")?;
         let frontends = db.open_tree("frontends")?;
@@ -156,14 +173,7 @@ impl Catalog {
 
     /// Every stored pool.
     pub fn pools(&self) -> Result<Vec<PoolRecord>, CatalogError> {
-        self.pools
-            .iter()
-            .values()
-            .map(|v| {
-                serde_json::from_slice(&v?)
-                    .map_err(|e| CatalogError(format!("a stored pool config is unreadable: {e}")))
-            })
-            .collect()
+        self.pools.iter().values().map(|v| serde_json::from_slice(&v?).map_err(CatalogError::PoolRecord)).collect()
     }
 
     /// Keeps (or replaces) a pool's record.
@@ -184,10 +194,7 @@ impl Catalog {
         self.frontends
             .iter()
             .values()
-            .map(|v| {
-                serde_json::from_slice(&v?)
-                    .map_err(|e| CatalogError(format!("a stored block device is unreadable: {e}")))
-            })
+            .map(|v| serde_json::from_slice(&v?).map_err(CatalogError::FrontendRecord))
             .collect()
     }
 

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tmem_api::abi::status;
-use tmem_api::manifest::{Capability, PluginKind};
+use tmem_api::manifest::{Capability, ConfigError, PluginKind};
 
 use crate::page_store::{PageMeta, PageShard};
-use crate::plugin::net::NetPolicy;
+use crate::plugin::net::{NetConfigError, NetPolicy};
 use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, SandboxLimits};
 
 /// How the API shows a secret config value; sent back in a hot swap, it keeps the value.
@@ -55,30 +55,21 @@ impl ChainLink {
     /// A link with its config checked against the plugin's manifest, and its grants against
     /// the capabilities the manifest asks for (each needed one granted, nothing more).
     pub fn new(plugin: &str, module: PluginModule, config: &Value, grants: &[String]) -> Result<Self, ChainError> {
-        let config = module.manifest().resolve_config(config).map_err(|e| ChainError(e.0))?;
+        let config = module.manifest().resolve_config(config)?;
         let needed = &module.manifest().capabilities;
         let mut granted = Vec::new();
         for grant in grants {
-            let capability = Capability::from_name(grant).ok_or_else(|| {
-                let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
-                ChainError(format!(
-                    "unknown capability '{grant}' granted to '{plugin}' (capabilities: {})",
-                    known.join(", ")
-                ))
-            })?;
+            let capability = Capability::from_name(grant)
+                .ok_or_else(|| ChainError::UnknownCapability { plugin: plugin.into(), grant: grant.clone() })?;
             if !needed.contains(&capability) {
-                return Err(ChainError(format!(
-                    "plugin '{plugin}' does not use the '{grant}' capability; grant a plugin only what its manifest asks for"
-                )));
+                return Err(ChainError::CapabilityNotUsed { plugin: plugin.into(), grant: grant.clone() });
             }
             if !granted.contains(&capability) {
                 granted.push(capability);
             }
         }
-        if let Some(missing) = needed.iter().find(|c| !granted.contains(c)) {
-            return Err(ChainError(format!(
-                "plugin '{plugin}' needs the '{missing}' capability; grant it with \"grants\": [\"{missing}\"] on that backend"
-            )));
+        if let Some(&missing) = needed.iter().find(|c| !granted.contains(c)) {
+            return Err(ChainError::CapabilityNotGranted { plugin: plugin.into(), capability: missing });
         }
         let mut instance_config = config.clone();
         let net = if granted.contains(&Capability::Network) {
@@ -87,7 +78,7 @@ impl ChainLink {
             {
                 instance_config.insert("token".into(), Value::String(token));
             }
-            Some(NetPolicy::from_config(plugin, &config).map_err(ChainError)?)
+            Some(NetPolicy::from_config(plugin, &config)?)
         } else {
             None
         };
@@ -136,10 +127,95 @@ impl ChainLink {
     }
 }
 
-/// Why a chain was refused.
+/// Why a chain was refused: the client's mistake (a bad config, grant or shape, or a plugin
+/// that will not start with it), except [`ChainError::NoInstance`], which is the host's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ChainError(pub String);
+pub enum ChainError {
+    /// The config was refused by the plugin's manifest (an unknown key, a wrong type, a value
+    /// out of range).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A grant names no capability there is.
+    #[error("unknown capability '{grant}' granted to '{plugin}' (capabilities: {})", capability_names())]
+    UnknownCapability {
+        /// The plugin.
+        plugin: String,
+        /// The grant as given.
+        grant: String,
+    },
+    /// A capability is granted that the plugin's manifest does not ask for.
+    #[error("plugin '{plugin}' does not use the '{grant}' capability; grant a plugin only what its manifest asks for")]
+    CapabilityNotUsed {
+        /// The plugin.
+        plugin: String,
+        /// The grant as given.
+        grant: String,
+    },
+    /// A capability the plugin's manifest asks for is not granted.
+    #[error(
+        "plugin '{plugin}' needs the '{capability}' capability; grant it with \"grants\": [\"{capability}\"] on that backend"
+    )]
+    CapabilityNotGranted {
+        /// The plugin.
+        plugin: String,
+        /// What it needs.
+        capability: Capability,
+    },
+    /// The network grant its config asks for makes no sense (endpoints, timeout).
+    #[error(transparent)]
+    Network(#[from] NetConfigError),
+    /// No links at all.
+    #[error("a backend chain needs at least a store (e.g. [\"ram\"])")]
+    Empty,
+    /// The last link is a filter.
+    #[error("a backend chain must end with a store, but '{0}' is a filter")]
+    EndsWithFilter(String),
+    /// A store before the last link.
+    #[error("'{0}' is a store, so it must be the last link of the chain (only filters may come before the store)")]
+    StoreNotLast(String),
+    /// A plugin refused its config when it started (`init`).
+    #[error("plugin '{plugin}' refused its config: {message}")]
+    InitRefused {
+        /// The plugin.
+        plugin: String,
+        /// What it said.
+        message: String,
+    },
+    /// A plugin faulted when it started (a trap, the deadline, the memory cap, the ABI).
+    #[error("plugin '{plugin}' could not start: {fault}")]
+    StartFault {
+        /// The plugin.
+        plugin: String,
+        /// How.
+        fault: PluginFault,
+    },
+    /// The host could not create an instance (its instance slots are exhausted, ...): not
+    /// the plugin's fault, and it may work later.
+    #[error("plugin '{plugin}' could not start: {fault}")]
+    NoInstance {
+        /// The plugin.
+        plugin: String,
+        /// The [`PluginFault::Instantiate`].
+        fault: PluginFault,
+    },
+}
+
+impl ChainError {
+    /// Why `plugin` failed to start.
+    pub fn start(plugin: &str, fault: PluginFault) -> Self {
+        let plugin = plugin.to_string();
+        match fault {
+            PluginFault::InitRefused(message) => ChainError::InitRefused { plugin, message },
+            fault @ PluginFault::Instantiate(_) => ChainError::NoInstance { plugin, fault },
+            fault => ChainError::StartFault { plugin, fault },
+        }
+    }
+}
+
+fn capability_names() -> String {
+    let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
+    known.join(", ")
+}
 
 /// A checked chain: filters, then one store.
 #[derive(Debug, Clone)]
@@ -151,19 +227,13 @@ impl Chain {
     /// Checks the shape: at least one link, every link but the last a filter, the last a store.
     pub fn new(links: Vec<ChainLink>) -> Result<Self, ChainError> {
         let Some((last, filters)) = links.split_last() else {
-            return Err(ChainError("a backend chain needs at least a store (e.g. [\"ram\"])".into()));
+            return Err(ChainError::Empty);
         };
         if last.module.kind() != PluginKind::Store {
-            return Err(ChainError(format!(
-                "a backend chain must end with a store, but '{}' is a filter",
-                last.plugin
-            )));
+            return Err(ChainError::EndsWithFilter(last.plugin.clone()));
         }
         if let Some(store) = filters.iter().find(|l| l.module.kind() != PluginKind::Filter) {
-            return Err(ChainError(format!(
-                "'{}' is a store, so it must be the last link of the chain (only filters may come before the store)",
-                store.plugin
-            )));
+            return Err(ChainError::StoreNotLast(store.plugin.clone()));
         }
         Ok(Chain { links })
     }

@@ -18,10 +18,10 @@ use sha2::{Digest, Sha256};
 use tmem_api::rest::{BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, SandboxConfig};
 
 use crate::catalog::{Catalog, CatalogError, GenerationRecord, PoolRecord};
-use crate::chain::{Chain, ChainLink};
-use crate::persist::{DEFAULT_FLUSH_INTERVAL, Durability, PoolDisk};
+use crate::chain::{Chain, ChainError, ChainLink};
+use crate::persist::{DEFAULT_FLUSH_INTERVAL, DiskError, Durability, PoolDisk};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
-use crate::pool::{Pool, PoolLimits, PoolModes, PoolSpec};
+use crate::pool::{Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
 use crate::stats::CounterSnapshot;
 
 /// How to build a host.
@@ -82,13 +82,35 @@ pub enum HostError {
     /// No pool of that name.
     #[error("no pool named '{0}'")]
     PoolNotFound(String),
-    /// The pool spec or chain was refused.
-    #[error("{0}")]
-    InvalidPool(String),
+    /// The pool's settings were refused (the client's mistake). Never [`PoolError::Chain`]
+    /// or [`PoolError::Disk`] when made by `From`: those become [`HostError::Chain`] and
+    /// [`HostError::Disk`].
+    #[error(transparent)]
+    Pool(PoolError),
+    /// The backend chain was refused, or a plugin of it would not start.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// A persistent pool's database failed (the host's disk): nothing was created or
+    /// changed, or, for a durability change, the pool is as the error left it.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// The catalog could not be written: the change was not made (or, for a change to a
     /// live pool, made but not kept).
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The operating system gave no random bytes (for a pool database's or a device's name).
+    #[error("no randomness: {0}")]
+    Randomness(getrandom::Error),
+}
+
+impl From<PoolError> for HostError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Chain(e) => HostError::Chain(e),
+            PoolError::Disk(e) => HostError::Disk(e),
+            e => HostError::Pool(e),
+        }
+    }
 }
 
 /// A module registered by [`Host::upload`].
@@ -198,29 +220,27 @@ impl Host {
     }
 
     fn restore_pool(&self, record: &PoolRecord) -> Result<Arc<Pool>, HostError> {
-        let spec = pool_spec(&record.config).map_err(HostError::InvalidPool)?;
-        spec.check().map_err(HostError::InvalidPool)?;
+        let spec = pool_spec(&record.config)?;
+        spec.check()?;
         let Some(database) = &record.database else {
             let chain = self.resolve_chain(&record.config.backends)?;
-            return Ok(Arc::new(Pool::new(spec, chain, self.engine.clone(), None).map_err(HostError::InvalidPool)?));
+            return Ok(Arc::new(Pool::new(spec, chain, self.engine.clone(), None)?));
         };
         let dir = self.pools_dir()?.join(database);
         if !dir.is_dir() {
-            return Err(HostError::InvalidPool(format!("its database {} is missing", dir.display())));
+            return Err(DiskError::Missing(dir).into());
         }
         let generations = record
             .generations
             .iter()
             .map(|g| Ok((g.id, self.resolve_chain(&g.backends)?)))
             .collect::<Result<Vec<_>, HostError>>()?;
-        let disk = PoolDisk::open(&dir, spec.durability).map_err(HostError::InvalidPool)?;
-        Ok(Arc::new(Pool::restore(spec, generations, self.engine.clone(), disk).map_err(HostError::InvalidPool)?))
+        let disk = PoolDisk::open(&dir, spec.durability)?;
+        Ok(Arc::new(Pool::restore(spec, generations, self.engine.clone(), disk)?))
     }
 
     fn pools_dir(&self) -> Result<PathBuf, HostError> {
-        let data_dir = self.data_dir.as_ref().ok_or_else(|| {
-            HostError::InvalidPool("a persistent pool (a store granted storage) needs a host with a data dir".into())
-        })?;
+        let data_dir = self.data_dir.as_ref().ok_or(HostError::Pool(PoolError::NeedsDataDir))?;
         Ok(data_dir.join("pools"))
     }
 
@@ -383,10 +403,10 @@ impl Host {
             .iter()
             .map(|b| {
                 let module = self.plugin(&b.plugin, b.version.as_deref())?;
-                ChainLink::new(&b.plugin, module, &b.config, &b.grants).map_err(|e| HostError::InvalidPool(e.0))
+                Ok(ChainLink::new(&b.plugin, module, &b.config, &b.grants)?)
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Chain::new(links).map_err(|e| HostError::InvalidPool(e.0))
+            .collect::<Result<Vec<_>, HostError>>()?;
+        Ok(Chain::new(links)?)
     }
 
     /// Creates a pool (the frontswap init): checks the spec and the chain, starts every plugin
@@ -397,14 +417,14 @@ impl Host {
         let name = spec.name.clone();
         let disk = if chain.is_persistent() {
             let mut suffix = [0u8; 4];
-            getrandom::fill(&mut suffix).map_err(|e| HostError::InvalidPool(format!("no randomness: {e}")))?;
+            getrandom::fill(&mut suffix).map_err(HostError::Randomness)?;
             let dir = self.pools_dir()?.join(format!("{name}-{}", hex::encode(suffix)));
-            Some(PoolDisk::open(&dir, spec.durability).map_err(HostError::InvalidPool)?)
+            Some(PoolDisk::open(&dir, spec.durability)?)
         } else {
             None
         };
         let created = Pool::new(spec, chain, self.engine.clone(), disk.clone())
-            .map_err(HostError::InvalidPool)
+            .map_err(HostError::from)
             .map(Arc::new)
             .and_then(|pool| self.keep(&pool).map(|()| pool));
         let pool = match created {
@@ -424,7 +444,7 @@ impl Host {
     /// Everything `create_pool` checks before it creates anything: the spec, the name being
     /// free, the chain. Returns the resolved chain.
     fn check_new_pool(&self, spec: &PoolSpec, backends: &[BackendSpec]) -> Result<Chain, HostError> {
-        spec.check().map_err(HostError::InvalidPool)?;
+        spec.check()?;
         if self.pools.read().contains_key(&spec.name) {
             return Err(HostError::PoolExists(spec.name.clone()));
         }
@@ -435,11 +455,9 @@ impl Host {
     fn spec_from(config: &PoolConfig) -> Result<PoolSpec, HostError> {
         let persistent = config.backends.last().is_some_and(|b| b.grants.iter().any(|g| g == "storage"));
         if !persistent && (config.durability.is_some() || config.flush_interval_ms.is_some()) {
-            return Err(HostError::InvalidPool(
-                "durability and flush_interval_ms apply only to persistent pools (a store granted \"storage\", e.g. sled)".into(),
-            ));
+            return Err(PoolError::DurabilityNeedsStorage.into());
         }
-        pool_spec(config).map_err(HostError::InvalidPool)
+        Ok(pool_spec(config)?)
     }
 
     /// Creates a pool from its API config.
@@ -490,18 +508,14 @@ impl Host {
         if let Some(percent) = patch.accept_threshold_percent {
             limits.accept_threshold_percent = percent;
         }
-        limits.check().map_err(HostError::InvalidPool)?;
-        let durability = patched_durability(&pool, patch).map_err(HostError::InvalidPool)?;
+        limits.check()?;
+        let durability = patched_durability(&pool, patch)?;
         if let Some(backends) = &patch.backends {
             let current = pool.chain();
             let names: Vec<&str> = current.links().iter().map(|l| l.plugin.as_str()).collect();
             let wanted: Vec<&str> = backends.iter().map(|b| b.plugin.as_str()).collect();
             if names != wanted {
-                return Err(HostError::InvalidPool(format!(
-                    "a hot swap keeps the chain's plugins and their order ({}) and changes only versions and configs; \
-                     to change the plugins, create a new pool",
-                    names.join(", ")
-                )));
+                return Err(PoolError::SwapChangesPlugins { plugins: names.join(", ") }.into());
             }
             let backends: Vec<BackendSpec> = backends
                 .iter()
@@ -511,11 +525,11 @@ impl Host {
             let chain = self.resolve_chain(&backends)?;
             let unchanged = chain.links().iter().zip(current.links()).all(|(a, b)| a.same_as(b));
             if !unchanged {
-                let generation = pool.swap_chain(Arc::new(chain)).map_err(HostError::InvalidPool)?;
+                let generation = pool.swap_chain(Arc::new(chain))?;
                 tracing::info!(pool = %name, generation, chain = %describe_versions(&pool.chain()), "pool chain swapped");
             }
         }
-        pool.set_limits(limits).map_err(HostError::InvalidPool)?;
+        pool.set_limits(limits)?;
         let mut modes = pool.modes();
         modes.writethrough = patch.writethrough.unwrap_or(modes.writethrough);
         modes.exclusive_gets = patch.exclusive_gets.unwrap_or(modes.exclusive_gets);
@@ -524,7 +538,7 @@ impl Host {
             pool.set_enabled(enabled);
         }
         if let Some(durability) = durability {
-            pool.set_durability(durability).map_err(HostError::InvalidPool)?;
+            pool.set_durability(durability)?;
         }
         self.keep(&pool)?;
         Ok(pool)
@@ -582,19 +596,16 @@ fn describe_versions(chain: &Chain) -> String {
 }
 
 /// The durability a PATCH asks for, checked against the pool (`None`: unchanged).
-fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durability>, String> {
+fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durability>, PoolError> {
     if patch.durability.is_none() && patch.flush_interval_ms.is_none() {
         return Ok(None);
     }
     let Some(current) = pool.durability() else {
-        return Err(format!(
-            "pool '{}' is not persistent (its store is not granted storage); durability does not apply",
-            pool.name()
-        ));
+        return Err(PoolError::NotPersistent(pool.name().into()));
     };
     let durability = match (patch.durability, patch.flush_interval_ms) {
         (Some(ApiDurability::Sync), Some(_)) => {
-            return Err("flush_interval_ms applies only to periodic durability".into());
+            return Err(PoolError::FlushIntervalNotPeriodic { hint: "" });
         }
         (Some(ApiDurability::Sync), None) => Durability::Sync,
         (Some(ApiDurability::Periodic), ms) => Durability::Periodic(ms.map_or_else(
@@ -607,10 +618,7 @@ fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durabilit
         (None, Some(ms)) => match current {
             Durability::Periodic(_) => Durability::Periodic(Duration::from_millis(ms)),
             Durability::Sync => {
-                return Err(
-                    "flush_interval_ms applies only to periodic durability; set \"durability\": \"periodic\" too"
-                        .into(),
-                );
+                return Err(PoolError::FlushIntervalNotPeriodic { hint: "; set \"durability\": \"periodic\" too" });
             }
         },
         (None, None) => unreachable!("checked above"),
@@ -634,7 +642,7 @@ fn pinned_backends(chain: &Chain) -> Vec<BackendRequest> {
 }
 
 /// The pool spec an API config asks for.
-pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, String> {
+pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     let mut spec = PoolSpec::new(config.name.clone());
     spec.page_size = config.page_size;
     spec.limits = PoolLimits {
@@ -658,7 +666,7 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, String> {
             Durability::Periodic(ms.map_or(DEFAULT_FLUSH_INTERVAL, Duration::from_millis))
         }
         (_, Some(_)) => {
-            return Err("flush_interval_ms applies only to periodic durability (\"durability\": \"periodic\")".into());
+            return Err(PoolError::FlushIntervalNotPeriodic { hint: " (\"durability\": \"periodic\")" });
         }
     };
     Ok(spec)

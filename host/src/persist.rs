@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::pool::PoolError;
+
 /// When a persistent pool's changes are acknowledged relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -42,16 +44,57 @@ pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Durability {
     /// Checks the mode makes sense (a periodic interval from 1 ms to [`MAX_FLUSH_INTERVAL`]).
-    pub fn check(self) -> Result<(), String> {
+    pub fn check(self) -> Result<(), PoolError> {
         match self {
-            Durability::Periodic(interval) if interval.is_zero() || interval > MAX_FLUSH_INTERVAL => Err(format!(
-                "flush_interval_ms {} must be from 1 to {}",
-                interval.as_millis(),
-                MAX_FLUSH_INTERVAL.as_millis()
-            )),
+            Durability::Periodic(interval) if interval.is_zero() || interval > MAX_FLUSH_INTERVAL => {
+                Err(PoolError::BadFlushInterval(interval))
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// A failure of a persistent pool's database: the host's disk, never the client's mistake.
+/// The text names paths and sled's or the OS's own words, so it belongs in the host's log,
+/// not in an API response.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The database cannot be opened or created.
+    #[error("cannot open the pool database {}: {source}", dir.display())]
+    Open {
+        /// The database's directory.
+        dir: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// A shard's tree cannot be opened.
+    #[error("cannot open shard {shard}'s tree: {source}")]
+    Shard {
+        /// The shard.
+        shard: usize,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// The flusher thread cannot be started.
+    #[error("cannot start the flusher thread: {0}")]
+    Flusher(#[source] std::io::Error),
+    /// An explicit flush failed.
+    #[error("flush of {} failed: {source}", dir.display())]
+    Flush {
+        /// The database's directory.
+        dir: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// The flush that was to make a change durable failed (group commit).
+    #[error("the pool database could not be flushed: {0}")]
+    FlushFailed(sled::Error),
+    /// The database is closing: the change may not be on disk.
+    #[error("the pool is closing")]
+    Closing,
+    /// A kept pool's database directory is gone.
+    #[error("its database {} is missing", .0.display())]
+    Missing(PathBuf),
 }
 
 struct CommitState {
@@ -62,7 +105,7 @@ struct CommitState {
     durable: u64,
     /// The last ticket covered by a flush that failed.
     failed_through: u64,
-    failure: Option<String>,
+    failure: Option<sled::Error>,
     /// Something changed since the last flush (periodic mode).
     dirty: bool,
     stop: bool,
@@ -95,13 +138,13 @@ impl std::fmt::Debug for PoolDisk {
 
 impl PoolDisk {
     /// Opens (or creates) the database in `dir` and starts its flusher.
-    pub fn open(dir: &Path, durability: Durability) -> Result<Arc<Self>, String> {
+    pub fn open(dir: &Path, durability: Durability) -> Result<Arc<Self>, DiskError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(64 << 20)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| format!("cannot open the pool database {}: {e}", dir.display()))?;
+            .map_err(|source| DiskError::Open { dir: dir.to_path_buf(), source })?;
         let commit = Arc::new(Commit {
             state: Mutex::new(CommitState {
                 durability,
@@ -122,7 +165,7 @@ impl PoolDisk {
             std::thread::Builder::new()
                 .name(name.chars().take(15).collect())
                 .spawn(move || run_flusher(&db, &commit, &size))
-                .map_err(|e| format!("cannot start the flusher thread: {e}"))?
+                .map_err(DiskError::Flusher)?
         };
         Ok(Arc::new(PoolDisk {
             db,
@@ -140,8 +183,8 @@ impl PoolDisk {
     }
 
     /// The tree of one pool shard.
-    pub fn shard_tree(&self, shard: usize) -> Result<sled::Tree, String> {
-        self.db.open_tree(format!("shard-{shard}")).map_err(|e| format!("cannot open shard {shard}'s tree: {e}"))
+    pub fn shard_tree(&self, shard: usize) -> Result<sled::Tree, DiskError> {
+        self.db.open_tree(format!("shard-{shard}")).map_err(|source| DiskError::Shard { shard, source })
     }
 
     /// The current durability mode.
@@ -160,7 +203,7 @@ impl PoolDisk {
 
     /// Called after a change: in sync mode returns once it is on disk (sharing the flush with
     /// every concurrent caller); in periodic mode returns at once.
-    pub fn make_durable(&self) -> Result<(), String> {
+    pub fn make_durable(&self) -> Result<(), DiskError> {
         let mut state = self.commit.state.lock();
         if !state.dirty {
             // The flusher sleeps while nothing is dirty: start its interval now.
@@ -176,18 +219,20 @@ impl PoolDisk {
         while state.durable < ticket && !state.stop {
             self.commit.done.wait(&mut state);
         }
-        if state.failed_through >= ticket {
-            return Err(state.failure.clone().unwrap_or_else(|| "the flush failed".into()));
+        if state.failed_through >= ticket
+            && let Some(failure) = &state.failure
+        {
+            return Err(DiskError::FlushFailed(failure.clone()));
         }
         if state.durable < ticket {
-            return Err("the pool is closing".into());
+            return Err(DiskError::Closing);
         }
         Ok(())
     }
 
     /// Flushes everything now, whatever the mode.
-    pub fn flush(&self) -> Result<(), String> {
-        self.db.flush().map(drop).map_err(|e| format!("flush of {} failed: {e}", self.dir.display()))
+    pub fn flush(&self) -> Result<(), DiskError> {
+        self.db.flush().map(drop).map_err(|source| DiskError::Flush { dir: self.dir.clone(), source })
     }
 
     /// Bytes the database uses on disk (as of the last flush).
@@ -239,7 +284,7 @@ fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic:
         if let Err(e) = result {
             tracing::error!("pool database flush failed: {e}");
             state.failed_through = target;
-            state.failure = Some(format!("the pool database could not be flushed: {e}"));
+            state.failure = Some(e);
         }
         state.durable = state.durable.max(target);
         commit.done.notify_all();

@@ -24,16 +24,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tmem_api::abi::status;
 
-use crate::chain::{Chain, ChainContext, ChainInstances, EncodedKind, GetFailure, PutFailure};
+use crate::chain::{Chain, ChainContext, ChainError, ChainInstances, EncodedKind, GetFailure, PutFailure};
 use crate::frontend::{Frontend, FrontendDetails};
 use crate::page_store::PageShard;
-use crate::persist::{Durability, PoolDisk};
-use crate::plugin::{PluginEngine, PluginFault, SandboxLimits};
+use crate::persist::{DiskError, Durability, MAX_FLUSH_INTERVAL, PoolDisk};
+use crate::plugin::{PluginEngine, SandboxLimits};
 use crate::stats::{CounterSnapshot, FaultRecord, HistogramSnapshot, Op, PoolStats};
 
 /// The smallest page size a pool accepts.
@@ -184,6 +184,78 @@ pub enum ShrinkError {
     NoFrontend(String),
 }
 
+/// Why a pool could not be created, restored or changed. Every kind but [`PoolError::Disk`]
+/// is the client's mistake (a setting that makes no sense, a chain that will not run) and
+/// says what to do; [`PoolError::Disk`] is the host's own storage failing.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A name that is not acceptable.
+    #[error("pool name {0:?} must be 1-64 characters of ASCII letters, digits, '-', '_' and '.'")]
+    BadName(String),
+    /// A name starting with '.'.
+    #[error("pool name {0:?} must not start with '.'")]
+    HiddenName(String),
+    /// A page size that is not a power of two in range.
+    #[error("page size {0} must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}")]
+    BadPageSize(u32),
+    /// An accept threshold out of range.
+    #[error("accept_threshold_percent {0} must be from 1 to 100")]
+    BadAcceptThreshold(u8),
+    /// A limit of 0.
+    #[error("a limit of 0 would refuse every store; leave it unset (null) for no limit")]
+    ZeroLimit,
+    /// A byte limit on a store that keeps its bytes elsewhere.
+    #[error(
+        "max_bytes cannot apply to a remote store (its bytes are on the remote, which has its own limits); use max_pages"
+    )]
+    ByteLimitOnRemote,
+    /// A shard count that is not a power of two up to 1024.
+    #[error("shards {0} must be a power of two up to 1024")]
+    BadShards(usize),
+    /// A periodic flush interval out of range.
+    #[error("flush_interval_ms {} must be from 1 to {}", .0.as_millis(), MAX_FLUSH_INTERVAL.as_millis())]
+    BadFlushInterval(Duration),
+    /// `flush_interval_ms` with a durability that is not periodic; `hint` says what to change.
+    #[error("flush_interval_ms applies only to periodic durability{hint}")]
+    FlushIntervalNotPeriodic {
+        /// The end of the message: what to set, if anything.
+        hint: &'static str,
+    },
+    /// Durability settings in the config of a pool that is not persistent.
+    #[error("durability and flush_interval_ms apply only to persistent pools (a store granted \"storage\", e.g. sled)")]
+    DurabilityNeedsStorage,
+    /// A durability change for a live pool that is not persistent.
+    #[error("pool '{0}' is not persistent (its store is not granted storage); durability does not apply")]
+    NotPersistent(String),
+    /// A persistent pool on a host without a data dir.
+    #[error("a persistent pool (a store granted storage) needs a host with a data dir")]
+    NeedsDataDir,
+    /// A hot swap that changes the chain's plugins or their order (`plugins`: the chain's).
+    #[error(
+        "a hot swap keeps the chain's plugins and their order ({plugins}) and changes only versions and configs; \
+         to change the plugins, create a new pool"
+    )]
+    SwapChangesPlugins {
+        /// The plugins of the current chain, in order.
+        plugins: String,
+    },
+    /// A hot swap to a chain whose store is persistent when the pool's is not, or back.
+    #[error("a hot swap cannot change whether the pool's store is persistent")]
+    SwapChangesPersistence,
+    /// A database given for a pool whose store is not granted storage, or none for one that is.
+    #[error("a pool has a database exactly when its store is granted storage")]
+    DatabaseMismatch,
+    /// A kept pool with no chain generation.
+    #[error("a restored pool needs a chain")]
+    NoGeneration,
+    /// The chain was refused or could not start.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The pool's database failed: the host's fault, not the client's.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
+
 /// What a shrink did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ShrinkReport {
@@ -234,30 +306,24 @@ impl PoolSpec {
     }
 
     /// Checks everything that does not involve plugins.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PoolError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
-            return Err(format!(
-                "pool name {:?} must be 1-64 characters of ASCII letters, digits, '-', '_' and '.'",
-                self.name
-            ));
+            return Err(PoolError::BadName(self.name.clone()));
         }
         if !self.page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&self.page_size) {
-            return Err(format!(
-                "page size {} must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}",
-                self.page_size
-            ));
+            return Err(PoolError::BadPageSize(self.page_size));
         }
         self.limits.check()?;
         if self.name.starts_with('.') {
-            return Err(format!("pool name {:?} must not start with '.'", self.name));
+            return Err(PoolError::HiddenName(self.name.clone()));
         }
         if let Some(n) = self.shards
             && (!n.is_power_of_two() || n > 1024)
         {
-            return Err(format!("shards {n} must be a power of two up to 1024"));
+            return Err(PoolError::BadShards(n));
         }
         self.durability.check()
     }
@@ -273,22 +339,22 @@ impl PoolSpec {
 
 /// A store that keeps bytes elsewhere (granted `network`) has no `pool_total_size` on this
 /// host, so a byte limit could never apply: it is refused rather than silently ignored.
-fn check_byte_limit(chain: &Chain, limits: &PoolLimits) -> Result<(), String> {
+fn check_byte_limit(chain: &Chain, limits: &PoolLimits) -> Result<(), PoolError> {
     let remote = chain.links().last().is_some_and(|l| l.grants.contains(&tmem_api::manifest::Capability::Network));
     if remote && limits.max_bytes.is_some() {
-        return Err("max_bytes cannot apply to a remote store (its bytes are on the remote, which has its own limits); use max_pages".into());
+        return Err(PoolError::ByteLimitOnRemote);
     }
     Ok(())
 }
 
 impl PoolLimits {
     /// Checks the limits make sense.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PoolError> {
         if !(1..=100).contains(&self.accept_threshold_percent) {
-            return Err(format!("accept_threshold_percent {} must be from 1 to 100", self.accept_threshold_percent));
+            return Err(PoolError::BadAcceptThreshold(self.accept_threshold_percent));
         }
         if self.max_pages == Some(0) || self.max_bytes == Some(0) {
-            return Err("a limit of 0 would refuse every store; leave it unset (null) for no limit".into());
+            return Err(PoolError::ZeroLimit);
         }
         Ok(())
     }
@@ -402,7 +468,7 @@ impl Pool {
         chain: Chain,
         engine: Arc<PluginEngine>,
         disk: Option<Arc<PoolDisk>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PoolError> {
         let pool = Pool::empty(spec, Arc::new(chain.clone()), engine, disk)?;
         pool.swap_chain(Arc::new(chain))?;
         Ok(pool)
@@ -417,8 +483,8 @@ impl Pool {
         generations: Vec<(u32, Chain)>,
         engine: Arc<PluginEngine>,
         disk: Arc<PoolDisk>,
-    ) -> Result<Self, String> {
-        let (_, current) = generations.last().ok_or("a restored pool needs a chain")?;
+    ) -> Result<Self, PoolError> {
+        let (_, current) = generations.last().ok_or(PoolError::NoGeneration)?;
         let pool = Pool::empty(spec, Arc::new(current.clone()), engine, Some(disk))?;
         let mut installed = Vec::new();
         for (id, chain) in generations {
@@ -470,10 +536,10 @@ impl Pool {
         chain: Arc<Chain>,
         engine: Arc<PluginEngine>,
         disk: Option<Arc<PoolDisk>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PoolError> {
         spec.check()?;
         if chain.is_persistent() != disk.is_some() {
-            return Err("a pool has a database exactly when its store is granted storage".into());
+            return Err(PoolError::DatabaseMismatch);
         }
         check_byte_limit(&chain, &spec.limits)?;
         let stats = Arc::new(PoolStats::default());
@@ -485,7 +551,7 @@ impl Pool {
                 };
                 Ok(Mutex::new(Shard { map: HashMap::default(), generations: Vec::new(), pages: Arc::new(pages) }))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, DiskError>>()?;
         if let Some(disk) = &disk {
             disk.set_durability(spec.durability);
         }
@@ -515,28 +581,24 @@ impl Pool {
     /// earlier generations stay readable through them until they are gone. Every plugin of
     /// the new chain is started once first, so a chain that cannot start changes nothing.
     /// Returns the new generation's id.
-    pub fn swap_chain(&self, chain: Arc<Chain>) -> Result<u32, String> {
+    pub fn swap_chain(&self, chain: Arc<Chain>) -> Result<u32, PoolError> {
         if chain.is_persistent() != self.disk.is_some() {
-            return Err("a hot swap cannot change whether the pool's store is persistent".into());
+            return Err(PoolError::SwapChangesPersistence);
         }
         self.install(chain, None)
     }
 
     /// Starts `chain` and makes it the current generation, as `id` or as the next id.
-    fn install(&self, chain: Arc<Chain>, id: Option<u32>) -> Result<u32, String> {
+    fn install(&self, chain: Arc<Chain>, id: Option<u32>) -> Result<u32, PoolError> {
         // Shard 0's lock serializes swaps, and no store in shard 0 can see the new id before
         // its warmed-up slot is in place.
         let mut shard = self.shards[0].lock();
         let Shard { generations, pages, .. } = &mut *shard;
         let id = id.unwrap_or_else(|| self.current.read().id + 1);
         let mut instances = ChainInstances::new(chain.links().len());
-        instances.warm_up(&self.context(id, &chain, pages)).map_err(|(i, fault)| {
-            let plugin = &chain.links()[i].plugin;
-            match fault {
-                PluginFault::InitRefused(message) => format!("plugin '{plugin}' refused its config: {message}"),
-                other => format!("plugin '{plugin}' could not start: {other}"),
-            }
-        })?;
+        instances
+            .warm_up(&self.context(id, &chain, pages))
+            .map_err(|(i, fault)| ChainError::start(&chain.links()[i].plugin, fault))?;
         *self.current.write() = Arc::new(Generation { id, chain: chain.clone() });
         self.current_id.store(id, Ordering::Release);
         generations.push(GenerationSlot { id, chain, instances, held: 0 });
@@ -583,13 +645,8 @@ impl Pool {
     }
 
     /// Changes the durability mode of a persistent pool.
-    pub fn set_durability(&self, durability: Durability) -> Result<(), String> {
-        let disk = self.disk.as_ref().ok_or_else(|| {
-            format!(
-                "pool '{}' is not persistent (its store is not granted storage); durability does not apply",
-                self.name
-            )
-        })?;
+    pub fn set_durability(&self, durability: Durability) -> Result<(), PoolError> {
+        let disk = self.disk.as_ref().ok_or_else(|| PoolError::NotPersistent(self.name.clone()))?;
         durability.check()?;
         disk.set_durability(durability);
         Ok(())
@@ -1062,7 +1119,7 @@ impl Pool {
 
     /// Changes the limits at runtime. Pages above a lowered limit stay; new stores are
     /// refused until usage falls below the accept threshold.
-    pub fn set_limits(&self, limits: PoolLimits) -> Result<(), String> {
+    pub fn set_limits(&self, limits: PoolLimits) -> Result<(), PoolError> {
         limits.check()?;
         check_byte_limit(&self.chain(), &limits)?;
         self.max_pages.store(limits.max_pages.unwrap_or(UNLIMITED), Ordering::Relaxed);

@@ -228,7 +228,8 @@ fn limits_refuse_stores_until_usage_falls_below_the_accept_threshold() {
         if chain.contains("remote") {
             let err = pool
                 .set_limits(PoolLimits { max_pages: None, max_bytes: Some(1), accept_threshold_percent: 90 })
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("max_bytes cannot apply to a remote store"), "{err}");
             return;
         }

@@ -11,6 +11,7 @@ mod contract;
 mod crash;
 mod dashboard;
 mod demo;
+mod errors;
 mod frontend;
 mod hot_swap;
 mod kernel_swap;

@@ -264,7 +264,7 @@ fn listen_of(request: &AttachRequest) -> Result<Listen, AttachError> {
 
 fn new_id(kind: FrontendKind) -> Result<String, AttachError> {
     let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes).map_err(|e| AttachError::Invalid(format!("no randomness for an id: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(HostError::Randomness)?;
     let prefix = match kind {
         FrontendKind::Nbd => "nbd",
         FrontendKind::Ublk => "ublk",

@@ -410,7 +410,7 @@ impl BlockDevice {
         if let Some(disk) = self.pool.disk()
             && disk.durability() != Durability::Sync
         {
-            disk.flush().map_err(|e| self.io_error(e))?;
+            disk.flush().map_err(|e| self.io_error(e.to_string()))?;
         }
         self.locations.backing().sync_data().map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))
     }

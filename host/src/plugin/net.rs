@@ -27,27 +27,62 @@ pub struct NetPolicy {
     pub timeout: Duration,
 }
 
+/// Why a network grant could not be derived from a plugin's config (the client's mistake).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetConfigError {
+    /// The config has no `endpoints` list.
+    #[error("plugin '{0}' has the network capability but no `endpoints` config key listing what it may reach")]
+    NoEndpointsKey(String),
+    /// An endpoint is not `scheme://...`.
+    #[error("endpoint {url:?} of plugin '{plugin}' is not a URL (scheme://host:port[/path])")]
+    NotAUrl {
+        /// The plugin.
+        plugin: String,
+        /// The endpoint as given.
+        url: String,
+    },
+    /// An endpoint's authority has an address that is not `host:port`.
+    #[error("endpoint {url:?} of plugin '{plugin}': {address:?} is not host:port")]
+    NotHostPort {
+        /// The plugin.
+        plugin: String,
+        /// The endpoint as given.
+        url: String,
+        /// The address in it.
+        address: String,
+    },
+    /// `endpoints` is empty.
+    #[error("plugin '{0}' needs at least one endpoint in `endpoints`")]
+    NoEndpoints(String),
+    /// `timeout_ms` is zero or not a number.
+    #[error("plugin '{0}': timeout_ms must be positive")]
+    BadTimeout(String),
+}
+
 impl NetPolicy {
     /// The grant a plugin's resolved config asks for: every `host:port` of its `endpoints`.
-    pub fn from_config(plugin: &str, config: &Map<String, Value>) -> Result<NetPolicy, String> {
-        let endpoints = config.get("endpoints").and_then(Value::as_array).ok_or_else(|| {
-            format!(
-                "plugin '{plugin}' has the network capability but no `endpoints` config key listing what it may reach"
-            )
-        })?;
+    pub fn from_config(plugin: &str, config: &Map<String, Value>) -> Result<NetPolicy, NetConfigError> {
+        let endpoints = config
+            .get("endpoints")
+            .and_then(Value::as_array)
+            .ok_or_else(|| NetConfigError::NoEndpointsKey(plugin.into()))?;
         let mut allowed = Vec::new();
         for endpoint in endpoints {
             let url = endpoint.as_str().unwrap_or_default();
-            let (_, rest) = url.split_once("://").ok_or_else(|| {
-                format!("endpoint {url:?} of plugin '{plugin}' is not a URL (scheme://host:port[/path])")
-            })?;
+            let (_, rest) = url
+                .split_once("://")
+                .ok_or_else(|| NetConfigError::NotAUrl { plugin: plugin.into(), url: url.into() })?;
             let authority = rest.split('/').next().unwrap_or_default();
             for address in authority.split(',') {
                 let port_ok = address
                     .rsplit_once(':')
                     .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
                 if !port_ok {
-                    return Err(format!("endpoint {url:?} of plugin '{plugin}': {address:?} is not host:port"));
+                    return Err(NetConfigError::NotHostPort {
+                        plugin: plugin.into(),
+                        url: url.into(),
+                        address: address.into(),
+                    });
                 }
                 if !allowed.iter().any(|a| a == address) {
                     allowed.push(address.to_string());
@@ -55,13 +90,11 @@ impl NetPolicy {
             }
         }
         if allowed.is_empty() {
-            return Err(format!("plugin '{plugin}' needs at least one endpoint in `endpoints`"));
+            return Err(NetConfigError::NoEndpoints(plugin.into()));
         }
         let timeout = match config.get("timeout_ms") {
             Some(ms) => Duration::from_millis(
-                ms.as_u64()
-                    .filter(|ms| *ms > 0)
-                    .ok_or_else(|| format!("plugin '{plugin}': timeout_ms must be positive"))?,
+                ms.as_u64().filter(|ms| *ms > 0).ok_or_else(|| NetConfigError::BadTimeout(plugin.into()))?,
             ),
             None => DEFAULT_TIMEOUT,
         };
@@ -179,7 +212,7 @@ mod tests {
     use serde_json::json;
 
     fn policy(config: Value) -> Result<NetPolicy, String> {
-        NetPolicy::from_config("remote", config.as_object().unwrap())
+        NetPolicy::from_config("remote", config.as_object().unwrap()).map_err(|e| e.to_string())
     }
 
     #[test]

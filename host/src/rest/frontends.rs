@@ -51,7 +51,7 @@ impl From<AttachError> for ApiError {
             e @ AttachError::NotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "frontend_not_found", e.to_string())
             }
-            AttachError::Catalog(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "catalog", e.to_string()),
+            AttachError::Catalog(e) => e.into(),
         }
     }
 }
@@ -67,6 +67,7 @@ impl From<AttachError> for ApiError {
         (status = 400, description = "A bad size, path or address, or kind `socket` (`invalid_frontend`); `ublk` without the kernel's driver (`unsupported_frontend`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "The pool has a device (`frontend_exists`), the backing file or address is taken (`backing_in_use`, `address_in_use`)", body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`), no randomness (`internal`): nothing is attached", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -107,6 +108,7 @@ pub async fn list_frontends(
         (status = 204, description = "Detached"),
         (status = 404, description = "No such pool or frontend", body = ErrorBody),
         (status = 409, description = "A socket frontend (`frontend_not_detachable`): it detaches by closing its connection", body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`): the device stays", body = ErrorBody),
     ),
     security(("token" = []))
 )]

@@ -54,6 +54,7 @@ pub struct UploadQuery {
         (status = 200, description = "These bytes were already registered under this name", body = PluginVersion),
         (status = 400, description = "Not a tmem plugin: not Wasm, wrong ABI, missing exports, bad manifest", body = ErrorBody),
         (status = 413, description = "Over the size limit", body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`): nothing is registered", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -120,6 +121,7 @@ pub struct RemoveQuery {
         (status = 204, description = "Removed"),
         (status = 404, body = ErrorBody),
         (status = 409, description = "A pool uses it, or it is built into the binary", body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`): nothing is removed", body = ErrorBody),
     ),
     security(("token" = []))
 )]

@@ -103,6 +103,8 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         (status = 200, description = "Dry run: the config is valid", body = PoolCheck),
         (status = 400, description = "Unknown fields, unknown plugins, a bad chain, bad config keys, a bad page size", body = ErrorBody),
         (status = 409, description = "A pool of that name exists", body = ErrorBody),
+        (status = 500, description = "The host failed: a persistent pool's database cannot be created (`storage_error`), the catalog cannot be written (`catalog`), no randomness (`internal`); the message names no paths or internal errors, the host's log has them", body = ErrorBody),
+        (status = 503, description = "The host cannot start another plugin instance now (`no_capacity`): retry later", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -149,7 +151,13 @@ pub async fn get_pool(State(host): State<Arc<Host>>, Path(name): Path<String>) -
     patch, path = "/api/v1/pools/{name}", tag = "pools",
     params(("name" = String, Path, description = "Pool name")),
     request_body = PoolPatch,
-    responses((status = 200, body = PoolInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = PoolInfo),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`)", body = ErrorBody),
+        (status = 503, description = "A hot swap cannot start another plugin instance now (`no_capacity`): retry later", body = ErrorBody),
+    ),
     security(("token" = []))
 )]
 pub async fn patch_pool(
@@ -169,7 +177,11 @@ pub async fn patch_pool(
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}", tag = "pools",
     params(("name" = String, Path, description = "Pool name")),
-    responses((status = 204, description = "Destroyed"), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 204, description = "Destroyed"),
+        (status = 404, body = ErrorBody),
+        (status = 500, description = "The catalog cannot be written (`catalog`): the pool stays", body = ErrorBody),
+    ),
     security(("token" = []))
 )]
 pub async fn delete_pool(
