@@ -7,7 +7,7 @@
 //! - [`manifest`] — what a plugin says about itself (kind, config keys) and the checking of a
 //!   pool's config against it.
 //! - [`frontend`] — the frontend protocol between a frontend and the host's Unix socket.
-//! - [`peer`] — the peer protocol between a `remote` store and a memory server host.
+//! - [`peer`] — the peer protocol between a `remote` store and a peer host.
 //! - [`wire`] — the framing both protocols share: frames, their checked lengths, payload
 //!   reading and [`wire::WireError`], and a blocking `read_frame`.
 //! - [`rest`] (feature `rest`) — the REST API's bodies and their OpenAPI schemas.

@@ -1,6 +1,6 @@
-//! The peer protocol: how a `remote` store on one tmem host keeps pages in a pool of another
-//! (`tmem serve --peer-listen ADDR`, RAMster's memory server). Binary, length-prefixed,
-//! pipelined; the one definition both sides use.
+//! The peer protocol: how a `remote` store on one tmem host keeps pages in a pool of another,
+//! its **peer host** (`tmem serve --peer-listen ADDR`; RAMster's remote RAM). Binary,
+//! length-prefixed, pipelined; the one definition both sides use.
 //!
 //! # Frames
 //!

@@ -3,7 +3,7 @@
 //! `cargo bench -p tmem-host --bench remote` (or `-- --pages N`). One thread, realistic page
 //! contents (15% zero, 15% random, 70% text), zstd level 3 in front of each store. Reports
 //! stores/s, loads/s and p50/p99 latency for `[zstd, ram]` (baseline), `[zstd, remote]` to a
-//! memory server (a second in-process host serving the peer protocol on loopback) and
+//! peer host (a second in-process host serving the peer protocol on loopback) and
 //! `[zstd, remote]` to a `redis-server` on loopback (skipped if none is installed), with each
 //! one's ratio to the baseline.
 
@@ -87,7 +87,7 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000);
 
-    // The memory server: a second host with a [ram] pool, serving peers on loopback.
+    // The peer host: a second host with a [ram] pool, serving peers on loopback.
     let server = Arc::new(Host::new(HostConfig::default()).expect("host"));
     server.create_pool_from(&PoolConfig::new("mem", vec![BackendRequest::new("ram")])).expect("pool");
     let token = "bench-token";

@@ -23,7 +23,7 @@ use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, San
 pub const SECRET_SHOWN: &str = "<secret>";
 
 /// Where a plugin granted `network` gets its `token` when the pool config leaves it empty:
-/// the memory server's token, set in the environment of this host.
+/// the peer host's token, set in the environment of this host.
 pub const PEER_TOKEN_ENV: &str = "TMEM_PEER_TOKEN";
 use crate::stats::{FaultRecord, PoolStats};
 

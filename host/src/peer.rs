@@ -1,4 +1,4 @@
-//! The memory server (`tmem serve --peer-listen ADDR`, off by default): other tmem hosts'
+//! The peer host (`tmem serve --peer-listen ADDR`, off by default): other tmem hosts'
 //! `remote` stores keep their pages in this host's pools over the peer protocol
 //! ([`tmem_api::peer`]: binary, length-prefixed, pipelined).
 //!
@@ -71,13 +71,11 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) 
     };
     let accepted = hello.and_then(|(presented, pool_name)| {
         if !token.matches(presented) {
-            return Err("wrong token: peers authenticate with the memory server's API token".to_string());
+            return Err("wrong token: peers authenticate with the peer host's API token".to_string());
         }
         let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
         if pool.chain().links().len() != 1 {
-            return Err(format!(
-                "pool '{pool_name}' has filters; a memory server pool must be a lone store, e.g. [ram]"
-            ));
+            return Err(format!("pool '{pool_name}' has filters; a peer pool must be a lone store, e.g. [ram]"));
         }
         Ok(pool)
     });

@@ -739,7 +739,7 @@ impl Pool {
 
     /// Stores a **record**: bytes another host's chain already encoded (1 byte up to
     /// [`Pool::max_record`]), kept as they are by a pool whose chain is a lone store — how a
-    /// memory server keeps its peers' pages. Every rule of [`Pool::store`] applies.
+    /// peer host keeps its peers' pages. Every rule of [`Pool::store`] applies.
     pub fn store_record(&self, offset: u64, record: &[u8]) -> Result<StoreOutcome, OpError> {
         self.check_record_pool()?;
         if record.is_empty() || record.len() > self.max_record() {

@@ -1,5 +1,5 @@
 //! Frames ([`tmem_api::wire`]) read from async streams: the one reader of the frontend socket
-//! ([`crate::frontend::socket`]) and the memory server ([`crate::peer`]); the blocking twin is
+//! ([`crate::frontend::socket`]) and the peer host ([`crate::peer`]); the blocking twin is
 //! [`tmem_api::wire::read_frame`].
 
 use std::io;

@@ -13,7 +13,7 @@ pub fn host() -> Host {
 }
 
 /// Every bundled chain the contract must hold for, by name. The remote chain reaches a fresh
-/// `[ram]` pool of an in-process memory server (a second host serving the peer protocol on a
+/// `[ram]` pool of an in-process peer host (a second host serving the peer protocol on a
 /// loopback port), one per call, so tests running in parallel never share offsets.
 pub fn bundled_chains() -> Vec<(&'static str, Vec<BackendSpec>)> {
     vec![
@@ -37,7 +37,7 @@ const MEMORY_SERVER_TOKEN: &str = "contract-token";
 fn memory_server() -> &'static MemoryServer {
     static SERVER: std::sync::OnceLock<MemoryServer> = std::sync::OnceLock::new();
     SERVER.get_or_init(|| {
-        let host = std::sync::Arc::new(Host::new(HostConfig::default()).expect("memory server host"));
+        let host = std::sync::Arc::new(Host::new(HostConfig::default()).expect("peer host"));
         let runtime = Box::leak(Box::new(tokio::runtime::Runtime::new().expect("runtime")));
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let address = listener.local_addr().unwrap();
@@ -47,7 +47,7 @@ fn memory_server() -> &'static MemoryServer {
     })
 }
 
-/// A `remote` backend reaching a fresh pool of the in-process memory server.
+/// A `remote` backend reaching a fresh pool of the in-process peer host.
 pub fn remote_to_memory_server() -> BackendSpec {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let server = memory_server();
@@ -56,7 +56,7 @@ pub fn remote_to_memory_server() -> BackendSpec {
         page_size: 2 << 20, // records of any of the contract's page sizes fit
         ..tmem_api::rest::PoolConfig::new(&name, vec![BackendSpec::new("ram")])
     };
-    server.host.create_pool_from(&config).expect("a memory server pool");
+    server.host.create_pool_from(&config).expect("a peer pool");
     BackendSpec {
         grants: vec!["network".into()],
         config: json!({"endpoints": [format!("tmem://{}/{name}", server.address)], "timeout_ms": 2000, "token": MEMORY_SERVER_TOKEN}),

@@ -1,4 +1,4 @@
-//! The memory server (`tmem serve --peer-listen`) spoken to directly over its binary protocol:
+//! The peer host (`tmem serve --peer-listen`) spoken to directly over its binary protocol:
 //! authentication, record round trips, and bad input (truncated and oversized frames, a
 //! wrong token, an unknown or unsuitable pool) — each a clear ERROR, none losing a page.
 
@@ -15,7 +15,7 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A memory server with a `[ram]` pool `mem` and a `[zstd, ram]` pool `filtered`.
+/// A peer host with a `[ram]` pool `mem` and a `[zstd, ram]` pool `filtered`.
 pub fn memory_server(dir: &std::path::Path, peer_port: u16) -> ServeProcess {
     let server = ServeProcess::start(dir, &["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
     let client = server.client();
@@ -78,7 +78,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 #[test]
-fn the_memory_server_keeps_records_and_refuses_bad_input_clearly() {
+fn a_peer_host_keeps_records_and_refuses_bad_input_clearly() {
     let port = free_port();
     let server = memory_server(&temp_dir("peer"), port);
     let token = server.token.clone();

@@ -42,7 +42,7 @@
 //!   one Redis URL is refused when the pool is created.
 //! - `timeout_ms` — 1 to 60000, default 200: the bound of every network operation (enforced
 //!   by the host).
-//! - `token` — secret: the memory server's API token (tmem://) or the Redis password
+//! - `token` — secret: the peer host's API token (tmem://) or the Redis password
 //!   (`AUTH`); empty for none.
 //!
 //! # Failure semantics
@@ -57,7 +57,7 @@
 //! once; loads and deletes are never skipped (a load is owed its page), they make one attempt.
 //!
 //! - put: `Unavailable` if the backend cannot be reached (or any replica's breaker is open);
-//!   `AllocFail` if it refuses the page (a memory server's `REJECTED`, Redis `OOM`). A put
+//!   `AllocFail` if it refuses the page (a peer host's `REJECTED`, Redis `OOM`). A put
 //!   that only some replicas took is refused and deleted from those (best effort).
 //! - get: `NotFound` if the backend answers that it has nothing (every replica, for
 //!   replicas); `Unavailable` if it cannot be reached, or answers with more bytes than a
@@ -66,7 +66,7 @@
 //! - delete, clear: one attempt each; a failure only trips the breaker (the host's map is the
 //!   authority, so a leftover copy is never read: a later store overwrites it).
 
-/// Why an exchange with a remote (a memory server or Redis) failed; the connection is
+/// Why an exchange with a remote (a peer host or Redis) failed; the connection is
 /// dropped (and, for stores, the endpoint's breaker tripped).
 #[derive(Debug)]
 pub enum Fail {
@@ -132,7 +132,7 @@ pub struct RemoteConfig {
     /// The bound of every network operation; the host enforces it.
     #[serde(default = "default_timeout")]
     pub timeout_ms: i64,
-    /// The memory server's API token, or the Redis password; empty for none.
+    /// The peer host's API token, or the Redis password; empty for none.
     #[serde(default)]
     pub token: String,
 }
@@ -143,7 +143,7 @@ fn default_timeout() -> i64 {
 
 impl Store for Remote {
     const NAME: &'static str = "remote";
-    const DESCRIPTION: &'static str = "pages kept on other machines: tmem memory servers (replicated), Redis/Valkey or a Redis Cluster (needs the network grant)";
+    const DESCRIPTION: &'static str = "pages kept on other machines: tmem peer hosts (replicated), Redis/Valkey or a Redis Cluster (needs the network grant)";
     const CONFIG: &'static [ConfigKey] = &[
         config::string_list(
             "endpoints",
@@ -151,7 +151,7 @@ impl Store for Remote {
              or one redis-cluster://HOST:PORT,HOST:PORT,.../NAMESPACE listing every node",
         ),
         config::integer("timeout_ms", "bound of every connect, send and receive, in milliseconds", 1, 60000, 200),
-        config::secret("token", "the memory server's API token (tmem://) or the Redis password (AUTH); empty for none"),
+        config::secret("token", "the peer host's API token (tmem://) or the Redis password (AUTH); empty for none"),
     ];
     const CAPABILITIES: &'static [Capability] = &[Capability::Network];
     type Config = RemoteConfig;

@@ -1,4 +1,4 @@
-//! tmem memory servers ([`tmem_api::peer`]): one lazily opened connection per replica.
+//! tmem peer hosts ([`tmem_api::peer`]): one lazily opened connection per replica.
 
 use tmem_api::{peer, wire};
 use tmem_sdk::net::{Connection, NetError};
@@ -36,7 +36,7 @@ struct Replica {
     breaker: Breaker,
 }
 
-/// The replicas of a pool on tmem memory servers.
+/// The replicas of a pool on tmem peer hosts.
 pub struct Peers {
     replicas: Vec<Replica>,
     token: String,

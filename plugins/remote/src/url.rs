@@ -3,7 +3,7 @@
 /// What a pool's `endpoints` list names: one kind of backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// tmem memory servers (one or more replicas), each `(address, pool)`.
+    /// tmem peer hosts (one or more replicas), each `(address, pool)`.
     Peers(Vec<PeerUrl>),
     /// One Redis or Valkey server.
     Redis {
@@ -26,7 +26,7 @@ pub enum Target {
 pub struct PeerUrl {
     /// `HOST:PORT`, exactly as written (the host grants addresses by their text).
     pub addr: String,
-    /// The pool on the memory server.
+    /// The pool on the peer host.
     pub pool: String,
 }
 
@@ -63,10 +63,10 @@ pub fn parse_endpoints(endpoints: &[String]) -> Result<Target, String> {
             "`endpoints` lists {} redis URLs: give exactly one (redis:// for one server, redis-cluster:// listing every node of a cluster)",
             redis.len()
         )),
-        (false, _) => Err(
-            "`endpoints` mixes tmem:// and redis URLs: a pool's remote store is either tmem memory servers or Redis"
-                .into(),
-        ),
+        (false, _) => {
+            Err("`endpoints` mixes tmem:// and redis URLs: a pool's remote store is either tmem peer hosts or Redis"
+                .into())
+        }
     }
 }
 

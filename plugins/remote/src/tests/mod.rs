@@ -1,4 +1,4 @@
-//! The store against servers: a fake tmem memory server (peer protocol), and, when installed,
+//! The store against servers: a fake tmem peer host (peer protocol), and, when installed,
 //! a real `redis-server` and a real three-node Redis Cluster.
 
 mod peer;

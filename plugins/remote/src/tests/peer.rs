@@ -1,4 +1,4 @@
-//! A fake tmem memory server speaking the peer protocol.
+//! A fake tmem peer host speaking the peer protocol.
 
 use std::collections::HashMap;
 use std::io::Write;
