@@ -19,7 +19,6 @@
 //! - [`peer`] — the peer role: this host's pools serving other hosts' `remote` stores.
 //! - [`persist`] — persistent pools' databases and durability (group commit, periodic flush).
 //! - [`server`] — `tmem serve`: the HTTP listener around a host.
-//! - [`cli`] — the client commands of `tmem` (`plugin`, `pool`, `page`), over the REST API.
 //! - [`bundled`] — the plugins built from `plugins/` and embedded in the binary.
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`telemetry`] — logging set-up.
@@ -28,7 +27,6 @@
 pub mod bundled;
 pub mod catalog;
 pub mod chain;
-pub mod cli;
 pub mod demo;
 pub mod frontend;
 pub mod host;

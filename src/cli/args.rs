@@ -1,0 +1,765 @@
+//! What clap parses — the [`Cli`] parser and every subcommand, `serve` and `demo` as well as
+//! the client groups `plugin`, `pool` and `page` — and, as a second step, the conversion of the
+//! parsed arguments into the settings the host and the REST API take ([`ServeConfig`],
+//! [`DemoConfig`], [`PoolConfig`], [`PoolPatch`], [`AttachRequest`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+use tmem_api::rest::{AttachRequest, BackendRequest, Durability, FrontendKind, PoolConfig, PoolPatch, SandboxConfig};
+use tmem_host::demo::DemoConfig;
+use tmem_host::server::ServeConfig;
+
+/// Where `tmem serve` listens unless told otherwise.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7411";
+
+/// The sandbox defaults of the host, used when only one of the two sandbox options is given.
+const DEFAULT_SANDBOX: SandboxConfig = SandboxConfig { memory_bytes: 64 << 20, call_timeout_ms: 100 };
+
+// ----- arguments -----
+
+/// The `tmem` command line.
+#[derive(Parser)]
+#[command(
+    name = "tmem",
+    version,
+    about = "Transcendent memory in userspace: frontswap pools backed by sandboxed Wasm plugins"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `tmem`.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the host.
+    Serve(ServeArgs),
+    /// Run a host and a verified workload in a userfaultfd region 4x larger than its
+    /// resident limit, over a `[zstd, ram]` pool (needs root for userfaultfd).
+    Demo(DemoArgs),
+    // The client groups: `plugin`, `pool`, `page`.
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// `tmem serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:7411", env = "TMEM_LISTEN")]
+    pub listen: SocketAddr,
+    /// Directory for the host's state.
+    #[arg(long, default_value = "tmem-data", env = "TMEM_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Create a `[zstd, ram]` pool named `demo` at start.
+    #[arg(long)]
+    pub demo_pool: bool,
+    /// Also serve as a memory server for other hosts' `remote` stores on this address
+    /// (peers authenticate with this host's API token). Off by default.
+    #[arg(long, value_name = "ADDR", env = "TMEM_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// The frontends' Unix socket [default: DATA_DIR/tmem.sock].
+    #[arg(long, value_name = "PATH", env = "TMEM_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Lock all of the host's memory (mlockall) at start: needed when this machine's own
+    /// kernel swaps to the host's NBD devices (ublk devices lock it themselves).
+    #[arg(long)]
+    pub mlock: bool,
+}
+
+/// `tmem demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the host's HTTP listener (the dashboard shows the run live).
+    #[arg(long, default_value = "127.0.0.1:7411", env = "TMEM_LISTEN")]
+    pub listen: SocketAddr,
+    /// Directory for the host's state.
+    #[arg(long, default_value = "tmem-data", env = "TMEM_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// How long the workload runs.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Size of the region in MiB (a quarter of it may be resident).
+    #[arg(long, default_value_t = 64)]
+    pub region_mib: usize,
+    /// After the workload, keep the host serving (API, dashboard) until Ctrl-C / SIGTERM.
+    #[arg(long)]
+    pub then_serve: bool,
+}
+
+/// The client subcommands of `tmem`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register, list and remove plugins (Wasm backends).
+    Plugin(PluginArgs),
+    /// Create, inspect, change and remove pools.
+    Pool(PoolArgs),
+    /// Store, load and invalidate pages of a pool.
+    Page(PageArgs),
+}
+
+/// How to reach the server and how to print; accepted anywhere after the group's name.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectOptions {
+    /// URL of the tmem server.
+    #[arg(long, global = true, help_heading = "Client options", value_name = "URL", env = "TMEM_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// API token [default: read from DATA_DIR/token].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        value_name = "TOKEN",
+        env = "TMEM_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// The server's data directory, where it wrote its API token.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Client options",
+        value_name = "DIR",
+        env = "TMEM_DATA_DIR",
+        default_value = "tmem-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Print the server's JSON response instead of a human-readable view.
+    #[arg(long, global = true, help_heading = "Client options")]
+    pub json: bool,
+}
+
+/// `tmem plugin ...`.
+#[derive(Debug, Args)]
+pub struct PluginArgs {
+    #[command(flatten)]
+    pub connect: ConnectOptions,
+    #[command(subcommand)]
+    pub command: PluginCommand,
+}
+
+/// The plugin subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Register a Wasm plugin module (a new version if the name exists).
+    Upload {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Register under this name instead of the one in the plugin's manifest.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List every plugin version.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a plugin's versions and config keys.
+    Show {
+        /// The plugin name.
+        name: String,
+    },
+    /// Remove a plugin, or one version of it.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The plugin name.
+        name: String,
+        /// Only this version (version string or sha256 prefix).
+        #[arg(long)]
+        version: Option<String>,
+    },
+}
+
+/// `tmem pool ...`.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(flatten)]
+    pub connect: ConnectOptions,
+    #[command(subcommand)]
+    pub command: PoolCommand,
+}
+
+/// The pool subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool.
+    Create(PoolCreateArgs),
+    /// List pools.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a pool's configuration, chain, counters and latency.
+    Show {
+        /// The pool name.
+        name: String,
+    },
+    /// Change a pool's settings, or hot swap its chain.
+    Set(PoolSetArgs),
+    /// Remove a pool and every page it holds.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The pool name.
+        name: String,
+    },
+    /// Hand pages back until the pool holds at most N.
+    Shrink {
+        /// The pool name.
+        name: String,
+        /// The number of pages to keep at most.
+        #[arg(long, value_name = "N")]
+        target_pages: u64,
+    },
+    /// Attach a block device (an NBD server) whose pages live in the pool.
+    Attach(PoolAttachArgs),
+    /// Detach a block device (its pages leave the pool; the backing file stays).
+    Detach {
+        /// The pool name.
+        name: String,
+        /// The attachment id (`tmem pool attach` printed it; `tmem pool show` lists it).
+        id: String,
+    },
+}
+
+/// `tmem pool attach`: the transport (an NBD server's socket or address, or a ublk device),
+/// the size, the backing file.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("where").required(true).args(["nbd_socket", "nbd_listen", "ublk"])))]
+pub struct PoolAttachArgs {
+    /// The pool name.
+    pub name: String,
+    /// Serve a ublk device, /dev/ublkbN (the host needs the ublk_drv module and root).
+    #[arg(long)]
+    pub ublk: bool,
+    /// With --ublk: the device number N to create (default: the next free one).
+    #[arg(long, value_name = "N", requires = "ublk")]
+    pub ublk_id: Option<u32>,
+    /// Serve NBD on a Unix socket at this absolute path.
+    #[arg(long, value_name = "PATH")]
+    pub nbd_socket: Option<PathBuf>,
+    /// Serve NBD on this TCP address, e.g. 127.0.0.1:10809 (loopback unless --allow-remote).
+    #[arg(long, value_name = "ADDR")]
+    pub nbd_listen: Option<String>,
+    /// Accept a --nbd-listen address beyond loopback (NBD has no authentication).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// The device size, a multiple of the pool's page size, e.g. `1G`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: u64,
+    /// The backing file for pages the pool refuses (absolute path; created if missing).
+    #[arg(long, value_name = "PATH")]
+    pub backing: PathBuf,
+}
+
+/// `tmem pool create`.
+#[derive(Debug, Args)]
+pub struct PoolCreateArgs {
+    /// The pool name (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// One link of the chain, in order: filters, then one store.
+    /// Syntax: PLUGIN[@VERSION][+GRANT...][:KEY=VALUE[,KEY=VALUE...]], e.g. `zstd:level=1`,
+    /// `ram`, `sled+storage` (the persistent store, granted storage).
+    #[arg(long = "backend", value_name = "SPEC", required = true, value_parser = parse_backend)]
+    pub backends: Vec<BackendRequest>,
+    /// Persistent pools: `sync` (acknowledge once on disk; the default) or `periodic`.
+    #[arg(long, value_name = "sync|periodic", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+    /// Persistent pools with periodic durability: flush interval in ms [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Bytes per page: a power of two from 4K to 2M [default: 4096].
+    #[arg(long, value_name = "SIZE", value_parser = parse_page_size)]
+    pub page_size: Option<u32>,
+    /// Most pages held [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub max_pages: Option<u64>,
+    /// Most bytes the store may use, e.g. `64M` [default: no limit].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_bytes: Option<u64>,
+    /// After hitting a limit, refuse stores until usage is below this percentage [default: 90].
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    pub accept_threshold: Option<u8>,
+    /// Every stored page is also written to the frontend's device.
+    #[arg(long)]
+    pub writethrough: bool,
+    /// A load also removes the page.
+    #[arg(long)]
+    pub exclusive_gets: bool,
+    /// Shards, a power of two [default: chosen from the CPUs].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
+    /// Create the pool refusing stores.
+    #[arg(long)]
+    pub disabled: bool,
+    /// Linear memory each plugin instance may have, e.g. `32M` [default: 64M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub sandbox_memory: Option<u64>,
+    /// Longest a single plugin call may run, in milliseconds [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub call_timeout_ms: Option<u64>,
+}
+
+/// `tmem pool set`: at least one change.
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("change").required(true).multiple(true)),
+    override_usage = "tmem pool set <NAME> <CHANGE>... [OPTIONS]"
+)]
+pub struct PoolSetArgs {
+    /// The pool name.
+    pub name: String,
+    /// New page limit, or `none`.
+    #[arg(long, value_name = "N|none", value_parser = parse_page_limit, group = "change")]
+    pub max_pages: Option<Limit>,
+    /// New byte limit (e.g. `64M`), or `none`.
+    #[arg(long, value_name = "SIZE|none", value_parser = parse_byte_limit, group = "change")]
+    pub max_bytes: Option<Limit>,
+    /// New accept threshold, in percent.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, group = "change")]
+    pub accept_threshold: Option<u8>,
+    /// Writethrough on or off.
+    #[arg(long, value_name = "true|false", value_parser = BoolishValueParser::new(), group = "change")]
+    pub writethrough: Option<bool>,
+    /// Exclusive gets on or off.
+    #[arg(long, value_name = "true|false", value_parser = BoolishValueParser::new(), group = "change")]
+    pub exclusive_gets: Option<bool>,
+    /// Accept stores.
+    #[arg(long, group = "change", conflicts_with = "disable")]
+    pub enable: bool,
+    /// Refuse stores.
+    #[arg(long, group = "change")]
+    pub disable: bool,
+    /// Hot swap: the whole chain again, same plugins in the same order, each at the version
+    /// and config wanted (syntax as for `pool create`).
+    #[arg(long = "backend", value_name = "SPEC", value_parser = parse_backend, group = "change")]
+    pub backends: Vec<BackendRequest>,
+    /// Persistent pools: `sync` or `periodic`.
+    #[arg(long, value_name = "sync|periodic", value_parser = parse_durability, group = "change")]
+    pub durability: Option<Durability>,
+    /// Persistent pools with periodic durability: flush interval in ms.
+    #[arg(long, value_name = "MS", group = "change")]
+    pub flush_interval_ms: Option<u64>,
+}
+
+/// `tmem page ...`.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    #[command(flatten)]
+    pub connect: ConnectOptions,
+    #[command(subcommand)]
+    pub command: PageCommand,
+}
+
+/// The page subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PageCommand {
+    /// Store one page; exits with 3 if the pool rejects it.
+    Put {
+        /// The pool name.
+        pool: String,
+        /// The page's offset (decimal, or hex with `0x`).
+        #[arg(value_parser = parse_offset)]
+        offset: u64,
+        /// A file of exactly one page; `-` or absent: standard input.
+        file: Option<PathBuf>,
+    },
+    /// Load one page: its bytes to standard output or a file.
+    Get {
+        /// The pool name.
+        pool: String,
+        /// The page's offset (decimal, or hex with `0x`).
+        #[arg(value_parser = parse_offset)]
+        offset: u64,
+        /// Write the page to this file instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Invalidate one page, or every page of the pool with `--all`.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The pool name.
+        pool: String,
+        /// The page's offset (decimal, or hex with `0x`).
+        #[arg(value_parser = parse_offset, required_unless_present = "all")]
+        offset: Option<u64>,
+        /// Every page of the pool (frontswap's invalidate_area).
+        #[arg(long, conflicts_with = "offset")]
+        all: bool,
+    },
+}
+
+/// A limit that may be removed: `None` is "no limit".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<u64>);
+
+// ----- settings -----
+
+impl ServeArgs {
+    /// The settings of the host `tmem serve` runs.
+    pub fn into_config(self) -> ServeConfig {
+        let ServeArgs { listen, data_dir, demo_pool, peer_listen, socket, mlock } = self;
+        ServeConfig { listen, data_dir, demo_pool, peer_listen, socket, mlock }
+    }
+}
+
+impl DemoArgs {
+    /// The settings of the demo run.
+    pub fn into_config(self) -> DemoConfig {
+        let DemoArgs { listen, data_dir, seconds, region_mib, then_serve } = self;
+        DemoConfig { listen, data_dir, seconds, region_mib, then_serve }
+    }
+}
+
+impl PoolCreateArgs {
+    pub fn into_config(self) -> PoolConfig {
+        let mut config = PoolConfig::new(&self.name, self.backends);
+        if let Some(page_size) = self.page_size {
+            config.page_size = page_size;
+        }
+        config.max_pages = self.max_pages;
+        config.max_bytes = self.max_bytes;
+        if let Some(threshold) = self.accept_threshold {
+            config.accept_threshold_percent = threshold;
+        }
+        config.writethrough = self.writethrough;
+        config.exclusive_gets = self.exclusive_gets;
+        config.enabled = !self.disabled;
+        config.shards = self.shards;
+        config.durability = self.durability;
+        config.flush_interval_ms = self.flush_interval_ms;
+        if self.sandbox_memory.is_some() || self.call_timeout_ms.is_some() {
+            config.sandbox = Some(SandboxConfig {
+                memory_bytes: self.sandbox_memory.unwrap_or(DEFAULT_SANDBOX.memory_bytes),
+                call_timeout_ms: self.call_timeout_ms.unwrap_or(DEFAULT_SANDBOX.call_timeout_ms),
+            });
+        }
+        config
+    }
+}
+
+impl PoolAttachArgs {
+    pub fn into_request(self) -> AttachRequest {
+        AttachRequest {
+            kind: if self.ublk { FrontendKind::Ublk } else { FrontendKind::Nbd },
+            size_bytes: self.size,
+            backing: self.backing.display().to_string(),
+            socket: self.nbd_socket.map(|p| p.display().to_string()),
+            listen: self.nbd_listen,
+            allow_remote: self.allow_remote,
+            ublk_id: self.ublk_id,
+        }
+    }
+}
+
+impl PoolSetArgs {
+    pub fn into_patch(self) -> PoolPatch {
+        PoolPatch {
+            max_pages: self.max_pages.map(|l| l.0),
+            max_bytes: self.max_bytes.map(|l| l.0),
+            accept_threshold_percent: self.accept_threshold,
+            writethrough: self.writethrough,
+            exclusive_gets: self.exclusive_gets,
+            enabled: if self.enable {
+                Some(true)
+            } else if self.disable {
+                Some(false)
+            } else {
+                None
+            },
+            backends: if self.backends.is_empty() { None } else { Some(self.backends) },
+            durability: self.durability,
+            flush_interval_ms: self.flush_interval_ms,
+        }
+    }
+}
+
+// ----- parsing -----
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "sync" => Ok(Durability::Sync),
+        "periodic" => Ok(Durability::Periodic),
+        other => Err(format!("`{other}` is not a durability mode (sync or periodic)")),
+    }
+}
+
+/// `plugin[@version][+grant...][:key=value[,key=value...]]`; values are JSON when they parse
+/// as JSON (numbers, `true`, arrays, quoted strings), else strings. (A version with `+` build
+/// metadata is given by its sha256 prefix instead.)
+fn parse_backend(spec: &str) -> Result<BackendRequest, String> {
+    let (head, config) = match spec.split_once(':') {
+        Some((head, config)) => (head, Some(config)),
+        None => (spec, None),
+    };
+    let mut parts = head.split('+');
+    let head = parts.next().unwrap_or_default();
+    let grants: Vec<String> = parts.map(str::to_string).collect();
+    if grants.iter().any(String::is_empty) {
+        return Err(format!("an empty grant in `{spec}` (expected PLUGIN+GRANT, e.g. sled+storage)"));
+    }
+    let (plugin, version) = match head.split_once('@') {
+        Some((plugin, version)) => (plugin, Some(version)),
+        None => (head, None),
+    };
+    if plugin.is_empty() {
+        return Err("the plugin name is missing (expected PLUGIN[@VERSION][:KEY=VALUE,...])".into());
+    }
+    if version == Some("") {
+        return Err(format!("the version after `{plugin}@` is missing"));
+    }
+    let mut request = BackendRequest::new(plugin);
+    request.version = version.map(str::to_string);
+    request.grants = grants;
+    if let Some(config) = config {
+        let mut object = Map::new();
+        for pair in split_top_level(config) {
+            let Some((key, value)) = pair.split_once('=') else {
+                return Err(format!("`{pair}` is not KEY=VALUE"));
+            };
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(format!("`{pair}` has no key"));
+            }
+            let value = value.trim();
+            let value = serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_string()));
+            if object.insert(key.to_string(), value).is_some() {
+                return Err(format!("config key `{key}` is given twice"));
+            }
+        }
+        if object.is_empty() {
+            return Err(format!("no config after `{head}:`"));
+        }
+        request.config = Value::Object(object);
+    }
+    Ok(request)
+}
+
+/// Splits on commas that are outside brackets, braces and double quotes, so array values
+/// (`endpoints=["a","b"]`) stay whole.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut in_string, mut escaped, mut start) = (0usize, false, false, 0);
+    for (i, c) in text.char_indices() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+/// A byte count with an optional binary suffix: `4096`, `4K`, `64M`, `1G`, `2MiB`, `512B`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("`{text}` is not a size (e.g. 4096, 64K, 64M, 1G)"));
+    }
+    let number: u64 = digits.parse().map_err(|e| format!("`{digits}`: {e}"))?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size suffix `{other}` (use K, M, G or T)")),
+    };
+    number.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn parse_page_size(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    u32::try_from(size).map_err(|_| format!("a page size of {size} bytes is too large"))
+}
+
+fn parse_percent(text: &str) -> Result<u8, String> {
+    let digits = text.trim().trim_end_matches('%');
+    match digits.parse::<u8>() {
+        Ok(p) if p <= 100 => Ok(p),
+        _ => Err(format!("`{text}` is not a percentage from 0 to 100")),
+    }
+}
+
+fn parse_limit(text: &str, parse: impl Fn(&str) -> Result<u64, String>) -> Result<Limit, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "none" | "unlimited" => Ok(Limit(None)),
+        _ => parse(text).map(|n| Limit(Some(n))),
+    }
+}
+
+fn parse_page_limit(text: &str) -> Result<Limit, String> {
+    parse_limit(text, |t| t.trim().parse::<u64>().map_err(|_| format!("`{t}` is not a page count or `none`")))
+}
+
+fn parse_byte_limit(text: &str) -> Result<Limit, String> {
+    parse_limit(text, parse_size)
+}
+
+/// A page offset: decimal, or hex with `0x`.
+fn parse_offset(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("`{text}` is not a page offset (decimal, or hex with 0x)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use serde_json::json;
+
+    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tmem").chain(args.iter().copied())).map(|c| match c.command {
+            Command::Client(command) => command,
+            _ => panic!("not a client command"),
+        })
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backends_parse_with_versions_and_typed_config() {
+        assert_eq!(parse_backend("ram").unwrap(), BackendRequest::new("ram"));
+        let b = parse_backend("zstd@0.1.0:level=1,on_incompressible=store_raw").unwrap();
+        assert_eq!(b.plugin, "zstd");
+        assert_eq!(b.version.as_deref(), Some("0.1.0"));
+        assert_eq!(b.config, json!({"level": 1, "on_incompressible": "store_raw"}));
+        let b = parse_backend(r#"remote:endpoints=["a:1","b,2"],tls=true,name="x""#).unwrap();
+        assert_eq!(b.config, json!({"endpoints": ["a:1", "b,2"], "tls": true, "name": "x"}));
+        let b = parse_backend("zstd:level=-3").unwrap();
+        assert_eq!(b.config, json!({"level": -3}));
+        assert!(parse_backend("").is_err());
+        assert!(parse_backend("@1").is_err());
+        assert!(parse_backend("zstd@").is_err());
+        assert!(parse_backend("zstd:level").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_backend("zstd:level=1,level=2").unwrap_err().contains("twice"));
+        assert!(parse_backend("zstd:").is_err());
+        let b = parse_backend("sled@0.1.0+storage").unwrap();
+        assert_eq!(
+            (b.plugin.as_str(), b.version.as_deref(), b.grants.as_slice()),
+            ("sled", Some("0.1.0"), &["storage".to_string()][..])
+        );
+        assert!(parse_backend("sled+").unwrap_err().contains("empty grant"));
+        let b = parse_backend(r#"remote+network:endpoints=["tmem://127.0.0.1:7001/for-a"],timeout_ms=200,token=abc"#)
+            .unwrap();
+        assert_eq!(b.grants, ["network"]);
+        assert_eq!(
+            b.config,
+            serde_json::json!({"endpoints": ["tmem://127.0.0.1:7001/for-a"], "timeout_ms": 200, "token": "abc"})
+        );
+    }
+
+    #[test]
+    fn sizes_percentages_limits_and_offsets_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("2 MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+        assert_eq!(parse_page_size("2M"), Ok(2 << 20));
+        assert!(parse_page_size("8G").is_err());
+        assert_eq!(parse_percent("90"), Ok(90));
+        assert_eq!(parse_percent("75%"), Ok(75));
+        assert!(parse_percent("101").is_err());
+        assert_eq!(parse_page_limit("none"), Ok(Limit(None)));
+        assert_eq!(parse_page_limit("50"), Ok(Limit(Some(50))));
+        assert!(parse_page_limit("5K").is_err());
+        assert_eq!(parse_byte_limit("1M"), Ok(Limit(Some(1 << 20))));
+        assert_eq!(parse_offset("42"), Ok(42));
+        assert_eq!(parse_offset("0x1f"), Ok(31));
+        assert!(parse_offset("-1").is_err());
+    }
+
+    #[test]
+    fn pool_create_builds_the_config() {
+        let ClientCommand::Pool(PoolArgs { command: PoolCommand::Create(args), connect }) = parse(&[
+            "pool",
+            "create",
+            "demo",
+            "--backend",
+            "zstd:level=1",
+            "--backend",
+            "ram",
+            "--max-pages",
+            "100",
+            "--max-bytes",
+            "64M",
+            "--writethrough",
+            "--json",
+        ])
+        .unwrap() else {
+            panic!("not pool create")
+        };
+        assert!(connect.json);
+        let config = args.into_config();
+        let mut expected = PoolConfig::new(
+            "demo",
+            vec![
+                BackendRequest { config: json!({"level": 1}), ..BackendRequest::new("zstd") },
+                BackendRequest::new("ram"),
+            ],
+        );
+        expected.max_pages = Some(100);
+        expected.max_bytes = Some(64 << 20);
+        expected.writethrough = true;
+        assert_eq!(config, expected);
+        assert!(parse(&["pool", "create", "demo"]).is_err(), "a chain is required");
+    }
+
+    #[test]
+    fn pool_set_builds_the_patch_and_needs_a_change() {
+        let ClientCommand::Pool(PoolArgs { command: PoolCommand::Set(args), .. }) =
+            parse(&["pool", "set", "demo", "--max-pages", "none", "--writethrough", "true", "--disable"]).unwrap()
+        else {
+            panic!("not pool set")
+        };
+        let patch = args.into_patch();
+        assert_eq!(
+            patch,
+            PoolPatch { max_pages: Some(None), writethrough: Some(true), enabled: Some(false), ..Default::default() }
+        );
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!({"max_pages": null, "writethrough": true, "enabled": false})
+        );
+        assert!(parse(&["pool", "set", "demo"]).is_err(), "nothing to change");
+        assert!(parse(&["pool", "set", "demo", "--enable", "--disable"]).is_err());
+    }
+
+    #[test]
+    fn connection_options_go_anywhere_after_the_group() {
+        for args in [["pool", "--server", "http://h:1", "ls"], ["pool", "ls", "--server", "http://h:1"]] {
+            let ClientCommand::Pool(PoolArgs { connect, .. }) = parse(&args).unwrap() else { panic!() };
+            assert_eq!(connect.server, "http://h:1");
+        }
+        assert!(parse(&["page", "rm", "p"]).is_err(), "an offset or --all");
+        assert!(parse(&["page", "rm", "p", "3", "--all"]).is_err());
+        assert!(parse(&["page", "rm", "p", "--all"]).is_ok());
+    }
+}
