@@ -312,6 +312,13 @@ impl Drop for PoolDisk {
     }
 }
 
+/// A storage error carrying `text`, for tests of how storage failures are reported (so they
+/// need not name the storage engine).
+#[cfg(test)]
+pub(crate) fn io_failure(text: &str) -> sled::Error {
+    sled::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, text.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Create a `[zstd, ram]` pool named `demo` at start.
     #[arg(long)]
     pub demo_pool: bool,
-    /// Also serve as a memory server for other hosts' `remote` stores on this address
+    /// Also serve as a peer host for other hosts' `remote` stores on this address
     /// (peers authenticate with this host's API token). Off by default.
     #[arg(long, value_name = "ADDR", env = "TMEM_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,

@@ -291,10 +291,6 @@ mod tests {
         PathBuf::from(SECRET_DIR)
     }
 
-    fn sled_error() -> sled::Error {
-        sled::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, SECRET_TEXT))
-    }
-
     /// The response as a client sees it: status, and the body's code and message.
     fn answer(e: impl Into<ApiError>) -> (StatusCode, String, String, String) {
         let response = e.into().into_response();
@@ -402,11 +398,11 @@ mod tests {
     fn a_failing_pool_database_is_500_storage_error_without_paths_or_os_text() {
         let kinds = || {
             [
-                DiskError::Open { dir: secret_dir(), source: sled_error() },
-                DiskError::Shard { shard: 3, source: sled_error() },
+                DiskError::Open { dir: secret_dir(), source: crate::persist::io_failure(SECRET_TEXT) },
+                DiskError::Shard { shard: 3, source: crate::persist::io_failure(SECRET_TEXT) },
                 DiskError::Flusher(std::io::Error::other(SECRET_TEXT)),
-                DiskError::Flush { dir: secret_dir(), source: sled_error() },
-                DiskError::FlushFailed(sled_error()),
+                DiskError::Flush { dir: secret_dir(), source: crate::persist::io_failure(SECRET_TEXT) },
+                DiskError::FlushFailed(crate::persist::io_failure(SECRET_TEXT)),
                 DiskError::Closing,
                 DiskError::Missing(secret_dir()),
             ]
@@ -419,7 +415,11 @@ mod tests {
             assert!(matches!(e, HostError::Disk(_)), "a pool's disk failure is the host's: {e:?}");
             assert_server(e, StatusCode::INTERNAL_SERVER_ERROR, "storage_error", STORAGE_ERROR_MESSAGE);
         }
-        assert!(DiskError::Open { dir: secret_dir(), source: sled_error() }.to_string().contains(SECRET_DIR));
+        assert!(
+            DiskError::Open { dir: secret_dir(), source: crate::persist::io_failure(SECRET_TEXT) }
+                .to_string()
+                .contains(SECRET_DIR)
+        );
     }
 
     #[test]
@@ -427,8 +427,8 @@ mod tests {
         let json_error = || serde_json::from_str::<u8>(SECRET_TEXT).unwrap_err();
         let kinds = || {
             [
-                CatalogError::Open { dir: secret_dir(), source: sled_error() },
-                CatalogError::Db(sled_error()),
+                CatalogError::Open { dir: secret_dir(), source: crate::persist::io_failure(SECRET_TEXT) },
+                CatalogError::Db(crate::persist::io_failure(SECRET_TEXT)),
                 CatalogError::TruncatedModule,
                 CatalogError::ModuleName,
                 CatalogError::PoolRecord(json_error()),
