@@ -1,5 +1,6 @@
 //! Shared helpers: hosts sized for tests, the bundled chains, fixtures.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
@@ -170,4 +171,34 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Runs `tool args` under a 300 s timeout; panics with its output unless it succeeds.
+pub fn run(tool: &str, args: &[&str]) -> String {
+    let output = Command::new("timeout")
+        .arg("300")
+        .arg(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run timeout {tool}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(127) {
+        panic!("{tool} is not installed: run scripts/install-deps.sh --test (qemu-utils libnbd-bin fio nbdkit)");
+    }
+    assert!(output.status.success(), "{tool} {args:?} failed ({}):\n{stdout}\n{stderr}", output.status);
+    stdout
+}
+
+/// `qemu-io` on `uri` with one `-c` per command; every command must succeed (qemu-io exits
+/// non-zero on a failed command or a pattern mismatch). Returns its output.
+pub fn qemu_io(uri: &str, commands: &[impl AsRef<str>]) -> String {
+    let mut args = vec!["-f", "raw", uri];
+    for command in commands {
+        args.extend(["-c", command.as_ref()]);
+    }
+    let out = run("qemu-io", &args);
+    assert!(!out.contains("failed") && !out.contains("error"), "qemu-io reported a failure:\n{out}");
+    out
 }

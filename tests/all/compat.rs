@@ -13,13 +13,12 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use tmem_api::client::Client;
 use tmem_api::rest::{FrontendKind, PoolInfo};
 
-use crate::common::{ServeProcess, temp_dir};
+use crate::common::{ServeProcess, qemu_io, run, temp_dir};
 
 const ROOT: &str = "/tmp/tmem-compat-v0.1";
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/datadir-v0.1.tar.gz");
@@ -61,34 +60,6 @@ fn device_image() -> Vec<u8> {
     image[512 << 10..576 << 10].copy_from_slice(&lcg(1, 64 << 10));
     image[MIB..MIB + (512 << 10)].fill(0xa5);
     image
-}
-
-/// Runs `tool args` under a 300 s timeout; panics with its output unless it succeeds.
-fn run(tool: &str, args: &[&str]) -> String {
-    let output = Command::new("timeout")
-        .arg("300")
-        .arg(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run timeout {tool}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(127) {
-        panic!("{tool} is not installed: run scripts/install-deps.sh --test (qemu-utils libnbd-bin fio nbdkit)");
-    }
-    assert!(output.status.success(), "{tool} {args:?} failed ({}):\n{stdout}\n{stderr}", output.status);
-    stdout
-}
-
-/// `qemu-io` on `uri` with one `-c` per command; every command must succeed.
-fn qemu_io(uri: &str, commands: &[&str]) {
-    let mut args = vec!["-f", "raw", uri];
-    for command in commands {
-        args.extend(["-c", command]);
-    }
-    let out = run("qemu-io", &args);
-    assert!(!out.contains("failed") && !out.contains("error"), "qemu-io reported a failure:\n{out}");
 }
 
 /// Holds the fixed path for this test (released when dropped).

@@ -17,40 +17,9 @@ use tmem_api::client::{Client, ClientError};
 use tmem_api::rest::{AttachRequest, BackendRequest, FrontendInfo, FrontendKind, PoolConfig};
 use tmem_host::workload::Rng;
 
-use crate::common::{ServeProcess, temp_dir};
+use crate::common::{ServeProcess, qemu_io, run, temp_dir};
 
 const MIB: u64 = 1 << 20;
-
-/// Runs `tool args` under a 300 s timeout; panics with its output unless it succeeds.
-fn run(tool: &str, args: &[&str]) -> String {
-    let output = Command::new("timeout")
-        .arg("300")
-        .arg(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run timeout {tool}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(127) {
-        panic!("{tool} is not installed: run scripts/install-deps.sh --test (qemu-utils libnbd-bin fio nbdkit)");
-    }
-    assert!(output.status.success(), "{tool} {args:?} failed ({}):\n{stdout}\n{stderr}", output.status);
-    stdout
-}
-
-/// `qemu-io` on `uri` with one `-c` per command; every command must succeed (qemu-io exits
-/// non-zero on a failed command or a pattern mismatch).
-fn qemu_io(uri: &str, commands: &[String]) -> String {
-    let mut args = vec!["-f", "raw", uri];
-    for command in commands {
-        args.push("-c");
-        args.push(command);
-    }
-    let out = run("qemu-io", &args);
-    assert!(!out.contains("failed") && !out.contains("error"), "qemu-io reported a failure:\n{out}");
-    out
-}
 
 fn strings(commands: &[&str]) -> Vec<String> {
     commands.iter().map(|c| c.to_string()).collect()
