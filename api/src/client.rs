@@ -24,7 +24,7 @@ use crate::rest::{
     API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolCheck, PoolConfig, PoolInfo,
     PoolPatch, ShrinkRequest, ShrinkResult, StatsSample, StoreResult,
 };
-use crate::rest::{AttachRequest, FrontendInfo};
+use crate::rest::{AttachRequest, FrontendInfo, MemoryInfo, MemoryPatch};
 
 /// The error code the server gives an absent page (`404`).
 pub const PAGE_NOT_FOUND: &str = "page_not_found";
@@ -243,6 +243,16 @@ impl Client {
     /// `GET /api/v1/stats`: every pool's statistics now.
     pub fn stats(&self) -> Result<StatsSample, ClientError> {
         self.get_json(&format!("{API_PREFIX}/stats"))
+    }
+
+    /// `GET /api/v1/memory`: the host's memory budget for pages and what is charged to it.
+    pub fn memory(&self) -> Result<MemoryInfo, ClientError> {
+        self.get_json(&format!("{API_PREFIX}/memory"))
+    }
+
+    /// `PATCH /api/v1/memory`: changes the host's memory budget.
+    pub fn set_memory(&self, patch: &MemoryPatch) -> Result<MemoryInfo, ClientError> {
+        self.send_json("PATCH", &format!("{API_PREFIX}/memory"), patch)
     }
 
     /// `GET /api/v1/pools`.

@@ -542,6 +542,50 @@ pub struct HostTotals {
     pub plugin_faults: u64,
     /// Connected frontends, over all pools.
     pub frontends: u64,
+    /// The host's memory for pages: its budget and what it holds.
+    #[serde(default)]
+    pub memory: MemoryInfo,
+}
+
+/// The host's memory for pages (`GET /api/v1/memory`, and in every stats sample): the budget
+/// and what is charged to it. In-memory pools keep their bytes in the host's arena; the arena
+/// holds memory committed ahead (its headroom), so a store never waits for the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MemoryInfo {
+    /// The budget in bytes; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// Bytes charged to the budget now: the arena's committed memory, its headroom included.
+    pub used_bytes: u64,
+    /// Of `used_bytes`, memory committed ahead for the next stores.
+    pub headroom_bytes: u64,
+    /// Bytes of the records stored in the arena (over all in-memory pools).
+    pub stored_bytes: u64,
+    /// Bytes the arena's size-class slots hold for them (`stored_bytes` plus rounding).
+    pub slot_bytes: u64,
+    /// Records in the arena.
+    pub objects: u64,
+    /// Stores the arena could not take for want of budget or committed memory (each one a
+    /// refused store: the frontend kept the page).
+    pub refused: u64,
+}
+
+/// The body of `PATCH /api/v1/memory`: a new budget, exactly one of the fields. What is
+/// already stored stays; stores past the new limit are refused until usage falls below it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryPatch {
+    /// A limit in bytes (at least 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 16777216)]
+    pub limit_bytes: Option<u64>,
+    /// A limit as a share of the machine's RAM, 1 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub limit_percent: Option<u8>,
+    /// No limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlimited: bool,
 }
 
 /// Latency of one operation over a sample's interval.

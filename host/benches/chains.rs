@@ -88,7 +88,7 @@ fn pages() -> Vec<Vec<u8>> {
 }
 
 fn through_host(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>], n: u64) -> Run {
-    let host = Host::new(HostConfig { data_dir: None, engine }).unwrap();
+    let host = Host::new(HostConfig { data_dir: None, engine, ..Default::default() }).unwrap();
     let pool = host.create_pool(PoolSpec::new("bench"), chain).unwrap();
     // Warm every shard's instances before measuring memory.
     for i in 0..64 {

@@ -67,7 +67,9 @@ fn main() {
         .unwrap_or(20_000);
     let dir = std::env::temp_dir().join(format!("tmem-bench-persistence-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let host = Host::new(HostConfig { data_dir: Some(dir.clone()), engine: EngineOptions::default() }).expect("host");
+    let host =
+        Host::new(HostConfig { data_dir: Some(dir.clone()), engine: EngineOptions::default(), ..Default::default() })
+            .expect("host");
     let sled = BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("sled") };
     let configs: Vec<(&str, PoolConfig, u64)> = vec![
         (

@@ -67,6 +67,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         peer_listen: None,
         socket: None,
         mlock: false,
+        memory_limit: Default::default(),
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

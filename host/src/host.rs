@@ -19,10 +19,24 @@ use tmem_api::rest::{BackendRequest, Durability as ApiDurability, PoolConfig, Po
 
 use crate::catalog::{Catalog, CatalogError, GenerationRecord, PoolRecord};
 use crate::chain::{Chain, ChainError, ChainLink};
+use crate::memory::arena::{ArenaConfig, PageArena};
+use crate::memory::budget::MemoryBudget;
 use crate::persist::{DEFAULT_FLUSH_INTERVAL, DiskError, Durability, PoolDisk};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
 use crate::pool::{Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
 use crate::stats::CounterSnapshot;
+
+/// The arena of a host whose budget is `limit` bytes: address space for the larger of the
+/// budget and the machine's RAM (so a limit raised at run time has room; at most the arena's
+/// largest reservation), and a headroom of max(16 MiB, 2% of the budget), at most a quarter of
+/// it.
+fn arena_config(limit: u64) -> ArenaConfig {
+    let ram = ram_bytes().unwrap_or(1 << 30);
+    let reserve = limit.max(ram).clamp(16 << 20, crate::memory::arena::MAX_RESERVE as u64);
+    let span = crate::memory::arena::SPAN_BYTES as u64;
+    let headroom = (16u64 << 20).max(limit / 50).min(limit / 4).max(span);
+    ArenaConfig { reserve_bytes: reserve as usize, headroom_bytes: headroom as usize }
+}
 
 /// How to build a host.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +46,52 @@ pub struct HostConfig {
     pub data_dir: Option<PathBuf>,
     /// Engine options; `cache_dir` defaults to `DATA_DIR/cache/modules`.
     pub engine: EngineOptions,
+    /// The host's memory budget for pages ([`MemoryLimit::default`]: a share of RAM).
+    pub memory_limit: MemoryLimit,
+}
+
+/// How much memory the host may keep for pages: stored bytes and what it keeps to find them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// This many bytes.
+    Bytes(u64),
+    /// This percentage (1–100) of the machine's RAM (`MemTotal`).
+    PercentOfRam(u8),
+    /// No limit (only when asked: the host may then use all the machine's memory).
+    Unlimited,
+}
+
+impl Default for MemoryLimit {
+    /// 20% of RAM, as zswap's `max_pool_percent`.
+    fn default() -> Self {
+        MemoryLimit::PercentOfRam(DEFAULT_MEMORY_PERCENT)
+    }
+}
+
+/// The smallest budget: one headroom's worth.
+pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
+
+/// The default budget, in percent of RAM (zswap's `max_pool_percent`).
+pub const DEFAULT_MEMORY_PERCENT: u8 = 20;
+
+/// The machine's RAM in bytes (`MemTotal`), or `None` if `/proc/meminfo` does not say.
+pub fn ram_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl MemoryLimit {
+    /// The limit in bytes (`u64::MAX`: none). A share of RAM on a machine whose RAM cannot be
+    /// read is a share of 1 GiB.
+    pub fn bytes(self) -> u64 {
+        match self {
+            MemoryLimit::Bytes(bytes) => bytes,
+            MemoryLimit::PercentOfRam(percent) => ram_bytes().unwrap_or(1 << 30) / 100 * percent.min(100) as u64,
+            MemoryLimit::Unlimited => u64::MAX,
+        }
+    }
 }
 
 /// One link of a pool's backend chain, as asked for: the API's type (plugin, optional
@@ -101,6 +161,9 @@ pub enum HostError {
     /// The operating system gave no random bytes (for a pool database's or a device's name).
     #[error("no randomness: {0}")]
     Randomness(getrandom::Error),
+    /// A memory budget below [`MIN_MEMORY_LIMIT`].
+    #[error("a memory limit of {0} bytes is too small: at least {MIN_MEMORY_LIMIT} bytes (16 MiB)")]
+    MemoryLimitTooSmall(u64),
 }
 
 impl From<PoolError> for HostError {
@@ -127,6 +190,10 @@ pub struct Registered {
 /// The host.
 pub struct Host {
     engine: Arc<PluginEngine>,
+    /// What the host may keep for pages, and what it keeps now.
+    budget: Arc<MemoryBudget>,
+    /// Where in-memory pools keep their bytes (charged to `budget`).
+    arena: Arc<PageArena>,
     plugins: RwLock<BTreeMap<String, Vec<PluginModule>>>,
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
     data_dir: Option<PathBuf>,
@@ -164,8 +231,14 @@ impl Host {
             Some(dir) => Some(Catalog::open(&dir.join("catalog"))?),
             None => None,
         };
+        let budget = Arc::new(MemoryBudget::new(config.memory_limit.bytes()));
+        let arena = Arc::new(PageArena::new(arena_config(budget.limit()), budget.clone())?);
+        arena.grow();
+        arena.spawn_grower()?;
         let mut host = Host {
             engine: Arc::new(PluginEngine::new(engine_options)?),
+            budget,
+            arena,
             plugins: RwLock::new(BTreeMap::new()),
             pools: RwLock::new(BTreeMap::new()),
             data_dir: config.data_dir,
@@ -224,7 +297,7 @@ impl Host {
         spec.check()?;
         let Some(database) = &record.database else {
             let chain = self.resolve_chain(&record.config.backends)?;
-            return Ok(Arc::new(Pool::new(spec, chain, self.engine.clone(), None)?));
+            return Ok(Arc::new(Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), None)?));
         };
         let dir = self.pools_dir()?.join(database);
         if !dir.is_dir() {
@@ -236,7 +309,7 @@ impl Host {
             .map(|g| Ok((g.id, self.resolve_chain(&g.backends)?)))
             .collect::<Result<Vec<_>, HostError>>()?;
         let disk = PoolDisk::open(&dir, spec.durability)?;
-        Ok(Arc::new(Pool::restore(spec, generations, self.engine.clone(), disk)?))
+        Ok(Arc::new(Pool::restore(spec, generations, self.engine.clone(), self.arena.clone(), disk)?))
     }
 
     fn pools_dir(&self) -> Result<PathBuf, HostError> {
@@ -247,6 +320,29 @@ impl Host {
     /// The plugin engine.
     pub fn engine(&self) -> &Arc<PluginEngine> {
         &self.engine
+    }
+
+    /// The host's memory budget for pages.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// Changes the memory budget at run time (and the arena's headroom with it). What is
+    /// stored stays; stores past a lowered limit are refused until usage falls below it.
+    pub fn set_memory_limit(&self, limit: MemoryLimit) -> Result<(), HostError> {
+        let bytes = limit.bytes();
+        if bytes < MIN_MEMORY_LIMIT {
+            return Err(HostError::MemoryLimitTooSmall(bytes));
+        }
+        self.budget.set_limit(bytes);
+        self.arena.set_headroom(arena_config(bytes).headroom_bytes);
+        tracing::info!(limit = ?limit, bytes, "memory budget changed");
+        Ok(())
+    }
+
+    /// The arena in-memory pools keep their bytes in.
+    pub fn page_arena(&self) -> &Arc<PageArena> {
+        &self.arena
     }
 
     /// The data directory, if any.
@@ -423,7 +519,7 @@ impl Host {
         } else {
             None
         };
-        let created = Pool::new(spec, chain, self.engine.clone(), disk.clone())
+        let created = Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), disk.clone())
             .map_err(HostError::from)
             .map(Arc::new)
             .and_then(|pool| self.keep(&pool).map(|()| pool));

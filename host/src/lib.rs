@@ -9,6 +9,7 @@
 //! - [`chain`] — a pool's backend chain (filters, then a store) and its per-shard instances,
 //!   with the plugin fault policy.
 //! - [`plugin`] — the Wasm runtime: engine, module loading and validation, instances, limits.
+//! - [`memory`] — the host's page memory: the budget that bounds it, the arena that holds it.
 //! - [`page_store`] — the host page store capability: page bytes that outlive plugin instances.
 //! - [`stats`] — the counters of contract.md §4 and latency histograms.
 //! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
@@ -30,6 +31,7 @@ pub mod chain;
 pub mod demo;
 pub mod frontend;
 pub mod host;
+pub mod memory;
 pub mod page_store;
 pub mod peer;
 pub mod persist;
@@ -42,5 +44,5 @@ pub mod telemetry;
 pub mod wire_io;
 pub mod workload;
 
-pub use host::{BackendSpec, Host, HostConfig, HostError};
+pub use host::{BackendSpec, Host, HostConfig, HostError, MemoryLimit};
 pub use pool::{LoadOutcome, OpError, Pool, PoolLimits, PoolModes, PoolSpec, RejectReason, StoreOutcome};

@@ -4,8 +4,9 @@
 //!
 //! One [`PageShard`] per pool shard, keyed by page offset, with one of two backings:
 //!
-//! - **memory** (every store by default): a map in host memory; every byte kept is accounted
-//!   in the pool's `pool_total_size`.
+//! - **memory** (every store by default): the bytes in the host's [`PageArena`] (charged to the
+//!   host's memory budget; a record the arena cannot take is refused, never allocated on the
+//!   heap), by offset; every byte kept is accounted in the pool's `pool_total_size`.
 //! - **disk** (a store granted `storage`): the shard's tree in the pool's own sled database
 //!   ([`crate::persist`]). Each record is `[kind: u8][generation: u32 LE][the plugin's bytes]`,
 //!   key = offset (big-endian): the host's own header says how the page was encoded and by
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::memory::arena::{Handle, MAX_OBJECT, PageArena};
 use crate::stats::PoolStats;
 
 /// Bytes of the host header of a disk record.
@@ -37,8 +39,18 @@ pub struct PageMeta {
     pub generation: u32,
 }
 
+/// A record kept in the arena: where, and how long (an empty record has no object).
+#[derive(Debug, Clone, Copy)]
+struct InArena {
+    handle: Option<Handle>,
+    len: u32,
+}
+
 enum Backing {
-    Memory(Mutex<HashMap<u64, Box<[u8]>, foldhash::fast::RandomState>>),
+    Memory {
+        arena: Arc<PageArena>,
+        records: Mutex<HashMap<u64, InArena, foldhash::fast::RandomState>>,
+    },
     Disk {
         tree: sled::Tree,
         /// The header of the next put, staged by the chain before it calls the store
@@ -65,9 +77,9 @@ fn key(offset: u64) -> [u8; 8] {
 }
 
 impl PageShard {
-    /// An empty in-memory shard that accounts into `stats`.
-    pub fn new(stats: Arc<PoolStats>) -> Self {
-        PageShard { backing: Backing::Memory(Mutex::new(HashMap::default())), stats }
+    /// An empty in-memory shard keeping its bytes in `arena`, accounting into `stats`.
+    pub fn new(stats: Arc<PoolStats>, arena: Arc<PageArena>) -> Self {
+        PageShard { backing: Backing::Memory { arena, records: Mutex::new(HashMap::default()) }, stats }
     }
 
     /// A shard kept in `tree`.
@@ -96,15 +108,25 @@ impl PageShard {
     }
 
     /// Keeps a copy of `bytes` under `offset`, replacing what was there. `false` if it could
-    /// not be kept (a disk error).
+    /// not be kept (no room in the arena or the budget, a record over a page of the largest
+    /// size, a disk error); the old record is gone either way.
     pub fn put(&self, offset: u64, bytes: &[u8]) -> bool {
         match &self.backing {
-            Backing::Memory(pages) => {
-                let old = pages.lock().insert(offset, bytes.into());
-                self.bytes_added(bytes.len());
-                if let Some(old) = old {
-                    self.bytes_removed(old.len());
+            Backing::Memory { arena, records } => {
+                let mut records = records.lock();
+                if let Some(old) = records.remove(&offset) {
+                    self.free(arena, old);
                 }
+                let handle = match bytes.len() {
+                    0 => None,
+                    len if len > MAX_OBJECT => return false,
+                    _ => match arena.alloc(bytes) {
+                        Some(handle) => Some(handle),
+                        None => return false,
+                    },
+                };
+                records.insert(offset, InArena { handle, len: bytes.len() as u32 });
+                self.bytes_added(bytes.len());
                 true
             }
             Backing::Disk { tree, staged } => {
@@ -124,10 +146,24 @@ impl PageShard {
         }
     }
 
+    fn free(&self, arena: &PageArena, record: InArena) {
+        if let Some(handle) = record.handle {
+            arena.free(handle, record.len as usize);
+        }
+        self.bytes_removed(record.len as usize);
+    }
+
     /// Calls `read` with the bytes under `offset`, if any.
     pub fn with<R>(&self, offset: u64, read: impl FnOnce(&[u8]) -> R) -> Option<R> {
         match &self.backing {
-            Backing::Memory(pages) => pages.lock().get(&offset).map(|bytes| read(bytes)),
+            Backing::Memory { arena, records } => {
+                let records = records.lock();
+                let record = *records.get(&offset)?;
+                Some(match record.handle {
+                    Some(handle) => arena.with(handle, record.len as usize, read),
+                    None => read(&[]),
+                })
+            }
             Backing::Disk { tree, .. } => match tree.get(key(offset)) {
                 Ok(Some(record)) if record.len() >= DISK_HEADER => Some(read(&record[DISK_HEADER..])),
                 Ok(_) => None,
@@ -142,9 +178,9 @@ impl PageShard {
     /// Drops `offset`; returns whether anything was there.
     pub fn delete(&self, offset: u64) -> bool {
         match &self.backing {
-            Backing::Memory(pages) => match pages.lock().remove(&offset) {
+            Backing::Memory { arena, records } => match records.lock().remove(&offset) {
                 Some(old) => {
-                    self.bytes_removed(old.len());
+                    self.free(arena, old);
                     true
                 }
                 None => false,
@@ -162,12 +198,12 @@ impl PageShard {
     /// Drops everything in this shard.
     pub fn clear(&self) {
         match &self.backing {
-            Backing::Memory(pages) => {
-                let mut pages = pages.lock();
-                let bytes: usize = pages.values().map(|b| b.len()).sum();
-                pages.clear();
-                pages.shrink_to_fit();
-                self.bytes_removed(bytes);
+            Backing::Memory { arena, records } => {
+                let mut records = records.lock();
+                for (_, old) in records.drain() {
+                    self.free(arena, old);
+                }
+                records.shrink_to_fit();
             }
             Backing::Disk { tree, .. } => {
                 if let Err(e) = tree.clear() {
@@ -180,7 +216,7 @@ impl PageShard {
     /// Whether this shard keeps nothing.
     pub fn is_empty(&self) -> bool {
         match &self.backing {
-            Backing::Memory(pages) => pages.lock().is_empty(),
+            Backing::Memory { records, .. } => records.lock().is_empty(),
             Backing::Disk { tree, .. } => tree.is_empty(),
         }
     }
@@ -208,6 +244,15 @@ impl PageShard {
     }
 }
 
+impl Drop for PageShard {
+    /// The arena is the host's: a shard's objects go back to it with the shard.
+    fn drop(&mut self) {
+        if matches!(self.backing, Backing::Memory { .. }) {
+            self.clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,7 +260,8 @@ mod tests {
     #[test]
     fn bytes_are_accounted_through_replace_delete_and_clear() {
         let stats = Arc::new(PoolStats::default());
-        let shard = PageShard::new(stats.clone());
+        let arena = crate::memory::arena::tests::test_arena();
+        let shard = PageShard::new(stats.clone(), arena.clone());
         let gauge = || stats.counters.snapshot().pool_total_size;
         assert!(shard.put(1, &[1; 100]));
         shard.put(2, &[2; 50]);
@@ -226,9 +272,16 @@ mod tests {
         assert!(shard.delete(2));
         assert!(!shard.delete(2));
         assert_eq!(gauge(), 10);
+        assert!(shard.put(4, &[]), "an empty record takes no object");
+        assert_eq!(shard.with(4, |b| b.len()), Some(0));
+        assert_eq!(arena.stats().object_bytes, 10);
         shard.clear();
         assert_eq!(gauge(), 0);
         assert!(shard.is_empty());
+        assert_eq!(arena.stats().objects, 0, "the shard's objects went back to the arena");
+        shard.put(9, &[9; 700]);
+        drop(shard);
+        assert_eq!(arena.stats().objects, 0, "and so do they when the shard is dropped");
     }
 
     #[test]

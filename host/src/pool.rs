@@ -31,6 +31,7 @@ use tmem_api::abi::status;
 
 use crate::chain::{Chain, ChainContext, ChainError, ChainInstances, EncodedKind, GetFailure, PutFailure};
 use crate::frontend::{Frontend, FrontendDetails};
+use crate::memory::arena::PageArena;
 use crate::page_store::PageShard;
 use crate::persist::{DiskError, Durability, MAX_FLUSH_INTERVAL, PoolDisk};
 use crate::plugin::{PluginEngine, SandboxLimits};
@@ -467,9 +468,10 @@ impl Pool {
         spec: PoolSpec,
         chain: Chain,
         engine: Arc<PluginEngine>,
+        arena: Arc<PageArena>,
         disk: Option<Arc<PoolDisk>>,
     ) -> Result<Self, PoolError> {
-        let pool = Pool::empty(spec, Arc::new(chain.clone()), engine, disk)?;
+        let pool = Pool::empty(spec, Arc::new(chain.clone()), engine, arena, disk)?;
         pool.swap_chain(Arc::new(chain))?;
         Ok(pool)
     }
@@ -482,10 +484,11 @@ impl Pool {
         spec: PoolSpec,
         generations: Vec<(u32, Chain)>,
         engine: Arc<PluginEngine>,
+        arena: Arc<PageArena>,
         disk: Arc<PoolDisk>,
     ) -> Result<Self, PoolError> {
         let (_, current) = generations.last().ok_or(PoolError::NoGeneration)?;
-        let pool = Pool::empty(spec, Arc::new(current.clone()), engine, Some(disk))?;
+        let pool = Pool::empty(spec, Arc::new(current.clone()), engine, arena, Some(disk))?;
         let mut installed = Vec::new();
         for (id, chain) in generations {
             let chain = Arc::new(chain);
@@ -535,6 +538,7 @@ impl Pool {
         spec: PoolSpec,
         chain: Arc<Chain>,
         engine: Arc<PluginEngine>,
+        arena: Arc<PageArena>,
         disk: Option<Arc<PoolDisk>>,
     ) -> Result<Self, PoolError> {
         spec.check()?;
@@ -547,7 +551,7 @@ impl Pool {
             .map(|i| {
                 let pages = match &disk {
                     Some(disk) => PageShard::on_disk(disk.shard_tree(i)?, stats.clone()),
-                    None => PageShard::new(stats.clone()),
+                    None => PageShard::new(stats.clone(), arena.clone()),
                 };
                 Ok(Mutex::new(Shard { map: HashMap::default(), generations: Vec::new(), pages: Arc::new(pages) }))
             })

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::frontend::attach::BlockDevices;
-use crate::host::{BackendSpec, Host, HostConfig};
+use crate::host::{BackendSpec, Host, HostConfig, MemoryLimit};
 use crate::pool::PoolSpec;
 use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub socket: Option<PathBuf>,
     /// Lock the process's memory at start ([`crate::frontend::lock_process_memory`]).
     pub mlock: bool,
+    /// The host's memory budget for pages.
+    pub memory_limit: MemoryLimit,
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -49,7 +51,11 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
             tracing::info!(path = %path.display(), "API token created (mode 0600); clients send it as `Authorization: Bearer TOKEN`")
         }
     }
-    let host = Arc::new(Host::new(HostConfig { data_dir: Some(config.data_dir.clone()), ..Default::default() })?);
+    let host = Arc::new(Host::new(HostConfig {
+        data_dir: Some(config.data_dir.clone()),
+        memory_limit: config.memory_limit,
+        ..Default::default()
+    })?);
     if config.demo_pool && host.pool("demo").is_err() {
         let backends = [BackendSpec::new("zstd"), BackendSpec::new("ram")];
         host.create_pool(PoolSpec::new("demo"), &backends)?;

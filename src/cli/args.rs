@@ -10,6 +10,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 use tmem_api::rest::{AttachRequest, BackendRequest, Durability, FrontendKind, PoolConfig, PoolPatch, SandboxConfig};
+use tmem_host::MemoryLimit;
 use tmem_host::demo::DemoConfig;
 use tmem_host::server::ServeConfig;
 
@@ -69,6 +70,11 @@ pub struct ServeArgs {
     /// kernel swaps to the host's NBD devices (ublk devices lock it themselves).
     #[arg(long)]
     pub mlock: bool,
+    /// The most memory the host keeps for pages (stored bytes and what finds them): a size
+    /// (`2G`), a share of RAM (`20%`), or `none` [default: 20%, as zswap's max_pool_percent].
+    /// A store past it is refused and the frontend keeps the page.
+    #[arg(long, value_name = "SIZE|N%|none", value_parser = parse_memory_limit, env = "TMEM_MEMORY_LIMIT")]
+    pub memory_limit: Option<MemoryLimit>,
 }
 
 /// `tmem demo`.
@@ -397,8 +403,16 @@ pub struct Limit(pub Option<u64>);
 impl ServeArgs {
     /// The settings of the host `tmem serve` runs.
     pub fn into_config(self) -> ServeConfig {
-        let ServeArgs { listen, data_dir, demo_pool, peer_listen, socket, mlock } = self;
-        ServeConfig { listen, data_dir, demo_pool, peer_listen, socket, mlock }
+        let ServeArgs { listen, data_dir, demo_pool, peer_listen, socket, mlock, memory_limit } = self;
+        ServeConfig {
+            listen,
+            data_dir,
+            demo_pool,
+            peer_listen,
+            socket,
+            mlock,
+            memory_limit: memory_limit.unwrap_or_default(),
+        }
     }
 }
 
@@ -602,6 +616,22 @@ fn parse_limit(text: &str, parse: impl Fn(&str) -> Result<u64, String>) -> Resul
         "none" | "unlimited" => Ok(Limit(None)),
         _ => parse(text).map(|n| Limit(Some(n))),
     }
+}
+
+/// A memory budget: `2G` (a size), `20%` (a share of RAM), `none`/`0` (no limit).
+fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
+    let text = text.trim();
+    match text.to_ascii_lowercase().as_str() {
+        "none" | "unlimited" | "0" => return Ok(MemoryLimit::Unlimited),
+        _ => {}
+    }
+    if text.ends_with('%') {
+        return match parse_percent(text)? {
+            0 => Err("a memory limit of 0% would refuse every page: say `none` for no limit".into()),
+            p => Ok(MemoryLimit::PercentOfRam(p)),
+        };
+    }
+    parse_size(text).map(MemoryLimit::Bytes)
 }
 
 fn parse_page_limit(text: &str) -> Result<Limit, String> {

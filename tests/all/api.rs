@@ -28,6 +28,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/pools/{name}/shrink", "/api/v1/pools/demo/shrink"),
     ("GET", "/api/v1/stats", "/api/v1/stats"),
     ("GET", "/api/v1/stats/stream", "/api/v1/stats/stream"),
+    ("GET", "/api/v1/memory", "/api/v1/memory"),
+    ("PATCH", "/api/v1/memory", "/api/v1/memory"),
     ("GET", "/api/v1/openapi.json", "/api/v1/openapi.json"),
 ];
 

@@ -9,7 +9,7 @@ use tmem_host::{BackendSpec, Host, HostConfig, PoolSpec};
 
 /// A host with no data dir and a modest number of instance slots (tests run in parallel).
 pub fn host() -> Host {
-    Host::new(HostConfig { data_dir: None, engine: EngineOptions { max_instances: 200, ..Default::default() } })
+    Host::new(HostConfig { engine: EngineOptions { max_instances: 200, ..Default::default() }, ..Default::default() })
         .expect("host starts")
 }
 

@@ -66,6 +66,7 @@ fn the_host_keeps_the_storage_failures_detail_for_its_log_and_nothing_of_the_poo
     let config = || HostConfig {
         data_dir: Some(dir.clone()),
         engine: tmem_host::plugin::EngineOptions { max_instances: 50, ..Default::default() },
+        ..Default::default()
     };
     {
         let host = Host::new(config()).unwrap();

@@ -15,6 +15,7 @@ mod errors;
 mod frontend;
 mod hot_swap;
 mod kernel_swap;
+mod memory;
 mod nbd;
 mod peer;
 mod persistence;

@@ -12,6 +12,7 @@ fn host_on(dir: &std::path::Path) -> Host {
     Host::new(HostConfig {
         data_dir: Some(dir.to_path_buf()),
         engine: tmem_host::plugin::EngineOptions { max_instances: 200, ..Default::default() },
+        ..Default::default()
     })
     .expect("host starts")
 }

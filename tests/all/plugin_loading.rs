@@ -136,7 +136,7 @@ fn bundled_plugins_describe_themselves_and_reregistering_is_idempotent() {
 fn compiled_code_is_cached_on_disk_and_reused() {
     let dir = std::env::temp_dir().join(format!("tmem-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = || HostConfig { data_dir: Some(dir.clone()), engine: Default::default() };
+    let config = || HostConfig { data_dir: Some(dir.clone()), ..Default::default() };
     let first = Host::new(config()).unwrap();
     let cache = dir.join("cache").join("modules");
     let entries = || std::fs::read_dir(&cache).unwrap().count();

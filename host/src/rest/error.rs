@@ -126,6 +126,7 @@ impl From<HostError> for ApiError {
             HostError::PluginInUse { .. } => (StatusCode::CONFLICT, "plugin_in_use"),
             HostError::PoolExists(_) => (StatusCode::CONFLICT, "pool_exists"),
             HostError::PoolNotFound(_) => (StatusCode::NOT_FOUND, "pool_not_found"),
+            HostError::MemoryLimitTooSmall(_) => (StatusCode::BAD_REQUEST, "invalid_memory_limit"),
             HostError::Pool(e) => return e.into(),
             HostError::Chain(e) => return e.into(),
             HostError::Disk(e) => return e.into(),
@@ -480,6 +481,7 @@ mod tests {
             ),
             (HostError::PluginInUse { plugin: "x".into(), pools: "p".into() }, StatusCode::CONFLICT, "plugin_in_use"),
             (HostError::PoolExists("p".into()), StatusCode::CONFLICT, "pool_exists"),
+            (HostError::MemoryLimitTooSmall(1), StatusCode::BAD_REQUEST, "invalid_memory_limit"),
             (HostError::PoolNotFound("p".into()), StatusCode::NOT_FOUND, "pool_not_found"),
         ];
         for (e, status, code) in cases {

@@ -71,7 +71,7 @@ impl StatsSampler {
         StatsSample {
             at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             interval_ms: interval.map_or(0, |d| d.as_millis() as u64),
-            host: host_totals,
+            host: HostTotals { memory: super::memory::memory_info(host), ..host_totals },
             pools,
         }
     }

@@ -36,6 +36,40 @@ pub fn render(host: &Host) -> String {
         "# HELP tmem_plugin_versions Registered plugin versions.\n# TYPE tmem_plugin_versions gauge\ntmem_plugin_versions {versions}"
     );
 
+    let memory = super::memory::memory_info(host);
+    if let Some(limit) = memory.limit_bytes {
+        let _ = writeln!(
+            w,
+            "# HELP tmem_memory_limit_bytes The host's memory budget for pages.\n# TYPE tmem_memory_limit_bytes gauge\ntmem_memory_limit_bytes {limit}"
+        );
+    }
+    for (metric, help, value) in [
+        (
+            "tmem_memory_used_bytes",
+            "Bytes charged to the memory budget (the arena's committed memory).",
+            memory.used_bytes,
+        ),
+        (
+            "tmem_memory_headroom_bytes",
+            "Of the used bytes, memory committed ahead for the next stores.",
+            memory.headroom_bytes,
+        ),
+        ("tmem_memory_stored_bytes", "Bytes of the records stored in the arena.", memory.stored_bytes),
+        (
+            "tmem_memory_slot_bytes",
+            "Bytes of the arena's slots holding them (stored plus class rounding).",
+            memory.slot_bytes,
+        ),
+        ("tmem_memory_objects", "Records in the arena.", memory.objects),
+    ] {
+        let _ = writeln!(w, "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {value}");
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tmem_memory_refused_total Stores refused for want of budget or committed memory.\n# TYPE tmem_memory_refused_total counter\ntmem_memory_refused_total {}",
+        memory.refused
+    );
+
     let snapshots: Vec<(String, Vec<(&str, u64)>)> =
         pools.iter().map(|p| (label(p.name()), p.counters().named())).collect();
     for (i, (name, help)) in CounterSnapshot::HELP.iter().enumerate() {

@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod error;
 pub mod frontends;
 pub mod live_stats;
+pub mod memory;
 pub mod metrics;
 pub mod plugins;
 pub mod pools;
@@ -95,6 +96,7 @@ fn api_routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(pools::shrink))
         .routes(routes!(live_stats::stats))
         .routes(routes!(live_stats::stats_stream))
+        .routes(routes!(memory::get_memory, memory::patch_memory))
         .routes(routes!(openapi_json))
         .split_for_parts()
 }

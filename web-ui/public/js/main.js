@@ -41,6 +41,11 @@ function renderTotals(sample) {
     item('pools', fmt.count(t.pools), 'pools'),
     item('curr_pages', fmt.count(t.curr_pages), 'curr_pages'),
     item('memory', fmt.bytes(t.pool_total_size + t.plugin_memory_bytes), 'memory'),
+    item(
+      'budget',
+      t.memory ? `${fmt.bytes(t.memory.used_bytes)} / ${t.memory.limit_bytes == null ? 'no limit' : fmt.bytes(t.memory.limit_bytes)}` : '–',
+      'budget',
+    ),
     item('plugin faults', fmt.count(t.plugin_faults), 'plugin_faults'),
   );
 }

@@ -1,0 +1,701 @@
+//! [`PageArena`]: the host's own memory for stored page bytes — size classes over spans of one
+//! reserved address range (zsmalloc's idea, simplified), so a stored page costs its bytes
+//! rounded up to a 16-byte class and nothing else: no `Box` per page, no malloc header, no
+//! page fault on the I/O path.
+//!
+//! # Layout
+//!
+//! The arena reserves one range of address space up front (`MAP_NORESERVE`: nothing resident)
+//! and cuts it into **spans** of [`SPAN_BYTES`]. A **size class** serves objects of one rounded
+//! size from **runs** of one or more consecutive spans: classes are 16 bytes apart up to 4 KiB
+//! (one span per run), then an eighth apart up to [`MAX_OBJECT`] (runs long enough that the
+//! tail a run cannot use is under an eighth of it). An object is named by a [`Handle`]: the
+//! first span of its run and its slot, so its address is arithmetic — no table to look up.
+//!
+//! # Memory is committed ahead, never on the I/O path
+//!
+//! A span is *committed* (its pages faulted in, and locked when the process locks its memory)
+//! before any object is placed in it. [`PageArena::alloc`] only takes slots of committed runs or
+//! committed free spans; when none is left it refuses (the store is refused, frontswap's way:
+//! the frontend keeps the page) and asks the grower to commit more. [`PageArena::grow`] — run by
+//! a background thread, outside every I/O thread — keeps a **headroom** of committed free spans,
+//! within the [`MemoryBudget`]: committed memory is what the arena charges to the budget, so
+//! the arena can never hold more than the budget allows. Runs that become empty go back to the
+//! free spans; free spans beyond the headroom are released (`MADV_DONTNEED`) and uncharged.
+//!
+//! # Concurrency
+//!
+//! One lock per size class (objects of different sizes never contend) and one for the free
+//! spans. Span metadata is one atomic word per span, written only under its class's lock.
+//! Reading or freeing an object is its owner's business: the arena never moves an object.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::budget::MemoryBudget;
+
+/// Bytes of one span: the unit the arena commits, charges and releases.
+pub const SPAN_BYTES: usize = 64 << 10;
+
+/// The most address space an arena reserves (handles name 2^20 spans): 64 GiB.
+pub const MAX_RESERVE: usize = SPAN_BYTES << (32 - SLOT_BITS);
+
+/// The largest object: a whole page of the largest page size.
+pub const MAX_OBJECT: usize = 2 << 20;
+
+/// Classes are this many bytes apart up to [`SMALL_LIMIT`].
+const SMALL_STEP: usize = 16;
+const SMALL_LIMIT: usize = 4096;
+
+/// Bits of a handle that name the slot within a run.
+const SLOT_BITS: u32 = 12;
+const MAX_SLOTS: usize = 1 << SLOT_BITS;
+
+/// An object in the arena: the first span of its run and its slot there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle(u32);
+
+impl Handle {
+    fn new(span: u32, slot: u32) -> Handle {
+        Handle(span << SLOT_BITS | slot)
+    }
+
+    fn span(self) -> u32 {
+        self.0 >> SLOT_BITS
+    }
+
+    fn slot(self) -> u32 {
+        self.0 & (MAX_SLOTS as u32 - 1)
+    }
+
+    /// The handle as a number (for compact indexes).
+    pub fn to_bits(self) -> u32 {
+        self.0
+    }
+
+    /// A handle from [`Handle::to_bits`].
+    pub fn from_bits(bits: u32) -> Handle {
+        Handle(bits)
+    }
+}
+
+/// One size class: its object size, how many spans a run takes, and how many objects a run holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassSpec {
+    /// Bytes per object.
+    pub size: usize,
+    /// Spans per run.
+    pub spans: usize,
+    /// Objects per run.
+    pub slots: usize,
+}
+
+/// Every class, smallest first.
+fn class_specs() -> Vec<ClassSpec> {
+    let mut sizes: Vec<usize> = (1..=SMALL_LIMIT / SMALL_STEP).map(|i| i * SMALL_STEP).collect();
+    let mut size = SMALL_LIMIT;
+    while size < MAX_OBJECT {
+        size = (size + size / 8).div_ceil(SMALL_STEP) * SMALL_STEP;
+        sizes.push(size.min(MAX_OBJECT));
+    }
+    sizes
+        .into_iter()
+        .map(|size| {
+            // The shortest run whose unusable tail is under an eighth of it (and that holds one).
+            let mut spans = size.div_ceil(SPAN_BYTES);
+            while (spans * SPAN_BYTES) % size > spans * SPAN_BYTES / 8 {
+                spans += 1;
+            }
+            let slots = (spans * SPAN_BYTES / size).min(MAX_SLOTS);
+            ClassSpec { size, spans, slots }
+        })
+        .collect()
+}
+
+/// Span metadata, one atomic word per span (meaningful for the first span of a run):
+/// `class + 1` (0: not a run's first span), objects in use, the first free slot (a list
+/// threaded through the free objects themselves), and the slots never used yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunMeta {
+    class: u16,
+    used: u16,
+    /// `NO_SLOT` when the free list is empty.
+    free_head: u16,
+    /// Slots `fresh..slots` have never held an object.
+    fresh: u16,
+}
+
+const NO_SLOT: u16 = u16::MAX;
+
+impl RunMeta {
+    fn pack(self) -> u64 {
+        (self.class as u64) << 48 | (self.used as u64) << 32 | (self.free_head as u64) << 16 | self.fresh as u64
+    }
+
+    fn unpack(word: u64) -> RunMeta {
+        RunMeta {
+            class: (word >> 48) as u16,
+            used: (word >> 32) as u16,
+            free_head: (word >> 16) as u16,
+            fresh: word as u16,
+        }
+    }
+}
+
+/// The runs of one class that have a free slot.
+#[derive(Debug, Default)]
+struct ClassState {
+    partial: Vec<u32>,
+}
+
+/// Spans committed but holding no run, and what the grower should do.
+#[derive(Debug, Default)]
+struct Spans {
+    /// Committed, unused spans (charged to the budget).
+    free: Vec<u32>,
+    /// Spans never committed, or released: the next fresh span is `next`, released ones are
+    /// in `released` (their address space stays reserved).
+    next: u32,
+    released: Vec<u32>,
+    /// Set by an allocation that found no committed span: the grower commits more.
+    starved: bool,
+}
+
+/// What [`PageArena::stats`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArenaStats {
+    /// Bytes of committed spans: what the arena holds of the host's memory (charged to the
+    /// budget).
+    pub committed_bytes: u64,
+    /// Bytes of committed spans holding no run: the headroom.
+    pub headroom_bytes: u64,
+    /// Objects stored.
+    pub objects: u64,
+    /// Bytes the objects asked for.
+    pub object_bytes: u64,
+    /// Bytes of the class slots the objects occupy (`object_bytes` plus rounding).
+    pub slot_bytes: u64,
+    /// Allocations refused for want of committed memory.
+    pub refused: u64,
+}
+
+/// How an arena is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct ArenaConfig {
+    /// Address space to reserve, in bytes (nothing of it is resident until committed): the
+    /// most the arena can ever commit.
+    pub reserve_bytes: usize,
+    /// Committed free spans the grower keeps ready, in bytes.
+    pub headroom_bytes: usize,
+}
+
+/// Reserves `len` bytes of address space (read-write, zero-filled, nothing resident until
+/// touched).
+fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping at an address the kernel picks; MAP_NORESERVE: no
+    // memory is committed until a page is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(NonNull::new(ptr.cast()).expect("mmap returned a non-null address"))
+}
+
+/// The host's page memory. See the module docs.
+pub struct PageArena {
+    base: NonNull<u8>,
+    reserve_spans: u32,
+    classes: Vec<ClassSpec>,
+    class_states: Box<[Mutex<ClassState>]>,
+    /// One word per span of the reservation (its own `MAP_NORESERVE` mapping: the words of
+    /// spans never used are never resident).
+    meta: NonNull<AtomicU64>,
+    spans: Mutex<Spans>,
+    grow_wanted: Condvar,
+    headroom_spans: AtomicU64,
+    budget: Arc<MemoryBudget>,
+    objects: AtomicU64,
+    object_bytes: AtomicU64,
+    slot_bytes: AtomicU64,
+    refused: AtomicU64,
+}
+
+// SAFETY: the arena's memory is reached only through `&self` methods that synchronize every
+// mutation (class locks, the spans lock, atomics); the base pointer is never reassigned.
+unsafe impl Send for PageArena {}
+// SAFETY: as above.
+unsafe impl Sync for PageArena {}
+
+impl std::fmt::Debug for PageArena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageArena").field("stats", &self.stats()).finish()
+    }
+}
+
+impl Drop for PageArena {
+    fn drop(&mut self) {
+        let committed = self.stats().committed_bytes;
+        self.budget.release(committed);
+        // SAFETY: both ranges were mapped by `new` with these lengths and nothing refers to
+        // them now.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.reserve_spans as usize * SPAN_BYTES);
+            libc::munmap(self.meta.as_ptr().cast(), self.reserve_spans as usize * 8);
+        }
+    }
+}
+
+impl PageArena {
+    /// An arena charging `budget`, with `config.reserve_bytes` of address space reserved and
+    /// nothing committed yet (call [`PageArena::grow`], or run [`PageArena::spawn_grower`]).
+    pub fn new(config: ArenaConfig, budget: Arc<MemoryBudget>) -> io::Result<PageArena> {
+        let reserve_spans = (config.reserve_bytes / SPAN_BYTES).clamp(1, 1 << (32 - SLOT_BITS)) as u32;
+        let base = reserve(reserve_spans as usize * SPAN_BYTES)?;
+        let meta = match reserve(reserve_spans as usize * 8) {
+            Ok(meta) => meta.cast::<AtomicU64>(),
+            Err(e) => {
+                // SAFETY: just mapped with this length.
+                unsafe { libc::munmap(base.as_ptr().cast(), reserve_spans as usize * SPAN_BYTES) };
+                return Err(e);
+            }
+        };
+        let classes = class_specs();
+        Ok(PageArena {
+            base,
+            reserve_spans,
+            class_states: classes.iter().map(|_| Mutex::new(ClassState::default())).collect(),
+            classes,
+            meta,
+            spans: Mutex::new(Spans::default()),
+            grow_wanted: Condvar::new(),
+            headroom_spans: AtomicU64::new(config.headroom_bytes.div_ceil(SPAN_BYTES).max(1) as u64),
+            budget,
+            objects: AtomicU64::new(0),
+            object_bytes: AtomicU64::new(0),
+            slot_bytes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// The size classes.
+    pub fn classes(&self) -> &[ClassSpec] {
+        &self.classes
+    }
+
+    /// The class serving objects of `len` bytes (`1..=MAX_OBJECT`).
+    fn class_of(&self, len: usize) -> usize {
+        if len <= SMALL_LIMIT {
+            len.max(1).div_ceil(SMALL_STEP) - 1
+        } else {
+            SMALL_LIMIT / SMALL_STEP + self.classes[SMALL_LIMIT / SMALL_STEP..].partition_point(|c| c.size < len)
+        }
+    }
+
+    fn span_ptr(&self, span: u32) -> *mut u8 {
+        debug_assert!(span < self.reserve_spans);
+        // SAFETY: `span` is inside the reserved range.
+        unsafe { self.base.as_ptr().add(span as usize * SPAN_BYTES) }
+    }
+
+    fn object_ptr(&self, handle: Handle, size: usize) -> *mut u8 {
+        // SAFETY: a slot of a run lies inside the run's spans.
+        unsafe { self.span_ptr(handle.span()).add(handle.slot() as usize * size) }
+    }
+
+    fn meta_word(&self, span: u32) -> &AtomicU64 {
+        assert!(span < self.reserve_spans, "span {span} of {}", self.reserve_spans);
+        // SAFETY: inside the metadata mapping (zero-filled: an all-zero word is "no run"),
+        // which lives as long as `self`.
+        unsafe { &*self.meta.as_ptr().add(span as usize) }
+    }
+
+    fn run_meta(&self, span: u32) -> RunMeta {
+        RunMeta::unpack(self.meta_word(span).load(Ordering::Relaxed))
+    }
+
+    fn set_run_meta(&self, span: u32, meta: RunMeta) {
+        self.meta_word(span).store(meta.pack(), Ordering::Relaxed)
+    }
+
+    /// Copies `bytes` (1 to [`MAX_OBJECT`] of them) into a new object. `None` when no committed
+    /// memory is free for it: the caller refuses the store; the grower is woken to commit
+    /// more within the budget. Never allocates, never faults.
+    pub fn alloc(&self, bytes: &[u8]) -> Option<Handle> {
+        assert!(!bytes.is_empty() && bytes.len() <= MAX_OBJECT, "object of {} bytes", bytes.len());
+        let class = self.class_of(bytes.len());
+        let spec = self.classes[class];
+        let handle = {
+            let mut state = self.class_states[class].lock();
+            let run = match state.partial.last() {
+                Some(&run) => run,
+                None => {
+                    let run = self.take_run(spec.spans)?;
+                    self.set_run_meta(run, RunMeta { class: class as u16 + 1, used: 0, free_head: NO_SLOT, fresh: 0 });
+                    state.partial.push(run);
+                    run
+                }
+            };
+            let mut meta = self.run_meta(run);
+            let slot = if meta.free_head != NO_SLOT {
+                let slot = meta.free_head;
+                // The free list is threaded through the free objects' first two bytes.
+                let next = self.object_ptr(Handle::new(run, slot as u32), spec.size);
+                // SAFETY: a free slot of a committed run; its first bytes hold the next link.
+                meta.free_head = unsafe { next.cast::<u16>().read_unaligned() };
+                slot
+            } else {
+                meta.fresh += 1;
+                meta.fresh - 1
+            };
+            meta.used += 1;
+            if meta.used as usize == spec.slots {
+                state.partial.pop();
+            }
+            self.set_run_meta(run, meta);
+            Handle::new(run, slot as u32)
+        };
+        // SAFETY: the slot is this caller's alone now, inside committed memory, `spec.size >=
+        // bytes.len()`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.object_ptr(handle, spec.size), bytes.len()) };
+        self.objects.fetch_add(1, Ordering::Relaxed);
+        self.object_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.slot_bytes.fetch_add(spec.size as u64, Ordering::Relaxed);
+        Some(handle)
+    }
+
+    /// The `len` bytes of object `handle`, for `read`. The caller owns the object (it stored it
+    /// and has not freed it) and passes the length it stored.
+    pub fn with<R>(&self, handle: Handle, len: usize, read: impl FnOnce(&[u8]) -> R) -> R {
+        let meta = self.run_meta(handle.span());
+        assert!(meta.class > 0, "handle {handle:?} names no run");
+        let size = self.classes[meta.class as usize - 1].size;
+        assert!(len <= size, "{len} bytes of a {size}-byte object");
+        // SAFETY: an object the caller owns, inside committed memory; nothing writes it until
+        // the owner frees it, which it cannot do while it borrows it here.
+        read(unsafe { std::slice::from_raw_parts(self.object_ptr(handle, size), len) })
+    }
+
+    /// Frees object `handle` of `len` bytes (as stored).
+    pub fn free(&self, handle: Handle, len: usize) {
+        let run = handle.span();
+        let class = self.run_meta(run).class as usize;
+        assert!(class > 0, "handle {handle:?} names no run");
+        let class = class - 1;
+        let spec = self.classes[class];
+        let mut state = self.class_states[class].lock();
+        let mut meta = self.run_meta(run);
+        let was_full = meta.used as usize == spec.slots;
+        // SAFETY: the slot is the caller's object, now free: its first bytes hold the link.
+        unsafe { self.object_ptr(handle, spec.size).cast::<u16>().write_unaligned(meta.free_head) };
+        meta.free_head = handle.slot() as u16;
+        meta.used -= 1;
+        if meta.used == 0 {
+            // An empty run goes back to the free spans.
+            state.partial.retain(|&r| r != run);
+            self.set_run_meta(run, RunMeta { class: 0, used: 0, free_head: NO_SLOT, fresh: 0 });
+            drop(state);
+            self.return_run(run, spec.spans);
+        } else {
+            if was_full {
+                state.partial.push(run);
+            }
+            self.set_run_meta(run, meta);
+        }
+        self.objects.fetch_sub(1, Ordering::Relaxed);
+        self.object_bytes.fetch_sub(len as u64, Ordering::Relaxed);
+        self.slot_bytes.fetch_sub(spec.size as u64, Ordering::Relaxed);
+    }
+
+    /// Takes `count` consecutive committed free spans for a new run; `None` (and the grower
+    /// woken) if there are not that many in a row.
+    fn take_run(&self, count: usize) -> Option<u32> {
+        let mut spans = self.spans.lock();
+        let found = if count == 1 {
+            spans.free.pop()
+        } else {
+            // Runs of several spans: the free list kept sorted, look for `count` in a row.
+            spans.free.sort_unstable_by(|a, b| b.cmp(a));
+            let free = &spans.free;
+            let at = (0..=free.len().saturating_sub(count))
+                .find(|&i| i + count <= free.len() && (1..count).all(|k| free[i + k] + k as u32 == free[i]));
+            at.map(|i| {
+                let first = spans.free[i + count - 1];
+                spans.free.drain(i..i + count);
+                first
+            })
+        };
+        if found.is_none() {
+            spans.starved = true;
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.grow_wanted.notify_one();
+        } else if (spans.free.len() as u64) < self.headroom_spans.load(Ordering::Relaxed) / 2 {
+            self.grow_wanted.notify_one();
+        }
+        found
+    }
+
+    fn return_run(&self, first: u32, count: usize) {
+        let mut spans = self.spans.lock();
+        spans.free.extend(first..first + count as u32);
+    }
+
+    /// Commits free spans until the headroom is back (within the budget), and releases free
+    /// spans beyond twice the headroom. Returns how many spans it committed. Faults pages in:
+    /// call it from a background thread ([`PageArena::spawn_grower`]), never on the I/O path.
+    pub fn grow(&self) -> usize {
+        let target = self.headroom_spans.load(Ordering::Relaxed) as usize;
+        let mut committed = 0;
+        loop {
+            let span = {
+                let mut spans = self.spans.lock();
+                spans.starved = false;
+                if spans.free.len() >= target {
+                    break;
+                }
+                if !self.budget.try_charge(SPAN_BYTES as u64) {
+                    break;
+                }
+                match spans.released.pop() {
+                    Some(span) => span,
+                    None if spans.next < self.reserve_spans => {
+                        spans.next += 1;
+                        spans.next - 1
+                    }
+                    None => {
+                        self.budget.release(SPAN_BYTES as u64);
+                        break;
+                    }
+                }
+            };
+            self.commit(span);
+            self.spans.lock().free.push(span);
+            committed += 1;
+        }
+        self.release_excess(2 * target);
+        committed
+    }
+
+    /// Faults `span` in (and so locks it, when the process locks its memory).
+    fn commit(&self, span: u32) {
+        let ptr = self.span_ptr(span);
+        // SAFETY: `span` is in the reserved range and holds no object.
+        let populated = unsafe { libc::madvise(ptr.cast(), SPAN_BYTES, libc::MADV_POPULATE_WRITE) } == 0;
+        if !populated {
+            for page in (0..SPAN_BYTES).step_by(4096) {
+                // SAFETY: as above; a write of zero faults the page in.
+                unsafe { ptr.add(page).write_volatile(0) };
+            }
+        }
+    }
+
+    /// Releases free spans beyond `keep` (their memory goes back to the kernel and the budget).
+    fn release_excess(&self, keep: usize) {
+        loop {
+            let span = {
+                let mut spans = self.spans.lock();
+                if spans.free.len() <= keep {
+                    return;
+                }
+                // Release the highest spans: runs keep low addresses, dense.
+                spans.free.sort_unstable();
+                spans.free.pop().expect("more free spans than kept")
+            };
+            // SAFETY: a free span holds no object.
+            unsafe { libc::madvise(self.span_ptr(span).cast(), SPAN_BYTES, libc::MADV_DONTNEED) };
+            self.budget.release(SPAN_BYTES as u64);
+            self.spans.lock().released.push(span);
+        }
+    }
+
+    /// Sets the headroom the grower keeps, in bytes.
+    pub fn set_headroom(&self, bytes: usize) {
+        self.headroom_spans.store(bytes.div_ceil(SPAN_BYTES).max(1) as u64, Ordering::Relaxed);
+        self.grow_wanted.notify_one();
+    }
+
+    /// Waits until an allocation wants more memory or `timeout` passes.
+    fn wait_for_demand(&self, timeout: std::time::Duration) {
+        let mut spans = self.spans.lock();
+        if !spans.starved {
+            self.grow_wanted.wait_for(&mut spans, timeout);
+        }
+    }
+
+    /// Starts the background thread that keeps the headroom (`tmem-arena-grower`), for as long
+    /// as the arena lives.
+    pub fn spawn_grower(self: &Arc<Self>) -> io::Result<()> {
+        let arena = Arc::downgrade(self);
+        std::thread::Builder::new().name("tmem-arena-grower".into()).spawn(move || {
+            while let Some(arena) = arena.upgrade() {
+                arena.grow();
+                arena.wait_for_demand(std::time::Duration::from_millis(100));
+            }
+        })?;
+        Ok(())
+    }
+
+    /// What the arena holds now.
+    pub fn stats(&self) -> ArenaStats {
+        let spans = self.spans.lock();
+        let committed = spans.next as u64 - spans.released.len() as u64;
+        ArenaStats {
+            committed_bytes: committed * SPAN_BYTES as u64,
+            headroom_bytes: spans.free.len() as u64 * SPAN_BYTES as u64,
+            objects: self.objects.load(Ordering::Relaxed),
+            object_bytes: self.object_bytes.load(Ordering::Relaxed),
+            slot_bytes: self.slot_bytes.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small arena with its grower running, for tests of what stores into it.
+    pub(crate) fn test_arena() -> Arc<PageArena> {
+        let budget = Arc::new(MemoryBudget::new(256 << 20));
+        let config = ArenaConfig { reserve_bytes: 256 << 20, headroom_bytes: 4 << 20 };
+        let arena = Arc::new(PageArena::new(config, budget).unwrap());
+        arena.grow();
+        arena.spawn_grower().unwrap();
+        arena
+    }
+
+    fn arena(reserve_mib: usize, headroom_mib: usize, budget_mib: u64) -> (Arc<MemoryBudget>, PageArena) {
+        let budget = Arc::new(MemoryBudget::new(budget_mib << 20));
+        let config = ArenaConfig { reserve_bytes: reserve_mib << 20, headroom_bytes: headroom_mib << 20 };
+        let arena = PageArena::new(config, budget.clone()).unwrap();
+        (budget, arena)
+    }
+
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i as u64 * 7919) >> 3) as u8).collect()
+    }
+
+    #[test]
+    fn classes_cover_every_size_with_little_waste() {
+        let (_, arena) = arena(64, 1, 64);
+        let classes = arena.classes();
+        assert_eq!(classes.last().unwrap().size, MAX_OBJECT);
+        for len in (1..=MAX_OBJECT).step_by(97).chain([1, 16, 17, 4096, 4097, MAX_OBJECT]) {
+            let class = classes[arena.class_of(len)];
+            assert!(class.size >= len, "{len} in {class:?}");
+            if len > SMALL_STEP {
+                let prev = classes[arena.class_of(len) - 1];
+                assert!(prev.size < len, "{len}: a smaller class {prev:?} would do");
+            }
+            // The run's tail no object can use is under an eighth of it.
+            assert!(class.spans * SPAN_BYTES - class.slots * class.size <= class.spans * SPAN_BYTES / 8, "{class:?}");
+        }
+    }
+
+    #[test]
+    fn objects_round_trip_and_free_slots_are_reused() {
+        let (budget, arena) = arena(64, 4, 64);
+        assert_eq!(arena.alloc(b"x"), None, "nothing committed yet: refused, never faulted in");
+        assert!(arena.grow() >= 4);
+        let lens = [1usize, 15, 16, 17, 700, 4096, 4097, 20000, 70000];
+        let handles: Vec<(Handle, Vec<u8>)> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let data = bytes(i as u64, len);
+                (arena.alloc(&data).expect("room"), data)
+            })
+            .collect();
+        for (handle, data) in &handles {
+            arena.with(*handle, data.len(), |got| assert_eq!(got, &data[..]));
+        }
+        let stats = arena.stats();
+        assert_eq!(stats.objects, lens.len() as u64);
+        assert_eq!(stats.object_bytes, lens.iter().sum::<usize>() as u64);
+        assert!(stats.committed_bytes <= budget.used(), "committed memory is charged");
+        let (h, data) = &handles[4];
+        arena.free(*h, data.len());
+        let again = arena.alloc(&bytes(99, 690)).unwrap();
+        assert_eq!(again, *h, "a freed slot of the class is reused first");
+        for (handle, data) in &handles[..4] {
+            arena.with(*handle, data.len(), |got| assert_eq!(got, &data[..]));
+        }
+    }
+
+    #[test]
+    fn the_budget_bounds_what_is_committed_and_refusals_are_counted() {
+        let (budget, arena) = arena(256, 4, 2);
+        arena.grow();
+        assert!(budget.used() <= 2 << 20 && arena.stats().committed_bytes == budget.used());
+        let page = bytes(1, 4000);
+        let mut stored = Vec::new();
+        while let Some(h) = arena.alloc(&page) {
+            stored.push(h);
+            if stored.len() % 8 == 0 {
+                arena.grow();
+            }
+        }
+        let stats = arena.stats();
+        assert!(stats.refused >= 1);
+        assert!(stats.slot_bytes <= 2 << 20, "{stats:?}");
+        assert!(stored.len() >= 400, "2 MiB holds about 500 4000-byte objects, got {}", stored.len());
+        // Freeing everything gives the spans back; the grower releases what is beyond headroom.
+        for h in stored {
+            arena.free(h, page.len());
+        }
+        arena.set_headroom(SPAN_BYTES);
+        arena.grow();
+        assert!(arena.stats().committed_bytes <= 2 * SPAN_BYTES as u64, "{:?}", arena.stats());
+        assert_eq!(budget.used(), arena.stats().committed_bytes);
+    }
+
+    #[test]
+    fn many_threads_store_and_free_their_own_objects() {
+        let (_, arena) = arena(512, 64, 512);
+        let arena = Arc::new(arena);
+        arena.grow();
+        arena.spawn_grower().unwrap();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let arena = arena.clone();
+                std::thread::spawn(move || {
+                    let mut mine: Vec<(Handle, Vec<u8>)> = Vec::new();
+                    for i in 0..20_000u64 {
+                        let len = 1 + ((i * 7 + t * 13) % 3000) as usize;
+                        let data = bytes(t << 32 | i, len);
+                        match arena.alloc(&data) {
+                            Some(h) => mine.push((h, data)),
+                            None => std::thread::sleep(std::time::Duration::from_millis(1)),
+                        }
+                        if i % 3 == 0 && !mine.is_empty() {
+                            let (h, data) = mine.swap_remove((i as usize * 31) % mine.len());
+                            arena.with(h, data.len(), |got| assert_eq!(got, &data[..]));
+                            arena.free(h, data.len());
+                        }
+                    }
+                    for (h, data) in mine {
+                        arena.with(h, data.len(), |got| assert_eq!(got, &data[..]));
+                        arena.free(h, data.len());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let stats = arena.stats();
+        assert_eq!((stats.objects, stats.object_bytes, stats.slot_bytes), (0, 0, 0));
+    }
+}
