@@ -10,6 +10,7 @@
 //!   with the plugin fault policy.
 //! - [`plugin`] — the Wasm runtime: engine, module loading and validation, instances, limits.
 //! - [`page_store`] — the host page store capability: page bytes that outlive plugin instances.
+//! - [`memory`] — the host's own memory: allocation and page-fault counters of the I/O path.
 //! - [`stats`] — the counters of contract.md §4 and latency histograms.
 //! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
 //! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).
@@ -30,6 +31,7 @@ pub mod chain;
 pub mod demo;
 pub mod frontend;
 pub mod host;
+pub mod memory;
 pub mod page_store;
 pub mod peer;
 pub mod persist;
