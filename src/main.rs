@@ -16,6 +16,11 @@ use clap::Parser;
 use cli::args::{Cli, Command};
 use cli::{Done, commands};
 
+/// Counts heap allocations per thread, so `/metrics` can show what the I/O threads allocate.
+#[global_allocator]
+static ALLOCATOR: tmem_host::memory::alloc_count::CountingAllocator =
+    tmem_host::memory::alloc_count::CountingAllocator::system();
+
 /// The exit code of a store the pool rejected.
 const EXIT_REJECTED: u8 = 3;
 

@@ -11,6 +11,7 @@
 //! - [`plugin`] — the Wasm runtime: engine, module loading and validation, instances, limits.
 //! - [`memory`] — the host's page memory: the budget that bounds it, the arena that holds it.
 //! - [`page_store`] — the host page store capability: page bytes that outlive plugin instances.
+//! - [`memory`] — the host's own memory: allocation and page-fault counters of the I/O path.
 //! - [`stats`] — the counters of contract.md §4 and latency histograms.
 //! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
 //! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).

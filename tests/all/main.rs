@@ -14,6 +14,7 @@ mod demo;
 mod errors;
 mod frontend;
 mod hot_swap;
+mod io_path;
 mod kernel_swap;
 mod memory;
 mod nbd;
@@ -24,3 +25,8 @@ mod plugin_loading;
 mod remote;
 mod restart;
 mod serve;
+
+/// Counts heap allocations per thread, as the `tmem` binary does.
+#[global_allocator]
+static ALLOCATOR: tmem_host::memory::alloc_count::CountingAllocator =
+    tmem_host::memory::alloc_count::CountingAllocator::system();

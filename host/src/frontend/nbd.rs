@@ -49,6 +49,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use super::device::{BlockDevice, BlockError};
+use crate::memory::alloc_count::{IoThread, Role};
 
 /// The largest request (read or write) a client may send: the maximum block size advertised.
 pub const MAX_PAYLOAD: u32 = 32 << 20;
@@ -350,6 +351,7 @@ fn accept_loop<S: Stream>(
         let (export, registry) = (export.clone(), connections.clone());
         let thread = std::thread::Builder::new().name(format!("tmem-nbd-{id}")).spawn(move || {
             super::become_io_flusher();
+            let _io_thread = IoThread::enter(Role::Nbd);
             if let Err(e) = serve_connection(&export, stream) {
                 tracing::info!(export = %export.name, "NBD connection closed: {e}");
             }
@@ -674,6 +676,7 @@ impl<S: Stream> Connection<'_, S> {
                 return Err(End::Clean);
             }
             self.request(flags, command, handle, offset, len)?;
+            Role::Nbd.count_ops(1);
             unsent += 1;
             if unsent >= FLUSH_EVERY || self.out.len() >= 1 << 20 {
                 self.flush()?;

@@ -24,6 +24,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::{Frontend, FrontendKind};
 use crate::host::Host;
+use crate::memory::alloc_count::{self, Role};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
 use crate::wire_io::read_frame;
@@ -155,11 +156,11 @@ pub async fn serve_frontends(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let (host, token, address) = (host.clone(), token.clone(), address.clone());
-                    tokio::spawn(async move {
+                    tokio::spawn(alloc_count::scoped(Role::Socket, async move {
                         if let Err(e) = serve_connection(host, &token, address, stream).await {
                             tracing::info!("frontend connection closed: {e}");
                         }
-                    });
+                    }));
                 }
                 Err(e) => tracing::warn!("accepting a frontend failed: {e}"),
             },
@@ -190,13 +191,13 @@ async fn serve_connection(
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(1 << 20, read);
     let (frames, mut outgoing) = unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
+    let writer = tokio::spawn(alloc_count::scoped(Role::Socket, async move {
         while let Some(frame) = outgoing.recv().await {
             if write.write_all(&frame).await.is_err() {
                 break;
             }
         }
-    });
+    }));
     let Some(body) = next_frame(&mut reader).await? else { return Ok(()) };
     let attached = attach(&host, token, address, &body, frames.clone());
     let (pool, frontend) = match attached {
@@ -274,6 +275,7 @@ async fn serve_batches(
         match kind {
             proto::BATCH => {
                 let ops = proto::parse_batch(payload, page_size).map_err(|e| format!("malformed batch: {e}"))?;
+                Role::Socket.count_ops(ops.len() as u64);
                 // Pool operations are short and bounded by the plugins' deadlines: run them on
                 // this worker (tokio moves its other tasks away) rather than hop threads.
                 let frame = tokio::task::block_in_place(|| run_batch(pool, &frontend.counters, id, &ops, page_size))

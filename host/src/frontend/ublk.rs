@@ -40,6 +40,7 @@ use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, UblkFlags, UblkIORes, sys};
 
 use super::device::BlockDevice;
+use crate::memory::alloc_count::{IoThread, Role};
 
 /// Hardware queues of a device, each with its own thread.
 pub const QUEUES: u16 = 2;
@@ -193,8 +194,10 @@ fn serve(device: Arc<BlockDevice>, id: i32, recover: bool, started: mpsc::Sender
 /// One hardware queue: its buffers, and requests served in place until the device goes.
 fn serve_queue(qid: u16, dev: &UblkDev, device: &BlockDevice) {
     super::become_io_flusher();
+    let _io_thread = IoThread::enter(Role::Ublk);
     let buffers = dev.alloc_queue_io_bufs();
     let handle = |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
+        Role::Ublk.count_ops(1);
         let iod = q.get_iod(tag);
         let offset = iod.start_sector << 9;
         let len = u64::from(iod.nr_sectors) << 9;

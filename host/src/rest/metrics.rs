@@ -1,7 +1,7 @@
-//! `GET /metrics`: every pool's counters, latency histograms, plugin faults and memory in the
-//! Prometheus text format (version 0.0.4). Labels are bounded: `pool`, `plugin`, `op`,
-//! `kind` take only as many values as there are pools, chain links, operations and fault
-//! kinds.
+//! `GET /metrics`: every pool's counters, latency histograms, plugin faults and memory, and the
+//! I/O threads' allocations and page faults, in the Prometheus text format (version 0.0.4).
+//! Labels are bounded: `pool`, `plugin`, `op`, `kind`, `role` take only as many values as
+//! there are pools, chain links, operations, fault kinds and I/O roles.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
 use crate::host::Host;
+use crate::memory::alloc_count::{self, IoCounters, Role};
 use crate::stats::{CounterSnapshot, GAUGES, Op};
 
 /// Latency bucket bounds: powers of four from 1 µs (2^10 ns) to about 1 s (2^30 ns). The
@@ -162,8 +163,64 @@ pub fn render(host: &Host) -> String {
             );
         }
     }
+    io_threads(w);
     out
 }
+
+/// The I/O threads by role (`memory::alloc_count`): what they allocated, their page faults and
+/// the operations they served, so allocations per op is one division.
+fn io_threads(w: &mut String) {
+    let _ = writeln!(
+        w,
+        "# HELP tmem_io_thread_counting 1 if this process counts heap allocations (the tmem binary does); with 0 the allocation counters stay 0.\n# TYPE tmem_io_thread_counting gauge\ntmem_io_thread_counting {}",
+        u8::from(alloc_count::counting())
+    );
+    let roles: Vec<(Role, IoCounters)> = Role::ALL.iter().map(|&role| (role, role.counters())).collect();
+    for (metric, kind, help, value) in IO_SERIES {
+        let _ = writeln!(w, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (role, counters) in &roles {
+            let _ = writeln!(w, "{metric}{{role=\"{}\"}} {}", role.name(), value(counters));
+        }
+    }
+}
+
+/// One series of [`io_threads`]: name, type, help, and its value for a role.
+type IoSeries = (&'static str, &'static str, &'static str, fn(&IoCounters) -> u64);
+
+const IO_SERIES: [IoSeries; 8] = [
+    (
+        "tmem_io_threads",
+        "gauge",
+        "I/O threads (NBD connections, ublk queues) or socket connection tasks live now.",
+        |c| c.live,
+    ),
+    (
+        "tmem_io_thread_ops_total",
+        "counter",
+        "Operations served by the I/O threads: NBD and ublk requests, frontend-socket batch ops.",
+        |c| c.ops,
+    ),
+    (
+        "tmem_io_thread_allocations_total",
+        "counter",
+        "Heap allocations (alloc, alloc_zeroed) made by the I/O threads.",
+        |c| c.alloc.allocations,
+    ),
+    ("tmem_io_thread_reallocations_total", "counter", "Heap reallocations made by the I/O threads.", |c| {
+        c.alloc.reallocations
+    }),
+    ("tmem_io_thread_deallocations_total", "counter", "Heap deallocations made by the I/O threads.", |c| {
+        c.alloc.deallocations
+    }),
+    (
+        "tmem_io_thread_alloc_bytes_total",
+        "counter",
+        "Bytes asked for by the I/O threads' allocations and reallocations.",
+        |c| c.alloc.alloc_bytes,
+    ),
+    ("tmem_io_thread_minor_faults_total", "counter", "Minor page faults taken by the I/O threads.", |c| c.minor_faults),
+    ("tmem_io_thread_major_faults_total", "counter", "Major page faults taken by the I/O threads.", |c| c.major_faults),
+];
 
 /// The handler (open like `/healthz`: it carries no page contents).
 pub async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
