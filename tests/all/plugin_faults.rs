@@ -9,12 +9,21 @@ use tmem_host::{BackendSpec, Host, LoadOutcome, OpError, Pool, RejectReason, Sto
 use crate::common::{host, register_misbehave, spec, tagged_page};
 
 fn misbehaving_pool(host: &Host, name: &str, config: serde_json::Value, with_zstd: bool) -> std::sync::Arc<Pool> {
+    let mode = config["mode"].as_str().map(str::to_string);
     let mut chain = vec![BackendSpec::with_config("misbehave", config)];
     if with_zstd {
         chain.insert(0, BackendSpec::new("zstd"));
     }
     let mut spec = spec(name);
     spec.shards = Some(1); // one instance, so call counts are predictable
+    spec.sandbox.call_timeout = match mode.as_deref() {
+        // The deadline is the point: keep it short so the test is quick.
+        Some("loop") => Duration::from_millis(50),
+        // A memory bomb must meet its memory cap, not its deadline: faulting 16 MiB in can take
+        // long on a loaded machine.
+        Some("bomb") => Duration::from_secs(10),
+        _ => spec.sandbox.call_timeout,
+    };
     host.create_pool(spec, &chain).unwrap()
 }
 
