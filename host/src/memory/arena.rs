@@ -16,7 +16,9 @@
 //!
 //! A span is *committed* (its pages faulted in, and locked when the process locks its memory)
 //! before any object is placed in it. [`PageArena::alloc`] only takes slots of committed runs or
-//! committed free spans; when none is left it refuses (the store is refused, frontswap's way:
+//! committed free spans. When none is left — a burst faster than the grower — it commits a run
+//! itself only while the machine has memory to spare (`MemAvailable` high: the fault cannot
+//! wait on reclaim); under memory pressure it refuses (the store is refused, frontswap's way:
 //! the frontend keeps the page) and asks the grower to commit more. [`PageArena::grow`] — run by
 //! a background thread, outside every I/O thread — keeps a **headroom** of committed free spans,
 //! within the [`MemoryBudget`]: committed memory is what the arena charges to the budget, so
@@ -181,6 +183,8 @@ pub struct ArenaStats {
     pub slot_bytes: u64,
     /// Allocations refused for want of committed memory.
     pub refused: u64,
+    /// Runs committed by an allocation itself (no headroom left, memory plentiful).
+    pub inline_commits: u64,
 }
 
 /// How an arena is set up.
@@ -191,6 +195,19 @@ pub struct ArenaConfig {
     pub reserve_bytes: usize,
     /// Committed free spans the grower keeps ready, in bytes.
     pub headroom_bytes: usize,
+}
+
+/// Whether the machine has memory to spare: `MemAvailable` above an eighth of `MemTotal` and
+/// above 256 MiB (`false` when `/proc/meminfo` cannot be read).
+fn memory_is_plentiful() -> bool {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else { return false };
+    let field = |name: &str| {
+        meminfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    };
+    match (field("MemTotal:"), field("MemAvailable:")) {
+        (Some(total), Some(available)) => available > total / 8 && available > 256 << 10,
+        _ => false,
+    }
 }
 
 /// Reserves `len` bytes of address space (read-write, zero-filled, nothing resident until
@@ -226,6 +243,11 @@ pub struct PageArena {
     spans: Mutex<Spans>,
     grow_wanted: Condvar,
     headroom_spans: AtomicU64,
+    /// Whether the machine has memory to spare (`MemAvailable` above an eighth of `MemTotal`
+    /// and 256 MiB), refreshed by the grower: only then may an allocation that finds no
+    /// headroom commit memory itself.
+    plentiful: std::sync::atomic::AtomicBool,
+    inline_commits: AtomicU64,
     budget: Arc<MemoryBudget>,
     objects: AtomicU64,
     object_bytes: AtomicU64,
@@ -282,6 +304,8 @@ impl PageArena {
             spans: Mutex::new(Spans::default()),
             grow_wanted: Condvar::new(),
             headroom_spans: AtomicU64::new(config.headroom_bytes.div_ceil(SPAN_BYTES).max(1) as u64),
+            plentiful: std::sync::atomic::AtomicBool::new(memory_is_plentiful()),
+            inline_commits: AtomicU64::new(0),
             budget,
             objects: AtomicU64::new(0),
             object_bytes: AtomicU64::new(0),
@@ -437,14 +461,32 @@ impl PageArena {
                 first
             })
         };
-        if found.is_none() {
-            spans.starved = true;
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            self.grow_wanted.notify_one();
-        } else if (spans.free.len() as u64) < self.headroom_spans.load(Ordering::Relaxed) / 2 {
-            self.grow_wanted.notify_one();
+        if let Some(run) = found {
+            if (spans.free.len() as u64) < self.headroom_spans.load(Ordering::Relaxed) / 2 {
+                self.grow_wanted.notify_one();
+            }
+            return Some(run);
         }
-        found
+        self.grow_wanted.notify_one();
+        // The headroom is gone (a burst faster than the grower). While the machine has memory
+        // to spare, committing here cannot wait on reclaim, so the store is served; under
+        // pressure it is refused, never satisfied by faulting memory in on the I/O path.
+        if self.plentiful.load(Ordering::Relaxed)
+            && spans.next as usize + count <= self.reserve_spans as usize
+            && self.budget.try_charge((count * SPAN_BYTES) as u64)
+        {
+            let first = spans.next;
+            spans.next += count as u32;
+            drop(spans);
+            for span in first..first + count as u32 {
+                self.commit(span);
+            }
+            self.inline_commits.fetch_add(1, Ordering::Relaxed);
+            return Some(first);
+        }
+        spans.starved = true;
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     fn return_run(&self, first: u32, count: usize) {
@@ -520,6 +562,12 @@ impl PageArena {
         }
     }
 
+    /// Says whether the machine has memory to spare (the grower refreshes this from
+    /// `/proc/meminfo`; tests and a memory governor may set it).
+    pub fn set_memory_plentiful(&self, plentiful: bool) {
+        self.plentiful.store(plentiful, Ordering::Relaxed)
+    }
+
     /// Sets the headroom the grower keeps, in bytes.
     pub fn set_headroom(&self, bytes: usize) {
         self.headroom_spans.store(bytes.div_ceil(SPAN_BYTES).max(1) as u64, Ordering::Relaxed);
@@ -540,6 +588,7 @@ impl PageArena {
         let arena = Arc::downgrade(self);
         std::thread::Builder::new().name("tmem-arena-grower".into()).spawn(move || {
             while let Some(arena) = arena.upgrade() {
+                arena.plentiful.store(memory_is_plentiful(), Ordering::Relaxed);
                 arena.grow();
                 arena.wait_for_demand(std::time::Duration::from_millis(100));
             }
@@ -558,6 +607,7 @@ impl PageArena {
             object_bytes: self.object_bytes.load(Ordering::Relaxed),
             slot_bytes: self.slot_bytes.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            inline_commits: self.inline_commits.load(Ordering::Relaxed),
         }
     }
 }
@@ -607,7 +657,8 @@ pub(crate) mod tests {
     #[test]
     fn objects_round_trip_and_free_slots_are_reused() {
         let (budget, arena) = arena(64, 4, 64);
-        assert_eq!(arena.alloc(b"x"), None, "nothing committed yet: refused, never faulted in");
+        arena.set_memory_plentiful(false);
+        assert_eq!(arena.alloc(b"x"), None, "under pressure with nothing committed: refused, never faulted in");
         assert!(arena.grow() >= 4);
         let lens = [1usize, 15, 16, 17, 700, 4096, 4097, 20000, 70000];
         let handles: Vec<(Handle, Vec<u8>)> = lens
@@ -637,6 +688,7 @@ pub(crate) mod tests {
     #[test]
     fn the_budget_bounds_what_is_committed_and_refusals_are_counted() {
         let (budget, arena) = arena(256, 4, 2);
+        arena.set_memory_plentiful(false);
         arena.grow();
         assert!(budget.used() <= 2 << 20 && arena.stats().committed_bytes == budget.used());
         let page = bytes(1, 4000);
@@ -659,6 +711,24 @@ pub(crate) mod tests {
         arena.grow();
         assert!(arena.stats().committed_bytes <= 2 * SPAN_BYTES as u64, "{:?}", arena.stats());
         assert_eq!(budget.used(), arena.stats().committed_bytes);
+    }
+
+    #[test]
+    fn with_memory_to_spare_a_burst_commits_inline_within_the_budget() {
+        let (budget, arena) = arena(64, 1, 1);
+        arena.set_memory_plentiful(true);
+        let page = bytes(7, 4000);
+        let mut stored = Vec::new();
+        while let Some(h) = arena.alloc(&page) {
+            stored.push(h);
+        }
+        let stats = arena.stats();
+        assert!(stats.inline_commits >= 15 && stats.refused == 1, "{stats:?}");
+        assert!(budget.used() <= 1 << 20 && stats.committed_bytes == budget.used(), "{stats:?}");
+        assert!(stored.len() >= 200, "1 MiB of inline commits holds about 256 such objects: {}", stored.len());
+        for h in stored {
+            arena.with(h, page.len(), |got| assert_eq!(got, &page[..]));
+        }
     }
 
     #[test]
