@@ -55,7 +55,10 @@ die() {
     results=1
     exit 1
 }
-trap '[ "$results" -gt 0 ] || echo "RESULT failed: run.sh stopped before a scenario ran (see above)"' EXIT
+qemu_pid=""
+trap '[ -z "$qemu_pid" ] || kill "$qemu_pid" 2>/dev/null
+      [ "$results" -gt 0 ] || echo "RESULT failed: run.sh stopped before a scenario ran (see above)"' EXIT
+trap 'exit 130' INT TERM
 
 # The table: S[NAME.KEY]=VALUE, with the defaults below; names in table order.
 declare -A S=()
@@ -361,7 +364,7 @@ run_boot() {
     local append="console=ttyS0 panic=-1 quiet tmem.run=$list"
     [ $precompile_now = 1 ] && append+=" tmem.precompile=1"
     [ -n "$words" ] && append+=" ${words//,/ }"
-    local fifo_out=$stage/serial.out fifo_in=$stage/serial.in qemu_pid stamp_pid input
+    local fifo_out=$stage/serial.out fifo_in=$stage/serial.in stamp_pid input
     mkfifo "$fifo_out" "$fifo_in"
     exec {input}<>"$fifo_in"
     local start=${EPOCHREALTIME/./}
@@ -414,6 +417,7 @@ run_boot() {
         break
     done
     wait $qemu_pid 2>/dev/null || true
+    qemu_pid=""
     wait $stamp_pid 2>/dev/null || true
     exec {input}>&-
     local total=$((${EPOCHREALTIME/./} - start))
