@@ -5,7 +5,8 @@
 # Redis Cluster tests), Debian's chromium, Node.js and the dashboard's npm packages
 # (playwright-core drives chromium in the dashboard's browser test), and what the guest-kernel
 # tests (tests/all/kernel_swap.rs, scripts/guest/) need: QEMU, busybox-static, cpio, kmod
-# (modinfo), xz, gcc with a static libc (swapcheck) and nbd-client (copied into the guest).
+# (modinfo), xz, gcc with a static libc (swapcheck), nbd-client (copied into the guest) and
+# e2fsprogs (mkfs.ext4 makes the guest's disk, debugfs reads it back).
 # Idempotent; safe to run before every build.
 set -euo pipefail
 
@@ -23,7 +24,8 @@ if [ "${1:-}" = "--test" ]; then
     [ -x /usr/bin/chromium ] || need_apt+=(chromium)
     command -v node >/dev/null || need_apt+=(nodejs)
     command -v npm >/dev/null || need_apt+=(npm)
-    # The guest-kernel tests (scripts/guest/): QEMU, the initramfs tools, swapcheck, nbd-client.
+    # The guest-kernel tests (scripts/guest/): QEMU, the initramfs tools, swapcheck, nbd-client,
+    # the guest's disk.
     dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
     command -v cpio >/dev/null || need_apt+=(cpio)
     command -v xz >/dev/null || need_apt+=(xz-utils)
@@ -31,6 +33,7 @@ if [ "${1:-}" = "--test" ]; then
     command -v gcc >/dev/null || need_apt+=(gcc)
     [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
     [ -x /usr/sbin/nbd-client ] || [ -x /sbin/nbd-client ] || need_apt+=(nbd-client)
+    [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need_apt+=(e2fsprogs)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""

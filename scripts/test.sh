@@ -14,9 +14,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 (cd plugins && cargo test --locked) 2>&1 | tee -a "$log"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
-# The slow guest-kernel scenarios (a real kernel swapping to tmem over ublk and over NBD, about
-# five minutes each under QEMU's software emulation) are ignored in the suite above and run
-# here, one at a time (one QEMU at a time).
-cargo test --locked --test all kernel_swap::tmem_ -- --ignored --test-threads=1 2>&1 | tee -a "$log"
+# The guest-kernel scenarios marked ci=yes in tests/guest/scenarios (the zram self-test, ublk
+# recovery, a real kernel swapping to tmem over ublk and over NBD: about 11 minutes under QEMU's
+# software emulation) are ignored in the suite above and run here, through
+# scripts/guest/run.sh, one QEMU at a time.
+cargo test --locked --test all kernel_swap::ci_scenarios -- --ignored --nocapture 2>&1 | tee -a "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # Builds a guest's initramfs (a gzip'd newc cpio) for the guest-kernel tests: busybox-static
 # (every applet linked in /bin), kernel modules, binaries with the shared libraries `ldd` lists
-# and the dynamic loader, extra files, and the scenario's /init script. Generic: the scenario
-# (tests/all/kernel_swap.rs) decides what goes in.
+# and the dynamic loader, extra files, and the guest's /init script. Generic: the caller
+# (scripts/guest/run.sh) decides what goes in.
 #
 #   build-initramfs.sh --out FILE --init SCRIPT
 #       [--modules DIR]        a lib/modules/RELEASE dir (from fetch-kernel.sh) -> /lib/modules/RELEASE
 #       [--bin PATH[=DEST]]... an executable -> DEST (default /bin/NAME), debug info stripped,
 #                              plus its shared libraries at the paths ldd prints
 #       [--file SRC=DEST]...   any file, copied as is
+#       [--sysroot DIR=MOUNT]  with --disk-bin: a directory the caller turns into the guest's
+#                              disk, mounted at MOUNT in the guest before the binaries run
+#       [--disk-bin PATH[=DEST]]... as --bin, but the executable and its shared libraries go to
+#                              DIR (at DIR/DEST, DIR/LIB) and the initramfs holds symlinks
+#                              DEST -> MOUNT/DEST, LIB -> MOUNT/LIB: their pages are then file
+#                              pages of the disk, which the guest's kernel can drop and read
+#                              again, rather than pages of the initramfs (tmpfs), which it can
+#                              only swap out — possibly to the very swap server they belong to
 set -euo pipefail
 
 die() { echo "build-initramfs: $*" >&2; exit 1; }
 
-out="" init="" modules=""
-bins=() files=()
+out="" init="" modules="" sysroot="" mountpoint=""
+bins=() files=() disk_bins=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=$2; shift 2 ;;
@@ -22,11 +30,15 @@ while [ $# -gt 0 ]; do
         --modules) modules=$2; shift 2 ;;
         --bin) bins+=("$2"); shift 2 ;;
         --file) files+=("$2"); shift 2 ;;
+        --sysroot) sysroot=${2%%=*} mountpoint=${2#*=}; shift 2 ;;
+        --disk-bin) disk_bins+=("$2"); shift 2 ;;
         *) die "unknown argument $1 (see the header of $0)" ;;
     esac
 done
 [ -n "$out" ] && [ -n "$init" ] || die "--out FILE and --init SCRIPT are required"
 [ -f "$init" ] || die "no init script $init"
+[ ${#disk_bins[@]} -eq 0 ] || { [ -n "$sysroot" ] && [ "$mountpoint" != "$sysroot" ]; } ||
+    die "--disk-bin needs --sysroot DIR=MOUNT"
 for tool in busybox cpio gzip ldd; do
     command -v "$tool" >/dev/null || die "needs $tool (scripts/install-deps.sh --test installs it)"
 done
@@ -46,30 +58,46 @@ for applet in $("$busybox" --list); do
     [ "$applet" = busybox ] || ln -sf busybox "$stage/bin/$applet"
 done
 
-# Copies FILE (following symlinks) to the same absolute path in the image.
-copy_same_path() {
-    mkdir -p "$stage$(dirname "$1")"
-    cp -L "$1" "$stage$1"
-}
-
-for spec in "${bins[@]}"; do
+# put ROOT SPEC: the executable SPEC (PATH[=DEST]) at ROOT/DEST, debug info stripped, and its
+# shared libraries (ldd's "name => /path (addr)") and loader ("/lib64/ld-linux... (addr)") at
+# ROOT/PATH; prints DEST and each library's path.
+put() {
+    local root=$1 spec=$2 src dest lib
     src=${spec%%=*}
     dest=/bin/$(basename "$src")
     [ "$spec" != "$src" ] && dest=${spec#*=}
     [ -x "$src" ] || die "no executable $src"
-    mkdir -p "$stage$(dirname "$dest")"
-    rm -f "$stage$dest" # may be a busybox applet link
+    mkdir -p "$root$(dirname "$dest")"
+    rm -f "$root$dest" # may be a busybox applet link
     if command -v strip >/dev/null; then
-        strip --strip-debug -o "$stage$dest" "$src"
+        strip --strip-debug -o "$root$dest" "$src"
     else
-        cp "$src" "$stage$dest"
+        cp "$src" "$root$dest"
     fi
-    # Shared libraries ("name => /path (addr)") and the loader ("/lib64/ld-linux... (addr)").
+    echo "$dest"
     if ldd "$src" >/dev/null 2>&1; then
         for lib in $(ldd "$src" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
-            [ -e "$stage$lib" ] || copy_same_path "$lib"
+            if [ ! -e "$root$lib" ]; then
+                mkdir -p "$root$(dirname "$lib")"
+                cp -L "$lib" "$root$lib"
+            fi
+            echo "$lib"
         done
     fi
+}
+
+for spec in "${bins[@]}"; do
+    put "$stage" "$spec" >/dev/null
+done
+# On the disk, with links from the initramfs (a file the initramfs already holds stays there).
+for spec in "${disk_bins[@]}"; do
+    paths=$(put "$sysroot" "$spec")
+    for path in $paths; do
+        if [ ! -e "$stage$path" ] || [ -L "$stage$path" ]; then
+            mkdir -p "$stage$(dirname "$path")"
+            ln -sfn "$mountpoint$path" "$stage$path"
+        fi
+    done
 done
 
 for spec in "${files[@]}"; do

@@ -2,11 +2,14 @@
 # Fetches Debian trixie's amd64 kernel for the guest-kernel tests (tests/all/kernel_swap.rs):
 # `fetch-kernel.sh OUT_DIR` leaves
 #   OUT_DIR/vmlinuz                         the kernel image
-#   OUT_DIR/lib/modules/RELEASE/*.ko        ublk_drv, nbd, zram and every module they depend on
-#                                           (per `modinfo -F depends`), decompressed
+#   OUT_DIR/lib/modules/RELEASE/*.ko        the modules of MODULES below and every module they
+#                                           depend on (per `modinfo -F depends`), decompressed;
+#                                           those built into the kernel are listed in
+#                                           modules.builtin instead
 #   OUT_DIR/lib/modules/RELEASE/modules.dep so busybox `modprobe NAME` works in the guest
 #   OUT_DIR/release                         RELEASE (`uname -r` in the guest)
 #   OUT_DIR/package                         the exact package (name=version) that was fetched
+#   OUT_DIR/modules                         the module list above (a new list fetches again)
 # The package is whatever `linux-image-amd64` depends on in trixie on the mirror this machine's
 # apt already uses; apt runs with a private state under OUT_DIR/apt, so the system's sources
 # and lists are untouched. Idempotent: does nothing when OUT_DIR is complete. Fails loudly
@@ -14,14 +17,17 @@
 # mirror.
 set -euo pipefail
 
-MODULES=(ublk_drv nbd zram)
+# The guest's swap devices, and its disk (a virtio-blk image with an ext4 file system, which
+# needs the crc32c driver).
+MODULES=(ublk_drv nbd zram virtio_pci virtio_blk crc32c_generic ext4)
 
 die() { echo "fetch-kernel: $*" >&2; exit 1; }
 
 [ $# -eq 1 ] || die "usage: fetch-kernel.sh OUT_DIR"
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 
-if [ -s "$out/package" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/lib/modules/$(cat "$out/release" 2>/dev/null)/modules.dep" ]; then
+if [ -s "$out/package" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/lib/modules/$(cat "$out/release" 2>/dev/null)/modules.dep" ] &&
+    [ "$(cat "$out/modules" 2>/dev/null)" = "${MODULES[*]}" ]; then
     exit 0
 fi
 for tool in apt-get dpkg modinfo xz; do
@@ -82,12 +88,18 @@ rm -rf "$out/lib"
 mkdir -p "$dest"
 
 # Copies module NAME (and, first, what it depends on) into $dest; appends its modules.dep line.
-declare -A done_modules=()
-dep_lines=()
+declare -A done_modules=() is_builtin=()
+dep_lines=() builtin_modules=()
 add_module() {
     local name=$1 file deps dep dep_files=()
     [ -n "${done_modules[$name]:-}" ] && return 0
     done_modules[$name]=1
+    # Built into the kernel: nothing to copy (`modprobe` in the guest finds it in modules.builtin).
+    if grep -qE "/(${name}|${name//_/-})\.ko\$" "$moddir/modules.builtin" 2>/dev/null; then
+        builtin_modules+=("$name")
+        is_builtin[$name]=1
+        return 0
+    fi
     file=$(find "$moddir" -name "$name.ko" -o -name "$name.ko.xz" -o -name "$name.ko.zst" -o -name "$name.ko.gz" |
         head -n 1)
     if [ -z "$file" ]; then # module names use _ and - interchangeably
@@ -97,7 +109,7 @@ add_module() {
     deps=$(modinfo -F depends "$file" | tr ',' ' ')
     for dep in $deps; do
         add_module "$dep"
-        dep_files+=("$dep.ko")
+        [ -n "${is_builtin[$dep]:-}" ] || dep_files+=("$dep.ko")
     done
     case "$file" in
         *.xz) xz -dc "$file" > "$dest/$name.ko" ;;
@@ -111,9 +123,11 @@ for module in "${MODULES[@]}"; do
     add_module "$module"
 done
 printf '%s\n' "${dep_lines[@]}" > "$dest/modules.dep"
+cp "$moddir/modules.builtin" "$dest/modules.builtin" 2>/dev/null || : > "$dest/modules.builtin"
 
 cp "$vmlinuz" "$out/vmlinuz"
 echo "$release" > "$out/release"
 rm -rf "$root" "$apt_dir/debs" "$apt_dir/lists" "$apt_dir/cache"
 echo "$package=$version" > "$out/package"
-echo "fetch-kernel: $package=$version ($release) with ${dep_lines[*]%%:*} in $out" >&2
+echo "${MODULES[*]}" > "$out/modules"
+echo "fetch-kernel: $package=$version ($release) with ${dep_lines[*]%%:*} (built in: ${builtin_modules[*]:-none}) in $out" >&2

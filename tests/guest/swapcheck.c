@@ -14,6 +14,7 @@
 //!
 //! Marker lines (stdout), which the test on the outside parses:
 //!   SWAPCHECK START mib=M pages=N passes=P memtotal_kib=K
+//!   SWAPCHECK PROGRESS pass=I mib=M seconds=S pswpin=A pswpout=B   (every 64 MiB of a pass)
 //!   SWAPCHECK PASS n=I seconds=S pswpin=A pswpout=B        (cumulative /proc/vmstat deltas)
 //!   SWAPCHECK FAIL page=N pass=P block=B word=W expected=X got=Y   (the first few mismatches)
 //!   SWAPCHECK OK pages=N verified=V passes=P seconds=S pswpin=A pswpout=B memtotal_kib=K
@@ -31,6 +32,7 @@
 #define WORDS (PAGE / 8)
 #define CHUNK_PAGES 1024 /* 4 MiB */
 #define MAX_REPORTED 10
+#define PROGRESS_PAGES (64 * 256) /* a progress line every 64 MiB */
 
 static double now(void) {
     struct timespec t;
@@ -146,6 +148,12 @@ int main(int argc, char **argv) {
         for (size_t page = 0; page < pages; page++) {
             if (pass > 0) verify(page, pass - 1, expected);
             if (pass < passes) pattern(page_at(page), page, pass);
+            if ((page + 1) % PROGRESS_PAGES == 0 && page + 1 < pages) {
+                printf("SWAPCHECK PROGRESS pass=%d mib=%zu seconds=%.1f pswpin=%ld pswpout=%ld\n", pass, (page + 1) / 256,
+                       now() - start, proc_value("/proc/vmstat", "pswpin") - in0,
+                       proc_value("/proc/vmstat", "pswpout") - out0);
+                fflush(stdout);
+            }
         }
         if (pass == 0 && corrupt >= 0 && (size_t)corrupt < pages) ((volatile uint8_t *)page_at(corrupt))[100] ^= 1;
         printf("SWAPCHECK PASS n=%d seconds=%.1f pswpin=%ld pswpout=%ld\n", pass, now() - start,

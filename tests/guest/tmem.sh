@@ -1,0 +1,81 @@
+# tmem.sh: a guest swapping to tmem (tests/guest/scenarios; run by /init in a subshell). tmem
+# serve runs inside the guest with a [zstd, ram] pool; a block device of that pool — over NBD
+# (through the guest's nbd-client, /dev/nbd0) or ublk (/dev/ublkb0), its backing file on the
+# guest's disk — is the guest's only swap while swapcheck writes and verifies more memory than
+# the guest has. Parameters: transport (nbd|ublk), mib and passes (swapcheck's), cgroup (the
+# limit in MiB of the memory cgroup swapcheck runs in; empty: none, the whole guest is under
+# pressure), serve_args and pool_args (more words for `tmem serve` and `tmem pool create`).
+# Prints the pool's counters every 10 s (`GUEST POOL ...`), and at the end its JSON between
+# `GUEST POOL-JSON-BEGIN` and `GUEST POOL-JSON-END` and every counter on one line
+# (`GUEST POOL-FINAL name=value ...`).
+
+dir=/mnt/$SCENARIO
+rm -rf "$dir"
+mkdir -p "$dir"
+transport=$(param transport)
+device="" reporter="" server=""
+cleanup() {
+    [ -n "$reporter" ] && kill "$reporter" 2>/dev/null
+    [ -n "$device" ] && swapoff "$device" 2>/dev/null
+    [ "$transport" = nbd ] && nbd-client -d /dev/nbd0 >/dev/null 2>&1
+    # The device goes with its server (a later scenario in this boot may want its number).
+    id=$(tmem pool show swap --json 2>/dev/null | grep -o '"id": *"\(ublk\|nbd\)-[^"]*"' | cut -d'"' -f4)
+    [ -n "$id" ] && tmem pool detach swap "$id" >/dev/null 2>&1
+    stop_server
+}
+trap cleanup EXIT
+
+# A userspace swap server must lock its memory, or the kernel swaps the server's own pages out
+# through the server and swap stalls: `--mlock` (mlockall). Its state and the device's backing
+# file are on the guest's disk, so a page written to the backing file leaves RAM.
+# shellcheck disable=SC2046
+serve "$dir/data" --mlock $(args serve_args)
+step "tmem serve is up"
+
+# shellcheck disable=SC2046
+tmem pool create swap --backend zstd --backend ram $(args pool_args) >/dev/null || fail "tmem pool create"
+case "$transport" in
+    nbd)
+        tmem pool attach swap --nbd-socket /run/swap.nbd --size 1G --backing "$dir/swap.backing" ||
+            fail "tmem pool attach --nbd-socket"
+        modprobe nbd nbds_max=1 || fail "modprobe nbd"
+        # nbd-client 3.24 asks for the default export (""), hands the socket to the kernel over
+        # netlink and exits; `-swap` locks its memory should it stay (ioctl mode).
+        nbd-client -unix /run/swap.nbd /dev/nbd0 -block-size 4096 -swap || fail "nbd-client"
+        swap_device=/dev/nbd0
+        ;;
+    ublk)
+        modprobe ublk_drv || fail "modprobe ublk_drv"
+        tmem pool attach swap --ublk --ublk-id 0 --size 1G --backing "$dir/swap.backing" ||
+            fail "tmem pool attach --ublk"
+        swap_device=/dev/ublkb0
+        ;;
+    *) fail "transport must be nbd or ublk" ;;
+esac
+step "pool swap serves $swap_device"
+mkswap "$swap_device" >/dev/null || fail "mkswap $swap_device"
+# Discard freed swap slots (`-d`): the pool drops the pages the kernel no longer needs.
+swapon -d "$swap_device" || fail "swapon -d $swap_device"
+device=$swap_device
+step "swap on $device: $(grep -E '^(MemTotal|SwapTotal)' /proc/meminfo | tr -s ' \n' ' ')"
+
+# While the workload runs: the pool's main counters and the guest's memory every 10 s.
+while sleep 10; do
+    echo "GUEST POOL uptime=$(uptime_s) $(pool_counters swap | tr ' ' '\n' | grep -E \
+        '^(succ_stores|loads|pool_limit_hit|reject_[a-z_]*|failed_stores|load_failures|stored_pages|pool_total_size|to_backing|from_backing)=' |
+        grep -v '=0$' | tr '\n' ' ')$(memory_line)"
+done &
+reporter=$!
+# With a cgroup, the workload runs in a memory cgroup smaller than the guest's RAM: the kernel
+# swaps its pages out while the server still finds free memory for the pages it stores.
+# Without one (global pressure), the server's own allocations may enter direct reclaim, which
+# waits for swap-out to the very server that is allocating: a livelock (issue 14).
+limited "$(param cgroup)" swapcheck "$(param mib)" "$(param passes)"
+echo "GUEST SWAPCHECK EXIT $?"
+kill $reporter
+reporter=""
+echo "GUEST POOL-JSON-BEGIN"
+tmem pool show swap --json
+echo "GUEST POOL-JSON-END"
+echo "GUEST POOL-FINAL $(pool_counters swap)"
+echo "GUEST BACKING-FILE $(du -k "$dir/swap.backing" | cut -f1) KiB on disk"
