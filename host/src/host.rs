@@ -76,10 +76,7 @@ pub const DEFAULT_MEMORY_PERCENT: u8 = 20;
 
 /// The machine's RAM in bytes (`MemTotal`), or `None` if `/proc/meminfo` does not say.
 pub fn ram_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::memory::MemInfo::read().map(|m| m.total_bytes)
 }
 
 impl MemoryLimit {

@@ -218,9 +218,8 @@ impl BlockDevice {
             match (self.pool.contains(p), in_backing[p as usize]) {
                 (true, true) if writethrough => slot.relocate(Location::PoolAndBacking),
                 (true, true) => {
-                    // Found in both: the copy the map names first is the stale one, punched by
-                    // the move to the pool alone.
-                    slot.relocate(Location::Backing);
+                    // In both: the pool's store is newer, the file's copy stale.
+                    let _ = self.locations.backing().punch(p, 1);
                     slot.relocate(Location::Pool);
                 }
                 (true, false) => slot.relocate(Location::Pool),

@@ -200,14 +200,7 @@ pub struct ArenaConfig {
 /// Whether the machine has memory to spare: `MemAvailable` above an eighth of `MemTotal` and
 /// above 256 MiB (`false` when `/proc/meminfo` cannot be read).
 fn memory_is_plentiful() -> bool {
-    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else { return false };
-    let field = |name: &str| {
-        meminfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-    };
-    match (field("MemTotal:"), field("MemAvailable:")) {
-        (Some(total), Some(available)) => available > total / 8 && available > 256 << 10,
-        _ => false,
-    }
+    super::MemInfo::read().is_some_and(|m| m.available_bytes > m.total_bytes / 8 && m.available_bytes > 256 << 20)
 }
 
 /// Reserves `len` bytes of address space (read-write, zero-filled, nothing resident until
@@ -545,21 +538,21 @@ impl PageArena {
 
     /// Releases free spans beyond `keep` (their memory goes back to the kernel and the budget).
     fn release_excess(&self, keep: usize) {
-        loop {
-            let span = {
-                let mut spans = self.spans.lock();
-                if spans.free.len() <= keep {
-                    return;
-                }
-                // Release the highest spans: runs keep low addresses, dense.
-                spans.free.sort_unstable();
-                spans.free.pop().expect("more free spans than kept")
-            };
-            // SAFETY: a free span holds no object.
+        let excess = {
+            let mut spans = self.spans.lock();
+            if spans.free.len() <= keep {
+                return;
+            }
+            // Release the highest spans: runs keep low addresses, dense.
+            spans.free.sort_unstable();
+            spans.free.split_off(keep)
+        };
+        for &span in &excess {
+            // SAFETY: a free span holds no object, and these left the free list above.
             unsafe { libc::madvise(self.span_ptr(span).cast(), SPAN_BYTES, libc::MADV_DONTNEED) };
             self.budget.release(SPAN_BYTES as u64);
-            self.spans.lock().released.push(span);
         }
+        self.spans.lock().released.extend(excess);
     }
 
     /// Says whether the machine has memory to spare (the grower refreshes this from

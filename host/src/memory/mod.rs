@@ -10,3 +10,24 @@
 pub mod alloc_count;
 pub mod arena;
 pub mod budget;
+
+/// The machine's memory as `/proc/meminfo` states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemInfo {
+    /// `MemTotal`, in bytes.
+    pub total_bytes: u64,
+    /// `MemAvailable`, in bytes.
+    pub available_bytes: u64,
+}
+
+impl MemInfo {
+    /// Reads `/proc/meminfo`; `None` if it cannot be read or lacks a field.
+    pub fn read() -> Option<MemInfo> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = |name: &str| {
+            let line = meminfo.lines().find(|l| l.starts_with(name))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        };
+        Some(MemInfo { total_bytes: kib("MemTotal:")? * 1024, available_bytes: kib("MemAvailable:")? * 1024 })
+    }
+}
