@@ -51,16 +51,25 @@
 //! | import | signature | meaning |
 //! |---|---|---|
 //! | [`import::LOG`] | `(level: i32, ptr: i32, len: i32) -> ()` | a log line (rate-limited, truncated to 1 KiB) |
-//! | [`import::PAGES_PUT`] | `(offset: i64, ptr: i32, len: i32) -> i32` | host page store: keep bytes; 0, or [`pages::ALLOC_FAILED`] |
+//! | [`import::PAGES_PUT`] | `(offset: i64, ptr: i32, len: i32) -> i32` | host page store: keep bytes as the record of the page being stored; 0, or [`pages::ALLOC_FAILED`] |
 //! | [`import::PAGES_GET`] | `(offset: i64, ptr: i32, cap: i32) -> i32` | copy the bytes to `ptr`; their length, or [`pages::ABSENT`] / [`pages::TOO_SMALL`] |
-//! | [`import::PAGES_DELETE`] | `(offset: i64) -> i32` | 1 if something was dropped, 0 if absent |
-//! | [`import::PAGES_CLEAR`] | `() -> ()` | drop every page of the pool |
+//! | [`import::PAGES_DELETE`] | `(offset: i64) -> i32` | during the delete of `offset`: 1 if it has a record, else 0 (the host drops it) |
+//! | [`import::PAGES_CLEAR`] | `() -> ()` | during a clear: nothing (the host drops every record) |
 //! | [`import::NET_CONNECT`] | `(addr_ptr: i32, addr_len: i32) -> i32` | open a TCP connection to `host:port` (UTF-8); a handle, or a negative [`net`] code |
 //! | [`import::NET_SEND`] | `(handle: i32, ptr: i32, len: i32) -> i32` | send all `len` bytes; `len`, or a negative [`net`] code |
 //! | [`import::NET_RECV`] | `(handle: i32, ptr: i32, cap: i32) -> i32` | receive 1 to `cap` bytes; their number, 0 when the peer closed, or a negative [`net`] code |
 //! | [`import::NET_CLOSE`] | `(handle: i32) -> ()` | close a connection |
 //!
 //! Only stores may import `pages_*` and `net_*`: a filter that does is refused at load time.
+//!
+//! **The host owns the records' lifecycle.** `pages_put` is accepted only inside
+//! [`export::STORE_PUT`] and only for the offset being stored, at most [`io_capacity`] bytes,
+//! charged to the pool's `max_bytes` and the host's memory budget at the put; a second put in
+//! the same call replaces the first. Anything else returns [`pages::ALLOC_FAILED`] (and the
+//! store fails). The record becomes the page's only if the put call returns OK. When a page is
+//! invalidated, overwritten, taken by an exclusive load or cleared, the host drops its record
+//! itself right after calling [`export::STORE_DELETE`] / [`export::STORE_CLEAR`], whatever the
+//! plugin does there.
 //!
 //! # Capabilities
 //!

@@ -182,6 +182,11 @@ pub struct PoolConfig {
     /// With `periodic`: the flush interval (1 to 60000 ms; default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush_interval_ms: Option<u64>,
+    /// End-to-end page integrity: the host keeps a checksum (crc32c) of every page as the
+    /// frontend gave it and checks it on every load, so a plugin that returns wrong bytes
+    /// causes a failed load (`integrity_failures`), never wrong data. On unless set to `false`.
+    #[serde(default = "yes")]
+    pub integrity: bool,
 }
 
 impl PoolConfig {
@@ -201,6 +206,7 @@ impl PoolConfig {
             sandbox: None,
             durability: None,
             flush_interval_ms: None,
+            integrity: true,
         }
     }
 }
@@ -386,6 +392,8 @@ pub struct PoolInfo {
     pub sandbox: SandboxConfig,
     /// Whether stored pages survive a host restart (only with a persistent store).
     pub persistent: bool,
+    /// Whether every page is checksummed on store and checked on load.
+    pub integrity: bool,
     /// Persistent pools: the durability mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,
@@ -565,6 +573,9 @@ pub struct MemoryInfo {
     pub slot_bytes: u64,
     /// Records in the arena.
     pub objects: u64,
+    /// Bytes of the pools' page indexes (16 per page in a dense pool, e.g. a block device),
+    /// charged to the budget: their chunks in the arena, their hash tables on the heap.
+    pub index_bytes: u64,
     /// Stores the arena could not take for want of budget or committed memory (each one a
     /// refused store: the frontend kept the page).
     pub refused: u64,

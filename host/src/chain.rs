@@ -323,6 +323,9 @@ pub enum GetFailure {
     /// A plugin faulted (after the retry on a fresh instance).
     #[error("{0}")]
     Fault(PluginFault),
+    /// The chain produced bytes that are not the page it was given: their checksum differs.
+    #[error("the chain returned bytes that differ from the page it stored (checksum mismatch)")]
+    Integrity,
 }
 
 struct Slot {
@@ -450,8 +453,16 @@ impl ChainInstances {
         }
     }
 
-    /// Encodes `page` through the filters and puts it into the store under `offset`.
-    pub(crate) fn put(&mut self, cx: &ChainContext<'_>, offset: u64, page: &[u8]) -> Result<EncodedKind, PutFailure> {
+    /// Encodes `page` through the filters and puts it into the store under `offset`, its
+    /// record (if the store keeps one in the host page store) staged with `checksum`; the
+    /// caller commits or aborts it (`PageShard::commit_put` / `abort_put`).
+    pub(crate) fn put(
+        &mut self,
+        cx: &ChainContext<'_>,
+        offset: u64,
+        page: &[u8],
+        checksum: Option<u32>,
+    ) -> Result<EncodedKind, PutFailure> {
         let store = self.slots.len() - 1;
         let mut kind = EncodedKind::Normal;
         self.ensure(cx, 0, true).map_err(PutFailure::Fault)?;
@@ -469,7 +480,7 @@ impl ChainInstances {
             self.pass(i, i + 1, out);
             len = out;
         }
-        cx.pages.stage(PageMeta { kind: kind.code(), generation: cx.generation });
+        cx.pages.begin_put(offset, PageMeta { kind: kind.code(), generation: cx.generation, checksum });
         match self.call(cx, store, true, |s| s.put(offset, len)).map_err(PutFailure::Fault)? {
             status::OK => Ok(kind),
             refused => Err(PutFailure::Refused(refused)),
@@ -525,20 +536,20 @@ impl ChainInstances {
         Ok(len)
     }
 
-    /// Drops `offset` from the store. If the store plugin faults, the host drops the bytes
-    /// from the page store itself: an invalidate always happens.
+    /// Tells the store `offset` is gone (a remote store deletes its copy). Whatever the store
+    /// does or returns — a fault included — the caller then removes the page and its record
+    /// from the shard itself (`PageShard::remove`): an invalidate always happens.
     pub(crate) fn delete(&mut self, cx: &ChainContext<'_>, offset: u64) {
         let store = self.slots.len() - 1;
-        if self.call(cx, store, false, |s| s.delete(offset)).is_err() {
-            cx.pages.delete(offset);
-        }
+        cx.pages.begin_delete(offset);
+        let _ = self.call(cx, store, false, |s| s.delete(offset));
     }
 
-    /// Drops everything from the store, falling back to the page store on a fault.
+    /// Tells the store everything is gone; the caller then drains the shard
+    /// (`PageShard::drain`), whatever the store did.
     pub(crate) fn clear(&mut self, cx: &ChainContext<'_>) {
         let store = self.slots.len() - 1;
-        if self.call(cx, store, false, |s| s.clear()).is_err() {
-            cx.pages.clear();
-        }
+        cx.pages.begin_clear();
+        let _ = self.call(cx, store, false, |s| s.clear());
     }
 }

@@ -745,6 +745,7 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     };
     spec.modes = PoolModes { writethrough: config.writethrough, exclusive_gets: config.exclusive_gets };
     spec.enabled = config.enabled;
+    spec.integrity = config.integrity;
     spec.shards = config.shards.map(|n| n as usize);
     if let Some(sandbox) = config.sandbox {
         spec.sandbox = SandboxLimits {
@@ -794,5 +795,6 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
             Some(Durability::Periodic(interval)) => Some(interval.as_millis() as u64),
             _ => None,
         },
+        integrity: pool.integrity(),
     }
 }

@@ -9,9 +9,12 @@
 //! - [`chain`] — a pool's backend chain (filters, then a store) and its per-shard instances,
 //!   with the plugin fault policy.
 //! - [`plugin`] — the Wasm runtime: engine, module loading and validation, instances, limits.
-//! - [`memory`] — the host's page memory: the budget that bounds it, the arena that holds it.
-//! - [`page_store`] — the host page store capability: page bytes that outlive plugin instances.
-//! - [`memory`] — the host's own memory: allocation and page-fault counters of the I/O path.
+//! - [`memory`] — the host's page memory: the budget that bounds it, the arena that holds it,
+//!   and the allocation and page-fault counters of the I/O path.
+//! - [`page_index`] — [`PageIndex`](page_index::PageIndex): 16 bytes per page of a pool shard
+//!   (map bit, kind, generation, record, checksum), in flat chunks from the arena.
+//! - [`page_store`] — a pool shard's pages: the index, the records a store keeps through the
+//!   host page store capability (the host owns their lifecycle), and the page checksums.
 //! - [`stats`] — the counters of contract.md §4 and latency histograms.
 //! - [`catalog`] — what a data dir keeps of a host: uploaded plugins, pool configs (sled).
 //! - [`rest`] — the REST API, `/healthz`, `/metrics` and the OpenAPI document (axum).
@@ -33,6 +36,7 @@ pub mod demo;
 pub mod frontend;
 pub mod host;
 pub mod memory;
+pub mod page_index;
 pub mod page_store;
 pub mod peer;
 pub mod persist;

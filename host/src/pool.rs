@@ -21,7 +21,6 @@
 //! when its last page there is gone. Operations already inside a shard when the swap
 //! happens finish on the generation they started with (they hold the shard's lock).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,7 +31,8 @@ use tmem_api::abi::status;
 use crate::chain::{Chain, ChainContext, ChainError, ChainInstances, EncodedKind, GetFailure, PutFailure};
 use crate::frontend::{Frontend, FrontendDetails};
 use crate::memory::arena::PageArena;
-use crate::page_store::PageShard;
+use crate::page_index::PageEntry;
+use crate::page_store::{PageShard, PutRefusal, ShardPlace};
 use crate::persist::{DiskError, Durability, MAX_FLUSH_INTERVAL, PoolDisk};
 use crate::plugin::{PluginEngine, SandboxLimits};
 use crate::stats::{CounterSnapshot, FaultRecord, HistogramSnapshot, Op, PoolStats};
@@ -289,6 +289,9 @@ pub struct PoolSpec {
     pub enabled: bool,
     /// When changes reach the disk, for a pool whose store is granted `storage`.
     pub durability: Durability,
+    /// Whether every page's checksum is kept and checked on every load (on unless turned off
+    /// explicitly).
+    pub integrity: bool,
 }
 
 impl PoolSpec {
@@ -303,6 +306,7 @@ impl PoolSpec {
             shards: None,
             enabled: true,
             durability: Durability::Sync,
+            integrity: true,
         }
     }
 
@@ -370,15 +374,6 @@ pub struct Generation {
     pub chain: Arc<Chain>,
 }
 
-/// One map entry: how the page was encoded, and by which generation.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    kind: EncodedKind,
-    generation: u32,
-}
-
-type PageMap = HashMap<u64, Entry, foldhash::fast::RandomState>;
-
 /// A generation's live instances in one shard, and how many of the shard's pages it holds.
 struct GenerationSlot {
     id: u32,
@@ -388,11 +383,11 @@ struct GenerationSlot {
 }
 
 struct Shard {
-    /// The frontswap map of this shard: offset → how and by which generation it was stored.
-    map: PageMap,
     /// Generations with pages in this shard, oldest first; the last is the newest this shard
     /// has used (kept even when empty).
     generations: Vec<GenerationSlot>,
+    /// The frontswap map of this shard (offset → how, by which generation, with which
+    /// checksum it was stored) and the records its store keeps in the host.
     pages: Arc<PageShard>,
 }
 
@@ -439,13 +434,16 @@ pub struct Pool {
     shards: Box<[Mutex<Shard>]>,
     stats: Arc<PoolStats>,
     max_pages: AtomicU64,
-    max_bytes: AtomicU64,
+    /// Shared with the shards' page stores, which charge each record to it as it is put.
+    max_bytes: Arc<AtomicU64>,
     accept_threshold_percent: AtomicU8,
     writethrough: AtomicBool,
     exclusive_gets: AtomicBool,
     enabled: AtomicBool,
     /// Set when a limit was hit; cleared when usage falls below the accept threshold.
     full: AtomicBool,
+    /// Whether pages are checksummed when stored and checked when loaded.
+    integrity: bool,
     frontends: RwLock<Vec<Arc<dyn Frontend>>>,
     created: Instant,
     /// The pool's own database, when its store is granted `storage`.
@@ -512,14 +510,12 @@ impl Pool {
             }
             for (offset, meta) in shard.pages.recover() {
                 let Some(slot) = shard.generations.iter().position(|g| g.id == meta.generation) else {
-                    shard.pages.delete(offset);
+                    shard.pages.remove(offset);
                     dropped += 1;
                     continue;
                 };
-                let kind = EncodedKind::from_code(meta.kind);
-                shard.map.insert(offset, Entry { kind, generation: meta.generation });
                 shard.generations[slot].held += 1;
-                pool.remember(kind);
+                pool.remember(EncodedKind::from_code(meta.kind));
             }
             let newest = shard.generations.len() - 1;
             let mut i = 0;
@@ -547,13 +543,19 @@ impl Pool {
         }
         check_byte_limit(&chain, &spec.limits)?;
         let stats = Arc::new(PoolStats::default());
-        let shards = (0..spec.shard_count())
+        let max_bytes = Arc::new(AtomicU64::new(spec.limits.max_bytes.unwrap_or(UNLIMITED)));
+        let shard_count = spec.shard_count();
+        let shards = (0..shard_count)
             .map(|i| {
-                let pages = match &disk {
-                    Some(disk) => PageShard::on_disk(disk.shard_tree(i)?, stats.clone()),
-                    None => PageShard::new(stats.clone(), arena.clone()),
+                let tree = disk.as_ref().map(|disk| disk.shard_tree(i)).transpose()?;
+                let place = ShardPlace {
+                    shard: i,
+                    shards: shard_count,
+                    max_record: tmem_api::abi::io_capacity(spec.page_size) as usize,
+                    max_bytes: max_bytes.clone(),
                 };
-                Ok(Mutex::new(Shard { map: HashMap::default(), generations: Vec::new(), pages: Arc::new(pages) }))
+                let pages = PageShard::new(place, stats.clone(), arena.clone(), tree);
+                Ok(Mutex::new(Shard { generations: Vec::new(), pages: Arc::new(pages) }))
             })
             .collect::<Result<_, DiskError>>()?;
         if let Some(disk) = &disk {
@@ -569,12 +571,13 @@ impl Pool {
             shards,
             stats,
             max_pages: AtomicU64::new(spec.limits.max_pages.unwrap_or(UNLIMITED)),
-            max_bytes: AtomicU64::new(spec.limits.max_bytes.unwrap_or(UNLIMITED)),
+            max_bytes,
             accept_threshold_percent: AtomicU8::new(spec.limits.accept_threshold_percent),
             writethrough: AtomicBool::new(spec.modes.writethrough),
             exclusive_gets: AtomicBool::new(spec.modes.exclusive_gets),
             enabled: AtomicBool::new(spec.enabled),
             full: AtomicBool::new(false),
+            integrity: spec.integrity,
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
@@ -631,6 +634,11 @@ impl Pool {
                 tracing::error!(pool = %self.name, "pool disabled: its database cannot be flushed: {e}");
             }
         })
+    }
+
+    /// Whether pages are checksummed when stored and checked when loaded.
+    pub fn integrity(&self) -> bool {
+        self.integrity
     }
 
     /// Whether stored pages survive a restart (the store is granted `storage`).
@@ -770,7 +778,7 @@ impl Pool {
     fn store_bytes(&self, offset: u64, page: &[u8]) -> StoreOutcome {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let replaced = shard.map.remove(&offset);
+        let replaced = shard.pages.entry(offset);
         if let Some(old) = replaced {
             // The duplicate-store rule: invalidate before trying the new store.
             PoolStats::add(&self.stats.counters.duplicate_entry, 1);
@@ -798,13 +806,15 @@ impl Pool {
         outcome
     }
 
-    /// Drops a page that was just removed from the map from the generation that stored it.
-    fn drop_stored(&self, shard: &mut Shard, offset: u64, entry: Entry) {
-        let slot = shard.slot_of(entry.generation);
+    /// Drops a present page (`entry` is its entry): the generation that stored it is told,
+    /// then the host removes the entry and the record itself, whatever the store did.
+    fn drop_stored(&self, shard: &mut Shard, offset: u64, entry: PageEntry) {
+        let slot = shard.slot_of(entry.generation());
         let GenerationSlot { chain, instances, .. } = &mut shard.generations[slot];
-        instances.delete(&self.context(entry.generation, chain, &shard.pages), offset);
+        instances.delete(&self.context(entry.generation(), chain, &shard.pages), offset);
+        shard.pages.remove(offset);
         shard.release(slot);
-        self.forget(entry.kind);
+        self.forget(EncodedKind::from_code(entry.kind()));
     }
 
     fn try_store(&self, shard: &mut Shard, offset: u64, page: &[u8]) -> StoreOutcome {
@@ -815,12 +825,18 @@ impl Pool {
             return StoreOutcome::Rejected(RejectReason::PoolLimit);
         }
         let slot = shard.current_slot(self);
-        let Shard { map, generations, pages } = shard;
+        let Shard { generations, pages } = shard;
         let GenerationSlot { id, chain, instances, held } = &mut generations[slot];
         let cx = self.context(*id, chain, pages);
-        match instances.put(&cx, offset, page) {
+        let checksum = self.integrity.then(|| crc32c::crc32c(page));
+        match instances.put(&cx, offset, page, checksum) {
             Ok(kind) => {
-                map.insert(offset, Entry { kind, generation: *id });
+                if pages.commit_put(offset).is_err() {
+                    // No room to index the page: the store is told it is gone, and refused.
+                    instances.delete(&cx, offset);
+                    pages.remove(offset);
+                    return StoreOutcome::Rejected(RejectReason::AllocFail);
+                }
                 *held += 1;
                 self.remember(kind);
                 if self.writethrough.load(Ordering::Relaxed) {
@@ -830,12 +846,14 @@ impl Pool {
                 }
             }
             Err(failure) => {
-                // Whatever a failed put left behind in the page store must go: the map bit
-                // is clear, so those bytes could only leak.
-                cx.pages.delete(offset);
-                StoreOutcome::Rejected(match failure {
-                    PutFailure::Refused(code) => RejectReason::from_status(code),
-                    PutFailure::Fault(_) => RejectReason::PluginFault,
+                // Whatever a failed put left behind in the page store goes: the map bit is
+                // clear, so those bytes could only leak. A put the host refused says why.
+                StoreOutcome::Rejected(match (pages.abort_put(offset), failure) {
+                    (Some(PutRefusal::PoolLimit), _) => RejectReason::PoolLimit,
+                    (Some(PutRefusal::NoMemory | PutRefusal::Disk), _) => RejectReason::AllocFail,
+                    (Some(PutRefusal::ForeignOffset | PutRefusal::TooLong), _) => RejectReason::PluginFault,
+                    (None, PutFailure::Refused(code)) => RejectReason::from_status(code),
+                    (None, PutFailure::Fault(_)) => RejectReason::PluginFault,
                 })
             }
         }
@@ -900,12 +918,13 @@ impl Pool {
     /// Drops writethrough pages of one shard until the pool is below its accept threshold
     /// (at most 32 per call, so one store never does unbounded work).
     fn reclaim(&self, shard: &mut Shard) {
-        let victims: Vec<u64> = shard.map.keys().copied().take(32).collect();
+        let mut victims = Vec::with_capacity(32);
+        shard.pages.some_offsets(32, &mut victims);
         for offset in victims {
             if self.below_accept_threshold() {
                 break;
             }
-            if let Some(entry) = shard.map.remove(&offset) {
+            if let Some(entry) = shard.pages.entry(offset) {
                 self.drop_stored(shard, offset, entry);
                 PoolStats::add(&self.stats.counters.reclaimed_pages, 1);
             }
@@ -960,17 +979,27 @@ impl Pool {
     fn load_into(&self, offset: u64, out: &mut [u8], exclusive: bool, exact: bool) -> Result<Option<usize>, OpError> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let Some(&entry) = shard.map.get(&offset) else {
+        let Some(entry) = shard.pages.entry(offset) else {
             return Ok(None);
         };
-        let slot = shard.slot_of(entry.generation);
-        let Shard { generations, pages, map } = &mut *shard;
+        let slot = shard.slot_of(entry.generation());
+        let Shard { generations, pages } = &mut *shard;
         let GenerationSlot { chain, instances, .. } = &mut generations[slot];
-        let result = instances.get(&self.context(entry.generation, chain, pages), offset, out, exact);
+        let result =
+            instances.get(&self.context(entry.generation(), chain, pages), offset, out, exact).and_then(|len| {
+                match entry.checksum() {
+                    Some(sum) if crc32c::crc32c(&out[..len]) != sum => Err(GetFailure::Integrity),
+                    _ => Ok(len),
+                }
+            });
+        if result.is_err() {
+            // Whatever a failed load left in the caller's buffer (a corrupt decode) is not
+            // the page: no caller may see it.
+            out.fill(0);
+        }
         let described = result.is_err().then(|| chain.describe());
         let removed = result.is_ok() && exclusive;
         if removed {
-            map.remove(&offset);
             self.drop_stored(&mut shard, offset, entry);
         }
         drop(shard);
@@ -986,10 +1015,13 @@ impl Pool {
             }
             Err(reason) => {
                 PoolStats::add(&c.load_failures, 1);
-                if reason == GetFailure::Decode {
-                    PoolStats::add(&c.decompress_fail, 1);
+                match reason {
+                    GetFailure::Decode => PoolStats::add(&c.decompress_fail, 1),
+                    GetFailure::Integrity => PoolStats::add(&c.integrity_failures, 1),
+                    _ => {}
                 }
-                tracing::error!(pool = %self.name, offset, chain = described.as_deref().unwrap_or_default(), "DATA LOSS RISK: load of a present page failed: {reason}");
+                let (chain, generation) = (described.as_deref().unwrap_or_default(), entry.generation());
+                tracing::error!(pool = %self.name, offset, chain, generation, "DATA LOSS RISK: load of a present page failed: {reason}");
                 Err(OpError::LoadFailed { pool: self.name.clone(), offset, reason })
             }
         }
@@ -999,7 +1031,7 @@ impl Pool {
     pub fn invalidate_page(&self, offset: u64) -> bool {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let Some(entry) = shard.map.remove(&offset) else {
+        let Some(entry) = shard.pages.entry(offset) else {
             return false;
         };
         self.drop_stored(&mut shard, offset, entry);
@@ -1015,8 +1047,8 @@ impl Pool {
         let start = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            let Shard { map, generations, pages } = &mut *shard;
-            if map.is_empty() && pages.is_empty() {
+            let Shard { generations, pages } = &mut *shard;
+            if pages.is_empty() {
                 continue;
             }
             for GenerationSlot { id, chain, instances, held } in generations.iter_mut() {
@@ -1025,10 +1057,7 @@ impl Pool {
             }
             let newest = generations.len().saturating_sub(1);
             generations.drain(..newest);
-            for (_, entry) in map.drain() {
-                self.forget(entry.kind);
-            }
-            map.shrink_to_fit();
+            pages.drain(|entry| self.forget(EncodedKind::from_code(entry.kind())));
         }
         let _ = self.make_durable();
         self.stats.latency(Op::InvalidateArea).record(start.elapsed());
@@ -1041,7 +1070,7 @@ impl Pool {
 
     /// Whether `offset` is present (its bit is set).
     pub fn contains(&self, offset: u64) -> bool {
-        self.shard_of(offset).lock().map.contains_key(&offset)
+        self.shard_of(offset).lock().pages.contains(offset)
     }
 
     /// "Partial swapoff": brings pages out of the pool until it holds at most `target_pages`.
@@ -1081,7 +1110,7 @@ impl Pool {
         let mut victims = Vec::with_capacity(want);
         for shard in self.shards.iter() {
             let per_shard = want.div_ceil(self.shards.len()).max(1);
-            victims.extend(shard.lock().map.keys().take(per_shard.min(want - victims.len())));
+            shard.lock().pages.some_offsets(per_shard.min(want - victims.len()), &mut victims);
             if victims.len() >= want {
                 break;
             }

@@ -73,6 +73,10 @@ counters! {
     decompress_fail,
     /// Loads of present pages that no backend could produce: data loss, surfaced loudly.
     load_failures,
+    /// Loads whose bytes, decoded by the chain, did not match the checksum of the page as it
+    /// was stored: a plugin returned wrong bytes. Refused (counted in `load_failures` too),
+    /// never handed out.
+    integrity_failures,
     /// Pages handed back to a frontend by shrink (zswap `written_back_pages`).
     written_back_pages,
     /// Writethrough pages the pool dropped to make room (their durable copy is elsewhere).

@@ -7,16 +7,9 @@ use tmem_api::client::ClientError;
 use tmem_api::rest::{BackendRequest, MemoryPatch, PoolConfig};
 use tmem_host::workload;
 
-use crate::common::{ServeProcess, temp_dir};
+use crate::common::{ServeProcess, rss, temp_dir};
 
 const MIB: u64 = 1 << 20;
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
 
 /// A page that does not compress (the `ram` store keeps it whole).
 fn page(i: u64) -> Vec<u8> {

@@ -175,12 +175,15 @@ pub struct ArenaStats {
     pub committed_bytes: u64,
     /// Bytes of committed spans holding no run: the headroom.
     pub headroom_bytes: u64,
-    /// Objects stored.
+    /// Records stored (page index chunks not included).
     pub objects: u64,
-    /// Bytes the objects asked for.
+    /// Bytes the records asked for.
     pub object_bytes: u64,
-    /// Bytes of the class slots the objects occupy (`object_bytes` plus rounding).
+    /// Bytes of the class slots the records occupy (`object_bytes` plus rounding).
     pub slot_bytes: u64,
+    /// Bytes of the pools' page indexes: their chunks here, and their hash tables on the
+    /// heap (charged to the budget all the same).
+    pub index_bytes: u64,
     /// Allocations refused for want of committed memory.
     pub refused: u64,
     /// Runs committed by an allocation itself (no headroom left, memory plentiful).
@@ -244,6 +247,7 @@ pub struct PageArena {
     budget: Arc<MemoryBudget>,
     objects: AtomicU64,
     object_bytes: AtomicU64,
+    index_bytes: AtomicU64,
     slot_bytes: AtomicU64,
     refused: AtomicU64,
 }
@@ -302,6 +306,7 @@ impl PageArena {
             budget,
             objects: AtomicU64::new(0),
             object_bytes: AtomicU64::new(0),
+            index_bytes: AtomicU64::new(0),
             slot_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
@@ -403,6 +408,76 @@ impl PageArena {
         // SAFETY: an object the caller owns, inside committed memory; nothing writes it until
         // the owner frees it, which it cannot do while it borrows it here.
         read(unsafe { std::slice::from_raw_parts(self.object_ptr(handle, size), len) })
+    }
+
+    /// The `len` bytes of object `handle`, for `write`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the object (it allocated it and has not freed it), passes the length
+    /// it allocated, and no other borrow of the object is alive while `write` runs (the owner
+    /// serializes its own accesses, e.g. under its lock).
+    pub unsafe fn with_mut<R>(&self, handle: Handle, len: usize, write: impl FnOnce(&mut [u8]) -> R) -> R {
+        let meta = self.run_meta(handle.span());
+        assert!(meta.class > 0, "handle {handle:?} names no run");
+        let size = self.classes[meta.class as usize - 1].size;
+        assert!(len <= size, "{len} bytes of a {size}-byte object");
+        // SAFETY: an object the caller owns exclusively (this function's contract), inside
+        // committed memory.
+        write(unsafe { std::slice::from_raw_parts_mut(self.object_ptr(handle, size), len) })
+    }
+
+    /// A page index chunk: [`PageArena::alloc`], counted as index, not as a record.
+    pub fn alloc_index(&self, bytes: &[u8]) -> Option<Handle> {
+        let handle = self.alloc(bytes)?;
+        self.count_as_index(bytes.len(), true);
+        Some(handle)
+    }
+
+    /// Frees a chunk of [`PageArena::alloc_index`].
+    pub fn free_index(&self, handle: Handle, len: usize) {
+        self.count_as_index(len, false);
+        self.free(handle, len);
+    }
+
+    fn count_as_index(&self, len: usize, allocated: bool) {
+        let size = self.classes[self.class_of(len)].size as u64;
+        let relaxed = Ordering::Relaxed;
+        if allocated {
+            self.objects.fetch_sub(1, relaxed);
+            self.object_bytes.fetch_sub(len as u64, relaxed);
+            self.slot_bytes.fetch_sub(size, relaxed);
+            self.index_bytes.fetch_add(size, relaxed);
+        } else {
+            self.objects.fetch_add(1, relaxed);
+            self.object_bytes.fetch_add(len as u64, relaxed);
+            self.slot_bytes.fetch_add(size, relaxed);
+            self.index_bytes.fetch_sub(size, relaxed);
+        }
+    }
+
+    /// Charges `bytes` of page index kept on the heap (a hash table's growth) to the budget;
+    /// `false` if the budget refuses. With `force`, charged whatever the limit (memory already
+    /// taken).
+    pub fn charge_index_heap(&self, bytes: u64, force: bool) -> bool {
+        if force {
+            self.budget.force_charge(bytes);
+        } else if !self.budget.try_charge(bytes) {
+            return false;
+        }
+        self.index_bytes.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Releases heap index bytes charged by [`PageArena::charge_index_heap`].
+    pub fn release_index_heap(&self, bytes: u64) {
+        self.index_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.release(bytes);
+    }
+
+    /// The budget the arena charges.
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     /// Frees object `handle` of `len` bytes (as stored).
@@ -599,6 +674,7 @@ impl PageArena {
             objects: self.objects.load(Ordering::Relaxed),
             object_bytes: self.object_bytes.load(Ordering::Relaxed),
             slot_bytes: self.slot_bytes.load(Ordering::Relaxed),
+            index_bytes: self.index_bytes.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             inline_commits: self.inline_commits.load(Ordering::Relaxed),
         }

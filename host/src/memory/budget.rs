@@ -34,6 +34,12 @@ impl MemoryBudget {
         charged.is_ok()
     }
 
+    /// Charges `bytes` whatever the limit: for memory already taken (a heap table that grew a
+    /// little past its estimate). Use [`MemoryBudget::try_charge`] before taking memory.
+    pub fn force_charge(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
     /// Gives back `bytes` charged earlier.
     pub fn release(&self, bytes: u64) {
         let before = self.used.fetch_sub(bytes, Ordering::AcqRel);

@@ -62,6 +62,7 @@ pub fn render(host: &Host) -> String {
             memory.slot_bytes,
         ),
         ("tmem_memory_objects", "Records in the arena.", memory.objects),
+        ("tmem_memory_index_bytes", "Bytes of the pools' page indexes (charged to the budget).", memory.index_bytes),
     ] {
         let _ = writeln!(w, "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {value}");
     }

@@ -78,6 +78,7 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         shards: pool.shard_count() as u32,
         sandbox: config.sandbox.expect("a live pool's config names its sandbox"),
         persistent: pool.is_persistent(),
+        integrity: config.integrity,
         durability: config.durability,
         flush_interval_ms: config.flush_interval_ms,
         frontends: super::frontends::frontend_infos(pool),

@@ -1,0 +1,298 @@
+//! Hostile plugins, written directly against ABI v1 in WAT (a hostile author does not use the
+//! SDK), against real hosts: each one is refused or contained, host memory stays bounded, no
+//! wrong byte is ever returned, and a restart resurrects nothing.
+
+use tmem_api::abi;
+use tmem_api::rest::{BackendRequest, PoolConfig, SandboxConfig};
+use tmem_host::chain::GetFailure;
+use tmem_host::pool::OpError;
+use tmem_host::{BackendSpec, Host};
+
+use crate::common::{ServeProcess, host, rss, spec, tagged_page, temp_dir};
+
+const MIB: u64 = 1 << 20;
+/// Where the raw plugins keep their I/O buffers (each `io_capacity(4096)` = 8 KiB long).
+const IO_IN: i32 = 65536;
+const IO_OUT: i32 = 131072;
+
+/// A plugin module in WAT: the ABI's common exports, a manifest of `kind` asking for `caps`
+/// (a JSON array), the host page store imports for a store, and `funcs`.
+fn raw_plugin(name: &str, kind: &str, caps: &str, funcs: &str) -> Vec<u8> {
+    let manifest = format!(
+        r#"{{"abi":1,"name":"{name}","version":"1","kind":"{kind}","description":"hostile fixture","config":[],"capabilities":{caps}}}"#
+    );
+    let imports = if kind == "store" {
+        r#"(import "tmem" "pages_put" (func $put (param i64 i32 i32) (result i32)))
+           (import "tmem" "pages_get" (func $get (param i64 i32 i32) (result i32)))
+           (import "tmem" "pages_delete" (func $delete (param i64) (result i32)))"#
+    } else {
+        ""
+    };
+    wat::parse_str(format!(
+        r#"(module
+            {imports}
+            (memory (export "memory") 4)
+            (global $calls (mut i32) (i32.const 0))
+            (data (i32.const 1024) "{data}")
+            (func (export "tmem_abi_v1"))
+            (func (export "tmem_manifest") (result i64) (i64.const {packed}))
+            (func (export "tmem_alloc") (param i32) (result i32) (i32.const 4096))
+            (func (export "tmem_init") (param i32 i32 i32) (result i64) (i64.const 0))
+            (func (export "tmem_io_in") (result i32) (i32.const {IO_IN}))
+            (func (export "tmem_io_out") (result i32) (i32.const {IO_OUT}))
+            {funcs})"#,
+        data = manifest.replace('"', "\\\""),
+        packed = abi::pack(1024, manifest.len() as u32),
+    ))
+    .unwrap()
+}
+
+/// A store over the host page store; `before_put` runs first in every put (with a local `$i
+/// i64`), `delete` is the body of its delete.
+fn store(name: &str, caps: &str, before_put: &str, delete: &str) -> Vec<u8> {
+    raw_plugin(
+        name,
+        "store",
+        caps,
+        &format!(
+            r#"(func (export "tmem_store_put") (param $o i64) (param $len i32) (result i64) (local $i i64)
+                 {before_put}
+                 (if (call $put (local.get $o) (i32.const {IO_IN}) (local.get $len))
+                   (then (return (i64.const {alloc_fail}))))
+                 (i64.const 0))
+               (func (export "tmem_store_get") (param $o i64) (result i64) (local $n i32)
+                 (local.set $n (call $get (local.get $o) (i32.const {IO_OUT}) (i32.const 8192)))
+                 (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return (i64.const {not_found}))))
+                 (i64.extend_i32_u (local.get $n)))
+               (func (export "tmem_store_delete") (param $o i64) (result i64) {delete} (i64.const 0))
+               (func (export "tmem_store_clear") (result i64) (i64.const 0))"#,
+            alloc_fail = abi::pack(abi::status::REJECT_ALLOC_FAIL, 0),
+            not_found = abi::pack(abi::status::NOT_FOUND, 0),
+        ),
+    )
+}
+
+/// `pages_put` of 4 KiB under the `n` offsets after the one being stored (`n` = 0: forever).
+fn flood(n: u64) -> String {
+    let more = if n == 0 {
+        "(br $next)".to_string()
+    } else {
+        format!("(br_if $next (i64.le_u (local.get $i) (i64.const {n})))")
+    };
+    format!(
+        r#"(local.set $i (i64.const 1))
+           (loop $next
+             (drop (call $put (i64.add (local.get $o) (local.get $i)) (i32.const {IO_IN}) (i32.const 4096)))
+             (local.set $i (i64.add (local.get $i) (i64.const 1)))
+             {more})"#
+    )
+}
+
+const HONEST_DELETE: &str = "(drop (call $delete (local.get $o)))";
+
+/// An identity filter; `on_encode`/`on_decode` run after the copy (`$flip` flips a bit of the
+/// output, `$calls` counts).
+fn filter(name: &str, on_encode: &str, on_decode: &str) -> Vec<u8> {
+    raw_plugin(
+        name,
+        "filter",
+        "[]",
+        &format!(
+            r#"(func $copy (param $len i32) (memory.copy (i32.const {IO_OUT}) (i32.const {IO_IN}) (local.get $len)))
+               (func $flip (i32.store8 (i32.const {byte}) (i32.xor (i32.load8_u (i32.const {byte})) (i32.const 1))))
+               (func (export "tmem_filter_encode") (param $len i32) (result i64)
+                 (call $copy (local.get $len)) {on_encode} (i64.extend_i32_u (local.get $len)))
+               (func (export "tmem_filter_decode") (param $len i32) (result i64)
+                 (call $copy (local.get $len)) {on_decode} (i64.extend_i32_u (local.get $len)))"#,
+            byte = IO_OUT + 100,
+        ),
+    )
+}
+
+const FLIP: &str = "(call $flip)";
+const FLIP_AFTER_100: &str = "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (if (i32.gt_u (global.get $calls) (i32.const 100)) (then (call $flip)))";
+
+fn stored(result: &tmem_api::rest::StoreResult) -> bool {
+    result.outcome == "stored"
+}
+
+#[test]
+fn a_store_flooding_other_offsets_is_refused_and_grows_no_host_memory() {
+    let server = ServeProcess::start(&temp_dir("hostile-flood"), &[]);
+    let client = server.client();
+    // 10,000 puts of 4 KiB under foreign offsets per store (40 MB a store, were they kept),
+    // then its own put.
+    client.upload_plugin(Some("flood"), &store("flood", "[]", &flood(10_000), HONEST_DELETE)).unwrap();
+    // Foreign puts until the deadline.
+    client.upload_plugin(Some("flood-forever"), &store("flood-forever", "[]", &flood(0), HONEST_DELETE)).unwrap();
+    // A generous deadline: the flood must finish on a loaded machine, to store its own page.
+    let sandbox = Some(SandboxConfig { memory_bytes: 64 * MIB, call_timeout_ms: 5000 });
+    client
+        .create_pool(&PoolConfig { sandbox, ..PoolConfig::new("flood", vec![BackendRequest::new("flood")]) })
+        .unwrap();
+    client.create_pool(&PoolConfig::new("forever", vec![BackendRequest::new("flood-forever")])).unwrap();
+    client.create_pool(&PoolConfig::new("bystander", vec![BackendRequest::new("ram")])).unwrap();
+    for o in 0..8 {
+        assert!(stored(&client.put_page("bystander", o, &tagged_page(o)).unwrap()));
+    }
+    let before = rss(server.child.id());
+    for o in 0..32u64 {
+        let result = client.put_page("flood", o, &tagged_page(o)).unwrap();
+        assert!(stored(&result), "its own page is kept: {result:?}");
+    }
+    for o in 0..4u64 {
+        let result = client.put_page("forever", o, &tagged_page(o)).unwrap();
+        assert_eq!(result.reason.as_deref(), Some("reject_plugin_fault"), "{result:?}");
+    }
+    let grown = rss(server.child.id()).saturating_sub(before);
+    assert!(grown < 32 * MIB, "320,000 foreign puts of 4 KiB grew the host by {} MiB", grown / MIB);
+    let flood = client.pool("flood").unwrap();
+    assert_eq!(flood.counters["stored_pages"], 32);
+    assert_eq!(flood.counters["pool_total_size"], 32 * 4096, "only the pages it stores are kept");
+    assert_eq!(client.pool("forever").unwrap().counters["pool_total_size"], 0);
+    for o in 0..32u64 {
+        assert_eq!(client.get_page("flood", o).unwrap(), Some(tagged_page(o)), "page {o}");
+    }
+    for o in 0..4u64 {
+        assert_eq!(client.get_page("forever", o).unwrap(), None, "a refused store keeps nothing");
+    }
+    for o in 0..8 {
+        assert_eq!(client.get_page("bystander", o).unwrap(), Some(tagged_page(o)), "other pools untouched");
+    }
+}
+
+#[test]
+fn a_store_whose_delete_does_not_delete_resurrects_nothing_after_a_restart() {
+    let dir = temp_dir("hostile-liar");
+    let liar = store("liar", r#"["storage"]"#, "", "");
+    let server = ServeProcess::start(&dir, &[]);
+    let client = server.client();
+    client.upload_plugin(Some("liar"), &liar).unwrap();
+    let backend = BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("liar") };
+    client.create_pool(&PoolConfig::new("liar", vec![backend])).unwrap();
+    for o in 0..20u64 {
+        assert!(stored(&client.put_page("liar", o, &tagged_page(o)).unwrap()));
+    }
+    for o in 0..10u64 {
+        assert!(client.remove_page("liar", o).unwrap(), "page {o} was present");
+    }
+    for o in 10..15u64 {
+        assert!(stored(&client.put_page("liar", o, &tagged_page(1000 + o)).unwrap()), "overwrite {o}");
+    }
+    assert!(server.stop(), "a clean stop");
+    let server = ServeProcess::start(&dir, &[]);
+    let client = server.client();
+    assert_eq!(client.pool("liar").unwrap().counters["stored_pages"], 10);
+    for o in 0..10u64 {
+        assert_eq!(client.get_page("liar", o).unwrap(), None, "invalidated page {o} came back");
+    }
+    for o in 10..15u64 {
+        assert_eq!(client.get_page("liar", o).unwrap(), Some(tagged_page(1000 + o)), "overwritten page {o}");
+    }
+    for o in 15..20u64 {
+        assert_eq!(client.get_page("liar", o).unwrap(), Some(tagged_page(o)), "page {o}");
+    }
+}
+
+/// A pool on one shard whose chain is `[filter, ram]`.
+fn filtered_pool(host: &Host, name: &str, filter_wasm: &[u8], integrity: bool) -> std::sync::Arc<tmem_host::Pool> {
+    host.add_plugin(Some(name), filter_wasm).unwrap();
+    let mut spec = spec(name);
+    spec.shards = Some(1);
+    spec.integrity = integrity;
+    host.create_pool(spec, &[BackendSpec::new(name), BackendSpec::new("ram")]).unwrap()
+}
+
+fn integrity_failure(result: Result<tmem_host::pool::LoadOutcome, OpError>) -> bool {
+    matches!(result, Err(OpError::LoadFailed { reason: GetFailure::Integrity, .. }))
+}
+
+#[test]
+fn a_filter_that_corrupts_pages_causes_failed_loads_never_wrong_bytes() {
+    let host = host();
+    for (name, encode, decode) in [("bad-decode", "", FLIP), ("bad-encode", FLIP, "")] {
+        let pool = filtered_pool(&host, name, &filter(name, encode, decode), true);
+        let mut buf = vec![0u8; 4096];
+        for o in 0..10u64 {
+            assert!(pool.store(o, &tagged_page(o)).is_ok());
+        }
+        for o in 0..10u64 {
+            assert!(integrity_failure(pool.load(o, &mut buf)), "{name}: page {o}");
+            assert_ne!(buf, tagged_page(o));
+            assert!(buf.iter().all(|&b| b == 0), "{name}: the corrupt bytes are not left in the buffer");
+        }
+        let c = pool.counters();
+        assert_eq!((c.integrity_failures, c.load_failures, c.loads), (10, 10, 0), "{name}: {c:?}");
+        assert!(pool.contains(3), "the page stays present: a failure is not a drop");
+    }
+}
+
+#[test]
+fn corruption_that_starts_after_a_hundred_calls_is_caught_from_the_first_bad_load() {
+    let host = host();
+    let pool = filtered_pool(&host, "late", &filter("late", "", FLIP_AFTER_100), true);
+    let mut buf = vec![0u8; 4096];
+    for o in 0..150u64 {
+        assert!(pool.store(o, &tagged_page(o)).is_ok());
+    }
+    for o in 0..150u64 {
+        let result = pool.load(o, &mut buf);
+        if o < 100 {
+            assert!(result.is_ok() && buf == tagged_page(o), "decode call {} is honest", o + 1);
+        } else {
+            assert!(integrity_failure(result), "decode call {} corrupts", o + 1);
+        }
+    }
+    assert_eq!(pool.counters().integrity_failures, 50);
+}
+
+#[test]
+fn with_integrity_turned_off_the_same_filter_hands_out_wrong_bytes() {
+    // The check is what protects: the explicit opt-out shows it.
+    let host = host();
+    let pool = filtered_pool(&host, "unchecked", &filter("unchecked", "", FLIP), false);
+    assert!(!pool.integrity());
+    pool.store(1, &tagged_page(1)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert!(pool.load(1, &mut buf).is_ok());
+    assert_ne!(buf, tagged_page(1), "an unchecked pool trusts its chain");
+}
+
+#[test]
+fn a_persistent_pool_checks_its_pages_after_a_restart() {
+    let dir = temp_dir("hostile-bitrot");
+    let plain = store("plain", r#"["storage"]"#, "", HONEST_DELETE);
+    let server = ServeProcess::start(&dir, &[]);
+    let client = server.client();
+    client.upload_plugin(Some("plain"), &plain).unwrap();
+    let backend = BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("plain") };
+    client.create_pool(&PoolConfig { shards: Some(1), ..PoolConfig::new("disk", vec![backend]) }).unwrap();
+    for o in 0..8u64 {
+        assert!(stored(&client.put_page("disk", o, &tagged_page(o)).unwrap()));
+    }
+    assert!(server.stop());
+    // Bit rot (or tampering) in page 5's record, behind the host's back.
+    let db_dir = std::fs::read_dir(dir.join("pools"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("disk-"))
+        .expect("the pool's database");
+    {
+        let db = sled::open(&db_dir).unwrap();
+        let tree = db.open_tree("shard-0").unwrap();
+        let mut record = tree.get(5u64.to_be_bytes()).unwrap().expect("page 5's record").to_vec();
+        let last = record.len() - 1;
+        record[last] ^= 0x40;
+        tree.insert(5u64.to_be_bytes(), record).unwrap();
+        db.flush().unwrap();
+    }
+    let server = ServeProcess::start(&dir, &[]);
+    let client = server.client();
+    let err = client.get_page("disk", 5).unwrap_err();
+    assert_eq!(err.code(), Some("load_failed"), "{err}");
+    for o in (0..8u64).filter(|&o| o != 5) {
+        assert_eq!(client.get_page("disk", o).unwrap(), Some(tagged_page(o)), "page {o}");
+    }
+    assert_eq!(client.pool("disk").unwrap().counters["integrity_failures"], 1);
+}
