@@ -548,6 +548,9 @@ pub struct HostTotals {
     pub plugin_memory_bytes: u64,
     /// Plugin faults since start, over all pools.
     pub plugin_faults: u64,
+    /// Loads refused since start because a plugin returned wrong bytes, over all pools.
+    #[serde(default)]
+    pub integrity_failures: u64,
     /// Connected frontends, over all pools.
     pub frontends: u64,
     /// The host's memory for pages: its budget and what it holds.

@@ -8,6 +8,12 @@
 //! heap, counted by a global allocator with `malloc_usable_size` plus glibc's 8-byte chunk
 //! header, and the page arena's slots, whose class rounding is overhead too).
 //! It also measures what the epoch deadline checks cost on the zstd chain.
+//!
+//! `-- --scale` instead measures how the host scales with the number of pages: `[ram]` at 10k
+//! and 1M pages, `[zstd, ram]` at 10k, 1M and 10M compressible pages (10M raw pages would not
+//! fit a 24 GiB machine), each with stores/s and loads/s, their ratio to the 10k rate (flat is
+//! the goal: within 10%), and what the host keeps per page beyond the stored bytes (the page
+//! index, class rounding, the heap). Takes some minutes and up to ~6 GiB.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -17,7 +23,7 @@ use std::time::Instant;
 use serde_json::json;
 use tmem_host::plugin::EngineOptions;
 use tmem_host::workload;
-use tmem_host::{BackendSpec, Host, HostConfig, LoadOutcome, PoolSpec, StoreOutcome};
+use tmem_host::{BackendSpec, Host, HostConfig, LoadOutcome, MemoryLimit, PoolSpec, StoreOutcome};
 
 struct Counting;
 
@@ -89,7 +95,8 @@ fn pages() -> Vec<Vec<u8>> {
 }
 
 fn through_host(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>], n: u64) -> Run {
-    let host = Host::new(HostConfig { data_dir: None, engine, ..Default::default() }).unwrap();
+    let config = HostConfig { data_dir: None, engine, memory_limit: MemoryLimit::Unlimited };
+    let host = Host::new(config).unwrap();
     let pool = host.create_pool(PoolSpec::new("bench"), chain).unwrap();
     // Warm every shard's instances before measuring memory.
     for i in 0..64 {
@@ -105,9 +112,12 @@ fn through_host(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>],
         }
     }
     let store_secs = start.elapsed().as_secs_f64();
-    // The host's heap (maps) plus the arena slots holding the stored bytes (their class
-    // rounding included): what the host keeps for the pages.
-    let heap = (LIVE.load(Ordering::Relaxed) - live_before) as f64 + host.page_arena().stats().slot_bytes as f64;
+    // The host's heap (the index's hash tables, anything else) plus the arena slots holding
+    // the stored bytes (their class rounding included) and the index's chunks: what the host
+    // keeps for the pages.
+    let arena = host.page_arena().stats();
+    let heap =
+        (LIVE.load(Ordering::Relaxed) - live_before) as f64 + arena.slot_bytes as f64 + arena.index_chunk_bytes as f64;
     let stored_bytes = pool.counters().pool_total_size;
     let mut page = vec![0u8; PAGE];
     let start = Instant::now();
@@ -213,9 +223,12 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    let pages = pages();
     let ram = [BackendSpec::new("ram")];
     let zstd_ram = [BackendSpec::with_config("zstd", json!({"level": 3})), BackendSpec::new("ram")];
+    if args.iter().any(|a| a == "--scale") {
+        return scale(&ram, &zstd_ram);
+    }
+    let pages = pages();
     println!("tmem chain benchmark: {n} pages of 4 KiB, one thread, mixed contents (15% zero, 15% random, 70% text)\n");
 
     let native_ram = native(false, &pages, n);
@@ -252,4 +265,52 @@ fn main() {
         "[ram] stores/s on one core: {:.0} (goal >= 500000); host heap per page beyond stored bytes: [ram] {:.1} B, [zstd, ram] {:.1} B (goal <= 64)",
         wasm_ram.stores_per_s, wasm_ram.heap_per_page, wasm_zstd.heap_per_page
     );
+}
+
+/// Pages that compress well (text-like, ~10:1 with zstd-3): the 10M-page run's contents.
+fn compressible_pages() -> Vec<Vec<u8>> {
+    (0..DISTINCT)
+        .map(|i| {
+            let words = ["swap ", "page ", "cold ", "tmem ", "pool ", "zram ", "host ", "data "];
+            let mut page = Vec::with_capacity(PAGE);
+            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            while page.len() < PAGE {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                page.extend_from_slice(words[(x % 8) as usize].as_bytes());
+            }
+            page.truncate(PAGE);
+            page
+        })
+        .collect()
+}
+
+fn scale(ram: &[BackendSpec], zstd_ram: &[BackendSpec]) {
+    println!("tmem scale benchmark: rates and bytes per page as pools grow (one thread)\n");
+    let mixed = pages();
+    let text = compressible_pages();
+    let runs: [(&str, &[BackendSpec], &[Vec<u8>], &[u64]); 2] = [
+        ("[ram], mixed pages", ram, &mixed, &[10_000, 1_000_000]),
+        ("[zstd, ram], compressible pages", zstd_ram, &text, &[10_000, 1_000_000, 10_000_000]),
+    ];
+    for (name, chain, pages, sizes) in runs {
+        let mut base: Option<Run> = None;
+        for &n in sizes {
+            let r = through_host(EngineOptions::default(), chain, pages, n);
+            let (store_ratio, load_ratio) = match &base {
+                Some(b) => (r.stores_per_s / b.stores_per_s, r.loads_per_s / b.loads_per_s),
+                None => (1.0, 1.0),
+            };
+            println!(
+                "{name:<32} {n:>10} pages: {:>9.0} stores/s ({store_ratio:.2}x of 10k) {:>9.0} loads/s ({load_ratio:.2}x)  \
+                 {:>5.1} B/page beyond {:.0} stored B/page",
+                r.stores_per_s,
+                r.loads_per_s,
+                r.heap_per_page,
+                r.stored_bytes as f64 / r.stored.max(1) as f64,
+            );
+            base.get_or_insert(r);
+        }
+    }
 }

@@ -512,11 +512,15 @@ mod tests {
         store(&shard, 9, &[9; 700], 1).unwrap();
         let stats = arena.stats();
         assert_eq!(stats.objects, 1, "one record");
-        assert!(stats.index_bytes >= 1024, "and an index chunk: {stats:?}");
+        assert!(stats.index_chunk_bytes >= 1024, "and an index chunk: {stats:?}");
         drop(shard);
         assert_eq!(gauge(), 0);
         let stats = arena.stats();
-        assert_eq!((stats.objects, stats.index_bytes), (0, 0), "the shard's records and chunks went back: {stats:?}");
+        assert_eq!(
+            (stats.objects, stats.index_chunk_bytes),
+            (0, 0),
+            "the shard's records and chunks went back: {stats:?}"
+        );
     }
 
     #[test]

@@ -181,9 +181,11 @@ pub struct ArenaStats {
     pub object_bytes: u64,
     /// Bytes of the class slots the records occupy (`object_bytes` plus rounding).
     pub slot_bytes: u64,
-    /// Bytes of the pools' page indexes: their chunks here, and their hash tables on the
-    /// heap (charged to the budget all the same).
-    pub index_bytes: u64,
+    /// Bytes of the pools' page index chunks here.
+    pub index_chunk_bytes: u64,
+    /// Bytes of the pools' page index hash tables on the heap (charged to the budget all the
+    /// same).
+    pub index_heap_bytes: u64,
     /// Allocations refused for want of committed memory.
     pub refused: u64,
     /// Runs committed by an allocation itself (no headroom left, memory plentiful).
@@ -247,7 +249,8 @@ pub struct PageArena {
     budget: Arc<MemoryBudget>,
     objects: AtomicU64,
     object_bytes: AtomicU64,
-    index_bytes: AtomicU64,
+    index_chunk_bytes: AtomicU64,
+    index_heap_bytes: AtomicU64,
     slot_bytes: AtomicU64,
     refused: AtomicU64,
 }
@@ -306,7 +309,8 @@ impl PageArena {
             budget,
             objects: AtomicU64::new(0),
             object_bytes: AtomicU64::new(0),
-            index_bytes: AtomicU64::new(0),
+            index_chunk_bytes: AtomicU64::new(0),
+            index_heap_bytes: AtomicU64::new(0),
             slot_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
@@ -447,12 +451,12 @@ impl PageArena {
             self.objects.fetch_sub(1, relaxed);
             self.object_bytes.fetch_sub(len as u64, relaxed);
             self.slot_bytes.fetch_sub(size, relaxed);
-            self.index_bytes.fetch_add(size, relaxed);
+            self.index_chunk_bytes.fetch_add(size, relaxed);
         } else {
             self.objects.fetch_add(1, relaxed);
             self.object_bytes.fetch_add(len as u64, relaxed);
             self.slot_bytes.fetch_add(size, relaxed);
-            self.index_bytes.fetch_sub(size, relaxed);
+            self.index_chunk_bytes.fetch_sub(size, relaxed);
         }
     }
 
@@ -465,13 +469,13 @@ impl PageArena {
         } else if !self.budget.try_charge(bytes) {
             return false;
         }
-        self.index_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.index_heap_bytes.fetch_add(bytes, Ordering::Relaxed);
         true
     }
 
     /// Releases heap index bytes charged by [`PageArena::charge_index_heap`].
     pub fn release_index_heap(&self, bytes: u64) {
-        self.index_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.index_heap_bytes.fetch_sub(bytes, Ordering::Relaxed);
         self.budget.release(bytes);
     }
 
@@ -674,7 +678,8 @@ impl PageArena {
             objects: self.objects.load(Ordering::Relaxed),
             object_bytes: self.object_bytes.load(Ordering::Relaxed),
             slot_bytes: self.slot_bytes.load(Ordering::Relaxed),
-            index_bytes: self.index_bytes.load(Ordering::Relaxed),
+            index_chunk_bytes: self.index_chunk_bytes.load(Ordering::Relaxed),
+            index_heap_bytes: self.index_heap_bytes.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             inline_commits: self.inline_commits.load(Ordering::Relaxed),
         }

@@ -63,6 +63,7 @@ impl StatsSampler {
             host_totals.pool_total_size += sample.pool_total_size;
             host_totals.plugin_memory_bytes += sample.plugin_memory_bytes;
             host_totals.plugin_faults += counters.plugin_faults;
+            host_totals.integrity_failures += counters.integrity_failures;
             host_totals.frontends += sample.frontends;
             pools.push(sample);
             before.insert(pool.name().to_string(), PoolBefore { counters, latency });

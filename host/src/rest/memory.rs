@@ -20,7 +20,7 @@ pub fn memory_info(host: &Host) -> MemoryInfo {
         stored_bytes: arena.object_bytes,
         slot_bytes: arena.slot_bytes,
         objects: arena.objects,
-        index_bytes: arena.index_bytes,
+        index_bytes: arena.index_chunk_bytes + arena.index_heap_bytes,
         refused: arena.refused,
     }
 }

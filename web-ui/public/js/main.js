@@ -48,6 +48,13 @@ function renderTotals(sample) {
     ),
     item('plugin faults', fmt.count(t.plugin_faults), 'plugin_faults'),
   );
+  if (t.integrity_failures > 0) {
+    // A plugin returned wrong bytes (refused, never handed out): say so where it is seen.
+    const alarm = item('integrity failures', fmt.count(t.integrity_failures), 'integrity_failures');
+    alarm.classList.add('alarm');
+    alarm.title = 'Loads refused because a plugin returned bytes that differ from the stored page (checksum mismatch). See the pool counters and the host log.';
+    document.getElementById('totals').append(alarm);
+  }
 }
 
 function route() {
