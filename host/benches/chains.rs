@@ -290,7 +290,9 @@ fn scale(ram: &[BackendSpec], zstd_ram: &[BackendSpec]) {
     println!("tmem scale benchmark: rates and bytes per page as pools grow (one thread)\n");
     let mixed = pages();
     let text = compressible_pages();
-    let runs: [(&str, &[BackendSpec], &[Vec<u8>], &[u64]); 2] = [
+    /// A chain's name, its links, the pages it stores, the pool sizes it is measured at.
+    type ScaleRun<'a> = (&'a str, &'a [BackendSpec], &'a [Vec<u8>], &'a [u64]);
+    let runs: [ScaleRun<'_>; 2] = [
         ("[ram], mixed pages", ram, &mixed, &[10_000, 1_000_000]),
         ("[zstd, ram], compressible pages", zstd_ram, &text, &[10_000, 1_000_000, 10_000_000]),
     ];
