@@ -135,9 +135,11 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxConfig {
-    /// Linear memory an instance may have, all memories together.
+    /// Linear memory an instance may have, all memories together: 1 MiB to 4 GiB.
+    #[schema(minimum = 1048576, maximum = 4294967296_u64)]
     pub memory_bytes: u64,
-    /// Longest a single plugin call may run.
+    /// Longest a single plugin call may run: 1 to 60000 ms.
+    #[schema(minimum = 1, maximum = 60000)]
     pub call_timeout_ms: u64,
 }
 

@@ -23,8 +23,33 @@ use crate::plugin::{PluginEngine, PluginFault, PluginInstance, PluginModule, San
 pub const SECRET_SHOWN: &str = "<secret>";
 
 /// Where a plugin granted `network` gets its `token` when the pool config leaves it empty:
-/// the peer host's token, set in the environment of this host.
+/// the peer host's token, set in the environment of this host — used only for the endpoints
+/// named in [`PEER_TOKEN_ENDPOINTS_ENV`].
 pub const PEER_TOKEN_ENV: &str = "TMEM_PEER_TOKEN";
+
+/// The `host:port` addresses (comma-separated) that [`PEER_TOKEN_ENV`]'s token may be sent to:
+/// a link gets the token only if every address it may connect to is named here.
+pub const PEER_TOKEN_ENDPOINTS_ENV: &str = "TMEM_PEER_TOKEN_ENDPOINTS";
+
+/// The environment's peer token, if the operator named every one of `addresses` for it.
+fn env_peer_token(addresses: &[String]) -> Option<String> {
+    let token = std::env::var(PEER_TOKEN_ENV).ok().filter(|t| !t.is_empty())?;
+    let named = std::env::var(PEER_TOKEN_ENDPOINTS_ENV).unwrap_or_default();
+    let token = token_for(token, &named, addresses);
+    if token.is_none() {
+        tracing::warn!(
+            endpoints = ?addresses,
+            "{PEER_TOKEN_ENV} is set but not used: name these endpoints in {PEER_TOKEN_ENDPOINTS_ENV} to send it there"
+        );
+    }
+    token
+}
+
+/// `token`, if every one of `addresses` is in `named` (comma-separated `host:port`s).
+fn token_for(token: String, named: &str, addresses: &[String]) -> Option<String> {
+    let named: Vec<&str> = named.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    (!addresses.is_empty() && addresses.iter().all(|a| named.contains(&a.as_str()))).then_some(token)
+}
 use crate::stats::{FaultRecord, PoolStats};
 
 /// Consecutive faults of one link after which re-instantiation backs off.
@@ -73,12 +98,13 @@ impl ChainLink {
         }
         let mut instance_config = config.clone();
         let net = if granted.contains(&Capability::Network) {
+            let policy = NetPolicy::from_config(plugin, &config)?;
             if instance_config.get("token").and_then(Value::as_str) == Some("")
-                && let Ok(token) = std::env::var(PEER_TOKEN_ENV)
+                && let Some(token) = env_peer_token(&policy.allowed)
             {
                 instance_config.insert("token".into(), Value::String(token));
             }
-            Some(NetPolicy::from_config(plugin, &config)?)
+            Some(policy)
         } else {
             None
         };
@@ -100,9 +126,12 @@ impl ChainLink {
     }
 
     /// `config` with every secret given as [`SECRET_SHOWN`] replaced by this link's current
-    /// value, so a config read from the API and sent back (a hot swap) keeps its secrets.
-    pub fn keep_secrets(&self, config: &Value) -> Value {
+    /// value, so a config read from the API and sent back (a hot swap) keeps its secrets — only
+    /// while it sends them to the same place: a secret is kept only if `endpoints` is unchanged
+    /// (a new destination needs the secret again, or the token would follow the config there).
+    pub fn keep_secrets(&self, config: &Value) -> Result<Value, ChainError> {
         let mut config = config.clone();
+        let same_endpoints = config.get("endpoints") == self.config.get("endpoints");
         if let Value::Object(map) = &mut config {
             for (key, value) in map.iter_mut() {
                 if value.as_str() == Some(SECRET_SHOWN) && self.config.contains_key(key) {
@@ -113,12 +142,18 @@ impl ChainLink {
                         .iter()
                         .any(|k| k.key == key.as_str() && k.value == tmem_api::manifest::ConfigValueKind::Secret);
                     if is_secret {
+                        if !same_endpoints {
+                            return Err(ChainError::SecretForNewEndpoints {
+                                plugin: self.plugin.clone(),
+                                key: key.clone(),
+                            });
+                        }
                         *value = self.config[key].clone();
                     }
                 }
             }
         }
-        config
+        Ok(config)
     }
 
     /// Whether two links run the same module with the same config and grants.
@@ -135,6 +170,16 @@ pub enum ChainError {
     /// out of range).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A kept secret (`"<secret>"`) in a config whose endpoints changed.
+    #[error(
+        "'{plugin}': {key} is given as \"<secret>\" but endpoints changed; a secret is kept only for the endpoints it was given for — give {key} again"
+    )]
+    SecretForNewEndpoints {
+        /// The plugin.
+        plugin: String,
+        /// The secret's config key.
+        key: String,
+    },
     /// A grant names no capability there is.
     #[error("unknown capability '{grant}' granted to '{plugin}' (capabilities: {})", capability_names())]
     UnknownCapability {
@@ -551,5 +596,21 @@ impl ChainInstances {
         let store = self.slots.len() - 1;
         cx.pages.begin_clear();
         let _ = self.call(cx, store, false, |s| s.clear());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environments_token_goes_only_to_endpoints_named_for_it() {
+        let addresses = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let named = "10.0.0.1:7001, 10.0.0.2:7001";
+        let ok = token_for("t".into(), named, &addresses(&["10.0.0.1:7001", "10.0.0.2:7001"]));
+        assert_eq!(ok.as_deref(), Some("t"));
+        assert_eq!(token_for("t".into(), named, &addresses(&["10.0.0.1:7001", "evil.example:7001"])), None);
+        assert_eq!(token_for("t".into(), "", &addresses(&["10.0.0.1:7001"])), None, "nothing named, nothing sent");
+        assert_eq!(token_for("t".into(), named, &[]), None);
     }
 }

@@ -610,11 +610,12 @@ impl Host {
             if names != wanted {
                 return Err(PoolError::SwapChangesPlugins { plugins: names.join(", ") }.into());
             }
-            let backends: Vec<BackendSpec> = backends
+            let backends = backends
                 .iter()
                 .zip(current.links())
-                .map(|(b, link)| BackendSpec { config: link.keep_secrets(&b.config), ..b.clone() })
-                .collect();
+                .map(|(b, link)| Ok(BackendSpec { config: link.keep_secrets(&b.config)?, ..b.clone() }))
+                .collect::<Result<Vec<BackendSpec>, ChainError>>()
+                .map_err(PoolError::Chain)?;
             let chain = self.resolve_chain(&backends)?;
             let unchanged = chain.links().iter().zip(current.links()).all(|(a, b)| a.same_as(b));
             if !unchanged {

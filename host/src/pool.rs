@@ -210,6 +210,16 @@ pub enum PoolError {
         "max_bytes cannot apply to a remote store (its bytes are on the remote, which has its own limits); use max_pages"
     )]
     ByteLimitOnRemote,
+    /// Sandbox limits out of range.
+    #[error(
+        "sandbox memory_bytes {memory_bytes} must be from 1 MiB to 4 GiB and call_timeout_ms {call_timeout_ms} from 1 to 60000"
+    )]
+    BadSandbox {
+        /// The memory cap asked for.
+        memory_bytes: u64,
+        /// The call timeout asked for, in ms.
+        call_timeout_ms: u64,
+    },
     /// A shard count that is not a power of two up to 1024.
     #[error("shards {0} must be a power of two up to 1024")]
     BadShards(usize),
@@ -322,6 +332,12 @@ impl PoolSpec {
             return Err(PoolError::BadPageSize(self.page_size));
         }
         self.limits.check()?;
+        if !self.sandbox.in_range() {
+            return Err(PoolError::BadSandbox {
+                memory_bytes: self.sandbox.memory_bytes as u64,
+                call_timeout_ms: self.sandbox.call_timeout.as_millis().min(u64::MAX as u128) as u64,
+            });
+        }
         if self.name.starts_with('.') {
             return Err(PoolError::HiddenName(self.name.clone()));
         }

@@ -296,3 +296,15 @@ fn a_persistent_pool_checks_its_pages_after_a_restart() {
     }
     assert_eq!(client.pool("disk").unwrap().counters["integrity_failures"], 1);
 }
+
+#[test]
+fn sandbox_limits_out_of_range_are_refused_when_the_pool_is_created() {
+    let host = host();
+    for (memory_bytes, call_timeout_ms) in [(0, 100), (64 << 20, 0), (64 << 20, u64::MAX), (u64::MAX, 100)] {
+        let mut config = PoolConfig::new("sandboxed", vec![BackendRequest::new("ram")]);
+        config.sandbox = Some(SandboxConfig { memory_bytes, call_timeout_ms });
+        let err = host.create_pool_from(&config).unwrap_err().to_string();
+        assert!(err.contains("sandbox memory_bytes") && err.contains("60000"), "{err}");
+    }
+    assert!(host.pools().is_empty(), "nothing half-created");
+}

@@ -127,6 +127,22 @@ fn a_pool_keeps_its_pages_in_another_hosts_pool_and_survives_it_going_away() {
         "the token survived the swap"
     );
     assert_eq!(client.get_page("far", 4000).unwrap(), Some(tagged_page(4000)));
+    // The same "<secret>" with another endpoint is refused: the token does not follow a
+    // config to a new address; it must be given again.
+    let moved = shown
+        .iter()
+        .map(|b| {
+            let mut config = b.config.clone();
+            if b.plugin == "remote" {
+                config.insert("endpoints".into(), serde_json::json!(["tmem://127.0.0.1:9/for-a"]));
+            }
+            BackendRequest { plugin: b.plugin.clone(), version: None, config: config.into(), grants: b.grants.clone() }
+        })
+        .collect();
+    let err = client.update_pool("far", &PoolPatch { backends: Some(moved), ..Default::default() }).unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(err.to_string().contains("endpoints changed"), "{err}");
+    assert_eq!(client.pool("far").unwrap().generations.len(), 2, "nothing swapped");
 
     // A wrong token is refused at the first store, not silently.
     client.create_pool(&remote_pool("badtoken", std::slice::from_ref(&endpoint), "not-the-token")).unwrap();

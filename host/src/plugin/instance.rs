@@ -243,7 +243,7 @@ pub(crate) struct InstanceSpec<'a> {
 }
 
 fn ticks(timeout: Duration, tick: Duration) -> u64 {
-    (timeout.as_nanos() / tick.as_nanos().max(1)).max(1) as u64 + 1
+    (timeout.as_nanos() / tick.as_nanos().max(1)).clamp(1, u64::MAX as u128 - 1) as u64 + 1
 }
 
 impl PluginInstance {

@@ -14,6 +14,21 @@ pub struct SandboxLimits {
     pub init_timeout: Duration,
 }
 
+/// The smallest memory cap a pool may give its instances.
+pub const MIN_MEMORY_BYTES: usize = 1 << 20;
+/// The largest memory cap (a 32-bit linear memory's size).
+pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+/// The longest call timeout a pool may give its instances.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl SandboxLimits {
+    /// Whether the limits are in range: memory 1 MiB to 4 GiB, call timeout 1 ms to 60 s.
+    pub fn in_range(&self) -> bool {
+        (MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&self.memory_bytes)
+            && (Duration::from_millis(1)..=MAX_CALL_TIMEOUT).contains(&self.call_timeout)
+    }
+}
+
 impl Default for SandboxLimits {
     fn default() -> Self {
         SandboxLimits {

@@ -9,7 +9,7 @@
 //! as text, so a plugin cannot reach an address by another spelling or through DNS games.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -17,6 +17,8 @@ use tmem_api::abi::net as code;
 
 /// The default of `timeout_ms` when a plugin's config has none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The longest `timeout_ms` a grant may set.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// What a pool grants a plugin with the `network` capability.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +56,8 @@ pub enum NetConfigError {
     /// `endpoints` is empty.
     #[error("plugin '{0}' needs at least one endpoint in `endpoints`")]
     NoEndpoints(String),
-    /// `timeout_ms` is zero or not a number.
-    #[error("plugin '{0}': timeout_ms must be positive")]
+    /// `timeout_ms` is not a number from 1 to [`MAX_TIMEOUT_MS`].
+    #[error("plugin '{0}': timeout_ms must be from 1 to 60000")]
     BadTimeout(String),
 }
 
@@ -94,7 +96,9 @@ impl NetPolicy {
         }
         let timeout = match config.get("timeout_ms") {
             Some(ms) => Duration::from_millis(
-                ms.as_u64().filter(|ms| *ms > 0).ok_or_else(|| NetConfigError::BadTimeout(plugin.into()))?,
+                ms.as_u64()
+                    .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+                    .ok_or_else(|| NetConfigError::BadTimeout(plugin.into()))?,
             ),
             None => DEFAULT_TIMEOUT,
         };
@@ -131,6 +135,27 @@ impl NetAccess {
         (!budget.is_zero()).then_some(budget)
     }
 
+    /// Resolves `address` within `budget`: an IP literal at once, a name on a helper thread
+    /// (the system resolver has no timeout of its own), abandoned when the budget is over.
+    fn resolve(address: &str, budget: Duration) -> Result<SocketAddr, i32> {
+        if let Ok(socket) = address.parse::<SocketAddr>() {
+            return Ok(socket);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let name = address.to_string();
+        std::thread::Builder::new()
+            .name("tmem-resolve".into())
+            .spawn(move || {
+                let _ = tx.send(name.to_socket_addrs().ok().and_then(|mut a| a.next()));
+            })
+            .map_err(|_| code::FAILED)?;
+        match rx.recv_timeout(budget) {
+            Ok(Some(socket)) => Ok(socket),
+            Ok(None) => Err(code::FAILED),
+            Err(_) => Err(code::TIMEOUT),
+        }
+    }
+
     pub(crate) fn connect(&mut self, address: &str) -> i32 {
         if !self.policy.allowed.iter().any(|a| a == address) {
             tracing::warn!(address, "a plugin tried to reach an address its pool did not grant");
@@ -141,7 +166,12 @@ impl NetAccess {
             return code::TOO_MANY;
         }
         let Some(budget) = self.budget() else { return code::TIMEOUT };
-        let Some(socket) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return code::FAILED };
+        let socket = match Self::resolve(address, budget) {
+            Ok(socket) => socket,
+            Err(code) => return code,
+        };
+        // The connect gets what the resolution left.
+        let Some(budget) = self.budget() else { return code::TIMEOUT };
         let stream = match TcpStream::connect_timeout(&socket, budget) {
             Ok(stream) => stream,
             Err(e) => return failure(&e),
@@ -168,12 +198,28 @@ impl NetAccess {
         Ok((stream, budget))
     }
 
-    /// Sends all of `bytes`; a connection that fails is closed.
+    /// Sends all of `bytes`, all within the budget (a peer that reads slowly cannot stretch
+    /// it: every write gets only what is left); a connection that fails is closed.
     pub(crate) fn send(&mut self, handle: i32, bytes: &[u8]) -> i32 {
-        let result = self.stream(handle).and_then(|(stream, budget)| {
-            stream.set_write_timeout(Some(budget)).map_err(|e| failure(&e))?;
-            stream.write_all(bytes).map_err(|e| failure(&e))
-        });
+        let mut sent = 0;
+        let result = loop {
+            if sent == bytes.len() {
+                break Ok(());
+            }
+            let written = self.stream(handle).and_then(|(stream, budget)| {
+                stream.set_write_timeout(Some(budget)).map_err(|e| failure(&e))?;
+                match stream.write(&bytes[sent..]) {
+                    Ok(0) => Err(code::FAILED),
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => Ok(0),
+                    Err(e) => Err(failure(&e)),
+                }
+            });
+            match written {
+                Ok(n) => sent += n,
+                Err(e) => break Err(e),
+            }
+        };
         match result {
             Ok(()) => bytes.len() as i32,
             Err(e) => self.broken(handle, e),
@@ -254,5 +300,45 @@ mod tests {
         // The call's deadline cuts every budget.
         net.deadline = Instant::now();
         assert_eq!(net.connect(&granted), code::TIMEOUT);
+    }
+
+    #[test]
+    fn a_peer_that_reads_slowly_cannot_stretch_a_send_past_the_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let granted = listener.local_addr().unwrap().to_string();
+        // Every write alone would fit the grant's 10 s timeout: only the call's deadline
+        // (0.5 s) can end the whole send.
+        let p = NetPolicy { allowed: vec![granted.clone()], timeout: Duration::from_secs(10) };
+        let mut net = NetAccess::new(p, Instant::now() + Duration::from_secs(5));
+        let handle = net.connect(&granted);
+        let (mut peer, _) = listener.accept().unwrap();
+        let trickle = std::thread::spawn(move || {
+            // 64 KiB every 50 ms: 16 MiB would take 13 s.
+            let mut buf = vec![0u8; 64 << 10];
+            let end = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < end {
+                match peer.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        net.deadline = Instant::now() + Duration::from_millis(500);
+        let started = Instant::now();
+        assert_eq!(net.send(handle, &vec![7u8; 16 << 20]), code::TIMEOUT);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "the send took {took:?} for a 0.5 s deadline");
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn a_name_resolves_within_the_budget_or_not_at_all() {
+        // Whatever the resolver does with a name (answer, fail, or hang on an unreachable
+        // server), the connect's resolution returns within its budget.
+        let started = Instant::now();
+        let result = NetAccess::resolve("tmem-test-name.invalid:7001", Duration::from_millis(200));
+        assert!(result.is_err(), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "resolution took {:?}", started.elapsed());
+        assert_eq!(NetAccess::resolve("127.0.0.1:7001", Duration::ZERO), Ok("127.0.0.1:7001".parse().unwrap()));
     }
 }

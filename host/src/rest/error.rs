@@ -335,6 +335,7 @@ mod tests {
             PoolError::ZeroLimit,
             PoolError::ByteLimitOnRemote,
             PoolError::BadShards(3),
+            PoolError::BadSandbox { memory_bytes: 0, call_timeout_ms: u64::MAX },
             PoolError::BadFlushInterval(Duration::ZERO),
             PoolError::FlushIntervalNotPeriodic { hint: "" },
             PoolError::DurabilityNeedsStorage,
