@@ -189,6 +189,16 @@ pub struct PoolConfig {
     /// causes a failed load (`integrity_failures`), never wrong data. On unless set to `false`.
     #[serde(default = "yes")]
     pub integrity: bool,
+    /// How many stores of a new, unverified chain (a hot swap, or a new pool on an uploaded
+    /// plugin) are read back and compared before they are acknowledged; a mismatch or too
+    /// many faults roll the pool back. 0: no canary.
+    #[serde(default = "default_canary_stores")]
+    #[schema(maximum = 1048576)]
+    pub canary_stores: u32,
+}
+
+fn default_canary_stores() -> u32 {
+    256
 }
 
 impl PoolConfig {
@@ -209,6 +219,7 @@ impl PoolConfig {
             durability: None,
             flush_interval_ms: None,
             integrity: true,
+            canary_stores: default_canary_stores(),
         }
     }
 }
@@ -255,6 +266,32 @@ pub struct PoolPatch {
     /// Persistent pools in `periodic` mode: change the flush interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush_interval_ms: Option<u64>,
+}
+
+/// A canary (`PoolInfo::canary`): a new chain generation's first stores, read back and
+/// compared before they are acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CanaryInfo {
+    /// The generation under test.
+    pub generation: u32,
+    /// `running`, `passed`, `rolled_back` (the previous chain is current again) or `disabled`
+    /// (a new pool's canary failed: stores are refused).
+    pub state: String,
+    /// Stores it verifies in all.
+    pub stores: u64,
+    /// Stores verified so far.
+    pub verified: u64,
+    /// Plugin faults among its stores.
+    pub faults: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The generation it replaced (absent: a new pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u32>,
+    /// After a rollback: the generation that runs the previous chain now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<u32>,
 }
 
 /// One link of a pool's chain as it runs: the version pinned by sha256, the full config.
@@ -396,6 +433,11 @@ pub struct PoolInfo {
     pub persistent: bool,
     /// Whether every page is checksummed on store and checked on load.
     pub integrity: bool,
+    /// Stores a canary verifies for a new chain.
+    pub canary_stores: u32,
+    /// The last canary: the generation it verifies or verified, and where it stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryInfo>,
     /// Persistent pools: the durability mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,

@@ -34,7 +34,10 @@ fn arena_config(limit: u64) -> ArenaConfig {
     let ram = ram_bytes().unwrap_or(1 << 30);
     let reserve = limit.max(ram).clamp(16 << 20, crate::memory::arena::MAX_RESERVE as u64);
     let span = crate::memory::arena::SPAN_BYTES as u64;
-    let headroom = (16u64 << 20).max(limit / 50).min(limit / 4).max(span);
+    // The headroom follows the budget, but no budget (`none`) is not a reason to commit the
+    // whole reserve ahead: what RAM there is bounds it.
+    let basis = limit.min(ram);
+    let headroom = (16u64 << 20).max(basis / 50).min(basis / 4).max(span);
     ArenaConfig { reserve_bytes: reserve as usize, headroom_bytes: headroom as usize }
 }
 
@@ -194,9 +197,9 @@ pub struct Host {
     plugins: RwLock<BTreeMap<String, Vec<PluginModule>>>,
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
     data_dir: Option<PathBuf>,
-    catalog: Option<Catalog>,
+    catalog: Option<Arc<Catalog>>,
     /// The modules built into this binary, by sha256.
-    bundled: HashMap<String, &'static [u8]>,
+    bundled: Arc<HashMap<String, &'static [u8]>>,
     /// Serializes control-plane changes, so the catalog is written in the order they happen.
     changes: Mutex<()>,
 }
@@ -225,7 +228,7 @@ impl Host {
             engine_options.cache_dir = config.data_dir.as_ref().map(|d| d.join("cache").join("modules"));
         }
         let catalog = match &config.data_dir {
-            Some(dir) => Some(Catalog::open(&dir.join("catalog"))?),
+            Some(dir) => Some(Arc::new(Catalog::open(&dir.join("catalog"))?)),
             None => None,
         };
         let budget = Arc::new(MemoryBudget::new(config.memory_limit.bytes()));
@@ -240,7 +243,7 @@ impl Host {
             pools: RwLock::new(BTreeMap::new()),
             data_dir: config.data_dir,
             catalog,
-            bundled: HashMap::new(),
+            bundled: Arc::default(),
             changes: Mutex::new(()),
         };
         if let Some(catalog) = &host.catalog {
@@ -255,7 +258,7 @@ impl Host {
         }
         for &bytes in crate::bundled::ALL {
             let module = host.engine.load(bytes)?;
-            host.bundled.insert(module.sha256().to_string(), bytes);
+            Arc::get_mut(&mut host.bundled).expect("not shared yet").insert(module.sha256().to_string(), bytes);
             let name = module.manifest().name.to_string();
             tracing::debug!(plugin = %name, sha256 = module.sha256(), "bundled plugin registered");
             host.register(&name, module);
@@ -294,7 +297,10 @@ impl Host {
         spec.check()?;
         let Some(database) = &record.database else {
             let chain = self.resolve_chain(&record.config.backends)?;
-            return Ok(Arc::new(Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), None)?));
+            let verify = !self.all_bundled(&chain);
+            let pool = Arc::new(Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), None, verify)?);
+            self.watch(&pool);
+            return Ok(pool);
         };
         let dir = self.pools_dir()?.join(database);
         if !dir.is_dir() {
@@ -306,7 +312,9 @@ impl Host {
             .map(|g| Ok((g.id, self.resolve_chain(&g.backends)?)))
             .collect::<Result<Vec<_>, HostError>>()?;
         let disk = PoolDisk::open(&dir, spec.durability)?;
-        Ok(Arc::new(Pool::restore(spec, generations, self.engine.clone(), self.arena.clone(), disk)?))
+        let pool = Arc::new(Pool::restore(spec, generations, self.engine.clone(), self.arena.clone(), disk)?);
+        self.watch(&pool);
+        Ok(pool)
     }
 
     fn pools_dir(&self) -> Result<PathBuf, HostError> {
@@ -349,7 +357,7 @@ impl Host {
 
     /// The catalog, if the host has a data dir.
     pub(crate) fn catalog(&self) -> Option<&Catalog> {
-        self.catalog.as_ref()
+        self.catalog.as_deref()
     }
 
     // ----- plugins -----
@@ -405,7 +413,25 @@ impl Host {
     /// Whether `module`, registered under `name`, is built into this binary (the same bytes
     /// uploaded under another name are an ordinary plugin).
     pub fn is_bundled(&self, name: &str, module: &PluginModule) -> bool {
-        self.bundled.contains_key(module.sha256()) && *module.manifest().name == *name
+        is_bundled_in(&self.bundled, name, module)
+    }
+
+    /// Whether a chain runs only plugins built into this binary (a new pool on it needs no
+    /// canary: the binary's own plugins are tested with it).
+    fn all_bundled(&self, chain: &Chain) -> bool {
+        chain.links().iter().all(|l| self.is_bundled(&l.plugin, &l.module))
+    }
+
+    /// Has `pool` keep its catalog record current when it changes its own chain (a canary's
+    /// rollback).
+    fn watch(&self, pool: &Pool) {
+        let Some(catalog) = self.catalog.clone() else { return };
+        let bundled = self.bundled.clone();
+        pool.on_chain_change(Box::new(move |pool| {
+            if let Err(e) = keep_pool(&catalog, &bundled, pool) {
+                tracing::error!(pool = %pool.name(), "the catalog could not record a rollback: {e}");
+            }
+        }));
     }
 
     /// Names of the pools with a generation (current, or holding pages) that runs `module`.
@@ -516,7 +542,8 @@ impl Host {
         } else {
             None
         };
-        let created = Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), disk.clone())
+        let verify = !self.all_bundled(&chain);
+        let created = Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), disk.clone(), verify)
             .map_err(HostError::from)
             .map(Arc::new)
             .and_then(|pool| self.keep(&pool).map(|()| pool));
@@ -529,6 +556,7 @@ impl Host {
                 return Err(e);
             }
         };
+        self.watch(&pool);
         self.pools.write().insert(name.clone(), pool.clone());
         tracing::info!(pool = %name, chain = %pool.chain().describe(), page_size = pool.page_size(), persistent = pool.is_persistent(), "pool created");
         Ok(pool)
@@ -568,21 +596,7 @@ impl Host {
     /// binary with newer bundled plugins still has them).
     fn keep(&self, pool: &Pool) -> Result<(), HostError> {
         let Some(catalog) = &self.catalog else { return Ok(()) };
-        let generations = if pool.is_persistent() { pool.generations() } else { Vec::new() };
-        for link in generations.iter().flat_map(|(g, _)| g.chain.links()).chain(pool.chain().links()) {
-            if self.is_bundled(&link.plugin, &link.module) {
-                catalog.add_module(&link.plugin, self.bundled[link.module.sha256()])?;
-            }
-        }
-        catalog.put_pool(&PoolRecord {
-            config: pool_config(pool),
-            database: pool.disk().and_then(|d| d.dir().file_name()).map(|n| n.to_string_lossy().into_owned()),
-            generations: generations
-                .iter()
-                .map(|(g, _)| GenerationRecord { id: g.id, backends: pinned_backends(&g.chain) })
-                .collect(),
-        })?;
-        Ok(())
+        keep_pool(catalog, &self.bundled, pool)
     }
 
     /// Changes a pool's limits, modes, enabled state and (hot swap) chain. Everything is
@@ -735,6 +749,30 @@ fn pinned_backends(chain: &Chain) -> Vec<BackendRequest> {
         .collect()
 }
 
+fn is_bundled_in(bundled: &HashMap<String, &'static [u8]>, name: &str, module: &PluginModule) -> bool {
+    bundled.contains_key(module.sha256()) && *module.manifest().name == *name
+}
+
+/// Writes a pool's record to the catalog, pinning the bundled modules it runs (so a later
+/// binary with newer bundled plugins still has them).
+fn keep_pool(catalog: &Catalog, bundled: &HashMap<String, &'static [u8]>, pool: &Pool) -> Result<(), HostError> {
+    let generations = if pool.is_persistent() { pool.generations() } else { Vec::new() };
+    for link in generations.iter().flat_map(|(g, _)| g.chain.links()).chain(pool.chain().links()) {
+        if is_bundled_in(bundled, &link.plugin, &link.module) {
+            catalog.add_module(&link.plugin, bundled[link.module.sha256()])?;
+        }
+    }
+    catalog.put_pool(&PoolRecord {
+        config: pool_config(pool),
+        database: pool.disk().and_then(|d| d.dir().file_name()).map(|n| n.to_string_lossy().into_owned()),
+        generations: generations
+            .iter()
+            .map(|(g, _)| GenerationRecord { id: g.id, backends: pinned_backends(&g.chain) })
+            .collect(),
+    })?;
+    Ok(())
+}
+
 /// The pool spec an API config asks for.
 pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     let mut spec = PoolSpec::new(config.name.clone());
@@ -747,6 +785,7 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     spec.modes = PoolModes { writethrough: config.writethrough, exclusive_gets: config.exclusive_gets };
     spec.enabled = config.enabled;
     spec.integrity = config.integrity;
+    spec.canary_stores = config.canary_stores;
     spec.shards = config.shards.map(|n| n as usize);
     if let Some(sandbox) = config.sandbox {
         spec.sandbox = SandboxLimits {
@@ -797,5 +836,20 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
             _ => None,
         },
         integrity: pool.integrity(),
+        canary_stores: pool.canary_stores(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arena_headroom_follows_the_budget_and_no_budget_is_bounded_by_ram() {
+        let ram = ram_bytes().unwrap_or(1 << 30);
+        assert_eq!(arena_config(512 << 20).headroom_bytes, 16 << 20, "2% of 512 MiB is under the 16 MiB floor");
+        assert_eq!(arena_config(10 << 30).headroom_bytes as u64, (10u64 << 30) / 50);
+        let unlimited = arena_config(u64::MAX).headroom_bytes as u64;
+        assert!(unlimited <= ram / 4 && unlimited <= (ram / 50).max(16 << 20), "{unlimited} of {ram} bytes of RAM");
     }
 }

@@ -20,6 +20,16 @@
 //! never has to read an old version's format. A shard drops an old generation's instances
 //! when its last page there is gone. Operations already inside a shard when the swap
 //! happens finish on the generation they started with (they hold the shard's lock).
+//!
+//! # Canary: new code is verified before it is trusted
+//!
+//! A generation the pool has not verified — a hot swap, or a new pool on an uploaded plugin —
+//! starts with a **canary** ([`Canary`]): its first `canary_stores` stores (over all shards)
+//! are read back through the chain and compared with the page before they are acknowledged.
+//! A mismatch, or plugin faults in more than a tenth of them, **rolls the pool back**: the
+//! previous generation's chain becomes current again (as a new generation: ids only grow), or a
+//! new pool's stores are disabled; the page being verified is refused (the frontend keeps
+//! it). The reason is in [`Pool::canary`], the log, and `canary_rollbacks`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -36,6 +46,9 @@ use crate::page_store::{PageShard, PutRefusal, ShardPlace};
 use crate::persist::{DiskError, Durability, MAX_FLUSH_INTERVAL, PoolDisk};
 use crate::plugin::{PluginEngine, SandboxLimits};
 use crate::stats::{CounterSnapshot, FaultRecord, HistogramSnapshot, Op, PoolStats};
+
+/// Stores a canary verifies unless the pool says otherwise.
+pub const DEFAULT_CANARY_STORES: u32 = 256;
 
 /// The smallest page size a pool accepts.
 pub const MIN_PAGE_SIZE: u32 = 4096;
@@ -302,6 +315,9 @@ pub struct PoolSpec {
     /// Whether every page's checksum is kept and checked on every load (on unless turned off
     /// explicitly).
     pub integrity: bool,
+    /// Stores of an unverified generation read back and compared before they are
+    /// acknowledged (0: no canary).
+    pub canary_stores: u32,
 }
 
 impl PoolSpec {
@@ -317,6 +333,7 @@ impl PoolSpec {
             enabled: true,
             durability: Durability::Sync,
             integrity: true,
+            canary_stores: DEFAULT_CANARY_STORES,
         }
     }
 
@@ -390,6 +407,55 @@ pub struct Generation {
     pub chain: Arc<Chain>,
 }
 
+/// Where a canary stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryState {
+    /// Stores are being verified.
+    Running,
+    /// Every store it was to verify round-tripped exactly.
+    Passed,
+    /// It failed, and the previous generation's chain is current again.
+    RolledBack,
+    /// It failed on a new pool (no previous generation): stores are disabled.
+    Disabled,
+}
+
+impl CanaryState {
+    /// As the API names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CanaryState::Running => "running",
+            CanaryState::Passed => "passed",
+            CanaryState::RolledBack => "rolled_back",
+            CanaryState::Disabled => "disabled",
+        }
+    }
+}
+
+/// The canary of the last generation that had one.
+#[derive(Debug, Clone)]
+pub struct Canary {
+    /// The generation under test.
+    pub generation: u32,
+    /// The generation it replaced (`None`: a new pool).
+    pub previous: Option<Arc<Generation>>,
+    /// Stores to verify in all.
+    pub stores: u64,
+    /// Stores verified so far.
+    pub verified: u64,
+    /// Plugin faults among its stores and verifications.
+    pub faults: u64,
+    /// Where it stands.
+    pub state: CanaryState,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// After a rollback: the generation that runs the previous chain now.
+    pub replaced_by: Option<u32>,
+}
+
+/// What a pool tells when it changed its own chain (a canary's rollback).
+pub type ChainChangeHook = Box<dyn Fn(&Pool) + Send + Sync>;
+
 /// A generation's live instances in one shard, and how many of the shard's pages it holds.
 struct GenerationSlot {
     id: u32,
@@ -405,6 +471,8 @@ struct Shard {
     /// The frontswap map of this shard (offset → how, by which generation, with which
     /// checksum it was stored) and the records its store keeps in the host.
     pages: Arc<PageShard>,
+    /// Where a canary reads a page back to (allocated while a canary runs, then dropped).
+    scratch: Vec<u8>,
 }
 
 impl Shard {
@@ -413,6 +481,12 @@ impl Shard {
         let want = pool.current_id.load(Ordering::Acquire);
         if self.generations.last().map(|g| g.id) != Some(want) {
             let current = pool.current.read().clone();
+            if let Some(at) = self.generations.iter().position(|g| g.id == current.id) {
+                // It holds pages here already: it becomes the last again.
+                let slot = self.generations.remove(at);
+                self.generations.push(slot);
+                return self.generations.len() - 1;
+            }
             self.generations.push(GenerationSlot {
                 id: current.id,
                 instances: ChainInstances::new(current.chain.links().len()),
@@ -460,6 +534,15 @@ pub struct Pool {
     full: AtomicBool,
     /// Whether pages are checksummed when stored and checked when loaded.
     integrity: bool,
+    /// How many stores a canary verifies (0: none).
+    canary_stores: u32,
+    /// The id of the generation whose stores are verified now (0: none): the lock-free check
+    /// of the store path. Set while a canary runs and until a failed one is replaced.
+    canary_generation: std::sync::atomic::AtomicU32,
+    /// The last canary.
+    canary: Mutex<Option<Canary>>,
+    /// Told after a rollback changed the pool's chain (the host rewrites its catalog record).
+    on_chain_change: std::sync::OnceLock<ChainChangeHook>,
     frontends: RwLock<Vec<Arc<dyn Frontend>>>,
     created: Instant,
     /// The pool's own database, when its store is granted `storage`.
@@ -477,16 +560,18 @@ const UNLIMITED: u64 = u64::MAX;
 impl Pool {
     /// Creates the pool (init: the map starts empty) and instantiates its whole chain once,
     /// so a config the plugins refuse is reported now, not when the first page arrives. A
-    /// pool whose store is granted `storage` needs `disk`, its own (empty) database.
+    /// pool whose store is granted `storage` needs `disk`, its own (empty) database. With
+    /// `verify` (a chain with uploaded plugins), its first stores run under a canary.
     pub(crate) fn new(
         spec: PoolSpec,
         chain: Chain,
         engine: Arc<PluginEngine>,
         arena: Arc<PageArena>,
         disk: Option<Arc<PoolDisk>>,
+        verify: bool,
     ) -> Result<Self, PoolError> {
         let pool = Pool::empty(spec, Arc::new(chain.clone()), engine, arena, disk)?;
-        pool.swap_chain(Arc::new(chain))?;
+        pool.install(Arc::new(chain), None, verify)?;
         Ok(pool)
     }
 
@@ -506,7 +591,7 @@ impl Pool {
         let mut installed = Vec::new();
         for (id, chain) in generations {
             let chain = Arc::new(chain);
-            pool.install(chain.clone(), Some(id))?;
+            pool.install(chain.clone(), Some(id), false)?;
             installed.push((id, chain));
         }
         let mut dropped = 0u64;
@@ -571,7 +656,7 @@ impl Pool {
                     max_bytes: max_bytes.clone(),
                 };
                 let pages = PageShard::new(place, stats.clone(), arena.clone(), tree);
-                Ok(Mutex::new(Shard { generations: Vec::new(), pages: Arc::new(pages) }))
+                Ok(Mutex::new(Shard { generations: Vec::new(), pages: Arc::new(pages), scratch: Vec::new() }))
             })
             .collect::<Result<_, DiskError>>()?;
         if let Some(disk) = &disk {
@@ -594,25 +679,30 @@ impl Pool {
             enabled: AtomicBool::new(spec.enabled),
             full: AtomicBool::new(false),
             integrity: spec.integrity,
+            canary_stores: spec.canary_stores,
+            canary_generation: Default::default(),
+            canary: Mutex::new(None),
+            on_chain_change: std::sync::OnceLock::new(),
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
         })
     }
 
-    /// Makes `chain` the current generation: new stores use it at once; pages stored by
-    /// earlier generations stay readable through them until they are gone. Every plugin of
-    /// the new chain is started once first, so a chain that cannot start changes nothing.
-    /// Returns the new generation's id.
+    /// Makes `chain` the current generation: new stores use it at once (under a canary);
+    /// pages stored by earlier generations stay readable through them until they are gone.
+    /// Every plugin of the new chain is started once first, so a chain that cannot start
+    /// changes nothing. Returns the new generation's id.
     pub fn swap_chain(&self, chain: Arc<Chain>) -> Result<u32, PoolError> {
         if chain.is_persistent() != self.disk.is_some() {
             return Err(PoolError::SwapChangesPersistence);
         }
-        self.install(chain, None)
+        self.install(chain, None, true)
     }
 
-    /// Starts `chain` and makes it the current generation, as `id` or as the next id.
-    fn install(&self, chain: Arc<Chain>, id: Option<u32>) -> Result<u32, PoolError> {
+    /// Starts `chain` and makes it the current generation, as `id` or as the next id; with
+    /// `verify`, under a canary (when the pool has one).
+    fn install(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
         // Shard 0's lock serializes swaps, and no store in shard 0 can see the new id before
         // its warmed-up slot is in place.
         let mut shard = self.shards[0].lock();
@@ -622,10 +712,101 @@ impl Pool {
         instances
             .warm_up(&self.context(id, &chain, pages))
             .map_err(|(i, fault)| ChainError::start(&chain.links()[i].plugin, fault))?;
-        *self.current.write() = Arc::new(Generation { id, chain: chain.clone() });
+        let previous = std::mem::replace(&mut *self.current.write(), Arc::new(Generation { id, chain: chain.clone() }));
+        if verify && self.canary_stores > 0 {
+            *self.canary.lock() = Some(Canary {
+                generation: id,
+                previous: (previous.id > 0).then_some(previous),
+                stores: self.canary_stores as u64,
+                verified: 0,
+                faults: 0,
+                state: CanaryState::Running,
+                reason: None,
+                replaced_by: None,
+            });
+            self.canary_generation.store(id, Ordering::Release);
+        } else {
+            self.canary_generation.store(0, Ordering::Release);
+        }
         self.current_id.store(id, Ordering::Release);
         generations.push(GenerationSlot { id, chain, instances, held: 0 });
         Ok(id)
+    }
+
+    /// How many stores a canary verifies.
+    pub fn canary_stores(&self) -> u32 {
+        self.canary_stores
+    }
+
+    /// The last canary: the generation it verifies or verified, and where it stands.
+    pub fn canary(&self) -> Option<Canary> {
+        self.canary.lock().clone()
+    }
+
+    /// Sets what to tell when a rollback changes the pool's chain (once).
+    pub fn on_chain_change(&self, tell: ChainChangeHook) {
+        let _ = self.on_chain_change.set(tell);
+    }
+
+    /// Counts one store of `generation` verified under its canary (`fault`: the store or its
+    /// read-back faulted). Returns why the canary fails now, if it does.
+    fn canary_counts(&self, generation: u32, fault: bool) -> Option<String> {
+        let mut canary = self.canary.lock();
+        let c = canary.as_mut().filter(|c| c.generation == generation && c.state == CanaryState::Running)?;
+        if fault {
+            c.faults += 1;
+            // More than a tenth of its stores faulted (at least 3): the new code is not fit.
+            if c.faults >= 3 && c.faults * 10 > c.verified + c.faults {
+                return Some(format!("{} of its first {} stores faulted", c.faults, c.verified + c.faults));
+            }
+            return None;
+        }
+        c.verified += 1;
+        if c.verified >= c.stores {
+            c.state = CanaryState::Passed;
+            self.canary_generation.store(0, Ordering::Release);
+            tracing::info!(pool = %self.name, generation, stores = c.verified, "canary passed: the generation is verified");
+        }
+        None
+    }
+
+    /// The canary of `generation` failed for `reason`: the previous generation's chain becomes
+    /// current again (a new pool's stores are disabled). Called without any shard locked.
+    fn roll_back(&self, generation: u32, reason: String) {
+        let previous = {
+            let mut canary = self.canary.lock();
+            let Some(c) = canary.as_mut().filter(|c| c.generation == generation && c.state == CanaryState::Running)
+            else {
+                return; // Another store already rolled it back.
+            };
+            c.reason = Some(reason.clone());
+            c.state = if c.previous.is_some() { CanaryState::RolledBack } else { CanaryState::Disabled };
+            c.previous.clone()
+        };
+        PoolStats::add(&self.stats.counters.canary_rollbacks, 1);
+        let chain = self.chain().describe();
+        match previous {
+            Some(previous) => match self.install(previous.chain.clone(), None, false) {
+                Ok(id) => {
+                    if let Some(c) = self.canary.lock().as_mut() {
+                        c.replaced_by = Some(id);
+                    }
+                    tracing::error!(pool = %self.name, generation, %chain, rolled_back_to = previous.id, now = id, "canary failed, pool rolled back: {reason}");
+                }
+                Err(e) => {
+                    self.enabled.store(false, Ordering::Relaxed);
+                    tracing::error!(pool = %self.name, generation, %chain, "canary failed and the previous chain cannot start again ({e}); stores disabled: {reason}");
+                }
+            },
+            None => {
+                self.enabled.store(false, Ordering::Relaxed);
+                self.canary_generation.store(0, Ordering::Release);
+                tracing::error!(pool = %self.name, generation, %chain, "canary failed on a new pool; stores disabled: {reason}");
+            }
+        }
+        if let Some(tell) = self.on_chain_change.get() {
+            tell(self);
+        }
     }
 
     fn context<'a>(&'a self, generation: u32, chain: &'a Chain, pages: &'a Arc<PageShard>) -> ChainContext<'a> {
@@ -800,8 +981,11 @@ impl Pool {
             PoolStats::add(&self.stats.counters.duplicate_entry, 1);
             self.drop_stored(&mut shard, offset, old);
         }
-        let mut outcome = self.try_store(&mut shard, offset, page);
+        let (mut outcome, canary_failed) = self.try_store(&mut shard, offset, page);
         drop(shard);
+        if let Some((generation, why)) = canary_failed {
+            self.roll_back(generation, why);
+        }
         let stored = !matches!(outcome, StoreOutcome::Rejected(_));
         if stored || replaced.is_some() {
             // A sync pool acknowledges only what is on disk (the dropped old copy included).
@@ -833,46 +1017,78 @@ impl Pool {
         self.forget(EncodedKind::from_code(entry.kind()));
     }
 
-    fn try_store(&self, shard: &mut Shard, offset: u64, page: &[u8]) -> StoreOutcome {
+    /// Tries the store in a locked shard; also returns a canary failure (the generation and
+    /// why), for the caller to roll back once the shard is unlocked.
+    fn try_store(&self, shard: &mut Shard, offset: u64, page: &[u8]) -> (StoreOutcome, Option<(u32, String)>) {
         if !self.enabled.load(Ordering::Relaxed) {
-            return StoreOutcome::Rejected(RejectReason::Disabled);
+            return (StoreOutcome::Rejected(RejectReason::Disabled), None);
         }
         if !self.admit(shard) {
-            return StoreOutcome::Rejected(RejectReason::PoolLimit);
+            return (StoreOutcome::Rejected(RejectReason::PoolLimit), None);
         }
         let slot = shard.current_slot(self);
-        let Shard { generations, pages } = shard;
+        let Shard { generations, pages, scratch } = shard;
         let GenerationSlot { id, chain, instances, held } = &mut generations[slot];
         let cx = self.context(*id, chain, pages);
         let checksum = self.integrity.then(|| crc32c::crc32c(page));
-        match instances.put(&cx, offset, page, checksum) {
-            Ok(kind) => {
-                if pages.commit_put(offset).is_err() {
-                    // No room to index the page: the store is told it is gone, and refused.
-                    instances.delete(&cx, offset);
-                    pages.remove(offset);
-                    return StoreOutcome::Rejected(RejectReason::AllocFail);
-                }
-                *held += 1;
-                self.remember(kind);
-                if self.writethrough.load(Ordering::Relaxed) {
-                    StoreOutcome::StoredWritethrough
-                } else {
-                    StoreOutcome::Stored
-                }
-            }
+        let under_canary = self.canary_generation.load(Ordering::Acquire) == *id;
+        if !under_canary && !scratch.is_empty() {
+            *scratch = Vec::new();
+        }
+        let kind = match instances.put(&cx, offset, page, checksum) {
+            Ok(kind) => kind,
             Err(failure) => {
+                let canary_failed = match (&failure, under_canary) {
+                    (PutFailure::Fault(_), true) => self.canary_counts(*id, true).map(|why| (*id, why)),
+                    _ => None,
+                };
                 // Whatever a failed put left behind in the page store goes: the map bit is
                 // clear, so those bytes could only leak. A put the host refused says why.
-                StoreOutcome::Rejected(match (pages.abort_put(offset), failure) {
+                let reason = match (pages.abort_put(offset), failure) {
                     (Some(PutRefusal::PoolLimit), _) => RejectReason::PoolLimit,
                     (Some(PutRefusal::NoMemory | PutRefusal::Disk), _) => RejectReason::AllocFail,
                     (Some(PutRefusal::ForeignOffset | PutRefusal::TooLong), _) => RejectReason::PluginFault,
                     (None, PutFailure::Refused(code)) => RejectReason::from_status(code),
                     (None, PutFailure::Fault(_)) => RejectReason::PluginFault,
-                })
+                };
+                return (StoreOutcome::Rejected(reason), canary_failed);
             }
+        };
+        if pages.commit_put(offset).is_err() {
+            // No room to index the page: the store is told it is gone, and refused.
+            instances.delete(&cx, offset);
+            pages.remove(offset);
+            return (StoreOutcome::Rejected(RejectReason::AllocFail), None);
         }
+        if under_canary {
+            // The canary: read the page back through the new chain before acknowledging it.
+            scratch.resize(self.max_record(), 0);
+            let back = instances.get(&cx, offset, scratch, false);
+            let verdict = match back {
+                Ok(len) if scratch[..len] == *page => Ok(()),
+                Ok(_) => Err((RejectReason::PluginFault, Some(format!("offset {offset} read back different bytes")))),
+                Err(GetFailure::Fault(_)) => Err((RejectReason::PluginFault, self.canary_counts(*id, true))),
+                Err(GetFailure::Unavailable) => Err((RejectReason::Unavailable, None)),
+                Err(other) => {
+                    Err((RejectReason::PluginFault, Some(format!("offset {offset} did not read back: {other}"))))
+                }
+            };
+            if let Err((reason, failed)) = verdict {
+                // Not acknowledged: the page goes, through the generation that stored it.
+                instances.delete(&cx, offset);
+                pages.remove(offset);
+                return (StoreOutcome::Rejected(reason), failed.map(|why| (*id, why)));
+            }
+            self.canary_counts(*id, false);
+        }
+        *held += 1;
+        self.remember(kind);
+        let outcome = if self.writethrough.load(Ordering::Relaxed) {
+            StoreOutcome::StoredWritethrough
+        } else {
+            StoreOutcome::Stored
+        };
+        (outcome, None)
     }
 
     fn reason_counter(&self, reason: RejectReason) -> &AtomicU64 {
@@ -999,7 +1215,7 @@ impl Pool {
             return Ok(None);
         };
         let slot = shard.slot_of(entry.generation());
-        let Shard { generations, pages } = &mut *shard;
+        let Shard { generations, pages, .. } = &mut *shard;
         let GenerationSlot { chain, instances, .. } = &mut generations[slot];
         let result =
             instances.get(&self.context(entry.generation(), chain, pages), offset, out, exact).and_then(|len| {
@@ -1063,7 +1279,7 @@ impl Pool {
         let start = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            let Shard { generations, pages } = &mut *shard;
+            let Shard { generations, pages, .. } = &mut *shard;
             if pages.is_empty() {
                 continue;
             }

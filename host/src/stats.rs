@@ -93,6 +93,9 @@ counters! {
     plugin_faults,
     /// Plugin instances re-created after a fault.
     instance_restarts,
+    /// Canaries that failed: the pool went back to its previous chain (or, a new pool,
+    /// stopped taking stores).
+    canary_rollbacks,
 }
 
 /// The counters that are levels (they go down as well as up); the others only grow.

@@ -3,10 +3,10 @@
 //! wrong byte is ever returned, and a restart resurrects nothing.
 
 use tmem_api::abi;
-use tmem_api::rest::{BackendRequest, PoolConfig, SandboxConfig};
+use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch, SandboxConfig};
 use tmem_host::chain::GetFailure;
-use tmem_host::pool::OpError;
-use tmem_host::{BackendSpec, Host};
+use tmem_host::pool::{CanaryState, OpError};
+use tmem_host::{BackendSpec, Host, LoadOutcome, RejectReason, StoreOutcome};
 
 use crate::common::{ServeProcess, host, rss, spec, tagged_page, temp_dir};
 
@@ -18,8 +18,13 @@ const IO_OUT: i32 = 131072;
 /// A plugin module in WAT: the ABI's common exports, a manifest of `kind` asking for `caps`
 /// (a JSON array), the host page store imports for a store, and `funcs`.
 fn raw_plugin(name: &str, kind: &str, caps: &str, funcs: &str) -> Vec<u8> {
+    raw_plugin_version(name, "1", kind, caps, funcs)
+}
+
+/// [`raw_plugin`] with a version.
+fn raw_plugin_version(name: &str, version: &str, kind: &str, caps: &str, funcs: &str) -> Vec<u8> {
     let manifest = format!(
-        r#"{{"abi":1,"name":"{name}","version":"1","kind":"{kind}","description":"hostile fixture","config":[],"capabilities":{caps}}}"#
+        r#"{{"abi":1,"name":"{name}","version":"{version}","kind":"{kind}","description":"hostile fixture","config":[],"capabilities":{caps}}}"#
     );
     let imports = if kind == "store" {
         r#"(import "tmem" "pages_put" (func $put (param i64 i32 i32) (result i32)))
@@ -93,8 +98,14 @@ const HONEST_DELETE: &str = "(drop (call $delete (local.get $o)))";
 /// An identity filter; `on_encode`/`on_decode` run after the copy (`$flip` flips a bit of the
 /// output, `$calls` counts).
 fn filter(name: &str, on_encode: &str, on_decode: &str) -> Vec<u8> {
-    raw_plugin(
+    filter_version(name, "1", on_encode, on_decode)
+}
+
+/// [`filter`] with a version.
+fn filter_version(name: &str, version: &str, on_encode: &str, on_decode: &str) -> Vec<u8> {
+    raw_plugin_version(
         name,
+        version,
         "filter",
         "[]",
         &format!(
@@ -143,7 +154,9 @@ fn a_store_flooding_other_offsets_is_refused_and_grows_no_host_memory() {
     }
     for o in 0..4u64 {
         let result = client.put_page("forever", o, &tagged_page(o)).unwrap();
-        assert_eq!(result.reason.as_deref(), Some("reject_plugin_fault"), "{result:?}");
+        // Its faults fail the new pool's canary after three stores: then it is disabled.
+        let reason = result.reason.as_deref().unwrap_or_default();
+        assert!(["reject_plugin_fault", "reject_disabled"].contains(&reason), "{result:?}");
     }
     let grown = rss(server.child.id()).saturating_sub(before);
     assert!(grown < 32 * MIB, "320,000 foreign puts of 4 KiB grew the host by {} MiB", grown / MIB);
@@ -201,10 +214,12 @@ fn filtered_pool(host: &Host, name: &str, filter_wasm: &[u8], integrity: bool) -
     let mut spec = spec(name);
     spec.shards = Some(1);
     spec.integrity = integrity;
+    // The load-time check is what these tests prove: no canary to catch the filter first.
+    spec.canary_stores = 0;
     host.create_pool(spec, &[BackendSpec::new(name), BackendSpec::new("ram")]).unwrap()
 }
 
-fn integrity_failure(result: Result<tmem_host::pool::LoadOutcome, OpError>) -> bool {
+fn integrity_failure(result: Result<LoadOutcome, OpError>) -> bool {
     matches!(result, Err(OpError::LoadFailed { reason: GetFailure::Integrity, .. }))
 }
 
@@ -307,4 +322,115 @@ fn sandbox_limits_out_of_range_are_refused_when_the_pool_is_created() {
         assert!(err.contains("sandbox memory_bytes") && err.contains("60000"), "{err}");
     }
     assert!(host.pools().is_empty(), "nothing half-created");
+}
+
+/// `idf` 1 (an honest identity filter) and `idf` 2 (the same, but its decode corrupts from
+/// its 101st call on), uploaded to `host`.
+fn honest_and_late_corrupting(host: &Host) {
+    host.add_plugin(Some("idf"), &filter_version("idf", "1", "", "")).unwrap();
+    host.add_plugin(Some("idf"), &filter_version("idf", "2", "", FLIP_AFTER_100)).unwrap();
+}
+
+fn idf(version: &str) -> [BackendSpec; 2] {
+    [BackendSpec { version: Some(version.into()), ..BackendSpec::new("idf") }, BackendSpec::new("ram")]
+}
+
+#[test]
+fn a_hot_swap_to_code_that_corrupts_after_100_calls_is_rolled_back_by_its_canary() {
+    let host = host();
+    honest_and_late_corrupting(&host);
+    let mut spec = spec("canary");
+    spec.shards = Some(1);
+    let pool = host.create_pool(spec, &idf("1")).unwrap();
+    for o in 0..300u64 {
+        assert_eq!(pool.store(o, &tagged_page(o)).unwrap(), StoreOutcome::Stored);
+    }
+    let first = pool.canary().expect("a new pool on an uploaded plugin has a canary");
+    assert_eq!((first.generation, first.state, first.verified), (1, CanaryState::Passed, 256));
+
+    let patch = PoolPatch {
+        backends: Some(
+            idf("2")
+                .iter()
+                .map(|b| BackendRequest { version: b.version.clone(), ..BackendRequest::new(&b.plugin) })
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    host.update_pool("canary", &patch).unwrap();
+    assert_eq!(pool.canary().unwrap().state, CanaryState::Running);
+    let mut refused = Vec::new();
+    for o in 1000..1300u64 {
+        match pool.store(o, &tagged_page(o)).unwrap() {
+            StoreOutcome::Stored => {}
+            StoreOutcome::Rejected(reason) => refused.push((o, reason)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(refused, [(1100, RejectReason::PluginFault)], "only the store whose read-back was wrong");
+    let canary = pool.canary().unwrap();
+    assert_eq!((canary.generation, canary.state, canary.verified), (2, CanaryState::RolledBack, 100));
+    assert_eq!(canary.previous.as_ref().map(|g| g.id), Some(1));
+    assert_eq!(canary.replaced_by, Some(3), "the previous chain runs again, as generation 3");
+    assert!(canary.reason.as_deref().unwrap().contains("read back different bytes"), "{canary:?}");
+    assert_eq!(pool.chain().links()[0].module.manifest().version, "1");
+    assert_eq!(pool.counters().canary_rollbacks, 1);
+    // No wrong byte, ever: pages the bad code stored before it went bad fail their loads
+    // (its decode still corrupts) or load exactly; everything else loads exactly.
+    let mut buf = vec![0u8; 4096];
+    for o in (0..300u64).chain(1000..1300) {
+        match pool.load(o, &mut buf) {
+            Ok(LoadOutcome::Loaded { .. }) => assert_eq!(buf, tagged_page(o), "page {o}"),
+            Ok(LoadOutcome::Absent) => assert_eq!(o, 1100, "only the refused page is absent"),
+            Err(e) => {
+                assert!((1000..1100).contains(&o), "page {o}: {e}");
+                assert!(integrity_failure(Err(e)));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_new_pool_whose_canary_fails_takes_no_more_stores() {
+    let host = host();
+    honest_and_late_corrupting(&host);
+    let mut spec = spec("stillborn");
+    spec.shards = Some(1);
+    let pool = host.create_pool(spec, &idf("2")).unwrap();
+    let outcomes: Vec<StoreOutcome> = (0..110u64).map(|o| pool.store(o, &tagged_page(o)).unwrap()).collect();
+    assert!(outcomes[..100].iter().all(|o| *o == StoreOutcome::Stored));
+    assert_eq!(outcomes[100], StoreOutcome::Rejected(RejectReason::PluginFault));
+    assert!(outcomes[101..].iter().all(|o| *o == StoreOutcome::Rejected(RejectReason::Disabled)));
+    let canary = pool.canary().unwrap();
+    assert_eq!((canary.state, canary.previous.is_none()), (CanaryState::Disabled, true));
+    assert!(!pool.enabled());
+}
+
+#[test]
+fn a_rollback_is_shown_by_the_api_and_kept_across_a_restart() {
+    let dir = temp_dir("hostile-canary");
+    let server = ServeProcess::start(&dir, &[]);
+    let client = server.client();
+    client.upload_plugin(Some("idf"), &filter_version("idf", "1", "", "")).unwrap();
+    client.upload_plugin(Some("idf"), &filter_version("idf", "2", "", FLIP_AFTER_100)).unwrap();
+    let link = |version: &str| BackendRequest { version: Some(version.into()), ..BackendRequest::new("idf") };
+    let config = PoolConfig { shards: Some(1), ..PoolConfig::new("c", vec![link("1"), BackendRequest::new("ram")]) };
+    client.create_pool(&config).unwrap();
+    let patch = PoolPatch { backends: Some(vec![link("2"), BackendRequest::new("ram")]), ..Default::default() };
+    client.update_pool("c", &patch).unwrap();
+    let outcomes: Vec<String> =
+        (0..120u64).map(|o| client.put_page("c", o, &tagged_page(o)).unwrap().outcome).collect();
+    assert_eq!(outcomes.iter().filter(|o| *o == "rejected").count(), 1, "{outcomes:?}");
+    let info = client.pool("c").unwrap();
+    let canary = info.canary.expect("the canary is shown");
+    assert_eq!(
+        (canary.state.as_str(), canary.generation, canary.previous, canary.replaced_by),
+        ("rolled_back", 2, Some(1), Some(3))
+    );
+    assert!(canary.reason.unwrap().contains("read back"));
+    assert_eq!(info.backends[0].version, "1");
+    assert_eq!(info.counters["canary_rollbacks"], 1);
+    assert!(server.stop());
+    let server = ServeProcess::start(&dir, &[]);
+    assert_eq!(server.client().pool("c").unwrap().backends[0].version, "1", "the catalog kept the rollback");
 }

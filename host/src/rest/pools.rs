@@ -11,8 +11,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tmem_api::rest::{
-    AreaInvalidated, BackendInfo, CreatePoolQuery, ErrorBody, FaultInfo, GenerationInfo, LatencySummary, PoolCheck,
-    PoolConfig, PoolInfo, PoolPatch, ShrinkRequest, ShrinkResult, StoreResult,
+    AreaInvalidated, BackendInfo, CanaryInfo, CreatePoolQuery, ErrorBody, FaultInfo, GenerationInfo, LatencySummary,
+    PoolCheck, PoolConfig, PoolInfo, PoolPatch, ShrinkRequest, ShrinkResult, StoreResult,
 };
 
 use super::error::{ApiError, Json, Path, Query, blocking};
@@ -79,6 +79,17 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         sandbox: config.sandbox.expect("a live pool's config names its sandbox"),
         persistent: pool.is_persistent(),
         integrity: config.integrity,
+        canary_stores: config.canary_stores,
+        canary: pool.canary().map(|c| CanaryInfo {
+            generation: c.generation,
+            state: c.state.name().into(),
+            stores: c.stores,
+            verified: c.verified,
+            faults: c.faults,
+            reason: c.reason,
+            previous: c.previous.map(|g| g.id),
+            replaced_by: c.replaced_by,
+        }),
         durability: config.durability,
         flush_interval_ms: config.flush_interval_ms,
         frontends: super::frontends::frontend_infos(pool),

@@ -184,10 +184,24 @@ export function poolView(main, name) {
         renderAll(`Rolled back: new stores go through ${fmt.chain(info.backends)}.`);
       }),
     );
+    const c = info.canary;
+    const canaryText = !c
+      ? null
+      : c.state === 'running'
+        ? `Canary: generation ${c.generation}'s stores are read back and compared before they are acknowledged — ${c.verified} of ${c.stores} verified.`
+        : c.state === 'passed'
+          ? `Canary: generation ${c.generation} passed (${c.verified} stores verified).`
+          : c.state === 'rolled_back'
+            ? `Canary FAILED: generation ${c.generation} was rolled back (${c.reason}); generation ${c.replaced_by} runs generation ${c.previous}'s chain again.`
+            : `Canary FAILED on a new pool (${c.reason}): stores are disabled.`;
+    const canary = canaryText
+      ? h('p', { class: c.state === 'rolled_back' || c.state === 'disabled' ? 'canary alarm' : 'canary hint', id: 'canary' }, canaryText)
+      : null;
     fill(
       chainCard,
       h('h2', {}, 'Chain'),
       h('div', { class: 'table-wrap' }, links),
+      canary,
       h('div', { class: 'actions' }, swapButton, rollbackButton),
       box.el,
       h('h3', {}, 'Generations'),
