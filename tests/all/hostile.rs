@@ -27,7 +27,8 @@ fn raw_plugin_version(name: &str, version: &str, kind: &str, caps: &str, funcs: 
         r#"{{"abi":1,"name":"{name}","version":"{version}","kind":"{kind}","description":"hostile fixture","config":[],"capabilities":{caps}}}"#
     );
     let imports = if kind == "store" {
-        r#"(import "tmem" "pages_put" (func $put (param i64 i32 i32) (result i32)))
+        r#"(import "tmem" "log" (func $log (param i32 i32 i32)))
+           (import "tmem" "pages_put" (func $put (param i64 i32 i32) (result i32)))
            (import "tmem" "pages_get" (func $get (param i64 i32 i32) (result i32)))
            (import "tmem" "pages_delete" (func $delete (param i64) (result i32)))"#
     } else {
@@ -433,4 +434,46 @@ fn a_rollback_is_shown_by_the_api_and_kept_across_a_restart() {
     assert!(server.stop());
     let server = ServeProcess::start(&dir, &[]);
     assert_eq!(server.client().pool("c").unwrap().backends[0].version, "1", "the catalog kept the rollback");
+}
+
+#[test]
+fn bad_pointers_and_lengths_on_every_import_are_plugin_faults_that_harm_nothing() {
+    let server = ServeProcess::start(&temp_dir("hostile-pointers"), &[]);
+    let client = server.client();
+    client.create_pool(&PoolConfig::new("bystander", vec![BackendRequest::new("ram")])).unwrap();
+    for o in 0..8 {
+        assert!(stored(&client.put_page("bystander", o, &tagged_page(o)).unwrap()));
+    }
+    let memory_end = 4 * 65536;
+    let cases = [
+        ("put-ptr-out", format!("(drop (call $put (local.get $o) (i32.const {}) (i32.const 4096)))", memory_end - 100)),
+        ("put-ptr-negative", "(drop (call $put (local.get $o) (i32.const -1) (i32.const 4096)))".to_string()),
+        ("put-len-negative", "(drop (call $put (local.get $o) (i32.const 0) (i32.const -1)))".to_string()),
+        ("put-len-huge", "(drop (call $put (local.get $o) (i32.const 65536) (i32.const 0x7fffffff)))".to_string()),
+        ("get-buffer-out", format!("(drop (call $get (local.get $o) (i32.const {}) (i32.const 8192)))", memory_end - 100)),
+        ("get-cap-negative", "(drop (call $get (local.get $o) (i32.const 0) (i32.const -5)))".to_string()),
+        ("log-ptr-out", format!("(call $log (i32.const 1) (i32.const {memory_end}) (i32.const 50))")),
+        ("log-ptr-negative", "(call $log (i32.const 1) (i32.const -100) (i32.const 50))".to_string()),
+        ("trap-always", "(unreachable)".to_string()),
+    ];
+    let before = rss(server.child.id());
+    for (name, bad_call) in &cases {
+        client.upload_plugin(Some(name), &store(name, "[]", bad_call, HONEST_DELETE)).unwrap();
+        let config = PoolConfig { canary_stores: 0, ..PoolConfig::new(name, vec![BackendRequest::new(name)]) };
+        client.create_pool(&config).unwrap();
+        for o in 0..20u64 {
+            let result = client.put_page(name, o, &tagged_page(o)).unwrap();
+            assert_eq!(result.reason.as_deref(), Some("reject_plugin_fault"), "{name}: {result:?}");
+        }
+        let pool = client.pool(name).unwrap();
+        assert_eq!((pool.counters["stored_pages"], pool.counters["pool_total_size"]), (0, 0), "{name}");
+        assert!(pool.counters["plugin_faults"] >= 1, "{name}: {:?}", pool.counters);
+        assert!(pool.last_fault.is_some(), "{name}: the fault is reported");
+    }
+    let grown = rss(server.child.id()).saturating_sub(before);
+    assert!(grown < 64 * MIB, "{} hostile pools grew the host by {} MiB", cases.len(), grown / MIB);
+    for o in 0..8 {
+        assert_eq!(client.get_page("bystander", o).unwrap(), Some(tagged_page(o)), "other pools untouched");
+    }
+    assert!(stored(&client.put_page("bystander", 100, &tagged_page(100)).unwrap()));
 }
