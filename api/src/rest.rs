@@ -435,6 +435,8 @@ pub struct PoolInfo {
     pub integrity: bool,
     /// Stores a canary verifies for a new chain.
     pub canary_stores: u32,
+    /// Plugin instance slots the pool holds (one per shard and plugin of each chain it runs).
+    pub instance_slots: u32,
     /// The last canary: the generation it verifies or verified, and where it stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryInfo>,
@@ -595,6 +597,13 @@ pub struct HostTotals {
     /// Loads refused since start because a plugin returned wrong bytes, over all pools.
     #[serde(default)]
     pub integrity_failures: u64,
+    /// Plugin instance slots pools may reserve (`tmem serve --max-instances`, less a few the
+    /// host keeps for itself).
+    #[serde(default)]
+    pub instance_slots_limit: u64,
+    /// Instance slots the pools hold (one per shard and plugin of each chain they run).
+    #[serde(default)]
+    pub instance_slots_reserved: u64,
     /// Connected frontends, over all pools.
     pub frontends: u64,
     /// The host's memory for pages: its budget and what it holds.

@@ -68,6 +68,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         socket: None,
         mlock: false,
         memory_limit: Default::default(),
+        max_instances: crate::plugin::EngineOptions::default().max_instances,
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

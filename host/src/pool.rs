@@ -44,6 +44,7 @@ use crate::memory::arena::PageArena;
 use crate::page_index::PageEntry;
 use crate::page_store::{PageShard, PutRefusal, ShardPlace};
 use crate::persist::{DiskError, Durability, MAX_FLUSH_INTERVAL, PoolDisk};
+use crate::plugin::engine::{InstanceLimit, Reservation};
 use crate::plugin::{PluginEngine, SandboxLimits};
 use crate::stats::{CounterSnapshot, FaultRecord, HistogramSnapshot, Op, PoolStats};
 
@@ -275,6 +276,9 @@ pub enum PoolError {
     /// The chain was refused or could not start.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The host's plugin instance slots cannot hold the pool's instances.
+    #[error(transparent)]
+    InstanceLimit(#[from] InstanceLimit),
     /// The pool's database failed: the host's fault, not the client's.
     #[error(transparent)]
     Disk(#[from] DiskError),
@@ -453,6 +457,12 @@ pub struct Canary {
     pub replaced_by: Option<u32>,
 }
 
+/// A generation's instance slots, and how many shards have a slot for it.
+struct GenerationHold {
+    shards: usize,
+    reservation: Reservation,
+}
+
 /// What a pool tells when it changed its own chain (a canary's rollback).
 pub type ChainChangeHook = Box<dyn Fn(&Pool) + Send + Sync>;
 
@@ -493,6 +503,7 @@ impl Shard {
                 chain: current.chain.clone(),
                 held: 0,
             });
+            pool.slot_added(current.id);
         }
         self.generations.len() - 1
     }
@@ -504,10 +515,14 @@ impl Shard {
 
     /// Counts a page out of its generation; an old generation left empty is dropped (with
     /// its plugin instances).
-    fn release(&mut self, slot: usize) {
+    fn release(&mut self, slot: usize, pool: &Pool) {
         self.generations[slot].held -= 1;
-        if self.generations[slot].held == 0 && slot + 1 < self.generations.len() {
-            self.generations.remove(slot);
+        let newest_here = slot + 1 == self.generations.len();
+        let current = self.generations[slot].id == pool.current_id.load(Ordering::Acquire);
+        // The newest generation this shard used stays while it is the pool's current one.
+        if self.generations[slot].held == 0 && !(newest_here && current) {
+            let gone = self.generations.remove(slot);
+            pool.slot_removed(gone.id);
         }
     }
 }
@@ -541,6 +556,9 @@ pub struct Pool {
     canary_generation: std::sync::atomic::AtomicU32,
     /// The last canary.
     canary: Mutex<Option<Canary>>,
+    /// The instance slots of each generation some shard runs (or the current one), and how
+    /// many shards run it.
+    holds: Mutex<std::collections::HashMap<u32, GenerationHold>>,
     /// Told after a rollback changed the pool's chain (the host rewrites its catalog record).
     on_chain_change: std::sync::OnceLock<ChainChangeHook>,
     frontends: RwLock<Vec<Arc<dyn Frontend>>>,
@@ -601,11 +619,14 @@ impl Pool {
                 // Shard 0 has every generation's warmed-up slot; the others start them lazily.
                 shard.generations = installed
                     .iter()
-                    .map(|(id, chain)| GenerationSlot {
-                        id: *id,
-                        chain: chain.clone(),
-                        instances: ChainInstances::new(chain.links().len()),
-                        held: 0,
+                    .map(|(id, chain)| {
+                        pool.slot_added(*id);
+                        GenerationSlot {
+                            id: *id,
+                            chain: chain.clone(),
+                            instances: ChainInstances::new(chain.links().len()),
+                            held: 0,
+                        }
                     })
                     .collect();
             }
@@ -622,7 +643,11 @@ impl Pool {
             let mut i = 0;
             shard.generations.retain(|g| {
                 i += 1;
-                g.held > 0 || i - 1 == newest
+                let keep = g.held > 0 || i - 1 == newest;
+                if !keep {
+                    pool.slot_removed(g.id);
+                }
+                keep
             });
         }
         if dropped > 0 {
@@ -682,6 +707,7 @@ impl Pool {
             canary_stores: spec.canary_stores,
             canary_generation: Default::default(),
             canary: Mutex::new(None),
+            holds: Mutex::default(),
             on_chain_change: std::sync::OnceLock::new(),
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
@@ -708,11 +734,15 @@ impl Pool {
         let mut shard = self.shards[0].lock();
         let Shard { generations, pages, .. } = &mut *shard;
         let id = id.unwrap_or_else(|| self.current.read().id + 1);
+        // Every instance the generation may have (a chain in every shard) has its slot first.
+        let reservation = self.engine.slots().reserve((self.shards.len() * chain.links().len()) as u32)?;
         let mut instances = ChainInstances::new(chain.links().len());
         instances
             .warm_up(&self.context(id, &chain, pages))
             .map_err(|(i, fault)| ChainError::start(&chain.links()[i].plugin, fault))?;
+        self.holds.lock().insert(id, GenerationHold { shards: 1, reservation });
         let previous = std::mem::replace(&mut *self.current.write(), Arc::new(Generation { id, chain: chain.clone() }));
+        let previous_id = previous.id;
         if verify && self.canary_stores > 0 {
             *self.canary.lock() = Some(Canary {
                 generation: id,
@@ -730,7 +760,36 @@ impl Pool {
         }
         self.current_id.store(id, Ordering::Release);
         generations.push(GenerationSlot { id, chain, instances, held: 0 });
+        // The generation it replaced gives its slots back if no shard runs it any more.
+        let mut holds = self.holds.lock();
+        if holds.get(&previous_id).is_some_and(|h| h.shards == 0) {
+            holds.remove(&previous_id);
+        }
         Ok(id)
+    }
+
+    /// A shard made a slot for generation `id`.
+    fn slot_added(&self, id: u32) {
+        if let Some(hold) = self.holds.lock().get_mut(&id) {
+            hold.shards += 1;
+        }
+    }
+
+    /// A shard dropped its slot for generation `id`: with no shard left running it, an old
+    /// generation gives its instance slots back.
+    fn slot_removed(&self, id: u32) {
+        let mut holds = self.holds.lock();
+        if let Some(hold) = holds.get_mut(&id) {
+            hold.shards -= 1;
+            if hold.shards == 0 && id != self.current_id.load(Ordering::Acquire) {
+                holds.remove(&id);
+            }
+        }
+    }
+
+    /// Instance slots the pool holds now (for every generation a shard runs).
+    pub fn instance_slots(&self) -> u32 {
+        self.holds.lock().values().map(|h| h.reservation.slots()).sum()
     }
 
     /// How many stores a canary verifies.
@@ -1013,7 +1072,7 @@ impl Pool {
         let GenerationSlot { chain, instances, .. } = &mut shard.generations[slot];
         instances.delete(&self.context(entry.generation(), chain, &shard.pages), offset);
         shard.pages.remove(offset);
-        shard.release(slot);
+        shard.release(slot, self);
         self.forget(EncodedKind::from_code(entry.kind()));
     }
 
@@ -1288,7 +1347,9 @@ impl Pool {
                 *held = 0;
             }
             let newest = generations.len().saturating_sub(1);
-            generations.drain(..newest);
+            for gone in generations.drain(..newest) {
+                self.slot_removed(gone.id);
+            }
             pages.drain(|entry| self.forget(EncodedKind::from_code(entry.kind())));
         }
         let _ = self.make_durable();

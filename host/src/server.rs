@@ -32,6 +32,8 @@ pub struct ServeConfig {
     pub mlock: bool,
     /// The host's memory budget for pages.
     pub memory_limit: MemoryLimit,
+    /// Plugin instances the host can have at once (pools reserve theirs when created).
+    pub max_instances: u32,
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -54,7 +56,7 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
     let host = Arc::new(Host::new(HostConfig {
         data_dir: Some(config.data_dir.clone()),
         memory_limit: config.memory_limit,
-        ..Default::default()
+        engine: crate::plugin::EngineOptions { max_instances: config.max_instances, ..Default::default() },
     })?);
     if config.demo_pool && host.pool("demo").is_err() {
         let backends = [BackendSpec::new("zstd"), BackendSpec::new("ram")];

@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// A store past it is refused and the frontend keeps the page.
     #[arg(long, value_name = "SIZE|N%|none", value_parser = parse_memory_limit, env = "TMEM_MEMORY_LIMIT")]
     pub memory_limit: Option<MemoryLimit>,
+    /// Plugin instances the host can have at once. A pool reserves one per shard and plugin
+    /// of each chain it runs when it is created (or hot-swapped) and is refused if they are
+    /// not free.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(16..=100_000), env = "TMEM_MAX_INSTANCES")]
+    pub max_instances: u32,
 }
 
 /// `tmem demo`.
@@ -403,7 +408,7 @@ pub struct Limit(pub Option<u64>);
 impl ServeArgs {
     /// The settings of the host `tmem serve` runs.
     pub fn into_config(self) -> ServeConfig {
-        let ServeArgs { listen, data_dir, demo_pool, peer_listen, socket, mlock, memory_limit } = self;
+        let ServeArgs { listen, data_dir, demo_pool, peer_listen, socket, mlock, memory_limit, max_instances } = self;
         ServeConfig {
             listen,
             data_dir,
@@ -412,6 +417,7 @@ impl ServeArgs {
             socket,
             mlock,
             memory_limit: memory_limit.unwrap_or_default(),
+            max_instances,
         }
     }
 }

@@ -450,7 +450,10 @@ fn bad_pointers_and_lengths_on_every_import_are_plugin_faults_that_harm_nothing(
         ("put-ptr-negative", "(drop (call $put (local.get $o) (i32.const -1) (i32.const 4096)))".to_string()),
         ("put-len-negative", "(drop (call $put (local.get $o) (i32.const 0) (i32.const -1)))".to_string()),
         ("put-len-huge", "(drop (call $put (local.get $o) (i32.const 65536) (i32.const 0x7fffffff)))".to_string()),
-        ("get-buffer-out", format!("(drop (call $get (local.get $o) (i32.const {}) (i32.const 8192)))", memory_end - 100)),
+        (
+            "get-buffer-out",
+            format!("(drop (call $get (local.get $o) (i32.const {}) (i32.const 8192)))", memory_end - 100),
+        ),
         ("get-cap-negative", "(drop (call $get (local.get $o) (i32.const 0) (i32.const -5)))".to_string()),
         ("log-ptr-out", format!("(call $log (i32.const 1) (i32.const {memory_end}) (i32.const 50))")),
         ("log-ptr-negative", "(call $log (i32.const 1) (i32.const -100) (i32.const 50))".to_string()),
@@ -476,4 +479,68 @@ fn bad_pointers_and_lengths_on_every_import_are_plugin_faults_that_harm_nothing(
         assert_eq!(client.get_page("bystander", o).unwrap(), Some(tagged_page(o)), "other pools untouched");
     }
     assert!(stored(&client.put_page("bystander", 100, &tagged_page(100)).unwrap()));
+}
+
+#[test]
+fn instance_slots_are_reserved_per_pool_and_given_back_by_generations_without_pages() {
+    // 48 slots, 8 of them the host's own: pools may reserve 40.
+    let engine = tmem_host::plugin::EngineOptions { max_instances: 48, ..Default::default() };
+    let host = Host::new(tmem_host::HostConfig { engine, ..Default::default() }).unwrap();
+    let slots = host.engine().slots().clone();
+    assert_eq!(slots.limit(), 40);
+    let sized = |name: &str, shards: usize| {
+        let mut spec = spec(name);
+        spec.shards = Some(shards);
+        spec
+    };
+    let zstd = |level: i64| {
+        vec![BackendSpec::with_config("zstd", serde_json::json!({ "level": level })), BackendSpec::new("ram")]
+    };
+    // 16 shards × 2 plugins.
+    let big = host.create_pool(sized("big", 16), &zstd(1)).unwrap();
+    assert_eq!((big.instance_slots(), slots.reserved()), (32, 32));
+    // Another 16 do not fit: refused, naming the limit, and nothing is held for it.
+    let err = host.create_pool(sized("more", 16), &[BackendSpec::new("ram")]).unwrap_err().to_string();
+    assert!(
+        err.contains("needs 16 instance slots") && err.contains("8 of 40 are free") && err.contains("--max-instances"),
+        "{err}"
+    );
+    assert_eq!(slots.reserved(), 32);
+    assert!(host.pool("more").is_err());
+    // A hot swap needs a second set while the first generation holds pages: refused too.
+    for o in 0..64u64 {
+        big.store(o, &tagged_page(o)).unwrap();
+    }
+    let patch = PoolPatch {
+        backends: Some(vec![
+            BackendRequest::with_config("zstd", serde_json::json!({"level": 3})),
+            BackendRequest::new("ram"),
+        ]),
+        ..Default::default()
+    };
+    let err = host.update_pool("big", &patch).unwrap_err().to_string();
+    assert!(err.contains("instance slots"), "{err}");
+    assert_eq!(big.generations().len(), 1, "nothing swapped");
+    // A destroyed pool gives its slots back.
+    let small = host.create_pool(sized("small", 4), &zstd(1)).unwrap();
+    assert_eq!(slots.reserved(), 40);
+    host.destroy_pool("small").unwrap();
+    drop(small);
+    assert_eq!(slots.reserved(), 32);
+    host.destroy_pool("big").unwrap();
+    drop(big);
+    assert_eq!(slots.reserved(), 0);
+    // A generation whose pages are all gone gives its slots back.
+    let p = host.create_pool(sized("p", 4), &zstd(1)).unwrap();
+    for o in 0..64u64 {
+        p.store(o, &tagged_page(o)).unwrap();
+    }
+    host.update_pool("p", &patch).unwrap();
+    assert_eq!((p.instance_slots(), slots.reserved()), (16, 16), "two generations, 4 shards x 2 plugins each");
+    for o in 0..64u64 {
+        assert!(p.invalidate_page(o));
+    }
+    assert_eq!((p.instance_slots(), slots.reserved()), (8, 8), "the old generation's slots came back");
+    p.store(1, &tagged_page(1)).unwrap();
+    assert_eq!(slots.reserved(), 8);
 }

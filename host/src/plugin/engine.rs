@@ -44,12 +44,84 @@ impl Default for EngineOptions {
     }
 }
 
+/// Slots kept back from pools' reservations for the host's own short-lived instances (a
+/// manifest probe when a plugin is uploaded).
+const PROBE_SLOTS: u32 = 8;
+
+/// The engine's instance slots, reserved by pools before they need them: a pool reserves a
+/// slot for every instance it may hold (shards × links, per live chain generation), so an
+/// instance that faulted can always be created again, and one pool cannot take the slots of
+/// another.
+#[derive(Debug)]
+pub struct InstanceSlots {
+    limit: u32,
+    reserved: std::sync::atomic::AtomicU32,
+}
+
+/// Not enough instance slots left for what a pool needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the host's plugin instance limit is reached: this needs {needed} instance slots (shards × plugins), {available} of {limit} are free; use fewer shards, destroy a pool, or start tmem serve with a larger --max-instances"
+)]
+pub struct InstanceLimit {
+    /// Slots asked for.
+    pub needed: u32,
+    /// Slots free.
+    pub available: u32,
+    /// The host's limit for pools.
+    pub limit: u32,
+}
+
+impl InstanceSlots {
+    /// Reserves `n` slots, given back when the reservation is dropped.
+    pub fn reserve(self: &Arc<Self>, n: u32) -> Result<Reservation, InstanceLimit> {
+        let reserved = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |r| {
+            r.checked_add(n).filter(|&after| after <= self.limit)
+        });
+        match reserved {
+            Ok(_) => Ok(Reservation { slots: self.clone(), n }),
+            Err(r) => Err(InstanceLimit { needed: n, available: self.limit.saturating_sub(r), limit: self.limit }),
+        }
+    }
+
+    /// Slots pools may reserve.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Slots reserved now.
+    pub fn reserved(&self) -> u32 {
+        self.reserved.load(Ordering::Relaxed)
+    }
+}
+
+/// Instance slots reserved by a pool; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    slots: Arc<InstanceSlots>,
+    n: u32,
+}
+
+impl Reservation {
+    /// Slots it holds.
+    pub fn slots(&self) -> u32 {
+        self.n
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.slots.reserved.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
 /// The engine, shared by every pool of a host.
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<PluginState>,
     options: EngineOptions,
     ticker_stop: Arc<AtomicBool>,
+    slots: Arc<InstanceSlots>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -88,7 +160,16 @@ impl PluginEngine {
                 }
             })?;
         }
-        Ok(PluginEngine { engine, linker, options, ticker_stop })
+        let slots = Arc::new(InstanceSlots {
+            limit: options.max_instances.saturating_sub(PROBE_SLOTS),
+            reserved: Default::default(),
+        });
+        Ok(PluginEngine { engine, linker, options, ticker_stop, slots })
+    }
+
+    /// The instance slots pools reserve.
+    pub fn slots(&self) -> &Arc<InstanceSlots> {
+        &self.slots
     }
 
     /// The options the engine was built with.

@@ -72,7 +72,12 @@ impl StatsSampler {
         StatsSample {
             at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             interval_ms: interval.map_or(0, |d| d.as_millis() as u64),
-            host: HostTotals { memory: super::memory::memory_info(host), ..host_totals },
+            host: HostTotals {
+                memory: super::memory::memory_info(host),
+                instance_slots_limit: host.engine().slots().limit() as u64,
+                instance_slots_reserved: host.engine().slots().reserved() as u64,
+                ..host_totals
+            },
             pools,
         }
     }

@@ -63,6 +63,16 @@ pub fn render(host: &Host) -> String {
         ),
         ("tmem_memory_objects", "Records in the arena.", memory.objects),
         ("tmem_memory_index_bytes", "Bytes of the pools' page indexes (charged to the budget).", memory.index_bytes),
+        (
+            "tmem_instance_slots_limit",
+            "Plugin instance slots pools may reserve (--max-instances, less the host's own).",
+            host.engine().slots().limit() as u64,
+        ),
+        (
+            "tmem_instance_slots_reserved",
+            "Plugin instance slots the pools hold (one per shard and plugin of each chain they run).",
+            host.engine().slots().reserved() as u64,
+        ),
     ] {
         let _ = writeln!(w, "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {value}");
     }
