@@ -6,7 +6,12 @@ use tmem_host::server::{self, ServeConfig};
 
 /// Runs a host until Ctrl-C or SIGTERM.
 pub fn serve(config: &ServeConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+    // The runtime's threads serve the frontend socket and the control plane: with memory
+    // locked (--mlock, or a ublk device), their stacks are touched ahead like the I/O threads'.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(tmem_host::frontend::prefault_stack)
+        .build()?;
     runtime.block_on(server::serve(config, server::shutdown_signal()))
 }
 
