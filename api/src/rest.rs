@@ -632,6 +632,13 @@ pub struct MemoryInfo {
     /// Bytes of the pools' page indexes (16 per page in a dense pool, e.g. a block device),
     /// charged to the budget: their chunks in the arena, their hash tables on the heap.
     pub index_bytes: u64,
+    /// Bytes the arena's runs hold beyond their objects and index chunks (free slots in
+    /// partly used runs): what compaction, run when it passes a quarter of the runs, gets back.
+    #[serde(default)]
+    pub fragmentation_bytes: u64,
+    /// Records moved by compactions so far.
+    #[serde(default)]
+    pub compacted_records: u64,
     /// Stores the arena could not take for want of budget or committed memory (each one a
     /// refused store: the frontend kept the page).
     pub refused: u64,

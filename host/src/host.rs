@@ -195,7 +195,7 @@ pub struct Host {
     /// Where in-memory pools keep their bytes (charged to `budget`).
     arena: Arc<PageArena>,
     plugins: RwLock<BTreeMap<String, Vec<PluginModule>>>,
-    pools: RwLock<BTreeMap<String, Arc<Pool>>>,
+    pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
     data_dir: Option<PathBuf>,
     catalog: Option<Arc<Catalog>>,
     /// The modules built into this binary, by sha256.
@@ -240,7 +240,7 @@ impl Host {
             budget,
             arena,
             plugins: RwLock::new(BTreeMap::new()),
-            pools: RwLock::new(BTreeMap::new()),
+            pools: Arc::default(),
             data_dir: config.data_dir,
             catalog,
             bundled: Arc::default(),
@@ -264,6 +264,7 @@ impl Host {
             host.register(&name, module);
         }
         host.restore_pools()?;
+        spawn_compactor(Arc::downgrade(&host.pools), Arc::downgrade(&host.arena))?;
         Ok(host)
     }
 
@@ -343,6 +344,12 @@ impl Host {
         self.arena.set_headroom(arena_config(bytes).headroom_bytes);
         tracing::info!(limit = ?limit, bytes, "memory budget changed");
         Ok(())
+    }
+
+    /// Compacts the page arena now: the least-used runs of each size class are emptied into
+    /// the others (every pool's records moved, one shard at a time) and their memory goes back.
+    pub fn compact_memory(&self) -> CompactionReport {
+        compact(&self.pools(), &self.arena)
     }
 
     /// The arena in-memory pools keep their bytes in.
@@ -747,6 +754,57 @@ fn pinned_backends(chain: &Chain) -> Vec<BackendRequest> {
             grants: l.grants.iter().map(|c| c.name().to_string()).collect(),
         })
         .collect()
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactionReport {
+    /// Runs it set out to empty.
+    pub runs_drained: usize,
+    /// Records it moved.
+    pub moved: u64,
+    /// Bytes of runs it emptied: back to the free spans — the headroom, and beyond twice the
+    /// headroom, to the kernel and the budget.
+    pub freed_bytes: u64,
+}
+
+/// One compaction of `arena` over `pools`.
+fn compact(pools: &[Arc<Pool>], arena: &PageArena) -> CompactionReport {
+    let before = arena.stats().run_bytes;
+    let runs_drained = arena.begin_compaction();
+    if runs_drained == 0 {
+        return CompactionReport::default();
+    }
+    let moved = pools.iter().map(|pool| pool.relocate_records()).sum();
+    arena.end_compaction();
+    arena.grow();
+    let freed_bytes = before.saturating_sub(arena.stats().run_bytes);
+    tracing::info!(runs_drained, moved, freed_mib = freed_bytes >> 20, "page arena compacted");
+    CompactionReport { runs_drained, moved, freed_bytes }
+}
+
+/// How often the compactor looks at the arena.
+const COMPACT_EVERY: Duration = Duration::from_secs(5);
+
+/// Compacts the arena whenever the memory its runs hold beyond their live slots passes a
+/// quarter of them (and 16 MiB); stops when the host is gone.
+fn spawn_compactor(
+    pools: std::sync::Weak<RwLock<BTreeMap<String, Arc<Pool>>>>,
+    arena: std::sync::Weak<PageArena>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("tmem-compact".into()).spawn(move || {
+        loop {
+            std::thread::sleep(COMPACT_EVERY);
+            let (Some(pools), Some(arena)) = (pools.upgrade(), arena.upgrade()) else { return };
+            let stats = arena.stats();
+            let wasted = stats.run_bytes.saturating_sub(stats.slot_bytes + stats.index_chunk_bytes);
+            if wasted > (16 << 20).max(stats.run_bytes / 4) {
+                let pools: Vec<Arc<Pool>> = pools.read().values().cloned().collect();
+                compact(&pools, &arena);
+            }
+        }
+    })?;
+    Ok(())
 }
 
 fn is_bundled_in(bundled: &HashMap<String, &'static [u8]>, name: &str, module: &PluginModule) -> bool {

@@ -377,6 +377,21 @@ impl PageIndex {
         }
     }
 
+    /// Calls `f` with every present page's entry, which it may change (its presence stays).
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut PageEntry)) {
+        for chunk in self.chunks.values() {
+            self.chunk_entries(chunk.handle, |e| {
+                for entry in e.iter_mut().filter(|e| e.is_present()) {
+                    f(entry);
+                    entry.bits |= PRESENT;
+                }
+            });
+        }
+        for entry in self.sparse.values_mut() {
+            f(entry);
+        }
+    }
+
     /// Removes every entry, calling `f` with each, and gives every chunk back to the arena.
     pub fn drain(&mut self, mut f: impl FnMut(PageEntry)) {
         let chunks: Vec<Chunk> = self.chunks.drain().map(|(_, c)| c).collect();

@@ -288,6 +288,23 @@ impl PageShard {
         self.len() == 0
     }
 
+    /// Moves the records that lie in runs the arena is draining (a compaction) into other
+    /// runs; returns how many moved.
+    pub fn relocate_records(&self) -> u64 {
+        let mut state = self.state.lock();
+        let mut moved = 0;
+        state.index.for_each_mut(|entry| {
+            if let Some((handle, len)) = entry.record()
+                && self.arena.is_draining(handle)
+                && let Some(new) = self.arena.relocate(handle, len)
+            {
+                *entry = entry.with_record(Some((new, len)));
+                moved += 1;
+            }
+        });
+        moved
+    }
+
     /// Bytes of index this shard holds.
     pub fn index_bytes(&self) -> u64 {
         self.state.lock().index.bytes()

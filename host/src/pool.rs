@@ -787,6 +787,13 @@ impl Pool {
         }
     }
 
+    /// Moves the pool's records out of the runs the arena is draining (a compaction, see
+    /// [`PageArena::begin_compaction`]); returns how many moved. Each shard is locked in turn,
+    /// briefly: stores and loads of other shards go on.
+    pub fn relocate_records(&self) -> u64 {
+        self.shards.iter().map(|shard| shard.lock().pages.relocate_records()).sum()
+    }
+
     /// Instance slots the pool holds now (for every generation a shard runs).
     pub fn instance_slots(&self) -> u32 {
         self.holds.lock().values().map(|h| h.reservation.slots()).sum()

@@ -152,6 +152,8 @@ impl RunMeta {
 #[derive(Debug, Default)]
 struct ClassState {
     partial: Vec<u32>,
+    /// Runs being emptied by a compaction (sorted): no new object goes there.
+    draining: Vec<u32>,
 }
 
 /// Spans committed but holding no run, and what the grower should do.
@@ -183,6 +185,11 @@ pub struct ArenaStats {
     pub slot_bytes: u64,
     /// Bytes of the pools' page index chunks here.
     pub index_chunk_bytes: u64,
+    /// Objects moved by compactions so far.
+    pub relocated: u64,
+    /// Bytes of the spans that hold runs (committed minus the headroom): with `slot_bytes`
+    /// and `index_chunk_bytes`, what fragmentation costs.
+    pub run_bytes: u64,
     /// Bytes of the pools' page index hash tables on the heap (charged to the budget all the
     /// same).
     pub index_heap_bytes: u64,
@@ -251,6 +258,7 @@ pub struct PageArena {
     object_bytes: AtomicU64,
     index_chunk_bytes: AtomicU64,
     index_heap_bytes: AtomicU64,
+    relocated: AtomicU64,
     slot_bytes: AtomicU64,
     refused: AtomicU64,
 }
@@ -311,6 +319,7 @@ impl PageArena {
             object_bytes: AtomicU64::new(0),
             index_chunk_bytes: AtomicU64::new(0),
             index_heap_bytes: AtomicU64::new(0),
+            relocated: AtomicU64::new(0),
             slot_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
@@ -479,6 +488,72 @@ impl PageArena {
         self.budget.release(bytes);
     }
 
+    // ----- compaction -----
+
+    /// Starts a compaction: in every class, the least-used runs whose objects fit in the free
+    /// slots of the class's other partial runs are marked **draining** — no new object goes
+    /// there — so that moving their objects ([`PageArena::relocate`]) empties them. Returns
+    /// how many runs it marked (their spans go back to the free spans as they empty, and the
+    /// grower releases what is beyond the headroom).
+    pub fn begin_compaction(&self) -> usize {
+        let mut marked = 0;
+        for (class, spec) in self.classes.iter().enumerate() {
+            let mut state = self.class_states[class].lock();
+            if state.partial.len() < 2 {
+                continue;
+            }
+            let mut runs: Vec<(u16, u32)> = state.partial.iter().map(|&r| (self.run_meta(r).used, r)).collect();
+            runs.sort_unstable();
+            // Victims from the emptiest: while what they hold fits in the free slots of the rest.
+            let free_in = |used: u16| (spec.slots - used as usize) as u64;
+            let mut room: u64 = runs.iter().map(|&(used, _)| free_in(used)).sum();
+            let mut victims = Vec::new();
+            for &(used, run) in &runs {
+                // Taking this run removes its free slots from the room and needs room for its objects.
+                if room < free_in(used) + used as u64 || victims.len() + 1 == runs.len() {
+                    break;
+                }
+                room -= free_in(used) + used as u64;
+                victims.push(run);
+            }
+            if victims.is_empty() {
+                continue;
+            }
+            state.partial.retain(|r| !victims.contains(r));
+            state.draining.extend(&victims);
+            state.draining.sort_unstable();
+            marked += victims.len();
+        }
+        marked
+    }
+
+    /// Whether object `handle` lies in a run being drained.
+    pub fn is_draining(&self, handle: Handle) -> bool {
+        let meta = self.run_meta(handle.span());
+        meta.class > 0
+            && self.class_states[meta.class as usize - 1].lock().draining.binary_search(&handle.span()).is_ok()
+    }
+
+    /// Moves object `handle` of `len` bytes out of a draining run: a new object with its bytes
+    /// (in a run that is not draining), the old one freed. `None` (nothing changed) if there is
+    /// no room. The caller owns the object and updates its own reference.
+    pub fn relocate(&self, handle: Handle, len: usize) -> Option<Handle> {
+        // `with` lends the old bytes; `alloc` copies them into another slot.
+        let moved = self.with(handle, len, |bytes| self.alloc(bytes))?;
+        self.free(handle, len);
+        self.relocated.fetch_add(1, Ordering::Relaxed);
+        Some(moved)
+    }
+
+    /// Ends a compaction: runs that could not be emptied take new objects again.
+    pub fn end_compaction(&self) {
+        for state in self.class_states.iter() {
+            let mut state = state.lock();
+            let left = std::mem::take(&mut state.draining);
+            state.partial.extend(left);
+        }
+    }
+
     /// The budget the arena charges.
     pub fn budget(&self) -> &Arc<MemoryBudget> {
         &self.budget
@@ -494,6 +569,7 @@ impl PageArena {
         let mut state = self.class_states[class].lock();
         let mut meta = self.run_meta(run);
         let was_full = meta.used as usize == spec.slots;
+        let draining = state.draining.binary_search(&run);
         // SAFETY: the slot is the caller's object, now free: its first bytes hold the link.
         unsafe { self.object_ptr(handle, spec.size).cast::<u16>().write_unaligned(meta.free_head) };
         meta.free_head = handle.slot() as u16;
@@ -501,11 +577,14 @@ impl PageArena {
         if meta.used == 0 {
             // An empty run goes back to the free spans.
             state.partial.retain(|&r| r != run);
+            if let Ok(at) = draining {
+                state.draining.remove(at);
+            }
             self.set_run_meta(run, RunMeta { class: 0, used: 0, free_head: NO_SLOT, fresh: 0 });
             drop(state);
             self.return_run(run, spec.spans);
         } else {
-            if was_full {
+            if was_full && draining.is_err() {
                 state.partial.push(run);
             }
             self.set_run_meta(run, meta);
@@ -680,6 +759,8 @@ impl PageArena {
             slot_bytes: self.slot_bytes.load(Ordering::Relaxed),
             index_chunk_bytes: self.index_chunk_bytes.load(Ordering::Relaxed),
             index_heap_bytes: self.index_heap_bytes.load(Ordering::Relaxed),
+            relocated: self.relocated.load(Ordering::Relaxed),
+            run_bytes: (committed - spans.free.len() as u64) * SPAN_BYTES as u64,
             refused: self.refused.load(Ordering::Relaxed),
             inline_commits: self.inline_commits.load(Ordering::Relaxed),
         }

@@ -64,6 +64,11 @@ pub fn render(host: &Host) -> String {
         ("tmem_memory_objects", "Records in the arena.", memory.objects),
         ("tmem_memory_index_bytes", "Bytes of the pools' page indexes (charged to the budget).", memory.index_bytes),
         (
+            "tmem_memory_fragmentation_bytes",
+            "Bytes the arena's runs hold beyond their objects (free slots of partly used runs).",
+            memory.fragmentation_bytes,
+        ),
+        (
             "tmem_instance_slots_limit",
             "Plugin instance slots pools may reserve (--max-instances, less the host's own).",
             host.engine().slots().limit() as u64,
