@@ -29,7 +29,16 @@
 //!
 //! One lock per size class (objects of different sizes never contend) and one for the free
 //! spans. Span metadata is one atomic word per span, written only under its class's lock.
-//! Reading or freeing an object is its owner's business: the arena never moves an object.
+//! Reading or freeing an object is its owner's business: the arena never moves an object by
+//! itself.
+//!
+//! # Compaction
+//!
+//! Freed objects leave holes in their runs (zsmalloc's fragmentation). [`PageArena::begin_compaction`]
+//! marks, in each class, the least-used runs whose objects fit in the free slots of the others
+//! as *draining*: no new object goes there. Each owner then moves its objects out of them
+//! ([`PageArena::relocate`], under its own lock) and [`PageArena::end_compaction`] returns what
+//! could not be emptied to use; the emptied runs' spans go back to the free spans.
 
 use std::io;
 use std::ptr::NonNull;
