@@ -94,10 +94,30 @@ fn pages() -> Vec<Vec<u8>> {
     (0..DISTINCT).map(|i| workload::page(2024, i, PAGE)).collect()
 }
 
+/// How the measured pool differs from the default.
+#[derive(Clone, Copy, Default)]
+struct Variant {
+    /// Page checksums off (`integrity: false`).
+    unchecked: bool,
+    /// Every measured store under a canary (read back and compared).
+    canary: bool,
+}
+
 fn through_host(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>], n: u64) -> Run {
+    through_host_as(engine, chain, pages, n, Variant::default())
+}
+
+fn through_host_as(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>], n: u64, variant: Variant) -> Run {
     let config = HostConfig { data_dir: None, engine, memory_limit: MemoryLimit::Unlimited };
     let host = Host::new(config).unwrap();
-    let pool = host.create_pool(PoolSpec::new("bench"), chain).unwrap();
+    let mut spec = PoolSpec::new("bench");
+    spec.integrity = !variant.unchecked;
+    spec.canary_stores = n as u32 + 64;
+    let pool = host.create_pool(spec, chain).unwrap();
+    if variant.canary {
+        // A hot swap to the same chain: a new generation, under a canary for the whole run.
+        pool.swap_chain(pool.chain()).unwrap();
+    }
     // Warm every shard's instances before measuring memory.
     for i in 0..64 {
         pool.store(i, &pages[0]).unwrap();
@@ -243,6 +263,12 @@ fn main() {
     print("native zstd-3 + map (baseline)", &native_zstd);
     print("tmem [zstd, ram]", &wasm_zstd);
     print("tmem [zstd, ram], no epoch checks", &wasm_zstd_no_epoch);
+    let unchecked = Variant { unchecked: true, ..Default::default() };
+    let wasm_ram_unchecked = through_host_as(EngineOptions::default(), &ram, &pages, n, unchecked);
+    print("tmem [ram], integrity off", &wasm_ram_unchecked);
+    let canary = Variant { canary: true, ..Default::default() };
+    let wasm_zstd_canary = through_host_as(EngineOptions::default(), &zstd_ram, &pages, n, canary);
+    print("tmem [zstd, ram], every store a canary", &wasm_zstd_canary);
 
     let ratio = |native: f64, wasm: f64| native / wasm;
     println!();
@@ -260,6 +286,16 @@ fn main() {
         "epoch deadline cost on [zstd, ram]:     store {:+.1}%  load {:+.1}%",
         (wasm_zstd_no_epoch.stores_per_s / wasm_zstd.stores_per_s - 1.0) * 100.0,
         (wasm_zstd_no_epoch.loads_per_s / wasm_zstd.loads_per_s - 1.0) * 100.0
+    );
+    let per_page = |r: &Run| 1.0 / r.stores_per_s + 1.0 / r.loads_per_s;
+    println!(
+        "integrity check (crc32c) on [ram]:     store+load {:+.1}% of the time per page (goal <= 8%)",
+        (per_page(&wasm_ram) / per_page(&wasm_ram_unchecked) - 1.0) * 100.0
+    );
+    println!(
+        "canary on [zstd, ram]:                 {:.2} us more per verified store ({:+.1}%)",
+        (1.0 / wasm_zstd_canary.stores_per_s - 1.0 / wasm_zstd.stores_per_s) * 1e6,
+        (wasm_zstd.stores_per_s / wasm_zstd_canary.stores_per_s - 1.0) * 100.0
     );
     println!(
         "[ram] stores/s on one core: {:.0} (goal >= 500000); host heap per page beyond stored bytes: [ram] {:.1} B, [zstd, ram] {:.1} B (goal <= 64)",

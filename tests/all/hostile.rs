@@ -23,9 +23,21 @@ fn raw_plugin(name: &str, kind: &str, caps: &str, funcs: &str) -> Vec<u8> {
 
 /// [`raw_plugin`] with a version.
 fn raw_plugin_version(name: &str, version: &str, kind: &str, caps: &str, funcs: &str) -> Vec<u8> {
+    raw_plugin_with_config(name, version, kind, caps, "[]", funcs)
+}
+
+/// [`raw_plugin`] with a version and the manifest's config keys (a JSON array).
+fn raw_plugin_with_config(name: &str, version: &str, kind: &str, caps: &str, config: &str, funcs: &str) -> Vec<u8> {
     let manifest = format!(
-        r#"{{"abi":1,"name":"{name}","version":"{version}","kind":"{kind}","description":"hostile fixture","config":[],"capabilities":{caps}}}"#
+        r#"{{"abi":1,"name":"{name}","version":"{version}","kind":"{kind}","description":"hostile fixture","config":{config},"capabilities":{caps}}}"#
     );
+    let net_imports = if caps.contains("network") {
+        r#"(import "tmem" "net_connect" (func $connect (param i32 i32) (result i32)))
+           (import "tmem" "net_send" (func $send (param i32 i32 i32) (result i32)))
+           (import "tmem" "net_recv" (func $recv (param i32 i32 i32) (result i32)))"#
+    } else {
+        ""
+    };
     let imports = if kind == "store" {
         r#"(import "tmem" "log" (func $log (param i32 i32 i32)))
            (import "tmem" "pages_put" (func $put (param i64 i32 i32) (result i32)))
@@ -37,6 +49,7 @@ fn raw_plugin_version(name: &str, version: &str, kind: &str, caps: &str, funcs: 
     wat::parse_str(format!(
         r#"(module
             {imports}
+            {net_imports}
             (memory (export "memory") 4)
             (global $calls (mut i32) (i32.const 0))
             (data (i32.const 1024) "{data}")
@@ -56,10 +69,17 @@ fn raw_plugin_version(name: &str, version: &str, kind: &str, caps: &str, funcs: 
 /// A store over the host page store; `before_put` runs first in every put (with a local `$i
 /// i64`), `delete` is the body of its delete.
 fn store(name: &str, caps: &str, before_put: &str, delete: &str) -> Vec<u8> {
-    raw_plugin(
+    store_with_config(name, caps, "[]", before_put, delete, "")
+}
+
+/// [`store`] with the manifest's config keys and `extra` module fields (data segments).
+fn store_with_config(name: &str, caps: &str, config: &str, before_put: &str, delete: &str, extra: &str) -> Vec<u8> {
+    raw_plugin_with_config(
         name,
+        "1",
         "store",
         caps,
+        config,
         &format!(
             r#"(func (export "tmem_store_put") (param $o i64) (param $len i32) (result i64) (local $i i64)
                  {before_put}
@@ -71,7 +91,8 @@ fn store(name: &str, caps: &str, before_put: &str, delete: &str) -> Vec<u8> {
                  (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return (i64.const {not_found}))))
                  (i64.extend_i32_u (local.get $n)))
                (func (export "tmem_store_delete") (param $o i64) (result i64) {delete} (i64.const 0))
-               (func (export "tmem_store_clear") (result i64) (i64.const 0))"#,
+               (func (export "tmem_store_clear") (result i64) (i64.const 0))
+               {extra}"#,
             alloc_fail = abi::pack(abi::status::REJECT_ALLOC_FAIL, 0),
             not_found = abi::pack(abi::status::NOT_FOUND, 0),
         ),
@@ -95,6 +116,9 @@ fn flood(n: u64) -> String {
 }
 
 const HONEST_DELETE: &str = "(drop (call $delete (local.get $o)))";
+
+/// The config keys of a store granted `network`.
+const NET_CONFIG: &str = r#"[{"key":"endpoints","doc":"where","type":"string_list"},{"key":"timeout_ms","doc":"bound","type":"integer","min":1,"max":60000,"default":1000}]"#;
 
 /// An identity filter; `on_encode`/`on_decode` run after the copy (`$flip` flips a bit of the
 /// output, `$calls` counts).
@@ -161,6 +185,10 @@ fn a_store_flooding_other_offsets_is_refused_and_grows_no_host_memory() {
     }
     let grown = rss(server.child.id()).saturating_sub(before);
     assert!(grown < 32 * MIB, "320,000 foreign puts of 4 KiB grew the host by {} MiB", grown / MIB);
+    println!(
+        "flood: host RSS grew {:.1} MiB over 320,000 foreign puts and 4 deadline-long floods",
+        grown as f64 / MIB as f64
+    );
     let flood = client.pool("flood").unwrap();
     assert_eq!(flood.counters["stored_pages"], 32);
     assert_eq!(flood.counters["pool_total_size"], 32 * 4096, "only the pages it stores are kept");
@@ -457,12 +485,29 @@ fn bad_pointers_and_lengths_on_every_import_are_plugin_faults_that_harm_nothing(
         ("get-cap-negative", "(drop (call $get (local.get $o) (i32.const 0) (i32.const -5)))".to_string()),
         ("log-ptr-out", format!("(call $log (i32.const 1) (i32.const {memory_end}) (i32.const 50))")),
         ("log-ptr-negative", "(call $log (i32.const 1) (i32.const -100) (i32.const 50))".to_string()),
+        ("connect-address-out", format!("(drop (call $connect (i32.const {memory_end}) (i32.const 20)))")),
+        (
+            "send-buffer-out",
+            format!("(drop (call $send (i32.const 0) (i32.const {}) (i32.const 100)))", memory_end - 10),
+        ),
+        ("recv-cap-negative", "(drop (call $recv (i32.const 0) (i32.const 0) (i32.const -1)))".to_string()),
         ("trap-always", "(unreachable)".to_string()),
     ];
     let before = rss(server.child.id());
     for (name, bad_call) in &cases {
-        client.upload_plugin(Some(name), &store(name, "[]", bad_call, HONEST_DELETE)).unwrap();
-        let config = PoolConfig { canary_stores: 0, ..PoolConfig::new(name, vec![BackendRequest::new(name)]) };
+        let net = bad_call.contains("$connect") || bad_call.contains("$send") || bad_call.contains("$recv");
+        let (wasm, backend) = if net {
+            let wasm = store_with_config(name, r#"["network"]"#, NET_CONFIG, bad_call, HONEST_DELETE, "");
+            let backend = BackendRequest {
+                grants: vec!["network".into()],
+                ..BackendRequest::with_config(name, serde_json::json!({"endpoints": ["tmem://127.0.0.1:9/x"]}))
+            };
+            (wasm, backend)
+        } else {
+            (store(name, "[]", bad_call, HONEST_DELETE), BackendRequest::new(name))
+        };
+        client.upload_plugin(Some(name), &wasm).unwrap();
+        let config = PoolConfig { canary_stores: 0, ..PoolConfig::new(name, vec![backend]) };
         client.create_pool(&config).unwrap();
         for o in 0..20u64 {
             let result = client.put_page(name, o, &tagged_page(o)).unwrap();
@@ -475,6 +520,11 @@ fn bad_pointers_and_lengths_on_every_import_are_plugin_faults_that_harm_nothing(
     }
     let grown = rss(server.child.id()).saturating_sub(before);
     assert!(grown < 64 * MIB, "{} hostile pools grew the host by {} MiB", cases.len(), grown / MIB);
+    println!(
+        "bad pointers: host RSS grew {:.1} MiB over {} hostile pools x 20 stores",
+        grown as f64 / MIB as f64,
+        cases.len()
+    );
     for o in 0..8 {
         assert_eq!(client.get_page("bystander", o).unwrap(), Some(tagged_page(o)), "other pools untouched");
     }
@@ -543,4 +593,33 @@ fn instance_slots_are_reserved_per_pool_and_given_back_by_generations_without_pa
     assert_eq!((p.instance_slots(), slots.reserved()), (8, 8), "the old generation's slots came back");
     p.store(1, &tagged_page(1)).unwrap();
     assert_eq!(slots.reserved(), 8);
+}
+
+#[test]
+fn a_store_whose_endpoint_resolves_slowly_or_never_is_bounded_by_its_deadline() {
+    let config = NET_CONFIG;
+    // Its put connects to a granted name that does not resolve (or resolves slowly: the
+    // system resolver may wait on an unreachable server), then keeps its page.
+    let name = "slow-name.invalid:7001";
+    let connect = format!(r#"(drop (call $connect (i32.const 2048) (i32.const {len})))"#, len = name.len());
+    let address = format!(r#"(data (i32.const 2048) "{name}")"#);
+    let wasm = store_with_config("slowdns", r#"["network"]"#, config, &connect, HONEST_DELETE, &address);
+    let host = host();
+    host.add_plugin(Some("slowdns"), &wasm).unwrap();
+    let mut spec = spec("slowdns");
+    spec.shards = Some(1);
+    spec.canary_stores = 0;
+    spec.sandbox.call_timeout = std::time::Duration::from_millis(200);
+    let backend = BackendSpec {
+        config: serde_json::json!({"endpoints": [format!("tmem://{name}/x")], "timeout_ms": 100}),
+        grants: vec!["network".into()],
+        ..BackendSpec::new("slowdns")
+    };
+    let pool = host.create_pool(spec, &[backend]).unwrap();
+    let started = std::time::Instant::now();
+    for o in 0..5u64 {
+        pool.store(o, &tagged_page(o)).unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "5 stores took {took:?} with a 300 ms deadline each");
 }
