@@ -17,16 +17,11 @@ const IO_OUT: i32 = 131072;
 
 /// A plugin module in WAT: the ABI's common exports, a manifest of `kind` asking for `caps`
 /// (a JSON array), the host page store imports for a store, and `funcs`.
-fn raw_plugin(name: &str, kind: &str, caps: &str, funcs: &str) -> Vec<u8> {
-    raw_plugin_version(name, "1", kind, caps, funcs)
-}
-
-/// [`raw_plugin`] with a version.
 fn raw_plugin_version(name: &str, version: &str, kind: &str, caps: &str, funcs: &str) -> Vec<u8> {
     raw_plugin_with_config(name, version, kind, caps, "[]", funcs)
 }
 
-/// [`raw_plugin`] with a version and the manifest's config keys (a JSON array).
+/// [`raw_plugin_version`] with the manifest's config keys (a JSON array).
 fn raw_plugin_with_config(name: &str, version: &str, kind: &str, caps: &str, config: &str, funcs: &str) -> Vec<u8> {
     let manifest = format!(
         r#"{{"abi":1,"name":"{name}","version":"{version}","kind":"{kind}","description":"hostile fixture","config":{config},"capabilities":{caps}}}"#
