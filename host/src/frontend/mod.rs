@@ -198,16 +198,4 @@ pub fn prefault_stack() {
     std::hint::black_box(&probe);
 }
 
-/// `prctl(PR_SET_IO_FLUSHER, 1)` (Linux 5.6).
-const PR_SET_IO_FLUSHER: libc::c_int = 57;
-
-/// Marks the calling thread as part of writing pages out (`PR_SET_IO_FLUSHER`): its memory
-/// allocations never wait for I/O, so a thread serving swap I/O cannot wait on itself. Needs
-/// `CAP_SYS_RESOURCE`; without it the thread serves as before (logged at debug level).
-pub fn become_io_flusher() {
-    prefault_stack();
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
-        tracing::debug!("PR_SET_IO_FLUSHER: {}", io::Error::last_os_error());
-    }
-}
+pub use crate::memory::become_io_flusher;

@@ -196,6 +196,16 @@ fn serve_queue(qid: u16, dev: &UblkDev, device: &BlockDevice) {
     super::become_io_flusher();
     let _io_thread = IoThread::enter(Role::Ublk);
     let buffers = dev.alloc_queue_io_bufs();
+    // The kernel copies request data into these buffers (get_user_pages): a buffer page not
+    // yet present would be allocated then, under reclaim that waits on this very queue.
+    // Locked and populated now, every copy finds its pages.
+    for buffer in buffers.iter() {
+        let bytes = buffer.as_slice();
+        // SAFETY: mlock only pins and populates this queue's own buffer.
+        if unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) } != 0 {
+            tracing::warn!(queue = qid, "ublk: cannot lock an I/O buffer: {}", std::io::Error::last_os_error());
+        }
+    }
     let handle = |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
         Role::Ublk.count_ops(1);
         let iod = q.get_iod(tag);

@@ -747,6 +747,11 @@ impl PageArena {
     pub fn spawn_grower(self: &Arc<Self>) -> io::Result<()> {
         let arena = Arc::downgrade(self);
         std::thread::Builder::new().name("tmem-arena-grower".into()).spawn(move || {
+            // Committing memory may enter reclaim, which may swap out to this very host: the
+            // grower must never wait on that I/O (its mmap_lock would stall the I/O threads'
+            // page-table walks behind it). As an I/O flusher its allocations do not wait on I/O;
+            // when they fail, the headroom is not refilled and stores are refused.
+            super::become_io_flusher();
             while let Some(arena) = arena.upgrade() {
                 arena.plentiful.store(memory_is_plentiful(), Ordering::Relaxed);
                 arena.grow();

@@ -31,3 +31,17 @@ impl MemInfo {
         Some(MemInfo { total_bytes: kib("MemTotal:")? * 1024, available_bytes: kib("MemAvailable:")? * 1024 })
     }
 }
+
+/// `prctl(PR_SET_IO_FLUSHER, 1)` (Linux 5.6).
+const PR_SET_IO_FLUSHER: libc::c_int = 57;
+
+/// Marks the calling thread as part of writing pages out (`PR_SET_IO_FLUSHER`): its memory
+/// allocations never wait for I/O, so a thread serving swap I/O cannot wait on itself. Needs
+/// `CAP_SYS_RESOURCE`; without it the thread serves as before (logged at debug level).
+pub fn become_io_flusher() {
+    crate::frontend::prefault_stack();
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
+        tracing::debug!("PR_SET_IO_FLUSHER: {}", std::io::Error::last_os_error());
+    }
+}
