@@ -221,6 +221,11 @@ fn native(compress: bool, pages: &[Vec<u8>], n: u64) -> Run {
     Run::new(n, map.len() as u64, store_secs, load_secs, stored_bytes, heap)
 }
 
+/// Seconds per page, a store and a load.
+fn per_page(r: &Run) -> f64 {
+    1.0 / r.stores_per_s + 1.0 / r.loads_per_s
+}
+
 fn print(name: &str, r: &Run) {
     println!(
         "{name:<34} {:>11.0} stores/s {:>11.0} loads/s  ratio {:>4.2}  heap overhead {:>5.1} B/page  ({} stored)",
@@ -263,9 +268,21 @@ fn main() {
     print("native zstd-3 + map (baseline)", &native_zstd);
     print("tmem [zstd, ram]", &wasm_zstd);
     print("tmem [zstd, ram], no epoch checks", &wasm_zstd_no_epoch);
+    // The check's cost is a few percent of a [ram] page: measured as the best of three
+    // alternating runs with and without it, so a noisy moment does not decide it.
     let unchecked = Variant { unchecked: true, ..Default::default() };
-    let wasm_ram_unchecked = through_host_as(EngineOptions::default(), &ram, &pages, n, unchecked);
-    print("tmem [ram], integrity off", &wasm_ram_unchecked);
+    let best = |a: Run, b: Run| if per_page(&a) <= per_page(&b) { a } else { b };
+    let (mut checked, mut wasm_ram_unchecked) = (
+        through_host(EngineOptions::default(), &ram, &pages, n),
+        through_host_as(EngineOptions::default(), &ram, &pages, n, unchecked),
+    );
+    for _ in 0..2 {
+        checked = best(checked, through_host(EngineOptions::default(), &ram, &pages, n));
+        wasm_ram_unchecked =
+            best(wasm_ram_unchecked, through_host_as(EngineOptions::default(), &ram, &pages, n, unchecked));
+    }
+    print("tmem [ram], integrity on (best of 3)", &checked);
+    print("tmem [ram], integrity off (best of 3)", &wasm_ram_unchecked);
     let canary = Variant { canary: true, ..Default::default() };
     let wasm_zstd_canary = through_host_as(EngineOptions::default(), &zstd_ram, &pages, n, canary);
     print("tmem [zstd, ram], every store a canary", &wasm_zstd_canary);
@@ -287,10 +304,9 @@ fn main() {
         (wasm_zstd_no_epoch.stores_per_s / wasm_zstd.stores_per_s - 1.0) * 100.0,
         (wasm_zstd_no_epoch.loads_per_s / wasm_zstd.loads_per_s - 1.0) * 100.0
     );
-    let per_page = |r: &Run| 1.0 / r.stores_per_s + 1.0 / r.loads_per_s;
     println!(
         "integrity check (crc32c) on [ram]:     store+load {:+.1}% of the time per page (goal <= 8%)",
-        (per_page(&wasm_ram) / per_page(&wasm_ram_unchecked) - 1.0) * 100.0
+        (per_page(&checked) / per_page(&wasm_ram_unchecked) - 1.0) * 100.0
     );
     println!(
         "canary on [zstd, ram]:                 {:.2} us more per verified store ({:+.1}%)",
