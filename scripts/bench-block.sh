@@ -14,31 +14,10 @@ set -euo pipefail
 
 RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-512M}
-cd "$(dirname "$0")/.."
-TARGET=${CARGO_TARGET_DIR:-target}
-TMEM="$TARGET/release/tmem"
-for tool in fio nbdkit python3; do
-    command -v "$tool" >/dev/null || { echo "bench-block: $tool is missing (scripts/install-deps.sh --test)" >&2; exit 1; }
-done
-cargo build --release -q -p tmem
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup bench-block fio nbdkit python3
 
-WORK=$(mktemp -d /tmp/tmem-bench-block.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=warn "$TMEM" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" 2>"$WORK/serve.log" &
-PIDS+=($!)
-export TMEM_SERVER="127.0.0.1:$PORT" TMEM_DATA_DIR="$WORK/data"
-for _ in $(seq 100); do
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/healthz')" 2>/dev/null && break
-    sleep 0.1
-done
+start_serve
 "$TMEM" pool create zstd-ram --backend zstd --backend ram >/dev/null
 "$TMEM" pool create ram --backend ram >/dev/null
 "$TMEM" pool attach zstd-ram --nbd-socket "$WORK/zr.sock" --size "$SIZE" --backing "$WORK/zr.img" >/dev/null

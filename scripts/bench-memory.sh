@@ -16,22 +16,8 @@
 set -euo pipefail
 
 SIZE=${SIZE:-1G}
-cd "$(dirname "$0")/.."
-TARGET=${CARGO_TARGET_DIR:-target}
-TMEM="$TARGET/release/tmem"
-for tool in fio python3; do
-    command -v "$tool" >/dev/null || { echo "bench-memory: $tool is missing (scripts/install-deps.sh --test)" >&2; exit 1; }
-done
-cargo build --release -q -p tmem
-
-WORK=$(mktemp -d /tmp/tmem-bench-memory.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup bench-memory fio python3
 
 # One fio pass writing SIZE sequentially: the same bytes whatever the target.
 write_pages() { # fio-target-args...
@@ -39,15 +25,7 @@ write_pages() { # fio-target-args...
         --buffer_compress_chunk=4k --refill_buffers --randseed=20261130 --output-format=json "$@" >/dev/null
 }
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=warn "$TMEM" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --memory-limit none 2>"$WORK/serve.log" &
-SERVE=$!
-PIDS+=("$SERVE")
-export TMEM_SERVER="127.0.0.1:$PORT" TMEM_DATA_DIR="$WORK/data"
-for _ in $(seq 100); do
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/healthz')" 2>/dev/null && break
-    sleep 0.1
-done
+start_serve --memory-limit none
 TOKEN=$(cat "$WORK/data/token")
 api() { # path
     python3 -c "import json,sys,urllib.request; r=urllib.request.Request('http://127.0.0.1:$PORT$1', headers={'Authorization': 'Bearer $TOKEN'}); print(json.dumps(json.load(urllib.request.urlopen(r))))"
