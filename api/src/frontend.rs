@@ -146,27 +146,61 @@ pub enum Op<'a> {
 /// Decodes a BATCH payload for a pool of `page_size` pages. Every op is checked before any
 /// is returned, so a malformed batch does nothing at all.
 pub fn parse_batch(payload: &[u8], page_size: usize) -> Result<Vec<Op<'_>>, WireError> {
+    Ok(batch_ops(payload, page_size)?.collect())
+}
+
+/// A checked BATCH payload's ops, decoded (again) as they are iterated: a batch served
+/// without allocating ([`batch_ops`]).
+#[derive(Debug, Clone)]
+pub struct BatchOps<'a> {
+    ops: Reader<'a>,
+    left: usize,
+    page_size: usize,
+}
+
+/// Checks a BATCH payload for a pool of `page_size` pages — every op, before any is
+/// returned, so a malformed batch does nothing at all — and returns its ops.
+pub fn batch_ops(payload: &[u8], page_size: usize) -> Result<BatchOps<'_>, WireError> {
     let mut r = Reader::new(payload);
     let count = r.u16("the batch count")? as usize;
     if count > MAX_BATCH {
         return Err(WireError::TooLong { what: "a batch", len: count, max: MAX_BATCH });
     }
-    let mut ops = Vec::with_capacity(count);
+    let ops = BatchOps { ops: r.clone(), left: count, page_size };
     for _ in 0..count {
-        let op = r.u8("an op")?;
-        let offset = r.u64("an offset")?;
-        ops.push(match op {
-            OP_STORE => Op::Store(offset, r.bytes(page_size, "a stored page (one page of bytes)")?),
-            OP_LOAD => Op::Load(offset),
-            OP_TAKE => Op::Take(offset),
-            OP_INVALIDATE => Op::Invalidate(offset),
-            OP_INVALIDATE_AREA => Op::InvalidateArea,
-            _ => return Err(WireError::Unknown { what: "op", value: op }),
-        });
+        decode_op(&mut r, page_size)?;
     }
     r.end("the last op")?;
     Ok(ops)
 }
+
+fn decode_op<'a>(r: &mut Reader<'a>, page_size: usize) -> Result<Op<'a>, WireError> {
+    let op = r.u8("an op")?;
+    let offset = r.u64("an offset")?;
+    Ok(match op {
+        OP_STORE => Op::Store(offset, r.bytes(page_size, "a stored page (one page of bytes)")?),
+        OP_LOAD => Op::Load(offset),
+        OP_TAKE => Op::Take(offset),
+        OP_INVALIDATE => Op::Invalidate(offset),
+        OP_INVALIDATE_AREA => Op::InvalidateArea,
+        _ => return Err(WireError::Unknown { what: "op", value: op }),
+    })
+}
+
+impl<'a> Iterator for BatchOps<'a> {
+    type Item = Op<'a>;
+
+    fn next(&mut self) -> Option<Op<'a>> {
+        self.left = self.left.checked_sub(1)?;
+        Some(decode_op(&mut self.ops, self.page_size).expect("checked by batch_ops"))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for BatchOps<'_> {}
 
 /// Encodes one op into a BATCH payload being built (after its count).
 pub fn put_op(out: &mut Vec<u8>, op: &Op<'_>) {

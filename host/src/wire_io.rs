@@ -12,14 +12,27 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// [`io::ErrorKind::InvalidData`] error carrying the [`wire::WireError`]) before the body is
 /// allocated; a stream that ends inside the body is an error ("truncated frame").
 pub(crate) async fn read_frame(reader: &mut (impl AsyncRead + Unpin), max_body: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    Ok(read_frame_into(reader, max_body, &mut body).await?.then_some(body))
+}
+
+/// [`read_frame`] into `body`, reusing its capacity (a connection's frames then allocate
+/// nothing once its buffer has grown to its largest frame); `false` when the stream ends
+/// before the next frame's length.
+pub(crate) async fn read_frame_into(
+    reader: &mut (impl AsyncRead + Unpin),
+    max_body: usize,
+    body: &mut Vec<u8>,
+) -> io::Result<bool> {
     let mut field = [0u8; wire::LEN_BYTES];
     match reader.read_exact(&mut field).await {
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e),
     }
     let len = wire::body_len(field, max_body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| io::Error::new(e.kind(), format!("truncated frame: {e}")))?;
-    Ok(Some(body))
+    body.clear();
+    body.resize(len, 0);
+    reader.read_exact(body).await.map_err(|e| io::Error::new(e.kind(), format!("truncated frame: {e}")))?;
+    Ok(true)
 }

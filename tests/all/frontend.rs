@@ -263,3 +263,34 @@ fn two_frontends_on_two_pools_and_an_abrupt_disconnect() {
         [OpResult::Loaded { exclusive: false, page: tagged_page(199) }]
     );
 }
+
+#[test]
+fn a_batch_whose_answer_cannot_fit_a_frame_is_refused_before_it_runs() {
+    // 2 MiB pages: 1024 takes in a 9 KiB batch would ask for a 2 GiB answer.
+    let server = ServeProcess::start(&temp_dir("fe-huge-answer"), &[]);
+    let mut config = PoolConfig::new("big", vec![BackendRequest::new("ram")]);
+    config.page_size = 2 << 20;
+    server.client().create_pool(&config).unwrap();
+    let client = FrontendClient::connect(&socket(&server), &server.token, "big", "good").unwrap();
+    let page = vec![5u8; 2 << 20];
+    client.batch(&[Op::Store(0, &page), Op::Store(1, &page)]).unwrap();
+    let rss = |pid| crate::common::rss(pid);
+    let before = rss(server.child.id());
+    let mut raw = raw_hello(&server, "big");
+    let mut payload = 1024u16.to_le_bytes().to_vec();
+    for o in 0..1024u64 {
+        proto::put_op(&mut payload, &Op::Take(o % 2));
+    }
+    let mut frame = Vec::new();
+    wire::frame(&mut frame, MAX_BODY, proto::BATCH, 1, &[&payload]).unwrap();
+    assert!(frame.len() < 10 << 10);
+    raw.write_all(&frame).unwrap();
+    assert_eq!(kinds_until_closed(&mut raw), [proto::ERROR], "an ERROR, then closed");
+    let grown = rss(server.child.id()).saturating_sub(before);
+    assert!(grown < 128 << 20, "the host grew by {} MiB", grown >> 20);
+    // No take ran: both pages are still in the pool, and the SDK's own batches (split by
+    // bytes) take them back whole.
+    assert_eq!(server.client().pool("big").unwrap().counters["stored_pages"], 2);
+    let results = client.batch(&[Op::Take(0), Op::Take(1)]).unwrap();
+    assert!(results.iter().all(|r| matches!(r, OpResult::Loaded { page: p, .. } if *p == page)), "{results:?}");
+}

@@ -27,7 +27,7 @@ use crate::host::Host;
 use crate::memory::alloc_count::{self, Role};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
-use crate::wire_io::read_frame;
+use crate::wire_io::{read_frame, read_frame_into};
 
 /// How long the host waits for a frontend to take pages back before giving up on it.
 pub const TAKE_BACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -188,12 +188,16 @@ async fn serve_connection(
     address: Arc<str>,
     stream: UnixStream,
 ) -> Result<(), String> {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
     let mut reader = BufReader::with_capacity(1 << 20, read);
+    // RESULTS frames are written by the batch loop itself, from its own buffer; the other
+    // frames (ATTACHED, ERROR, a shrink's TAKE_BACK from another thread) go through the writer.
+    let write = Arc::new(tokio::sync::Mutex::new(write));
     let (frames, mut outgoing) = unbounded_channel::<Vec<u8>>();
+    let writer_half = write.clone();
     let writer = tokio::spawn(alloc_count::scoped(Role::Socket, async move {
         while let Some(frame) = outgoing.recv().await {
-            if write.write_all(&frame).await.is_err() {
+            if writer_half.lock().await.write_all(&frame).await.is_err() {
                 break;
             }
         }
@@ -212,7 +216,8 @@ async fn serve_connection(
     let as_frontend: Arc<dyn Frontend> = frontend.clone();
     pool.attach_frontend(as_frontend.clone());
     tracing::info!(pool = %pool.name(), frontend = %frontend.name, "frontend attached");
-    let result = serve_batches(&mut reader, &pool, &frontend).await;
+    let result = serve_batches(&mut reader, &write, &pool, &frontend).await;
+    drop(write);
     pool.detach_frontend(&as_frontend);
     frontend.waiting.lock().clear();
     tracing::info!(pool = %pool.name(), frontend = %frontend.name, "frontend detached");
@@ -266,21 +271,35 @@ fn attach(
 
 async fn serve_batches(
     reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
     pool: &Arc<Pool>,
     frontend: &Arc<SocketFrontend>,
 ) -> Result<(), String> {
     let page_size = pool.page_size() as usize;
-    while let Some(body) = next_frame(reader).await? {
+    // The connection's buffers, sized by its largest batch and reused: steady traffic
+    // allocates nothing.
+    let (mut body, mut out, mut page) = (Vec::new(), Vec::new(), vec![0u8; page_size]);
+    while read_frame_into(reader, MAX_BODY, &mut body).await.map_err(|e| e.to_string())? {
         let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
         match kind {
             proto::BATCH => {
-                let ops = proto::parse_batch(payload, page_size).map_err(|e| format!("malformed batch: {e}"))?;
+                let ops = proto::batch_ops(payload, page_size).map_err(|e| format!("malformed batch: {e}"))?;
+                // The answer carries every loaded page: a batch whose answer could not fit a
+                // frame is refused before any op runs (a take that ran and could not be
+                // answered would lose its page), and no answer buffer grows past a frame.
+                let loads = ops.clone().filter(|op| matches!(op, Op::Load(_) | Op::Take(_))).count();
+                let most = proto::max_batch(page_size);
+                if loads > most {
+                    return Err(format!(
+                        "batch {id} asks for {loads} pages of {page_size} bytes; an answer fits at most {most} (split the batch)"
+                    ));
+                }
                 Role::Socket.count_ops(ops.len() as u64);
-                // Pool operations are short and bounded by the plugins' deadlines: run them on
-                // this worker (tokio moves its other tasks away) rather than hop threads.
-                let frame = tokio::task::block_in_place(|| run_batch(pool, &frontend.counters, id, &ops, page_size))
+                // Pool operations are short and bounded by the plugins' deadlines: they run
+                // on this task (no hand-off to another thread, which would allocate).
+                run_batch(pool, &frontend.counters, id, ops, &mut page, &mut out)
                     .map_err(|e| format!("the answer to batch {id} does not fit a frame: {e}"))?;
-                frontend.frames.send(frame).map_err(|_| "the connection closed".to_string())?;
+                write.lock().await.write_all(&out).await.map_err(|_| "the connection closed".to_string())?;
             }
             proto::TAKEN => {
                 let taken = Reader::new(payload).u64("the taken count").map_err(|e| e.to_string())?;
@@ -294,23 +313,22 @@ async fn serve_batches(
     Ok(())
 }
 
-/// Runs a decoded batch and encodes its RESULTS frame (loaded pages written in place); an
-/// answer too long for a frame is an error.
+/// Runs a checked batch and encodes its RESULTS frame into `out` (loaded pages through `page`,
+/// then in place); an answer too long for a frame is an error.
 fn run_batch(
     pool: &Pool,
     counters: &FrontendCounters,
     id: u32,
-    ops: &[Op<'_>],
-    page_size: usize,
-) -> Result<Vec<u8>, wire::WireError> {
-    let loads = ops.iter().filter(|op| matches!(op, Op::Load(_) | Op::Take(_))).count();
-    let mut out = Vec::with_capacity(11 + ops.len() * 2 + loads * (page_size + 1));
-    let start = wire::begin(&mut out, proto::RESULTS, id);
+    ops: proto::BatchOps<'_>,
+    page: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Result<(), wire::WireError> {
+    out.clear();
+    let start = wire::begin(out, proto::RESULTS, id);
     out.extend_from_slice(&(ops.len() as u16).to_le_bytes());
     counters.batches.fetch_add(1, Ordering::Relaxed);
-    let mut page = vec![0u8; page_size];
     for op in ops {
-        match *op {
+        match op {
             Op::Store(offset, bytes) => {
                 counters.stores.fetch_add(1, Ordering::Relaxed);
                 match pool.store(offset, bytes) {
@@ -319,26 +337,25 @@ fn run_batch(
                     Ok(StoreOutcome::Rejected(reason)) => {
                         counters.rejected.fetch_add(1, Ordering::Relaxed);
                         out.push(proto::R_REJECTED);
-                        wire::put_str16_lossy(&mut out, reason.name());
+                        wire::put_str16_lossy(out, reason.name());
                     }
-                    Err(e) => failed(&mut out, &e.to_string()),
+                    Err(e) => failed(out, &e.to_string()),
                 }
             }
             Op::Load(offset) | Op::Take(offset) => {
                 counters.loads.fetch_add(1, Ordering::Relaxed);
-                let result =
-                    if matches!(op, Op::Take(_)) { pool.take(offset, &mut page) } else { pool.load(offset, &mut page) };
+                let result = if matches!(op, Op::Take(_)) { pool.take(offset, page) } else { pool.load(offset, page) };
                 match result {
                     Ok(LoadOutcome::Loaded { exclusive }) => {
                         out.push(proto::R_LOADED);
                         out.push(exclusive as u8);
-                        out.extend_from_slice(&page);
+                        out.extend_from_slice(page);
                     }
                     Ok(LoadOutcome::Absent) => {
                         counters.absent.fetch_add(1, Ordering::Relaxed);
                         out.push(proto::R_ABSENT);
                     }
-                    Err(e) => failed(&mut out, &e.to_string()),
+                    Err(e) => failed(out, &e.to_string()),
                 }
             }
             Op::Invalidate(offset) => {
@@ -354,8 +371,7 @@ fn run_batch(
             }
         }
     }
-    wire::finish(&mut out, start, MAX_BODY)?;
-    Ok(out)
+    wire::finish(out, start, MAX_BODY)
 }
 
 fn failed(out: &mut Vec<u8>, message: &str) {
