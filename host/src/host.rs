@@ -161,6 +161,16 @@ pub enum HostError {
     /// The operating system gave no random bytes (for a pool database's or a device's name).
     #[error("no randomness: {0}")]
     Randomness(getrandom::Error),
+    /// The memory budget cannot hold a new persistent pool's database cache.
+    #[error(
+        "a persistent pool's database cache needs {needed} bytes of the host's memory budget; {free} are free (raise --memory-limit or PATCH /api/v1/memory)"
+    )]
+    BudgetForCache {
+        /// The cache's bytes.
+        needed: u64,
+        /// Bytes of the budget not charged.
+        free: u64,
+    },
     /// A memory budget below [`MIN_MEMORY_LIMIT`].
     #[error("a memory limit of {0} bytes is too small: at least {MIN_MEMORY_LIMIT} bytes (16 MiB)")]
     MemoryLimitTooSmall(u64),
@@ -313,6 +323,12 @@ impl Host {
             .map(|g| Ok((g.id, self.resolve_chain(&g.backends)?)))
             .collect::<Result<Vec<_>, HostError>>()?;
         let disk = PoolDisk::open(&dir, spec.durability)?;
+        // Its pages are on disk and must be served: the cache is charged even past the budget.
+        let charge = self.budget.charge_anyway(crate::persist::CACHE_BYTES);
+        if self.budget.used() > self.budget.limit() {
+            tracing::warn!(pool = %spec.name, "restoring this persistent pool's database cache takes the host past its memory budget");
+        }
+        disk.hold_cache_charge(charge);
         let pool = Arc::new(Pool::restore(spec, generations, self.engine.clone(), self.arena.clone(), disk)?);
         self.watch(&pool);
         Ok(pool)
@@ -545,7 +561,13 @@ impl Host {
             let mut suffix = [0u8; 4];
             getrandom::fill(&mut suffix).map_err(HostError::Randomness)?;
             let dir = self.pools_dir()?.join(format!("{name}-{}", hex::encode(suffix)));
-            Some(PoolDisk::open(&dir, spec.durability)?)
+            let charge = self.budget.charge(crate::persist::CACHE_BYTES).ok_or(HostError::BudgetForCache {
+                needed: crate::persist::CACHE_BYTES,
+                free: self.budget.limit().saturating_sub(self.budget.used()),
+            })?;
+            let disk = PoolDisk::open(&dir, spec.durability)?;
+            disk.hold_cache_charge(charge);
+            Some(disk)
         } else {
             None
         };

@@ -39,6 +39,10 @@ pub enum Durability {
 /// The default flush interval of periodic durability.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Bytes of a pool database's page cache (sled's), charged to the host's memory budget while
+/// the pool lives: a persistent pool costs this much host memory besides its index.
+pub const CACHE_BYTES: u64 = 64 << 20;
+
 /// The longest flush interval accepted.
 pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -121,6 +125,8 @@ struct Commit {
 
 /// A persistent pool's database and its flusher.
 pub struct PoolDisk {
+    /// The database's page cache, charged to the host's memory budget.
+    cache: Mutex<Option<crate::memory::budget::Charge>>,
     db: sled::Db,
     dir: PathBuf,
     commit: Arc<Commit>,
@@ -141,7 +147,7 @@ impl PoolDisk {
     pub fn open(dir: &Path, durability: Durability) -> Result<Arc<Self>, DiskError> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 << 20)
+            .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()
             .map_err(|source| DiskError::Open { dir: dir.to_path_buf(), source })?;
@@ -168,6 +174,7 @@ impl PoolDisk {
                 .map_err(DiskError::Flusher)?
         };
         Ok(Arc::new(PoolDisk {
+            cache: Mutex::new(None),
             db,
             dir: dir.to_path_buf(),
             commit,
@@ -175,6 +182,11 @@ impl PoolDisk {
             size_on_disk,
             remove_on_drop: AtomicBool::new(false),
         }))
+    }
+
+    /// Holds `charge` (the cache's bytes charged to the host's budget) while the database lives.
+    pub fn hold_cache_charge(&self, charge: crate::memory::budget::Charge) {
+        *self.cache.lock() = Some(charge);
     }
 
     /// The database directory.

@@ -148,3 +148,23 @@ fn fragmentation_is_bounded_after_a_random_half_is_invalidated_and_other_sizes_r
     assert_eq!(pool.load_record(7).unwrap(), Some(record(7, 900)));
     println!("fragmentation: {:.2} -> {:.2} ({report:?})", ratio(before), ratio(after));
 }
+
+#[test]
+fn a_persistent_pools_database_cache_is_charged_to_the_budget() {
+    let server = ServeProcess::start(&temp_dir("memory-cache"), &["--memory-limit", "64M"]);
+    let client = server.client();
+    let sled = || BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("sled") };
+    // 64 MiB of cache cannot fit a 64 MiB budget that already holds the arena's headroom.
+    let err = client.create_pool(&PoolConfig::new("disk", vec![sled()])).unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(409), Some("memory_budget")), "{err}");
+    assert!(err.to_string().contains("--memory-limit"), "{err}");
+    assert!(client.pools().unwrap().is_empty(), "nothing half-created");
+    client.set_memory(&MemoryPatch { limit_bytes: Some(256 * MIB), ..Default::default() }).unwrap();
+    let before = client.memory().unwrap().used_bytes;
+    client.create_pool(&PoolConfig::new("disk", vec![sled()])).unwrap();
+    let with_pool = client.memory().unwrap().used_bytes;
+    assert!(with_pool >= before + 64 * MIB, "{before} -> {with_pool}");
+    client.remove_pool("disk").unwrap();
+    let after = client.memory().unwrap().used_bytes;
+    assert!(after + 64 * MIB <= with_pool, "destroying the pool gives the cache back: {with_pool} -> {after}");
+}

@@ -6,6 +6,7 @@
 //! store (frontswap's way), it never allocates past the budget. The limit changes at run time;
 //! lowering it below what is held refuses new charges until enough is released.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The host's memory budget for pages. Lock-free: charging is one compare-and-swap.
@@ -40,6 +41,18 @@ impl MemoryBudget {
         self.used.fetch_add(bytes, Ordering::AcqRel);
     }
 
+    /// Charges `bytes` if the limit allows, as a [`Charge`] that gives them back when dropped.
+    pub fn charge(self: &Arc<Self>, bytes: u64) -> Option<Charge> {
+        self.try_charge(bytes).then(|| Charge { budget: self.clone(), bytes })
+    }
+
+    /// Charges `bytes` whatever the limit (memory that must be held: a restored pool's
+    /// database cache), as a [`Charge`].
+    pub fn charge_anyway(self: &Arc<Self>, bytes: u64) -> Charge {
+        self.force_charge(bytes);
+        Charge { budget: self.clone(), bytes }
+    }
+
     /// Gives back `bytes` charged earlier.
     pub fn release(&self, bytes: u64) {
         let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
@@ -64,6 +77,26 @@ impl MemoryBudget {
     /// Charges refused so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes charged to a [`MemoryBudget`] for as long as this lives.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<MemoryBudget>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Bytes it holds.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 

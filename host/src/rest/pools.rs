@@ -114,7 +114,7 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
     responses(
         (status = 201, body = PoolInfo),
         (status = 200, description = "Dry run: the config is valid", body = PoolCheck),
-        (status = 400, description = "Unknown fields, unknown plugins, a bad chain, bad config keys, a bad page size", body = ErrorBody),
+        (status = 409, description = "A pool of that name exists (`pool_exists`); the host's plugin instance slots cannot hold its instances (`instance_limit`: shards × plugins, named in the message); or the memory budget cannot hold a persistent pool's database cache (`memory_budget`)", body = ErrorBody),
         (status = 409, description = "A pool of that name exists (`pool_exists`), or the host's plugin instance slots cannot hold its instances (`instance_limit`: shards × plugins, named in the message)", body = ErrorBody),
         (status = 500, description = "The host failed: a persistent pool's database cannot be created (`storage_error`), the catalog cannot be written (`catalog`), no randomness (`internal`); the message names no paths or internal errors, the host's log has them", body = ErrorBody),
         (status = 503, description = "The host cannot start another plugin instance now (`no_capacity`): retry later", body = ErrorBody),
