@@ -28,6 +28,7 @@
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`telemetry`] — logging set-up.
 //! - [`wire_io`] — frames of the frontend and peer protocols read from async streams.
+//! - `listen` — what the accept loops share: backing off when descriptors run out.
 
 pub mod bundled;
 pub mod catalog;
@@ -35,6 +36,7 @@ pub mod chain;
 pub mod demo;
 pub mod frontend;
 pub mod host;
+mod listen;
 pub mod memory;
 pub mod page_index;
 pub mod page_store;

@@ -36,7 +36,7 @@ pub async fn serve_peers(host: Arc<Host>, token: ApiToken, listener: TcpListener
                         }
                     });
                 }
-                Err(e) => tracing::warn!("accepting a peer connection failed: {e}"),
+                Err(e) => crate::listen::accept_failed(&e, "a peer connection").await,
             },
             () = &mut shutdown => break,
         }

@@ -1393,8 +1393,15 @@ impl Pool {
                 report.dropped += dropped;
                 dropped
             } else {
+                // What the frontend says it took is not trusted: progress is what left the
+                // pool (a frontend that claims pages and takes none cannot keep this looping).
                 let frontend = frontend.as_ref().expect("checked above");
-                let taken = frontend.take_back(self, &victims);
+                let before = self.curr_pages();
+                let claimed = frontend.take_back(self, &victims);
+                let taken = before.saturating_sub(self.curr_pages());
+                if claimed != taken {
+                    tracing::warn!(pool = %self.name, frontend = %frontend.name(), claimed, taken, "a frontend's TAKEN count is not what it took");
+                }
                 report.written_back += taken;
                 taken
             };

@@ -294,3 +294,98 @@ fn a_batch_whose_answer_cannot_fit_a_frame_is_refused_before_it_runs() {
     let results = client.batch(&[Op::Take(0), Op::Take(1)]).unwrap();
     assert!(results.iter().all(|r| matches!(r, OpResult::Loaded { page: p, .. } if *p == page)), "{results:?}");
 }
+
+#[test]
+fn a_frontend_that_claims_pages_it_did_not_take_cannot_hold_a_shrink() {
+    let server = ServeProcess::start(&temp_dir("fe-liar"), &[]);
+    pool(&server, "p");
+    // The liar attaches first (shrink asks the first frontend): it answers every TAKE_BACK
+    // with TAKEN = all of them, and takes nothing.
+    let mut liar = raw_hello(&server, "p");
+    let mut answers = liar.try_clone().unwrap();
+    let lying = std::thread::spawn(move || {
+        let mut len = [0u8; 4];
+        let mut lies = 0;
+        while liar.read_exact(&mut len).is_ok() {
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            if liar.read_exact(&mut body).is_err() {
+                break;
+            }
+            let (kind, id, payload) = wire::parse_body(&body).unwrap();
+            if kind == proto::TAKE_BACK {
+                let asked = u32::from_le_bytes(payload[..4].try_into().unwrap()) as u64;
+                let mut frame = Vec::new();
+                wire::frame(&mut frame, MAX_BODY, proto::TAKEN, id, &[&asked.to_le_bytes()]).unwrap();
+                answers.write_all(&frame).unwrap();
+                lies += 1;
+            }
+        }
+        lies
+    });
+    let client = FrontendClient::connect(&socket(&server), &server.token, "p", "storer").unwrap();
+    let pages: Vec<Vec<u8>> = (0..50).map(tagged_page).collect();
+    let ops: Vec<Op<'_>> = pages.iter().enumerate().map(|(i, p)| Op::Store(i as u64, p)).collect();
+    client.batch(&ops).unwrap();
+    let started = std::time::Instant::now();
+    let shrunk = server.client().shrink("p", 10).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the shrink took {:?}", started.elapsed());
+    assert_eq!((shrunk.before, shrunk.after, shrunk.written_back), (50, 50, 0), "nothing was taken, nothing counted");
+    // Nothing was lost.
+    let results = client.batch(&(0..50u64).map(Op::Load).collect::<Vec<_>>()).unwrap();
+    assert!(results.iter().all(|r| matches!(r, OpResult::Loaded { .. })));
+    server.client().remove_pool("p").unwrap_or(());
+    drop(client);
+    drop(server);
+    assert!(lying.join().unwrap() >= 1, "the liar was asked");
+}
+
+#[test]
+fn a_socket_path_that_is_a_file_is_not_deleted() {
+    let dir = temp_dir("fe-socket-file");
+    let file = dir.join("precious");
+    std::fs::write(&file, b"not a socket").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmem"))
+        .args(["serve", "--data-dir", dir.join("data").to_str().unwrap(), "--listen", "127.0.0.1:0", "--socket"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"), "{out:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a socket", "the file is intact");
+}
+
+#[test]
+fn running_out_of_descriptors_backs_off_instead_of_spinning() {
+    let dir = temp_dir("fe-emfile");
+    let log = dir.join("serve.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The host with few descriptors: idle connections exhaust them.
+    let mut child = std::process::Command::new("bash")
+        .args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_tmem"), "serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("TMEM_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let up = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ureq::get(&health).call().is_ok()
+    });
+    assert!(up, "tmem serve did not come up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let socket = dir.join("data").join("tmem.sock");
+    let idle: Vec<UnixStream> = (0..200).filter_map(|_| UnixStream::connect(&socket).ok()).collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let failures = std::fs::read_to_string(&log).unwrap().matches("accepting a frontend failed").count();
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let still_up = ureq::get(&health).call().is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(failures > 0, "the descriptors did run out");
+    assert!(failures < 100, "{failures} failed accepts logged in about 2 s: the loop spins");
+    assert!(still_up, "the host serves once descriptors are free again");
+}

@@ -37,9 +37,14 @@ pub fn default_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("tmem.sock")
 }
 
-/// Binds the socket (replacing a stale file from an earlier run) with mode 0600.
+/// Binds the socket (replacing a stale socket from an earlier run) with mode 0600. Anything
+/// else at the path is left alone: the host refuses to start rather than delete a file.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("{} exists and is not a socket: choose another --socket path", path.display());
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("the frontend socket {} is in use by another tmem serve", path.display());
         }
@@ -162,7 +167,7 @@ pub async fn serve_frontends(
                         }
                     }));
                 }
-                Err(e) => tracing::warn!("accepting a frontend failed: {e}"),
+                Err(e) => crate::listen::accept_failed(&e, "a frontend").await,
             },
             () = &mut shutdown => break,
         }
