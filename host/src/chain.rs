@@ -298,6 +298,13 @@ impl Chain {
         let names: Vec<&str> = self.links.iter().map(|l| l.plugin.as_str()).collect();
         format!("[{}]", names.join(", "))
     }
+
+    /// The chain with each plugin's version, for the log: `zstd 0.1.0 → ram 0.1.0`.
+    pub fn describe_versions(&self) -> String {
+        let links: Vec<String> =
+            self.links.iter().map(|l| format!("{} {}", l.plugin, l.module.manifest().version)).collect();
+        links.join(" → ")
+    }
 }
 
 /// What a pool shard hands to its chain for one operation.

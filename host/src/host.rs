@@ -663,7 +663,7 @@ impl Host {
             let unchanged = chain.links().iter().zip(current.links()).all(|(a, b)| a.same_as(b));
             if !unchanged {
                 let generation = pool.swap_chain(Arc::new(chain))?;
-                tracing::info!(pool = %name, generation, chain = %describe_versions(&pool.chain()), "pool chain swapped");
+                tracing::info!(pool = %name, generation, chain = %pool.chain().describe_versions(), "pool chain swapped");
             }
         }
         pool.set_limits(limits)?;
@@ -726,12 +726,6 @@ impl Host {
 }
 
 /// `zstd 0.1.0 → ram 0.1.0`, for logs.
-fn describe_versions(chain: &Chain) -> String {
-    let links: Vec<String> =
-        chain.links().iter().map(|l| format!("{} {}", l.plugin, l.module.manifest().version)).collect();
-    links.join(" → ")
-}
-
 /// The durability a PATCH asks for, checked against the pool (`None`: unchanged).
 fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durability>, PoolError> {
     if patch.durability.is_none() && patch.flush_interval_ms.is_none() {

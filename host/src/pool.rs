@@ -850,7 +850,7 @@ impl Pool {
             c.previous.clone()
         };
         PoolStats::add(&self.stats.counters.canary_rollbacks, 1);
-        let chain = self.chain().describe();
+        let chain = self.chain().describe_versions();
         match previous {
             Some(previous) => match self.install(previous.chain.clone(), None, false) {
                 Ok(id) => {
@@ -1295,7 +1295,7 @@ impl Pool {
             // the page: no caller may see it.
             out.fill(0);
         }
-        let described = result.is_err().then(|| chain.describe());
+        let described = result.is_err().then(|| chain.describe_versions());
         let removed = result.is_ok() && exclusive;
         if removed {
             self.drop_stored(&mut shard, offset, entry);
