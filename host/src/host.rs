@@ -701,6 +701,9 @@ impl Host {
             catalog.remove_pool(name)?;
         }
         let pool = self.pools.write().remove(name).ok_or_else(|| HostError::PoolNotFound(name.into()))?;
+        // Frontends still holding the pool are turned away from now on (a store into a pool
+        // nobody can reach again would be acknowledged and lost).
+        pool.retire();
         pool.invalidate_area();
         if let Some(disk) = pool.disk() {
             // The directory goes when the last operation still holding the pool is done.

@@ -549,6 +549,8 @@ pub struct Pool {
     full: AtomicBool,
     /// Whether pages are checksummed when stored and checked when loaded.
     integrity: bool,
+    /// Set when the pool is destroyed.
+    retired: AtomicBool,
     /// How many stores a canary verifies (0: none).
     canary_stores: u32,
     /// The id of the generation whose stores are verified now (0: none): the lock-free check
@@ -704,6 +706,7 @@ impl Pool {
             enabled: AtomicBool::new(spec.enabled),
             full: AtomicBool::new(false),
             integrity: spec.integrity,
+            retired: AtomicBool::new(false),
             canary_stores: spec.canary_stores,
             canary_generation: Default::default(),
             canary: Mutex::new(None),
@@ -1482,14 +1485,27 @@ impl Pool {
         self.exclusive_gets.store(modes.exclusive_gets, Ordering::Relaxed);
     }
 
+    /// Marks the pool destroyed: stores are refused from now on, and frontends that still
+    /// hold it end their connections ([`Pool::is_retired`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.enabled.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the pool was destroyed.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     /// Whether stores are accepted at all.
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Enables or disables stores (loads and invalidates always work).
+    /// Enables or disables stores (loads and invalidates always work; a destroyed pool stays
+    /// disabled).
     pub fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Ordering::Relaxed);
+        self.enabled.store(enabled && !self.is_retired(), Ordering::Relaxed);
     }
 
     /// Whether a limit was hit and stores are refused until usage falls below the threshold.

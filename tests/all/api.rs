@@ -273,6 +273,12 @@ fn pools_are_created_checked_changed_and_destroyed() {
     assert_eq!((status, error_code(&response).as_str()), (404, "not_found"));
     let (status, response) = client.request("PUT", "/api/v1/pools", None, true).unwrap();
     assert_eq!((status, error_code(&response).as_str()), (405, "method_not_allowed"));
+    // A wrong method is no way around the token: without it, the answer is 401, not 405.
+    for (method, path) in [("PUT", "/api/v1/pools"), ("POST", "/api/v1/memory"), ("PUT", "/api/v1/openapi.json")] {
+        let (status, response) = client.request(method, path, None, false).unwrap();
+        assert_eq!((status, error_code(&response).as_str()), (401, "unauthorized"), "{method} {path}");
+    }
+    assert_eq!(client.request("GET", "/healthz", None, false).unwrap().0, 200, "health needs no token");
 
     // DELETE: invalidate_area, then gone.
     client.put_page("p1", 1, &tagged_page(1)).unwrap();

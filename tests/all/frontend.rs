@@ -389,3 +389,21 @@ fn running_out_of_descriptors_backs_off_instead_of_spinning() {
     assert!(failures < 100, "{failures} failed accepts logged in about 2 s: the loop spins");
     assert!(still_up, "the host serves once descriptors are free again");
 }
+
+#[test]
+fn a_frontend_of_a_destroyed_pool_is_turned_away_not_acknowledged() {
+    let server = ServeProcess::start(&temp_dir("fe-destroyed"), &[]);
+    pool(&server, "p");
+    let client = FrontendClient::connect(&socket(&server), &server.token, "p", "late").unwrap();
+    client.batch(&[Op::Store(1, &tagged_page(1))]).unwrap();
+    server.client().remove_pool("p").unwrap();
+    // A store into a pool nobody can reach again would be acknowledged and lost: refused.
+    let page = tagged_page(2);
+    let result = client.batch(&[Op::Store(2, &page)]);
+    assert!(result.is_err(), "{result:?}");
+    assert!(result.unwrap_err().to_string().contains("was destroyed"));
+    // A new pool of the same name is a new pool: nothing of the old one, nothing of the late store.
+    pool(&server, "p");
+    let fresh = FrontendClient::connect(&socket(&server), &server.token, "p", "new").unwrap();
+    assert_eq!(fresh.batch(&[Op::Load(1), Op::Load(2)]).unwrap(), [OpResult::Absent, OpResult::Absent]);
+}

@@ -285,6 +285,9 @@ async fn serve_batches(
     // allocates nothing.
     let (mut body, mut out, mut page) = (Vec::new(), Vec::new(), vec![0u8; page_size]);
     while read_frame_into(reader, MAX_BODY, &mut body).await.map_err(|e| e.to_string())? {
+        if pool.is_retired() {
+            return Err(format!("pool '{}' was destroyed", pool.name()));
+        }
         let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
         match kind {
             proto::BATCH => {

@@ -174,10 +174,12 @@ pub fn router(state: AppState, token: ApiToken) -> axum::Router {
     let (api, doc) = api_routes();
     let doc = Arc::new(serde_json::to_value(&doc).expect("the OpenAPI document serializes"));
     let body_limit = host.engine().options().max_module_bytes.max(MAX_PAGE_SIZE as usize) + 1;
+    // `layer`, not `route_layer`: the token is checked for a wrong method too (a 405 would
+    // otherwise tell an unauthenticated client which routes exist).
     let api = api
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(doc))
-        .route_layer(middleware::from_fn_with_state(Arc::new(token), auth::require_token));
+        .layer(middleware::from_fn_with_state(Arc::new(token), auth::require_token));
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
