@@ -127,10 +127,7 @@ fn decode_module(value: &[u8]) -> Result<StoredModule, CatalogError> {
 impl Catalog {
     /// Opens (or creates) the catalog in `dir`.
     pub fn open(dir: &Path) -> Result<Self, CatalogError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()
+        let db = crate::persist::open_sled(&sled::Config::new().path(dir).mode(sled::Mode::LowSpace))
             .map_err(|source| CatalogError::Open { dir: dir.to_path_buf(), source })?;
         let modules = db.open_tree("modules")?;
         let pools = db.open_tree("pools")?;

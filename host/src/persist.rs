@@ -39,6 +39,23 @@ pub enum Durability {
 /// The default flush interval of periodic durability.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Opens a sled database, waiting up to two seconds for the lock of one just closed in this
+/// process: sled's background threads let go of the file lock a moment after the database is
+/// dropped, so an immediate reopen (a host restarted in-process) would otherwise fail.
+pub(crate) fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Bytes of a pool database's page cache (sled's), charged to the host's memory budget while
 /// the pool lives: a persistent pool costs this much host memory besides its index.
 pub const CACHE_BYTES: u64 = 64 << 20;
@@ -145,12 +162,8 @@ impl std::fmt::Debug for PoolDisk {
 impl PoolDisk {
     /// Opens (or creates) the database in `dir` and starts its flusher.
     pub fn open(dir: &Path, durability: Durability) -> Result<Arc<Self>, DiskError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| DiskError::Open { dir: dir.to_path_buf(), source })?;
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None);
+        let db = open_sled(&config).map_err(|source| DiskError::Open { dir: dir.to_path_buf(), source })?;
         let commit = Arc::new(Commit {
             state: Mutex::new(CommitState {
                 durability,
