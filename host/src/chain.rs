@@ -601,7 +601,6 @@ impl ChainInstances {
     /// (`PageShard::drain`), whatever the store did.
     pub(crate) fn clear(&mut self, cx: &ChainContext<'_>) {
         let store = self.slots.len() - 1;
-        cx.pages.begin_clear();
         let _ = self.call(cx, store, false, |s| s.clear());
     }
 }

@@ -795,8 +795,9 @@ fn compact(pools: &[Arc<Pool>], arena: &PageArena) -> CompactionReport {
         return CompactionReport::default();
     }
     let moved = pools.iter().map(|pool| pool.relocate_records()).sum();
+    // The emptied runs' spans are free spans now; the grower releases what is beyond the
+    // headroom on its next round.
     arena.end_compaction();
-    arena.grow();
     let freed_bytes = before.saturating_sub(arena.stats().run_bytes);
     tracing::info!(runs_drained, moved, freed_mib = freed_bytes >> 20, "page arena compacted");
     CompactionReport { runs_drained, moved, freed_bytes }

@@ -224,24 +224,6 @@ impl PageIndex {
         self.get(offset).is_some()
     }
 
-    /// Changes the entry of a present `offset`; `false` if it is absent.
-    pub fn update(&mut self, offset: u64, change: impl FnOnce(&mut PageEntry)) -> bool {
-        let key = self.key(offset);
-        if key < DENSE_KEYS {
-            let Some(chunk) = self.chunks.get(&(key >> CHUNK_BITS)) else { return false };
-            self.chunk_entries(chunk.handle, |e| {
-                let entry = &mut e[key as usize % CHUNK_ENTRIES];
-                entry.is_present() && {
-                    change(entry);
-                    entry.bits |= PRESENT;
-                    true
-                }
-            })
-        } else {
-            self.sparse.get_mut(&key).map(change).is_some()
-        }
-    }
-
     /// Charges the growth of a map table from `before` to `after` bytes; `false` if the budget
     /// refuses.
     fn charge(&mut self, before: u64, after: u64) -> bool {
@@ -363,20 +345,6 @@ impl PageIndex {
         out.extend(self.sparse.keys().take(n.saturating_sub(out.len() - start)).map(|&k| offset(k)));
     }
 
-    /// Calls `f` with every present page's offset and entry, in no particular order.
-    pub fn for_each(&self, shard: u64, mut f: impl FnMut(u64, &PageEntry)) {
-        for (&chunk_key, chunk) in &self.chunks {
-            self.chunk_entries(chunk.handle, |e| {
-                for (i, entry) in e.iter().enumerate().filter(|(_, e)| e.is_present()) {
-                    f((chunk_key << CHUNK_BITS | i as u64) << self.shift | shard, entry);
-                }
-            });
-        }
-        for (&key, entry) in &self.sparse {
-            f(key << self.shift | shard, entry);
-        }
-    }
-
     /// Calls `f` with every present page's entry, which it may change (its presence stays).
     pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut PageEntry)) {
         for chunk in self.chunks.values() {
@@ -451,10 +419,14 @@ mod tests {
         let old = index.insert(dense[5], PageEntry::new(1, 99, Some(7))).unwrap();
         assert_eq!(old.map(|e| e.generation()), Some(5));
         assert_eq!(index.len(), 1050);
-        assert!(index.update(dense[5], |e| *e = e.with_record(Some((Handle::from_bits(9), 10)))));
+        index.for_each_mut(|e| {
+            if e.generation() == 99 {
+                *e = e.with_record(Some((Handle::from_bits(9), 10)))
+            }
+        });
         assert_eq!(index.get(dense[5]).unwrap().record(), Some((Handle::from_bits(9), 10)));
         let mut seen = Vec::new();
-        index.for_each(3, |o, _| seen.push(o));
+        index.some_offsets(usize::MAX, 3, &mut seen);
         seen.sort();
         let mut all: Vec<u64> = dense.iter().chain(&sparse).copied().collect();
         all.sort();

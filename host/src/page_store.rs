@@ -84,7 +84,6 @@ enum StoreOp {
     Idle,
     Put { offset: u64, meta: PageMeta },
     Delete { offset: u64 },
-    Clear,
 }
 
 /// The record a store put during the current store.
@@ -180,11 +179,6 @@ impl PageShard {
     /// A delete of `offset` begins (the host removes the page after it, whatever it does).
     pub fn begin_delete(&self, offset: u64) {
         self.state.lock().op = StoreOp::Delete { offset };
-    }
-
-    /// A clear begins (the host drains the shard after it).
-    pub fn begin_clear(&self) {
-        self.state.lock().op = StoreOp::Clear;
     }
 
     /// The store of `offset` succeeded: its entry (with the record the store put, if any)
@@ -303,11 +297,6 @@ impl PageShard {
             }
         });
         moved
-    }
-
-    /// Bytes of index this shard holds.
-    pub fn index_bytes(&self) -> u64 {
-        self.state.lock().index.bytes()
     }
 
     fn free_record(&self, entry: &PageEntry) {

@@ -87,13 +87,6 @@ pub struct Charge {
     bytes: u64,
 }
 
-impl Charge {
-    /// Bytes it holds.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-}
-
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.release(self.bytes);
