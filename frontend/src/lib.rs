@@ -6,8 +6,8 @@
 //!   and the host's take-back requests (shrink).
 //! - [`region`] — [`Region`](region::Region): an anonymous memory region under userfaultfd whose
 //!   cold pages live in a pool (or, when the pool refuses them, in a backing file).
-//! - [`backing`] — [`BackingFile`](backing::BackingFile): the sparse file of pages a pool
-//!   refused.
+//! - [`backing`] — [`BackingFile`](backing::BackingFile): the file of pages a pool refused
+//!   (reserved and written with `O_DIRECT` for a block device, sparse for a region).
 //! - [`locations`] — [`PageLocations`](locations::PageLocations): where each page is (pool,
 //!   backing file, both, zeros, held, lost) and the placement rules over the backing file; the
 //!   one implementation shared by the region and the host's block devices.

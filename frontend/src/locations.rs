@@ -8,9 +8,10 @@
 //! The map keeps one byte per page, the gauges of how many pages are where, and the backing
 //! file itself, because the rules below tie the two together:
 //!
-//! - **Leaving the file punches it.** A page whose location stops including the backing file
-//!   has its stale copy punched out, so the file never holds a copy the map does not name.
-//!   (A failed punch only leaves space in use: the map, not the file, says where a page is.)
+//! - **Leaving the file clears it.** A page whose location stops including the backing file
+//!   has its stale copy taken out ([`BackingFile::punch`]: punched from a sparse file, zeroed
+//!   in a reserved one), so the file never holds a copy the map does not name. (A failed
+//!   punch only leaves a stale copy behind: the map, not the file, says where a page is.)
 //! - **Placement by store outcome** ([`PageSlot::place`]): stored → the pool (a stale file
 //!   copy punched); stored writethrough → the pool and the file (the file write failing leaves
 //!   it in the pool alone); refused, or an outcome the frontend never learnt → the file. A

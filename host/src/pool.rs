@@ -611,14 +611,15 @@ impl Pool {
         let mut installed = Vec::new();
         for (id, chain) in generations {
             let chain = Arc::new(chain);
-            pool.install(chain.clone(), Some(id), false)?;
+            pool.install_in_shard_0(chain.clone(), Some(id), false)?;
             installed.push((id, chain));
         }
         let mut dropped = 0u64;
         for (i, shard) in pool.shards.iter().enumerate() {
             let mut shard = shard.lock();
             if i > 0 {
-                // Shard 0 has every generation's warmed-up slot; the others start them lazily.
+                // Shard 0 has every generation's warmed-up slot; the others start them lazily
+                // (or below, ahead, when the host serves swap).
                 shard.generations = installed
                     .iter()
                     .map(|(id, chain)| {
@@ -654,6 +655,9 @@ impl Pool {
         }
         if dropped > 0 {
             tracing::error!(pool = %pool.name, dropped, "DATA LOSS: pages stored by an unknown chain generation were dropped");
+        }
+        if crate::memory::is_locked() {
+            pool.start_every_shard();
         }
         Ok(pool)
     }
@@ -732,6 +736,33 @@ impl Pool {
     /// Starts `chain` and makes it the current generation, as `id` or as the next id; with
     /// `verify`, under a canary (when the pool has one).
     fn install(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
+        let id = self.install_in_shard_0(chain, id, verify)?;
+        if crate::memory::is_locked() {
+            self.start_every_shard();
+        }
+        Ok(id)
+    }
+
+    /// When the host serves swap (its memory locked): starts the current generation's
+    /// instances in every shard now, rather than on each shard's first store — on an I/O
+    /// thread, under the memory pressure that sent the page, where instantiating allocates and
+    /// faults (see `PluginInstance::make_resident`). A link that cannot start here starts (or
+    /// faults) on first use as before.
+    fn start_every_shard(&self) {
+        for shard in self.shards.iter().skip(1) {
+            let mut shard = shard.lock();
+            let slot = shard.current_slot(self);
+            let Shard { generations, pages, .. } = &mut *shard;
+            let GenerationSlot { id, chain, instances, .. } = &mut generations[slot];
+            let chain = chain.clone();
+            if let Err((i, fault)) = instances.warm_up(&self.context(*id, &chain, pages)) {
+                tracing::warn!(pool = %self.name, plugin = %chain.links()[i].plugin, "starting an instance ahead: {fault}");
+            }
+        }
+    }
+
+    /// [`Pool::install`]'s work: the new generation, warmed up in shard 0.
+    fn install_in_shard_0(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
         // Shard 0's lock serializes swaps, and no store in shard 0 can see the new id before
         // its warmed-up slot is in place.
         let mut shard = self.shards[0].lock();

@@ -38,7 +38,8 @@
 # and run.sh exits 0 only when every scenario passed. Artifacts: the serial log of each boot,
 # each line stamped with seconds since QEMU started, TARGET/tmp/guest/BOOT.serial.log (BOOT: the
 # scenarios' names joined by +). A guest that prints nothing for a scenario's silence= seconds
-# gets sysrq w, l and m over the serial line (its blocked tasks' and CPUs' stacks, its memory)
+# gets sysrq w, l, m and t over the serial line (its blocked tasks' and CPUs' stacks, its
+# memory, every task's stack)
 # before QEMU is killed; a task blocked for 60 s panics the guest after printing every stack.
 set -euo pipefail
 export LC_ALL=C
@@ -140,7 +141,7 @@ check() {
         if (line ~ /^GUEST SWAPCHECK EXIT/) exit_code = substr(line, 22)
         if (line ~ /^GUEST SERVE-UP/) { serves++; if (serves == 1) { serve_s = kv(line, "seconds"); compiled = kv(line, "compiled") } else restart_s = kv(line, "seconds") }
         if (line ~ /^GUEST POOL-FINAL/) pool = line
-        if (line ~ /^GUEST BACKING-FILE/) backing_kib = substr(line, 20) + 0
+        if (line ~ /^GUEST BACKING /) backing = (substr(line, 15) ~ /^\/dev\//) ? "a block device, " substr(line, 15) : "a file on the guest'"'"'s disk"
         if (zram_next) { zram_stat = line; zram_next = 0 }
         if (line ~ /^GUEST ZRAM stat-BEGIN/) zram_next = 1
         if (line ~ /^GUEST RECOVER/) recover = line
@@ -161,7 +162,7 @@ check() {
         if (blocked != "") stacks = "; in D state: " blocked
         if (running != "") stacks = stacks "; on the CPUs: " running
         if (hung != "") failed("livelock/hung task: " hung (into == "" ? "" : ", " into) stacks "; every task'"'"'s stack in " where)
-        if (harness ~ /printed nothing/) failed("livelock/hung task: " harness (into == "" ? "" : ", the last line " into) stacks "; stacks (sysrq w, l, m) in " where)
+        if (harness ~ /printed nothing/) failed("livelock/hung task: " harness (into == "" ? "" : ", the last line " into) stacks "; stacks (sysrq w, l, m, t) in " where)
         if (harness != "") failed("timeout: " harness (into == "" ? "" : ", " into) stacks "; " where)
         if (panic != "") failed("kernel panic: " panic "; " where)
         if (!ended) failed("the guest stopped in the scenario; " where)
@@ -212,7 +213,7 @@ check() {
             if (!(invalidates > 0)) failed("the kernel'"'"'s discards of freed swap slots never reached the pool as invalidates")
             if (expect == "refused" && !(refused > 0)) failed("the pool refused no store (its limit never bit)")
             if (expect == "refused" && !(to_backing > 0)) failed("the device wrote no page to its backing file")
-            text = text sprintf(", pool stores %d, refused %d, loads %d, invalidates %d, to backing file %d, from backing file %d (file %d MiB on disk), serve start %s s (compiled %s)", stores, refused, loads, invalidates, to_backing, from_backing, backing_kib / 1024, serve_s, compiled)
+            text = text sprintf(", pool stores %d, refused %d, loads %d, invalidates %d, to backing %d, from backing %d (%s), serve start %s s (compiled %s)", stores, refused, loads, invalidates, to_backing, from_backing, backing, serve_s, compiled)
         }
         printf "RESULT ok: %s, workload %s, scenario %s, boot %s [%s]\n", text, secs(ok_ts - start_ts), secs(end_ts - begin_ts), secs(boot), name
     }' "$log"
@@ -337,6 +338,8 @@ run_boot() {
     done
 
     local stage log=$work/$boot.serial.log initrd=$work/$boot.initrd.gz disk=$work/$boot.disk.img t
+    # A second, raw disk (the guest's /dev/vdb): a device's backing store on a block device.
+    local raw=$work/$boot.raw.img
     stage=$(mktemp -d "$work/stage.XXXXXX")
     mkdir -p "$stage/disk/sysroot"
     resolved_table > "$stage/scenarios"
@@ -355,8 +358,9 @@ run_boot() {
     fi
     t=$EPOCHREALTIME
     "${build[@]}" || die "cannot build the initramfs (see above)"
-    rm -f "$disk"
+    rm -f "$disk" "$raw"
     truncate -s "${TMEM_GUEST_DISK_SIZE:-4G}" "$disk"
+    truncate -s 2G "$raw"
     "$mkfs" -q -F -L tmem-guest -N 4096 -E lazy_itable_init=0,lazy_journal_init=1 -d "$stage/disk" "$disk" ||
         die "mkfs.ext4 of the guest's disk failed"
     say "$boot: initramfs ($(du -k "$initrd" | cut -f1) KiB) and disk ($(du -k "$disk" | cut -f1) KiB used) built in $(elapsed "$t") s"
@@ -387,7 +391,8 @@ run_boot() {
     say "$boot: booting ($memory MiB, $cpus CPUs${words:+, $words}; serial log $log)"
     "$qemu" -accel tcg -cpu max -nodefaults -display none -serial mon:stdio -no-reboot \
         -smp "$cpus" -m "$memory" -kernel "$work/kernel/vmlinuz" -initrd "$initrd" -append "$append" \
-        -drive "file=$disk,format=raw,if=virtio,cache=unsafe" < "$fifo_in" > "$fifo_out" &
+        -drive "file=$disk,format=raw,if=virtio,cache=unsafe" \
+        -drive "file=$raw,format=raw,if=virtio,cache=unsafe" < "$fifo_in" > "$fifo_out" &
     qemu_pid=$!
 
     # The watchdog: past the boot's timeout, or after `silence` seconds without a line, the
@@ -405,8 +410,8 @@ run_boot() {
         else
             continue
         fi
-        say "$boot: $why: asking for stacks (sysrq w, l, m), then killing QEMU"
-        for key in w l m; do
+        say "$boot: $why: asking for stacks (sysrq w, l, m, t), then killing QEMU"
+        for key in w l m t; do
             printf '\001b' >&"$input"
             sleep 0.5
             printf '%s' "$key" >&"$input"
@@ -438,7 +443,7 @@ run_boot() {
         fi
     fi
     rm -rf "$stage"
-    [ $keep_disk = 1 ] || rm -f "$disk"
+    [ $keep_disk = 1 ] || rm -f "$disk" "$raw"
 
     for name in "${names_in_boot[@]}"; do
         results=$((results + 1))

@@ -13,6 +13,10 @@ dir=/mnt/$SCENARIO
 rm -rf "$dir"
 mkdir -p "$dir"
 transport=$(param transport)
+# backing=raw: the device's backing store is the guest's second disk, /dev/vdb (a block
+# device: an O_DIRECT page write to it allocates nothing); else a file on the first disk.
+backing="$dir/swap.backing"
+[ "$(param backing)" = raw ] && backing=/dev/vdb
 device="" reporter="" server=""
 cleanup() {
     [ -n "$reporter" ] && kill "$reporter" 2>/dev/null
@@ -36,7 +40,7 @@ step "tmem serve is up"
 tmem pool create swap --backend zstd --backend ram $(args pool_args) >/dev/null || fail "tmem pool create"
 case "$transport" in
     nbd)
-        tmem pool attach swap --nbd-socket /run/swap.nbd --size 1G --backing "$dir/swap.backing" ||
+        tmem pool attach swap --nbd-socket /run/swap.nbd --size 1G --backing "$backing" ||
             fail "tmem pool attach --nbd-socket"
         modprobe nbd nbds_max=1 || fail "modprobe nbd"
         # nbd-client 3.24 asks for the default export (""), hands the socket to the kernel over
@@ -46,7 +50,7 @@ case "$transport" in
         ;;
     ublk)
         modprobe ublk_drv || fail "modprobe ublk_drv"
-        tmem pool attach swap --ublk --ublk-id 0 --size 1G --backing "$dir/swap.backing" ||
+        tmem pool attach swap --ublk --ublk-id 0 --size 1G --backing "$backing" ||
             fail "tmem pool attach --ublk"
         swap_device=/dev/ublkb0
         ;;
@@ -78,4 +82,4 @@ echo "GUEST POOL-JSON-BEGIN"
 tmem pool show swap --json
 echo "GUEST POOL-JSON-END"
 echo "GUEST POOL-FINAL $(pool_counters swap)"
-echo "GUEST BACKING-FILE $(du -k "$dir/swap.backing" | cut -f1) KiB on disk"
+echo "GUEST BACKING $backing"

@@ -13,12 +13,12 @@
 //! with EIO until the page is written again, so lost data is never turned into zeros).
 //!
 //! - **write** → store. Stored: the page is in the pool and a stale copy in the backing file
-//!   is punched out. Stored writethrough: also written to the backing file. Rejected (the
+//!   is cleared (zeroed: the file is reserved, see `tmem_frontend::backing`). Stored writethrough: also written to the backing file. Rejected (the
 //!   pool is full, the page did not compress, a plugin faulted…): written to the backing
 //!   file — by the duplicate-store rule the pool no longer has an older copy.
 //! - **read** → load from the pool, or the backing file, or zeros. An exclusive load (the pool
 //!   let go of the page) moves the page to the backing file.
-//! - **discard** → invalidate (pool and backing file, punched); **write-zeroes** → the same
+//! - **discard** → invalidate (pool and backing file, cleared); **write-zeroes** → the same
 //!   plus a zero marker.
 //! - **flush** (and FUA) → the pool's durability barrier (a persistent pool with periodic
 //!   durability flushes its database; a sync pool already acknowledged only what is on disk)
@@ -203,7 +203,7 @@ impl BlockDevice {
     }
 
     /// Rebuilds the map after a restart: the pool's pages first (a store the pool accepted is
-    /// newer than any backing copy, which is punched unless the pool is writethrough), then
+    /// newer than any backing copy, which is cleared unless the pool is writethrough), then
     /// the backing file's allocated pages.
     fn rebuild_map(&self) -> std::io::Result<()> {
         let writethrough = self.pool.modes().writethrough;

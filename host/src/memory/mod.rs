@@ -114,6 +114,24 @@ const PREFAULT_STACK_BYTES: usize = 256 << 10;
 /// Whether [`lock_process_memory`] locked the process's memory.
 static MEMORY_LOCKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether [`lock_process_memory`] locked the process's memory (the host serves swap).
+pub fn is_locked() -> bool {
+    MEMORY_LOCKED.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Makes `len` bytes at `start` resident and writable now (`MADV_POPULATE_WRITE`, Linux
+/// 5.14), without changing them: a page of it touched later takes no fault. Best effort.
+pub fn populate_writable(start: *mut u8, len: usize) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    let page = 4096usize;
+    let first = (start as usize) & !(page - 1);
+    let end = (start as usize + len).div_ceil(page) * page;
+    if end > first {
+        // SAFETY: advice over memory this process owns; POPULATE_WRITE never changes contents.
+        unsafe { libc::madvise(first as *mut libc::c_void, end - first, MADV_POPULATE_WRITE) };
+    }
+}
+
 /// Once the process's memory is locked: touches the next [`PREFAULT_STACK_BYTES`] of the
 /// calling thread's stack, so that its stack never takes a page fault — an allocation —
 /// later, while it serves swap I/O. (Unlocked, it does nothing: the pages would only be

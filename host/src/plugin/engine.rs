@@ -143,6 +143,11 @@ impl PluginEngine {
         config
             .cranelift_opt_level(OptLevel::Speed)
             .epoch_interruption(options.epoch_interruption)
+            // Linear memory is plain anonymous memory, its data segments copied in at
+            // instantiation: not a copy-on-write mapping of a module image (a shared-memory
+            // file, or the cached `.cwasm` itself), whose pages the kernel may evict and read
+            // back — from the swap this host serves (issue 14's `shmem_swapin_folio` stacks).
+            .memory_init_cow(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);

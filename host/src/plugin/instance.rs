@@ -339,7 +339,7 @@ impl PluginInstance {
                 clear: func!(export::STORE_CLEAR, (), i64),
             },
         };
-        Ok(PluginInstance {
+        let mut instance = PluginInstance {
             store,
             memory,
             io_in,
@@ -348,7 +348,36 @@ impl PluginInstance {
             call_ticks: ticks(limits.call_timeout, spec.tick),
             call_timeout: limits.call_timeout,
             exports,
-        })
+        };
+        if crate::memory::is_locked() {
+            instance.make_resident(spec.page_size as usize)?;
+        }
+        Ok(instance)
+    }
+
+    /// When the host serves swap (its memory locked): runs a filter once over a sample page
+    /// (encode, then decode), so that its codec state grows to its steady size now, and makes
+    /// the whole linear memory resident. A store call later then takes no page fault in the
+    /// instance — a fault is an allocation, and under global pressure an allocation waits on
+    /// reclaim, that is, on swap I/O this very instance serves. A store's heap grows with what
+    /// it keeps (`memory_bytes`); a plugin that grows after this faults as any would.
+    fn make_resident(&mut self, page_size: usize) -> Result<(), PluginFault> {
+        if matches!(self.exports, Exports::Filter { .. }) {
+            let len = page_size.min(self.io_cap);
+            for (i, b) in self.input(len).iter_mut().enumerate() {
+                // Half a page of text-like bytes, half of noise: both codec paths run.
+                *b = if i < len / 2 { b"tmem sample page "[i % 17] } else { (i.wrapping_mul(2_654_435_761) >> 13) as u8 };
+            }
+            let (code, out) = self.encode(len)?;
+            if code == status::OK && out <= self.io_cap {
+                let encoded = self.output(out).to_vec();
+                self.input(out).copy_from_slice(&encoded);
+                self.decode(out)?;
+            }
+        }
+        let size = self.memory.data_size(&self.store);
+        crate::memory::populate_writable(self.memory.data_ptr(&self.store), size);
+        Ok(())
     }
 
     /// The input buffer, `len` bytes long (`len` at most the I/O capacity).
