@@ -13,8 +13,9 @@ const TARGET: &str = "wasm32-unknown-unknown";
 
 /// Every crate of the plugins workspace (its directory) and the module it builds: the bundled
 /// plugins and the test fixtures.
-const PLUGINS: [(&str, &str); 7] = [
+const PLUGINS: [(&str, &str); 8] = [
     ("zstd", "tmem_plugin_zstd"),
+    ("lz4", "tmem_plugin_lz4"),
     ("ram", "tmem_plugin_ram"),
     ("sled", "tmem_plugin_sled"),
     ("remote", "tmem_plugin_remote"),

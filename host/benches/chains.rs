@@ -3,15 +3,15 @@
 //! `cargo bench -p tmem-host --bench chains` (or `-- --pages N`). One thread, realistic page
 //! contents (15% zero, 15% random, 70% text-like). For each chain it reports stores/s and
 //! loads/s through the host (Wasm plugins), the same work done natively in Rust (same zstd
-//! level, same same-filled rule, same map of boxed bytes), the ratio Wasm/native (time per
-//! page), the compression ratio, and host bytes per stored page beyond the stored bytes (the
+//! level or the same lz4 crate, same same-filled rule, same map of boxed bytes), the ratio
+//! Wasm/native (time per page), the compression ratio, lz4 against zstd-3, and host bytes per stored page beyond the stored bytes (the
 //! heap, counted by a global allocator with `malloc_usable_size` plus glibc's 8-byte chunk
 //! header, and the page arena's slots, whose class rounding is overhead too).
 //! It also measures what the epoch deadline checks cost on the zstd chain.
 //!
 //! `-- --scale` instead measures how the host scales with the number of pages: `[ram]` at 10k
 //! and 1M pages, `[zstd, ram]` at 10k, 1M and 10M compressible pages (10M raw pages would not
-//! fit a 24 GiB machine), each with stores/s and loads/s, their ratio to the 10k rate (flat is
+//! fit a 24 GiB machine), `[lz4, ram]` at 10k and 1M compressible pages, each with stores/s and loads/s, their ratio to the 10k rate (flat is
 //! the goal: within 10%), and what the host keeps per page beyond the stored bytes (the page
 //! index, class rounding, the heap). Takes some minutes and up to ~6 GiB.
 
@@ -152,39 +152,69 @@ fn through_host_as(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8
     Run::new(n, stored, store_secs, load_secs, stored_bytes, heap)
 }
 
-/// The zstd filter's rule, natively: same-filled marker, else compress, reject if poor.
-fn native_encode(c: &mut zstd::bulk::Compressor<'_>, page: &[u8], out: &mut [u8]) -> Option<usize> {
-    let first = &page[..8];
-    if page.chunks_exact(8).all(|w| w == first) {
-        out[0] = 2;
-        out[1..5].copy_from_slice(&(page.len() as u32).to_le_bytes());
-        out[5..13].copy_from_slice(first);
-        return Some(13);
-    }
-    let n = c.compress_to_buffer(page, &mut out[1..]).ok()?;
-    (n <= 2990).then(|| {
-        out[0] = 1;
-        n + 1
-    })
+/// What the native baseline does to a page before keeping it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    /// Keeps the page as it is (the `[ram]` baseline).
+    Copy,
+    /// zstd level 3, the `zstd` filter's library and settings.
+    Zstd,
+    /// LZ4 blocks by `lz4_flex` without its safe-only features, as the `lz4` filter builds it.
+    Lz4,
 }
 
-fn native_decode(d: &mut zstd::bulk::Decompressor<'_>, data: &[u8], page: &mut [u8]) {
-    match data[0] {
-        1 => assert_eq!(d.decompress_to_buffer(&data[1..], page).unwrap(), page.len()),
-        _ => {
-            for chunk in page.chunks_exact_mut(8) {
-                chunk.copy_from_slice(&data[5..13]);
+/// The compressors' state, kept across pages as the filters keep theirs.
+struct Codecs {
+    zstd_c: zstd::bulk::Compressor<'static>,
+    zstd_d: zstd::bulk::Decompressor<'static>,
+    lz4_table: lz4_flex::block::CompressTable,
+}
+
+impl Codecs {
+    fn new() -> Self {
+        let mut zstd_c = zstd::bulk::Compressor::new(3).unwrap();
+        zstd_c.include_checksum(false).unwrap();
+        zstd_c.include_contentsize(false).unwrap();
+        zstd_c.include_dictid(false).unwrap();
+        let zstd_d = zstd::bulk::Decompressor::new().unwrap();
+        Codecs { zstd_c, zstd_d, lz4_table: lz4_flex::block::CompressTable::default() }
+    }
+
+    /// The compression filters' rule, natively: same-filled marker, else compress, reject if poor.
+    fn encode(&mut self, codec: Codec, page: &[u8], out: &mut [u8]) -> Option<usize> {
+        let first = &page[..8];
+        if page.chunks_exact(8).all(|w| w == first) {
+            out[0] = 2;
+            out[1..5].copy_from_slice(&(page.len() as u32).to_le_bytes());
+            out[5..13].copy_from_slice(first);
+            return Some(13);
+        }
+        let n = match codec {
+            Codec::Zstd => self.zstd_c.compress_to_buffer(page, &mut out[1..]).ok()?,
+            Codec::Lz4 => lz4_flex::block::compress_into_with_table(page, &mut out[1..], &mut self.lz4_table).ok()?,
+            Codec::Copy => unreachable!("a copy is not encoded"),
+        };
+        (n <= 2990).then(|| {
+            out[0] = 1;
+            n + 1
+        })
+    }
+
+    fn decode(&mut self, codec: Codec, data: &[u8], page: &mut [u8]) {
+        match (data[0], codec) {
+            (1, Codec::Zstd) => assert_eq!(self.zstd_d.decompress_to_buffer(&data[1..], page).unwrap(), page.len()),
+            (1, Codec::Lz4) => assert_eq!(lz4_flex::block::decompress_into(&data[1..], page).unwrap(), page.len()),
+            _ => {
+                for chunk in page.chunks_exact_mut(8) {
+                    chunk.copy_from_slice(&data[5..13]);
+                }
             }
         }
     }
 }
 
-fn native(compress: bool, pages: &[Vec<u8>], n: u64) -> Run {
-    let mut c = zstd::bulk::Compressor::new(3).unwrap();
-    c.include_checksum(false).unwrap();
-    c.include_contentsize(false).unwrap();
-    c.include_dictid(false).unwrap();
-    let mut d = zstd::bulk::Decompressor::new().unwrap();
+fn native(codec: Codec, pages: &[Vec<u8>], n: u64) -> Run {
+    let mut codecs = Codecs::new();
     let mut map: HashMap<u64, Box<[u8]>, foldhash::fast::RandomState> = HashMap::default();
     let mut out = vec![0u8; PAGE + 4096];
     let live_before = LIVE.load(Ordering::Relaxed);
@@ -192,13 +222,13 @@ fn native(compress: bool, pages: &[Vec<u8>], n: u64) -> Run {
     let mut stored_bytes = 0;
     for i in 0..n {
         let page = &pages[(i % DISTINCT) as usize];
-        let bytes: &[u8] = if compress {
-            match native_encode(&mut c, page, &mut out) {
+        let bytes: &[u8] = if codec == Codec::Copy {
+            page
+        } else {
+            match codecs.encode(codec, page, &mut out) {
                 Some(len) => &out[..len],
                 None => continue,
             }
-        } else {
-            page
         };
         stored_bytes += bytes.len() as u64;
         map.insert(i, bytes.into());
@@ -209,10 +239,10 @@ fn native(compress: bool, pages: &[Vec<u8>], n: u64) -> Run {
     let start = Instant::now();
     for i in 0..n {
         if let Some(bytes) = map.get(&i) {
-            if compress {
-                native_decode(&mut d, bytes, &mut page);
-            } else {
+            if codec == Codec::Copy {
                 page.copy_from_slice(bytes);
+            } else {
+                codecs.decode(codec, bytes, &mut page);
             }
             std::hint::black_box(&page);
         }
@@ -250,24 +280,29 @@ fn main() {
     }
     let ram = [BackendSpec::new("ram")];
     let zstd_ram = [BackendSpec::with_config("zstd", json!({"level": 3})), BackendSpec::new("ram")];
+    let lz4_ram = [BackendSpec::new("lz4"), BackendSpec::new("ram")];
     if args.iter().any(|a| a == "--scale") {
-        return scale(&ram, &zstd_ram);
+        return scale(&ram, &zstd_ram, &lz4_ram);
     }
     let pages = pages();
     println!("tmem chain benchmark: {n} pages of 4 KiB, one thread, mixed contents (15% zero, 15% random, 70% text)\n");
 
-    let native_ram = native(false, &pages, n);
+    let native_ram = native(Codec::Copy, &pages, n);
     let wasm_ram = through_host(EngineOptions::default(), &ram, &pages, n);
-    let native_zstd = native(true, &pages, n);
+    let native_zstd = native(Codec::Zstd, &pages, n);
     let wasm_zstd = through_host(EngineOptions::default(), &zstd_ram, &pages, n);
     let wasm_zstd_no_epoch =
         through_host(EngineOptions { epoch_interruption: false, ..Default::default() }, &zstd_ram, &pages, n);
+    let native_lz4 = native(Codec::Lz4, &pages, n);
+    let wasm_lz4 = through_host(EngineOptions::default(), &lz4_ram, &pages, n);
 
     print("native copy into a map (baseline)", &native_ram);
     print("tmem [ram]", &wasm_ram);
     print("native zstd-3 + map (baseline)", &native_zstd);
     print("tmem [zstd, ram]", &wasm_zstd);
     print("tmem [zstd, ram], no epoch checks", &wasm_zstd_no_epoch);
+    print("native lz4 + map (baseline)", &native_lz4);
+    print("tmem [lz4, ram]", &wasm_lz4);
     // The check's cost is a few percent of a [ram] page: measured as the best of three
     // alternating runs with and without it, so a noisy moment does not decide it.
     let unchecked = Variant { unchecked: true, ..Default::default() };
@@ -298,6 +333,21 @@ fn main() {
         "Wasm/native time per page, [zstd, ram]: store {:.2}x  load {:.2}x   (goal <= 1.5x)",
         ratio(native_zstd.stores_per_s, wasm_zstd.stores_per_s),
         ratio(native_zstd.loads_per_s, wasm_zstd.loads_per_s)
+    );
+    println!(
+        "Wasm/native time per page, [lz4, ram]:  store {:.2}x  load {:.2}x",
+        ratio(native_lz4.stores_per_s, wasm_lz4.stores_per_s),
+        ratio(native_lz4.loads_per_s, wasm_lz4.loads_per_s)
+    );
+    let compression = |r: &Run| (r.stored * PAGE as u64) as f64 / r.stored_bytes.max(1) as f64;
+    println!(
+        "[lz4, ram] against [zstd, ram]:         stores/s {:.2}x  loads/s {:.2}x  ratio {:.2} against {:.2}, {} against {} pages kept",
+        wasm_lz4.stores_per_s / wasm_zstd.stores_per_s,
+        wasm_lz4.loads_per_s / wasm_zstd.loads_per_s,
+        compression(&wasm_lz4),
+        compression(&wasm_zstd),
+        wasm_lz4.stored,
+        wasm_zstd.stored
     );
     println!(
         "epoch deadline cost on [zstd, ram]:     store {:+.1}%  load {:+.1}%",
@@ -338,15 +388,16 @@ fn compressible_pages() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn scale(ram: &[BackendSpec], zstd_ram: &[BackendSpec]) {
+fn scale(ram: &[BackendSpec], zstd_ram: &[BackendSpec], lz4_ram: &[BackendSpec]) {
     println!("tmem scale benchmark: rates and bytes per page as pools grow (one thread)\n");
     let mixed = pages();
     let text = compressible_pages();
     /// A chain's name, its links, the pages it stores, the pool sizes it is measured at.
     type ScaleRun<'a> = (&'a str, &'a [BackendSpec], &'a [Vec<u8>], &'a [u64]);
-    let runs: [ScaleRun<'_>; 2] = [
+    let runs: [ScaleRun<'_>; 3] = [
         ("[ram], mixed pages", ram, &mixed, &[10_000, 1_000_000]),
         ("[zstd, ram], compressible pages", zstd_ram, &text, &[10_000, 1_000_000, 10_000_000]),
+        ("[lz4, ram], compressible pages", lz4_ram, &text, &[10_000, 1_000_000]),
     ];
     for (name, chain, pages, sizes) in runs {
         let mut base: Option<Run> = None;

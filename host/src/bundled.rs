@@ -3,6 +3,9 @@
 /// The `zstd` compression filter.
 pub const ZSTD: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_zstd.wasm"));
 
+/// The `lz4` compression filter (fast; zram's default codec).
+pub const LZ4: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_lz4.wasm"));
+
 /// The `ram` store.
 pub const RAM: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_ram.wasm"));
 
@@ -13,7 +16,7 @@ pub const SLED: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "
 pub const REMOTE: &[u8] = include_bytes!(concat!(env!("TMEM_BUILT_PLUGINS_DIR"), "/tmem_plugin_remote.wasm"));
 
 /// Every bundled plugin, registered by every host at start.
-pub const ALL: &[&[u8]] = &[ZSTD, RAM, SLED, REMOTE];
+pub const ALL: &[&[u8]] = &[ZSTD, LZ4, RAM, SLED, REMOTE];
 
 /// Where this build put every plugin of `plugins/`, test fixtures included (for tests and
 /// benchmarks; a deployed binary needs only the embedded ones above).

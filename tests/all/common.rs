@@ -25,6 +25,7 @@ pub fn bundled_chains() -> Vec<(&'static str, Vec<BackendSpec>)> {
             vec![BackendSpec::with_config("zstd", json!({"on_incompressible": "store_raw"})), BackendSpec::new("ram")],
         ),
         ("[zstd, remote(peer)]", vec![BackendSpec::new("zstd"), remote_to_memory_server()]),
+        ("[lz4, ram]", vec![BackendSpec::new("lz4"), BackendSpec::new("ram")]),
     ]
 }
 
