@@ -174,7 +174,10 @@ impl BackingFile {
             .open(path)
             .map_err(|e| {
                 if e.raw_os_error() == Some(libc::EBUSY) {
-                    io::Error::new(io::ErrorKind::WouldBlock, format!("{} is in use (mounted or claimed)", path.display()))
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("{} is in use (mounted or claimed)", path.display()),
+                    )
                 } else {
                     e
                 }

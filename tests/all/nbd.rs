@@ -336,7 +336,8 @@ fn pages_the_pool_refuses_go_to_the_backing_file_and_read_back() {
         |path: &Path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap();
     assert_eq!(std::fs::metadata(backing).unwrap().len(), 4 * MIB);
     assert!(allocated(backing) >= 4 * MIB);
-    let nonzero_pages = |path: &Path| std::fs::read(path).unwrap().chunks(4096).filter(|p| p.iter().any(|&b| b != 0)).count();
+    let nonzero_pages =
+        |path: &Path| std::fs::read(path).unwrap().chunks(4096).filter(|p| p.iter().any(|&b| b != 0)).count();
     assert_eq!(nonzero_pages(backing) as u64, in_backing, "the file holds exactly the refused pages");
     qemu_io(device.uri(), &strings(&["discard 0 4M", "read -P 0 0 4M"]));
     assert_eq!(device.counter("backing_pages"), 0);

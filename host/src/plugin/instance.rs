@@ -366,7 +366,11 @@ impl PluginInstance {
             let len = page_size.min(self.io_cap);
             for (i, b) in self.input(len).iter_mut().enumerate() {
                 // Half a page of text-like bytes, half of noise: both codec paths run.
-                *b = if i < len / 2 { b"tmem sample page "[i % 17] } else { (i.wrapping_mul(2_654_435_761) >> 13) as u8 };
+                *b = if i < len / 2 {
+                    b"tmem sample page "[i % 17]
+                } else {
+                    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+                };
             }
             let (code, out) = self.encode(len)?;
             if code == status::OK && out <= self.io_cap {
