@@ -483,7 +483,9 @@ pub struct AttachRequest {
     /// The device's size: a nonzero multiple of the pool's page size (its block size).
     pub size_bytes: u64,
     /// Absolute path of the backing file that takes the pages the pool refuses (created if
-    /// missing, sized to `size_bytes`, sparse; one device per file).
+    /// missing; reserved like a swap file: `size_bytes` allocated and written with zeros at
+    /// attach, then written with `O_DIRECT`; one device per file), or of a block device of at
+    /// least `size_bytes` (a partition, claimed exclusively: the robust choice for swap).
     pub backing: String,
     /// NBD on a Unix socket at this absolute path (mode 0600). Exactly one of `socket` and
     /// `listen`.
