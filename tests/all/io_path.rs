@@ -114,11 +114,12 @@ impl Measured {
 
     fn report(&self) -> String {
         format!(
-            "io_path: {:<24} {} ops: {:.3} allocations/op ({:.3} alloc + {:.3} realloc, {:.3} dealloc), {:.1} bytes/op; \
+            "io_path: {:<24} {} ops: {:.3} allocations/op ({} in all: {:.3} alloc + {:.3} realloc, {:.3} dealloc), {:.1} bytes/op; \
              I/O threads {:.5} minor + {:.5} major faults/op; host process {:.5} minor + {:.5} major faults/op",
             self.what,
             self.ops(),
             self.allocations_per_op(),
+            (self.after.allocations + self.after.reallocations) - (self.before.allocations + self.before.reallocations),
             self.per_op(|r| r.allocations),
             self.per_op(|r| r.reallocations),
             self.per_op(|r| r.deallocations),
@@ -255,6 +256,66 @@ fn measure_nbd(server: &ServeProcess, dir: &Path, what: &str, backends: &[&str])
     Measured { what: format!("nbd {what}"), role: "nbd", start, before, after, pid: server.child.id() }
 }
 
+/// Swap's traffic through an NBD device into a `[zstd, ram]` pool that holds only half the
+/// device ([`PAGES`] / 2 pages): written whole (the other half refused and written to the
+/// backing file), then random reads and overwrites (refused while the pool is full) and, from
+/// a second client, random discards (swap's freed slots: invalidates that make room, and zero
+/// the pages' backing copies) — every path a page takes while a kernel swaps: pool, refusal,
+/// backing write and read, discard.
+fn measure_nbd_swap_like(server: &ServeProcess, dir: &Path) -> Measured {
+    let client = server.client();
+    let name = "swaplike";
+    client.create_pool(&PoolConfig { max_pages: Some(PAGES / 2), ..pool(name, &["zstd", "ram"]) }).unwrap();
+    let request = AttachRequest {
+        kind: FrontendKind::Nbd,
+        size_bytes: PAGES * PAGE as u64,
+        backing: dir.join(format!("{name}.img")).display().to_string(),
+        socket: Some(dir.join(format!("{name}.sock")).display().to_string()),
+        listen: None,
+        allow_remote: false,
+        ublk_id: None,
+    };
+    let uri = client.attach_frontend(name, &request).unwrap().address;
+    let start = read(server, "nbd");
+    let mut fill = fio_args("fill", &uri);
+    fill.push("--rw=write".into());
+    run("fio", &fill.iter().map(String::as_str).collect::<Vec<_>>());
+    let counters = client.pool(name).unwrap().counters;
+    assert!(counters["pool_limit_hit"] > 0, "the pool refused the pages beyond its limit: {counters:?}");
+
+    let mut steady = fio_args("steady", &uri);
+    steady.extend(
+        [
+            "--rw=randrw",
+            "--rwmixread=50",
+            "--iodepth=16",
+            "--time_based",
+            "--runtime=600",
+            "--norandommap",
+        ]
+        .map(String::from),
+    );
+    // The discards: a second client, its own connection.
+    let mut trims = fio_args("trims", &uri);
+    trims.extend(["--rw=randtrim", "--iodepth=4", "--time_based", "--runtime=600", "--rate_iops=2000"].map(String::from));
+    // The discarding client first, connected (its handshake allocates) before the window.
+    let from = read(server, "nbd").ops;
+    let mut trimming = Killed(
+        Command::new("fio").args(&trims).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("fio runs"),
+    );
+    let from = wait_for_ops(server, "nbd", from, 1000, Some(&mut trimming.0)).ops;
+    let mut fio = Killed(
+        Command::new("fio").args(&steady).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("fio runs"),
+    );
+    let before = wait_for_ops(server, "nbd", from, WARM_UP_OPS, Some(&mut fio.0));
+    let after = wait_for_ops(server, "nbd", before.ops, STEADY_OPS, Some(&mut fio.0));
+    drop(fio);
+    let after_counters = client.pool(name).unwrap().counters;
+    assert!(after_counters["pool_limit_hit"] > counters["pool_limit_hit"], "refusals in the window: {after_counters:?}");
+    assert!(after_counters["invalidates"] > counters["invalidates"], "discards in the window: {after_counters:?}");
+    Measured { what: "nbd swap-like [zstd, ram]".into(), role: "nbd", start, before, after, pid: server.child.id() }
+}
+
 /// [`PAGES`] pages stored through one frontend-socket connection into a `backends` pool of
 /// `server`; then batches of [`BATCH`] random loads and overwrites (half each), measured in a
 /// window of [`STEADY_OPS`] ops after [`WARM_UP_OPS`].
@@ -379,6 +440,17 @@ fn issue_14_nbd_io_path_neither_allocates_nor_faults() {
         measured.print();
         measured.assert_nothing_allocates_or_faults();
     }
+}
+
+/// The same for swap's mix of paths (refusals, backing-file writes and reads, discards).
+#[test]
+fn issue_14_nbd_swap_like_io_path_neither_allocates_nor_faults() {
+    let dir = temp_dir("io-path-swap-like");
+    let server = ServeProcess::start(&dir.join("data"), &[]);
+    let measured = measure_nbd_swap_like(&server, &dir);
+    measured.print();
+    check_measured(&measured);
+    measured.assert_nothing_allocates_or_faults();
 }
 
 #[test]

@@ -61,6 +61,8 @@ mkswap "$swap_device" >/dev/null || fail "mkswap $swap_device"
 # Discard freed swap slots (`-d`): the pool drops the pages the kernel no longer needs.
 swapon -d "$swap_device" || fail "swapon -d $swap_device"
 device=$swap_device
+# The server's mappings, to place the addresses of a livelock's stacks (issue 14).
+sed 's/^/GUEST MAPS /' "/proc/$server/maps"
 step "swap on $device: $(grep -E '^(MemTotal|SwapTotal)' /proc/meminfo | tr -s ' \n' ' ')"
 
 # While the workload runs: the pool's main counters and the guest's memory every 10 s.

@@ -649,6 +649,21 @@ impl PageArena {
         None
     }
 
+    /// Gives the lists the I/O path pushes to (each class's partial runs, the free spans) room
+    /// ahead, here, off the I/O path: a push past a list's capacity would allocate there.
+    fn reserve_list_room(&self) {
+        const ROOM: usize = 64;
+        let roomy = |list: &mut Vec<u32>| {
+            if list.capacity() - list.len() < ROOM {
+                list.reserve(ROOM.max(list.len()));
+            }
+        };
+        for state in self.class_states.iter() {
+            roomy(&mut state.lock().partial);
+        }
+        roomy(&mut self.spans.lock().free);
+    }
+
     fn return_run(&self, first: u32, count: usize) {
         let mut spans = self.spans.lock();
         spans.free.extend(first..first + count as u32);
@@ -658,6 +673,7 @@ impl PageArena {
     /// spans beyond twice the headroom. Returns how many spans it committed. Faults pages in:
     /// call it from a background thread ([`PageArena::spawn_grower`]), never on the I/O path.
     pub fn grow(&self) -> usize {
+        self.reserve_list_room();
         let target = self.headroom_spans.load(Ordering::Relaxed) as usize;
         let mut committed = 0;
         loop {
