@@ -193,7 +193,8 @@ impl FrontendClient {
         })?;
         let hello = proto::hello_payload(token, pool, name).map_err(unsendable)?;
         let mut frame = Vec::new();
-        wire::frame(&mut frame, MAX_BODY, proto::HELLO, 0, &[&hello]).map_err(unsendable)?;
+        // The host reads a HELLO only up to its own, small limit (it is not authenticated yet).
+        wire::frame(&mut frame, proto::MAX_HELLO_BODY, proto::HELLO, 0, &[&hello]).map_err(unsendable)?;
         stream.write_all(&frame)?;
         let body = read_frame(&mut stream)?;
         let (kind, _, payload) = wire::parse_body(&body).map_err(invalid)?;
