@@ -46,6 +46,14 @@ use crate::wire::{self, Reader, WireError};
 
 /// Highest body length accepted: a batch of pages must fit (a frame of 64 MiB).
 pub const MAX_BODY: usize = 64 << 20;
+/// The longest HELLO body the host reads: a connection's first frame is read before it has
+/// authenticated, so it may not make the host allocate more than this (a token, a pool name
+/// and a frontend name are short).
+pub const MAX_HELLO_BODY: usize = 16 << 10;
+/// The longest message a result carries ([`R_REJECTED`]'s reason, [`R_FAILED`]'s message):
+/// longer ones are cut, so the largest answer a batch can have is known before it runs
+/// ([`answer_bound`]).
+pub const MAX_RESULT_MESSAGE: usize = 1024;
 /// The protocol version in HELLO.
 pub const VERSION: u8 = 1;
 /// The most ops in one batch.
@@ -105,8 +113,21 @@ pub const HOST_ID_BIT: u32 = 1 << 31;
 /// where that many stored pages (in the request) or loaded pages (in the answer) would not
 /// fit a frame of [`MAX_BODY`].
 pub fn max_batch(page_size: usize) -> usize {
-    // Per op at most `[op][offset][page]` in a request, `[result][flags][page]` in an answer.
-    ((MAX_BODY - wire::BODY_HEADER - 2) / (9 + page_size)).clamp(1, MAX_BATCH)
+    // Per op at most `[op][offset][page]` in a request, `[result][flags][page]` or
+    // `[result][message]` in an answer.
+    ((MAX_BODY - wire::BODY_HEADER - 2) / (9 + page_size).max(3 + MAX_RESULT_MESSAGE)).clamp(1, MAX_BATCH)
+}
+
+/// The most bytes the answer to a batch of `ops` can take for pages of `page_size` bytes
+/// (the RESULTS body, with its header): a loaded page per load or take, a result message of
+/// at most [`MAX_RESULT_MESSAGE`] bytes per other op. The host refuses a batch whose bound is
+/// over [`MAX_BODY`] before running any of it.
+pub fn answer_bound<'a>(ops: impl IntoIterator<Item = Op<'a>>, page_size: usize) -> usize {
+    let per_op = |op: Op<'_>| match op {
+        Op::Load(_) | Op::Take(_) => 2 + page_size,
+        _ => 1 + 2 + MAX_RESULT_MESSAGE,
+    };
+    ops.into_iter().fold(wire::BODY_HEADER + 2, |sum, op| sum.saturating_add(per_op(op)))
 }
 
 /// The HELLO payload.
@@ -258,6 +279,18 @@ mod tests {
             assert!(2 + most * (9 + page_size) <= MAX_BODY - wire::BODY_HEADER, "{page_size}-byte pages");
         }
         assert_eq!(max_batch(2 << 20), 31);
+        for page_size in [4096, 256 << 10, 2 << 20] {
+            let most = max_batch(page_size);
+            let takes = vec![Op::Take(0); most];
+            assert!(answer_bound(takes.iter().copied(), page_size) <= MAX_BODY, "{page_size}-byte takes");
+            let invalidates = vec![Op::Invalidate(0); most];
+            assert!(answer_bound(invalidates.iter().copied(), page_size) <= MAX_BODY, "{page_size}-byte invalidates");
+            let one_more = vec![Op::Take(0); most + 1];
+            assert!(
+                most == MAX_BATCH || answer_bound(one_more.iter().copied(), page_size) > MAX_BODY,
+                "max_batch is the most that fits for {page_size}-byte pages"
+            );
+        }
     }
 
     #[test]

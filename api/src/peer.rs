@@ -34,6 +34,10 @@ use crate::wire::{self, Reader, WireError};
 /// Highest body length accepted (a 2 MiB page plus headers).
 pub const MAX_BODY: usize = (2 << 20) + 8192;
 
+/// The longest HELLO body a server reads: a connection's first frame is read before it has
+/// authenticated, so it may not make the server allocate more than this (a token and a pool
+/// name are short).
+pub const MAX_HELLO_BODY: usize = 16 << 10;
 /// The protocol version sent in HELLO.
 pub const VERSION: u8 = 1;
 

@@ -193,7 +193,8 @@ impl FrontendClient {
         })?;
         let hello = proto::hello_payload(token, pool, name).map_err(unsendable)?;
         let mut frame = Vec::new();
-        wire::frame(&mut frame, MAX_BODY, proto::HELLO, 0, &[&hello]).map_err(unsendable)?;
+        // The host reads a HELLO only up to its own, small limit (it is not authenticated yet).
+        wire::frame(&mut frame, proto::MAX_HELLO_BODY, proto::HELLO, 0, &[&hello]).map_err(unsendable)?;
         stream.write_all(&frame)?;
         let body = read_frame(&mut stream)?;
         let (kind, _, payload) = wire::parse_body(&body).map_err(invalid)?;
@@ -347,7 +348,11 @@ fn run_taker(shared: &Shared, requests: Receiver<(u32, Vec<u64>)>) {
         let mut taken = 0u64;
         let mut sink = shared.sink.lock().expect("sink lock");
         if let Some(sink) = sink.as_mut() {
-            for chunk in offsets.chunks(256) {
+            // One frame per batch, sized by bytes (`max_batch`: the answer's pages fit a
+            // frame): a batch the host answered is handed to the sink whole. (A batch split
+            // in several frames would drop the pages of the frames already answered — and
+            // already taken from the pool — when a later one failed.)
+            for chunk in offsets.chunks(proto::max_batch(shared.page_size)) {
                 let ops: Vec<Op<'_>> = chunk.iter().map(|&o| Op::Take(o)).collect();
                 let Ok(results) = shared.batch(&ops) else { break };
                 for (&offset, result) in chunk.iter().zip(results) {

@@ -317,6 +317,7 @@ fn main() {
         host.clone(),
         ApiToken::new(TOKEN),
         listener,
+        tmem_host::listen::ListenerLimits::FRONTEND,
         std::future::pending(),
     ));
 

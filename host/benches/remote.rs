@@ -94,7 +94,13 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let peer_addr = listener.local_addr().unwrap();
-    runtime.spawn(tmem_host::peer::serve_peers(server.clone(), ApiToken::new(token), listener, std::future::pending()));
+    runtime.spawn(tmem_host::peer::serve_peers(
+        server.clone(),
+        ApiToken::new(token),
+        listener,
+        tmem_host::listen::ListenerLimits::PEER,
+        std::future::pending(),
+    ));
 
     // Redis, if installed.
     let redis_port = free_port();

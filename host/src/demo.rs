@@ -69,6 +69,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         mlock: false,
         memory_limit: Default::default(),
         max_instances: crate::plugin::EngineOptions::default().max_instances,
+        limits: Default::default(),
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

@@ -28,7 +28,8 @@
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`telemetry`] — logging set-up.
 //! - [`wire_io`] — frames of the frontend and peer protocols read from async streams.
-//! - `listen` — what the accept loops share: backing off when descriptors run out.
+//! - [`listen`] — what every listener shares: a connection cap where the unauthenticated are
+//!   evicted first, handshake deadlines, backing off when descriptors run out.
 
 pub mod bundled;
 pub mod catalog;
@@ -36,7 +37,7 @@ pub mod chain;
 pub mod demo;
 pub mod frontend;
 pub mod host;
-mod listen;
+pub mod listen;
 pub mod memory;
 pub mod page_index;
 pub mod page_store;

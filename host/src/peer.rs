@@ -8,6 +8,10 @@
 //! limits, counters and the duplicate-store rule apply to peers as to anyone. Requests are
 //! answered in order, one response each. A malformed or oversized frame gets an ERROR and the
 //! connection is closed; no stored page is touched by a bad frame.
+//!
+//! The listener is bounded like every other ([`crate::listen`]): a cap on connections, where a
+//! connection whose HELLO has not been accepted is evicted first and closed after the
+//! handshake deadline, and a HELLO read with a limit of [`peer::MAX_HELLO_BODY`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,21 +21,32 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::host::Host;
+use crate::listen::{Evicted, Gate, ListenerLimits, Ticket};
 use crate::pool::{Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
 use crate::wire_io::read_frame;
 
-/// Serves peers on `listener` until `shutdown` completes.
-pub async fn serve_peers(host: Arc<Host>, token: ApiToken, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Serves peers on `listener`, within `limits`, until `shutdown` completes.
+pub async fn serve_peers(
+    host: Arc<Host>,
+    token: ApiToken,
+    listener: TcpListener,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()>,
+) {
     let token = Arc::new(token);
+    let gate = Gate::new(limits, "a peer connection");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
+                    // A full listener evicts its oldest connection that has not said HELLO,
+                    // or (every one has) closes this one.
+                    let Some(admitted) = gate.admit() else { continue };
                     let (host, token) = (host.clone(), token.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(host, &token, stream).await {
+                        if let Err(e) = serve_connection(host, &token, stream, admitted, limits).await {
                             tracing::warn!(%from, "peer connection closed: {e}");
                         }
                     });
@@ -55,12 +70,25 @@ async fn send(
     writer.flush().await.map_err(|e| e.to_string())
 }
 
-async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) -> Result<(), String> {
+async fn serve_connection(
+    host: Arc<Host>,
+    token: &ApiToken,
+    stream: TcpStream,
+    (mut ticket, mut evicted): (Ticket, Evicted),
+    limits: ListenerLimits,
+) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let (mut reader, mut writer) =
         (BufReader::with_capacity(64 << 10, read), BufWriter::with_capacity(64 << 10, write));
-    let Some(body) = read_frame(&mut reader, peer::MAX_BODY).await.map_err(|e| e.to_string())? else {
+    let hello = tokio::select! {
+        read = tokio::time::timeout(limits.handshake_timeout, read_frame(&mut reader, peer::MAX_HELLO_BODY)) => match read {
+            Ok(read) => read.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("no HELLO within {:?}", limits.handshake_timeout)),
+        },
+        () = evicted.wait() => return Err("evicted: the listener is full and this connection had not said HELLO".into()),
+    };
+    let Some(body) = hello else {
         return Ok(());
     };
     let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
@@ -76,6 +104,9 @@ async fn serve_connection(host: Arc<Host>, token: &ApiToken, stream: TcpStream) 
         let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
         if pool.chain().links().len() != 1 {
             return Err(format!("pool '{pool_name}' has filters; a peer pool must be a lone store, e.g. [ram]"));
+        }
+        if !ticket.establish() {
+            return Err("evicted before its HELLO was accepted".to_string());
         }
         Ok(pool)
     });

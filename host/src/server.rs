@@ -3,14 +3,24 @@
 //!
 //! [`serve`] binds, runs until the shutdown future completes (the binary passes Ctrl-C /
 //! SIGTERM), and then stops both listeners gracefully.
+//!
+//! The HTTP listener is served here with hyper directly (not `axum::serve`) so that it is
+//! bounded like every other listener ([`crate::listen`]): a connection cap where a connection
+//! that has not yet made a request with the API token is evicted first, and hyper's
+//! header-read timeout (the handshake deadline: a request head must arrive in time, and a
+//! keep-alive connection idle that long is closed).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tower::ServiceExt;
+
 use crate::frontend::attach::BlockDevices;
 use crate::host::{BackendSpec, Host, HostConfig, MemoryLimit};
+use crate::listen::{Evicted, Gate, ListenerLimits, ServeLimits, Ticket};
 use crate::pool::PoolSpec;
 use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
@@ -34,6 +44,8 @@ pub struct ServeConfig {
     pub memory_limit: MemoryLimit,
     /// Plugin instances the host can have at once (pools reserve theirs when created).
     pub max_instances: u32,
+    /// The bounds of every listener: connection caps and handshake deadlines.
+    pub limits: ServeLimits,
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -82,7 +94,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend::socket::default_socket(&config.data_dir));
     let frontends = crate::frontend::socket::bind(&socket)?;
     // Block devices sit above the host: restored here, detached before their pool is destroyed.
-    let devices = Arc::new(BlockDevices::restore(host.clone()));
+    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -105,17 +117,27 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
                 tracing::warn!(%peer_addr, "the peer listener is beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
             }
             tracing::info!(%peer_addr, "peer listener: other hosts' remote stores may keep pages here");
-            Some(tokio::spawn(crate::peer::serve_peers(host.clone(), token.clone(), peer_listener, until_stopped())))
+            Some(tokio::spawn(crate::peer::serve_peers(
+                host.clone(),
+                token.clone(),
+                peer_listener,
+                config.limits.peer,
+                until_stopped(),
+            )))
         }
         None => None,
     };
     tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
-    let frontend_task =
-        tokio::spawn(crate::frontend::socket::serve_frontends(host.clone(), token.clone(), frontends, until_stopped()));
+    let frontend_task = tokio::spawn(crate::frontend::socket::serve_frontends(
+        host.clone(),
+        token.clone(),
+        frontends,
+        config.limits.frontend,
+        until_stopped(),
+    ));
     tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");
-    axum::serve(listener, crate::rest::router(AppState::new(devices.clone()), token))
-        .with_graceful_shutdown(until_stopped())
-        .await?;
+    let router = crate::rest::router(AppState::new(devices.clone()), token.clone());
+    serve_http(listener, router, token, config.limits.rest, until_stopped()).await;
     if let Some(peers) = peers {
         let _ = peers.await;
     }
@@ -125,6 +147,91 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     let _ = std::fs::remove_file(&socket);
     tracing::info!("tmem stopped");
     Ok(())
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` completes, then closes every
+/// connection gracefully (a request being served is answered first).
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    token: ApiToken,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let gate = Gate::new(limits, "an HTTP connection");
+    let token = Arc::new(token);
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // A full listener evicts its oldest connection that has not made a request
+                    // with the token, or (every one has) closes this one.
+                    let Some(admitted) = gate.admit() else { continue };
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(serve_http_connection(stream, router.clone(), token.clone(), admitted, limits, closed.clone()));
+                }
+                Err(e) => crate::listen::accept_failed(&e, "an HTTP connection").await,
+            },
+            // Finished connections are reaped as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Whether `request` presents the API token (`Authorization: Bearer TOKEN`): what makes an
+/// HTTP connection established (the REST middleware checks every request on its own).
+fn presents_token<B>(request: &axum::http::Request<B>, token: &ApiToken) -> bool {
+    request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .is_some_and(|candidate| token.matches(candidate.trim()))
+}
+
+async fn serve_http_connection(
+    stream: tokio::net::TcpStream,
+    router: axum::Router,
+    token: Arc<ApiToken>,
+    (ticket, mut evicted): (Ticket, Evicted),
+    limits: ListenerLimits,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let ticket = Arc::new(parking_lot::Mutex::new(ticket));
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        if !ticket.lock().is_established() && presents_token(&request, &token) {
+            ticket.lock().establish();
+        }
+        router.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.handshake_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("HTTP connection closed: {e}");
+                }
+                return;
+            }
+            // Dropping the connection closes it.
+            () = evicted.wait() => return,
+            _ = closing.wait_for(|closing| *closing), if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

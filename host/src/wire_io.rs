@@ -19,6 +19,9 @@ pub(crate) async fn read_frame(reader: &mut (impl AsyncRead + Unpin), max_body: 
 /// [`read_frame`] into `body`, reusing its capacity (a connection's frames then allocate
 /// nothing once its buffer has grown to its largest frame); `false` when the stream ends
 /// before the next frame's length.
+///
+/// The buffer grows with the bytes that actually arrive, never by what the length field
+/// claims: a client that announces a 64 MiB frame and sends nothing costs nothing.
 pub(crate) async fn read_frame_into(
     reader: &mut (impl AsyncRead + Unpin),
     max_body: usize,
@@ -32,7 +35,13 @@ pub(crate) async fn read_frame_into(
     }
     let len = wire::body_len(field, max_body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     body.clear();
-    body.resize(len, 0);
-    reader.read_exact(body).await.map_err(|e| io::Error::new(e.kind(), format!("truncated frame: {e}")))?;
-    Ok(true)
+    let read = (&mut *reader).take(len as u64).read_to_end(body).await;
+    match read {
+        Ok(n) if n == len => Ok(true),
+        Ok(n) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("truncated frame: the stream ended after {n} of {len} bytes"),
+        )),
+        Err(e) => Err(io::Error::new(e.kind(), format!("truncated frame: {e}"))),
+    }
 }

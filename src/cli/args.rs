@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use tmem_api::rest::{AttachRequest, BackendRequest, Durability, FrontendKind, PoolConfig, PoolPatch, SandboxConfig};
 use tmem_host::MemoryLimit;
 use tmem_host::demo::DemoConfig;
+use tmem_host::listen::ServeLimits;
 use tmem_host::server::ServeConfig;
 
 /// Where `tmem serve` listens unless told otherwise.
@@ -80,6 +81,17 @@ pub struct ServeArgs {
     /// not free.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(16..=100_000), env = "TMEM_MAX_INSTANCES")]
     pub max_instances: u32,
+    /// The most connections each listener serves at once (the HTTP API, the frontend socket,
+    /// the peer listener, each NBD export). A full listener evicts its oldest connection that
+    /// has not authenticated (or finished its handshake); established ones are never cut
+    /// [default: 256 each, 1024 for the frontend socket].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000), env = "TMEM_MAX_CONNECTIONS")]
+    pub max_connections: Option<u64>,
+    /// Seconds a new connection has to authenticate or finish its handshake before it is
+    /// closed, on every listener; on the HTTP API also the longest a keep-alive connection
+    /// waits idle for its next request [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600), env = "TMEM_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<u64>,
 }
 
 /// `tmem demo`.
@@ -408,7 +420,18 @@ pub struct Limit(pub Option<u64>);
 impl ServeArgs {
     /// The settings of the host `tmem serve` runs.
     pub fn into_config(self) -> ServeConfig {
-        let ServeArgs { listen, data_dir, demo_pool, peer_listen, socket, mlock, memory_limit, max_instances } = self;
+        let ServeArgs {
+            listen,
+            data_dir,
+            demo_pool,
+            peer_listen,
+            socket,
+            mlock,
+            memory_limit,
+            max_instances,
+            max_connections,
+            handshake_timeout,
+        } = self;
         ServeConfig {
             listen,
             data_dir,
@@ -418,6 +441,10 @@ impl ServeArgs {
             mlock,
             memory_limit: memory_limit.unwrap_or_default(),
             max_instances,
+            limits: ServeLimits::overridden(
+                max_connections.map(|n| n as usize),
+                handshake_timeout.map(std::time::Duration::from_secs),
+            ),
         }
     }
 }

@@ -44,7 +44,13 @@ fn memory_server() -> &'static MemoryServer {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let address = listener.local_addr().unwrap();
         let token = tmem_host::rest::auth::ApiToken::new(MEMORY_SERVER_TOKEN);
-        runtime.spawn(tmem_host::peer::serve_peers(host.clone(), token, listener, std::future::pending()));
+        runtime.spawn(tmem_host::peer::serve_peers(
+            host.clone(),
+            token,
+            listener,
+            tmem_host::listen::ListenerLimits::PEER,
+            std::future::pending(),
+        ));
         MemoryServer { host, address }
     })
 }

@@ -407,3 +407,53 @@ fn a_frontend_of_a_destroyed_pool_is_turned_away_not_acknowledged() {
     let fresh = FrontendClient::connect(&socket(&server), &server.token, "p", "new").unwrap();
     assert_eq!(fresh.batch(&[Op::Load(1), Op::Load(2)]).unwrap(), [OpResult::Absent, OpResult::Absent]);
 }
+
+/// A page of `page_size` bytes that names its offset and size all over.
+fn sized_page(offset: u64, page_size: usize) -> Vec<u8> {
+    format!("<page {offset:016x} of {page_size}> ").bytes().cycle().take(page_size).collect()
+}
+
+#[test]
+fn shrink_takes_back_every_page_whole_with_4_kib_256_kib_and_2_mib_pages() {
+    // Take-back answers carry whole pages: with large pages one shrink round (up to 256
+    // pages) needs several frames, each of which must fit MAX_BODY, and no page may be taken
+    // from the pool without reaching the frontend's device.
+    let server = ServeProcess::start(&temp_dir("fe-shrink-sizes"), &[]);
+    for (page_size, count, keep) in [(4usize << 10, 600u64, 100u64), (256 << 10, 300, 40), (2 << 20, 48, 8)] {
+        let name = format!("p{}", page_size >> 10);
+        let mut config = PoolConfig::new(&name, vec![BackendRequest::new("ram")]);
+        config.page_size = page_size as _;
+        server.client().create_pool(&config).unwrap();
+        let client = FrontendClient::connect(&socket(&server), &server.token, &name, "device").unwrap();
+        let device: Arc<Mutex<Device>> = Arc::default();
+        let sink = device.clone();
+        client.on_take_back(Box::new(move |offset, page| sink.lock().unwrap().push((offset, page.to_vec()))));
+        let pages: Vec<Vec<u8>> = (0..count).map(|o| sized_page(o, page_size)).collect();
+        let ops: Vec<Op<'_>> = pages.iter().enumerate().map(|(o, p)| Op::Store(o as u64, p)).collect();
+        assert!(client.batch(&ops).unwrap().iter().all(|r| *r == OpResult::Stored), "{page_size}-byte pages stored");
+        drop(ops);
+        let shrunk = server.client().shrink(&name, keep).unwrap();
+        assert_eq!((shrunk.before, shrunk.after, shrunk.written_back), (count, keep, count - keep), "{page_size}");
+        let taken = std::mem::take(&mut *device.lock().unwrap());
+        assert_eq!(taken.len() as u64, count - keep, "{page_size}-byte pages: the device got every page taken");
+        for (offset, page) in &taken {
+            assert!(*page == pages[*offset as usize], "{page_size}-byte page {offset} came back whole");
+        }
+        // Every page is in exactly one place, with its bytes: the pool or the device.
+        let mut on_device = vec![false; count as usize];
+        for (offset, _) in &taken {
+            assert!(!std::mem::replace(&mut on_device[*offset as usize], true), "page {offset} taken twice");
+        }
+        for offset in 0..count {
+            let result = client.batch(&[Op::Load(offset)]).unwrap().remove(0);
+            if on_device[offset as usize] {
+                assert_eq!(result, OpResult::Absent, "{page_size}-byte page {offset} left the pool");
+            } else {
+                assert!(
+                    matches!(&result, OpResult::Loaded { page, .. } if *page == pages[offset as usize]),
+                    "{page_size}-byte page {offset} is still in the pool"
+                );
+            }
+        }
+    }
+}

@@ -17,6 +17,7 @@ mod hostile;
 mod hot_swap;
 mod io_path;
 mod kernel_swap;
+mod listeners;
 mod lz4;
 mod memory;
 mod nbd;

@@ -33,6 +33,7 @@ use super::ublk::{self, UblkServer};
 use super::{DeviceDetails, Frontend, FrontendDetails, FrontendKind};
 use crate::catalog::{CatalogError, FrontendRecord};
 use crate::host::{Host, HostError};
+use crate::listen::ListenerLimits;
 use crate::pool::Pool;
 
 /// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
@@ -171,6 +172,8 @@ impl Attached {
 /// detaches a pool's device before destroying the pool ([`BlockDevices::destroy_pool`]).
 pub struct BlockDevices {
     host: Arc<Host>,
+    /// The bounds of each NBD export's listener.
+    nbd_limits: ListenerLimits,
     attached: Mutex<BTreeMap<String, Arc<Attached>>>,
     /// Serializes attach and detach, so checks and the catalog see one change at a time.
     changes: Mutex<()>,
@@ -277,7 +280,12 @@ impl BlockDevices {
     /// The block devices of `host`, with every attachment its catalog keeps served again (one
     /// that cannot be served is logged and stays in the catalog).
     pub fn restore(host: Arc<Host>) -> BlockDevices {
-        let devices = BlockDevices { host, attached: Default::default(), changes: Default::default() };
+        Self::restore_with(host, ListenerLimits::NBD)
+    }
+
+    /// [`BlockDevices::restore`], with each NBD export's listener bounded by `nbd_limits`.
+    pub fn restore_with(host: Arc<Host>, nbd_limits: ListenerLimits) -> BlockDevices {
+        let devices = BlockDevices { host, nbd_limits, attached: Default::default(), changes: Default::default() };
         devices.restore_catalog();
         devices
     }
@@ -379,7 +387,7 @@ impl BlockDevices {
                     name: pool.name().to_string(),
                     description: format!("tmem pool '{}' ({})", pool.name(), pool.chain().describe()),
                 });
-                let server = NbdServer::start(export, listen).map_err(|e| match e.kind() {
+                let server = NbdServer::start(export, listen, self.nbd_limits).map_err(|e| match e.kind() {
                     std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AlreadyExists => {
                         AttachError::Conflict { code: "address_in_use", message: format!("cannot listen: {e}") }
                     }

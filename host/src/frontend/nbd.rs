@@ -26,6 +26,15 @@
 //! allows a hard disconnect when the peer breaks a mandatory rule, and nothing else on the
 //! stream can be trusted. Either way no page is touched by a request that was refused.
 //!
+//! # Bounds
+//!
+//! Each export's listener is a [`Gate`] ([`crate::listen`]): at most
+//! [`ListenerLimits::max_connections`] connections; a connection still in its handshake is
+//! evicted first when a newcomer finds the export full, and closed when its handshake takes
+//! longer than [`ListenerLimits::handshake_timeout`] (a deadline for the whole handshake, not
+//! per read). An established connection is never cut for being idle: an idle swap device is
+//! normal. A failed `accept` for want of descriptors or memory backs off.
+//!
 //! # Threads and buffers
 //!
 //! Each connection has its own thread with blocking I/O (pool operations block: plugin calls
@@ -45,17 +54,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::device::{BlockDevice, BlockError};
+use crate::listen::{Gate, ListenerLimits, Ticket};
 use crate::memory::alloc_count::{IoThread, Role};
 
 /// The largest request (read or write) a client may send: the maximum block size advertised.
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 
-/// The most connections one export serves at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 256;
+/// The most connections one export serves at once by default ([`ListenerLimits::NBD`]).
+pub const MAX_CONNECTIONS: usize = ListenerLimits::NBD.max_connections;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
@@ -178,11 +189,13 @@ impl std::fmt::Debug for NbdServer {
 }
 
 /// One side of a connection: a Unix or TCP stream.
-trait Stream: Read + Write + Send + 'static {
+trait Stream: Read + Write + Send + Sync + 'static {
     fn duplicate(&self) -> io::Result<Self>
     where
         Self: Sized;
     fn shut(&self);
+    /// Sets the socket's read and write timeouts (`None`: block for ever).
+    fn timeouts(&self, timeout: Option<Duration>) -> io::Result<()>;
 }
 
 impl Stream for UnixStream {
@@ -192,6 +205,10 @@ impl Stream for UnixStream {
     fn shut(&self) {
         let _ = self.shutdown(std::net::Shutdown::Both);
     }
+    fn timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)?;
+        self.set_write_timeout(timeout)
+    }
 }
 
 impl Stream for TcpStream {
@@ -200,6 +217,10 @@ impl Stream for TcpStream {
     }
     fn shut(&self) {
         let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+    fn timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)?;
+        self.set_write_timeout(timeout)
     }
 }
 
@@ -232,9 +253,9 @@ fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
 }
 
 impl NbdServer {
-    /// Binds `listen` and starts serving `export` on a thread of its own. A TCP port 0 is
-    /// given a free port ([`NbdServer::listen`] says which).
-    pub fn start(export: Arc<Export>, listen: &Listen) -> io::Result<NbdServer> {
+    /// Binds `listen` and starts serving `export` on a thread of its own, within `limits`. A
+    /// TCP port 0 is given a free port ([`NbdServer::listen`] says which).
+    pub fn start(export: Arc<Export>, listen: &Listen, limits: ListenerLimits) -> io::Result<NbdServer> {
         let (listener, listen) = match listen {
             Listen::Unix(path) => (Listener::Unix(bind_unix(path)?), Listen::Unix(path.clone())),
             Listen::Tcp(addr) => {
@@ -248,11 +269,12 @@ impl NbdServer {
         let accepted = Arc::new(AtomicU64::new(0));
         let accept = {
             let (stopping, connections, accepted) = (stopping.clone(), connections.clone(), accepted.clone());
+            let gate = Gate::new(limits, "an NBD connection");
             std::thread::Builder::new().name("tmem-nbd-accept".into()).spawn(move || match listener {
                 Listener::Unix(l) => {
-                    accept_loop(export, &stopping, &connections, &accepted, || l.accept().map(|(s, _)| s))
+                    accept_loop(export, &gate, &stopping, &connections, &accepted, || l.accept().map(|(s, _)| s))
                 }
-                Listener::Tcp(l) => accept_loop(export, &stopping, &connections, &accepted, || {
+                Listener::Tcp(l) => accept_loop(export, &gate, &stopping, &connections, &accepted, || {
                     let (s, _) = l.accept()?;
                     s.set_nodelay(true)?;
                     Ok(s)
@@ -319,6 +341,7 @@ impl Drop for NbdServer {
 
 fn accept_loop<S: Stream>(
     export: Arc<Export>,
+    gate: &Gate,
     stopping: &AtomicBool,
     connections: &Arc<Connections>,
     accepted: &AtomicU64,
@@ -333,26 +356,27 @@ fn accept_loop<S: Stream>(
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!("accepting an NBD connection failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                crate::listen::accept_failed_blocking(&e, "an NBD connection");
                 continue;
             }
         };
-        if connections.lock().len() >= MAX_CONNECTIONS {
-            tracing::warn!(export = %export.name, "refusing an NBD connection: {MAX_CONNECTIONS} are open");
-            continue;
-        }
         let Ok(handle) = stream.duplicate() else { continue };
+        let handle = Arc::new(handle);
+        // A full export evicts its oldest connection still in its handshake (shut down: its
+        // thread's read ends), or, when every connection is established, closes this one.
+        let evict = handle.clone();
+        let Some(ticket) = gate.admit_with(Box::new(move || evict.shut())) else { continue };
         accepted.fetch_add(1, Ordering::Relaxed);
         next_id += 1;
         let id = next_id;
         let mut live = connections.lock();
         live.insert(id, (Box::new(move || handle.shut()), None));
         let (export, registry) = (export.clone(), connections.clone());
+        let handshake_timeout = gate.limits().handshake_timeout;
         let thread = std::thread::Builder::new().name(format!("tmem-nbd-{id}")).spawn(move || {
             super::become_io_flusher();
             let _io_thread = IoThread::enter(Role::Nbd);
-            if let Err(e) = serve_connection(&export, stream) {
+            if let Err(e) = serve_connection(&export, stream, ticket, handshake_timeout) {
                 tracing::info!(export = %export.name, "NBD connection closed: {e}");
             }
             registry.lock().remove(&id);
@@ -381,6 +405,8 @@ struct Connection<'a, S: Stream> {
     structured: bool,
     no_zeroes: bool,
     meta_context: bool,
+    /// When the handshake must be over (`None` once it is: transmission has no deadline).
+    deadline: Option<Instant>,
 }
 
 /// Why a connection ends.
@@ -397,7 +423,12 @@ impl From<io::Error> for End {
     }
 }
 
-fn serve_connection<S: Stream>(export: &Export, stream: S) -> Result<(), String> {
+fn serve_connection<S: Stream>(
+    export: &Export,
+    stream: S,
+    mut ticket: Ticket,
+    handshake_timeout: Duration,
+) -> Result<(), String> {
     let output = stream.duplicate().map_err(|e| e.to_string())?;
     let mut conn = Connection {
         export,
@@ -408,8 +439,19 @@ fn serve_connection<S: Stream>(export: &Export, stream: S) -> Result<(), String>
         structured: false,
         no_zeroes: false,
         meta_context: false,
+        deadline: Some(Instant::now() + handshake_timeout),
     };
-    let result = conn.negotiate().and_then(|()| conn.transmit());
+    conn.output.timeouts(Some(handshake_timeout)).map_err(|e| e.to_string())?;
+    let result = conn
+        .negotiate()
+        .and_then(|()| {
+            // Established: no deadline from now on (an idle swap device is normal), and never
+            // evicted. A connection evicted just before this point ends instead.
+            conn.deadline = None;
+            conn.output.timeouts(None)?;
+            if ticket.establish() { Ok(()) } else { Err(End::Broken("evicted during its handshake".into())) }
+        })
+        .and_then(|()| conn.transmit());
     match result {
         // A client that said goodbye may already be gone: a last reply it misses is fine.
         Ok(()) | Err(End::Clean) => {
@@ -433,6 +475,15 @@ impl<S: Stream> Connection<'_, S> {
     /// block (the client may be waiting for them).
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         if self.input.buffer().len() < buf.len() {
+            if let Some(deadline) = self.deadline {
+                // The handshake's deadline bounds the whole handshake, however the client
+                // spreads its bytes: each read (and the flush) gets only what is left of it.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"));
+                }
+                self.output.timeouts(Some(left))?;
+            }
             self.flush()?;
         }
         self.input.read_exact(buf)

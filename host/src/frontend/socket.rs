@@ -7,6 +7,17 @@
 //! takes them with batched take ops and answers TAKEN). Every batch is decoded completely
 //! before any op runs, so a malformed frame does nothing but earn an ERROR and a closed
 //! connection. A frontend that disconnects is detached; its pool keeps every page it stored.
+//!
+//! # Bounds
+//!
+//! The listener is a [`Gate`]: at most [`ListenerLimits::max_connections`] connections, a
+//! connection that has not attached (HELLO with the token) is evicted first when it is full
+//! and closed after [`ListenerLimits::handshake_timeout`], and the HELLO is read with a limit
+//! of [`proto::MAX_HELLO_BODY`] (every frame's buffer grows with the bytes that arrive, not with
+//! its length field). A batch whose answer could exceed [`MAX_BODY`] is refused before any of
+//! its ops runs ([`proto::answer_bound`]). Frames the host sends on its own (TAKE_BACK) queue
+//! in a bounded queue of [`OUTGOING_FRAMES`]: a frontend that does not read makes the
+//! shrink asking it wait, then give up, instead of growing the host's memory.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -18,12 +29,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tmem_api::frontend::{self as proto, MAX_BODY, Op};
 use tmem_api::wire::{self, Reader};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{Sender, channel, error::TrySendError};
 
 use super::{Frontend, FrontendKind};
 use crate::host::Host;
+use crate::listen::{Gate, ListenerLimits};
 use crate::memory::alloc_count::{self, Role};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
@@ -31,6 +43,11 @@ use crate::wire_io::{read_frame, read_frame_into};
 
 /// How long the host waits for a frontend to take pages back before giving up on it.
 pub const TAKE_BACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Frames the host sends on its own (ATTACHED, ERROR, TAKE_BACK) that may wait for one
+/// connection's writer; a sender finding the queue full waits (a shrink, up to
+/// [`TAKE_BACK_TIMEOUT`]) or drops an error frame it was sending on the way out.
+pub const OUTGOING_FRAMES: usize = 16;
 
 /// The default socket path in a data dir.
 pub fn default_socket(data_dir: &Path) -> PathBuf {
@@ -76,7 +93,7 @@ pub struct SocketFrontend {
     /// The socket's path (what listings show as its address).
     address: Arc<str>,
     connected: Instant,
-    frames: UnboundedSender<Vec<u8>>,
+    frames: Sender<Vec<u8>>,
     next_id: AtomicU32,
     waiting: Mutex<HashMap<u32, mpsc::SyncSender<u64>>>,
     counters: FrontendCounters,
@@ -114,11 +131,27 @@ impl Frontend for SocketFrontend {
         }
         let (tx, rx) = mpsc::sync_channel(1);
         self.waiting.lock().insert(id, tx);
-        if self.frames.send(frame).is_err() {
-            self.waiting.lock().remove(&id);
-            return 0;
+        let deadline = Instant::now() + TAKE_BACK_TIMEOUT;
+        // Backpressure: the connection's queue is bounded; a frontend that does not read its
+        // frames makes this shrink wait (this is a blocking thread), then give up on it.
+        loop {
+            match self.frames.try_send(frame) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    frame = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    if matches!(e, TrySendError::Full(_)) {
+                        tracing::warn!(frontend = %self.name, "a frontend does not read its frames: no pages taken back");
+                    }
+                    self.waiting.lock().remove(&id);
+                    return 0;
+                }
+            }
         }
-        let taken = rx.recv_timeout(TAKE_BACK_TIMEOUT).unwrap_or_else(|_| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let taken = rx.recv_timeout(left).unwrap_or_else(|_| {
             tracing::warn!(frontend = %self.name, "a frontend did not take pages back in time");
             0
         });
@@ -143,13 +176,15 @@ impl Frontend for SocketFrontend {
     }
 }
 
-/// Serves frontends on `listener` until `shutdown` completes.
+/// Serves frontends on `listener`, within `limits`, until `shutdown` completes.
 pub async fn serve_frontends(
     host: Arc<Host>,
     token: ApiToken,
     listener: UnixListener,
+    limits: ListenerLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let gate = Gate::new(limits, "a frontend connection");
     let token = Arc::new(token);
     let address: Arc<str> = match listener.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
         Some(path) => path.display().to_string().into(),
@@ -160,9 +195,12 @@ pub async fn serve_frontends(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // A full listener evicts its oldest connection that has not attached, or
+                    // (every one attached) closes this one.
+                    let Some(admitted) = gate.admit() else { continue };
                     let (host, token, address) = (host.clone(), token.clone(), address.clone());
                     tokio::spawn(alloc_count::scoped(Role::Socket, async move {
-                        if let Err(e) = serve_connection(host, &token, address, stream).await {
+                        if let Err(e) = serve_connection(host, &token, address, stream, admitted, limits).await {
                             tracing::info!("frontend connection closed: {e}");
                         }
                     }));
@@ -182,9 +220,20 @@ fn error_frame(id: u32, message: &str) -> Vec<u8> {
     frame
 }
 
-/// The next frame's body, or `None` at the end of the stream (between frames).
-async fn next_frame(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<Vec<u8>>, String> {
-    read_frame(reader, MAX_BODY).await.map_err(|e| e.to_string())
+/// The HELLO's body, or `None` at the end of the stream: read within the handshake deadline,
+/// unless the connection is evicted first, and never longer than [`proto::MAX_HELLO_BODY`].
+async fn read_hello(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    evicted: &mut crate::listen::Evicted,
+    limits: ListenerLimits,
+) -> Result<Option<Vec<u8>>, String> {
+    tokio::select! {
+        read = tokio::time::timeout(limits.handshake_timeout, read_frame(reader, proto::MAX_HELLO_BODY)) => match read {
+            Ok(read) => read.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no HELLO within {:?}", limits.handshake_timeout)),
+        },
+        () = evicted.wait() => Err("evicted: the listener is full and this connection had not attached".into()),
+    }
 }
 
 async fn serve_connection(
@@ -192,13 +241,17 @@ async fn serve_connection(
     token: &ApiToken,
     address: Arc<str>,
     stream: UnixStream,
+    (mut ticket, mut evicted): (crate::listen::Ticket, crate::listen::Evicted),
+    limits: ListenerLimits,
 ) -> Result<(), String> {
     let (read, write) = stream.into_split();
-    let mut reader = BufReader::with_capacity(1 << 20, read);
+    // Small until the connection has attached: an unauthenticated client costs little.
+    let mut hello_reader = BufReader::with_capacity(4 << 10, read);
+    let Some(body) = read_hello(&mut hello_reader, &mut evicted, limits).await? else { return Ok(()) };
     // RESULTS frames are written by the batch loop itself, from its own buffer; the other
     // frames (ATTACHED, ERROR, a shrink's TAKE_BACK from another thread) go through the writer.
     let write = Arc::new(tokio::sync::Mutex::new(write));
-    let (frames, mut outgoing) = unbounded_channel::<Vec<u8>>();
+    let (frames, mut outgoing) = channel::<Vec<u8>>(OUTGOING_FRAMES);
     let writer_half = write.clone();
     let writer = tokio::spawn(alloc_count::scoped(Role::Socket, async move {
         while let Some(frame) = outgoing.recv().await {
@@ -207,17 +260,22 @@ async fn serve_connection(
             }
         }
     }));
-    let Some(body) = next_frame(&mut reader).await? else { return Ok(()) };
-    let attached = attach(&host, token, address, &body, frames.clone());
+    let attached = attach(&host, token, address, &body, frames.clone()).and_then(|attached| {
+        if ticket.establish() { Ok(attached) } else { Err("evicted before it attached".to_string()) }
+    });
     let (pool, frontend) = match attached {
         Ok(attached) => attached,
         Err(message) => {
-            let _ = frames.send(error_frame(0, &message));
+            let _ = frames.try_send(error_frame(0, &message));
             drop(frames);
             let _ = writer.await;
             return Err(message);
         }
     };
+    // Attached: now the connection's buffers grow to what batches need (bytes the HELLO
+    // reader had already buffered — a pipelining client's first batch — are kept).
+    let buffered = hello_reader.buffer().to_vec();
+    let mut reader = BufReader::with_capacity(1 << 20, std::io::Cursor::new(buffered).chain(hello_reader.into_inner()));
     let as_frontend: Arc<dyn Frontend> = frontend.clone();
     pool.attach_frontend(as_frontend.clone());
     tracing::info!(pool = %pool.name(), frontend = %frontend.name, "frontend attached");
@@ -227,7 +285,7 @@ async fn serve_connection(
     frontend.waiting.lock().clear();
     tracing::info!(pool = %pool.name(), frontend = %frontend.name, "frontend detached");
     if let Err(message) = &result {
-        let _ = frames.send(error_frame(0, message));
+        let _ = frames.try_send(error_frame(0, message));
     }
     // The writer ends (and the socket closes) once every sender of its frames is gone: ours
     // and the frontend's (a shrink still holding the frontend gets no answer, and gives up).
@@ -241,7 +299,7 @@ fn attach(
     token: &ApiToken,
     address: Arc<str>,
     body: &[u8],
-    frames: UnboundedSender<Vec<u8>>,
+    frames: Sender<Vec<u8>>,
 ) -> Result<(Arc<Pool>, Arc<SocketFrontend>), String> {
     let (kind, id, payload) = wire::parse_body(body).map_err(|e| e.to_string())?;
     if kind != proto::HELLO {
@@ -258,7 +316,8 @@ fn attach(
     let mut frame = Vec::new();
     wire::frame(&mut frame, MAX_BODY, proto::ATTACHED, id, &[&pool.page_size().to_le_bytes(), &[flags]])
         .expect("ATTACHED fits a frame");
-    frames.send(frame).map_err(|_| "the connection closed".to_string())?;
+    // The queue is new: the first frame always fits.
+    frames.try_send(frame).map_err(|_| "the connection closed".to_string())?;
     let name = if name.is_empty() { "frontend".to_string() } else { name.to_string() };
     static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
     let frontend = Arc::new(SocketFrontend {
@@ -275,7 +334,7 @@ fn attach(
 }
 
 async fn serve_batches(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
     write: &tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
     pool: &Arc<Pool>,
     frontend: &Arc<SocketFrontend>,
@@ -295,11 +354,13 @@ async fn serve_batches(
                 // The answer carries every loaded page: a batch whose answer could not fit a
                 // frame is refused before any op runs (a take that ran and could not be
                 // answered would lose its page), and no answer buffer grows past a frame.
-                let loads = ops.clone().filter(|op| matches!(op, Op::Load(_) | Op::Take(_))).count();
-                let most = proto::max_batch(page_size);
-                if loads > most {
+                let bound = proto::answer_bound(ops.clone(), page_size);
+                if bound > MAX_BODY {
+                    let loads = ops.clone().filter(|op| matches!(op, Op::Load(_) | Op::Take(_))).count();
+                    let most = proto::max_batch(page_size);
                     return Err(format!(
-                        "batch {id} asks for {loads} pages of {page_size} bytes; an answer fits at most {most} (split the batch)"
+                        "batch {id} ({} ops, {loads} loads of {page_size}-byte pages) could need an answer of {bound} bytes, over {MAX_BODY}; a batch of at most {most} ops always fits (split the batch)",
+                        ops.len()
                     ));
                 }
                 Role::Socket.count_ops(ops.len() as u64);
@@ -345,7 +406,7 @@ fn run_batch(
                     Ok(StoreOutcome::Rejected(reason)) => {
                         counters.rejected.fetch_add(1, Ordering::Relaxed);
                         out.push(proto::R_REJECTED);
-                        wire::put_str16_lossy(out, reason.name());
+                        put_message(out, reason.name());
                     }
                     Err(e) => failed(out, &e.to_string()),
                 }
@@ -384,5 +445,15 @@ fn run_batch(
 
 fn failed(out: &mut Vec<u8>, message: &str) {
     out.push(proto::R_FAILED);
-    wire::put_str16_lossy(out, message);
+    put_message(out, message);
+}
+
+/// A result's message as a `str16` of at most [`proto::MAX_RESULT_MESSAGE`] bytes (cut at a
+/// character boundary), so an answer never outgrows [`proto::answer_bound`].
+fn put_message(out: &mut Vec<u8>, message: &str) {
+    let mut end = message.len().min(proto::MAX_RESULT_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    wire::put_str16_lossy(out, &message[..end]);
 }
