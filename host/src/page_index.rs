@@ -269,6 +269,29 @@ impl PageIndex {
         Ok(())
     }
 
+    /// Makes room ahead for the chunks of every offset below `offsets` (a block device's
+    /// size in pages): a store into the device then never grows the chunk map on the I/O
+    /// path. Charged like any growth; refused past the budget (the map then grows on demand).
+    pub fn reserve_dense(&mut self, offsets: u64) -> Result<(), IndexFull> {
+        let keys = offsets.div_ceil(1 << self.shift).min(DENSE_KEYS);
+        let chunks = keys.div_ceil(CHUNK_ENTRIES as u64) as usize;
+        if self.chunks.capacity() >= chunks {
+            return Ok(());
+        }
+        let before = table_bytes(self.chunks.capacity(), 16);
+        if !self.charge(before, table_bytes(chunks, 16)) {
+            return Err(IndexFull);
+        }
+        let additional = chunks - self.chunks.len();
+        self.chunks.reserve(additional);
+        let real = table_bytes(self.chunks.capacity(), 16);
+        if real > table_bytes(chunks, 16) {
+            self.charged += real - table_bytes(chunks, 16);
+            self.arena.charge_index_heap(real - table_bytes(chunks, 16), true);
+        }
+        Ok(())
+    }
+
     /// Inserts or replaces the entry of `offset`; returns the entry it replaced.
     pub fn insert(&mut self, offset: u64, entry: PageEntry) -> Result<Option<PageEntry>, IndexFull> {
         let entry = PageEntry { bits: entry.bits | PRESENT, ..entry };
@@ -459,6 +482,26 @@ mod tests {
         }
         let per_page = index.bytes() as f64 / pages as f64;
         assert!(per_page < 16.6, "{per_page} bytes per page");
+    }
+
+    #[test]
+    fn room_reserved_for_a_device_means_no_map_growth_while_it_fills() {
+        let arena = test_arena();
+        let budget = arena.budget().clone();
+        let shards = 4u64;
+        let mut index = PageIndex::new(arena.clone(), shards as usize);
+        let pages = 200 * CHUNK_ENTRIES as u64 * shards;
+        let used = budget.used();
+        index.reserve_dense(pages).unwrap();
+        assert!(budget.used() > used, "the room is charged");
+        let capacity = index.chunks.capacity();
+        assert!(capacity >= 200);
+        // This shard's offsets (3 mod 4) of the whole device.
+        for o in (3..pages).step_by(shards as usize) {
+            index.insert(o, PageEntry::new(0, 1, None)).unwrap();
+        }
+        assert_eq!(index.chunks.len(), 200);
+        assert_eq!(index.chunks.capacity(), capacity, "the chunk map never grew while the device filled");
     }
 
     #[test]

@@ -240,6 +240,12 @@ impl PageShard {
         self.state.lock().index.contains(offset)
     }
 
+    /// Makes room ahead in the index for every offset below `offsets` (see
+    /// [`PageIndex::reserve_dense`]); `false` if the budget refused.
+    pub fn reserve_offsets(&self, offsets: u64) -> bool {
+        self.state.lock().index.reserve_dense(offsets).is_ok()
+    }
+
     /// Removes the page `offset`: its entry and its record (in memory or on disk).
     pub fn remove(&self, offset: u64) -> Option<PageEntry> {
         let mut state = self.state.lock();

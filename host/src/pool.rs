@@ -1402,6 +1402,13 @@ impl Pool {
         self.stats.counters.stored_pages.load(Ordering::Relaxed)
     }
 
+    /// Makes room ahead in every shard's index for the offsets below `offsets` (a block
+    /// device's pages), so that its stores never grow an index map on the I/O path. `false`
+    /// if the budget refused (the maps then grow on demand).
+    pub fn reserve_offsets(&self, offsets: u64) -> bool {
+        self.shards.iter().all(|shard| shard.lock().pages.reserve_offsets(offsets))
+    }
+
     /// Whether `offset` is present (its bit is set).
     pub fn contains(&self, offset: u64) -> bool {
         self.shard_of(offset).lock().pages.contains(offset)

@@ -141,6 +141,8 @@ check() {
         if (line ~ /^GUEST SWAPCHECK EXIT/) exit_code = substr(line, 22)
         if (line ~ /^GUEST SERVE-UP/) { serves++; if (serves == 1) { serve_s = kv(line, "seconds"); compiled = kv(line, "compiled") } else restart_s = kv(line, "seconds") }
         if (line ~ /^GUEST POOL-FINAL/) pool = line
+        if (line ~ /^GUEST IO-PATH-BEFORE/) io_before = line
+        if (line ~ /^GUEST IO-PATH-AFTER/) io_after = line
         if (line ~ /^GUEST BACKING /) backing = (substr(line, 15) ~ /^\/dev\//) ? "a block device, " substr(line, 15) : "a file on the guest'"'"'s disk"
         if (zram_next) { zram_stat = line; zram_next = 0 }
         if (line ~ /^GUEST ZRAM stat-BEGIN/) zram_next = 1
@@ -214,6 +216,13 @@ check() {
             if (expect == "refused" && !(refused > 0)) failed("the pool refused no store (its limit never bit)")
             if (expect == "refused" && !(to_backing > 0)) failed("the device wrote no page to its backing file")
             text = text sprintf(", pool stores %d, refused %d, loads %d, invalidates %d, to backing %d, from backing %d (%s), serve start %s s (compiled %s)", stores, refused, loads, invalidates, to_backing, from_backing, backing, serve_s, compiled)
+            # The I/O threads over the workload (their own counters in /metrics).
+            io_ops = kv(io_after, "ops") - kv(io_before, "ops")
+            if (io_after != "" && io_ops > 0) {
+                allocs = kv(io_after, "allocations") + kv(io_after, "reallocations") - kv(io_before, "allocations") - kv(io_before, "reallocations")
+                faults = kv(io_after, "minor_faults") + kv(io_after, "major_faults") - kv(io_before, "minor_faults") - kv(io_before, "major_faults")
+                text = text sprintf(", I/O threads %d allocations and %d page faults in %d ops", allocs, faults, io_ops)
+            }
         }
         printf "RESULT ok: %s, workload %s, scenario %s, boot %s [%s]\n", text, secs(ok_ts - start_ts), secs(end_ts - begin_ts), secs(boot), name
     }' "$log"

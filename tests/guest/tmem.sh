@@ -33,6 +33,9 @@ trap cleanup EXIT
 # through the server and swap stalls: `--mlock` (mlockall). Its state and the device's backing
 # file are on the guest's disk, so a page written to the backing file leaves RAM.
 # shellcheck disable=SC2046
+# alloc_sample=N: the server reports about one I/O-thread allocation in N on the serial line
+# (raw return addresses; see tmem_host::memory::alloc_count).
+[ -n "$(param alloc_sample)" ] && export TMEM_ALLOC_SAMPLE="$(param alloc_sample)" TMEM_ALLOC_SAMPLE_DIR=-
 serve "$dir/data" --mlock $(args serve_args)
 step "tmem serve is up"
 
@@ -63,6 +66,12 @@ swapon -d "$swap_device" || fail "swapon -d $swap_device"
 device=$swap_device
 # The server's mappings, to place the addresses of a livelock's stacks (issue 14).
 sed 's/^/GUEST MAPS /' "/proc/$server/maps"
+# The I/O threads' own counters (ops, heap allocations, page faults), before and after.
+io_path() {
+    wget -q -O - http://127.0.0.1:7411/metrics | grep "^tmem_io_thread_[a-z_]*{role=\"$transport\"}" |
+        sed 's/^tmem_io_thread_//; s/_total{role="[a-z]*"} /=/; s/{role="[a-z]*"} /=/' | tr '\n' ' '
+}
+echo "GUEST IO-PATH-BEFORE $(io_path)"
 step "swap on $device: $(grep -E '^(MemTotal|SwapTotal)' /proc/meminfo | tr -s ' \n' ' ')"
 
 # While the workload runs: the pool's main counters and the guest's memory every 10 s.
@@ -78,6 +87,7 @@ reporter=$!
 # waits for swap-out to the very server that is allocating: a livelock (issue 14).
 limited "$(param cgroup)" swapcheck "$(param mib)" "$(param passes)"
 echo "GUEST SWAPCHECK EXIT $?"
+echo "GUEST IO-PATH-AFTER $(io_path)"
 kill $reporter
 reporter=""
 echo "GUEST POOL-JSON-BEGIN"

@@ -175,6 +175,9 @@ impl BlockDevice {
                 OpenError::Backing(format!("backing file {path}: {e}"))
             }
         })?;
+        if !pool.reserve_offsets(pages) {
+            tracing::warn!(pool = %pool.name(), "the memory budget refused the page index room for the device's pages ahead: it grows as pages come, on the I/O path");
+        }
         let device = BlockDevice {
             pool,
             page_size: page_size as usize,

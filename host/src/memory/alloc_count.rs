@@ -39,7 +39,10 @@
 //! one allocation in `N` made in an I/O role (a random countdown, so a periodic pattern of
 //! allocations does not alias) to `tmem-alloc-samples-PID.txt` in `TMEM_ALLOC_SAMPLE_DIR` (by
 //! default the temp dir): a `=== role=… kind=… size=… ops=…` line, then the backtrace. It is a
-//! debugging aid, slow (each sample resolves symbols) and not counted; [`sample_path`] names
+//! debugging aid, slow (each sample resolves symbols) and not counted. With
+//! `TMEM_ALLOC_SAMPLE_DIR=-` each sample is instead one `ALLOC-SAMPLE … ips=…` line of raw
+//! return addresses on standard error, written without allocating (for a host serving the
+//! swap of the machine it runs on, e.g. in the guest scenarios); [`sample_path`] names
 //! the file, [`parse_samples`] reads it back.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -525,6 +528,16 @@ fn init_sampling() {
             return;
         };
         let dir = std::env::var_os(SAMPLE_DIR_ENV).map_or_else(std::env::temp_dir, PathBuf::from);
+        if dir.as_os_str() == "-" {
+            // Raw return addresses on standard error, nothing resolved in the process (see
+            // `write_raw_sample`): for a host that must not allocate even to report.
+            // SAFETY: backtrace(3) with a one-entry buffer of our own: glibc loads its unwinder
+            // now, not at the first sample.
+            unsafe { libc::backtrace([std::ptr::null_mut(); 1].as_mut_ptr(), 1) };
+            SAMPLE_FD.store(RAW_STDERR, Relaxed);
+            SAMPLE_EVERY.store(every, Relaxed);
+            return;
+        }
         let path = sample_path(&dir, std::process::id());
         match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
             Ok(file) => {
@@ -568,8 +581,35 @@ fn maybe_sample(thread: &ThreadState, role: u8, event: Event, bytes: u64) {
     thread.sampling.set(false);
 }
 
+/// [`SAMPLE_FD`] when samples go to standard error, raw.
+const RAW_STDERR: i32 = -2;
+
+/// A sample as one line on standard error, built on the stack: `ALLOC-SAMPLE role=R kind=K
+/// size=N ops=N ips=0x… 0x…` (return addresses, innermost first; resolve them against the
+/// process's `/proc/PID/maps` and its binary, e.g. with `addr2line`).
+fn write_raw_sample(role: Role, event: Event, bytes: u64) {
+    use std::io::Write as _;
+    let mut ips = [std::ptr::null_mut::<libc::c_void>(); 24];
+    // SAFETY: backtrace(3) fills at most `ips.len()` entries of our own array.
+    let n = unsafe { libc::backtrace(ips.as_mut_ptr(), ips.len() as libc::c_int) }.max(0) as usize;
+    let mut line = [0u8; 640];
+    let mut cursor = std::io::Cursor::new(&mut line[..]);
+    let ops = role.shared().ops.load(Relaxed);
+    let _ = write!(cursor, "ALLOC-SAMPLE role={} kind={} size={bytes} ops={ops} ips=", role.name(), event.name());
+    for ip in &ips[..n] {
+        let _ = write!(cursor, "{:#x} ", *ip as usize);
+    }
+    let _ = writeln!(cursor);
+    let len = cursor.position() as usize;
+    // SAFETY: write(2) of our own stack buffer to standard error.
+    unsafe { libc::write(2, line.as_ptr().cast(), len) };
+}
+
 fn write_sample(role: Role, event: Event, bytes: u64) {
     let fd = SAMPLE_FD.load(Relaxed);
+    if fd == RAW_STDERR {
+        return write_raw_sample(role, event, bytes);
+    }
     if fd < 0 {
         return;
     }
