@@ -161,6 +161,10 @@ impl RunMeta {
 #[derive(Debug, Default)]
 struct ClassState {
     partial: Vec<u32>,
+    /// Runs of the class (full or partial): `partial` never holds more, so a capacity of
+    /// `runs` plus the runs the free spans could still make is room enough for every push
+    /// ([`PageArena::reserve_list_room`]).
+    runs: usize,
     /// Runs being emptied by a compaction (sorted): no new object goes there.
     draining: Vec<u32>,
 }
@@ -388,6 +392,7 @@ impl PageArena {
                 None => {
                     let run = self.take_run(spec.spans)?;
                     self.set_run_meta(run, RunMeta { class: class as u16 + 1, used: 0, free_head: NO_SLOT, fresh: 0 });
+                    state.runs += 1;
                     state.partial.push(run);
                     run
                 }
@@ -585,6 +590,7 @@ impl PageArena {
         meta.used -= 1;
         if meta.used == 0 {
             // An empty run goes back to the free spans.
+            state.runs -= 1;
             state.partial.retain(|&r| r != run);
             if let Ok(at) = draining {
                 state.draining.remove(at);
@@ -649,19 +655,27 @@ impl PageArena {
         None
     }
 
-    /// Gives the lists the I/O path pushes to (each class's partial runs, the free spans) room
-    /// ahead, here, off the I/O path: a push past a list's capacity would allocate there.
+    /// Gives the lists the I/O path pushes to room ahead, here, off the I/O path (a push past
+    /// a list's capacity would allocate there): each class's partial runs room for every run
+    /// it has and every run the free spans could make; the free spans room for every span
+    /// committed and the headroom still to come. (4 bytes per 64 KiB span.)
     fn reserve_list_room(&self) {
-        const ROOM: usize = 64;
-        let roomy = |list: &mut Vec<u32>| {
-            if list.capacity() - list.len() < ROOM {
-                list.reserve(ROOM.max(list.len()));
+        let room = |list: &mut Vec<u32>, want: usize| {
+            if list.capacity() < want {
+                list.reserve(want - list.len());
             }
         };
-        for state in self.class_states.iter() {
-            roomy(&mut state.lock().partial);
+        let (free, committed) = {
+            let spans = self.spans.lock();
+            (spans.free.len(), spans.next as usize - spans.released.len())
+        };
+        for (state, spec) in self.class_states.iter().zip(self.classes.iter()) {
+            let mut state = state.lock();
+            let want = state.runs + free / spec.spans + 1;
+            room(&mut state.partial, want);
         }
-        roomy(&mut self.spans.lock().free);
+        let target = self.headroom_spans.load(Ordering::Relaxed) as usize;
+        room(&mut self.spans.lock().free, committed + target + 1);
     }
 
     fn return_run(&self, first: u32, count: usize) {
@@ -837,6 +851,41 @@ pub(crate) mod tests {
             // The run's tail no object can use is under an eighth of it.
             assert!(class.spans * SPAN_BYTES - class.slots * class.size <= class.spans * SPAN_BYTES / 8, "{class:?}");
         }
+    }
+
+    #[test]
+    fn after_a_grower_round_frees_and_new_runs_never_grow_the_lists() {
+        let (_, arena) = arena(64, 16, 64);
+        arena.set_memory_plentiful(false);
+        arena.grow();
+        // Fill runs of one class (2 KiB objects: hundreds of runs) from the headroom.
+        let mut handles = Vec::new();
+        while handles.len() < 6000 {
+            match arena.alloc(&[7u8; 2000]) {
+                Some(h) => handles.push(h),
+                None => break,
+            }
+        }
+        arena.grow();
+        let class = arena.class_of(2000);
+        let runs = handles.len().div_ceil(arena.classes[class].slots);
+        assert!(runs > 100, "{} objects fill {runs} runs", handles.len());
+        let capacity = |arena: &PageArena| {
+            (arena.class_states[class].lock().partial.capacity(), arena.spans.lock().free.capacity())
+        };
+        let before = capacity(&arena);
+        // Every full run turns partial (one free in each), then every run empties back to the
+        // free spans.
+        let slots = arena.classes[class].slots;
+        for (i, h) in handles.iter().enumerate().filter(|(i, _)| i % slots == 0) {
+            arena.free(*h, 2000);
+        }
+        assert!(arena.class_states[class].lock().partial.len() >= runs - 1, "every run is partial");
+        for (_, h) in handles.iter().enumerate().filter(|(i, _)| i % slots != 0) {
+            arena.free(*h, 2000);
+        }
+        assert_eq!(capacity(&arena), before, "no list grew while the runs were freed");
+        assert!(arena.spans.lock().free.len() > 8, "the runs went back to the free spans");
     }
 
     #[test]
