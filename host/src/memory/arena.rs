@@ -877,7 +877,7 @@ pub(crate) mod tests {
         // Every full run turns partial (one free in each), then every run empties back to the
         // free spans.
         let slots = arena.classes[class].slots;
-        for (i, h) in handles.iter().enumerate().filter(|(i, _)| i % slots == 0) {
+        for h in handles.iter().step_by(slots) {
             arena.free(*h, 2000);
         }
         assert!(arena.class_states[class].lock().partial.len() >= runs - 1, "every run is partial");
