@@ -451,7 +451,10 @@ fn serve_connection<S: Stream>(
             conn.output.timeouts(None)?;
             if ticket.establish() { Ok(()) } else { Err(End::Broken("evicted during its handshake".into())) }
         })
-        .and_then(|()| conn.transmit());
+        .and_then(|()| {
+            conn.buffers_for_transmission();
+            conn.transmit()
+        });
     match result {
         // A client that said goodbye may already be gone: a last reply it misses is fine.
         Ok(()) | Err(End::Clean) => {
@@ -462,7 +465,25 @@ fn serve_connection<S: Stream>(
     }
 }
 
+/// Bytes of write payload a connection has room for ahead: more than the largest request a
+/// kernel's NBD client sends by default (`max_sectors_kb` 1280).
+const PAYLOAD_AHEAD: usize = 2 << 20;
+
 impl<S: Stream> Connection<'_, S> {
+    /// Sizes the payload and reply buffers for a kernel's requests before the first one, and,
+    /// when the host serves swap (its memory locked), faults them in: growing them on a
+    /// request — a write's payload, a read's reply — allocated and faulted under the very
+    /// memory pressure that sent it (issue 14's NBD stacks). Larger requests still grow them.
+    fn buffers_for_transmission(&mut self) {
+        self.payload.reserve(PAYLOAD_AHEAD);
+        // Replies are written out past 1 MiB (`transmit`), so one read more fits.
+        self.out.reserve((1 << 20) + PAYLOAD_AHEAD);
+        if crate::memory::is_locked() {
+            crate::memory::populate_writable(self.payload.as_mut_ptr(), self.payload.capacity());
+            crate::memory::populate_writable(self.out.as_mut_ptr(), self.out.capacity());
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.output.write_all(&self.out)?;

@@ -67,7 +67,7 @@ pub fn lock_process_memory() -> io::Result<()> {
                 // MCL_ONFAULT locks only what is touched: code not yet run (the binary's and
                 // the libraries' text) would be read from disk on its first call — a page-cache
                 // allocation that may wait on reclaim, that is, on this host. Bring it all in.
-                let populated = populate_file_mappings();
+                let populated = lock_file_mappings();
                 MEMORY_LOCKED.store(true, std::sync::atomic::Ordering::Release);
                 prefault_stack();
                 tracing::info!(populated_mib = populated >> 20, "process memory locked (mlockall, code populated): the kernel can swap to this host's block devices");
@@ -85,9 +85,9 @@ pub fn lock_process_memory() -> io::Result<()> {
         })
 }
 
-/// Locks (and so reads in) every file-backed mapping of the process — the executable's and
-/// the shared libraries' code and read-only data; returns the bytes locked.
-fn populate_file_mappings() -> usize {
+/// Locks (and so reads in) every file mapping of the process: the binary, its libraries, and
+/// whatever was mapped since (a plugin module's cached code). Returns the bytes locked.
+pub fn lock_file_mappings() -> usize {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return 0 };
     let mut locked = 0;
     for line in maps.lines() {

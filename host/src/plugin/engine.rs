@@ -199,6 +199,12 @@ impl PluginEngine {
         let manifest = module::parse_manifest(&text)?;
         module::check_kind(&compiled, &manifest)?;
         let pre = self.linker.instantiate_pre(&compiled).map_err(|e| PluginLoadError::Invalid(format!("{e:#}")))?;
+        // A module deserialized from the cache is a mapping of its `.cwasm` file: its code and
+        // its trap and address tables would be read from disk the first time a call touches
+        // them (a trap on the I/O path under pressure did), so a host serving swap locks it.
+        if crate::memory::is_locked() {
+            crate::memory::lock_file_mappings();
+        }
         Ok(PluginModule::new(sha256, bytes.len(), manifest, pre))
     }
 

@@ -25,6 +25,54 @@ pub struct PluginState {
     log_budget: LogBudget,
     /// Connections, for a plugin granted `network`.
     net: Option<NetAccess>,
+    /// The running call's time budget (its deadline, from its start).
+    budget: Duration,
+    /// The call's deadline passed: when (wall clock and this thread's CPU time). See
+    /// [`on_deadline`].
+    overrun: Option<Overrun>,
+}
+
+/// A call past its deadline, being watched ([`on_deadline`]).
+#[derive(Debug, Clone, Copy)]
+struct Overrun {
+    wall: Instant,
+    cpu: Duration,
+}
+
+/// Ticks between two looks at a call past its deadline.
+const OVERRUN_PROBE_TICKS: u64 = 10;
+
+/// Past its deadline, a call still running after this long is stopped whatever the reason.
+const OVERRUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A call reached its deadline (wall clock, counted by the epoch ticker). A plugin that loops
+/// keeps its thread busy and is stopped (`Trap::Interrupt`, the deadline fault). But a call
+/// can also pass its deadline because its thread did not run — a machine under memory
+/// pressure, where the host serving swap must not tear an instance down (rebuilding it
+/// allocates, on the I/O path, under that pressure). So past its deadline a call is watched
+/// every [`OVERRUN_PROBE_TICKS`] ticks, and stopped once its thread has used its budget again
+/// in CPU time since (at least 10 ms) — a looping plugin soon, however busy the machine; a
+/// starved call not until it really runs — or after [`OVERRUN_LIMIT`] whatever happened. A
+/// normal call never gets here: this costs nothing on the I/O path.
+fn on_deadline(mut cx: wasmtime::StoreContextMut<'_, PluginState>) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let (wall, cpu) = (Instant::now(), thread_cpu_time());
+    let state = cx.data_mut();
+    let Some(since) = state.overrun else {
+        state.overrun = Some(Overrun { wall, cpu });
+        return Ok(wasmtime::UpdateDeadline::Continue(OVERRUN_PROBE_TICKS));
+    };
+    if cpu.saturating_sub(since.cpu) >= state.budget.max(Duration::from_millis(10)) || wall - since.wall >= OVERRUN_LIMIT {
+        return Err(Trap::Interrupt.into());
+    }
+    Ok(wasmtime::UpdateDeadline::Continue(OVERRUN_PROBE_TICKS))
 }
 
 /// Log lines a plugin may write: a burst, then one per 10 ms on average.
@@ -420,6 +468,9 @@ impl PluginInstance {
 
     fn arm(&mut self) {
         self.store.set_epoch_deadline(self.call_ticks);
+        let state = self.store.data_mut();
+        state.overrun = None;
+        state.budget = self.call_timeout;
         if let Some(net) = &mut self.store.data_mut().net {
             net.deadline = Instant::now() + self.call_timeout;
         }
@@ -504,10 +555,12 @@ fn new_store(
         name,
         log_budget: LogBudget { tokens: 100.0, last: Instant::now() },
         net,
+        budget: limits.init_timeout,
+        overrun: None,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.cap);
-    store.epoch_deadline_trap();
+    store.epoch_deadline_callback(on_deadline);
     store
 }
 
