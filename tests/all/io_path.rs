@@ -285,24 +285,18 @@ fn measure_nbd_swap_like(server: &ServeProcess, dir: &Path) -> Measured {
 
     let mut steady = fio_args("steady", &uri);
     steady.extend(
-        [
-            "--rw=randrw",
-            "--rwmixread=50",
-            "--iodepth=16",
-            "--time_based",
-            "--runtime=600",
-            "--norandommap",
-        ]
-        .map(String::from),
+        ["--rw=randrw", "--rwmixread=50", "--iodepth=16", "--time_based", "--runtime=600", "--norandommap"]
+            .map(String::from),
     );
     // The discards: a second client, its own connection.
     let mut trims = fio_args("trims", &uri);
-    trims.extend(["--rw=randtrim", "--iodepth=4", "--time_based", "--runtime=600", "--rate_iops=2000"].map(String::from));
+    trims.extend(
+        ["--rw=randtrim", "--iodepth=4", "--time_based", "--runtime=600", "--rate_iops=2000"].map(String::from),
+    );
     // The discarding client first, connected (its handshake allocates) before the window.
     let from = read(server, "nbd").ops;
-    let mut trimming = Killed(
-        Command::new("fio").args(&trims).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("fio runs"),
-    );
+    let mut trimming =
+        Killed(Command::new("fio").args(&trims).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("fio runs"));
     let from = wait_for_ops(server, "nbd", from, 1000, Some(&mut trimming.0)).ops;
     let mut fio = Killed(
         Command::new("fio").args(&steady).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("fio runs"),
@@ -311,7 +305,10 @@ fn measure_nbd_swap_like(server: &ServeProcess, dir: &Path) -> Measured {
     let after = wait_for_ops(server, "nbd", before.ops, STEADY_OPS, Some(&mut fio.0));
     drop(fio);
     let after_counters = client.pool(name).unwrap().counters;
-    assert!(after_counters["pool_limit_hit"] > counters["pool_limit_hit"], "refusals in the window: {after_counters:?}");
+    assert!(
+        after_counters["pool_limit_hit"] > counters["pool_limit_hit"],
+        "refusals in the window: {after_counters:?}"
+    );
     assert!(after_counters["invalidates"] > counters["invalidates"], "discards in the window: {after_counters:?}");
     Measured { what: "nbd swap-like [zstd, ram]".into(), role: "nbd", start, before, after, pid: server.child.id() }
 }

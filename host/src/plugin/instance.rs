@@ -69,7 +69,9 @@ fn on_deadline(mut cx: wasmtime::StoreContextMut<'_, PluginState>) -> wasmtime::
         state.overrun = Some(Overrun { wall, cpu });
         return Ok(wasmtime::UpdateDeadline::Continue(OVERRUN_PROBE_TICKS));
     };
-    if cpu.saturating_sub(since.cpu) >= state.budget.max(Duration::from_millis(10)) || wall - since.wall >= OVERRUN_LIMIT {
+    if cpu.saturating_sub(since.cpu) >= state.budget.max(Duration::from_millis(10))
+        || wall - since.wall >= OVERRUN_LIMIT
+    {
         return Err(Trap::Interrupt.into());
     }
     Ok(wasmtime::UpdateDeadline::Continue(OVERRUN_PROBE_TICKS))
