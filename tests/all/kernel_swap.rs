@@ -110,8 +110,8 @@ scenario_tests! {
     tmem_ublk => "tmem-ublk",
     tmem_nbd => "tmem-nbd",
     ublk_global_pressure => "ublk-global-pressure",
-    nbd_global_pressure => "nbd-global-pressure",
     ublk_budget => "ublk-budget",
+    nbd_global_pressure => "nbd-global-pressure",
 }
 
 /// Every scenario marked `ci=yes`, as CI runs them (`scripts/test.sh`): neighbours marked
