@@ -19,7 +19,8 @@ trap 'rm -f "$log"' EXIT
 (cd plugins && cargo test --locked) 2>&1 | tee -a "$log"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
 # Coverage-guided fuzzing of every decoder (fuzz/): each target for FUZZ_SECONDS (30 s) on a
-# copy of its seed corpus; a crash fails the run. About 3 minutes with the build.
+# copy of its seed corpus; a crash fails the run. About 3 minutes with the build (a minute
+# more on a fresh machine, to install cargo-fuzz).
 bash scripts/fuzz.sh 2>&1 | tee -a "$log"
 # The guest-kernel scenarios marked ci=yes in tests/guest/scenarios (the zram self-test, ublk
 # recovery, a real kernel swapping to tmem over ublk and over NBD: about 11 minutes under QEMU's
