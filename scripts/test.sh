@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test, from nothing: installs build dependencies, checks formatting and clippy, then
 # runs the plugins' own native unit tests and the workspace's tests (unit, integration and doc tests; the integration tests
-# start real hosts and a real `tmem serve`), then the slow guest-kernel tests on their own, and
+# start real hosts and a real `tmem serve`), fuzzes every decoder (scripts/fuzz.sh), then the slow guest-kernel tests on their own, and
 # ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,12 +18,16 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 (cd plugins && cargo test --locked) 2>&1 | tee -a "$log"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
+# Coverage-guided fuzzing of every decoder (fuzz/): each target for FUZZ_SECONDS (30 s) on a
+# copy of its seed corpus; a crash fails the run. About 3 minutes with the build (a minute
+# more on a fresh machine, to install cargo-fuzz).
+bash scripts/fuzz.sh 2>&1 | tee -a "$log"
 # The guest-kernel scenarios marked ci=yes in tests/guest/scenarios (the zram self-test, ublk
 # recovery, a real kernel swapping to tmem over ublk and over NBD in a memory cgroup, and over
 # ublk under global memory pressure, with and without room in the pool: about 20 minutes
 # under QEMU's software emulation) are ignored in the suite above and run here, through
 # scripts/guest/run.sh, one QEMU at a time.
 cargo test --locked --test all kernel_swap::ci_scenarios -- --ignored --nocapture 2>&1 | tee -a "$log"
-echo "disk: target/ holds $(du -sh target | cut -f1), plugins/target $(du -sh plugins/target | cut -f1)"
+echo "disk: target/ holds $(du -sh target | cut -f1), plugins/target $(du -sh plugins/target | cut -f1), fuzz/target $(du -sh fuzz/target | cut -f1)"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

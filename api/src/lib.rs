@@ -8,6 +8,8 @@
 //!   pool's config against it.
 //! - [`frontend`] — the frontend protocol between a frontend and the host's Unix socket.
 //! - [`peer`] — the peer protocol between a `remote` store and a peer host.
+//! - [`nbd`] — the NBD protocol's constants and the decoding of what an NBD client sends
+//!   (the host's NBD server is its one user).
 //! - [`wire`] — the framing both protocols share: frames, their checked lengths, payload
 //!   reading and [`wire::WireError`], and a blocking `read_frame`.
 //! - [`rest`] (feature `rest`) — the REST API's bodies and their OpenAPI schemas.
@@ -21,6 +23,7 @@ pub mod abi;
 pub mod client;
 pub mod frontend;
 pub mod manifest;
+pub mod nbd;
 pub mod peer;
 #[cfg(feature = "rest")]
 pub mod rest;

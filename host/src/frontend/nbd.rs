@@ -17,6 +17,10 @@
 //!   replies (a read is always one chunk).
 //! - Commands: `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`, `WRITE_ZEROES`, `BLOCK_STATUS`.
 //!
+//! The protocol's constants and the decoding of what a client sends (flags, option headers
+//! and payloads, request headers) are [`tmem_api::nbd`], where they are fuzzed; this module
+//! is the server around them.
+//!
 //! # Bad input
 //!
 //! A request that is well framed but wrong (unaligned, out of range, unknown command or flag,
@@ -58,88 +62,22 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+// The protocol's constants and the decoding of what a client sends.
+use tmem_api::nbd::*;
+
 use super::device::{BlockDevice, BlockError};
 use crate::listen::{Gate, ListenerLimits, Ticket};
 use crate::memory::alloc_count::{IoThread, Role};
 
-/// The largest request (read or write) a client may send: the maximum block size advertised.
-pub const MAX_PAYLOAD: u32 = 32 << 20;
+pub use tmem_api::nbd::MAX_PAYLOAD;
 
 /// The most connections one export serves at once by default ([`ListenerLimits::NBD`]).
 pub const MAX_CONNECTIONS: usize = ListenerLimits::NBD.max_connections;
-
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const CLIENT_FLAGS: u32 = (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) as u32;
-
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_LIST: u32 = 3;
-const OPT_STARTTLS: u32 = 5;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_LIST_META_CONTEXT: u32 = 9;
-const OPT_SET_META_CONTEXT: u32 = 10;
-
-const REP_ACK: u32 = 1;
-const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-const REP_ERR_POLICY: u32 = (1 << 31) + 2;
-const REP_ERR_INVALID: u32 = (1 << 31) + 3;
-const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-
-const INFO_EXPORT: u16 = 0;
-const INFO_NAME: u16 = 1;
-const INFO_DESCRIPTION: u16 = 2;
-const INFO_BLOCK_SIZE: u16 = 3;
-
-const TFLAG_HAS_FLAGS: u16 = 1 << 0;
-const TFLAG_SEND_FLUSH: u16 = 1 << 2;
-const TFLAG_SEND_FUA: u16 = 1 << 3;
-const TFLAG_SEND_TRIM: u16 = 1 << 5;
-const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
-const TFLAG_SEND_DF: u16 = 1 << 7;
-const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
-const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
-
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_BLOCK_STATUS: u16 = 7;
-
-const CMD_FLAG_FUA: u16 = 1 << 0;
-const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
-const CMD_FLAG_DF: u16 = 1 << 2;
-const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
-const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
-
-const REPLY_FLAG_DONE: u16 = 1;
-const REPLY_TYPE_OFFSET_DATA: u16 = 1;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
-
-const STATE_HOLE: u32 = 1;
-const STATE_ZERO: u32 = 2;
 
 /// The one metadata context served, and its id.
 const BASE_ALLOCATION: &str = "base:allocation";
 const BASE_ALLOCATION_ID: u32 = 1;
 
-/// Option data longer than this ends the connection (no legitimate option comes close).
-const MAX_OPTION_DATA: u32 = 64 << 10;
 /// Options one connection may send before it must choose an export.
 const MAX_OPTIONS: u32 = 1024;
 /// Replies are written at least every this many requests, so a pipelining client gets its
@@ -417,6 +355,12 @@ enum End {
     Broken(String),
 }
 
+impl From<NbdError> for End {
+    fn from(e: NbdError) -> Self {
+        End::Broken(e.to_string())
+    }
+}
+
 impl From<io::Error> for End {
     fn from(e: io::Error) -> Self {
         End::Broken(e.to_string())
@@ -532,22 +476,10 @@ impl<S: Stream> Connection<'_, S> {
         self.out.extend_from_slice(&IHAVEOPT.to_be_bytes());
         self.out.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
         self.flush()?;
-        let client_flags = u32::from_be_bytes(self.read_start::<4>()?);
-        if client_flags & !CLIENT_FLAGS != 0 {
-            return Err(End::Broken(format!("unknown client flags {client_flags:#x}")));
-        }
+        let client_flags = parse_client_flags(self.read_start::<4>()?)?;
         self.no_zeroes = client_flags & FLAG_NO_ZEROES as u32 != 0;
         for _ in 0..MAX_OPTIONS {
-            let header = self.read_start::<16>()?;
-            let magic = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
-            if magic != IHAVEOPT {
-                return Err(End::Broken(format!("bad option magic {magic:#x}")));
-            }
-            let option = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
-            let len = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
-            if len > MAX_OPTION_DATA {
-                return Err(End::Broken(format!("option {option} with {len} bytes of data")));
-            }
+            let OptionHeader { option, len } = parse_option_header(&self.read_start::<OPTION_HEADER_LEN>()?)?;
             let mut data = vec![0u8; len as usize];
             self.read_exact(&mut data)?;
             if self.option(option, &data)? {
@@ -635,22 +567,11 @@ impl<S: Stream> Connection<'_, S> {
 
     /// `INFO` and `GO`: export name, requested infos; `true` when `GO` begins transmission.
     fn info(&mut self, option: u32, data: &[u8]) -> Result<bool, End> {
-        let mut r = Parser(data);
-        let parsed = (|| {
-            let name_len = r.u32()? as usize;
-            let name = r.take(name_len)?;
-            let count = r.u16()? as usize;
-            let mut infos = Vec::with_capacity(count);
-            for _ in 0..count {
-                infos.push(r.u16()?);
-            }
-            r.end()?;
-            Some((name, infos))
-        })();
-        let Some((name, infos)) = parsed else {
+        let Ok(request) = parse_info(data) else {
             self.option_error(option, REP_ERR_INVALID, "malformed INFO/GO request");
             return Ok(false);
         };
+        let name = request.name;
         if !self.known_export(name) {
             let message = format!(
                 "no export named {:?} (this server exports {:?})",
@@ -672,11 +593,11 @@ impl<S: Stream> Connection<'_, S> {
         sizes.extend_from_slice(&device.block_size().to_be_bytes());
         sizes.extend_from_slice(&MAX_PAYLOAD.to_be_bytes());
         self.option_reply(option, REP_INFO, &[&sizes]);
-        if infos.contains(&INFO_NAME) {
+        if request.wants(INFO_NAME) {
             let name = self.export.name.clone();
             self.option_reply(option, REP_INFO, &[&INFO_NAME.to_be_bytes(), name.as_bytes()]);
         }
-        if infos.contains(&INFO_DESCRIPTION) {
+        if request.wants(INFO_DESCRIPTION) {
             let description = self.export.description.clone();
             self.option_reply(option, REP_INFO, &[&INFO_DESCRIPTION.to_be_bytes(), description.as_bytes()]);
         }
@@ -689,20 +610,7 @@ impl<S: Stream> Connection<'_, S> {
             self.option_error(option, REP_ERR_INVALID, "negotiate structured replies first");
             return;
         }
-        let mut r = Parser(data);
-        let parsed = (|| {
-            let name_len = r.u32()? as usize;
-            let name = r.take(name_len)?;
-            let count = r.u32()? as usize;
-            let mut queries = Vec::new();
-            for _ in 0..count {
-                let len = r.u32()? as usize;
-                queries.push(r.take(len)?);
-            }
-            r.end()?;
-            Some((name, queries))
-        })();
-        let Some((name, queries)) = parsed else {
+        let Ok(MetaContextRequest { name, queries }) = parse_meta_context(data) else {
             self.option_error(option, REP_ERR_INVALID, "malformed meta context request");
             return;
         };
@@ -734,20 +642,11 @@ impl<S: Stream> Connection<'_, S> {
     fn transmit(&mut self) -> Result<(), End> {
         let mut unsent = 0;
         loop {
-            let header = self.read_start::<28>()?;
-            let magic = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes"));
-            if magic != REQUEST_MAGIC {
-                return Err(End::Broken(format!("bad request magic {magic:#x}")));
-            }
-            let flags = u16::from_be_bytes(header[4..6].try_into().expect("2 bytes"));
-            let command = u16::from_be_bytes(header[6..8].try_into().expect("2 bytes"));
-            let handle = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-            let offset = u64::from_be_bytes(header[16..24].try_into().expect("8 bytes"));
-            let len = u32::from_be_bytes(header[24..28].try_into().expect("4 bytes"));
-            if command == CMD_DISC {
+            let request = parse_request(&self.read_start::<REQUEST_LEN>()?)?;
+            if request.command == CMD_DISC {
                 return Err(End::Clean);
             }
-            self.request(flags, command, handle, offset, len)?;
+            self.request(request)?;
             Role::Nbd.count_ops(1);
             unsent += 1;
             if unsent >= FLUSH_EVERY || self.out.len() >= 1 << 20 {
@@ -759,7 +658,8 @@ impl<S: Stream> Connection<'_, S> {
         }
     }
 
-    fn request(&mut self, flags: u16, command: u16, handle: u64, offset: u64, len: u32) -> Result<(), End> {
+    fn request(&mut self, request: Request) -> Result<(), End> {
+        let Request { flags, command, handle, offset, len } = request;
         let allowed = match command {
             CMD_READ => CMD_FLAG_FUA | if self.structured { CMD_FLAG_DF } else { 0 },
             CMD_WRITE | CMD_TRIM | CMD_FLUSH => CMD_FLAG_FUA,
@@ -769,11 +669,9 @@ impl<S: Stream> Connection<'_, S> {
         };
         if command == CMD_WRITE {
             // The payload follows whatever we think of the request: read it to stay framed.
-            if len > MAX_PAYLOAD {
-                return Err(End::Broken(format!("a write of {len} bytes (the maximum block size is {MAX_PAYLOAD})")));
-            }
+            let len = request.write_payload()?;
             let mut payload = std::mem::take(&mut self.payload);
-            payload.resize(len as usize, 0);
+            payload.resize(len, 0);
             let read = self.read_exact(&mut payload);
             self.payload = payload;
             read?;
@@ -883,32 +781,6 @@ impl<S: Stream> Connection<'_, S> {
             Err(e) => self.error_reply(handle, &e),
         }
         Ok(())
-    }
-}
-
-/// Reads big-endian fields from option data; `None` when it runs short.
-struct Parser<'a>(&'a [u8]);
-
-impl<'a> Parser<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn end(&self) -> Option<()> {
-        self.0.is_empty().then_some(())
     }
 }
 
