@@ -252,19 +252,31 @@ impl PageIndex {
         if map.len() < map.capacity() {
             return Ok(());
         }
+        let capacity = map.len() + map.capacity().max(4);
+        self.grow_to(which, item, capacity)
+    }
+
+    /// Grows `map` to room for `capacity` items of `item` bytes: the table's estimated growth
+    /// charged first (refused past the budget), then whatever the table really grew beyond it.
+    fn grow_to<V>(
+        &mut self,
+        which: fn(&mut PageIndex) -> &mut Map<V>,
+        item: usize,
+        capacity: usize,
+    ) -> Result<(), IndexFull> {
+        let map = which(self);
         let before = table_bytes(map.capacity(), item);
-        let after = table_bytes((map.capacity() * 2).max(8), item);
-        if !self.charge(before, after) {
+        let estimate = table_bytes(capacity, item);
+        if !self.charge(before, estimate) {
             return Err(IndexFull);
         }
         let map = which(self);
-        let want = map.capacity().max(4);
-        map.reserve(want);
-        // The table may have grown beyond the estimate: charge (or credit) the difference.
+        let additional = capacity.saturating_sub(map.len());
+        map.reserve(additional);
         let real = table_bytes(map.capacity(), item);
-        if real > after {
-            self.charged += real - after;
-            self.arena.charge_index_heap(real - after, true);
+        if real > estimate {
+            self.charged += real - estimate;
+            self.arena.charge_index_heap(real - estimate, true);
         }
         Ok(())
     }
@@ -278,18 +290,7 @@ impl PageIndex {
         if self.chunks.capacity() >= chunks {
             return Ok(());
         }
-        let before = table_bytes(self.chunks.capacity(), 16);
-        if !self.charge(before, table_bytes(chunks, 16)) {
-            return Err(IndexFull);
-        }
-        let additional = chunks - self.chunks.len();
-        self.chunks.reserve(additional);
-        let real = table_bytes(self.chunks.capacity(), 16);
-        if real > table_bytes(chunks, 16) {
-            self.charged += real - table_bytes(chunks, 16);
-            self.arena.charge_index_heap(real - table_bytes(chunks, 16), true);
-        }
-        Ok(())
+        self.grow_to(|i| &mut i.chunks, 16, chunks)
     }
 
     /// Inserts or replaces the entry of `offset`; returns the entry it replaced.

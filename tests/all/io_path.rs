@@ -208,13 +208,9 @@ fn fio_args(name: &str, uri: &str) -> Vec<String> {
     .collect()
 }
 
-/// An NBD device of [`PAGES`] pages over a `backends` pool of `server`, written whole by fio;
-/// then fio's random 50/50 reads and overwrites over one connection, measured in a window of
-/// [`STEADY_OPS`] requests after [`WARM_UP_OPS`].
-fn measure_nbd(server: &ServeProcess, dir: &Path, what: &str, backends: &[&str]) -> Measured {
-    let client = server.client();
-    let name = format!("nbd{}", backends.len());
-    client.create_pool(&pool(&name, backends)).unwrap();
+/// Attaches an NBD device of [`PAGES`] pages to pool `name` of `server` (its backing file and
+/// socket in `dir`); returns its URI.
+fn attach_nbd(server: &ServeProcess, dir: &Path, name: &str) -> String {
     let request = AttachRequest {
         kind: FrontendKind::Nbd,
         size_bytes: PAGES * PAGE as u64,
@@ -224,7 +220,17 @@ fn measure_nbd(server: &ServeProcess, dir: &Path, what: &str, backends: &[&str])
         allow_remote: false,
         ublk_id: None,
     };
-    let uri = client.attach_frontend(&name, &request).unwrap().address;
+    server.client().attach_frontend(name, &request).unwrap().address
+}
+
+/// An NBD device of [`PAGES`] pages over a `backends` pool of `server`, written whole by fio;
+/// then fio's random 50/50 reads and overwrites over one connection, measured in a window of
+/// [`STEADY_OPS`] requests after [`WARM_UP_OPS`].
+fn measure_nbd(server: &ServeProcess, dir: &Path, what: &str, backends: &[&str]) -> Measured {
+    let client = server.client();
+    let name = format!("nbd{}", backends.len());
+    client.create_pool(&pool(&name, backends)).unwrap();
+    let uri = attach_nbd(server, dir, &name);
 
     // A connection that only negotiates: the handshake allocates (option data, replies), so
     // the role's counters must move — the counting works end to end.
@@ -266,16 +272,7 @@ fn measure_nbd_swap_like(server: &ServeProcess, dir: &Path) -> Measured {
     let client = server.client();
     let name = "swaplike";
     client.create_pool(&PoolConfig { max_pages: Some(PAGES / 2), ..pool(name, &["zstd", "ram"]) }).unwrap();
-    let request = AttachRequest {
-        kind: FrontendKind::Nbd,
-        size_bytes: PAGES * PAGE as u64,
-        backing: dir.join(format!("{name}.img")).display().to_string(),
-        socket: Some(dir.join(format!("{name}.sock")).display().to_string()),
-        listen: None,
-        allow_remote: false,
-        ublk_id: None,
-    };
-    let uri = client.attach_frontend(name, &request).unwrap().address;
+    let uri = attach_nbd(server, dir, name);
     let start = read(server, "nbd");
     let mut fill = fio_args("fill", &uri);
     fill.push("--rw=write".into());
