@@ -18,7 +18,8 @@
 //! before any object is placed in it. [`PageArena::alloc`] only takes slots of committed runs or
 //! committed free spans. When none is left — a burst faster than the grower — it commits a run
 //! itself only while the machine has memory to spare (`MemAvailable` high: the fault cannot
-//! wait on reclaim); under memory pressure it refuses (the store is refused, frontswap's way:
+//! wait on reclaim) and the host's memory is not locked; under memory pressure, or in a host
+//! that locks its memory to serve a machine's swap, it refuses (the store is refused, frontswap's way:
 //! the frontend keeps the page) and asks the grower to commit more. [`PageArena::grow`] — run by
 //! a background thread, outside every I/O thread — keeps a **headroom** of committed free spans,
 //! within the [`MemoryBudget`]: committed memory is what the arena charges to the budget, so
@@ -637,7 +638,12 @@ impl PageArena {
         // The headroom is gone (a burst faster than the grower). While the machine has memory
         // to spare, committing here cannot wait on reclaim, so the store is served; under
         // pressure it is refused, never satisfied by faulting memory in on the I/O path.
-        if self.plentiful.load(Ordering::Relaxed)
+        // A host whose memory is locked serves the machine's swap: "plentiful" is the grower's
+        // last look (up to 100 ms old), and a workload can eat that memory in less — a fault
+        // here then waits on reclaim, which waits on this very host (a ublk queue thread hung
+        // so in the global-pressure guest scenario). There the store is always refused.
+        if !super::is_locked()
+            && self.plentiful.load(Ordering::Relaxed)
             && spans.next as usize + count <= self.reserve_spans as usize
             && self.budget.try_charge((count * SPAN_BYTES) as u64)
         {
