@@ -72,6 +72,7 @@
 //! tmem_sdk::export_store!(Ram);
 //! ```
 
+pub mod codec;
 pub mod config;
 pub mod host_pages;
 pub mod log;

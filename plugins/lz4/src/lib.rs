@@ -1,33 +1,30 @@
 //! `lz4`, the bundled fast compression filter: the LZ4 block format (zram's default codec),
 //! by the pure-Rust `lz4_flex`.
 //!
-//! Encoded form: one tag byte, then the payload.
-//!
-//! | tag | payload | when |
-//! |---|---|---|
-//! | [`TAG_LZ4`] | an LZ4 block | the page compressed to at most `max_compressed_bytes` |
-//! | [`TAG_SAME_FILLED`] | the input length (u32, little-endian), then the repeated 8-byte word | zero-filled and same-filled pages |
-//! | [`TAG_RAW`] | the page as it is | did not compress well, and `on_incompressible = store_raw` |
-//!
-//! The tag makes the format self-describing, so a newer version of this filter can keep
-//! decoding what an older one stored (hot swap keeps pages readable). The same-filled and raw
-//! forms are the `zstd` filter's, byte for byte.
+//! Encoded form: the compression filters' shared framing ([`tmem_sdk::codec`]): a tag byte,
+//! then an LZ4 block ([`TAG_LZ4`]), a same-filled marker or the raw page — the same markers and
+//! raw form as the `zstd` filter, byte for byte. The tag makes the format self-describing, so a
+//! newer version of this filter can keep decoding what an older one stored.
 //!
 //! LZ4 has no level; `lz4_flex` has no acceleration knob either, so the config is only what
 //! decides which pages are kept compressed.
 
 use lz4_flex::block::{CompressTable, compress_into_with_table, decompress_into, get_maximum_output_size};
-use tmem_sdk::{ConfigKey, DecodeError, Encoded, Filter, Reject, config};
+use tmem_sdk::codec::{self, Codec, Framing};
+use tmem_sdk::{ConfigKey, DecodeError, Encoded, Filter, Reject};
 
 /// An LZ4 block follows.
-pub const TAG_LZ4: u8 = 1;
-/// An 8-byte word follows; the page is that word repeated.
-pub const TAG_SAME_FILLED: u8 = 2;
-/// The raw page follows.
-pub const TAG_RAW: u8 = 3;
+pub const TAG_LZ4: u8 = codec::TAG_COMPRESSED;
+pub use codec::{TAG_RAW, TAG_SAME_FILLED};
 
-/// The lz4 filter, with its compression hash table kept across calls.
+/// The lz4 filter: its codec state, kept across calls, and the framing its config asks for.
 pub struct Lz4 {
+    codec: Lz4Codec,
+    framing: Framing,
+}
+
+/// `lz4_flex`'s state, as a [`Codec`].
+struct Lz4Codec {
     /// The match finder's table, reused (and cleared) by every encode instead of 8 KiB of
     /// stack per page.
     table: CompressTable,
@@ -36,10 +33,6 @@ pub struct Lz4 {
     /// `lz4_flex` refuses such a buffer before it knows the compressed size. Grown on first
     /// need; 4 KiB pages never use it.
     scratch: Vec<u8>,
-    /// A page that compresses to more bytes than this is incompressible.
-    max_compressed_bytes: usize,
-    /// `on_incompressible = store_raw`: pass incompressible pages on raw instead of refusing them.
-    store_raw: bool,
 }
 
 /// The lz4 filter's config (see [`Lz4::CONFIG`]).
@@ -53,97 +46,44 @@ pub struct Lz4Config {
 impl Filter for Lz4 {
     const NAME: &'static str = "lz4";
     const DESCRIPTION: &'static str = "lz4 compression (fast, zram's default); same-filled pages as markers";
-    const CONFIG: &'static [ConfigKey] = &[
-        config::integer(
-            "max_compressed_bytes",
-            "a page that compresses to more than this is incompressible (2990 is Google's far-memory cut-off for 4 KiB pages)",
-            1,
-            1 << 20,
-            2990,
-        ),
-        tmem_sdk::one_of!(
-            "on_incompressible",
-            "reject an incompressible page (reject_compress_poor) or pass it on raw (stored_incompressible_pages)",
-            ["reject", "store_raw"],
-            "reject"
-        ),
-    ];
+    const CONFIG: &'static [ConfigKey] = &[codec::MAX_COMPRESSED_BYTES, codec::ON_INCOMPRESSIBLE];
     type Config = Lz4Config;
 
     fn new(config: Lz4Config, _page_size: usize) -> Result<Self, String> {
         Ok(Lz4 {
-            table: CompressTable::default(),
-            scratch: Vec::new(),
-            max_compressed_bytes: config.max_compressed_bytes as usize,
-            store_raw: config.on_incompressible == "store_raw",
+            codec: Lz4Codec { table: CompressTable::default(), scratch: Vec::new() },
+            framing: Framing::new(config.max_compressed_bytes, &config.on_incompressible),
         })
     }
 
     fn encode(&mut self, page: &[u8], out: &mut [u8]) -> Result<Encoded, Reject> {
-        if let Some(word) = same_filled_word(page) {
-            out[0] = TAG_SAME_FILLED;
-            out[1..5].copy_from_slice(&(page.len() as u32).to_le_bytes());
-            out[5..13].copy_from_slice(&word);
-            return Ok(Encoded::SameFilled(13));
-        }
-        let (tag, payload) = out.split_first_mut().ok_or(Reject::CompressFail)?;
-        if let Some(compressed) = self.compress(page, payload) {
-            *tag = TAG_LZ4;
-            return Ok(Encoded::Transformed(1 + compressed));
-        }
-        if !self.store_raw {
-            return Err(Reject::CompressPoor);
-        }
-        *tag = TAG_RAW;
-        payload.get_mut(..page.len()).ok_or(Reject::CompressFail)?.copy_from_slice(page);
-        Ok(Encoded::Incompressible(1 + page.len()))
+        self.framing.encode(&mut self.codec, page, out)
     }
 
     fn decode(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
-        let (&tag, payload) = data.split_first().ok_or(DecodeError)?;
-        match tag {
-            TAG_LZ4 => decompress_into(payload, out).map_err(|_| DecodeError),
-            TAG_SAME_FILLED if payload.len() == 12 => {
-                let len = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
-                let out = out.get_mut(..len).filter(|o| o.len() % 8 == 0).ok_or(DecodeError)?;
-                for chunk in out.chunks_exact_mut(8) {
-                    chunk.copy_from_slice(&payload[4..]);
-                }
-                Ok(len)
-            }
-            TAG_RAW if payload.len() <= out.len() => {
-                out[..payload.len()].copy_from_slice(payload);
-                Ok(payload.len())
-            }
-            _ => Err(DecodeError),
-        }
+        codec::decode(&mut self.codec, data, out)
     }
 }
 
-impl Lz4 {
-    /// Compresses `input` into `payload` if it compresses to at most `max_compressed_bytes`
-    /// and fits there, returning the compressed length.
-    fn compress(&mut self, input: &[u8], payload: &mut [u8]) -> Option<usize> {
-        let limit = self.max_compressed_bytes.min(payload.len());
+impl Codec for Lz4Codec {
+    fn compress(&mut self, input: &[u8], out: &mut [u8], limit: usize) -> Option<usize> {
         let worst_case = get_maximum_output_size(input.len());
-        if payload.len() >= worst_case {
-            let compressed = compress_into_with_table(input, payload, &mut self.table).ok()?;
+        if out.len() >= worst_case {
+            let compressed = compress_into_with_table(input, out, &mut self.table).ok()?;
             return (compressed <= limit).then_some(compressed);
         }
         if self.scratch.len() < worst_case {
             self.scratch.resize(worst_case, 0);
         }
         let compressed = compress_into_with_table(input, &mut self.scratch, &mut self.table).ok()?;
-        let fits = payload.get_mut(..compressed).filter(|_| compressed <= limit)?;
+        let fits = out.get_mut(..compressed).filter(|_| compressed <= limit)?;
         fits.copy_from_slice(&self.scratch[..compressed]);
         Some(compressed)
     }
-}
 
-/// The 8-byte word a page repeats, if it does (zswap checks the same unit).
-fn same_filled_word(page: &[u8]) -> Option<[u8; 8]> {
-    let (first, rest) = page.split_first_chunk::<8>()?;
-    rest.chunks_exact(8).all(|chunk| chunk == first).then_some(*first)
+    fn decompress(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
+        decompress_into(data, out).map_err(|_| DecodeError)
+    }
 }
 
 tmem_sdk::export_filter!(Lz4);

@@ -1,31 +1,28 @@
 //! `zstd`, the bundled compression filter: real zstd (the C library, compiled to Wasm).
 //!
-//! Encoded form: one tag byte, then the payload.
-//!
-//! | tag | payload | when |
-//! |---|---|---|
-//! | [`TAG_ZSTD`] | a zstd frame | the page compressed to at most `max_compressed_bytes` |
-//! | [`TAG_SAME_FILLED`] | the input length (u32, little-endian), then the repeated 8-byte word | zero-filled and same-filled pages |
-//! | [`TAG_RAW`] | the page as it is | did not compress well, and `on_incompressible = store_raw` |
-//!
-//! The tag makes the format self-describing, so a newer version of this filter can keep
-//! decoding what an older one stored (hot swap keeps pages readable).
+//! Encoded form: the compression filters' shared framing ([`tmem_sdk::codec`]): a tag byte,
+//! then a zstd frame ([`TAG_ZSTD`]), a same-filled marker or the raw page. The tag makes the
+//! format self-describing, so a newer version of this filter can keep decoding what an older
+//! one stored (hot swap keeps pages readable).
 
+use tmem_sdk::codec::{self, Codec, Framing};
 use tmem_sdk::{ConfigKey, DecodeError, Encoded, Filter, Reject, config};
 
 /// A zstd frame follows.
-pub const TAG_ZSTD: u8 = 1;
-/// An 8-byte word follows; the page is that word repeated.
-pub const TAG_SAME_FILLED: u8 = 2;
-/// The raw page follows.
-pub const TAG_RAW: u8 = 3;
+pub const TAG_ZSTD: u8 = codec::TAG_COMPRESSED;
+pub use codec::{TAG_RAW, TAG_SAME_FILLED};
 
-/// The zstd filter, with its compression and decompression contexts kept across calls.
+/// The zstd filter: its compression and decompression contexts, kept across calls, and the
+/// framing its config asks for.
 pub struct Zstd {
+    codec: ZstdCodec,
+    framing: Framing,
+}
+
+/// zstd's contexts, as a [`Codec`].
+struct ZstdCodec {
     compressor: zstd::bulk::Compressor<'static>,
     decompressor: zstd::bulk::Decompressor<'static>,
-    max_compressed_bytes: usize,
-    store_raw: bool,
 }
 
 /// The zstd filter's config (see [`Zstd::CONFIG`]).
@@ -42,19 +39,8 @@ impl Filter for Zstd {
     const DESCRIPTION: &'static str = "zstd compression; same-filled pages as markers";
     const CONFIG: &'static [ConfigKey] = &[
         config::integer("level", "zstd compression level (negative levels are faster)", -7, 19, 3),
-        config::integer(
-            "max_compressed_bytes",
-            "a page that compresses to more than this is incompressible (2990 is Google's far-memory cut-off for 4 KiB pages)",
-            1,
-            1 << 20,
-            2990,
-        ),
-        tmem_sdk::one_of!(
-            "on_incompressible",
-            "reject an incompressible page (reject_compress_poor) or pass it on raw (stored_incompressible_pages)",
-            ["reject", "store_raw"],
-            "reject"
-        ),
+        codec::MAX_COMPRESSED_BYTES,
+        codec::ON_INCOMPRESSIBLE,
     ];
     type Config = ZstdConfig;
 
@@ -67,58 +53,29 @@ impl Filter for Zstd {
         compressor.include_dictid(false).map_err(|e| e.to_string())?;
         let decompressor = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
         Ok(Zstd {
-            compressor,
-            decompressor,
-            max_compressed_bytes: config.max_compressed_bytes as usize,
-            store_raw: config.on_incompressible == "store_raw",
+            codec: ZstdCodec { compressor, decompressor },
+            framing: Framing::new(config.max_compressed_bytes, &config.on_incompressible),
         })
     }
 
     fn encode(&mut self, page: &[u8], out: &mut [u8]) -> Result<Encoded, Reject> {
-        if let Some(word) = same_filled_word(page) {
-            out[0] = TAG_SAME_FILLED;
-            out[1..5].copy_from_slice(&(page.len() as u32).to_le_bytes());
-            out[5..13].copy_from_slice(&word);
-            return Ok(Encoded::SameFilled(13));
-        }
-        let compressed = self.compressor.compress_to_buffer(page, &mut out[1..]).map_err(|_| Reject::CompressFail)?;
-        if compressed <= self.max_compressed_bytes {
-            out[0] = TAG_ZSTD;
-            return Ok(Encoded::Transformed(1 + compressed));
-        }
-        if !self.store_raw {
-            return Err(Reject::CompressPoor);
-        }
-        out[0] = TAG_RAW;
-        out[1..1 + page.len()].copy_from_slice(page);
-        Ok(Encoded::Incompressible(1 + page.len()))
+        self.framing.encode(&mut self.codec, page, out)
     }
 
     fn decode(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
-        let (&tag, payload) = data.split_first().ok_or(DecodeError)?;
-        match tag {
-            TAG_ZSTD => self.decompressor.decompress_to_buffer(payload, out).map_err(|_| DecodeError),
-            TAG_SAME_FILLED if payload.len() == 12 => {
-                let len = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
-                let out = out.get_mut(..len).filter(|o| o.len() % 8 == 0).ok_or(DecodeError)?;
-                for chunk in out.chunks_exact_mut(8) {
-                    chunk.copy_from_slice(&payload[4..]);
-                }
-                Ok(len)
-            }
-            TAG_RAW if payload.len() <= out.len() => {
-                out[..payload.len()].copy_from_slice(payload);
-                Ok(payload.len())
-            }
-            _ => Err(DecodeError),
-        }
+        codec::decode(&mut self.codec, data, out)
     }
 }
 
-/// The 8-byte word a page repeats, if it does (zswap checks the same unit).
-fn same_filled_word(page: &[u8]) -> Option<[u8; 8]> {
-    let (first, rest) = page.split_first_chunk::<8>()?;
-    rest.chunks_exact(8).all(|chunk| chunk == first).then_some(*first)
+impl Codec for ZstdCodec {
+    fn compress(&mut self, input: &[u8], out: &mut [u8], limit: usize) -> Option<usize> {
+        // A frame that would pass `limit` fails as "destination too small": zstd stops there.
+        self.compressor.compress_to_buffer(input, &mut out[..limit]).ok()
+    }
+
+    fn decompress(&mut self, data: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
+        self.decompressor.decompress_to_buffer(data, out).map_err(|_| DecodeError)
+    }
 }
 
 tmem_sdk::export_filter!(Zstd);
