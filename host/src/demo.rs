@@ -70,6 +70,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         memory_limit: Default::default(),
         max_instances: crate::plugin::EngineOptions::default().max_instances,
         limits: Default::default(),
+        allowed_paths: Vec::new(),
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tower::ServiceExt;
 
-use crate::frontend::attach::BlockDevices;
+use crate::frontend::attach::{AllowedPaths, BlockDevices};
 use crate::host::{BackendSpec, Host, HostConfig, MemoryLimit};
 use crate::listen::{Evicted, Gate, ListenerLimits, ServeLimits, Ticket};
 use crate::pool::PoolSpec;
@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub max_instances: u32,
     /// The bounds of every listener: connection caps and handshake deadlines.
     pub limits: ServeLimits,
+    /// Paths besides the data dir under which the API may name block devices' backing files
+    /// and sockets ([`AllowedPaths`]).
+    pub allowed_paths: Vec<PathBuf>,
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -94,7 +97,11 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend::socket::default_socket(&config.data_dir));
     let frontends = crate::frontend::socket::bind(&socket)?;
     // Block devices sit above the host: restored here, detached before their pool is destroyed.
-    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd));
+    let allowed =
+        AllowedPaths::new(std::iter::once(config.data_dir.clone()).chain(config.allowed_paths.iter().cloned()))
+            .map_err(|e| anyhow::anyhow!("{e} (--allow-path)"))?;
+    tracing::info!(paths = ?allowed.roots(), "block devices' backing files and sockets are confined to these paths");
+    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -92,6 +92,12 @@ pub struct ServeArgs {
     /// waits idle for its next request [default: 10].
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600), env = "TMEM_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<u64>,
+    /// A path under which the API may name block devices' backing files and sockets, besides
+    /// the data dir (repeat it, or separate paths with commas). A directory, or one file or
+    /// device (a raw disk as a backing store). Anything else is refused (403
+    /// `path_not_allowed`): the API token alone cannot make the host write a file elsewhere.
+    #[arg(long, value_name = "PATH", value_delimiter = ',', env = "TMEM_ALLOW_PATHS")]
+    pub allow_path: Vec<PathBuf>,
 }
 
 /// `tmem demo`.
@@ -431,6 +437,7 @@ impl ServeArgs {
             max_instances,
             max_connections,
             handshake_timeout,
+            allow_path,
         } = self;
         ServeConfig {
             listen,
@@ -445,6 +452,7 @@ impl ServeArgs {
                 max_connections.map(|n| n as usize),
                 handshake_timeout.map(std::time::Duration::from_secs),
             ),
+            allowed_paths: allow_path,
         }
     }
 }

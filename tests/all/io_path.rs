@@ -371,7 +371,7 @@ fn measure_socket(server: &ServeProcess, what: &str, backends: &[&str]) -> Measu
 
 fn measure_every_chain(frontend: &str) -> Vec<Measured> {
     let dir = temp_dir(&format!("io-path-{frontend}"));
-    let server = ServeProcess::start(&dir.join("data"), &[]);
+    let server = ServeProcess::start(&dir.join("data"), &["--allow-path", dir.to_str().unwrap()]);
     let metrics = server.client().metrics().unwrap();
     assert!(metrics.contains("tmem_io_thread_counting 1"), "the tmem binary counts allocations (its global allocator)");
     CHAINS
@@ -440,7 +440,7 @@ fn issue_14_nbd_io_path_neither_allocates_nor_faults() {
 #[test]
 fn issue_14_nbd_swap_like_io_path_neither_allocates_nor_faults() {
     let dir = temp_dir("io-path-swap-like");
-    let server = ServeProcess::start(&dir.join("data"), &[]);
+    let server = ServeProcess::start(&dir.join("data"), &["--allow-path", dir.to_str().unwrap()]);
     let measured = measure_nbd_swap_like(&server, &dir);
     measured.print();
     check_measured(&measured);

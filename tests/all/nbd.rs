@@ -59,7 +59,7 @@ struct Device {
 impl Device {
     fn new(tag: &str, pool: PoolConfig, size: u64) -> Device {
         let dir = temp_dir(tag);
-        let server = ServeProcess::start(&dir.join("data"), &[]);
+        let server = ServeProcess::start(&dir.join("data"), &allow(&dir));
         let client = server.client();
         client.create_pool(&pool).unwrap();
         let attached = client.attach_frontend(&pool.name, &unix_request(&dir, size)).unwrap();
@@ -84,6 +84,12 @@ impl Device {
     fn pool_counter(&self, name: &str) -> u64 {
         self.client.pool(&self.attached.pool).unwrap().counters[name]
     }
+}
+
+/// `tmem serve` arguments that allow backing files and sockets under `dir` (the data dir is
+/// always allowed; these tests keep their files beside it).
+fn allow(dir: &Path) -> [&str; 2] {
+    ["--allow-path", dir.to_str().expect("a UTF-8 temp dir")]
 }
 
 fn unix_request(dir: &Path, size: u64) -> AttachRequest {
@@ -501,7 +507,7 @@ fn api_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (u16, String
 #[test]
 fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
     let dir = temp_dir("nbd-attach");
-    let server = ServeProcess::start(&dir.join("data"), &[]);
+    let server = ServeProcess::start(&dir.join("data"), &allow(&dir));
     let client = server.client();
     client.create_pool(&pool("a", &["ram"])).unwrap();
     client.create_pool(&pool("other", &["ram"])).unwrap();
@@ -521,6 +527,24 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
     for (request, status, code) in refused {
         assert_eq!(api_error(client.attach_frontend("a", &request)), (status, code.to_string()), "{request:?}");
     }
+    // Paths outside the allowed ones (the data dir and `dir`): refused before anything is
+    // created, also through a symlink that lies inside.
+    let outside = temp_dir("nbd-attach-outside");
+    std::os::unix::fs::symlink(outside.join("target.img"), dir.join("link.img")).unwrap();
+    let outside_path = |name: &str| outside.join(name).display().to_string();
+    let confined = [
+        AttachRequest { backing: outside_path("b.img"), ..good.clone() },
+        AttachRequest { backing: dir.join("link.img").display().to_string(), ..good.clone() },
+        AttachRequest {
+            backing: format!("{}/../{}/b.img", dir.display(), outside.file_name().unwrap().to_str().unwrap()),
+            ..good.clone()
+        },
+        AttachRequest { socket: Some(outside_path("nbd.sock")), ..good.clone() },
+    ];
+    for request in confined {
+        assert_eq!(api_error(client.attach_frontend("a", &request)), (403, "path_not_allowed".into()), "{request:?}");
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was created outside");
     assert_eq!(api_error(client.attach_frontend("nope", &good)), (404, "pool_not_found".into()));
     if !Path::new("/dev/ublk-control").exists() {
         // This kernel has no ublk driver (kernel_swap.rs runs ublk in a guest kernel that has).
@@ -590,7 +614,7 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
 #[test]
 fn the_cli_attaches_and_detaches() {
     let dir = temp_dir("nbd-cli");
-    let server = ServeProcess::start(&dir.join("data"), &[]);
+    let server = ServeProcess::start(&dir.join("data"), &allow(&dir));
     server.client().create_pool(&pool("c", &["ram"])).unwrap();
     let tmem = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_tmem"))
@@ -621,7 +645,7 @@ fn a_device_over_a_persistent_pool_keeps_its_contents_across_a_restart() {
     let sled = BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("sled") };
     let config = PoolConfig { max_pages: Some(100), ..PoolConfig::new("p", vec![BackendRequest::new("zstd"), sled]) };
     let source = data_file(&dir, "source.img", MIB, 17);
-    let server = ServeProcess::start(&data, &[]);
+    let server = ServeProcess::start(&data, &allow(&dir));
     let client = server.client();
     client.create_pool(&config).unwrap();
     let attached = client.attach_frontend("p", &unix_request(&dir, 4 * MIB)).unwrap();
@@ -631,7 +655,12 @@ fn a_device_over_a_persistent_pool_keeps_its_contents_across_a_restart() {
     assert!(server.stop(), "a clean stop");
     assert!(!dir.join("nbd.sock").exists(), "a stopped server removes its socket");
 
-    let server = ServeProcess::start(&data, &[]);
+    // Restarted without the backing file's directory allowed: the device is not served (its
+    // record stays); allowed again, it comes back.
+    let narrower = ServeProcess::start(&data, &[]);
+    assert_eq!(narrower.client().frontends("p").unwrap().len(), 0, "a backing file outside the allowed paths");
+    assert!(narrower.stop(), "a clean stop");
+    let server = ServeProcess::start(&data, &allow(&dir));
     let client = server.client();
     let after = client.frontends("p").unwrap();
     assert_eq!(after.len(), 1);

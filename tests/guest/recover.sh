@@ -20,7 +20,7 @@ cleanup() {
 trap cleanup EXIT
 
 modprobe ublk_drv || fail "modprobe ublk_drv"
-serve "$dir/data"
+serve "$dir/data" --allow-path "$dir"
 step "tmem serve is up"
 tmem pool create disk --backend zstd --backend sled+storage >/dev/null || fail "tmem pool create"
 tmem pool attach disk --ublk --ublk-id 1 --size 64M --backing "$dir/disk.backing" || fail "tmem pool attach --ublk"
@@ -36,7 +36,7 @@ server=""
 sleep 1
 state=$(cat /sys/block/ublkb1/size 2>/dev/null)
 step "host killed; /dev/ublkb1 still there: $([ -b /dev/ublkb1 ] && echo yes || echo no)"
-serve "$dir/data"
+serve "$dir/data" --allow-path "$dir"
 step "tmem serve is up again"
 for _ in $(seq 60); do
     tmem pool show disk --json 2>/dev/null | grep -q '"kind": *"ublk"' && break

@@ -36,19 +36,22 @@ trap cleanup EXIT
 # alloc_sample=N: the server reports about one I/O-thread allocation in N on the serial line
 # (raw return addresses; see tmem_host::memory::alloc_count).
 [ -n "$(param alloc_sample)" ] && export TMEM_ALLOC_SAMPLE="$(param alloc_sample)" TMEM_ALLOC_SAMPLE_DIR=-
-serve "$dir/data" --mlock $(args serve_args)
+# The backing store (and the NBD socket) lie outside the data dir: allowed explicitly.
+allow="$dir"
+[ "$backing" = /dev/vdb ] && allow="$allow,/dev/vdb"
+serve "$dir/data" --mlock --allow-path "$allow" $(args serve_args)
 step "tmem serve is up"
 
 # shellcheck disable=SC2046
 tmem pool create swap --backend zstd --backend ram $(args pool_args) >/dev/null || fail "tmem pool create"
 case "$transport" in
     nbd)
-        tmem pool attach swap --nbd-socket /run/swap.nbd --size 1G --backing "$backing" ||
+        tmem pool attach swap --nbd-socket "$dir/swap.nbd" --size 1G --backing "$backing" ||
             fail "tmem pool attach --nbd-socket"
         modprobe nbd nbds_max=1 || fail "modprobe nbd"
         # nbd-client 3.24 asks for the default export (""), hands the socket to the kernel over
         # netlink and exits; `-swap` locks its memory should it stay (ioctl mode).
-        nbd-client -unix /run/swap.nbd /dev/nbd0 -block-size 4096 -swap || fail "nbd-client"
+        nbd-client -unix "$dir/swap.nbd" /dev/nbd0 -block-size 4096 -swap || fail "nbd-client"
         swap_device=/dev/nbd0
         ;;
     ublk)

@@ -10,6 +10,10 @@
 //!   `flock`ed, so another process cannot share it either).
 //! - NBD has no authentication: a Unix socket is mode 0600, and a TCP address must be
 //!   loopback unless the request says `allow_remote`.
+//! - **Paths are confined** ([`AllowedPaths`]): a backing file and a socket path must lie under
+//!   a path the operator allows (`tmem serve --allow-path`; the data dir always), checked after
+//!   symlinks are resolved, at attach and again at restore. The API token alone cannot make the
+//!   host (often root) create, truncate or zero a file elsewhere.
 //! - **Detach** is swapoff: the server stops (open connections are closed), the device's pages
 //!   are invalidated in the pool, and the backing file is left as it is. **Destroying a pool**
 //!   detaches its device first.
@@ -58,6 +62,18 @@ pub enum AttachError {
         code: &'static str,
         /// What and by whom.
         message: String,
+    },
+    /// A backing file or socket path outside every path the host allows.
+    #[error(
+        "{what} {path} is outside the paths this host allows ({allowed}); start `tmem serve` with --allow-path to allow another"
+    )]
+    PathNotAllowed {
+        /// `backing` or `socket`.
+        what: &'static str,
+        /// The path as asked for.
+        path: String,
+        /// The allowed paths, for the message.
+        allowed: String,
     },
     /// No attachment of that id on that pool.
     #[error("pool '{pool}' has no block device '{id}'")]
@@ -174,6 +190,8 @@ pub struct BlockDevices {
     host: Arc<Host>,
     /// The bounds of each NBD export's listener.
     nbd_limits: ListenerLimits,
+    /// Where backing files and sockets may be.
+    allowed: AllowedPaths,
     attached: Mutex<BTreeMap<String, Arc<Attached>>>,
     /// Serializes attach and detach, so checks and the catalog see one change at a time.
     changes: Mutex<()>,
@@ -182,6 +200,59 @@ pub struct BlockDevices {
 impl std::fmt::Debug for BlockDevices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockDevices").field("attached", &self.attached.lock().keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// Where the API may name backing files and sockets: a path is allowed when, symlinks
+/// resolved, it is one of the roots or lies under one. A root may be a directory or a single
+/// file or device (a raw disk given whole as a backing store, `--allow-path /dev/vdb`).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedPaths {
+    /// Canonical paths.
+    roots: Vec<PathBuf>,
+}
+
+impl AllowedPaths {
+    /// The given roots, each resolved now (a root that does not exist is an error: it could
+    /// not be checked against later).
+    pub fn new(roots: impl IntoIterator<Item = PathBuf>) -> std::io::Result<AllowedPaths> {
+        let mut resolved = Vec::new();
+        for root in roots {
+            let canonical = root
+                .canonicalize()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("allowed path {}: {e}", root.display())))?;
+            if !resolved.contains(&canonical) {
+                resolved.push(canonical);
+            }
+        }
+        Ok(AllowedPaths { roots: resolved })
+    }
+
+    /// The roots, resolved.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// `path` resolved (see [`resolve`]), if it is allowed.
+    fn check(&self, path: &str, what: &'static str) -> Result<PathBuf, AttachError> {
+        let resolved = resolve(Path::new(path), what)?;
+        // The file itself may be a symlink, even one to a file not created yet: what is opened
+        // (or created) is where the chain of links ends.
+        let mut target = resolved.clone();
+        for _ in 0..40 {
+            let Ok(link) = std::fs::read_link(&target) else { break };
+            let next = target.parent().map_or(link.clone(), |dir| dir.join(&link));
+            target = resolve(&next, what)?;
+        }
+        if std::fs::read_link(&target).is_ok() {
+            return Err(AttachError::Invalid(format!("{what} {path}: too many levels of symbolic links")));
+        }
+        if self.roots.iter().any(|root| target.starts_with(root)) {
+            Ok(resolved)
+        } else {
+            let allowed = self.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+            Err(AttachError::PathNotAllowed { what, path: path.to_string(), allowed })
+        }
     }
 }
 
@@ -207,7 +278,7 @@ enum Place {
     Ublk(Option<u32>),
 }
 
-fn place_of(request: &AttachRequest) -> Result<Place, AttachError> {
+fn place_of(request: &AttachRequest, allowed: &AllowedPaths) -> Result<Place, AttachError> {
     match request.kind {
         FrontendKind::Socket => Err(AttachError::Invalid(
             "socket frontends connect themselves to the frontend socket; attach takes \"nbd\" or \"ublk\"".into(),
@@ -215,7 +286,7 @@ fn place_of(request: &AttachRequest) -> Result<Place, AttachError> {
         FrontendKind::Nbd if request.ublk_id.is_some() => {
             Err(AttachError::Invalid("ublk_id applies to \"kind\": \"ublk\" only".into()))
         }
-        FrontendKind::Nbd => listen_of(request).map(Place::Nbd),
+        FrontendKind::Nbd => listen_of(request, allowed).map(Place::Nbd),
         FrontendKind::Ublk if request.socket.is_some() || request.listen.is_some() || request.allow_remote => {
             Err(AttachError::Invalid(
                 "a ublk device is /dev/ublkbN on this host: it takes no socket, listen or allow_remote".into(),
@@ -234,10 +305,10 @@ fn place_of(request: &AttachRequest) -> Result<Place, AttachError> {
     }
 }
 
-fn listen_of(request: &AttachRequest) -> Result<Listen, AttachError> {
+fn listen_of(request: &AttachRequest, allowed: &AllowedPaths) -> Result<Listen, AttachError> {
     match (&request.socket, &request.listen) {
         (Some(socket), None) => {
-            let path = resolve(Path::new(socket), "socket")?;
+            let path = allowed.check(socket, "socket")?;
             if path.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(AttachError::Invalid(format!(
                     "socket path {socket} is longer than {MAX_SOCKET_PATH} bytes"
@@ -278,14 +349,18 @@ fn new_id(kind: FrontendKind) -> Result<String, AttachError> {
 
 impl BlockDevices {
     /// The block devices of `host`, with every attachment its catalog keeps served again (one
-    /// that cannot be served is logged and stays in the catalog).
-    pub fn restore(host: Arc<Host>) -> BlockDevices {
-        Self::restore_with(host, ListenerLimits::NBD)
+    /// that cannot be served is logged and stays in the catalog); backing files and sockets
+    /// only under the host's data dir (none without one).
+    pub fn restore(host: Arc<Host>) -> std::io::Result<BlockDevices> {
+        let allowed = AllowedPaths::new(host.data_dir().map(Path::to_path_buf))?;
+        Ok(Self::restore_with(host, ListenerLimits::NBD, allowed))
     }
 
-    /// [`BlockDevices::restore`], with each NBD export's listener bounded by `nbd_limits`.
-    pub fn restore_with(host: Arc<Host>, nbd_limits: ListenerLimits) -> BlockDevices {
-        let devices = BlockDevices { host, nbd_limits, attached: Default::default(), changes: Default::default() };
+    /// [`BlockDevices::restore`], with each NBD export's listener bounded by `nbd_limits` and
+    /// backing files and sockets confined to `allowed`.
+    pub fn restore_with(host: Arc<Host>, nbd_limits: ListenerLimits, allowed: AllowedPaths) -> BlockDevices {
+        let devices =
+            BlockDevices { host, nbd_limits, allowed, attached: Default::default(), changes: Default::default() };
         devices.restore_catalog();
         devices
     }
@@ -302,8 +377,8 @@ impl BlockDevices {
         let host = &self.host;
         let pool = host.pool(pool_name)?;
 
-        let backing = resolve(Path::new(&request.backing), "backing")?;
-        let place = place_of(request)?;
+        let backing = self.allowed.check(&request.backing, "backing")?;
+        let place = place_of(request, &self.allowed)?;
         {
             let attached = self.attached.lock();
             for other in attached.values() {
@@ -480,8 +555,8 @@ impl BlockDevices {
 
     fn resume(&self, record: &FrontendRecord) -> Result<Arc<Attached>, AttachError> {
         let pool = self.host.pool(&record.pool)?;
-        let backing = resolve(Path::new(&record.request.backing), "backing")?;
-        let place = place_of(&record.request)?;
+        let backing = self.allowed.check(&record.request.backing, "backing")?;
+        let place = place_of(&record.request, &self.allowed)?;
         let start = if pool.is_persistent() {
             Start::Resume
         } else {

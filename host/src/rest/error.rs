@@ -537,6 +537,15 @@ mod tests {
                 "backing_in_use",
             ),
             (AttachError::Host(HostError::PoolNotFound("p".into())), StatusCode::NOT_FOUND, "pool_not_found"),
+            (
+                AttachError::PathNotAllowed {
+                    what: "backing",
+                    path: "/etc/passwd".into(),
+                    allowed: "/var/lib/tmem".into(),
+                },
+                StatusCode::FORBIDDEN,
+                "path_not_allowed",
+            ),
         ];
         for (e, status, code) in attach {
             assert_client(e, status, code);

@@ -48,6 +48,9 @@ impl From<AttachError> for ApiError {
             AttachError::Invalid(m) => ApiError::bad_request("invalid_frontend", m),
             AttachError::Unsupported(m) => ApiError::bad_request("unsupported_frontend", m),
             AttachError::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            e @ AttachError::PathNotAllowed { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "path_not_allowed", e.to_string())
+            }
             e @ AttachError::NotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "frontend_not_found", e.to_string())
             }
@@ -65,6 +68,7 @@ impl From<AttachError> for ApiError {
     responses(
         (status = 201, description = "Attached; `address` is the client URI", body = FrontendInfo),
         (status = 400, description = "A bad size, path or address, or kind `socket` (`invalid_frontend`); `ublk` without the kernel's driver (`unsupported_frontend`)", body = ErrorBody),
+        (status = 403, description = "The backing file or socket path is outside the paths the host allows (`path_not_allowed`; `tmem serve --allow-path`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "The pool has a device (`frontend_exists`), the backing file or address is taken (`backing_in_use`, `address_in_use`)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`), no randomness (`internal`): nothing is attached", body = ErrorBody),
