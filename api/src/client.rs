@@ -24,7 +24,7 @@ use crate::rest::{
     API_PREFIX, AreaInvalidated, ErrorBody, Health, PluginInfo, PluginVersion, PoolCheck, PoolConfig, PoolInfo,
     PoolPatch, ShrinkRequest, ShrinkResult, StatsSample, StoreResult,
 };
-use crate::rest::{AttachRequest, FrontendInfo, MemoryInfo, MemoryPatch};
+use crate::rest::{AttachRequest, CreateTokenRequest, FrontendInfo, MemoryInfo, MemoryPatch, TokenInfo};
 
 /// The error code the server gives an absent page (`404`).
 pub const PAGE_NOT_FOUND: &str = "page_not_found";
@@ -300,6 +300,26 @@ impl Client {
     pub fn detach_frontend(&self, pool: &str, id: &str) -> Result<(), ClientError> {
         let (status, body) =
             self.request("DELETE", &format!("{}/frontends/{}", pool_path(pool), encode(id)), None, true)?;
+        success(status, &body)
+    }
+
+    // ----- tokens -----
+
+    /// `POST /api/v1/pools/{pool}/tokens`: makes a scoped token; the answer's `token` is the
+    /// only time it is shown.
+    pub fn create_token(&self, pool: &str, request: &CreateTokenRequest) -> Result<TokenInfo, ClientError> {
+        self.send_json("POST", &format!("{}/tokens", pool_path(pool)), request)
+    }
+
+    /// `GET /api/v1/pools/{pool}/tokens`: the pool's scoped tokens (without the tokens).
+    pub fn tokens(&self, pool: &str) -> Result<Vec<TokenInfo>, ClientError> {
+        self.get_json(&format!("{}/tokens", pool_path(pool)))
+    }
+
+    /// `DELETE /api/v1/pools/{pool}/tokens/{id}`: revokes a token.
+    pub fn revoke_token(&self, pool: &str, id: &str) -> Result<(), ClientError> {
+        let (status, body) =
+            self.request("DELETE", &format!("{}/tokens/{}", pool_path(pool), encode(id)), None, true)?;
         success(status, &body)
     }
 

@@ -39,8 +39,9 @@
 //!
 //! # Security
 //!
-//! The socket file is mode 0600 (only the host's user can connect), and HELLO must carry the
-//! host's API token: one user cannot attach to — or read — another's pool.
+//! The socket file is mode 0600 (only the host's user can connect), and HELLO must carry a
+//! frontend token of the pool (or the host's API token): one user cannot attach to — or
+//! read — another's pool.
 
 use crate::wire::{self, Reader, WireError};
 

@@ -24,7 +24,8 @@
 //! | [`REJECTED`] | PUT refused (the pool is full, ...) | the reason, UTF-8 (a counter name) |
 //! | [`ERROR`] | the request was wrong (bad token, unknown pool, malformed frame) | a message, UTF-8; the server closes the connection after a HELLO error |
 //!
-//! The token is the serving host's API token (compared in constant time). The pool must be a
+//! The token is a peer token of that pool on the serving host (`tmem token create POOL --scope
+//! peer`), never its admin token. The pool must be a
 //! chain of one store (e.g. `[ram]`): the client already encoded the pages; the server keeps
 //! the bytes as they come (at most the pool's page size plus 4 KiB per record) under the
 //! pool's frontswap rules (limits, counters, the duplicate-store rule).

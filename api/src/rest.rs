@@ -505,6 +505,49 @@ pub struct AttachRequest {
     pub ublk_id: Option<u32>,
 }
 
+// ----- tokens -----
+
+/// What a scoped token may do (the admin token, `DATA_DIR/token`, does everything on the REST
+/// API and nothing a scoped token does for another host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Attach frontends (regions, devices: the frontend socket's HELLO) to the pool.
+    Frontend,
+    /// Serve the pool to another host's `remote` store (the peer protocol's HELLO).
+    Peer,
+}
+
+/// The body of `POST /api/v1/pools/{name}/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// What the token may do.
+    pub scope: TokenScope,
+    /// A note for the operator (who holds it, what for): at most 128 printable characters.
+    #[serde(default)]
+    #[schema(max_length = 128)]
+    pub label: String,
+}
+
+/// A scoped token of a pool, as listings show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// Its id (names it in listings and revocation; not a secret).
+    pub id: String,
+    /// The pool it opens.
+    pub pool: String,
+    /// What it may do.
+    pub scope: TokenScope,
+    /// The operator's note.
+    pub label: String,
+    /// When it was made, in seconds since the epoch.
+    pub created_unix: u64,
+    /// The token itself: only in the answer that created it (the host keeps only its hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
 // ----- pages -----
 
 /// What happened to a stored page: `PUT /api/v1/pools/{name}/pages/{offset}`.

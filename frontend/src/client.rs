@@ -185,7 +185,8 @@ fn parse_results(payload: &[u8], expected: usize, page_size: usize) -> Result<Ve
 }
 
 impl FrontendClient {
-    /// Connects to the host's socket, authenticates with its API token, and attaches to
+    /// Connects to the host's socket, authenticates with `token` (a frontend token of `pool`,
+    /// or the host's API token), and attaches to
     /// `pool` as frontend `name` (shown by the host's API).
     pub fn connect(socket: &Path, token: &str, pool: &str, name: &str) -> io::Result<FrontendClient> {
         let mut stream = UnixStream::connect(socket).map_err(|e| {

@@ -13,11 +13,16 @@
 //!   whose pages are on disk.
 //! - `frontends`: attachment id → the block device's [`FrontendRecord`] as JSON (its pool and
 //!   its attach request, a TCP port resolved), so a restarted host serves it again.
+//! - `credentials`: token id → the scoped token's
+//!   [`CredentialRecord`](crate::credentials::CredentialRecord) as JSON: its pool, scope and
+//!   SHA-256, never the token.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tmem_api::rest::{AttachRequest, BackendRequest, PoolConfig};
+
+use crate::credentials::CredentialRecord;
 
 /// What the catalog keeps of a pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +89,9 @@ pub enum CatalogError {
     /// A block device record does not parse.
     #[error("catalog: a stored block device is unreadable: {0}")]
     FrontendRecord(#[source] serde_json::Error),
+    /// A scoped token's record does not parse.
+    #[error("catalog: a stored token record is unreadable: {0}")]
+    CredentialRecord(#[source] serde_json::Error),
 }
 
 /// A module as the catalog keeps it.
@@ -101,6 +109,7 @@ pub struct Catalog {
     modules: sled::Tree,
     pools: sled::Tree,
     frontends: sled::Tree,
+    credentials: sled::Tree,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -132,7 +141,8 @@ impl Catalog {
         let modules = db.open_tree("modules")?;
         let pools = db.open_tree("pools")?;
         let frontends = db.open_tree("frontends")?;
-        Ok(Catalog { db, modules, pools, frontends })
+        let credentials = db.open_tree("credentials")?;
+        Ok(Catalog { db, modules, pools, frontends, credentials })
     }
 
     fn flush(&self) -> Result<(), CatalogError> {
@@ -205,6 +215,28 @@ impl Catalog {
     /// Forgets a block device.
     pub fn remove_frontend(&self, id: &str) -> Result<(), CatalogError> {
         self.frontends.remove(id.as_bytes())?;
+        self.flush()
+    }
+
+    /// Every kept scoped token (hashes only).
+    pub fn credentials(&self) -> Result<Vec<CredentialRecord>, CatalogError> {
+        self.credentials
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(CatalogError::CredentialRecord))
+            .collect()
+    }
+
+    /// Keeps a scoped token's record.
+    pub fn put_credential(&self, record: &CredentialRecord) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(record).expect("a credential record serializes");
+        self.credentials.insert(record.id.as_bytes(), json)?;
+        self.flush()
+    }
+
+    /// Forgets a scoped token.
+    pub fn remove_credential(&self, id: &str) -> Result<(), CatalogError> {
+        self.credentials.remove(id.as_bytes())?;
         self.flush()
     }
 }

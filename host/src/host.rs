@@ -15,10 +15,13 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tmem_api::rest::{BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, SandboxConfig};
+use tmem_api::rest::{
+    BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, SandboxConfig, TokenInfo, TokenScope,
+};
 
 use crate::catalog::{Catalog, CatalogError, GenerationRecord, PoolRecord};
 use crate::chain::{Chain, ChainError, ChainLink};
+use crate::credentials::{CredentialError, Credentials};
 use crate::memory::arena::{ArenaConfig, PageArena};
 use crate::memory::budget::MemoryBudget;
 use crate::persist::{DEFAULT_FLUSH_INTERVAL, DiskError, Durability, PoolDisk};
@@ -158,6 +161,9 @@ pub enum HostError {
     /// live pool, made but not kept).
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// A scoped token could not be made, found or revoked.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     /// The operating system gave no random bytes (for a pool database's or a device's name).
     #[error("no randomness: {0}")]
     Randomness(getrandom::Error),
@@ -212,6 +218,8 @@ pub struct Host {
     bundled: Arc<HashMap<String, &'static [u8]>>,
     /// Serializes control-plane changes, so the catalog is written in the order they happen.
     changes: Mutex<()>,
+    /// The pools' scoped tokens (frontend and peer), by hash.
+    credentials: Credentials,
 }
 
 impl std::fmt::Debug for Host {
@@ -241,6 +249,7 @@ impl Host {
             Some(dir) => Some(Arc::new(Catalog::open(&dir.join("catalog"))?)),
             None => None,
         };
+        let credentials = Credentials::restore(catalog.as_deref())?;
         let budget = Arc::new(MemoryBudget::new(config.memory_limit.bytes()));
         let arena = Arc::new(PageArena::new(arena_config(budget.limit()), budget.clone())?);
         arena.grow();
@@ -255,6 +264,7 @@ impl Host {
             catalog,
             bundled: Arc::default(),
             changes: Mutex::new(()),
+            credentials,
         };
         if let Some(catalog) = &host.catalog {
             for stored in catalog.modules()? {
@@ -697,6 +707,8 @@ impl Host {
     pub fn destroy_pool(&self, name: &str) -> Result<(), HostError> {
         let _changes = self.changes.lock();
         self.pool(name)?;
+        // Its tokens go first: a pool of the same name made later opens to none of them.
+        self.credentials.revoke_pool(self.catalog.as_deref(), name)?;
         if let Some(catalog) = &self.catalog {
             catalog.remove_pool(name)?;
         }
@@ -711,6 +723,32 @@ impl Host {
         }
         tracing::info!(pool = %name, "pool destroyed");
         Ok(())
+    }
+
+    /// Makes a scoped token for pool `name` (see [`crate::credentials`]): the answer is the
+    /// only place the token itself appears.
+    pub fn create_token(&self, name: &str, scope: TokenScope, label: &str) -> Result<TokenInfo, HostError> {
+        let _changes = self.changes.lock();
+        self.pool(name)?;
+        Ok(self.credentials.create(self.catalog.as_deref(), name, scope, label)?)
+    }
+
+    /// The scoped tokens of pool `name`, without the tokens themselves.
+    pub fn tokens(&self, name: &str) -> Result<Vec<TokenInfo>, HostError> {
+        self.pool(name)?;
+        Ok(self.credentials.list(name))
+    }
+
+    /// Revokes token `id` of pool `name`: it opens nothing new, and what it opened ends.
+    pub fn revoke_token(&self, name: &str, id: &str) -> Result<(), HostError> {
+        let _changes = self.changes.lock();
+        self.pool(name)?;
+        Ok(self.credentials.revoke(self.catalog.as_deref(), name, id)?)
+    }
+
+    /// The pools' scoped tokens, for the listeners that check them.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// Pages held now, over all pools (frontswap's `curr_pages`).

@@ -34,6 +34,7 @@
 pub mod bundled;
 pub mod catalog;
 pub mod chain;
+pub mod credentials;
 pub mod demo;
 pub mod frontend;
 pub mod host;

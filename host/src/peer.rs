@@ -2,8 +2,10 @@
 //! `remote` stores keep their pages in this host's pools over the peer protocol
 //! ([`tmem_api::peer`]: binary, length-prefixed, pipelined).
 //!
-//! A connection starts with HELLO carrying this host's API token and the name of a pool whose
-//! chain is a lone store (e.g. `[ram]`); every later request is a record operation on that
+//! A connection starts with HELLO carrying a peer token of a pool whose chain is a lone store
+//! (e.g. `[ram]`) and that pool's name (never this host's admin token: see
+//! [`crate::credentials`]); a revoked token ends the connection at its next request. Every
+//! later request is a record operation on that
 //! pool ([`Pool::store_record`](crate::pool::Pool::store_record) and friends), so the pool's
 //! limits, counters and the duplicate-store rule apply to peers as to anyone. Requests are
 //! answered in order, one response each. A malformed or oversized frame gets an ERROR and the
@@ -16,6 +18,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use tmem_api::rest::TokenScope;
 use tmem_api::{peer, wire};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,9 +101,9 @@ async fn serve_connection(
         Err("the first frame must be HELLO".into())
     };
     let accepted = hello.and_then(|(presented, pool_name)| {
-        if !token.matches(presented) {
-            return Err("wrong token: peers authenticate with the peer host's API token".to_string());
-        }
+        let session = host.credentials().authenticate(presented, pool_name, TokenScope::Peer, token).map_err(|e| {
+            format!("{e}: peers authenticate with a peer token of the pool (tmem token create POOL --scope peer)")
+        })?;
         let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
         if pool.chain().links().len() != 1 {
             return Err(format!("pool '{pool_name}' has filters; a peer pool must be a lone store, e.g. [ram]"));
@@ -108,10 +111,10 @@ async fn serve_connection(
         if !ticket.establish() {
             return Err("evicted before its HELLO was accepted".to_string());
         }
-        Ok(pool)
+        Ok((pool, session))
     });
-    let pool = match accepted {
-        Ok(pool) => pool,
+    let (pool, session) = match accepted {
+        Ok(accepted) => accepted,
         Err(message) => {
             send(&mut writer, peer::ERROR, id, message.as_bytes()).await?;
             return Err(message);
@@ -133,6 +136,12 @@ async fn serve_connection(
         let current = host.pool(pool.name()).ok().filter(|p| Arc::ptr_eq(p, &pool));
         let (kind, id, response) = match (wire::parse_body(&body), current) {
             (Err(e), _) => (peer::ERROR, 0, e.to_string().into_bytes()),
+            // A revoked token (or a destroyed pool's: its tokens go with it) ends the connection.
+            (Ok((_, id, _)), _) if session.is_revoked() => {
+                let message = "the token this connection said HELLO with was revoked";
+                let _ = send(&mut writer, peer::ERROR, id, message.as_bytes()).await;
+                return Err(message.into());
+            }
             (Ok((_, id, _)), None) => (peer::ERROR, id, b"the pool no longer exists".to_vec()),
             (Ok((kind, id, payload)), Some(pool)) => {
                 // Pool operations are short and bounded by the plugins' deadlines: run them on

@@ -61,7 +61,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub demo_pool: bool,
     /// Also serve as a peer host for other hosts' `remote` stores on this address
-    /// (peers authenticate with this host's API token). Off by default.
+    /// (peers authenticate with a peer token of a pool: `tmem token create POOL --scope peer`).
+    /// Off by default.
     #[arg(long, value_name = "ADDR", env = "TMEM_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
     /// The frontends' Unix socket [default: DATA_DIR/tmem.sock].
@@ -129,6 +130,8 @@ pub enum ClientCommand {
     Pool(PoolArgs),
     /// Store, load and invalidate pages of a pool.
     Page(PageArgs),
+    /// Make, list and revoke a pool's scoped tokens (for its frontends and its peers).
+    Token(TokenArgs),
 }
 
 /// How to reach the server and how to print; accepted anywhere after the group's name.
@@ -368,6 +371,55 @@ pub struct PoolSetArgs {
     /// Persistent pools with periodic durability: flush interval in ms.
     #[arg(long, value_name = "MS", group = "change")]
     pub flush_interval_ms: Option<u64>,
+}
+
+/// `tmem token ...`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub connect: ConnectOptions,
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// The token subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token: printed this once (the host keeps only its hash).
+    Create {
+        /// The pool it opens.
+        pool: String,
+        /// What it may do: attach frontends (`frontend`) or serve the pool to another host's
+        /// remote store (`peer`).
+        #[arg(long, value_enum, default_value = "frontend")]
+        scope: TokenScopeArg,
+        /// A note: who holds it, what for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List a pool's tokens (ids, scopes, labels; never the tokens).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// The pool.
+        pool: String,
+    },
+    /// Revoke a token: it opens nothing new, and its connections end.
+    #[command(visible_alias = "revoke")]
+    Rm {
+        /// The pool.
+        pool: String,
+        /// The token's id (`tok-...`).
+        id: String,
+    },
+}
+
+/// `--scope`, as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenScopeArg {
+    /// Attach frontends to the pool.
+    Frontend,
+    /// Serve the pool to another host's remote store.
+    Peer,
 }
 
 /// `tmem page ...`.

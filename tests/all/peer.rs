@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use tmem_api::rest::{BackendRequest, PoolConfig};
+use tmem_api::rest::{BackendRequest, CreateTokenRequest, PoolConfig, TokenScope};
 use tmem_api::{peer, wire};
 
 use crate::common::{ServeProcess, temp_dir};
@@ -26,6 +26,12 @@ pub fn memory_server(dir: &std::path::Path, peer_port: u16) -> ServeProcess {
             .unwrap();
     }
     server
+}
+
+/// A new peer token of `pool` on `server`.
+pub fn peer_token(server: &ServeProcess, pool: &str) -> String {
+    let request = CreateTokenRequest { scope: TokenScope::Peer, label: "test".into() };
+    server.client().create_token(pool, &request).unwrap().token.expect("a new token is shown")
 }
 
 struct Peer {
@@ -81,14 +87,24 @@ fn text(bytes: &[u8]) -> String {
 fn a_peer_host_keeps_records_and_refuses_bad_input_clearly() {
     let port = free_port();
     let server = memory_server(&temp_dir("peer"), port);
-    let token = server.token.clone();
+    let token = peer_token(&server, "mem");
 
-    // Authentication and pool choice.
+    // Authentication and pool choice: a peer token of that very pool, never the admin token.
     let (_, kind, message) = Peer::hello(port, "wrong", "mem");
     assert_eq!((kind, text(&message).contains("wrong token")), (peer::ERROR, true));
+    let (_, kind, message) = Peer::hello(port, &server.token, "mem");
+    assert_eq!((kind, text(&message).contains("admin token never leaves its host")), (peer::ERROR, true));
     let (_, kind, message) = Peer::hello(port, &token, "nope");
-    assert_eq!((kind, text(&message).contains("no pool named 'nope'")), (peer::ERROR, true));
-    let (_, kind, message) = Peer::hello(port, &token, "filtered");
+    assert_eq!((kind, text(&message).contains("this token is for pool 'mem'")), (peer::ERROR, true));
+    let frontend_token = server
+        .client()
+        .create_token("mem", &CreateTokenRequest { scope: TokenScope::Frontend, label: String::new() })
+        .unwrap()
+        .token
+        .unwrap();
+    let (_, kind, message) = Peer::hello(port, &frontend_token, "mem");
+    assert_eq!((kind, text(&message).contains("this is a frontend token")), (peer::ERROR, true));
+    let (_, kind, message) = Peer::hello(port, &peer_token(&server, "filtered"), "filtered");
     assert_eq!((kind, text(&message).contains("lone store")), (peer::ERROR, true));
     let mut not_hello = Peer::connect(port);
     assert_eq!(not_hello.call(peer::GET, &[&1u64.to_le_bytes()]).0, peer::ERROR);
@@ -134,10 +150,22 @@ fn a_peer_host_keeps_records_and_refuses_bad_input_clearly() {
     assert_eq!(p.call(peer::GET, &[&3u64.to_le_bytes()]), (peer::DATA, vec![4u8; 103]));
     assert_eq!(server.client().pool("mem").unwrap().counters["stored_pages"], 49);
 
-    // CLEAR empties the pool; a destroyed pool is not served even to an open connection.
+    // A revoked token: its open connection ends at its next request, and it opens no new one.
+    let other = peer_token(&server, "mem");
+    let (mut q, kind, _) = Peer::hello(port, &other, "mem");
+    assert_eq!(kind, peer::OK);
+    let id = server.client().tokens("mem").unwrap().into_iter().rev().find(|t| t.scope == TokenScope::Peer).unwrap().id;
+    server.client().revoke_token("mem", &id).unwrap();
+    let (kind, message) = q.call(peer::GET, &[&3u64.to_le_bytes()]);
+    assert_eq!((kind, text(&message).contains("revoked")), (peer::ERROR, true));
+    assert!(q.response().is_none(), "closed after the revocation");
+    assert_eq!(Peer::hello(port, &other, "mem").1, peer::ERROR);
+
+    // CLEAR empties the pool; a destroyed pool is not served even to an open connection (its
+    // tokens are revoked with it).
     assert_eq!(p.call(peer::CLEAR, &[]).0, peer::OK);
     assert_eq!(server.client().pool("mem").unwrap().counters["stored_pages"], 0);
     server.client().remove_pool("mem").unwrap();
     let (kind, message) = p.call(peer::GET, &[&3u64.to_le_bytes()]);
-    assert_eq!((kind, text(&message).contains("no longer exists")), (peer::ERROR, true));
+    assert_eq!((kind, text(&message).contains("revoked")), (peer::ERROR, true));
 }

@@ -12,7 +12,7 @@ use tmem_api::client::Client;
 use tmem_api::rest::{BackendRequest, PoolConfig, PoolPatch};
 
 use crate::common::{ServeProcess, tagged_page, temp_dir};
-use crate::peer::{free_port, memory_server};
+use crate::peer::{free_port, memory_server, peer_token};
 
 /// A `[zstd, remote]` pool config reaching `endpoints`.
 fn remote_pool(name: &str, endpoints: &[String], token: &str) -> PoolConfig {
@@ -94,7 +94,9 @@ fn a_pool_keeps_its_pages_in_another_hosts_pool_and_survives_it_going_away() {
     let a = ServeProcess::start(&temp_dir("remote-a"), &[]);
     let client = a.client();
     let endpoint = format!("tmem://127.0.0.1:{peer_port}/for-a");
-    client.create_pool(&remote_pool("far", std::slice::from_ref(&endpoint), &b.token)).unwrap();
+    // A peer token of B's pool (kept hashed in B's catalog: it must survive B's restart below).
+    let token = peer_token(&b, "for-a");
+    client.create_pool(&remote_pool("far", std::slice::from_ref(&endpoint), &token)).unwrap();
     round_trips(&client, "far", 120);
     let held = counter(&client, "far", "stored_pages");
     assert_eq!(counter(&b.client(), "for-a", "stored_pages"), held, "B holds exactly A's pages");
@@ -176,7 +178,8 @@ fn several_hosts_share_one_memory_server() {
         (0..2).map(|i| ServeProcess::start(&temp_dir(&format!("remote-a{i}")), &[])).collect();
     for (i, host) in hosts.iter().enumerate() {
         let endpoint = format!("tmem://127.0.0.1:{peer_port}/for-a{}", i + 1);
-        host.client().create_pool(&remote_pool("far", &[endpoint], &b.token)).unwrap();
+        let token = peer_token(&b, &format!("for-a{}", i + 1));
+        host.client().create_pool(&remote_pool("far", &[endpoint], &token)).unwrap();
     }
     std::thread::scope(|s| {
         for host in &hosts {

@@ -2,7 +2,8 @@
 //! socket (`DATA_DIR/tmem.sock`, mode 0600; `tmem serve --socket PATH` to move it) speaking the
 //! frontend protocol ([`tmem_api::frontend`]): batched, pipelined, binary.
 //!
-//! A connection attaches to one pool (HELLO with the API token) and becomes one of the pool's
+//! A connection attaches to one pool (HELLO with a frontend token of that pool, or the host's
+//! API token: [`crate::credentials`]; a revoked token ends it at its next frame) and becomes one of the pool's
 //! [`Frontend`]s: the pool's shrink asks it to take pages back (a TAKE_BACK frame; the client
 //! takes them with batched take ops and answers TAKEN). Every batch is decoded completely
 //! before any op runs, so a malformed frame does nothing but earn an ERROR and a closed
@@ -28,12 +29,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tmem_api::frontend::{self as proto, MAX_BODY, Op};
+use tmem_api::rest::TokenScope;
 use tmem_api::wire::{self, Reader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{Sender, channel, error::TrySendError};
 
 use super::{Frontend, FrontendKind};
+use crate::credentials::Session;
 use crate::host::Host;
 use crate::listen::{Gate, ListenerLimits};
 use crate::memory::alloc_count::{self, Role};
@@ -97,6 +100,8 @@ pub struct SocketFrontend {
     next_id: AtomicU32,
     waiting: Mutex<HashMap<u32, mpsc::SyncSender<u64>>>,
     counters: FrontendCounters,
+    /// What authenticated the connection: a revoked token ends it at its next frame.
+    session: Session,
 }
 
 impl Frontend for SocketFrontend {
@@ -306,9 +311,9 @@ fn attach(
         return Err("the first frame must be HELLO".into());
     }
     let (presented, pool_name, name) = proto::parse_hello(payload).map_err(|e| format!("bad HELLO: {e}"))?;
-    if !token.matches(presented) {
-        return Err("wrong token: frontends authenticate with the host's API token".into());
-    }
+    let session = host.credentials().authenticate(presented, pool_name, TokenScope::Frontend, token).map_err(|e| {
+        format!("{e}: frontends authenticate with a frontend token of the pool (tmem token create POOL) or the host's API token")
+    })?;
     let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
     let modes = pool.modes();
     let flags = if modes.writethrough { proto::FLAG_WRITETHROUGH } else { 0 }
@@ -329,6 +334,7 @@ fn attach(
         next_id: AtomicU32::new(1),
         waiting: Mutex::new(HashMap::new()),
         counters: FrontendCounters::default(),
+        session,
     });
     Ok((pool, frontend))
 }
@@ -346,6 +352,9 @@ async fn serve_batches(
     while read_frame_into(reader, MAX_BODY, &mut body).await.map_err(|e| e.to_string())? {
         if pool.is_retired() {
             return Err(format!("pool '{}' was destroyed", pool.name()));
+        }
+        if frontend.session.is_revoked() {
+            return Err("the token this connection attached with was revoked".into());
         }
         let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
         match kind {

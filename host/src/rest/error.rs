@@ -40,6 +40,7 @@ use tmem_api::rest::{ErrorBody, ErrorDetail};
 
 use crate::catalog::CatalogError;
 use crate::chain::ChainError;
+use crate::credentials::CredentialError;
 use crate::host::HostError;
 use crate::persist::DiskError;
 use crate::plugin::PluginLoadError;
@@ -132,9 +133,12 @@ impl From<HostError> for ApiError {
             HostError::Chain(e) => return e.into(),
             HostError::Disk(e) => return e.into(),
             HostError::Catalog(e) => return e.into(),
-            HostError::Randomness(_) => {
+            HostError::Randomness(_) | HostError::Credential(CredentialError::Randomness(_)) => {
                 return ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", NO_RANDOMNESS_MESSAGE, message);
             }
+            HostError::Credential(CredentialError::Catalog(e)) => return e.into(),
+            HostError::Credential(CredentialError::NotFound { .. }) => (StatusCode::NOT_FOUND, "token_not_found"),
+            HostError::Credential(CredentialError::BadLabel) => (StatusCode::BAD_REQUEST, "invalid_token"),
         };
         ApiError::new(status, code, message)
     }

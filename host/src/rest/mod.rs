@@ -19,6 +19,7 @@ pub mod memory;
 pub mod metrics;
 pub mod plugins;
 pub mod pools;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
         (name = "plugins", description = "Plugin modules: upload, list, remove"),
         (name = "frontends", description = "Frontends of a pool: socket connections and block devices (NBD, ublk)"),
         (name = "pools", description = "Pools: create, configure, hot swap, destroy"),
+        (name = "tokens", description = "Scoped tokens of a pool: for its frontends and its peers"),
         (name = "pages", description = "Pages of a pool, for scripting and tests"),
         (name = "stats", description = "Live statistics of every pool, for dashboards"),
     )
@@ -91,6 +93,8 @@ fn api_routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(pools::get_pool, pools::patch_pool, pools::delete_pool))
         .routes(routes!(frontends::list_frontends, frontends::attach_frontend))
         .routes(routes!(frontends::detach_frontend))
+        .routes(routes!(tokens::list_tokens, tokens::create_token))
+        .routes(routes!(tokens::revoke_token))
         .routes(routes!(pools::put_page, pools::get_page, pools::delete_page))
         .routes(routes!(pools::invalidate_area))
         .routes(routes!(pools::shrink))

@@ -42,7 +42,8 @@
 //!   one Redis URL is refused when the pool is created.
 //! - `timeout_ms` — 1 to 60000, default 200: the bound of every network operation (enforced
 //!   by the host).
-//! - `token` — secret: the peer host's API token (tmem://) or the Redis password
+//! - `token` — secret: a peer token of the pool on the peer host (tmem://; `tmem token create
+//!   POOL --scope peer` there) or the Redis password
 //!   (`AUTH`); empty for none.
 //!
 //! # Failure semantics
@@ -132,7 +133,7 @@ pub struct RemoteConfig {
     /// The bound of every network operation; the host enforces it.
     #[serde(default = "default_timeout")]
     pub timeout_ms: i64,
-    /// The peer host's API token, or the Redis password; empty for none.
+    /// A peer token of the pool on the peer host, or the Redis password; empty for none.
     #[serde(default)]
     pub token: String,
 }
@@ -151,7 +152,7 @@ impl Store for Remote {
              or one redis-cluster://HOST:PORT,HOST:PORT,.../NAMESPACE listing every node",
         ),
         config::integer("timeout_ms", "bound of every connect, send and receive, in milliseconds", 1, 60000, 200),
-        config::secret("token", "the peer host's API token (tmem://) or the Redis password (AUTH); empty for none"),
+        config::secret("token", "a peer token of the pool on the peer host (tmem://) or the Redis password (AUTH); empty for none"),
     ];
     const CAPABILITIES: &'static [Capability] = &[Capability::Network];
     type Config = RemoteConfig;
