@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tmem_api::rest::{AttachRequest, BackendRequest, PoolConfig};
 
 use crate::credentials::CredentialRecord;
+use crate::secrets::SecretSealer;
 
 /// What the catalog keeps of a pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +107,8 @@ pub struct StoredModule {
 /// The catalog of one data dir.
 pub struct Catalog {
     db: sled::Db,
+    /// Seals the secrets of pool records (the key lives outside the catalog).
+    sealer: SecretSealer,
     modules: sled::Tree,
     pools: sled::Tree,
     frontends: sled::Tree,
@@ -134,15 +137,22 @@ fn decode_module(value: &[u8]) -> Result<StoredModule, CatalogError> {
 }
 
 impl Catalog {
-    /// Opens (or creates) the catalog in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+    /// Opens (or creates) the catalog in `dir`; the secrets of its pool records are sealed by
+    /// `sealer` (see [`crate::secrets`]).
+    pub fn open(dir: &Path, sealer: SecretSealer) -> Result<Self, CatalogError> {
         let db = crate::persist::open_sled(&sled::Config::new().path(dir).mode(sled::Mode::LowSpace))
             .map_err(|source| CatalogError::Open { dir: dir.to_path_buf(), source })?;
         let modules = db.open_tree("modules")?;
         let pools = db.open_tree("pools")?;
         let frontends = db.open_tree("frontends")?;
         let credentials = db.open_tree("credentials")?;
-        Ok(Catalog { db, modules, pools, frontends, credentials })
+        Ok(Catalog { db, sealer, modules, pools, frontends, credentials })
+    }
+
+    /// What seals the secrets of pool records: whoever writes a record seals them
+    /// (`host.rs`, which knows which config keys are secrets), whoever reads one opens them.
+    pub fn sealer(&self) -> &SecretSealer {
+        &self.sealer
     }
 
     fn flush(&self) -> Result<(), CatalogError> {
@@ -250,7 +260,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tmem-catalog-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let catalog = Catalog::open(&dir).unwrap();
+            let catalog = Catalog::open(&dir, SecretSealer::new(dir.with_extension("key"))).unwrap();
             catalog.add_module("b", b"second?").unwrap();
             catalog.add_module("a", b"first").unwrap();
             catalog.add_module("b", b"second?").unwrap();
@@ -265,7 +275,7 @@ mod tests {
             catalog.remove_pool("q").unwrap();
             catalog.remove_modules("b", |bytes| bytes == b"second?").unwrap();
         }
-        let catalog = Catalog::open(&dir).unwrap();
+        let catalog = Catalog::open(&dir, SecretSealer::new(dir.with_extension("key"))).unwrap();
         let names: Vec<(String, Vec<u8>)> = catalog.modules().unwrap().into_iter().map(|m| (m.name, m.bytes)).collect();
         assert_eq!(names, vec![("a".into(), b"first".to_vec()), ("b".into(), b"third".to_vec())]);
         let pools = catalog.pools().unwrap();

@@ -71,6 +71,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         max_instances: crate::plugin::EngineOptions::default().max_instances,
         limits: Default::default(),
         allowed_paths: Vec::new(),
+        secrets_key: None,
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

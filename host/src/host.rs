@@ -15,6 +15,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tmem_api::manifest::ConfigValueKind;
 use tmem_api::rest::{
     BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, SandboxConfig, TokenInfo, TokenScope,
 };
@@ -27,6 +28,7 @@ use crate::memory::budget::MemoryBudget;
 use crate::persist::{DEFAULT_FLUSH_INTERVAL, DiskError, Durability, PoolDisk};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
 use crate::pool::{Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
+use crate::secrets::{SEALED_PREFIX, SecretError, SecretSealer};
 use crate::stats::CounterSnapshot;
 
 /// The arena of a host whose budget is `limit` bytes: address space for the larger of the
@@ -54,6 +56,9 @@ pub struct HostConfig {
     pub engine: EngineOptions,
     /// The host's memory budget for pages ([`MemoryLimit::default`]: a share of RAM).
     pub memory_limit: MemoryLimit,
+    /// The key that seals the secrets the catalog keeps ([`crate::secrets`]); `None`:
+    /// `DATA_DIR.key`, beside the data dir.
+    pub secrets_key: Option<PathBuf>,
 }
 
 /// How much memory the host may keep for pages: stored bytes and what it keeps to find them.
@@ -161,6 +166,9 @@ pub enum HostError {
     /// live pool, made but not kept).
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// A secret of a pool's config could not be sealed for the catalog, or opened from it.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// A scoped token could not be made, found or revoked.
     #[error(transparent)]
     Credential(#[from] CredentialError),
@@ -246,7 +254,10 @@ impl Host {
             engine_options.cache_dir = config.data_dir.as_ref().map(|d| d.join("cache").join("modules"));
         }
         let catalog = match &config.data_dir {
-            Some(dir) => Some(Arc::new(Catalog::open(&dir.join("catalog"))?)),
+            Some(dir) => {
+                let key = config.secrets_key.clone().unwrap_or_else(|| SecretSealer::default_path(dir));
+                Some(Arc::new(Catalog::open(&dir.join("catalog"), SecretSealer::new(key))?))
+            }
             None => None,
         };
         let credentials = Credentials::restore(catalog.as_deref())?;
@@ -314,6 +325,16 @@ impl Host {
     }
 
     fn restore_pool(&self, record: &PoolRecord) -> Result<Arc<Pool>, HostError> {
+        // Secrets were sealed when the record was written: open them (or fail whole).
+        let mut record = record.clone();
+        if let Some(catalog) = &self.catalog {
+            let sealer = catalog.sealer();
+            open_secrets(sealer, &mut record.config.backends)?;
+            for generation in &mut record.generations {
+                open_secrets(sealer, &mut generation.backends)?;
+            }
+        }
+        let record = &record;
         let spec = pool_spec(&record.config)?;
         spec.check()?;
         let Some(database) = &record.database else {
@@ -878,14 +899,52 @@ fn keep_pool(catalog: &Catalog, bundled: &HashMap<String, &'static [u8]>, pool: 
             catalog.add_module(&link.plugin, bundled[link.module.sha256()])?;
         }
     }
+    let sealed = |chain: &Chain| -> Result<Vec<BackendRequest>, HostError> {
+        let mut backends = pinned_backends(chain);
+        seal_secrets(catalog.sealer(), chain, &mut backends)?;
+        Ok(backends)
+    };
+    let config = PoolConfig { backends: sealed(&pool.chain())?, ..pool_config(pool) };
     catalog.put_pool(&PoolRecord {
-        config: pool_config(pool),
+        config,
         database: pool.disk().and_then(|d| d.dir().file_name()).map(|n| n.to_string_lossy().into_owned()),
         generations: generations
             .iter()
-            .map(|(g, _)| GenerationRecord { id: g.id, backends: pinned_backends(&g.chain) })
-            .collect(),
+            .map(|(g, _)| Ok(GenerationRecord { id: g.id, backends: sealed(&g.chain)? }))
+            .collect::<Result<_, HostError>>()?,
     })?;
+    Ok(())
+}
+
+/// Seals every secret value (a manifest key of kind `secret`) of `backends`, the links of
+/// `chain` as the catalog will keep them.
+fn seal_secrets(sealer: &SecretSealer, chain: &Chain, backends: &mut [BackendRequest]) -> Result<(), SecretError> {
+    for (link, backend) in chain.links().iter().zip(backends) {
+        let Value::Object(config) = &mut backend.config else { continue };
+        for key in link.module.manifest().config.iter().filter(|k| k.value == ConfigValueKind::Secret) {
+            if let Some(Value::String(secret)) = config.get_mut(key.key.as_ref())
+                && !secret.is_empty()
+                && !secret.starts_with(SEALED_PREFIX)
+            {
+                *secret = sealer.seal(secret)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens every sealed value of `backends` (as the catalog kept them).
+fn open_secrets(sealer: &SecretSealer, backends: &mut [BackendRequest]) -> Result<(), SecretError> {
+    for backend in backends {
+        let Value::Object(config) = &mut backend.config else { continue };
+        for value in config.values_mut() {
+            if let Value::String(text) = value
+                && text.starts_with(SEALED_PREFIX)
+            {
+                *text = sealer.open(text)?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -47,6 +47,7 @@ pub mod persist;
 pub mod plugin;
 pub mod pool;
 pub mod rest;
+pub mod secrets;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

@@ -49,6 +49,18 @@ pub struct ServeConfig {
     /// Paths besides the data dir under which the API may name block devices' backing files
     /// and sockets ([`AllowedPaths`]).
     pub allowed_paths: Vec<PathBuf>,
+    /// The key file that seals the secrets the catalog keeps ([`crate::secrets`]); `None`: a
+    /// systemd credential `tmem-secrets.key` if the service has one, else `DATA_DIR.key`.
+    pub secrets_key: Option<PathBuf>,
+}
+
+/// Where the secrets key is: as configured, else the systemd credential
+/// (`LoadCredential=tmem-secrets.key:…`), else `None` (beside the data dir).
+fn secrets_key(config: &ServeConfig) -> Option<PathBuf> {
+    config.secrets_key.clone().or_else(|| {
+        let credential = PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join("tmem-secrets.key");
+        credential.exists().then_some(credential)
+    })
 }
 
 /// Builds the host described by `config` (restoring what its data dir keeps) and loads or
@@ -72,6 +84,7 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
         data_dir: Some(config.data_dir.clone()),
         memory_limit: config.memory_limit,
         engine: crate::plugin::EngineOptions { max_instances: config.max_instances, ..Default::default() },
+        secrets_key: secrets_key(config),
     })?);
     if config.demo_pool && host.pool("demo").is_err() {
         let backends = [BackendSpec::new("zstd"), BackendSpec::new("ram")];

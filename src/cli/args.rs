@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// `path_not_allowed`): the API token alone cannot make the host write a file elsewhere.
     #[arg(long, value_name = "PATH", value_delimiter = ',', env = "TMEM_ALLOW_PATHS")]
     pub allow_path: Vec<PathBuf>,
+    /// The key file (32 bytes, mode 0600; made when first needed) that seals the secrets pool
+    /// configs keep in the catalog, such as a remote store's peer token [default: the systemd
+    /// credential tmem-secrets.key if the service has one, else DATA_DIR.key beside the data dir].
+    #[arg(long, value_name = "PATH", env = "TMEM_SECRETS_KEY")]
+    pub secrets_key: Option<PathBuf>,
 }
 
 /// `tmem demo`.
@@ -490,6 +495,7 @@ impl ServeArgs {
             max_connections,
             handshake_timeout,
             allow_path,
+            secrets_key,
         } = self;
         ServeConfig {
             listen,
@@ -505,6 +511,7 @@ impl ServeArgs {
                 handshake_timeout.map(std::time::Duration::from_secs),
             ),
             allowed_paths: allow_path,
+            secrets_key,
         }
     }
 }

@@ -148,7 +148,10 @@ fn a_data_dir_written_by_v0_1_restores_unchanged() {
     let scratch = temp_dir("compat");
     let log = scratch.join("serve-1.log");
 
-    let server = ServeProcess::start_logged(&root.join("data"), &[], Some(&log));
+    // v0.1 kept the device's backing file and socket beside the data dir, not in it: since
+    // paths are confined, an upgrade names that directory (`--allow-path`), or the log says why
+    // the device is not served.
+    let server = ServeProcess::start_logged(&root.join("data"), &["--allow-path", ROOT], Some(&log));
     let client = server.client();
     check_restored(&client, &old_pools, &old_plugins, &old_devices, &scratch, &log);
 
@@ -161,7 +164,7 @@ fn a_data_dir_written_by_v0_1_restores_unchanged() {
     check_log(&log);
 
     let log = scratch.join("serve-2.log");
-    let server = ServeProcess::start_logged(&root.join("data"), &[], Some(&log));
+    let server = ServeProcess::start_logged(&root.join("data"), &["--allow-path", ROOT], Some(&log));
     let client = server.client();
     let pools = client.pools().unwrap();
     assert_eq!(pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["blk", "custom", "disk", "mem", "swapped"]);

@@ -15,7 +15,7 @@ use crate::common::{ServeProcess, tagged_page, temp_dir};
 use crate::peer::{free_port, memory_server, peer_token};
 
 /// A `[zstd, remote]` pool config reaching `endpoints`.
-fn remote_pool(name: &str, endpoints: &[String], token: &str) -> PoolConfig {
+pub fn remote_pool(name: &str, endpoints: &[String], token: &str) -> PoolConfig {
     let remote = BackendRequest {
         grants: vec!["network".into()],
         config: json!({"endpoints": endpoints, "timeout_ms": 200, "token": token}),

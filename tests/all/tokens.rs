@@ -115,3 +115,42 @@ fn token_requests_are_checked() {
     let listed = client.tokens("p").unwrap();
     assert_eq!((listed.len(), listed[0].token.as_deref(), listed[0].label.as_str()), (1, None, "ok"));
 }
+
+#[test]
+fn a_remote_stores_peer_token_is_sealed_at_rest_with_a_key_beside_the_data_dir() {
+    let peer_port = crate::peer::free_port();
+    let b = crate::peer::memory_server(&temp_dir("sealed-b"), peer_port);
+    let token = crate::peer::peer_token(&b, "mem");
+    let root = temp_dir("sealed-a");
+    let data = root.join("data");
+    let a = ServeProcess::start(&data, &[]);
+    let endpoint = format!("tmem://127.0.0.1:{peer_port}/mem");
+    a.client().create_pool(&crate::remote::remote_pool("far", &[endpoint], &token)).unwrap();
+    assert_eq!(a.client().put_page("far", 7, &tagged_page(7)).unwrap().outcome, "stored");
+    assert!(a.stop(), "a clean stop");
+
+    // The catalog holds the token sealed; the key is beside the data dir, not in it.
+    let kept = all_bytes(&data);
+    assert!(!kept.windows(token.len()).any(|w| w == token.as_bytes()), "the peer token is on disk in clear");
+    assert!(kept.windows(15).any(|w| w == b"tmem-sealed:v1:"), "the catalog keeps a sealed value");
+    let key = root.join("data.key");
+    assert_eq!(std::fs::metadata(&key).map(|m| m.len()).ok(), Some(32), "DATA_DIR.key holds the key");
+
+    // With its key, a restart opens the token: the pool reaches B again (a wrong token would
+    // make every store `remote_unavailable`).
+    let a = ServeProcess::start(&data, &[]);
+    let round_trip = |a: &ServeProcess| {
+        assert_eq!(a.client().put_page("far", 8, &tagged_page(8)).unwrap().outcome, "stored");
+        assert_eq!(a.client().get_page("far", 8).unwrap(), Some(tagged_page(8)));
+    };
+    round_trip(&a);
+    assert!(a.stop(), "a clean stop");
+    // Without it (a copied data dir), the pool is not restored with a wrong token: it is not
+    // restored at all, and its record stays for when the key is back.
+    std::fs::rename(&key, root.join("elsewhere.key")).unwrap();
+    let a = ServeProcess::start(&data, &[]);
+    assert_eq!(a.client().pool("far").map(|_| ()).unwrap_err().status(), Some(404));
+    assert!(a.stop(), "a clean stop");
+    let a = ServeProcess::start(&data, &["--secrets-key", root.join("elsewhere.key").to_str().unwrap()]);
+    round_trip(&a);
+}

@@ -137,6 +137,14 @@ impl From<HostError> for ApiError {
                 return ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", NO_RANDOMNESS_MESSAGE, message);
             }
             HostError::Credential(CredentialError::Catalog(e)) => return e.into(),
+            HostError::Secret(_) => {
+                return ApiError::server(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "secrets",
+                    "the host could not seal or open a secret of the pool's config (its secrets key); see its log",
+                    message,
+                );
+            }
             HostError::Credential(CredentialError::NotFound { .. }) => (StatusCode::NOT_FOUND, "token_not_found"),
             HostError::Credential(CredentialError::BadLabel) => (StatusCode::BAD_REQUEST, "invalid_token"),
         };
