@@ -10,7 +10,8 @@
 // The journey: sign in (a wrong token first), upload a plugin (file picker, then a second
 // version by drag and drop, then a bad file), create a pool from it (inline validation with
 // the API's messages), drive page traffic through the API and watch counters and charts move,
-// set a limit and see rejects, hot swap and roll back, shrink, invalidate all, delete — at
+// set a limit and see rejects, hot swap and roll back, shrink, invalidate all, make and revoke
+// a token, delete — at
 // 1280px and on a narrow window. Any console error other than the HTTP refusals the test
 // provokes on purpose fails it.
 
@@ -296,6 +297,27 @@ test('an operator manages tmem from the dashboard', { timeout: 300_000 }, async 
     await page.locator('#confirm-ok').click();
     await page.locator('#actions .message.ok', { hasText: 'Invalidated 10 pages.' }).waitFor();
     await shot('09-pool-after-actions');
+  });
+
+  await step('tokens: made (shown once), listed without the secret, revoked after confirming', async () => {
+    await page.locator('select[name="token_scope"]').selectOption('peer');
+    await page.locator('input[name="token_label"]').fill('host b');
+    await page.locator('#make-token').click();
+    const made = page.locator('#new-token code');
+    await made.waitFor();
+    const secret = (await made.textContent()).trim();
+    assert.match(secret, /^tmem_peer_[0-9a-f]{64}$/);
+    const listed = await (await api('GET', `/pools/${POOL}/tokens`)).json();
+    assert.equal(listed.length, 1);
+    assert.deepEqual([listed[0].scope, listed[0].label, listed[0].token], ['peer', 'host b', undefined]);
+    const row = page.locator(`#tokens tr[data-token="${listed[0].id}"]`);
+    await row.waitFor();
+    assert.ok(!(await page.locator('#tokens table').textContent()).includes(secret), 'the list never shows the token');
+    await shot('09b-tokens');
+    await row.getByRole('button', { name: 'Revoke' }).click();
+    await page.locator('#confirm-ok').click();
+    await row.waitFor({ state: 'detached' });
+    assert.deepEqual(await (await api('GET', `/pools/${POOL}/tokens`)).json(), []);
   });
 
   await step('a narrow window: no sideways scrolling, everything reachable', async () => {

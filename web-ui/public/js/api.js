@@ -90,6 +90,12 @@ export const pools = {
   shrink: (name, targetPages) => api('POST', `/pools/${encodeURIComponent(name)}/shrink`, { target_pages: targetPages }),
 };
 
+export const tokens = {
+  list: (pool) => api('GET', `/pools/${encodeURIComponent(pool)}/tokens`),
+  create: (pool, scope, label) => api('POST', `/pools/${encodeURIComponent(pool)}/tokens`, { scope, label }),
+  revoke: (pool, id) => api('DELETE', `/pools/${encodeURIComponent(pool)}/tokens/${encodeURIComponent(id)}`),
+};
+
 export const plugins = {
   list: () => api('GET', '/plugins'),
   get: (name) => api('GET', `/plugins/${encodeURIComponent(name)}`),

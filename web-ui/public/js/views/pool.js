@@ -2,7 +2,7 @@
 // the chain with its plugin versions and generations, connected frontends; and the actions —
 // limits and modes, hot swap and roll back, shrink, invalidate all, delete.
 
-import { plugins as pluginsApi, pools as poolsApi } from '../api.js';
+import { plugins as pluginsApi, pools as poolsApi, tokens as tokensApi } from '../api.js';
 import { TimeChart } from '../charts.js';
 import * as fmt from '../format.js';
 import { live, REJECT_REASONS } from '../live.js';
@@ -74,6 +74,7 @@ export function poolView(main, name) {
   const frontendsCard = h('section', { class: 'card', id: 'frontends' });
   const settingsCard = h('section', { class: 'card', id: 'settings' });
   const actionsCard = h('section', { class: 'card', id: 'actions' });
+  const tokensCard = h('section', { class: 'card', id: 'tokens' });
 
   fill(
     main,
@@ -85,6 +86,7 @@ export function poolView(main, name) {
     h('div', { class: 'columns' }, chainCard, h('section', { class: 'card', id: 'counters' }, h('h2', {}, 'Counters'), h('div', { class: 'table-wrap' }, h('table', { class: 'counters' }, h('thead', {}, h('tr', {}, h('th', {}, 'counter'), h('th', { class: 'num' }, 'value'), h('th', { class: 'num' }, 'per second'))), counterBody)))),
     h('div', { class: 'columns' }, settingsCard, actionsCard),
     frontendsCard,
+    tokensCard,
   );
 
   for (const spec of CHARTS) {
@@ -228,6 +230,49 @@ export function poolView(main, name) {
     );
   }
 
+  // The pool's scoped tokens: made here (shown once), listed without the tokens, revoked.
+  async function renderTokens(made) {
+    const box = messageBox();
+    let list = [];
+    try {
+      list = await tokensApi.list(name);
+    } catch (e) {
+      box.error(e);
+    }
+    const scope = h('select', { name: 'token_scope', 'aria-label': 'Token scope' }, h('option', { value: 'frontend' }, 'frontend'), h('option', { value: 'peer' }, 'peer'));
+    const label = h('input', { type: 'text', name: 'token_label', maxlength: '128', placeholder: 'label (who holds it)', 'aria-label': 'Token label' });
+    const makeButton = h('button', { type: 'button', id: 'make-token' }, 'Make token');
+    makeButton.addEventListener('click', () =>
+      busy(makeButton, box, async () => {
+        const t = await tokensApi.create(name, scope.value, label.value);
+        await renderTokens(t);
+      }),
+    );
+    const rows = list.map((t) => {
+      const revoke = h('button', { type: 'button', class: 'danger', dataset: { revoke: t.id } }, 'Revoke');
+      revoke.addEventListener('click', async () => {
+        if (!(await confirmAction(`Revoke token ${t.id}?`, 'It opens nothing new, and the connections it opened end at their next request.', 'Revoke'))) return;
+        await busy(revoke, box, async () => {
+          await tokensApi.revoke(name, t.id);
+          toast(`Token ${t.id} revoked.`);
+          await renderTokens();
+        });
+      });
+      return h('tr', { dataset: { token: t.id } }, h('td', {}, h('code', {}, t.id)), h('td', {}, t.scope), h('td', {}, t.label), h('td', {}, new Date(t.created_unix * 1000).toLocaleString()), h('td', {}, revoke));
+    });
+    fill(
+      tokensCard,
+      h('h2', {}, 'Tokens'),
+      h('p', { class: 'hint' }, 'Frontend tokens attach regions and devices to this pool; peer tokens let another host\'s remote store keep pages here. The host keeps only their hashes.'),
+      made ? h('div', { class: 'message ok', id: 'new-token' }, `New ${made.scope} token ${made.id} — copy it now, it is not shown again: `, h('code', {}, made.token)) : null,
+      h('div', { class: 'inline' }, scope, label, makeButton),
+      box.el,
+      rows.length
+        ? h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'id'), h('th', {}, 'scope'), h('th', {}, 'label'), h('th', {}, 'made'), h('th', {}, ''))), h('tbody', {}, rows)))
+        : h('p', { class: 'muted' }, 'None. The API token attaches frontends too; peers need a peer token.'),
+    );
+  }
+
   function renderSettings() {
     const box = messageBox();
     const maxPages = h('input', { type: 'number', min: '0', name: 'max_pages', value: info.max_pages ?? '', placeholder: 'no limit' });
@@ -321,6 +366,7 @@ export function poolView(main, name) {
   function renderAll(chainNote) {
     renderHead();
     renderFrontends();
+    renderTokens();
     renderSettings();
     renderActions();
     renderChain(chainNote);
