@@ -6,7 +6,9 @@
 # (playwright-core drives chromium in the dashboard's browser test), and what the guest-kernel
 # tests (tests/all/kernel_swap.rs, scripts/guest/) need: QEMU, busybox-static, cpio, kmod
 # (modinfo), xz, gcc with a static libc (swapcheck), nbd-client (copied into the guest) and
-# e2fsprogs (mkfs.ext4 makes the guest's disk, debugfs reads it back).
+# e2fsprogs (mkfs.ext4 makes the guest's disk, debugfs reads it back); and Schemathesis, the
+# OpenAPI fuzzer of tests/all/openapi_fuzz.rs (pinned, from PyPI, in a venv under
+# target/tools/schemathesis).
 # Idempotent; safe to run before every build.
 set -euo pipefail
 
@@ -34,6 +36,9 @@ if [ "${1:-}" = "--test" ]; then
     [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
     [ -x /usr/sbin/nbd-client ] || [ -x /sbin/nbd-client ] || need_apt+=(nbd-client)
     [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need_apt+=(e2fsprogs)
+    # The OpenAPI fuzzer's Python, with venv and pip.
+    command -v python3 >/dev/null || need_apt+=(python3)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
@@ -80,4 +85,12 @@ rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || rustup target add wa
 if [ "${1:-}" = "--test" ]; then
     # The browser test's packages, exactly as package-lock.json pins them.
     (cd "$(dirname "$0")/../web-ui" && npm ci --no-audit --no-fund --loglevel=error)
+    # The OpenAPI fuzzer (tests/all/openapi_fuzz.rs), at the version its hooks were written for.
+    schemathesis_version=4.32.5
+    venv="$(cd "$(dirname "$0")/.." && pwd)/target/tools/schemathesis"
+    if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $schemathesis_version"; then
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+    fi
 fi
