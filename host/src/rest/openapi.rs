@@ -322,6 +322,14 @@ mod tests {
                         "{method} {path}"
                     );
                 }
+                // A path parameter is one the path names (a query declared without
+                // `parameter_in = Query` shows up as a path parameter that is not there).
+                for param in op["parameters"].as_array().into_iter().flatten() {
+                    if param["in"] == "path" {
+                        let name = param["name"].as_str().unwrap();
+                        assert!(path.contains(&format!("{{{name}}}")), "{method} {path}: `{name}` is not in the path");
+                    }
+                }
                 ids.push(op["operationId"].as_str().unwrap().to_string());
             }
         }

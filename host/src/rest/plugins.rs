@@ -39,6 +39,7 @@ fn plugin_info(host: &Host, name: &str, versions: &[PluginModule]) -> PluginInfo
 /// Query of an upload.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The name to register under (default: the name in the plugin's manifest): 1-64 ASCII
     /// letters, digits, `-` and `_`.
@@ -110,6 +111,7 @@ pub async fn get_plugin(State(host): State<Arc<Host>>, Path(name): Path<String>)
 /// Query of a removal.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
     /// Remove only this version (version string or sha256 prefix); default: every version.
     version: Option<String>,
