@@ -6,9 +6,18 @@
 # (playwright-core drives chromium in the dashboard's browser test), and what the guest-kernel
 # tests (tests/all/kernel_swap.rs, scripts/guest/) need: QEMU, busybox-static, cpio, kmod
 # (modinfo), xz, gcc with a static libc (swapcheck), nbd-client (copied into the guest) and
-# e2fsprogs (mkfs.ext4 makes the guest's disk, debugfs reads it back).
+# e2fsprogs (mkfs.ext4 makes the guest's disk, debugfs reads it back); and Schemathesis, the
+# OpenAPI fuzzer of tests/all/openapi_fuzz.rs (pinned, from PyPI, in a venv under
+# target/tools/schemathesis).
 # Idempotent; safe to run before every build.
 set -euo pipefail
+
+# The OpenAPI fuzzer (tests/all/openapi_fuzz.rs), at the version its hooks were written for.
+schemathesis_version=4.32.5
+schemathesis_venv="$(cd "$(dirname "$0")/.." && pwd)/target/tools/schemathesis"
+schemathesis_installed() {
+    "$schemathesis_venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $schemathesis_version"
+}
 
 need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
@@ -34,6 +43,18 @@ if [ "${1:-}" = "--test" ]; then
     [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
     [ -x /usr/sbin/nbd-client ] || [ -x /sbin/nbd-client ] || need_apt+=(nbd-client)
     [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need_apt+=(e2fsprogs)
+    # The OpenAPI fuzzer's Python (3.11 or later: Debian 12's), with venv and pip: Debian's
+    # python3 makes no venv without python3-venv (importing venv and ensurepip succeeds all
+    # the same), so making one is the test. Skipped when the fuzzer is already installed.
+    if ! schemathesis_installed; then
+        if ! command -v python3 >/dev/null; then
+            need_apt+=(python3 python3-venv)
+        else
+            probe=$(mktemp -d)
+            python3 -m venv "$probe/venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
+            rm -rf "$probe"
+        fi
+    fi
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
@@ -80,4 +101,12 @@ rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || rustup target add wa
 if [ "${1:-}" = "--test" ]; then
     # The browser test's packages, exactly as package-lock.json pins them.
     (cd "$(dirname "$0")/../web-ui" && npm ci --no-audit --no-fund --loglevel=error)
+    # The OpenAPI fuzzer, in a venv of its own (a half-made one from an interrupted run is
+    # made again).
+    if ! schemathesis_installed; then
+        rm -rf "$schemathesis_venv"
+        python3 -m venv "$schemathesis_venv"
+        "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+        schemathesis_installed
+    fi
 fi

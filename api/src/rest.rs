@@ -13,9 +13,74 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::{KnownFormat, SchemaFormat};
 
 /// The path prefix of every versioned route.
 pub const API_PREFIX: &str = "/api/v1";
+
+/// What a pool name may be: 1-64 ASCII letters, digits, `-`, `_` and `.`, not starting with
+/// `.` (the host refuses anything else with `invalid_pool`).
+pub const POOL_NAME_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
+
+/// What a plugin name may be: 1-64 ASCII letters, digits, `-` and `_` (the host refuses
+/// anything else with `invalid_plugin_name`).
+pub const PLUGIN_NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// The page sizes a pool may have: the powers of two from 4 KiB to 2 MiB.
+pub const PAGE_SIZES: [u32; 10] = [4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576, 2097152];
+
+/// The shard counts a pool may have: the powers of two up to 1024.
+pub const SHARD_COUNTS: [u32; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+/// The capabilities a pool may grant a plugin.
+pub const GRANTS: [&str; 2] = ["storage", "network"];
+
+/// An integer that is one of `values` (or `null`, which means absent, when `nullable`).
+fn integer_enum(values: &[u32], nullable: bool, description: &str) -> Schema {
+    let mut allowed: Vec<Value> = values.iter().map(|&v| Value::from(v)).collect();
+    let schema_type = if nullable {
+        allowed.push(Value::Null);
+        SchemaType::from_iter([Type::Integer, Type::Null])
+    } else {
+        SchemaType::Type(Type::Integer)
+    };
+    ObjectBuilder::new()
+        .schema_type(schema_type)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+        .enum_values(Some(allowed))
+        .description(Some(description))
+        .into()
+}
+
+fn page_size_schema() -> Schema {
+    integer_enum(&PAGE_SIZES, false, "A power of two from 4096 to 2 MiB.")
+}
+
+fn shards_schema() -> Schema {
+    integer_enum(&SHARD_COUNTS, true, "Shards: a power of two up to 1024; absent: chosen from the number of CPUs.")
+}
+
+fn attach_kind_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["nbd", "ublk"]))
+        .description(Some(
+            "`nbd`, or `ublk` (where the kernel has the ublk driver: refused with `unsupported_frontend` otherwise)",
+        ))
+        .into()
+}
+
+fn grants_schema() -> Schema {
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(GRANTS)))
+        .unique_items(true)
+        .description(Some(
+            "Capabilities granted to this plugin beyond the sandbox: exactly those its manifest asks for \
+             (e.g. `[\"storage\"]` for the `sled` store), or the pool is refused.",
+        ))
+        .into()
+}
 
 /// The one shape of every error response: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -81,6 +146,7 @@ pub struct PluginInfo {
 #[serde(deny_unknown_fields)]
 pub struct BackendRequest {
     /// A registered plugin name.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub plugin: String,
     /// Its version string, or its sha256 (or 8+ leading hex digits). Absent: the newest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +158,7 @@ pub struct BackendRequest {
     /// Capabilities granted to this plugin beyond the sandbox: exactly those its manifest
     /// asks for (e.g. `["storage"]` for the `sled` store), or the pool is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = grants_schema)]
     pub grants: Vec<String>,
 }
 
@@ -146,22 +213,31 @@ pub struct SandboxConfig {
 /// A pool's configuration: the body of `POST /api/v1/pools`, and what the host persists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "swap", "backends": [{"plugin": "zstd", "config": {"level": 3}}, {"plugin": "ram"}], "max_pages": 262144}))]
 pub struct PoolConfig {
-    /// 1-64 of ASCII letters, digits, `-`, `_`, `.`.
+    /// 1-64 of ASCII letters, digits, `-`, `_`, `.`, not starting with `.`.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$", min_length = 1, max_length = 64)]
     pub name: String,
     /// A power of two from 4096 to 2 MiB.
     #[serde(default = "default_page_size")]
+    #[schema(schema_with = page_size_schema)]
     pub page_size: u32,
     /// Filters first, then exactly one store, e.g. `[{"plugin": "zstd"}, {"plugin": "ram"}]`.
+    #[schema(min_items = 1)]
     pub backends: Vec<BackendRequest>,
-    /// Most pages held; absent or null: no limit.
+    /// Most pages held (at least 1); absent or null: no limit.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_pages: Option<u64>,
-    /// Most bytes the store may use (`pool_total_size`); absent or null: no limit.
+    /// Most bytes the store may use (`pool_total_size`, at least 1); absent or null: no limit.
+    /// Not for a remote store (one granted `network`): its bytes are on the remote.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_bytes: Option<u64>,
-    /// After hitting a limit, refuse stores until usage is below this percentage of it.
+    /// After hitting a limit, refuse stores until usage is below this percentage of it (1 to
+    /// 100).
     #[serde(default = "default_accept_threshold")]
+    #[schema(minimum = 1, maximum = 100)]
     pub accept_threshold_percent: u8,
     /// Every stored page is also written by the frontend to its device.
     #[serde(default)]
@@ -172,8 +248,9 @@ pub struct PoolConfig {
     /// Whether stores are accepted.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Shards (a power of two); absent: chosen from the number of CPUs.
+    /// Shards (a power of two up to 1024); absent: chosen from the number of CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = shards_schema)]
     pub shards: Option<u32>,
     /// Sandbox limits; absent: the host's defaults (64 MiB, 100 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,8 +258,9 @@ pub struct PoolConfig {
     /// Persistent pools only (a store granted `storage`): `sync` (the default) or `periodic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,
-    /// With `periodic`: the flush interval (1 to 60000 ms; default 1000).
+    /// With `periodic` (and only then): the flush interval (1 to 60000 ms; default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 60000)]
     pub flush_interval_ms: Option<u64>,
     /// End-to-end page integrity: the host keeps a checksum (crc32c) of every page as the
     /// frontend gave it and checks it on every load, so a plugin that returns wrong bytes
@@ -193,7 +271,6 @@ pub struct PoolConfig {
     /// plugin) are read back and compared before they are acknowledged; a mismatch or too
     /// many faults roll the pool back. 0: no canary.
     #[serde(default = "default_canary_stores")]
-    #[schema(maximum = 1048576)]
     pub canary_stores: u32,
 }
 
@@ -234,16 +311,17 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPatch {
-    /// New page limit; `null` removes the limit.
+    /// New page limit (at least 1); `null` removes the limit.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     pub max_pages: Option<Option<u64>>,
-    /// New byte limit; `null` removes the limit.
+    /// New byte limit (at least 1; not for a remote store); `null` removes the limit.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     pub max_bytes: Option<Option<u64>>,
-    /// New accept threshold.
+    /// New accept threshold (1 to 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub accept_threshold_percent: Option<u8>,
     /// Writethrough on or off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,12 +337,14 @@ pub struct PoolPatch {
     /// chain that stored them until they are invalidated or overwritten. A secret config value
     /// given as `"<secret>"` (how the API shows it) keeps its current value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1)]
     pub backends: Option<Vec<BackendRequest>>,
     /// Persistent pools: change the durability mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,
-    /// Persistent pools in `periodic` mode: change the flush interval.
+    /// Persistent pools in `periodic` mode: change the flush interval (1 to 60000 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 60000)]
     pub flush_interval_ms: Option<u64>,
 }
 
@@ -415,7 +495,8 @@ pub struct PoolInfo {
     pub max_pages: Option<u64>,
     /// Byte limit.
     pub max_bytes: Option<u64>,
-    /// Accept threshold after hitting a limit.
+    /// Accept threshold after hitting a limit (1 to 100).
+    #[schema(minimum = 1, maximum = 100)]
     pub accept_threshold_percent: u8,
     /// Writethrough mode.
     pub writethrough: bool,
@@ -479,17 +560,21 @@ pub enum FrontendKind {
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
     /// `nbd` or `ublk` (`socket` frontends connect themselves and are refused here).
+    #[schema(schema_with = attach_kind_schema)]
     pub kind: FrontendKind,
     /// The device's size: a nonzero multiple of the pool's page size (its block size).
+    #[schema(minimum = 4096)]
     pub size_bytes: u64,
     /// Absolute path of the backing file that takes the pages the pool refuses (created if
     /// missing; reserved like a swap file: `size_bytes` allocated and written with zeros at
     /// attach, then written with `O_DIRECT`; one device per file), or of a block device of at
     /// least `size_bytes` (a partition, claimed exclusively: the robust choice for swap).
+    #[schema(pattern = "^/.*[^/]$")]
     pub backing: String,
-    /// NBD on a Unix socket at this absolute path (mode 0600). Exactly one of `socket` and
-    /// `listen`.
+    /// NBD on a Unix socket at this absolute path (mode 0600, at most 107 bytes). Exactly one
+    /// of `socket` and `listen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^/.*[^/]$", max_length = 107)]
     pub socket: Option<String>,
     /// NBD on this TCP address, e.g. `127.0.0.1:10809` (port 0: any free port). NBD has no
     /// authentication: only loopback addresses unless `allow_remote`.
@@ -619,6 +704,7 @@ pub struct PoolCheck {
 pub struct StatsStreamQuery {
     /// Milliseconds between samples, 100 to 60000 (default 1000).
     #[serde(default = "default_stats_interval")]
+    #[param(minimum = 100, maximum = 60000)]
     pub interval_ms: u64,
 }
 
@@ -691,6 +777,8 @@ pub struct MemoryInfo {
 
 /// The body of `PATCH /api/v1/memory`: a new budget, exactly one of the fields. What is
 /// already stored stays; stores past the new limit are refused until usage falls below it.
+/// (The "exactly one" rule is in the OpenAPI document as a `oneOf`, which the host's
+/// `rest::openapi` adds.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryPatch {

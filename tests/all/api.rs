@@ -219,6 +219,38 @@ fn pools_are_created_checked_changed_and_destroyed() {
         assert_eq!(error_code(&response), code, "{body}");
         assert!(String::from_utf8_lossy(&response).contains(needle), "{body}: {}", String::from_utf8_lossy(&response));
     }
+    // A number with a zero fraction is an integer, as JSON Schema says (an OpenAPI fuzzer sends
+    // them); a fraction is refused.
+    let integral = br#"{"name": "f", "page_size": 8192.0, "max_pages": 1e3, "backends": [{"plugin": "zstd", "config": {"level": 5.0}}, {"plugin": "ram"}]}"#;
+    let (status, response) =
+        client.request("POST", "/api/v1/pools?dry_run=true", Some(("application/json", integral)), true).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&response));
+    let (status, response) = client
+        .request(
+            "POST",
+            "/api/v1/pools?dry_run=true",
+            Some(("application/json", br#"{"name": "f", "max_pages": 2.5, "backends": [{"plugin": "ram"}]}"#)),
+            true,
+        )
+        .unwrap();
+    assert_eq!((status, error_code(&response).as_str()), (400, "invalid_json"));
+    assert!(String::from_utf8_lossy(&response).contains("max_pages: invalid type: floating point `2.5`"));
+    // An object only as an object: serde alone reads a struct from an array of its fields.
+    for body in [
+        &br#"["f", 4096, [{"plugin": "ram"}]]"#[..],
+        br#"{"name": "f", "backends": [["ram"]]}"#,
+        br#"{"name": "f", "backends": [{"plugin": "ram"}], "sandbox": [1048576, 100]}"#,
+    ] {
+        let (status, response) =
+            client.request("POST", "/api/v1/pools?dry_run=true", Some(("application/json", body)), true).unwrap();
+        assert_eq!(
+            (status, error_code(&response).as_str()),
+            (400, "invalid_json"),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(String::from_utf8_lossy(&response).contains("expected an object"));
+    }
     let (status, response) =
         client.request("POST", "/api/v1/pools", Some(("application/json", b"{not json")), true).unwrap();
     assert_eq!((status, error_code(&response).as_str()), (400, "invalid_json"));

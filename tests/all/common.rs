@@ -161,6 +161,22 @@ impl ServeProcess {
         let status = self.child.wait().unwrap();
         status.success()
     }
+
+    /// SIGTERM, then waits at most `limit`: whether it exited successfully, or `None` when it
+    /// was still running (it is then killed, so a hung shutdown fails a test instead of
+    /// hanging it).
+    pub fn stop_within(mut self, limit: Duration) -> Option<bool> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
 }
 
 impl Drop for ServeProcess {

@@ -21,6 +21,7 @@ mod listeners;
 mod lz4;
 mod memory;
 mod nbd;
+mod openapi_fuzz;
 mod peer;
 mod persistence;
 mod plugin_faults;

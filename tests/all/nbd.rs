@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use tmem_api::client::{Client, ClientError};
@@ -609,6 +610,50 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
         .attach_frontend("a", &AttachRequest { backing: dir.join("tcp.img").display().to_string(), ..good })
         .unwrap();
     qemu_io(&again.address, &strings(&["read -P 0 0 64k"]));
+}
+
+/// Runs `what` on a thread of its own and waits at most `limit` for its answer (a hang fails
+/// the test instead of hanging it).
+fn within<T: Send + 'static>(limit: Duration, what: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(what());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+#[test]
+fn a_device_whose_listening_address_cannot_be_reached_still_detaches_and_shuts_down() {
+    // The server's accept thread used to be woken by a connection to its own address; where
+    // none arrives (the socket file removed, a broadcast address that binds but refuses
+    // connections) detach, destroy and shutdown waited for ever.
+    let dir = temp_dir("nbd-unreachable");
+    let server = ServeProcess::start(&dir.join("data"), &[]);
+    let client = server.client();
+    for name in ["gone", "broadcast", "kept"] {
+        client.create_pool(&pool(name, &["ram"])).unwrap();
+    }
+    let gone = client.attach_frontend("gone", &unix_request(&dir, 8 * MIB)).unwrap();
+    std::fs::remove_file(dir.join("nbd.sock")).unwrap();
+    let tcp = |name: &str, listen: &str| AttachRequest {
+        backing: dir.join(format!("{name}.img")).display().to_string(),
+        socket: None,
+        listen: Some(listen.into()),
+        ..unix_request(&dir, 8 * MIB)
+    };
+    // 127.255.255.255 is loopback and binds, but a connection to it is ENETUNREACH.
+    let broadcast = client.attach_frontend("broadcast", &tcp("broadcast", "127.255.255.255:0")).unwrap();
+    let kept = client.attach_frontend("kept", &tcp("kept", "127.255.255.255:0")).unwrap();
+    let limit = Duration::from_secs(20);
+    let detach = |pool: &'static str, id: String| {
+        let client = server.client();
+        within(limit, move || client.detach_frontend(pool, &id))
+    };
+    detach("gone", gone.id).expect("detaching a device whose socket file was removed hangs").unwrap();
+    detach("broadcast", broadcast.id).expect("detaching a device on 127.255.255.255 hangs").unwrap();
+    assert_eq!(client.frontends("kept").unwrap()[0].id, kept.id);
+    // The one left is stopped at shutdown.
+    assert_eq!(server.stop_within(limit), Some(true), "tmem serve did not stop with a device on 127.255.255.255");
 }
 
 #[test]

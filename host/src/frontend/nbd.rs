@@ -52,6 +52,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -114,6 +115,9 @@ type Connections = Mutex<HashMap<u64, (Box<dyn Fn() + Send>, Option<JoinHandle<(
 /// [`NbdServer::stop`] or when dropped.
 pub struct NbdServer {
     listen: Listen,
+    /// The listening socket, shared with the accept thread: [`NbdServer::stop`] shuts it down
+    /// to wake that thread, so its descriptor stays open as long as the server.
+    listener: Arc<Listener>,
     stopping: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
     connections: Arc<Connections>,
@@ -167,6 +171,15 @@ enum Listener {
     Tcp(TcpListener),
 }
 
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
 /// Binds a Unix socket at `path` (mode 0600). A stale socket file (nothing answers) is
 /// replaced; a live one, or a path that is not a socket, is refused.
 fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
@@ -202,13 +215,15 @@ impl NbdServer {
                 (Listener::Tcp(listener), Listen::Tcp(bound))
             }
         };
+        let listener = Arc::new(listener);
         let stopping = Arc::new(AtomicBool::new(false));
         let connections: Arc<Connections> = Arc::default();
         let accepted = Arc::new(AtomicU64::new(0));
         let accept = {
             let (stopping, connections, accepted) = (stopping.clone(), connections.clone(), accepted.clone());
+            let listener = listener.clone();
             let gate = Gate::new(limits, "an NBD connection");
-            std::thread::Builder::new().name("tmem-nbd-accept".into()).spawn(move || match listener {
+            std::thread::Builder::new().name("tmem-nbd-accept".into()).spawn(move || match &*listener {
                 Listener::Unix(l) => {
                     accept_loop(export, &gate, &stopping, &connections, &accepted, || l.accept().map(|(s, _)| s))
                 }
@@ -219,7 +234,7 @@ impl NbdServer {
                 }),
             })?
         };
-        Ok(NbdServer { listen, stopping, accept: Some(accept), connections, accepted })
+        Ok(NbdServer { listen, listener, stopping, accept: Some(accept), connections, accepted })
     }
 
     /// Where it listens (a TCP port 0 resolved).
@@ -250,10 +265,15 @@ impl NbdServer {
     pub fn stop(&mut self) {
         let Some(accept) = self.accept.take() else { return };
         self.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop with a connection of our own.
-        match &self.listen {
-            Listen::Unix(path) => drop(UnixStream::connect(path)),
-            Listen::Tcp(addr) => drop(TcpStream::connect(addr)),
+        // Wake the accept loop: on Linux, shutting a listening socket down makes a blocked
+        // `accept` (and every later one) fail with EINVAL. Not with a connection of our own:
+        // one to the listening address does not always arrive (a socket file someone removed,
+        // a broadcast address such as 127.255.255.255 that binds but refuses connections, no
+        // descriptor left), and then the accept thread, and this join, waited for ever.
+        // SAFETY: shutdown(2) on a descriptor `self.listener` owns and keeps open until it is
+        // dropped, after the accept thread has ended.
+        if unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
+            tracing::warn!(listen = ?self.listen, "cannot shut the NBD listener down: {}", io::Error::last_os_error());
         }
         let _ = accept.join();
         let live: Vec<_> = self.connections.lock().drain().collect();

@@ -251,10 +251,76 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `axum::Json`, with rejections as [`ApiError`].
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body (`axum::Json`'s content-type and syntax checks), with rejections as
+/// [`ApiError`].
+///
+/// A number with a zero fraction (`5.0`, `1e3`) is an integer, as JSON Schema (and so the
+/// OpenAPI document) says: it is read as one wherever an integer is expected, up to 2^53
+/// (beyond that a float is not exact). serde alone would refuse `5.0` for a `u64`.
+///
+/// An object is only ever given as an object: serde would also read a struct from an array of
+/// its fields in order (`[null, null]` as a pool patch that clears both limits).
+#[derive(Debug)]
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + serde::Serialize, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(mut value) = axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        integral_floats_as_integers(&mut value);
+        let invalid = |path: &str, what: &dyn std::fmt::Display| {
+            let at = if path == "." || path.is_empty() { String::new() } else { format!("{path}: ") };
+            ApiError::bad_request(
+                "invalid_json",
+                format!("Failed to deserialize the JSON body into the target type: {at}{what}"),
+            )
+        };
+        let parsed: T =
+            serde_path_to_error::deserialize(&value).map_err(|e| invalid(&e.path().to_string(), e.inner()))?;
+        let read = serde_json::to_value(&parsed).map_err(|e| invalid("", &e))?;
+        if let Some(path) = object_given_as_array(&value, &read, String::new()) {
+            return Err(invalid(&path, &"invalid type: sequence, expected an object"));
+        }
+        Ok(Json(parsed))
+    }
+}
+
+/// Where `given` holds an array in a place where what was read from it (`read`, serialized
+/// back) is an object, if anywhere.
+fn object_given_as_array(given: &serde_json::Value, read: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    match (given, read) {
+        (Value::Array(_), Value::Object(_)) => Some(path),
+        (Value::Object(given), Value::Object(read)) => read.iter().find_map(|(key, read)| {
+            let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            given.get(key).and_then(|given| object_given_as_array(given, read, at))
+        }),
+        (Value::Array(given), Value::Array(read)) => given
+            .iter()
+            .zip(read)
+            .enumerate()
+            .find_map(|(i, (given, read))| object_given_as_array(given, read, format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// Rewrites every float in `value` that is an exact integer (zero fraction, magnitude at most
+/// 2^53) as that integer.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    const EXACT: f64 = (1u64 << 53) as f64;
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().expect("an f64 number");
+            if f.fract() == 0.0 && f.abs() <= EXACT {
+                *value = if f < 0.0 { serde_json::Value::from(f as i64) } else { serde_json::Value::from(f as u64) };
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {

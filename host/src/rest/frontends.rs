@@ -67,9 +67,9 @@ impl From<AttachError> for ApiError {
     request_body = AttachRequest,
     responses(
         (status = 201, description = "Attached; `address` is the client URI", body = FrontendInfo),
-        (status = 400, description = "A bad size, path or address, or kind `socket` (`invalid_frontend`); `ublk` without the kernel's driver (`unsupported_frontend`)", body = ErrorBody),
+        (status = 400, description = "A size that is not a multiple of the pool's page size, a path whose directory does not exist, an address that cannot be listened on, `socket` and `listen` both or neither for NBD, `ublk_id` for NBD, a socket or address for ublk, a non-loopback address without `allow_remote` (`invalid_frontend`); `ublk` on a machine whose kernel has no ublk driver, a refusal that depends on the machine (`unsupported_frontend`)", body = ErrorBody),
         (status = 403, description = "The backing file or socket path is outside the paths the host allows (`path_not_allowed`; `tmem serve --allow-path`)", body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
         (status = 409, description = "The pool has a device (`frontend_exists`), the backing file or address is taken (`backing_in_use`, `address_in_use`)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`), no randomness (`internal`): nothing is attached", body = ErrorBody),
     ),
@@ -92,7 +92,7 @@ pub async fn attach_frontend(
 #[utoipa::path(
     get, path = "/api/v1/pools/{name}/frontends", tag = "frontends",
     params(("name" = String, Path, description = "Pool name")),
-    responses((status = 200, body = Vec<FrontendInfo>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Vec<FrontendInfo>), (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody)),
     security(("token" = []))
 )]
 pub async fn list_frontends(

@@ -17,6 +17,7 @@ pub mod frontends;
 pub mod live_stats;
 pub mod memory;
 pub mod metrics;
+pub mod openapi;
 pub mod plugins;
 pub mod pools;
 pub mod tokens;
@@ -105,9 +106,16 @@ fn api_routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI document, as served at `/api/v1/openapi.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().1
+/// The OpenAPI document, as served at `/api/v1/openapi.json`: generated from the
+/// annotations, then completed ([`openapi::complete`]).
+pub fn openapi() -> serde_json::Value {
+    document(api_routes().1)
+}
+
+fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(&generated).expect("the OpenAPI document serializes");
+    openapi::complete(&mut doc);
+    doc
 }
 
 async fn healthz(State(host): State<Arc<Host>>) -> Json<Health> {
@@ -176,7 +184,7 @@ impl FromRef<AppState> for Arc<BlockDevices> {
 pub fn router(state: AppState, token: ApiToken) -> axum::Router {
     let host = state.host.clone();
     let (api, doc) = api_routes();
-    let doc = Arc::new(serde_json::to_value(&doc).expect("the OpenAPI document serializes"));
+    let doc = Arc::new(document(doc));
     let body_limit = host.engine().options().max_module_bytes.max(MAX_PAGE_SIZE as usize) + 1;
     // `layer`, not `route_layer`: the token is checked for a wrong method too (a 405 would
     // otherwise tell an unauthenticated client which routes exist).

@@ -39,8 +39,11 @@ fn plugin_info(host: &Host, name: &str, versions: &[PluginModule]) -> PluginInfo
 /// Query of an upload.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
-    /// The name to register under (default: the name in the plugin's manifest).
+    /// The name to register under (default: the name in the plugin's manifest): 1-64 ASCII
+    /// letters, digits, `-` and `_`.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     name: Option<String>,
 }
 
@@ -52,8 +55,8 @@ pub struct UploadQuery {
     responses(
         (status = 201, description = "Registered as a new version", body = PluginVersion),
         (status = 200, description = "These bytes were already registered under this name", body = PluginVersion),
-        (status = 400, description = "Not a tmem plugin: not Wasm, wrong ABI, missing exports, bad manifest", body = ErrorBody),
-        (status = 413, description = "Over the size limit", body = ErrorBody),
+        (status = 400, description = "Not a tmem plugin: not Wasm, wrong ABI, missing exports, bad manifest (`invalid_plugin`); or no `name` given and the manifest's name is not a valid plugin name (`invalid_plugin_name`)", body = ErrorBody),
+        (status = 413, description = "Over the size limit (`plugin_too_large`)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`): nothing is registered", body = ErrorBody),
     ),
     security(("token" = []))
@@ -94,7 +97,7 @@ pub async fn list_plugins(State(host): State<Arc<Host>>) -> Json<Vec<PluginInfo>
 #[utoipa::path(
     get, path = "/api/v1/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
-    responses((status = 200, body = PluginInfo), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = PluginInfo), (status = 404, description = "No such plugin (`plugin_not_found`)", body = ErrorBody)),
     security(("token" = []))
 )]
 pub async fn get_plugin(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<Json<PluginInfo>, ApiError> {
@@ -108,6 +111,7 @@ pub async fn get_plugin(State(host): State<Arc<Host>>, Path(name): Path<String>)
 /// Query of a removal.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
     /// Remove only this version (version string or sha256 prefix); default: every version.
     version: Option<String>,
@@ -119,8 +123,8 @@ pub struct RemoveQuery {
     params(("name" = String, Path, description = "Plugin name"), RemoveQuery),
     responses(
         (status = 204, description = "Removed"),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "A pool uses it, or it is built into the binary", body = ErrorBody),
+        (status = 404, description = "No such plugin (`plugin_not_found`) or version (`plugin_version_not_found`)", body = ErrorBody),
+        (status = 409, description = "A pool uses it (`plugin_in_use`), or it is built into the binary (`plugin_bundled`)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`): nothing is removed", body = ErrorBody),
     ),
     security(("token" = []))

@@ -114,8 +114,8 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
     responses(
         (status = 201, body = PoolInfo),
         (status = 200, description = "Dry run: the config is valid", body = PoolCheck),
+        (status = 400, description = "The config names a plugin or version that is not registered (`unknown_plugin`, `unknown_plugin_version`), or the chain is refused for what its plugins are (`invalid_pool`): a config its plugin's manifest refuses, grants other than those its manifest asks for, a chain that does not end with one store, `max_bytes` on a remote store, `durability` or `flush_interval_ms` on a pool that is not persistent or `flush_interval_ms` without `durability: periodic`, a persistent pool on a host without a data dir, a plugin that refuses its config or faults when it starts. Every rule on a single field is in the schema", body = ErrorBody),
         (status = 409, description = "A pool of that name exists (`pool_exists`); the host's plugin instance slots cannot hold its instances (`instance_limit`: shards × plugins, named in the message); or the memory budget cannot hold a persistent pool's database cache (`memory_budget`)", body = ErrorBody),
-        (status = 409, description = "A pool of that name exists (`pool_exists`), or the host's plugin instance slots cannot hold its instances (`instance_limit`: shards × plugins, named in the message)", body = ErrorBody),
         (status = 500, description = "The host failed: a persistent pool's database cannot be created (`storage_error`), the catalog cannot be written (`catalog`), no randomness (`internal`); the message names no paths or internal errors, the host's log has them", body = ErrorBody),
         (status = 503, description = "The host cannot start another plugin instance now (`no_capacity`): retry later", body = ErrorBody),
     ),
@@ -151,7 +151,7 @@ pub async fn list_pools(State(host): State<Arc<Host>>) -> Json<Vec<PoolInfo>> {
 #[utoipa::path(
     get, path = "/api/v1/pools/{name}", tag = "pools",
     params(("name" = String, Path, description = "Pool name")),
-    responses((status = 200, body = PoolInfo), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = PoolInfo), (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody)),
     security(("token" = []))
 )]
 pub async fn get_pool(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Result<Json<PoolInfo>, ApiError> {
@@ -166,8 +166,8 @@ pub async fn get_pool(State(host): State<Arc<Host>>, Path(name): Path<String>) -
     request_body = PoolPatch,
     responses(
         (status = 200, body = PoolInfo),
-        (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 400, description = "The change is refused for what the pool is (`invalid_pool`): a hot swap that changes the chain's plugins or their order or persistence, a config a plugin's manifest refuses, `max_bytes` on a remote store, `durability` or `flush_interval_ms` on a pool that is not persistent or `flush_interval_ms` without periodic durability; or it names a plugin or version that is not registered (`unknown_plugin`, `unknown_plugin_version`)", body = ErrorBody),
+        (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
         (status = 409, description = "A hot swap needs instance slots the host does not have (`instance_limit`)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`)", body = ErrorBody),
         (status = 503, description = "A hot swap cannot start another plugin instance now (`no_capacity`): retry later", body = ErrorBody),
@@ -193,7 +193,7 @@ pub async fn patch_pool(
     params(("name" = String, Path, description = "Pool name")),
     responses(
         (status = 204, description = "Destroyed"),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`): the pool stays", body = ErrorBody),
     ),
     security(("token" = []))
@@ -217,8 +217,8 @@ pub async fn delete_pool(
     responses(
         (status = 201, description = "Stored (`stored` or `stored_writethrough`)", body = StoreResult),
         (status = 507, description = "Rejected; any older copy at the offset is gone", body = StoreResult),
-        (status = 400, description = "Not exactly one page", body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 400, description = "Not exactly one page of the pool's page size (`wrong_page_size`)", body = ErrorBody),
+        (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -306,7 +306,7 @@ pub async fn delete_page(
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}/pages", tag = "pages",
     params(("name" = String, Path, description = "Pool name")),
-    responses((status = 200, body = AreaInvalidated), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = AreaInvalidated), (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody)),
     security(("token" = []))
 )]
 pub async fn invalidate_area(
@@ -330,7 +330,7 @@ pub async fn invalidate_area(
     request_body = ShrinkRequest,
     responses(
         (status = 200, body = ShrinkResult),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
         (status = 409, description = "Not writethrough and no frontend to take pages back (`no_frontend`)", body = ErrorBody),
     ),
     security(("token" = []))
