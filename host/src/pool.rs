@@ -485,6 +485,28 @@ struct Shard {
     scratch: Vec<u8>,
 }
 
+/// What statistics readers see of a shard (see [`Pool::shard_views`]).
+#[derive(Debug, Clone, Default)]
+struct ShardView {
+    /// Linear memory of its plugin instances.
+    memory_bytes: u64,
+    /// Its generations and the pages each holds here.
+    generations: Vec<(Generation, u64)>,
+}
+
+impl ShardView {
+    fn of(shard: &Shard) -> ShardView {
+        ShardView {
+            memory_bytes: shard.generations.iter().map(|g| g.instances.memory_bytes() as u64).sum(),
+            generations: shard
+                .generations
+                .iter()
+                .map(|slot| (Generation { id: slot.id, chain: slot.chain.clone() }, slot.held))
+                .collect(),
+        }
+    }
+}
+
 impl Shard {
     /// The slot of the current generation, created on the first store after a swap.
     fn current_slot(&mut self, pool: &Pool) -> usize {
@@ -537,6 +559,9 @@ pub struct Pool {
     sandbox: SandboxLimits,
     engine: Arc<PluginEngine>,
     shards: Box<[Mutex<Shard>]>,
+    /// What readers that must not wait (the REST API, the dashboard's sampler, `/metrics`)
+    /// last saw of each shard: see [`Pool::shard_views`].
+    shard_views: Box<[Mutex<ShardView>]>,
     stats: Arc<PoolStats>,
     max_pages: AtomicU64,
     /// Shared with the shards' page stores, which charge each record to it as it is put.
@@ -700,6 +725,7 @@ impl Pool {
             current_id: Default::default(),
             sandbox: spec.sandbox,
             engine,
+            shard_views: (0..shard_count).map(|_| Mutex::default()).collect(),
             shards,
             stats,
             max_pages: AtomicU64::new(spec.limits.max_pages.unwrap_or(UNLIMITED)),
@@ -994,19 +1020,43 @@ impl Pool {
     }
 
     /// Every generation that holds pages, and the current one, with the pages each holds,
-    /// oldest first.
+    /// oldest first. Exact: it waits for each shard (the catalog needs every generation with
+    /// pages). Readers that must not wait use [`Pool::generations_seen`].
     pub fn generations(&self) -> Vec<(Generation, u64)> {
+        let views: Vec<ShardView> = self.shards.iter().map(|shard| ShardView::of(&shard.lock())).collect();
+        self.merge_generations(views)
+    }
+
+    /// [`Pool::generations`] as [`Pool::shard_views`] see them: never waits on a shard.
+    pub fn generations_seen(&self) -> Vec<(Generation, u64)> {
+        self.merge_generations(self.shard_views())
+    }
+
+    /// What each shard holds now, or — for a shard locked by an operation (a plugin call, which
+    /// a remote store may stretch to its timeout) — what it held when last seen free: a
+    /// reader of statistics never waits on a plugin call. Views lag by at most one operation
+    /// per busy shard.
+    fn shard_views(&self) -> Vec<ShardView> {
+        let take = |(shard, seen): (&Mutex<Shard>, &Mutex<ShardView>)| match shard.try_lock() {
+            Some(shard) => {
+                let view = ShardView::of(&shard);
+                drop(shard);
+                *seen.lock() = view.clone();
+                view
+            }
+            None => seen.lock().clone(),
+        };
+        self.shards.iter().zip(self.shard_views.iter()).map(take).collect()
+    }
+
+    fn merge_generations(&self, views: Vec<ShardView>) -> Vec<(Generation, u64)> {
         let current = self.current_generation();
         let mut all: Vec<(Generation, u64)> = vec![((*current).clone(), 0)];
-        for shard in self.shards.iter() {
-            for slot in &shard.lock().generations {
-                match all.iter_mut().find(|(g, _)| g.id == slot.id) {
-                    Some((_, held)) => *held += slot.held,
-                    None if slot.held > 0 => {
-                        all.push((Generation { id: slot.id, chain: slot.chain.clone() }, slot.held))
-                    }
-                    None => {}
-                }
+        for (generation, held) in views.into_iter().flat_map(|v| v.generations) {
+            match all.iter_mut().find(|(g, _)| g.id == generation.id) {
+                Some((_, total)) => *total += held,
+                None if held > 0 => all.push((generation, held)),
+                None => {}
             }
         }
         all.sort_by_key(|(g, _)| g.id);
@@ -1568,11 +1618,10 @@ impl Pool {
         self.stats.faults_by_plugin.lock().iter().map(|((plugin, kind), n)| (plugin.clone(), *kind, *n)).collect()
     }
 
-    /// Bytes of linear memory of the pool's live plugin instances (all shards, generations).
+    /// Bytes of linear memory of the pool's live plugin instances (all shards, generations),
+    /// as [`Pool::shard_views`] see them: never waits on a shard.
     pub fn plugin_memory_bytes(&self) -> u64 {
-        let shard_bytes =
-            |s: &Mutex<Shard>| s.lock().generations.iter().map(|g| g.instances.memory_bytes()).sum::<usize>();
-        self.shards.iter().map(shard_bytes).sum::<usize>() as u64
+        self.shard_views().iter().map(|v| v.memory_bytes).sum()
     }
 
     /// The latency histogram of `op`.

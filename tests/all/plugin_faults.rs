@@ -168,3 +168,46 @@ fn a_plugin_that_refuses_its_config_fails_pool_creation() {
     assert!(err.contains("refused its config") && err.contains("refusing to start"), "{err}");
     assert!(host.pool("refused").is_err());
 }
+
+#[test]
+fn statistics_readers_never_wait_on_a_plugin_call() {
+    // A shard is locked across each plugin call, and a call may last its whole deadline (a
+    // remote store's may last its timeout): the pool's page, the dashboard's samples and
+    // /metrics must answer meanwhile, from what the shard held when last seen free.
+    let server = crate::common::ServeProcess::start(&crate::common::temp_dir("faults-readers"), &[]);
+    let client = server.client();
+    let wasm = tmem_host::bundled::built("tmem_plugin_misbehave").expect("fixture was built by host/build.rs");
+    client.upload_plugin(None, &wasm).unwrap();
+    let looping = tmem_api::rest::BackendRequest {
+        config: json!({"mode": "loop", "op": "put", "after": 1}),
+        ..tmem_api::rest::BackendRequest::new("misbehave")
+    };
+    let mut config = tmem_api::rest::PoolConfig::new("slow", vec![looping]);
+    config.shards = Some(1);
+    config.canary_stores = 0;
+    config.sandbox = Some(tmem_api::rest::SandboxConfig { memory_bytes: 64 << 20, call_timeout_ms: 4000 });
+    client.create_pool(&config).unwrap();
+    assert_eq!(client.put_page("slow", 1, &tagged_page(1)).unwrap().outcome, "stored");
+    let shown = client.pool("slow").unwrap();
+
+    let url = server.url.clone();
+    let token = server.token.clone();
+    let slow_store = std::thread::spawn(move || {
+        let client = tmem_api::client::Client::new(&url, Some(token));
+        client.put_page("slow", 2, &tagged_page(2)).map(|r| r.outcome)
+    });
+    // Give the store time to enter its call (it then holds the shard for ≥ 4 s).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let info = client.pool("slow").unwrap();
+    let stats = client.stats().unwrap();
+    let metrics = client.metrics().unwrap();
+    assert!(!slow_store.is_finished(), "the readers answered while the plugin call still held the shard");
+    assert_eq!(info.generations.len(), shown.generations.len());
+    assert_eq!(info.generations[0].pages, 1, "the shard as last seen: one page");
+    assert!(stats.pools.iter().any(|p| p.name == "slow"));
+    assert!(metrics.contains("pool=\"slow\""));
+    // The looping call ends at its deadline: the store is refused, nothing is lost.
+    let outcome = slow_store.join().unwrap().unwrap();
+    assert_ne!(outcome, "stored");
+    assert_eq!(client.get_page("slow", 1).unwrap(), Some(tagged_page(1)));
+}

@@ -59,7 +59,7 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         page_size: pool.page_size(),
         backends: backends_info(&current.chain),
         generations: pool
-            .generations()
+            .generations_seen()
             .into_iter()
             .map(|(g, pages)| GenerationInfo {
                 id: g.id,
