@@ -704,7 +704,10 @@ impl Host {
         // Frontends still holding the pool are turned away from now on (a store into a pool
         // nobody can reach again would be acknowledged and lost).
         pool.retire();
-        pool.invalidate_area();
+        if let Err(e) = pool.invalidate_area() {
+            // Its database is deleted with it: nothing can come back.
+            tracing::warn!(pool = %name, "{e}");
+        }
         if let Some(disk) = pool.disk() {
             // The directory goes when the last operation still holding the pool is done.
             disk.remove_when_dropped();

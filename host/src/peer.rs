@@ -166,16 +166,16 @@ fn handle(pool: &Pool, kind: u8, payload: &[u8]) -> (u8, Vec<u8>) {
             Err(e) => error(e.to_string()),
         },
         peer::DELETE => match peer::parse_offset(payload) {
-            Ok((offset, _)) => {
-                pool.invalidate_page(offset);
-                (peer::OK, Vec::new())
-            }
+            Ok((offset, _)) => match pool.invalidate_page(offset) {
+                Ok(_) => (peer::OK, Vec::new()),
+                Err(e) => error(e.to_string()),
+            },
             Err(e) => error(e.to_string()),
         },
-        peer::CLEAR => {
-            pool.invalidate_area();
-            (peer::OK, Vec::new())
-        }
+        peer::CLEAR => match pool.invalidate_area() {
+            Ok(()) => (peer::OK, Vec::new()),
+            Err(e) => error(e.to_string()),
+        },
         other => error(format!("unknown request kind {other}")),
     }
 }

@@ -151,6 +151,9 @@ pub struct PoolDisk {
     /// Bytes the database uses on disk, updated after every flush.
     size_on_disk: Arc<std::sync::atomic::AtomicU64>,
     remove_on_drop: AtomicBool,
+    /// Test-only fault injection: while set, every flush fails as a failing disk's would.
+    #[cfg(test)]
+    fail_flushes: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PoolDisk {
@@ -178,12 +181,14 @@ impl PoolDisk {
             done: Condvar::new(),
         });
         let size_on_disk = Arc::new(std::sync::atomic::AtomicU64::new(db.size_on_disk().unwrap_or(0)));
+        let fail_flushes = Arc::new(AtomicBool::new(false));
         let flusher = {
             let (db, commit, size) = (db.clone(), commit.clone(), size_on_disk.clone());
+            let fail = fail_flushes.clone();
             let name = format!("tmem-flush-{}", dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
             std::thread::Builder::new()
                 .name(name.chars().take(15).collect())
-                .spawn(move || run_flusher(&db, &commit, &size))
+                .spawn(move || run_flusher(&db, &commit, &size, &fail))
                 .map_err(DiskError::Flusher)?
         };
         Ok(Arc::new(PoolDisk {
@@ -194,6 +199,8 @@ impl PoolDisk {
             flusher: Mutex::new(Some(flusher)),
             size_on_disk,
             remove_on_drop: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_flushes,
         }))
     }
 
@@ -257,7 +264,18 @@ impl PoolDisk {
 
     /// Flushes everything now, whatever the mode.
     pub fn flush(&self) -> Result<(), DiskError> {
+        #[cfg(test)]
+        if self.fail_flushes.load(Ordering::Relaxed) {
+            return Err(DiskError::Flush { dir: self.dir.clone(), source: io_failure("injected flush failure") });
+        }
         self.db.flush().map(drop).map_err(|source| DiskError::Flush { dir: self.dir.clone(), source })
+    }
+
+    /// Test-only fault injection: while `fail` is set, every flush (the flusher's and
+    /// [`PoolDisk::flush`]) fails as a failing disk's would.
+    #[cfg(test)]
+    pub(crate) fn fail_flushes(&self, fail: bool) {
+        self.fail_flushes.store(fail, Ordering::Relaxed);
     }
 
     /// Bytes the database uses on disk (as of the last flush).
@@ -271,7 +289,8 @@ impl PoolDisk {
     }
 }
 
-fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic::AtomicU64) {
+/// `fail`: test-only fault injection (see [`PoolDisk::fail_flushes`]); never set otherwise.
+fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic::AtomicU64, fail: &AtomicBool) {
     let mut last_flush = Instant::now();
     loop {
         let target = {
@@ -300,7 +319,11 @@ fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic:
             state.dirty = false;
             state.requested
         };
-        let result = db.flush();
+        let result = if cfg!(test) && fail.load(Ordering::Relaxed) {
+            Err(sled::Error::Io(std::io::Error::other("injected flush failure")))
+        } else {
+            db.flush()
+        };
         last_flush = Instant::now();
         if let Ok(size) = db.size_on_disk() {
             size_on_disk.store(size, Ordering::Relaxed);

@@ -189,6 +189,19 @@ pub enum OpError {
         /// What went wrong.
         reason: GetFailure,
     },
+    /// The change was made in the pool's map but its database could not flush it: it may be
+    /// undone by a crash. The pool has disabled its stores; the host's log has the detail.
+    #[error(
+        "pool '{pool}': {op} of offset {offset} is not durable: the pool's database could not be flushed (stores are disabled)"
+    )]
+    NotDurable {
+        /// The pool.
+        pool: String,
+        /// The operation: "invalidate", "exclusive load", "invalidate_area".
+        op: &'static str,
+        /// The offset (0 for invalidate_area).
+        offset: u64,
+    },
 }
 
 /// Why a shrink could not run.
@@ -197,6 +210,9 @@ pub enum ShrinkError {
     /// Pages can leave a non-writethrough pool only through a frontend that takes them back.
     #[error("pool '{0}' has no connected frontend to take pages back, and it is not writethrough")]
     NoFrontend(String),
+    /// Dropping pages could not be made durable (the pool's database cannot flush).
+    #[error(transparent)]
+    Op(#[from] OpError),
 }
 
 /// Why a pool could not be created, restored or changed. Every kind but [`PoolError::Disk`]
@@ -1082,16 +1098,24 @@ impl Pool {
             self.drop_stored(&mut shard, offset, old);
         }
         let (mut outcome, canary_failed) = self.try_store(&mut shard, offset, page);
+        let stored_entry = shard.pages.entry(offset);
         drop(shard);
         if let Some((generation, why)) = canary_failed {
             self.roll_back(generation, why);
         }
         let stored = !matches!(outcome, StoreOutcome::Rejected(_));
-        if stored || replaced.is_some() {
+        if (stored || replaced.is_some()) && self.make_durable().is_err() {
             // A sync pool acknowledges only what is on disk (the dropped old copy included).
-            let durable = self.make_durable().is_ok();
-            if stored && !durable {
+            // A store that is not is refused, and its page leaves the map: a refused page the
+            // map still named would be served after the frontend kept its own copy.
+            if stored {
                 outcome = StoreOutcome::Rejected(RejectReason::AllocFail);
+                let mut shard = self.shard_of(offset).lock();
+                // Only if it is still this store's page (another store of the offset may have
+                // replaced it meanwhile, with its own outcome).
+                if let Some(entry) = shard.pages.entry(offset).filter(|e| Some(*e) == stored_entry) {
+                    self.drop_stored(&mut shard, offset, entry);
+                }
             }
         }
         let c = &self.stats.counters;
@@ -1335,12 +1359,16 @@ impl Pool {
             self.drop_stored(&mut shard, offset, entry);
         }
         drop(shard);
-        if removed {
-            let _ = self.make_durable();
-        }
+        // A removal the database cannot make durable is not acknowledged: a crash could bring
+        // the page back, so the caller must not treat it as gone (nor hand it out as moved).
+        let durable = !removed || self.make_durable().is_ok();
         let c = &self.stats.counters;
         self.stats.latency(Op::Load).record(start.elapsed());
         match result {
+            Ok(_) if !durable => {
+                PoolStats::add(&c.loads, 1);
+                Err(OpError::NotDurable { pool: self.name.clone(), op: "exclusive load", offset })
+            }
             Ok(len) => {
                 PoolStats::add(&c.loads, 1);
                 Ok(Some(len))
@@ -1359,23 +1387,27 @@ impl Pool {
         }
     }
 
-    /// Drops one page; returns whether it was present (only then is it counted).
-    pub fn invalidate_page(&self, offset: u64) -> bool {
+    /// Drops one page; returns whether it was present (only then is it counted). The page is
+    /// gone from the map either way; an error says its removal is not on disk (a sync pool
+    /// whose database cannot flush), so a crash may bring it back.
+    pub fn invalidate_page(&self, offset: u64) -> Result<bool, OpError> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            return false;
+            return Ok(false);
         };
         self.drop_stored(&mut shard, offset, entry);
         drop(shard);
-        let _ = self.make_durable();
+        let durable = self.make_durable();
         PoolStats::add(&self.stats.counters.invalidates, 1);
         self.stats.latency(Op::InvalidatePage).record(start.elapsed());
-        true
+        durable.map_err(|()| OpError::NotDurable { pool: self.name.clone(), op: "invalidate", offset })?;
+        Ok(true)
     }
 
-    /// Drops every page (swapoff): the map is cleared and every backend emptied.
-    pub fn invalidate_area(&self) {
+    /// Drops every page (swapoff): the map is cleared and every backend emptied. An error says
+    /// the clearing is not on disk (see [`Pool::invalidate_page`]).
+    pub fn invalidate_area(&self) -> Result<(), OpError> {
         let start = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
@@ -1393,8 +1425,9 @@ impl Pool {
             }
             pages.drain(|entry| self.forget(EncodedKind::from_code(entry.kind())));
         }
-        let _ = self.make_durable();
+        let durable = self.make_durable();
         self.stats.latency(Op::InvalidateArea).record(start.elapsed());
+        durable.map_err(|()| OpError::NotDurable { pool: self.name.clone(), op: "invalidate_area", offset: 0 })
     }
 
     /// Pages held now.
@@ -1430,7 +1463,10 @@ impl Pool {
                 break;
             }
             let progress = if self.writethrough.load(Ordering::Relaxed) {
-                let dropped = victims.iter().filter(|&&o| self.invalidate_page(o)).count() as u64;
+                let mut dropped = 0;
+                for &offset in &victims {
+                    dropped += self.invalidate_page(offset)? as u64;
+                }
                 report.dropped += dropped;
                 dropped
             } else {
@@ -1578,5 +1614,76 @@ impl Pool {
     /// The latency histogram of `op`.
     pub fn latency(&self, op: Op) -> HistogramSnapshot {
         self.stats.latency(op).snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{BackendSpec, Host, HostConfig};
+
+    /// A host with a data dir (removed on drop) and a sync `[zstd, sled]` pool "p".
+    pub(crate) struct Persistent {
+        pub host: Host,
+        pub dir: std::path::PathBuf,
+    }
+
+    impl Persistent {
+        pub fn new(tag: &str) -> Persistent {
+            let dir = std::env::temp_dir().join(format!("tmem-pool-unit-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let host = Host::new(HostConfig { data_dir: Some(dir.clone()), ..Default::default() }).unwrap();
+            let sled = BackendSpec { grants: vec!["storage".into()], ..BackendSpec::new("sled") };
+            let mut spec = PoolSpec::new("p");
+            spec.shards = Some(2);
+            host.create_pool(spec, &[BackendSpec::new("zstd"), sled]).unwrap();
+            Persistent { host, dir }
+        }
+
+        pub fn pool(&self) -> Arc<Pool> {
+            self.host.pool("p").unwrap()
+        }
+    }
+
+    impl Drop for Persistent {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn page(tag: u8) -> Vec<u8> {
+        (0..4096u32).map(|i| (i as u8).wrapping_mul(31) ^ tag).collect()
+    }
+
+    #[test]
+    fn a_change_whose_flush_fails_is_reported_and_a_store_whose_flush_fails_leaves_the_map() {
+        let p = Persistent::new("flush-fails");
+        let pool = p.pool();
+        for offset in 0..4 {
+            assert_eq!(pool.store(offset, &page(offset as u8)).unwrap(), StoreOutcome::Stored);
+        }
+        pool.disk().unwrap().fail_flushes(true);
+
+        // A store that is not on disk is refused, and its page is not in the map.
+        assert_eq!(pool.store(9, &page(9)).unwrap(), StoreOutcome::Rejected(RejectReason::AllocFail));
+        assert!(!pool.contains(9), "a refused store's page stays in the map");
+        assert!(!pool.enabled(), "a pool whose database cannot flush disables its stores");
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(pool.load(9, &mut buf).unwrap(), LoadOutcome::Absent);
+
+        // Invalidate, exclusive load and invalidate_area say their change is not durable.
+        assert!(matches!(pool.invalidate_page(0), Err(OpError::NotDurable { op: "invalidate", offset: 0, .. })));
+        pool.set_modes(PoolModes { exclusive_gets: true, writethrough: false });
+        let loaded = pool.load(1, &mut buf);
+        assert!(matches!(loaded, Err(OpError::NotDurable { op: "exclusive load", offset: 1, .. })), "{loaded:?}");
+        assert_eq!(buf, page(1), "the page an exclusive load took is handed over all the same");
+        assert!(matches!(pool.invalidate_area(), Err(OpError::NotDurable { op: "invalidate_area", .. })));
+
+        // Once the disk flushes again, the same operations succeed.
+        pool.disk().unwrap().fail_flushes(false);
+        assert_eq!(pool.invalidate_page(3), Ok(false));
+        pool.set_enabled(true);
+        assert_eq!(pool.store(3, &page(3)).unwrap(), StoreOutcome::Stored);
+        assert_eq!(pool.invalidate_page(3), Ok(true));
     }
 }

@@ -41,7 +41,7 @@ use tmem_frontend::backing::BackingFile;
 use tmem_frontend::locations::{Location, PageLocations, PageSlot, StoreResult};
 
 use crate::persist::Durability;
-use crate::pool::{LoadOutcome, Pool, StoreOutcome};
+use crate::pool::{LoadOutcome, OpError, Pool, StoreOutcome};
 
 /// The largest device: the map costs one byte per page (256 MiB of map for 1 TiB of 4 KiB pages).
 pub const MAX_DEVICE_BYTES: u64 = 1 << 40;
@@ -187,7 +187,7 @@ impl BlockDevice {
             counters: Counters::default(),
         };
         match start {
-            Start::Empty => device.forget_pool_pages(),
+            Start::Empty => device.forget_pool_pages().map_err(|e| OpenError::Backing(e.to_string()))?,
             Start::Resume => {
                 device.rebuild_map().map_err(|e| OpenError::Backing(format!("backing file {path}: {e}")))?
             }
@@ -196,13 +196,14 @@ impl BlockDevice {
     }
 
     /// Invalidates whatever the pool holds at the device's offsets (a new device reads zeros).
-    fn forget_pool_pages(&self) {
+    fn forget_pool_pages(&self) -> Result<(), OpError> {
         if self.pool.curr_pages() == 0 {
-            return;
+            return Ok(());
         }
         for p in 0..self.pages {
-            self.pool.invalidate_page(p);
+            self.pool.invalidate_page(p)?;
         }
+        Ok(())
     }
 
     /// Rebuilds the map after a restart: the pool's pages first (a store the pool accepted is
@@ -327,6 +328,14 @@ impl BlockDevice {
                         self.pool.name()
                     ))),
                 },
+                Err(e @ OpError::NotDurable { .. }) => {
+                    // The pool let go of the page (its buffer holds it) but could not make
+                    // that durable: the device still keeps the page, and the read fails.
+                    if slot.pool_let_go() != Location::Backing {
+                        let _ = slot.write_backing(page, Location::Backing, Location::Lost);
+                    }
+                    Err(self.io_error(e.to_string()))
+                }
                 Err(e) => Err(self.io_error(e.to_string())),
             },
         }
@@ -389,10 +398,11 @@ impl BlockDevice {
         let (first, count) = self.pages_of(offset, len, true)?;
         for p in first..first + count {
             let mut slot = self.locations.lock(p);
-            if slot.location().in_pool() {
-                self.pool.invalidate_page(p);
-            }
+            let dropped = if slot.location().in_pool() { self.pool.invalidate_page(p).map(drop) } else { Ok(()) };
+            // Gone from the pool's map either way; a removal that is not durable fails the
+            // request (the pool has disabled its stores).
             slot.relocate(to);
+            dropped.map_err(|e| self.io_error(e.to_string()))?;
         }
         if fua {
             bump(&self.counters.fua, 1);
@@ -448,8 +458,12 @@ impl BlockDevice {
             let mut slot = self.locations.lock(p);
             match slot.location() {
                 Location::PoolAndBacking => {
-                    if self.pool.invalidate_page(p) {
-                        taken += 1;
+                    match self.pool.invalidate_page(p) {
+                        Ok(true) => taken += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            let _ = self.io_error(e.to_string());
+                        }
                     }
                     slot.relocate(Location::Backing);
                 }
@@ -468,6 +482,12 @@ impl BlockDevice {
                         }
                     }
                     Ok(LoadOutcome::Absent) => slot.relocate(Location::Lost),
+                    Err(e @ OpError::NotDurable { .. }) => {
+                        // Out of the pool's map (the page is in `page`), not durably: the
+                        // device keeps it all the same.
+                        let _ = slot.write_backing(&page, Location::Backing, Location::Lost);
+                        let _ = self.io_error(e.to_string());
+                    }
                     Err(e) => {
                         let _ = self.io_error(e.to_string());
                     }
@@ -484,8 +504,10 @@ impl BlockDevice {
     pub fn release(&self) {
         for p in 0..self.pages {
             let mut slot = self.locations.lock(p);
-            if slot.location().in_pool() {
-                self.pool.invalidate_page(p);
+            if slot.location().in_pool()
+                && let Err(e) = self.pool.invalidate_page(p)
+            {
+                let _ = self.io_error(e.to_string());
             }
             slot.relocate(Location::Nowhere);
         }
@@ -551,7 +573,7 @@ mod tests {
         device.write(0, &[7u8; 8192], false).unwrap();
         assert_eq!((counter(&device, "pool_pages"), counter(&device, "backing_pages")), (2, 2));
         // The pool may drop writethrough pages at will: the backing copy serves the read.
-        device.pool().invalidate_page(1);
+        device.pool().invalidate_page(1).unwrap();
         let mut buf = vec![0u8; 8192];
         device.read(0, &mut buf).unwrap();
         assert_eq!(buf, vec![7u8; 8192]);
@@ -577,7 +599,7 @@ mod tests {
     fn a_page_invalidated_behind_the_device_reads_as_an_error_not_as_zeros() {
         let (_host, device, path) = device("lost", PoolModes::default(), None);
         device.write(0, &[1u8; 4096], false).unwrap();
-        device.pool().invalidate_area();
+        device.pool().invalidate_area().unwrap();
         let mut buf = vec![0u8; 4096];
         assert!(matches!(device.read(0, &mut buf), Err(BlockError::Io(_))));
         assert!(matches!(device.read(0, &mut buf), Err(BlockError::Io(_))), "it stays lost");

@@ -37,7 +37,7 @@ use super::{Frontend, FrontendKind};
 use crate::host::Host;
 use crate::listen::{Gate, ListenerLimits};
 use crate::memory::alloc_count::{self, Role};
-use crate::pool::{LoadOutcome, Pool, StoreOutcome};
+use crate::pool::{LoadOutcome, OpError, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
 use crate::wire_io::{read_frame, read_frame_into};
 
@@ -420,6 +420,14 @@ fn run_batch(
                         out.push(exclusive as u8);
                         out.extend_from_slice(page);
                     }
+                    // The page left the pool's map but its removal is not on disk (the pool
+                    // disabled itself and logged it): the frontend is handed the page all the
+                    // same — it holds the only sure copy now, and a FAILED answer would lose it.
+                    Err(OpError::NotDurable { .. }) => {
+                        out.push(proto::R_LOADED);
+                        out.push(1);
+                        out.extend_from_slice(page);
+                    }
                     Ok(LoadOutcome::Absent) => {
                         counters.absent.fetch_add(1, Ordering::Relaxed);
                         out.push(proto::R_ABSENT);
@@ -429,14 +437,23 @@ fn run_batch(
             }
             Op::Invalidate(offset) => {
                 counters.invalidates.fetch_add(1, Ordering::Relaxed);
-                out.push(proto::R_INVALIDATED);
-                out.push(pool.invalidate_page(offset) as u8);
+                match pool.invalidate_page(offset) {
+                    Ok(present) => {
+                        out.push(proto::R_INVALIDATED);
+                        out.push(present as u8);
+                    }
+                    Err(e) => failed(out, &e.to_string()),
+                }
             }
             Op::InvalidateArea => {
                 let present = pool.curr_pages() > 0;
-                pool.invalidate_area();
-                out.push(proto::R_INVALIDATED);
-                out.push(present as u8);
+                match pool.invalidate_area() {
+                    Ok(()) => {
+                        out.push(proto::R_INVALIDATED);
+                        out.push(present as u8);
+                    }
+                    Err(e) => failed(out, &e.to_string()),
+                }
             }
         }
     }

@@ -189,13 +189,19 @@ impl From<OpError> for ApiError {
             OpError::LoadFailed { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", e.to_string())
             }
+            OpError::NotDurable { .. } => {
+                ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", STORAGE_ERROR_MESSAGE, e)
+            }
         }
     }
 }
 
 impl From<ShrinkError> for ApiError {
     fn from(e: ShrinkError) -> Self {
-        ApiError::new(StatusCode::CONFLICT, "no_frontend", e.to_string())
+        match e {
+            ShrinkError::NoFrontend(_) => ApiError::new(StatusCode::CONFLICT, "no_frontend", e.to_string()),
+            ShrinkError::Op(e) => e.into(),
+        }
     }
 }
 

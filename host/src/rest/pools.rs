@@ -294,11 +294,9 @@ pub async fn delete_page(
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<StatusCode, ApiError> {
     let pool = host.pool(&name)?;
-    blocking(
-        move || {
-            if pool.invalidate_page(offset) { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
-        },
-    )
+    blocking(move || {
+        if pool.invalidate_page(offset)? { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
+    })
     .await
 }
 
@@ -316,7 +314,7 @@ pub async fn invalidate_area(
     let pool = host.pool(&name)?;
     blocking(move || {
         let pages = pool.curr_pages();
-        pool.invalidate_area();
+        pool.invalidate_area()?;
         Ok(Json(AreaInvalidated { pages }))
     })
     .await
