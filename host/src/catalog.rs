@@ -101,6 +101,9 @@ pub struct Catalog {
     modules: sled::Tree,
     pools: sled::Tree,
     frontends: sled::Tree,
+    /// Test-only fault injection: while set, every write fails as a failing disk's would.
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -132,12 +135,30 @@ impl Catalog {
         let modules = db.open_tree("modules")?;
         let pools = db.open_tree("pools")?;
         let frontends = db.open_tree("frontends")?;
-        Ok(Catalog { db, modules, pools, frontends })
+        Ok(Catalog {
+            db,
+            modules,
+            pools,
+            frontends,
+            #[cfg(test)]
+            fail_writes: Default::default(),
+        })
     }
 
     fn flush(&self) -> Result<(), CatalogError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(CatalogError::Db(crate::persist::io_failure("injected catalog write failure")));
+        }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Test-only fault injection: while `fail` is set, every write fails (at its flush, so the
+    /// change is not acknowledged).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every stored module, in registration order.

@@ -30,6 +30,15 @@
 //! previous generation's chain becomes current again (as a new generation: ids only grow), or a
 //! new pool's stores are disabled; the page being verified is refused (the frontend keeps
 //! it). The reason is in [`Pool::canary`], the log, and `canary_rollbacks`.
+//!
+//! # A new generation is recorded before it is current
+//!
+//! A page names the generation that stored it, and a restart reads it only through a
+//! generation the catalog lists. So a swap (or a rollback) first starts the new chain, then
+//! has the pool's [`ChainRecorder`] (the host's catalog) record it, and only then makes it
+//! current: no store can be acknowledged under a generation a crash would forget. A record
+//! that fails leaves the old chain current (a rollback that cannot be recorded disables stores
+//! instead).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -292,6 +301,9 @@ pub enum PoolError {
     /// The chain was refused or could not start.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The catalog could not record a swap's new generation: the pool keeps its chain.
+    #[error(transparent)]
+    NotRecorded(#[from] crate::catalog::CatalogError),
     /// The host's plugin instance slots cannot hold the pool's instances.
     #[error(transparent)]
     InstanceLimit(#[from] InstanceLimit),
@@ -479,8 +491,21 @@ struct GenerationHold {
     reservation: Reservation,
 }
 
-/// What a pool tells when it changed its own chain (a canary's rollback).
-pub type ChainChangeHook = Box<dyn Fn(&Pool) + Send + Sync>;
+/// What records a pool's new generation durably (the host's catalog) **before** it becomes
+/// current: called with the pool and the generation about to be current, by a swap and by a
+/// canary's rollback. An error keeps the old generation current.
+pub type ChainRecorder = Box<dyn Fn(&Pool, &Generation) -> Result<(), crate::catalog::CatalogError> + Send + Sync>;
+
+/// A generation started in shard 0 and not current yet (see [`Pool::prepare`]). Holds the
+/// pool's swap lock, so no other generation can be prepared until it is committed or dropped;
+/// dropped, it gives its instance slots back.
+struct Prepared<'a> {
+    _serial: parking_lot::MutexGuard<'a, ()>,
+    generation: Generation,
+    instances: ChainInstances,
+    reservation: Reservation,
+    verify: bool,
+}
 
 /// A generation's live instances in one shard, and how many of the shard's pages it holds.
 struct GenerationSlot {
@@ -577,8 +602,10 @@ pub struct Pool {
     /// The instance slots of each generation some shard runs (or the current one), and how
     /// many shards run it.
     holds: Mutex<std::collections::HashMap<u32, GenerationHold>>,
-    /// Told after a rollback changed the pool's chain (the host rewrites its catalog record).
-    on_chain_change: std::sync::OnceLock<ChainChangeHook>,
+    /// Records a new generation before it becomes current (the host's catalog).
+    recorder: std::sync::OnceLock<ChainRecorder>,
+    /// Serializes swaps and rollbacks from the start of a new generation to its commit.
+    swapping: Mutex<()>,
     frontends: RwLock<Vec<Arc<dyn Frontend>>>,
     created: Instant,
     /// The pool's own database, when its store is granted `storage`.
@@ -627,7 +654,7 @@ impl Pool {
         let mut installed = Vec::new();
         for (id, chain) in generations {
             let chain = Arc::new(chain);
-            pool.install_in_shard_0(chain.clone(), Some(id), false)?;
+            pool.commit(pool.prepare(chain.clone(), Some(id), false)?);
             installed.push((id, chain));
         }
         let mut dropped = 0u64;
@@ -731,7 +758,8 @@ impl Pool {
             canary_generation: Default::default(),
             canary: Mutex::new(None),
             holds: Mutex::default(),
-            on_chain_change: std::sync::OnceLock::new(),
+            recorder: std::sync::OnceLock::new(),
+            swapping: Mutex::new(()),
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
@@ -741,18 +769,37 @@ impl Pool {
     /// Makes `chain` the current generation: new stores use it at once (under a canary);
     /// pages stored by earlier generations stay readable through them until they are gone.
     /// Every plugin of the new chain is started once first, so a chain that cannot start
-    /// changes nothing. Returns the new generation's id.
+    /// changes nothing; then the pool's recorder (the catalog) records the new generation,
+    /// and only then is it current — a record that fails changes nothing either
+    /// ([`PoolError::NotRecorded`]). Returns the new generation's id.
     pub fn swap_chain(&self, chain: Arc<Chain>) -> Result<u32, PoolError> {
         if chain.is_persistent() != self.disk.is_some() {
             return Err(PoolError::SwapChangesPersistence);
         }
-        self.install(chain, None, true)
+        self.install_recorded(chain, true)
+    }
+
+    /// Starts `chain`, has the recorder record it, and makes it current (the next id).
+    fn install_recorded(&self, chain: Arc<Chain>, verify: bool) -> Result<u32, PoolError> {
+        let prepared = self.prepare(chain, None, verify)?;
+        // Invariant: recorded before current. Until `commit`, stores keep using the old
+        // generation, so none can be acknowledged under an id a crash would forget.
+        if let Some(record) = self.recorder.get() {
+            record(self, &prepared.generation)?;
+        }
+        let id = self.commit(prepared);
+        if crate::memory::is_locked() {
+            self.start_every_shard();
+        }
+        Ok(id)
     }
 
     /// Starts `chain` and makes it the current generation, as `id` or as the next id; with
-    /// `verify`, under a canary (when the pool has one).
+    /// `verify`, under a canary (when the pool has one). Not recorded: for a pool being made
+    /// or restored, which nothing can store into yet.
     fn install(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
-        let id = self.install_in_shard_0(chain, id, verify)?;
+        let prepared = self.prepare(chain, id, verify)?;
+        let id = self.commit(prepared);
         if crate::memory::is_locked() {
             self.start_every_shard();
         }
@@ -777,19 +824,28 @@ impl Pool {
         }
     }
 
-    /// [`Pool::install`]'s work: the new generation, warmed up in shard 0.
-    fn install_in_shard_0(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
-        // Shard 0's lock serializes swaps, and no store in shard 0 can see the new id before
-        // its warmed-up slot is in place.
-        let mut shard = self.shards[0].lock();
-        let Shard { generations, pages, .. } = &mut *shard;
+    /// Starts `chain` in shard 0 as generation `id` (or the next id), not current yet.
+    fn prepare(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<Prepared<'_>, PoolError> {
+        let serial = self.swapping.lock();
         let id = id.unwrap_or_else(|| self.current.read().id + 1);
         // Every instance the generation may have (a chain in every shard) has its slot first.
         let reservation = self.engine.slots().reserve((self.shards.len() * chain.links().len()) as u32)?;
         let mut instances = ChainInstances::new(chain.links().len());
-        instances
-            .warm_up(&self.context(id, &chain, pages))
-            .map_err(|(i, fault)| ChainError::start(&chain.links()[i].plugin, fault))?;
+        {
+            let shard = self.shards[0].lock();
+            instances
+                .warm_up(&self.context(id, &chain, &shard.pages))
+                .map_err(|(i, fault)| ChainError::start(&chain.links()[i].plugin, fault))?;
+        }
+        Ok(Prepared { _serial: serial, generation: Generation { id, chain }, instances, reservation, verify })
+    }
+
+    /// Makes a prepared generation current; returns its id.
+    fn commit(&self, prepared: Prepared<'_>) -> u32 {
+        let Prepared { _serial, generation: Generation { id, chain }, instances, reservation, verify } = prepared;
+        // Shard 0's lock: no store in shard 0 can see the new id before its warmed-up slot is
+        // in place.
+        let mut shard = self.shards[0].lock();
         self.holds.lock().insert(id, GenerationHold { shards: 1, reservation });
         let previous = std::mem::replace(&mut *self.current.write(), Arc::new(Generation { id, chain: chain.clone() }));
         let previous_id = previous.id;
@@ -809,13 +865,14 @@ impl Pool {
             self.canary_generation.store(0, Ordering::Release);
         }
         self.current_id.store(id, Ordering::Release);
-        generations.push(GenerationSlot { id, chain, instances, held: 0 });
+        shard.generations.push(GenerationSlot { id, chain, instances, held: 0 });
+        drop(shard);
         // The generation it replaced gives its slots back if no shard runs it any more.
         let mut holds = self.holds.lock();
         if holds.get(&previous_id).is_some_and(|h| h.shards == 0) {
             holds.remove(&previous_id);
         }
-        Ok(id)
+        id
     }
 
     /// A shard made a slot for generation `id`.
@@ -859,9 +916,10 @@ impl Pool {
         self.canary.lock().clone()
     }
 
-    /// Sets what to tell when a rollback changes the pool's chain (once).
-    pub fn on_chain_change(&self, tell: ChainChangeHook) {
-        let _ = self.on_chain_change.set(tell);
+    /// Sets what records a new generation before it becomes current (once): the host's
+    /// catalog.
+    pub fn set_recorder(&self, recorder: ChainRecorder) {
+        let _ = self.recorder.set(recorder);
     }
 
     /// Counts one store of `generation` verified under its canary (`fault`: the store or its
@@ -902,7 +960,9 @@ impl Pool {
         PoolStats::add(&self.stats.counters.canary_rollbacks, 1);
         let chain = self.chain().describe_versions();
         match previous {
-            Some(previous) => match self.install(previous.chain.clone(), None, false) {
+            // Recorded before it is current, as a swap is; a rollback that cannot be recorded
+            // (or started) disables stores rather than run unrecorded.
+            Some(previous) => match self.install_recorded(previous.chain.clone(), false) {
                 Ok(id) => {
                     if let Some(c) = self.canary.lock().as_mut() {
                         c.replaced_by = Some(id);
@@ -911,17 +971,20 @@ impl Pool {
                 }
                 Err(e) => {
                     self.enabled.store(false, Ordering::Relaxed);
-                    tracing::error!(pool = %self.name, generation, %chain, "canary failed and the previous chain cannot start again ({e}); stores disabled: {reason}");
+                    tracing::error!(pool = %self.name, generation, %chain, "canary failed and the previous chain cannot start again or be recorded ({e}); stores disabled: {reason}");
                 }
             },
             None => {
                 self.enabled.store(false, Ordering::Relaxed);
                 self.canary_generation.store(0, Ordering::Release);
                 tracing::error!(pool = %self.name, generation, %chain, "canary failed on a new pool; stores disabled: {reason}");
+                // The catalog keeps the pool disabled across a restart.
+                if let Some(record) = self.recorder.get()
+                    && let Err(e) = record(self, &self.current_generation())
+                {
+                    tracing::error!(pool = %self.name, "the catalog could not record the disabled pool: {e}");
+                }
             }
-        }
-        if let Some(tell) = self.on_chain_change.get() {
-            tell(self);
         }
     }
 

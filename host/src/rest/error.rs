@@ -147,6 +147,7 @@ impl From<PoolError> for ApiError {
         match e {
             PoolError::Chain(e) => e.into(),
             PoolError::Disk(e) => e.into(),
+            PoolError::NotRecorded(e) => e.into(),
             PoolError::InstanceLimit(_) => ApiError::new(StatusCode::CONFLICT, "instance_limit", e.to_string()),
             e => ApiError::bad_request("invalid_pool", e.to_string()),
         }
