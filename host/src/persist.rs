@@ -116,7 +116,19 @@ pub enum DiskError {
     /// A kept pool's database directory is gone.
     #[error("its database {} is missing", .0.display())]
     Missing(PathBuf),
+    /// The lost-pages tree (a block device's) could not be read or written.
+    #[error("the lost-pages record of {} failed: {source}", dir.display())]
+    LostPages {
+        /// The database's directory.
+        dir: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
 }
+
+/// The tree of a pool database that keeps its block device's **lost** pages (offsets whose
+/// only copy the pool lost: they read as EIO until written again, also after a restart).
+const LOST_TREE: &str = "device-lost";
 
 struct CommitState {
     durability: Durability,
@@ -260,6 +272,44 @@ impl PoolDisk {
             return Err(DiskError::Closing);
         }
         Ok(())
+    }
+
+    /// Records page `offset` of the pool's block device as lost (`lost`) or no longer lost,
+    /// and flushes: when this returns `Ok`, a restart sees it. Not on any hot path — a page is
+    /// lost only when a copy could not be kept.
+    pub fn set_lost(&self, offset: u64, lost: bool) -> Result<(), DiskError> {
+        let failed = |source| DiskError::LostPages { dir: self.dir.clone(), source };
+        let tree = self.db.open_tree(LOST_TREE).map_err(failed)?;
+        if lost {
+            tree.insert(offset.to_be_bytes(), &[][..]).map_err(failed)?;
+        } else if tree.remove(offset.to_be_bytes()).map_err(failed)?.is_none() {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// The block device's lost pages, in order.
+    pub fn lost_pages(&self) -> Result<Vec<u64>, DiskError> {
+        let failed = |source| DiskError::LostPages { dir: self.dir.clone(), source };
+        let tree = self.db.open_tree(LOST_TREE).map_err(failed)?;
+        tree.iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(failed)?;
+                Ok(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8])))
+            })
+            .collect()
+    }
+
+    /// Forgets every lost page (a new device over the pool), and flushes.
+    pub fn clear_lost(&self) -> Result<(), DiskError> {
+        let failed = |source| DiskError::LostPages { dir: self.dir.clone(), source };
+        let tree = self.db.open_tree(LOST_TREE).map_err(failed)?;
+        if tree.is_empty() {
+            return Ok(());
+        }
+        tree.clear().map_err(failed)?;
+        self.flush()
     }
 
     /// Flushes everything now, whatever the mode.

@@ -1384,6 +1384,22 @@ impl Pool {
         })
     }
 
+    /// Loads without removing the page, whatever the mode: the first half of a move a frontend
+    /// makes durable in its new place before the page leaves the pool ([`Pool::taken`]).
+    pub fn load_keeping(&self, offset: u64, page: &mut [u8]) -> Result<LoadOutcome, OpError> {
+        self.load_inner(offset, page, false)
+    }
+
+    /// The second half of such a move: the page is durable elsewhere, so it leaves the pool
+    /// (an invalidate; with `written_back`, a shrink's, counted in `written_back_pages`).
+    pub fn taken(&self, offset: u64, written_back: bool) -> Result<bool, OpError> {
+        let present = self.invalidate_page(offset)?;
+        if present && written_back {
+            PoolStats::add(&self.stats.counters.written_back_pages, 1);
+        }
+        Ok(present)
+    }
+
     /// Loads and invalidates in one step, whatever the mode: how a frontend takes a page back
     /// when the host shrinks the pool. Counted in `written_back_pages`.
     pub fn take(&self, offset: u64, page: &mut [u8]) -> Result<LoadOutcome, OpError> {

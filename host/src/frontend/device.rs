@@ -25,6 +25,28 @@
 //!   and `fdatasync` of the backing file.
 //! - **take back** (the pool's shrink) → pages move from the pool to the backing file.
 //!
+//! # Power loss: the order of moves (persistent pools)
+//!
+//! A persistent pool's copy of a page outlives a power loss, and so does what `fdatasync`
+//! made durable in the backing file; the page cache does not. So for a device over a
+//! persistent pool, **a page leaves the pool only once its new place is durable**:
+//!
+//! - an exclusive read and a take-back read the page (the pool keeps it), write it to the
+//!   backing file, `fdatasync`, and only then invalidate it in the pool;
+//! - a write over a page only the pool holds writes the new version to the backing file and
+//!   `fdatasync`s **before** the store (the pool may refuse it, and the duplicate-store rule
+//!   then drops the old version durably); a stored page's file copy is then cleared;
+//! - a page that becomes **lost** is recorded in the pool's database (flushed) before the
+//!   request returns, and a restart reads it as EIO again; the record goes (after the page's
+//!   new copy is durable) when the page is written or discarded.
+//!
+//! At any moment of a power loss the page is then in the pool (the old version, for a write
+//! not yet acknowledged: a restart prefers the pool's copy over the file's) or durable in the
+//! file, or recorded lost — never in neither place, never zeros. A backing file that cannot
+//! take or sync a page leaves it in the pool (a write fails with EIO first). A device over a
+//! pool that keeps pages in memory moves pages without the `fdatasync` (a power loss takes
+//! that pool's pages anyway).
+//!
 //! # Concurrency
 //!
 //! The map is split into shards by page index, each behind its own lock; every operation on a
@@ -41,7 +63,7 @@ use tmem_frontend::backing::BackingFile;
 use tmem_frontend::locations::{Location, PageLocations, PageSlot, StoreResult};
 
 use crate::persist::Durability;
-use crate::pool::{LoadOutcome, OpError, Pool, StoreOutcome};
+use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 
 /// The largest device: the map costs one byte per page (256 MiB of map for 1 TiB of 4 KiB pages).
 pub const MAX_DEVICE_BYTES: u64 = 1 << 40;
@@ -187,7 +209,7 @@ impl BlockDevice {
             counters: Counters::default(),
         };
         match start {
-            Start::Empty => device.forget_pool_pages().map_err(|e| OpenError::Backing(e.to_string()))?,
+            Start::Empty => device.forget_pool_pages().map_err(OpenError::Backing)?,
             Start::Resume => {
                 device.rebuild_map().map_err(|e| OpenError::Backing(format!("backing file {path}: {e}")))?
             }
@@ -195,26 +217,38 @@ impl BlockDevice {
         Ok(device)
     }
 
-    /// Invalidates whatever the pool holds at the device's offsets (a new device reads zeros).
-    fn forget_pool_pages(&self) -> Result<(), OpError> {
+    /// Invalidates whatever the pool holds at the device's offsets (a new device reads zeros),
+    /// and forgets the lost pages an earlier device over the pool recorded.
+    fn forget_pool_pages(&self) -> Result<(), String> {
+        if let Some(disk) = self.pool.disk() {
+            disk.clear_lost().map_err(|e| e.to_string())?;
+        }
         if self.pool.curr_pages() == 0 {
             return Ok(());
         }
         for p in 0..self.pages {
-            self.pool.invalidate_page(p)?;
+            self.pool.invalidate_page(p).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
     /// Rebuilds the map after a restart: the pool's pages first (a store the pool accepted is
     /// newer than any backing copy, which is cleared unless the pool is writethrough), then
-    /// the backing file's allocated pages.
+    /// the pages recorded lost (EIO until written again, whatever the file holds), then the
+    /// backing file's allocated pages.
     fn rebuild_map(&self) -> std::io::Result<()> {
         let writethrough = self.pool.modes().writethrough;
         let mut in_backing = vec![false; self.pages as usize];
         for (first, count) in self.locations.backing().allocated(self.pages)? {
             for p in first..(first + count).min(self.pages) {
                 in_backing[p as usize] = true;
+            }
+        }
+        let disk = self.pool.disk();
+        let mut lost = vec![false; self.pages as usize];
+        for p in disk.map(|d| d.lost_pages()).transpose().map_err(std::io::Error::other)?.unwrap_or_default() {
+            if let Some(l) = lost.get_mut(p as usize) {
+                *l = true;
             }
         }
         for p in 0..self.pages {
@@ -227,11 +261,47 @@ impl BlockDevice {
                     slot.relocate(Location::Pool);
                 }
                 (true, false) => slot.relocate(Location::Pool),
+                (false, backing) if lost[p as usize] => {
+                    if backing {
+                        // Whatever the file holds is not the page (the map never named it):
+                        // taken out as the page goes to lost.
+                        slot.relocate(Location::Backing);
+                    }
+                    slot.relocate(Location::Lost);
+                }
                 (false, true) => slot.relocate(Location::Backing),
                 (false, false) => {}
             }
+            if lost[p as usize] && slot.location() != Location::Lost {
+                // Written again into the pool before the crash: no longer lost.
+                disk.expect("lost pages come from the disk").set_lost(p, false).map_err(std::io::Error::other)?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether the device orders its moves for power loss: a persistent pool's copy of a page
+    /// outlives a crash, so a page leaves it only once its new place is durable (see the
+    /// module docs). A pool that keeps pages in memory loses them all in a crash anyway.
+    fn ordered(&self) -> bool {
+        self.pool.is_persistent()
+    }
+
+    /// `fdatasync` of the backing file: every page written to it so far is durable.
+    fn sync_backing(&self) -> Result<(), BlockError> {
+        self.locations.backing().sync_data().map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))
+    }
+
+    /// Records on disk that page `p` became lost (`was` → `now`), or is lost no longer, for a
+    /// persistent pool: a lost page reads as EIO after a restart too, never as zeros.
+    fn keep_lost(&self, p: u64, was: Location, now: Location) -> Result<(), BlockError> {
+        let (lost_before, lost_now) = (was == Location::Lost, now == Location::Lost);
+        let Some(disk) = self.pool.disk().filter(|_| lost_before != lost_now) else { return Ok(()) };
+        if lost_before && now.in_backing() {
+            // The page's new copy is durable before the record that it was lost goes.
+            self.sync_backing()?;
+        }
+        disk.set_lost(p, lost_now).map_err(|e| self.io_error(format!("recording whether page {p} is lost: {e}")))
     }
 
     /// The pool the device stores into.
@@ -295,7 +365,8 @@ impl BlockDevice {
 
     fn read_page(&self, p: u64, page: &mut [u8]) -> Result<(), BlockError> {
         let mut slot = self.locations.lock(p);
-        match slot.location() {
+        let was = slot.location();
+        let read = match was {
             Location::Nowhere | Location::Zero => {
                 page.fill(0);
                 bump(&self.counters.zero_reads, 1);
@@ -306,6 +377,19 @@ impl BlockDevice {
                 "page {p} was lost by pool '{}' (see its load_failures and logs)",
                 self.pool.name()
             ))),
+            // A persistent pool never lets go of a page by itself (its exclusive loads are
+            // moves made in order, see `read_moving`).
+            Location::Pool | Location::PoolAndBacking if self.ordered() => {
+                if self.pool.modes().exclusive_gets {
+                    self.read_moving(p, &mut slot, page)
+                } else {
+                    match self.pool.load_keeping(p, page) {
+                        Ok(LoadOutcome::Loaded { .. }) => Ok(()),
+                        Ok(LoadOutcome::Absent) => self.pool_lost(p, &mut slot, page),
+                        Err(e) => Err(self.io_error(e.to_string())),
+                    }
+                }
+            }
             Location::Pool | Location::PoolAndBacking => match self.pool.load(p, page) {
                 Ok(LoadOutcome::Loaded { exclusive: false }) => Ok(()),
                 Ok(LoadOutcome::Loaded { exclusive: true }) => {
@@ -320,25 +404,57 @@ impl BlockDevice {
                         ))
                     })
                 }
-                Ok(LoadOutcome::Absent) => match slot.pool_lost(Location::Lost) {
-                    // A writethrough page the pool reclaimed: the backing copy is the page.
-                    Location::Backing => self.read_backing(&slot, page),
-                    _ => Err(self.io_error(format!(
-                        "page {p} is no longer in pool '{}' (invalidated behind the device's back)",
-                        self.pool.name()
-                    ))),
-                },
-                Err(e @ OpError::NotDurable { .. }) => {
-                    // The pool let go of the page (its buffer holds it) but could not make
-                    // that durable: the device still keeps the page, and the read fails.
-                    if slot.pool_let_go() != Location::Backing {
-                        let _ = slot.write_backing(page, Location::Backing, Location::Lost);
-                    }
-                    Err(self.io_error(e.to_string()))
-                }
+                Ok(LoadOutcome::Absent) => self.pool_lost(p, &mut slot, page),
                 Err(e) => Err(self.io_error(e.to_string())),
             },
+        };
+        self.keep_lost(p, was, slot.location())?;
+        read
+    }
+
+    /// The pool has no copy of a page the map puts there: a writethrough page is read from its
+    /// backing copy; any other is lost.
+    fn pool_lost(&self, p: u64, slot: &mut PageSlot<'_>, page: &mut [u8]) -> Result<(), BlockError> {
+        match slot.pool_lost(Location::Lost) {
+            Location::Backing => self.read_backing(slot, page),
+            _ => Err(self.io_error(format!(
+                "page {p} is no longer in pool '{}' (invalidated behind the device's back)",
+                self.pool.name()
+            ))),
         }
+    }
+
+    /// An exclusive read of a persistent pool's page: the page is read (the pool keeps it),
+    /// written to the backing file and made durable there (`fdatasync`), and only then
+    /// invalidated in the pool — at every moment of a power loss one of the two holds it.
+    /// If the file cannot take it, the page simply stays in the pool (the read still succeeds).
+    fn read_moving(&self, p: u64, slot: &mut PageSlot<'_>, page: &mut [u8]) -> Result<(), BlockError> {
+        match self.pool.load_keeping(p, page) {
+            Ok(LoadOutcome::Loaded { .. }) => {}
+            Ok(LoadOutcome::Absent) => return self.pool_lost(p, slot, page),
+            Err(e) => return Err(self.io_error(e.to_string())),
+        }
+        let was = slot.location();
+        if was == Location::Pool
+            && let Err(e) = slot.write_backing(page, Location::PoolAndBacking, Location::Pool)
+        {
+            let _ = self.io_error(format!("page {p} stays in the pool: the backing file cannot take it: {e}"));
+            return Ok(());
+        }
+        if self.sync_backing().is_err() {
+            slot.relocate(was);
+            return Ok(());
+        }
+        if was == Location::Pool {
+            bump(&self.counters.exclusive_to_backing, 1);
+        }
+        // Durable in the file: the page leaves the pool. A removal the pool cannot make
+        // durable is reported (the pool disables its stores); the file copy is the page.
+        if let Err(e) = self.pool.taken(p, false) {
+            let _ = self.io_error(e.to_string());
+        }
+        slot.relocate(Location::Backing);
+        Ok(())
     }
 
     fn read_backing(&self, slot: &PageSlot<'_>, page: &mut [u8]) -> Result<(), BlockError> {
@@ -364,6 +480,10 @@ impl BlockDevice {
 
     fn write_page(&self, p: u64, page: &[u8]) -> Result<(), BlockError> {
         let mut slot = self.locations.lock(p);
+        let was = slot.location();
+        if self.ordered() && was == Location::Pool {
+            return self.overwrite_ordered(p, &mut slot, page);
+        }
         let result = match self.pool.store(p, page).map_err(|e| self.io_error(e.to_string()))? {
             StoreOutcome::Stored => StoreResult::Stored,
             StoreOutcome::StoredWritethrough => {
@@ -377,9 +497,43 @@ impl BlockDevice {
         };
         // A refused page whose file write fails is gone until written again: by the
         // duplicate-store rule the pool no longer has an older copy.
-        slot.place(result, page, Location::Lost).map(drop).map_err(|e| {
+        let placed = slot.place(result, page, Location::Lost).map(drop).map_err(|e| {
             self.io_error(format!("page {p} could not be written to the backing file ({result:?} by the pool): {e}"))
-        })
+        });
+        self.keep_lost(p, was, slot.location())?;
+        placed
+    }
+
+    /// A write over a page only a persistent pool holds. The pool may refuse the new version,
+    /// and by the duplicate-store rule it then drops the old one — durably. So the new version
+    /// is written to the backing file and made durable there (`fdatasync`) **first**: at every
+    /// moment of a power loss the pool holds the old version or the file the new one (a
+    /// restart prefers the pool's copy), never neither. A file that cannot take the page fails
+    /// the write before the pool is touched (the old version stays).
+    fn overwrite_ordered(&self, p: u64, slot: &mut PageSlot<'_>, page: &[u8]) -> Result<(), BlockError> {
+        slot.write_backing(page, Location::PoolAndBacking, Location::Pool).map_err(|e| {
+            self.io_error(format!("page {p} could not be written to the backing file ahead of the pool: {e}"))
+        })?;
+        if let Err(e) = self.sync_backing() {
+            slot.relocate(Location::Pool);
+            return Err(e);
+        }
+        let outcome = self.pool.store(p, page);
+        match outcome {
+            // The file copy goes (punched); the pool's is the page.
+            Ok(StoreOutcome::Stored) => slot.relocate(Location::Pool),
+            Ok(StoreOutcome::StoredWritethrough) => bump(&self.counters.writethrough_copies, 1),
+            Ok(StoreOutcome::Rejected(_)) => {
+                bump(&self.counters.to_backing, 1);
+                slot.relocate(Location::Backing);
+            }
+            // Only a wrong page size, which a device never sends: the pool is untouched.
+            Err(e) => {
+                slot.relocate(Location::Pool);
+                return Err(self.io_error(e.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// Discards `len` bytes at `offset`: the pages read as zeros and take no space.
@@ -398,10 +552,12 @@ impl BlockDevice {
         let (first, count) = self.pages_of(offset, len, true)?;
         for p in first..first + count {
             let mut slot = self.locations.lock(p);
-            let dropped = if slot.location().in_pool() { self.pool.invalidate_page(p).map(drop) } else { Ok(()) };
+            let was = slot.location();
+            let dropped = if was.in_pool() { self.pool.invalidate_page(p).map(drop) } else { Ok(()) };
             // Gone from the pool's map either way; a removal that is not durable fails the
             // request (the pool has disabled its stores).
             slot.relocate(to);
+            self.keep_lost(p, was, to)?;
             dropped.map_err(|e| self.io_error(e.to_string()))?;
         }
         if fua {
@@ -448,59 +604,59 @@ impl BlockDevice {
         Ok(runs)
     }
 
-    /// Takes the pool's pages at `offsets` into the backing file (the pool's shrink): each is
-    /// taken out of the pool (load and invalidate in one step) and written to the file.
-    /// Offsets beyond the device, or not in the pool, are skipped. Returns how many moved.
+    /// Takes the pool's pages at `offsets` into the backing file (the pool's shrink). Each is
+    /// read (the pool keeps it), written to the file, made durable there (`fdatasync`, for a
+    /// persistent pool, whose copy would outlive a power loss) and only then invalidated in
+    /// the pool: a page the file cannot take stays in the pool. Offsets beyond the device, or
+    /// not in the pool, are skipped. Returns how many moved.
     pub fn take_back(&self, offsets: &[u64]) -> u64 {
         let mut page = vec![0u8; self.page_size];
         let mut taken = 0;
         for &p in offsets.iter().filter(|&&p| p < self.pages) {
             let mut slot = self.locations.lock(p);
-            match slot.location() {
-                Location::PoolAndBacking => {
-                    match self.pool.invalidate_page(p) {
-                        Ok(true) => taken += 1,
-                        Ok(false) => {}
-                        Err(e) => {
-                            let _ = self.io_error(e.to_string());
-                        }
-                    }
-                    slot.relocate(Location::Backing);
-                }
-                Location::Pool => match self.pool.take(p, &mut page) {
-                    Ok(LoadOutcome::Loaded { .. }) => {
-                        match slot.write_backing(&page, Location::Backing, Location::Pool) {
-                            Ok(()) => taken += 1,
-                            Err(e) => {
-                                // Give the page back to the pool rather than lose it.
-                                let back = self.pool.store(p, &page);
-                                if !matches!(back, Ok(StoreOutcome::Stored | StoreOutcome::StoredWritethrough)) {
-                                    slot.relocate(Location::Lost);
-                                }
-                                let _ = self.io_error(format!("taking page {p} back into the backing file: {e}"));
-                            }
-                        }
-                    }
-                    Ok(LoadOutcome::Absent) => slot.relocate(Location::Lost),
-                    Err(e @ OpError::NotDurable { .. }) => {
-                        // Out of the pool's map (the page is in `page`), not durably: the
-                        // device keeps it all the same.
-                        let _ = slot.write_backing(&page, Location::Backing, Location::Lost);
-                        let _ = self.io_error(e.to_string());
-                    }
-                    Err(e) => {
-                        let _ = self.io_error(e.to_string());
-                    }
-                },
-                _ => {}
+            let was = slot.location();
+            if !was.in_pool() {
+                continue;
             }
+            match self.pool.load_keeping(p, &mut page) {
+                Ok(LoadOutcome::Loaded { .. }) => {}
+                Ok(LoadOutcome::Absent) => {
+                    slot.pool_lost(Location::Lost);
+                    let _ = self.keep_lost(p, was, slot.location());
+                    continue;
+                }
+                Err(e) => {
+                    let _ = self.io_error(e.to_string());
+                    continue;
+                }
+            }
+            if was == Location::Pool
+                && let Err(e) = slot.write_backing(&page, Location::PoolAndBacking, Location::Pool)
+            {
+                let _ = self.io_error(format!("taking page {p} back into the backing file: {e}"));
+                continue;
+            }
+            if self.ordered() && self.sync_backing().is_err() {
+                slot.relocate(was);
+                continue;
+            }
+            match self.pool.taken(p, true) {
+                Ok(present) => taken += present as u64,
+                // Out of the pool's map, not durably (reported; the pool disables its
+                // stores): the file copy is durable, and it is the page.
+                Err(e) => {
+                    let _ = self.io_error(e.to_string());
+                    taken += 1;
+                }
+            }
+            slot.relocate(Location::Backing);
         }
         bump(&self.counters.taken_back, taken);
         taken
     }
 
-    /// Swapoff for the device: every page it has in the pool is invalidated (the backing file
-    /// is left as it is; it is the user's file).
+    /// Swapoff for the device: every page it has in the pool is invalidated and no page is
+    /// lost any more (the backing file is left as it is; it is the user's file).
     pub fn release(&self) {
         for p in 0..self.pages {
             let mut slot = self.locations.lock(p);
@@ -510,6 +666,11 @@ impl BlockDevice {
                 let _ = self.io_error(e.to_string());
             }
             slot.relocate(Location::Nowhere);
+        }
+        if let Some(disk) = self.pool.disk()
+            && let Err(e) = disk.clear_lost()
+        {
+            let _ = self.io_error(e.to_string());
         }
     }
 
@@ -561,6 +722,126 @@ mod tests {
         let path = std::env::temp_dir().join(format!("tmem-block-unit-{tag}-{}", std::process::id()));
         let device = BlockDevice::new(pool, 64 * 4096, &path, Start::Empty).unwrap();
         (host, device, path)
+    }
+
+    /// A device of 16 pages over a sync `[zstd, sled]` pool "p" of a host with a data dir;
+    /// [`Persistent::restart`] makes both again over the same data dir and backing file.
+    struct Persistent {
+        dir: std::path::PathBuf,
+        host: Option<Host>,
+        device: Option<BlockDevice>,
+    }
+
+    impl Persistent {
+        fn new(tag: &str, modes: PoolModes) -> Persistent {
+            let dir = std::env::temp_dir().join(format!("tmem-block-unit-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let host = Host::new(HostConfig { data_dir: Some(dir.join("data")), ..Default::default() }).unwrap();
+            let sled = BackendSpec { grants: vec!["storage".into()], ..BackendSpec::new("sled") };
+            let mut spec = PoolSpec::new("p");
+            spec.modes = modes;
+            spec.shards = Some(2);
+            let pool = host.create_pool(spec, &[BackendSpec::new("zstd"), sled]).unwrap();
+            let device = BlockDevice::new(pool, 16 * 4096, &dir.join("backing"), Start::Empty).unwrap();
+            Persistent { dir, host: Some(host), device: Some(device) }
+        }
+
+        fn device(&self) -> &BlockDevice {
+            self.device.as_ref().unwrap()
+        }
+
+        /// A restart: the device and the host go, and come back (the device resumes).
+        fn restart(&mut self) {
+            self.device = None;
+            self.host = None;
+            let host = Host::new(HostConfig { data_dir: Some(self.dir.join("data")), ..Default::default() }).unwrap();
+            let pool = host.pool("p").unwrap();
+            self.device = Some(BlockDevice::new(pool, 16 * 4096, &self.dir.join("backing"), Start::Resume).unwrap());
+            self.host = Some(host);
+        }
+    }
+
+    impl Drop for Persistent {
+        fn drop(&mut self) {
+            self.device = None;
+            self.host = None;
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn tagged(tag: u8) -> Vec<u8> {
+        (0..4096u32).map(|i| (i as u8).wrapping_mul(13) ^ tag).collect()
+    }
+
+    #[test]
+    fn a_persistent_pool_keeps_a_page_until_its_backing_copy_is_durable() {
+        let t = Persistent::new("ordered", PoolModes::default());
+        let device = t.device();
+        let pool = device.pool().clone();
+        for p in 0..4u64 {
+            device.write(p * 4096, &tagged(p as u8), false).unwrap();
+        }
+        assert_eq!(pool.curr_pages(), 4);
+        let mut buf = vec![0u8; 4096];
+        // The backing file cannot make anything durable: no page may leave the pool.
+        device.locations.backing().fail_syncs_for_testing(true);
+
+        // Take-back (the pool's shrink).
+        assert_eq!(device.take_back(&[0]), 0, "a page was taken back though its file copy is not durable");
+        assert!(pool.contains(0), "take-back removed a page from the pool before its file copy was durable");
+
+        // An exclusive load.
+        pool.set_modes(PoolModes { exclusive_gets: true, writethrough: false });
+        device.read(4096, &mut buf).unwrap();
+        assert_eq!(buf, tagged(1));
+        assert!(pool.contains(1), "an exclusive load removed a page before its file copy was durable");
+        pool.set_modes(PoolModes::default());
+
+        // A store the pool refuses over a page it holds (its old copy would be dropped).
+        pool.set_enabled(false);
+        assert!(device.write(2 * 4096, &tagged(20), false).is_err(), "the new version is not durable anywhere");
+        assert!(pool.contains(2), "a refused store dropped the old version before the new one was durable");
+        device.read(2 * 4096, &mut buf).unwrap();
+        assert_eq!(buf, tagged(2), "the old version stays");
+
+        // With a disk that syncs, each move completes.
+        device.locations.backing().fail_syncs_for_testing(false);
+        device.write(2 * 4096, &tagged(20), false).unwrap();
+        assert!(!pool.contains(2));
+        assert_eq!(device.take_back(&[0]), 1);
+        assert!(!pool.contains(0));
+        pool.set_enabled(true);
+        for (p, want) in [(0u64, tagged(0)), (1, tagged(1)), (2, tagged(20)), (3, tagged(3))] {
+            device.read(p * 4096, &mut buf).unwrap();
+            assert_eq!(buf, want, "page {p}");
+        }
+    }
+
+    #[test]
+    fn a_lost_page_of_a_persistent_pool_stays_lost_across_a_restart() {
+        let mut t = Persistent::new("lost-restart", PoolModes::default());
+        t.device().write(0, &tagged(1), false).unwrap();
+        t.device().write(4096, &tagged(2), false).unwrap();
+        // The pool loses page 0 behind the device's back: it reads as EIO from then on.
+        t.device().pool().invalidate_page(0).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert!(matches!(t.device().read(0, &mut buf), Err(BlockError::Io(_))));
+        t.restart();
+        assert!(
+            matches!(t.device().read(0, &mut buf), Err(BlockError::Io(_))),
+            "a lost page read as {:?} after a restart",
+            &buf[..8]
+        );
+        assert_eq!(counter(t.device(), "lost_pages"), 1);
+        t.device().read(4096, &mut buf).unwrap();
+        assert_eq!(buf, tagged(2));
+        // Written again, it is found again — after a restart too.
+        t.device().write(0, &tagged(3), false).unwrap();
+        t.restart();
+        t.device().read(0, &mut buf).unwrap();
+        assert_eq!(buf, tagged(3));
+        assert_eq!(counter(t.device(), "lost_pages"), 0);
     }
 
     fn counter(device: &BlockDevice, name: &str) -> u64 {
