@@ -36,6 +36,8 @@
 //! - a write over a page only the pool holds writes the new version to the backing file and
 //!   `fdatasync`s **before** the store (the pool may refuse it, and the duplicate-store rule
 //!   then drops the old version durably); a stored page's file copy is then cleared;
+//! - a writethrough page's file copy is `fdatasync`ed before the write is acknowledged: the
+//!   pool may drop its own copy at will (reclaim), durably;
 //! - a page that becomes **lost** is recorded in the pool's database (flushed) before the
 //!   request returns, and a restart reads it as EIO again; the record goes (after the page's
 //!   new copy is durable) when the page is written or discarded.
@@ -497,9 +499,18 @@ impl BlockDevice {
         };
         // A refused page whose file write fails is gone until written again: by the
         // duplicate-store rule the pool no longer has an older copy.
-        let placed = slot.place(result, page, Location::Lost).map(drop).map_err(|e| {
+        let mut placed = slot.place(result, page, Location::Lost).map(drop).map_err(|e| {
             self.io_error(format!("page {p} could not be written to the backing file ({result:?} by the pool): {e}"))
         });
+        if self.ordered() && slot.location() == Location::PoolAndBacking && placed.is_ok() {
+            // A writethrough page's file copy is what lets the pool drop its own at will
+            // (reclaim, durably): it is durable before the write is acknowledged. If it
+            // cannot be, the page is the pool's alone, and the write fails.
+            if let Err(e) = self.sync_backing() {
+                slot.relocate(Location::Pool);
+                placed = Err(e);
+            }
+        }
         self.keep_lost(p, was, slot.location())?;
         placed
     }
@@ -816,6 +827,23 @@ mod tests {
             device.read(p * 4096, &mut buf).unwrap();
             assert_eq!(buf, want, "page {p}");
         }
+    }
+
+    #[test]
+    fn a_writethrough_copy_is_durable_before_the_write_is_acknowledged() {
+        let t = Persistent::new("wt-durable", PoolModes { writethrough: true, exclusive_gets: false });
+        let device = t.device();
+        device.locations.backing().fail_syncs_for_testing(true);
+        // The pool may reclaim a writethrough page at will, durably: its file copy must be
+        // durable first, or the write is not acknowledged.
+        assert!(
+            device.write(0, &tagged(1), false).is_err(),
+            "a writethrough copy that is not durable was acknowledged"
+        );
+        assert_eq!(counter(device, "backing_pages"), 0);
+        device.locations.backing().fail_syncs_for_testing(false);
+        device.write(0, &tagged(1), false).unwrap();
+        assert_eq!((counter(device, "pool_pages"), counter(device, "backing_pages")), (1, 1));
     }
 
     #[test]
