@@ -105,6 +105,7 @@ async fn serve_connection(
         if pool.chain().links().len() != 1 {
             return Err(format!("pool '{pool_name}' has filters; a peer pool must be a lone store, e.g. [ram]"));
         }
+        pool.check_writer().map_err(|e| e.to_string())?;
         if !ticket.establish() {
             return Err("evicted before its HELLO was accepted".to_string());
         }
@@ -134,6 +135,10 @@ async fn serve_connection(
         let (kind, id, response) = match (wire::parse_body(&body), current) {
             (Err(e), _) => (peer::ERROR, 0, e.to_string().into_bytes()),
             (Ok((_, id, _)), None) => (peer::ERROR, id, b"the pool no longer exists".to_vec()),
+            // A block device attached to the pool since: it owns the pool now.
+            (Ok((_, id, _)), Some(pool)) if pool.check_writer().is_err() => {
+                (peer::ERROR, id, pool.check_writer().err().map(|e| e.to_string()).unwrap_or_default().into_bytes())
+            }
             (Ok((kind, id, payload)), Some(pool)) => {
                 // Pool operations are short and bounded by the plugins' deadlines: run them on
                 // this worker (tokio moves its other tasks away) instead of a thread hop.

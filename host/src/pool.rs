@@ -198,6 +198,17 @@ pub enum OpError {
         /// What went wrong.
         reason: GetFailure,
     },
+    /// The pool is a block device's (its offsets are the device's pages): only the device
+    /// writes it.
+    #[error(
+        "pool '{pool}' belongs to {device}: its offsets are the device's pages, so only the device may change them (detach the device, or use another pool)"
+    )]
+    OwnedByDevice {
+        /// The pool.
+        pool: String,
+        /// The device, as it named itself when it claimed the pool.
+        device: String,
+    },
     /// The change was made in the pool's map but its database could not flush it: it may be
     /// undone by a crash. The pool has disabled its stores; the host's log has the detail.
     #[error(
@@ -604,6 +615,12 @@ pub struct Pool {
     holds: Mutex<std::collections::HashMap<u32, GenerationHold>>,
     /// Records a new generation before it becomes current (the host's catalog).
     recorder: std::sync::OnceLock<ChainRecorder>,
+    /// The block device that owns the pool (claim serial, device name), if one does.
+    /// Invariant: while set, the pool's offsets are the device's pages and every other writer
+    /// (socket frontends, the page API, peers) is refused at its entry point
+    /// ([`Pool::check_writer`]); `owned` mirrors it for a lock-free check per batch.
+    owner: Mutex<Option<(u64, String)>>,
+    owned: AtomicBool,
     /// Serializes swaps and rollbacks from the start of a new generation to its commit.
     swapping: Mutex<()>,
     frontends: RwLock<Vec<Arc<dyn Frontend>>>,
@@ -760,6 +777,8 @@ impl Pool {
             holds: Mutex::default(),
             recorder: std::sync::OnceLock::new(),
             swapping: Mutex::new(()),
+            owner: Mutex::new(None),
+            owned: AtomicBool::new(false),
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
@@ -1636,6 +1655,47 @@ impl Pool {
     pub fn set_modes(&self, modes: PoolModes) {
         self.writethrough.store(modes.writethrough, Ordering::Relaxed);
         self.exclusive_gets.store(modes.exclusive_gets, Ordering::Relaxed);
+    }
+
+    /// A block device claims the pool (`device` names it in the errors other writers get).
+    /// Returns the claim's serial, for [`Pool::unclaim`]; an error if another device owns it.
+    pub fn claim(&self, device: &str) -> Result<u64, OpError> {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        let mut owner = self.owner.lock();
+        if let Some((_, other)) = &*owner {
+            return Err(OpError::OwnedByDevice { pool: self.name.clone(), device: other.clone() });
+        }
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        *owner = Some((serial, device.to_string()));
+        self.owned.store(true, Ordering::Release);
+        Ok(serial)
+    }
+
+    /// Ends the claim `serial` (a later claim by another device is left alone).
+    pub fn unclaim(&self, serial: u64) {
+        let mut owner = self.owner.lock();
+        if owner.as_ref().is_some_and(|(s, _)| *s == serial) {
+            *owner = None;
+            self.owned.store(false, Ordering::Release);
+        }
+    }
+
+    /// The block device that owns the pool, if one does.
+    pub fn owner(&self) -> Option<String> {
+        self.owner.lock().as_ref().map(|(_, device)| device.clone())
+    }
+
+    /// Whether a writer other than the pool's block device may change it: an error naming
+    /// the device if a device owns the pool. Every entry point of another writer (socket
+    /// frontend, page API, peer) calls it before an operation that could change a page.
+    pub fn check_writer(&self) -> Result<(), OpError> {
+        if !self.owned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.owner() {
+            Some(device) => Err(OpError::OwnedByDevice { pool: self.name.clone(), device }),
+            None => Ok(()),
+        }
     }
 
     /// Marks the pool destroyed: stores are refused from now on, and frontends that still

@@ -148,6 +148,8 @@ fn bump(counter: &AtomicU64, n: u64) {
 /// A block device over a pool. Shared as `Arc<BlockDevice>` by every connection serving it.
 pub struct BlockDevice {
     pool: Arc<Pool>,
+    /// The device's claim on the pool ([`Pool::claim`]): no other writer may change its pages.
+    claim: u64,
     page_size: usize,
     page_shift: u32,
     pages: u64,
@@ -192,18 +194,30 @@ impl BlockDevice {
         }
         let pages = size / page_size as u64;
         let path = backing.display().to_string();
-        let backing = BackingFile::open(backing, size, page_size as usize, start == Start::Resume).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                OpenError::BackingInUse(format!("backing file {e}"))
-            } else {
-                OpenError::Backing(format!("backing file {path}: {e}"))
-            }
-        })?;
+        // Invariant: the pool's offsets are this device's pages from here on; the claim ends
+        // with `release` (detach) or when the device is dropped.
+        let claim = pool
+            .claim(&format!("the block device over {path}"))
+            .map_err(|e| OpenError::Invalid(format!("{e} (a pool is one device's swap area)")))?;
+        let unclaim = |pool: &Pool, e| {
+            pool.unclaim(claim);
+            e
+        };
+        let backing = BackingFile::open(backing, size, page_size as usize, start == Start::Resume)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    OpenError::BackingInUse(format!("backing file {e}"))
+                } else {
+                    OpenError::Backing(format!("backing file {path}: {e}"))
+                }
+            })
+            .map_err(|e| unclaim(&pool, e))?;
         if !pool.reserve_offsets(pages) {
             tracing::warn!(pool = %pool.name(), "the memory budget refused the page index room for the device's pages ahead: it grows as pages come, on the I/O path");
         }
         let device = BlockDevice {
             pool,
+            claim,
             page_size: page_size as usize,
             page_shift: page_size.trailing_zeros(),
             pages,
@@ -669,6 +683,7 @@ impl BlockDevice {
     /// Swapoff for the device: every page it has in the pool is invalidated and no page is
     /// lost any more (the backing file is left as it is; it is the user's file).
     pub fn release(&self) {
+        self.pool.unclaim(self.claim);
         for p in 0..self.pages {
             let mut slot = self.locations.lock(p);
             if slot.location().in_pool()
@@ -714,6 +729,12 @@ impl BlockDevice {
             ("zero_pages", at.zero),
             ("lost_pages", at.lost),
         ]
+    }
+}
+
+impl Drop for BlockDevice {
+    fn drop(&mut self) {
+        self.pool.unclaim(self.claim);
     }
 }
 

@@ -310,6 +310,8 @@ fn attach(
         return Err("wrong token: frontends authenticate with the host's API token".into());
     }
     let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
+    // A block device's pool is the device's alone.
+    pool.check_writer().map_err(|e| e.to_string())?;
     let modes = pool.modes();
     let flags = if modes.writethrough { proto::FLAG_WRITETHROUGH } else { 0 }
         | if modes.exclusive_gets { proto::FLAG_EXCLUSIVE_GETS } else { 0 };
@@ -347,6 +349,8 @@ async fn serve_batches(
         if pool.is_retired() {
             return Err(format!("pool '{}' was destroyed", pool.name()));
         }
+        // A block device attached to the pool since this connection did: it owns the pool now.
+        pool.check_writer().map_err(|e| e.to_string())?;
         let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
         match kind {
             proto::BATCH => {

@@ -190,6 +190,7 @@ impl From<OpError> for ApiError {
             OpError::LoadFailed { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", e.to_string())
             }
+            OpError::OwnedByDevice { .. } => ApiError::new(StatusCode::CONFLICT, "pool_owned", e.to_string()),
             OpError::NotDurable { .. } => {
                 ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", STORAGE_ERROR_MESSAGE, e)
             }

@@ -229,6 +229,7 @@ pub async fn put_page(
 ) -> Result<Response, ApiError> {
     let body = body?;
     let pool = host.pool(&name)?;
+    pool.check_writer()?;
     blocking(move || {
         let (status, result) = match pool.store(offset, &body)? {
             StoreOutcome::Stored => (StatusCode::CREATED, StoreResult { outcome: "stored".into(), reason: None }),
@@ -265,6 +266,10 @@ pub async fn get_page(
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
     let pool = host.pool(&name)?;
+    if pool.modes().exclusive_gets {
+        // An exclusive load removes the page: a change only a block device owner may make.
+        pool.check_writer()?;
+    }
     blocking(move || {
         let mut page = vec![0u8; pool.page_size() as usize];
         match pool.load(offset, &mut page)? {
@@ -294,6 +299,7 @@ pub async fn delete_page(
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<StatusCode, ApiError> {
     let pool = host.pool(&name)?;
+    pool.check_writer()?;
     blocking(move || {
         if pool.invalidate_page(offset)? { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
     })
@@ -312,6 +318,7 @@ pub async fn invalidate_area(
     Path(name): Path<String>,
 ) -> Result<Json<AreaInvalidated>, ApiError> {
     let pool = host.pool(&name)?;
+    pool.check_writer()?;
     blocking(move || {
         let pages = pool.curr_pages();
         pool.invalidate_area()?;
