@@ -210,7 +210,8 @@ pub enum OpError {
         device: String,
     },
     /// The change was made in the pool's map but its database could not flush it: it may be
-    /// undone by a crash. The pool has disabled its stores; the host's log has the detail.
+    /// undone by a crash. The pool has disabled its stores; the host's log has the detail. For
+    /// an exclusive load, the caller's buffer holds the page (it is out of the map).
     #[error(
         "pool '{pool}': {op} of offset {offset} is not durable: the pool's database could not be flushed (stores are disabled)"
     )]
@@ -1164,7 +1165,9 @@ impl Pool {
         self.check_record_pool()?;
         let mut buf = vec![0u8; self.max_record()];
         let exclusive = self.exclusive_gets.load(Ordering::Relaxed);
-        Ok(self.load_into(offset, &mut buf, exclusive, false)?.map(|len| {
+        // An exclusive load whose removal is not durable still hands the record over: the
+        // peer holds the only sure copy now (the pool has disabled itself and logged it).
+        Ok(self.load_into(offset, &mut buf, exclusive, false)?.map(|(len, _)| {
             buf.truncate(len);
             buf
         }))
@@ -1398,6 +1401,9 @@ impl Pool {
     fn load_inner(&self, offset: u64, page: &mut [u8], exclusive: bool) -> Result<LoadOutcome, OpError> {
         self.check_len(page.len())?;
         Ok(match self.load_into(offset, page, exclusive, true)? {
+            Some((_, false)) => {
+                return Err(OpError::NotDurable { pool: self.name.clone(), op: "exclusive load", offset });
+            }
             Some(_) => LoadOutcome::Loaded { exclusive },
             None => LoadOutcome::Absent,
         })
@@ -1429,8 +1435,15 @@ impl Pool {
         Ok(outcome)
     }
 
-    /// Loads into `out` (exactly filling it when `exact`); the length, or `None` if absent.
-    fn load_into(&self, offset: u64, out: &mut [u8], exclusive: bool, exact: bool) -> Result<Option<usize>, OpError> {
+    /// Loads into `out` (exactly filling it when `exact`); the length and whether an exclusive
+    /// load's removal is durable, or `None` if absent.
+    fn load_into(
+        &self,
+        offset: u64,
+        out: &mut [u8],
+        exclusive: bool,
+        exact: bool,
+    ) -> Result<Option<(usize, bool)>, OpError> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
@@ -1457,19 +1470,15 @@ impl Pool {
             self.drop_stored(&mut shard, offset, entry);
         }
         drop(shard);
-        // A removal the database cannot make durable is not acknowledged: a crash could bring
-        // the page back, so the caller must not treat it as gone (nor hand it out as moved).
+        // A removal the database cannot make durable is reported to the caller (a crash could
+        // bring the page back); the page is in `out` all the same, and out of the map.
         let durable = !removed || self.make_durable().is_ok();
         let c = &self.stats.counters;
         self.stats.latency(Op::Load).record(start.elapsed());
         match result {
-            Ok(_) if !durable => {
-                PoolStats::add(&c.loads, 1);
-                Err(OpError::NotDurable { pool: self.name.clone(), op: "exclusive load", offset })
-            }
             Ok(len) => {
                 PoolStats::add(&c.loads, 1);
-                Ok(Some(len))
+                Ok(Some((len, durable)))
             }
             Err(reason) => {
                 PoolStats::add(&c.load_failures, 1);
