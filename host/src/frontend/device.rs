@@ -38,6 +38,8 @@
 //!   then drops the old version durably); a stored page's file copy is then cleared;
 //! - a writethrough page's file copy is `fdatasync`ed before the write is acknowledged: the
 //!   pool may drop its own copy at will (reclaim), durably;
+//! - before a discard drops a page from the pool, every file copy cleared because a page moved
+//!   into the pool alone is made durable (`fdatasync`): an older version cannot come back;
 //! - a page that becomes **lost** is recorded in the pool's database (flushed) before the
 //!   request returns, and a restart reads it as EIO again; the record goes (after the page's
 //!   new copy is durable) when the page is written or discarded.
@@ -156,6 +158,12 @@ pub struct BlockDevice {
     /// Where each page is, with the backing file.
     locations: PageLocations,
     counters: Counters,
+    /// Backing copies cleared (zeroed or punched) because their page moved into a persistent
+    /// pool alone, so far; and how many of them an `fdatasync` has made durable. Invariant: a
+    /// persistent pool drops such a page only once this is settled, or a power loss could
+    /// bring the cleared (older) copy back in its place.
+    cleared: AtomicU64,
+    cleared_synced: AtomicU64,
 }
 
 impl std::fmt::Debug for BlockDevice {
@@ -223,6 +231,8 @@ impl BlockDevice {
             pages,
             locations: PageLocations::new(pages, backing),
             counters: Counters::default(),
+            cleared: AtomicU64::new(0),
+            cleared_synced: AtomicU64::new(0),
         };
         match start {
             Start::Empty => device.forget_pool_pages().map_err(OpenError::Backing)?,
@@ -305,7 +315,29 @@ impl BlockDevice {
 
     /// `fdatasync` of the backing file: every page written to it so far is durable.
     fn sync_backing(&self) -> Result<(), BlockError> {
-        self.locations.backing().sync_data().map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))
+        let cleared = self.cleared.load(Ordering::Acquire);
+        self.locations
+            .backing()
+            .sync_data()
+            .map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))?;
+        self.cleared_synced.fetch_max(cleared, Ordering::Release);
+        Ok(())
+    }
+
+    /// Counts a backing copy cleared by a move `was` → `now` that leaves a persistent pool's
+    /// page in the pool alone.
+    fn note_cleared(&self, was: Location, now: Location) {
+        if self.ordered() && was.in_backing() && !now.in_backing() {
+            self.cleared.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Makes every such clearing durable before a page leaves the pool for nowhere.
+    fn settle_cleared(&self) -> Result<(), BlockError> {
+        if self.cleared.load(Ordering::Acquire) > self.cleared_synced.load(Ordering::Acquire) {
+            self.sync_backing()?;
+        }
+        Ok(())
     }
 
     /// Records on disk that page `p` became lost (`was` → `now`), or is lost no longer, for a
@@ -525,6 +557,7 @@ impl BlockDevice {
                 placed = Err(e);
             }
         }
+        self.note_cleared(was, slot.location());
         self.keep_lost(p, was, slot.location())?;
         placed
     }
@@ -545,8 +578,11 @@ impl BlockDevice {
         }
         let outcome = self.pool.store(p, page);
         match outcome {
-            // The file copy goes (punched); the pool's is the page.
-            Ok(StoreOutcome::Stored) => slot.relocate(Location::Pool),
+            // The file copy goes (cleared); the pool's is the page.
+            Ok(StoreOutcome::Stored) => {
+                slot.relocate(Location::Pool);
+                self.note_cleared(Location::PoolAndBacking, Location::Pool);
+            }
             Ok(StoreOutcome::StoredWritethrough) => bump(&self.counters.writethrough_copies, 1),
             Ok(StoreOutcome::Rejected(_)) => {
                 bump(&self.counters.to_backing, 1);
@@ -578,6 +614,11 @@ impl BlockDevice {
         for p in first..first + count {
             let mut slot = self.locations.lock(p);
             let was = slot.location();
+            if self.ordered() && was.in_pool() {
+                // An older copy this page had in the file is durably cleared before the pool
+                // durably drops the page (else a power loss could bring that copy back).
+                self.settle_cleared()?;
+            }
             let dropped = if was.in_pool() { self.pool.invalidate_page(p).map(drop) } else { Ok(()) };
             // Gone from the pool's map either way; a removal that is not durable fails the
             // request (the pool has disabled its stores).
@@ -605,7 +646,7 @@ impl BlockDevice {
         {
             disk.flush().map_err(|e| self.io_error(e.to_string()))?;
         }
-        self.locations.backing().sync_data().map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))
+        self.sync_backing()
     }
 
     /// Runs of pages from `offset` (at most `len` bytes, aligned) as `(bytes, reads_as_zero)`,
@@ -848,6 +889,31 @@ mod tests {
             device.read(p * 4096, &mut buf).unwrap();
             assert_eq!(buf, want, "page {p}");
         }
+    }
+
+    #[test]
+    fn a_discard_never_lets_an_older_backing_copy_come_back() {
+        let t = Persistent::new("discard-stale", PoolModes::default());
+        let device = t.device();
+        let pool = device.pool().clone();
+        // Version A goes to the file (the pool refuses it), version B to the pool: A's file
+        // copy is cleared, but not durably yet.
+        pool.set_enabled(false);
+        device.write(0, &tagged(0xa), false).unwrap();
+        pool.set_enabled(true);
+        device.write(0, &tagged(0xb), false).unwrap();
+        assert!(pool.contains(0));
+        // Dropping B from the pool durably while A's clearing is not durable would let a
+        // power loss bring A back: with no fdatasync possible, the discard fails first.
+        device.locations.backing().fail_syncs_for_testing(true);
+        assert!(device.discard(0, 4096, false).is_err(), "B left the pool while A could come back");
+        assert!(pool.contains(0));
+        device.locations.backing().fail_syncs_for_testing(false);
+        device.discard(0, 4096, false).unwrap();
+        assert!(!pool.contains(0));
+        let mut buf = vec![1u8; 4096];
+        device.read(0, &mut buf).unwrap();
+        assert_eq!(buf, vec![0u8; 4096]);
     }
 
     #[test]
