@@ -219,6 +219,7 @@ pub async fn delete_pool(
         (status = 507, description = "Rejected; any older copy at the offset is gone", body = StoreResult),
         (status = 400, description = "Not exactly one page", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -257,7 +258,8 @@ fn page_not_found(pool: &str, offset: u64) -> ApiError {
     responses(
         (status = 200, description = "The page", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "No page there (`page_not_found`), or no such pool", body = ErrorBody),
-        (status = 500, description = "The page is present but could not be produced (`load_failed`)", body = ErrorBody),
+        (status = 409, description = "An exclusive get from a pool that belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 500, description = "The page is present but could not be produced (`load_failed`), or an exclusive get's removal is not durable (`storage_error`)", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -291,7 +293,12 @@ pub async fn get_page(
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}/pages/{offset}", tag = "pages",
     params(("name" = String, Path, description = "Pool name"), ("offset" = u64, Path, description = "Page offset (in pages)")),
-    responses((status = 204, description = "Invalidated"), (status = 404, description = "No page there, or no such pool", body = ErrorBody)),
+    responses(
+        (status = 204, description = "Invalidated"),
+        (status = 404, description = "No page there, or no such pool", body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 500, description = "Invalidated, but not durably: the pool's database cannot flush (`storage_error`)", body = ErrorBody),
+    ),
     security(("token" = []))
 )]
 pub async fn delete_page(
@@ -310,7 +317,12 @@ pub async fn delete_page(
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}/pages", tag = "pages",
     params(("name" = String, Path, description = "Pool name")),
-    responses((status = 200, body = AreaInvalidated), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = AreaInvalidated),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 500, description = "Cleared, but not durably: the pool's database cannot flush (`storage_error`)", body = ErrorBody),
+    ),
     security(("token" = []))
 )]
 pub async fn invalidate_area(
