@@ -50,6 +50,9 @@ pub struct BackingFile {
     file: File,
     page_size: u64,
     direct: Option<Direct>,
+    /// Fault injection for tests ([`BackingFile::fail_syncs_for_testing`]): every
+    /// [`BackingFile::sync_data`] fails while set. Never set otherwise.
+    fail_syncs: std::sync::atomic::AtomicBool,
 }
 
 /// A reserved file's `O_DIRECT` side.
@@ -97,7 +100,7 @@ impl BackingFile {
             }
             Err(e) => return Err(context(e)),
         };
-        Ok(BackingFile { file, page_size: page_size as u64, direct: None })
+        Ok(BackingFile { file, page_size: page_size as u64, direct: None, fail_syncs: Default::default() })
     }
 
     /// Opens (creating it, mode 0600, if missing) the file at `path` for a device of `len`
@@ -132,7 +135,8 @@ impl BackingFile {
                 e
             });
         }
-        let mut backing = BackingFile { file, page_size: page_size as u64, direct: None };
+        let mut backing =
+            BackingFile { file, page_size: page_size as u64, direct: None, fail_syncs: Default::default() };
         let direct = if page_size.is_multiple_of(DIRECT_ALIGN) {
             OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC).open(path)
         } else {
@@ -190,7 +194,8 @@ impl BackingFile {
             ));
         }
         let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(path)?;
-        let mut backing = BackingFile { file, page_size: page_size as u64, direct: None };
+        let mut backing =
+            BackingFile { file, page_size: page_size as u64, direct: None, fail_syncs: Default::default() };
         backing.reserve(direct, len, keep)?;
         Ok(backing)
     }
@@ -383,10 +388,21 @@ impl BackingFile {
 
     /// Makes every completed write durable (`fdatasync`).
     pub fn sync_data(&self) -> io::Result<()> {
+        if self.fail_syncs.load(Ordering::Relaxed) {
+            return Err(io::Error::other("injected fdatasync failure (test)"));
+        }
         match &self.direct {
             Some(direct) => direct.file.sync_data(),
             None => self.file.sync_data(),
         }
+    }
+
+    /// **Test-only** fault injection: while `fail` is set, [`BackingFile::sync_data`] fails
+    /// as a failing disk's `fdatasync` would (for tests of what is made durable in which
+    /// order; nothing else sets it).
+    #[doc(hidden)]
+    pub fn fail_syncs_for_testing(&self, fail: bool) {
+        self.fail_syncs.store(fail, Ordering::Relaxed);
     }
 
     /// The pages of the first `pages` that may hold data, as `(first, count)` runs: the

@@ -121,7 +121,7 @@ fn through_host_as(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8
     // Warm every shard's instances before measuring memory.
     for i in 0..64 {
         pool.store(i, &pages[0]).unwrap();
-        pool.invalidate_page(i);
+        pool.invalidate_page(i).unwrap();
     }
     let live_before = LIVE.load(Ordering::Relaxed);
     let start = Instant::now();

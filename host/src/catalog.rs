@@ -90,6 +90,9 @@ pub enum CatalogError {
     /// A block device record does not parse.
     #[error("catalog: a stored block device is unreadable: {0}")]
     FrontendRecord(#[source] serde_json::Error),
+    /// A secret of a pool record could not be sealed (its key file): nothing was written.
+    #[error("catalog: {0}")]
+    Secret(#[from] crate::secrets::SecretError),
     /// A scoped token's record does not parse.
     #[error("catalog: a stored token record is unreadable: {0}")]
     CredentialRecord(#[source] serde_json::Error),
@@ -113,6 +116,9 @@ pub struct Catalog {
     pools: sled::Tree,
     frontends: sled::Tree,
     credentials: sled::Tree,
+    /// Test-only fault injection: while set, every write fails as a failing disk's would.
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -146,7 +152,16 @@ impl Catalog {
         let pools = db.open_tree("pools")?;
         let frontends = db.open_tree("frontends")?;
         let credentials = db.open_tree("credentials")?;
-        Ok(Catalog { db, sealer, modules, pools, frontends, credentials })
+        Ok(Catalog {
+            db,
+            sealer,
+            modules,
+            pools,
+            frontends,
+            credentials,
+            #[cfg(test)]
+            fail_writes: Default::default(),
+        })
     }
 
     /// What seals the secrets of pool records: whoever writes a record seals them
@@ -156,8 +171,19 @@ impl Catalog {
     }
 
     fn flush(&self) -> Result<(), CatalogError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(CatalogError::Db(crate::persist::io_failure("injected catalog write failure")));
+        }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Test-only fault injection: while `fail` is set, every write fails (at its flush, so the
+    /// change is not acknowledged).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every stored module, in registration order.

@@ -27,7 +27,7 @@ use crate::memory::arena::{ArenaConfig, PageArena};
 use crate::memory::budget::MemoryBudget;
 use crate::persist::{DEFAULT_FLUSH_INTERVAL, DiskError, Durability, PoolDisk};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
-use crate::pool::{Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
+use crate::pool::{Generation, Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
 use crate::secrets::{SEALED_PREFIX, SecretError, SecretSealer};
 use crate::stats::CounterSnapshot;
 
@@ -150,9 +150,9 @@ pub enum HostError {
     /// No pool of that name.
     #[error("no pool named '{0}'")]
     PoolNotFound(String),
-    /// The pool's settings were refused (the client's mistake). Never [`PoolError::Chain`]
-    /// or [`PoolError::Disk`] when made by `From`: those become [`HostError::Chain`] and
-    /// [`HostError::Disk`].
+    /// The pool's settings were refused (the client's mistake). Never [`PoolError::Chain`],
+    /// [`PoolError::Disk`] or [`PoolError::NotRecorded`] when made by `From`: those become
+    /// [`HostError::Chain`], [`HostError::Disk`] and [`HostError::Catalog`].
     #[error(transparent)]
     Pool(PoolError),
     /// The backend chain was refused, or a plugin of it would not start.
@@ -195,6 +195,7 @@ impl From<PoolError> for HostError {
         match e {
             PoolError::Chain(e) => HostError::Chain(e),
             PoolError::Disk(e) => HostError::Disk(e),
+            PoolError::NotRecorded(e) => HostError::Catalog(e),
             e => HostError::Pool(e),
         }
     }
@@ -476,16 +477,12 @@ impl Host {
         chain.links().iter().all(|l| self.is_bundled(&l.plugin, &l.module))
     }
 
-    /// Has `pool` keep its catalog record current when it changes its own chain (a canary's
-    /// rollback).
+    /// Has the catalog record every new generation of `pool` (a swap, a canary's rollback)
+    /// before it becomes current.
     fn watch(&self, pool: &Pool) {
         let Some(catalog) = self.catalog.clone() else { return };
         let bundled = self.bundled.clone();
-        pool.on_chain_change(Box::new(move |pool| {
-            if let Err(e) = keep_pool(&catalog, &bundled, pool) {
-                tracing::error!(pool = %pool.name(), "the catalog could not record a rollback: {e}");
-            }
-        }));
+        pool.set_recorder(Box::new(move |pool, next| keep_pool(&catalog, &bundled, pool, Some(next))));
     }
 
     /// Names of the pools with a generation (current, or holding pages) that runs `module`.
@@ -656,7 +653,7 @@ impl Host {
     /// binary with newer bundled plugins still has them).
     fn keep(&self, pool: &Pool) -> Result<(), HostError> {
         let Some(catalog) = &self.catalog else { return Ok(()) };
-        keep_pool(catalog, &self.bundled, pool)
+        Ok(keep_pool(catalog, &self.bundled, pool, None)?)
     }
 
     /// Changes a pool's limits, modes, enabled state and (hot swap) chain. Everything is
@@ -737,7 +734,10 @@ impl Host {
         // Frontends still holding the pool are turned away from now on (a store into a pool
         // nobody can reach again would be acknowledged and lost).
         pool.retire();
-        pool.invalidate_area();
+        if let Err(e) = pool.invalidate_area() {
+            // Its database is deleted with it: nothing can come back.
+            tracing::warn!(pool = %name, "{e}");
+        }
         if let Some(disk) = pool.disk() {
             // The directory goes when the last operation still holding the pool is done.
             disk.remove_when_dropped();
@@ -891,27 +891,39 @@ fn is_bundled_in(bundled: &HashMap<String, &'static [u8]>, name: &str, module: &
 }
 
 /// Writes a pool's record to the catalog, pinning the bundled modules it runs (so a later
-/// binary with newer bundled plugins still has them).
-fn keep_pool(catalog: &Catalog, bundled: &HashMap<String, &'static [u8]>, pool: &Pool) -> Result<(), HostError> {
-    let generations = if pool.is_persistent() { pool.generations() } else { Vec::new() };
-    for link in generations.iter().flat_map(|(g, _)| g.chain.links()).chain(pool.chain().links()) {
+/// binary with newer bundled plugins still has them). With `next`, the record names `next` as
+/// the current chain (and, for a persistent pool, lists it last among the generations): a
+/// generation about to become current is recorded first.
+fn keep_pool(
+    catalog: &Catalog,
+    bundled: &HashMap<String, &'static [u8]>,
+    pool: &Pool,
+    next: Option<&Generation>,
+) -> Result<(), CatalogError> {
+    let mut generations = if pool.is_persistent() { pool.generations() } else { Vec::new() };
+    let current = next.map_or_else(|| pool.chain(), |g| g.chain.clone());
+    if let Some(next) = next.filter(|_| pool.is_persistent()) {
+        generations.retain(|(g, _)| g.id != next.id);
+        generations.push((next.clone(), 0));
+    }
+    for link in generations.iter().flat_map(|(g, _)| g.chain.links()).chain(current.links()) {
         if is_bundled_in(bundled, &link.plugin, &link.module) {
             catalog.add_module(&link.plugin, bundled[link.module.sha256()])?;
         }
     }
-    let sealed = |chain: &Chain| -> Result<Vec<BackendRequest>, HostError> {
+    let sealed = |chain: &Chain| -> Result<Vec<BackendRequest>, CatalogError> {
         let mut backends = pinned_backends(chain);
         seal_secrets(catalog.sealer(), chain, &mut backends)?;
         Ok(backends)
     };
-    let config = PoolConfig { backends: sealed(&pool.chain())?, ..pool_config(pool) };
+    let config = PoolConfig { backends: sealed(&current)?, ..pool_config(pool) };
     catalog.put_pool(&PoolRecord {
         config,
         database: pool.disk().and_then(|d| d.dir().file_name()).map(|n| n.to_string_lossy().into_owned()),
         generations: generations
             .iter()
             .map(|(g, _)| Ok(GenerationRecord { id: g.id, backends: sealed(&g.chain)? }))
-            .collect::<Result<_, HostError>>()?,
+            .collect::<Result<_, CatalogError>>()?,
     })?;
     Ok(())
 }
@@ -1018,6 +1030,53 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_swap_the_catalog_cannot_record_leaves_the_old_chain_current_and_stores_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("tmem-host-unit-swap-record-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = || HostConfig { data_dir: Some(dir.clone()), ..Default::default() };
+        let sled = BackendSpec { grants: vec!["storage".into()], ..BackendSpec::new("sled") };
+        let zstd = |level: u32| BackendSpec::with_config("zstd", serde_json::json!({ "level": level }));
+        let page = |tag: u8| (0..4096u32).map(|i| (i as u8).wrapping_mul(7) ^ tag).collect::<Vec<u8>>();
+        {
+            let host = Host::new(config()).unwrap();
+            let pool = host.create_pool(PoolSpec::new("p"), &[zstd(3), sled.clone()]).unwrap();
+            pool.store(0, &page(0)).unwrap();
+            let before = pool.current_generation();
+
+            host.catalog().unwrap().fail_writes(true);
+            let patch = PoolPatch { backends: Some(vec![zstd(9), sled.clone()]), ..Default::default() };
+            let refused = host.update_pool("p", &patch);
+            assert!(matches!(refused, Err(HostError::Catalog(_))), "{refused:?}");
+            let after = pool.current_generation();
+            assert_eq!(after.id, before.id, "a swap the catalog did not record became current");
+            assert_eq!(after.chain.describe_versions(), before.chain.describe_versions());
+            assert_eq!(pool.instance_slots(), before.chain.links().len() as u32 * pool.shard_count() as u32);
+
+            // Acknowledged now, under the generation the catalog knows: it survives a restart.
+            host.catalog().unwrap().fail_writes(false);
+            assert_eq!(pool.store(1, &page(1)).unwrap(), crate::pool::StoreOutcome::Stored);
+            // A swap that is recorded becomes current; its stores survive too.
+            host.update_pool("p", &patch).unwrap();
+            assert_eq!(pool.current_generation().id, before.id + 1);
+            assert_eq!(pool.store(2, &page(2)).unwrap(), crate::pool::StoreOutcome::Stored);
+        }
+        let host = Host::new(config()).unwrap();
+        let pool = host.pool("p").unwrap();
+        let mut buf = vec![0u8; 4096];
+        for offset in 0..3u64 {
+            assert_eq!(
+                pool.load(offset, &mut buf).unwrap(),
+                crate::pool::LoadOutcome::Loaded { exclusive: false },
+                "offset {offset}"
+            );
+            assert_eq!(buf, page(offset as u8), "offset {offset}");
+        }
+        drop(pool);
+        drop(host);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_arena_headroom_follows_the_budget_and_no_budget_is_bounded_by_ram() {

@@ -108,6 +108,7 @@ async fn serve_connection(
         if pool.chain().links().len() != 1 {
             return Err(format!("pool '{pool_name}' has filters; a peer pool must be a lone store, e.g. [ram]"));
         }
+        pool.check_writer().map_err(|e| e.to_string())?;
         if !ticket.establish() {
             return Err("evicted before its HELLO was accepted".to_string());
         }
@@ -143,6 +144,10 @@ async fn serve_connection(
                 return Err(message.into());
             }
             (Ok((_, id, _)), None) => (peer::ERROR, id, b"the pool no longer exists".to_vec()),
+            // A block device attached to the pool since: it owns the pool now.
+            (Ok((_, id, _)), Some(pool)) if pool.check_writer().is_err() => {
+                (peer::ERROR, id, pool.check_writer().err().map(|e| e.to_string()).unwrap_or_default().into_bytes())
+            }
             (Ok((kind, id, payload)), Some(pool)) => {
                 // Pool operations are short and bounded by the plugins' deadlines: run them on
                 // this worker (tokio moves its other tasks away) instead of a thread hop.
@@ -175,16 +180,16 @@ fn handle(pool: &Pool, kind: u8, payload: &[u8]) -> (u8, Vec<u8>) {
             Err(e) => error(e.to_string()),
         },
         peer::DELETE => match peer::parse_offset(payload) {
-            Ok((offset, _)) => {
-                pool.invalidate_page(offset);
-                (peer::OK, Vec::new())
-            }
+            Ok((offset, _)) => match pool.invalidate_page(offset) {
+                Ok(_) => (peer::OK, Vec::new()),
+                Err(e) => error(e.to_string()),
+            },
             Err(e) => error(e.to_string()),
         },
-        peer::CLEAR => {
-            pool.invalidate_area();
-            (peer::OK, Vec::new())
-        }
+        peer::CLEAR => match pool.invalidate_area() {
+            Ok(()) => (peer::OK, Vec::new()),
+            Err(e) => error(e.to_string()),
+        },
         other => error(format!("unknown request kind {other}")),
     }
 }

@@ -116,7 +116,19 @@ pub enum DiskError {
     /// A kept pool's database directory is gone.
     #[error("its database {} is missing", .0.display())]
     Missing(PathBuf),
+    /// The lost-pages tree (a block device's) could not be read or written.
+    #[error("the lost-pages record of {} failed: {source}", dir.display())]
+    LostPages {
+        /// The database's directory.
+        dir: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
 }
+
+/// The tree of a pool database that keeps its block device's **lost** pages (offsets whose
+/// only copy the pool lost: they read as EIO until written again, also after a restart).
+const LOST_TREE: &str = "device-lost";
 
 struct CommitState {
     durability: Durability,
@@ -151,6 +163,9 @@ pub struct PoolDisk {
     /// Bytes the database uses on disk, updated after every flush.
     size_on_disk: Arc<std::sync::atomic::AtomicU64>,
     remove_on_drop: AtomicBool,
+    /// Test-only fault injection: while set, every flush fails as a failing disk's would.
+    #[cfg(test)]
+    fail_flushes: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PoolDisk {
@@ -178,12 +193,14 @@ impl PoolDisk {
             done: Condvar::new(),
         });
         let size_on_disk = Arc::new(std::sync::atomic::AtomicU64::new(db.size_on_disk().unwrap_or(0)));
+        let fail_flushes = Arc::new(AtomicBool::new(false));
         let flusher = {
             let (db, commit, size) = (db.clone(), commit.clone(), size_on_disk.clone());
+            let fail = fail_flushes.clone();
             let name = format!("tmem-flush-{}", dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
             std::thread::Builder::new()
                 .name(name.chars().take(15).collect())
-                .spawn(move || run_flusher(&db, &commit, &size))
+                .spawn(move || run_flusher(&db, &commit, &size, &fail))
                 .map_err(DiskError::Flusher)?
         };
         Ok(Arc::new(PoolDisk {
@@ -194,6 +211,8 @@ impl PoolDisk {
             flusher: Mutex::new(Some(flusher)),
             size_on_disk,
             remove_on_drop: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_flushes,
         }))
     }
 
@@ -255,9 +274,58 @@ impl PoolDisk {
         Ok(())
     }
 
+    /// Records page `offset` of the pool's block device as lost (`lost`) or no longer lost,
+    /// and flushes: when this returns `Ok`, a restart sees it. Not on any hot path — a page is
+    /// lost only when a copy could not be kept.
+    pub fn set_lost(&self, offset: u64, lost: bool) -> Result<(), DiskError> {
+        let failed = |source| DiskError::LostPages { dir: self.dir.clone(), source };
+        let tree = self.db.open_tree(LOST_TREE).map_err(failed)?;
+        if lost {
+            tree.insert(offset.to_be_bytes(), &[][..]).map_err(failed)?;
+        } else if tree.remove(offset.to_be_bytes()).map_err(failed)?.is_none() {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// The block device's lost pages, in order.
+    pub fn lost_pages(&self) -> Result<Vec<u64>, DiskError> {
+        let failed = |source| DiskError::LostPages { dir: self.dir.clone(), source };
+        let tree = self.db.open_tree(LOST_TREE).map_err(failed)?;
+        tree.iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(failed)?;
+                Ok(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8])))
+            })
+            .collect()
+    }
+
+    /// Forgets every lost page (a new device over the pool), and flushes.
+    pub fn clear_lost(&self) -> Result<(), DiskError> {
+        let failed = |source| DiskError::LostPages { dir: self.dir.clone(), source };
+        let tree = self.db.open_tree(LOST_TREE).map_err(failed)?;
+        if tree.is_empty() {
+            return Ok(());
+        }
+        tree.clear().map_err(failed)?;
+        self.flush()
+    }
+
     /// Flushes everything now, whatever the mode.
     pub fn flush(&self) -> Result<(), DiskError> {
+        #[cfg(test)]
+        if self.fail_flushes.load(Ordering::Relaxed) {
+            return Err(DiskError::Flush { dir: self.dir.clone(), source: io_failure("injected flush failure") });
+        }
         self.db.flush().map(drop).map_err(|source| DiskError::Flush { dir: self.dir.clone(), source })
+    }
+
+    /// Test-only fault injection: while `fail` is set, every flush (the flusher's and
+    /// [`PoolDisk::flush`]) fails as a failing disk's would.
+    #[cfg(test)]
+    pub(crate) fn fail_flushes(&self, fail: bool) {
+        self.fail_flushes.store(fail, Ordering::Relaxed);
     }
 
     /// Bytes the database uses on disk (as of the last flush).
@@ -271,7 +339,8 @@ impl PoolDisk {
     }
 }
 
-fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic::AtomicU64) {
+/// `fail`: test-only fault injection (see [`PoolDisk::fail_flushes`]); never set otherwise.
+fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic::AtomicU64, fail: &AtomicBool) {
     let mut last_flush = Instant::now();
     loop {
         let target = {
@@ -300,7 +369,11 @@ fn run_flusher(db: &sled::Db, commit: &Commit, size_on_disk: &std::sync::atomic:
             state.dirty = false;
             state.requested
         };
-        let result = db.flush();
+        let result = if cfg!(test) && fail.load(Ordering::Relaxed) {
+            Err(sled::Error::Io(std::io::Error::other("injected flush failure")))
+        } else {
+            db.flush()
+        };
         last_flush = Instant::now();
         if let Ok(size) = db.size_on_disk() {
             size_on_disk.store(size, Ordering::Relaxed);

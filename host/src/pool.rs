@@ -30,6 +30,15 @@
 //! previous generation's chain becomes current again (as a new generation: ids only grow), or a
 //! new pool's stores are disabled; the page being verified is refused (the frontend keeps
 //! it). The reason is in [`Pool::canary`], the log, and `canary_rollbacks`.
+//!
+//! # A new generation is recorded before it is current
+//!
+//! A page names the generation that stored it, and a restart reads it only through a
+//! generation the catalog lists. So a swap (or a rollback) first starts the new chain, then
+//! has the pool's [`ChainRecorder`] (the host's catalog) record it, and only then makes it
+//! current: no store can be acknowledged under a generation a crash would forget. A record
+//! that fails leaves the old chain current (a rollback that cannot be recorded disables stores
+//! instead).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -189,6 +198,31 @@ pub enum OpError {
         /// What went wrong.
         reason: GetFailure,
     },
+    /// The pool is a block device's (its offsets are the device's pages): only the device
+    /// writes it.
+    #[error(
+        "pool '{pool}' belongs to {device}: its offsets are the device's pages, so only the device may change them (detach the device, or use another pool)"
+    )]
+    OwnedByDevice {
+        /// The pool.
+        pool: String,
+        /// The device, as it named itself when it claimed the pool.
+        device: String,
+    },
+    /// The change was made in the pool's map but its database could not flush it: it may be
+    /// undone by a crash. The pool has disabled its stores; the host's log has the detail. For
+    /// an exclusive load, the caller's buffer holds the page (it is out of the map).
+    #[error(
+        "pool '{pool}': {op} of offset {offset} is not durable: the pool's database could not be flushed (stores are disabled)"
+    )]
+    NotDurable {
+        /// The pool.
+        pool: String,
+        /// The operation: "invalidate", "exclusive load", "invalidate_area".
+        op: &'static str,
+        /// The offset (0 for invalidate_area).
+        offset: u64,
+    },
 }
 
 /// Why a shrink could not run.
@@ -197,6 +231,9 @@ pub enum ShrinkError {
     /// Pages can leave a non-writethrough pool only through a frontend that takes them back.
     #[error("pool '{0}' has no connected frontend to take pages back, and it is not writethrough")]
     NoFrontend(String),
+    /// Dropping pages could not be made durable (the pool's database cannot flush).
+    #[error(transparent)]
+    Op(#[from] OpError),
 }
 
 /// Why a pool could not be created, restored or changed. Every kind but [`PoolError::Disk`]
@@ -276,6 +313,9 @@ pub enum PoolError {
     /// The chain was refused or could not start.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The catalog could not record a swap's new generation: the pool keeps its chain.
+    #[error(transparent)]
+    NotRecorded(#[from] crate::catalog::CatalogError),
     /// The host's plugin instance slots cannot hold the pool's instances.
     #[error(transparent)]
     InstanceLimit(#[from] InstanceLimit),
@@ -463,8 +503,21 @@ struct GenerationHold {
     reservation: Reservation,
 }
 
-/// What a pool tells when it changed its own chain (a canary's rollback).
-pub type ChainChangeHook = Box<dyn Fn(&Pool) + Send + Sync>;
+/// What records a pool's new generation durably (the host's catalog) **before** it becomes
+/// current: called with the pool and the generation about to be current, by a swap and by a
+/// canary's rollback. An error keeps the old generation current.
+pub type ChainRecorder = Box<dyn Fn(&Pool, &Generation) -> Result<(), crate::catalog::CatalogError> + Send + Sync>;
+
+/// A generation started in shard 0 and not current yet (see [`Pool::prepare`]). Holds the
+/// pool's swap lock, so no other generation can be prepared until it is committed or dropped;
+/// dropped, it gives its instance slots back.
+struct Prepared<'a> {
+    _serial: parking_lot::MutexGuard<'a, ()>,
+    generation: Generation,
+    instances: ChainInstances,
+    reservation: Reservation,
+    verify: bool,
+}
 
 /// A generation's live instances in one shard, and how many of the shard's pages it holds.
 struct GenerationSlot {
@@ -586,8 +639,16 @@ pub struct Pool {
     /// The instance slots of each generation some shard runs (or the current one), and how
     /// many shards run it.
     holds: Mutex<std::collections::HashMap<u32, GenerationHold>>,
-    /// Told after a rollback changed the pool's chain (the host rewrites its catalog record).
-    on_chain_change: std::sync::OnceLock<ChainChangeHook>,
+    /// Records a new generation before it becomes current (the host's catalog).
+    recorder: std::sync::OnceLock<ChainRecorder>,
+    /// The block device that owns the pool (claim serial, device name), if one does.
+    /// Invariant: while set, the pool's offsets are the device's pages and every other writer
+    /// (socket frontends, the page API, peers) is refused at its entry point
+    /// ([`Pool::check_writer`]); `owned` mirrors it for a lock-free check per batch.
+    owner: Mutex<Option<(u64, String)>>,
+    owned: AtomicBool,
+    /// Serializes swaps and rollbacks from the start of a new generation to its commit.
+    swapping: Mutex<()>,
     frontends: RwLock<Vec<Arc<dyn Frontend>>>,
     created: Instant,
     /// The pool's own database, when its store is granted `storage`.
@@ -636,7 +697,7 @@ impl Pool {
         let mut installed = Vec::new();
         for (id, chain) in generations {
             let chain = Arc::new(chain);
-            pool.install_in_shard_0(chain.clone(), Some(id), false)?;
+            pool.commit(pool.prepare(chain.clone(), Some(id), false)?);
             installed.push((id, chain));
         }
         let mut dropped = 0u64;
@@ -741,7 +802,10 @@ impl Pool {
             canary_generation: Default::default(),
             canary: Mutex::new(None),
             holds: Mutex::default(),
-            on_chain_change: std::sync::OnceLock::new(),
+            recorder: std::sync::OnceLock::new(),
+            swapping: Mutex::new(()),
+            owner: Mutex::new(None),
+            owned: AtomicBool::new(false),
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
@@ -751,18 +815,37 @@ impl Pool {
     /// Makes `chain` the current generation: new stores use it at once (under a canary);
     /// pages stored by earlier generations stay readable through them until they are gone.
     /// Every plugin of the new chain is started once first, so a chain that cannot start
-    /// changes nothing. Returns the new generation's id.
+    /// changes nothing; then the pool's recorder (the catalog) records the new generation,
+    /// and only then is it current — a record that fails changes nothing either
+    /// ([`PoolError::NotRecorded`]). Returns the new generation's id.
     pub fn swap_chain(&self, chain: Arc<Chain>) -> Result<u32, PoolError> {
         if chain.is_persistent() != self.disk.is_some() {
             return Err(PoolError::SwapChangesPersistence);
         }
-        self.install(chain, None, true)
+        self.install_recorded(chain, true)
+    }
+
+    /// Starts `chain`, has the recorder record it, and makes it current (the next id).
+    fn install_recorded(&self, chain: Arc<Chain>, verify: bool) -> Result<u32, PoolError> {
+        let prepared = self.prepare(chain, None, verify)?;
+        // Invariant: recorded before current. Until `commit`, stores keep using the old
+        // generation, so none can be acknowledged under an id a crash would forget.
+        if let Some(record) = self.recorder.get() {
+            record(self, &prepared.generation)?;
+        }
+        let id = self.commit(prepared);
+        if crate::memory::is_locked() {
+            self.start_every_shard();
+        }
+        Ok(id)
     }
 
     /// Starts `chain` and makes it the current generation, as `id` or as the next id; with
-    /// `verify`, under a canary (when the pool has one).
+    /// `verify`, under a canary (when the pool has one). Not recorded: for a pool being made
+    /// or restored, which nothing can store into yet.
     fn install(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
-        let id = self.install_in_shard_0(chain, id, verify)?;
+        let prepared = self.prepare(chain, id, verify)?;
+        let id = self.commit(prepared);
         if crate::memory::is_locked() {
             self.start_every_shard();
         }
@@ -787,19 +870,28 @@ impl Pool {
         }
     }
 
-    /// [`Pool::install`]'s work: the new generation, warmed up in shard 0.
-    fn install_in_shard_0(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
-        // Shard 0's lock serializes swaps, and no store in shard 0 can see the new id before
-        // its warmed-up slot is in place.
-        let mut shard = self.shards[0].lock();
-        let Shard { generations, pages, .. } = &mut *shard;
+    /// Starts `chain` in shard 0 as generation `id` (or the next id), not current yet.
+    fn prepare(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<Prepared<'_>, PoolError> {
+        let serial = self.swapping.lock();
         let id = id.unwrap_or_else(|| self.current.read().id + 1);
         // Every instance the generation may have (a chain in every shard) has its slot first.
         let reservation = self.engine.slots().reserve((self.shards.len() * chain.links().len()) as u32)?;
         let mut instances = ChainInstances::new(chain.links().len());
-        instances
-            .warm_up(&self.context(id, &chain, pages))
-            .map_err(|(i, fault)| ChainError::start(&chain.links()[i].plugin, fault))?;
+        {
+            let shard = self.shards[0].lock();
+            instances
+                .warm_up(&self.context(id, &chain, &shard.pages))
+                .map_err(|(i, fault)| ChainError::start(&chain.links()[i].plugin, fault))?;
+        }
+        Ok(Prepared { _serial: serial, generation: Generation { id, chain }, instances, reservation, verify })
+    }
+
+    /// Makes a prepared generation current; returns its id.
+    fn commit(&self, prepared: Prepared<'_>) -> u32 {
+        let Prepared { _serial, generation: Generation { id, chain }, instances, reservation, verify } = prepared;
+        // Shard 0's lock: no store in shard 0 can see the new id before its warmed-up slot is
+        // in place.
+        let mut shard = self.shards[0].lock();
         self.holds.lock().insert(id, GenerationHold { shards: 1, reservation });
         let previous = std::mem::replace(&mut *self.current.write(), Arc::new(Generation { id, chain: chain.clone() }));
         let previous_id = previous.id;
@@ -819,13 +911,14 @@ impl Pool {
             self.canary_generation.store(0, Ordering::Release);
         }
         self.current_id.store(id, Ordering::Release);
-        generations.push(GenerationSlot { id, chain, instances, held: 0 });
+        shard.generations.push(GenerationSlot { id, chain, instances, held: 0 });
+        drop(shard);
         // The generation it replaced gives its slots back if no shard runs it any more.
         let mut holds = self.holds.lock();
         if holds.get(&previous_id).is_some_and(|h| h.shards == 0) {
             holds.remove(&previous_id);
         }
-        Ok(id)
+        id
     }
 
     /// A shard made a slot for generation `id`.
@@ -869,9 +962,10 @@ impl Pool {
         self.canary.lock().clone()
     }
 
-    /// Sets what to tell when a rollback changes the pool's chain (once).
-    pub fn on_chain_change(&self, tell: ChainChangeHook) {
-        let _ = self.on_chain_change.set(tell);
+    /// Sets what records a new generation before it becomes current (once): the host's
+    /// catalog.
+    pub fn set_recorder(&self, recorder: ChainRecorder) {
+        let _ = self.recorder.set(recorder);
     }
 
     /// Counts one store of `generation` verified under its canary (`fault`: the store or its
@@ -912,7 +1006,9 @@ impl Pool {
         PoolStats::add(&self.stats.counters.canary_rollbacks, 1);
         let chain = self.chain().describe_versions();
         match previous {
-            Some(previous) => match self.install(previous.chain.clone(), None, false) {
+            // Recorded before it is current, as a swap is; a rollback that cannot be recorded
+            // (or started) disables stores rather than run unrecorded.
+            Some(previous) => match self.install_recorded(previous.chain.clone(), false) {
                 Ok(id) => {
                     if let Some(c) = self.canary.lock().as_mut() {
                         c.replaced_by = Some(id);
@@ -921,17 +1017,20 @@ impl Pool {
                 }
                 Err(e) => {
                     self.enabled.store(false, Ordering::Relaxed);
-                    tracing::error!(pool = %self.name, generation, %chain, "canary failed and the previous chain cannot start again ({e}); stores disabled: {reason}");
+                    tracing::error!(pool = %self.name, generation, %chain, "canary failed and the previous chain cannot start again or be recorded ({e}); stores disabled: {reason}");
                 }
             },
             None => {
                 self.enabled.store(false, Ordering::Relaxed);
                 self.canary_generation.store(0, Ordering::Release);
                 tracing::error!(pool = %self.name, generation, %chain, "canary failed on a new pool; stores disabled: {reason}");
+                // The catalog keeps the pool disabled across a restart.
+                if let Some(record) = self.recorder.get()
+                    && let Err(e) = record(self, &self.current_generation())
+                {
+                    tracing::error!(pool = %self.name, "the catalog could not record the disabled pool: {e}");
+                }
             }
-        }
-        if let Some(tell) = self.on_chain_change.get() {
-            tell(self);
         }
     }
 
@@ -1116,7 +1215,9 @@ impl Pool {
         self.check_record_pool()?;
         let mut buf = vec![0u8; self.max_record()];
         let exclusive = self.exclusive_gets.load(Ordering::Relaxed);
-        Ok(self.load_into(offset, &mut buf, exclusive, false)?.map(|len| {
+        // An exclusive load whose removal is not durable still hands the record over: the
+        // peer holds the only sure copy now (the pool has disabled itself and logged it).
+        Ok(self.load_into(offset, &mut buf, exclusive, false)?.map(|(len, _)| {
             buf.truncate(len);
             buf
         }))
@@ -1132,16 +1233,24 @@ impl Pool {
             self.drop_stored(&mut shard, offset, old);
         }
         let (mut outcome, canary_failed) = self.try_store(&mut shard, offset, page);
+        let stored_entry = shard.pages.entry(offset);
         drop(shard);
         if let Some((generation, why)) = canary_failed {
             self.roll_back(generation, why);
         }
         let stored = !matches!(outcome, StoreOutcome::Rejected(_));
-        if stored || replaced.is_some() {
+        if (stored || replaced.is_some()) && self.make_durable().is_err() {
             // A sync pool acknowledges only what is on disk (the dropped old copy included).
-            let durable = self.make_durable().is_ok();
-            if stored && !durable {
+            // A store that is not is refused, and its page leaves the map: a refused page the
+            // map still named would be served after the frontend kept its own copy.
+            if stored {
                 outcome = StoreOutcome::Rejected(RejectReason::AllocFail);
+                let mut shard = self.shard_of(offset).lock();
+                // Only if it is still this store's page (another store of the offset may have
+                // replaced it meanwhile, with its own outcome).
+                if let Some(entry) = shard.pages.entry(offset).filter(|e| Some(*e) == stored_entry) {
+                    self.drop_stored(&mut shard, offset, entry);
+                }
             }
         }
         let c = &self.stats.counters;
@@ -1342,9 +1451,28 @@ impl Pool {
     fn load_inner(&self, offset: u64, page: &mut [u8], exclusive: bool) -> Result<LoadOutcome, OpError> {
         self.check_len(page.len())?;
         Ok(match self.load_into(offset, page, exclusive, true)? {
+            Some((_, false)) => {
+                return Err(OpError::NotDurable { pool: self.name.clone(), op: "exclusive load", offset });
+            }
             Some(_) => LoadOutcome::Loaded { exclusive },
             None => LoadOutcome::Absent,
         })
+    }
+
+    /// Loads without removing the page, whatever the mode: the first half of a move a frontend
+    /// makes durable in its new place before the page leaves the pool ([`Pool::taken`]).
+    pub fn load_keeping(&self, offset: u64, page: &mut [u8]) -> Result<LoadOutcome, OpError> {
+        self.load_inner(offset, page, false)
+    }
+
+    /// The second half of such a move: the page is durable elsewhere, so it leaves the pool
+    /// (an invalidate; with `written_back`, a shrink's, counted in `written_back_pages`).
+    pub fn taken(&self, offset: u64, written_back: bool) -> Result<bool, OpError> {
+        let present = self.invalidate_page(offset)?;
+        if present && written_back {
+            PoolStats::add(&self.stats.counters.written_back_pages, 1);
+        }
+        Ok(present)
     }
 
     /// Loads and invalidates in one step, whatever the mode: how a frontend takes a page back
@@ -1357,8 +1485,15 @@ impl Pool {
         Ok(outcome)
     }
 
-    /// Loads into `out` (exactly filling it when `exact`); the length, or `None` if absent.
-    fn load_into(&self, offset: u64, out: &mut [u8], exclusive: bool, exact: bool) -> Result<Option<usize>, OpError> {
+    /// Loads into `out` (exactly filling it when `exact`); the length and whether an exclusive
+    /// load's removal is durable, or `None` if absent.
+    fn load_into(
+        &self,
+        offset: u64,
+        out: &mut [u8],
+        exclusive: bool,
+        exact: bool,
+    ) -> Result<Option<(usize, bool)>, OpError> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
@@ -1385,15 +1520,15 @@ impl Pool {
             self.drop_stored(&mut shard, offset, entry);
         }
         drop(shard);
-        if removed {
-            let _ = self.make_durable();
-        }
+        // A removal the database cannot make durable is reported to the caller (a crash could
+        // bring the page back); the page is in `out` all the same, and out of the map.
+        let durable = !removed || self.make_durable().is_ok();
         let c = &self.stats.counters;
         self.stats.latency(Op::Load).record(start.elapsed());
         match result {
             Ok(len) => {
                 PoolStats::add(&c.loads, 1);
-                Ok(Some(len))
+                Ok(Some((len, durable)))
             }
             Err(reason) => {
                 PoolStats::add(&c.load_failures, 1);
@@ -1409,23 +1544,27 @@ impl Pool {
         }
     }
 
-    /// Drops one page; returns whether it was present (only then is it counted).
-    pub fn invalidate_page(&self, offset: u64) -> bool {
+    /// Drops one page; returns whether it was present (only then is it counted). The page is
+    /// gone from the map either way; an error says its removal is not on disk (a sync pool
+    /// whose database cannot flush), so a crash may bring it back.
+    pub fn invalidate_page(&self, offset: u64) -> Result<bool, OpError> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            return false;
+            return Ok(false);
         };
         self.drop_stored(&mut shard, offset, entry);
         drop(shard);
-        let _ = self.make_durable();
+        let durable = self.make_durable();
         PoolStats::add(&self.stats.counters.invalidates, 1);
         self.stats.latency(Op::InvalidatePage).record(start.elapsed());
-        true
+        durable.map_err(|()| OpError::NotDurable { pool: self.name.clone(), op: "invalidate", offset })?;
+        Ok(true)
     }
 
-    /// Drops every page (swapoff): the map is cleared and every backend emptied.
-    pub fn invalidate_area(&self) {
+    /// Drops every page (swapoff): the map is cleared and every backend emptied. An error says
+    /// the clearing is not on disk (see [`Pool::invalidate_page`]).
+    pub fn invalidate_area(&self) -> Result<(), OpError> {
         let start = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
@@ -1443,8 +1582,9 @@ impl Pool {
             }
             pages.drain(|entry| self.forget(EncodedKind::from_code(entry.kind())));
         }
-        let _ = self.make_durable();
+        let durable = self.make_durable();
         self.stats.latency(Op::InvalidateArea).record(start.elapsed());
+        durable.map_err(|()| OpError::NotDurable { pool: self.name.clone(), op: "invalidate_area", offset: 0 })
     }
 
     /// Pages held now.
@@ -1480,7 +1620,10 @@ impl Pool {
                 break;
             }
             let progress = if self.writethrough.load(Ordering::Relaxed) {
-                let dropped = victims.iter().filter(|&&o| self.invalidate_page(o)).count() as u64;
+                let mut dropped = 0;
+                for &offset in &victims {
+                    dropped += self.invalidate_page(offset)? as u64;
+                }
                 report.dropped += dropped;
                 dropped
             } else {
@@ -1573,6 +1716,47 @@ impl Pool {
         self.exclusive_gets.store(modes.exclusive_gets, Ordering::Relaxed);
     }
 
+    /// A block device claims the pool (`device` names it in the errors other writers get).
+    /// Returns the claim's serial, for [`Pool::unclaim`]; an error if another device owns it.
+    pub fn claim(&self, device: &str) -> Result<u64, OpError> {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        let mut owner = self.owner.lock();
+        if let Some((_, other)) = &*owner {
+            return Err(OpError::OwnedByDevice { pool: self.name.clone(), device: other.clone() });
+        }
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        *owner = Some((serial, device.to_string()));
+        self.owned.store(true, Ordering::Release);
+        Ok(serial)
+    }
+
+    /// Ends the claim `serial` (a later claim by another device is left alone).
+    pub fn unclaim(&self, serial: u64) {
+        let mut owner = self.owner.lock();
+        if owner.as_ref().is_some_and(|(s, _)| *s == serial) {
+            *owner = None;
+            self.owned.store(false, Ordering::Release);
+        }
+    }
+
+    /// The block device that owns the pool, if one does.
+    pub fn owner(&self) -> Option<String> {
+        self.owner.lock().as_ref().map(|(_, device)| device.clone())
+    }
+
+    /// Whether a writer other than the pool's block device may change it: an error naming
+    /// the device if a device owns the pool. Every entry point of another writer (socket
+    /// frontend, page API, peer) calls it before an operation that could change a page.
+    pub fn check_writer(&self) -> Result<(), OpError> {
+        if !self.owned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.owner() {
+            Some(device) => Err(OpError::OwnedByDevice { pool: self.name.clone(), device }),
+            None => Ok(()),
+        }
+    }
+
     /// Marks the pool destroyed: stores are refused from now on, and frontends that still
     /// hold it end their connections ([`Pool::is_retired`]).
     pub fn retire(&self) {
@@ -1627,5 +1811,76 @@ impl Pool {
     /// The latency histogram of `op`.
     pub fn latency(&self, op: Op) -> HistogramSnapshot {
         self.stats.latency(op).snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{BackendSpec, Host, HostConfig};
+
+    /// A host with a data dir (removed on drop) and a sync `[zstd, sled]` pool "p".
+    pub(crate) struct Persistent {
+        pub host: Host,
+        pub dir: std::path::PathBuf,
+    }
+
+    impl Persistent {
+        pub fn new(tag: &str) -> Persistent {
+            let dir = std::env::temp_dir().join(format!("tmem-pool-unit-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let host = Host::new(HostConfig { data_dir: Some(dir.clone()), ..Default::default() }).unwrap();
+            let sled = BackendSpec { grants: vec!["storage".into()], ..BackendSpec::new("sled") };
+            let mut spec = PoolSpec::new("p");
+            spec.shards = Some(2);
+            host.create_pool(spec, &[BackendSpec::new("zstd"), sled]).unwrap();
+            Persistent { host, dir }
+        }
+
+        pub fn pool(&self) -> Arc<Pool> {
+            self.host.pool("p").unwrap()
+        }
+    }
+
+    impl Drop for Persistent {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn page(tag: u8) -> Vec<u8> {
+        (0..4096u32).map(|i| (i as u8).wrapping_mul(31) ^ tag).collect()
+    }
+
+    #[test]
+    fn a_change_whose_flush_fails_is_reported_and_a_store_whose_flush_fails_leaves_the_map() {
+        let p = Persistent::new("flush-fails");
+        let pool = p.pool();
+        for offset in 0..4 {
+            assert_eq!(pool.store(offset, &page(offset as u8)).unwrap(), StoreOutcome::Stored);
+        }
+        pool.disk().unwrap().fail_flushes(true);
+
+        // A store that is not on disk is refused, and its page is not in the map.
+        assert_eq!(pool.store(9, &page(9)).unwrap(), StoreOutcome::Rejected(RejectReason::AllocFail));
+        assert!(!pool.contains(9), "a refused store's page stays in the map");
+        assert!(!pool.enabled(), "a pool whose database cannot flush disables its stores");
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(pool.load(9, &mut buf).unwrap(), LoadOutcome::Absent);
+
+        // Invalidate, exclusive load and invalidate_area say their change is not durable.
+        assert!(matches!(pool.invalidate_page(0), Err(OpError::NotDurable { op: "invalidate", offset: 0, .. })));
+        pool.set_modes(PoolModes { exclusive_gets: true, writethrough: false });
+        let loaded = pool.load(1, &mut buf);
+        assert!(matches!(loaded, Err(OpError::NotDurable { op: "exclusive load", offset: 1, .. })), "{loaded:?}");
+        assert_eq!(buf, page(1), "the page an exclusive load took is handed over all the same");
+        assert!(matches!(pool.invalidate_area(), Err(OpError::NotDurable { op: "invalidate_area", .. })));
+
+        // Once the disk flushes again, the same operations succeed.
+        pool.disk().unwrap().fail_flushes(false);
+        assert_eq!(pool.invalidate_page(3), Ok(false));
+        pool.set_enabled(true);
+        assert_eq!(pool.store(3, &page(3)).unwrap(), StoreOutcome::Stored);
+        assert_eq!(pool.invalidate_page(3), Ok(true));
     }
 }

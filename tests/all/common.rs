@@ -65,9 +65,10 @@ pub fn remote_to_memory_server() -> BackendSpec {
         ..tmem_api::rest::PoolConfig::new(&name, vec![BackendSpec::new("ram")])
     };
     server.host.create_pool_from(&config).expect("a peer pool");
+    let token = server.host.create_token(&name, tmem_api::rest::TokenScope::Peer, "contract").expect("a peer token");
     BackendSpec {
         grants: vec!["network".into()],
-        config: json!({"endpoints": [format!("tmem://{}/{name}", server.address)], "timeout_ms": 2000, "token": MEMORY_SERVER_TOKEN}),
+        config: json!({"endpoints": [format!("tmem://{}/{name}", server.address)], "timeout_ms": 2000, "token": token.token}),
         ..BackendSpec::new("remote")
     }
 }

@@ -151,17 +151,17 @@ fn a_duplicate_store_into_a_full_pool_still_drops_the_old_page() {
 #[test]
 fn invalidate_page_counts_only_present_pages_and_invalidate_area_clears_all() {
     for_each_chain(|chain, pool| {
-        assert!(!pool.invalidate_page(1), "{chain}");
+        assert!(!pool.invalidate_page(1).unwrap(), "{chain}");
         assert_eq!(pool.counters().invalidates, 0);
         for i in 0..100 {
             pool.store(i, &tagged_page(i)).unwrap();
         }
-        assert!(pool.invalidate_page(1));
-        assert!(!pool.invalidate_page(1));
+        assert!(pool.invalidate_page(1).unwrap());
+        assert!(!pool.invalidate_page(1).unwrap());
         assert_eq!(pool.counters().invalidates, 1);
         assert_eq!(load(&pool, 1), None);
         assert_eq!(pool.curr_pages(), 99);
-        pool.invalidate_area();
+        pool.invalidate_area().unwrap();
         assert_eq!(pool.curr_pages(), 0, "{chain}");
         assert_eq!(pool.counters().pool_total_size, 0, "{chain}: backend emptied");
         assert!((0..100).all(|i| load(&pool, i).is_none()), "{chain}");
@@ -222,7 +222,7 @@ fn limits_refuse_stores_until_usage_falls_below_the_accept_threshold() {
         assert_eq!(pool.store(10, &tagged_page(10)).unwrap(), StoreOutcome::Rejected(RejectReason::PoolLimit));
         assert!(pool.is_full());
         for i in 0..5 {
-            pool.invalidate_page(i);
+            pool.invalidate_page(i).unwrap();
         }
         // 5 pages: not below 50% of 10 yet.
         assert_eq!(
@@ -230,13 +230,13 @@ fn limits_refuse_stores_until_usage_falls_below_the_accept_threshold() {
             StoreOutcome::Rejected(RejectReason::PoolLimit),
             "{chain}"
         );
-        pool.invalidate_page(5);
+        pool.invalidate_page(5).unwrap();
         assert_eq!(pool.store(10, &tagged_page(10)).unwrap(), StoreOutcome::Stored, "{chain}: below threshold again");
         assert!(!pool.is_full());
         assert_eq!(pool.counters().pool_limit_hit, 2);
 
         // A byte limit, raised at runtime (a remote store's bytes are elsewhere: refused).
-        pool.invalidate_area();
+        pool.invalidate_area().unwrap();
         if chain.contains("remote") {
             let err = pool
                 .set_limits(PoolLimits { max_pages: None, max_bytes: Some(1), accept_threshold_percent: 90 })
@@ -279,7 +279,7 @@ fn concurrent_stores_loads_and_invalidates_from_several_threads_verify() {
                                 assert_eq!(load(pool, offset), expected, "{chain}: offset {offset}");
                             }
                             _ => {
-                                pool.invalidate_page(offset);
+                                pool.invalidate_page(offset).unwrap();
                                 latest.insert(offset, None);
                             }
                         }

@@ -583,7 +583,7 @@ fn instance_slots_are_reserved_per_pool_and_given_back_by_generations_without_pa
     host.update_pool("p", &patch).unwrap();
     assert_eq!((p.instance_slots(), slots.reserved()), (16, 16), "two generations, 4 shards x 2 plugins each");
     for o in 0..64u64 {
-        assert!(p.invalidate_page(o));
+        assert!(p.invalidate_page(o).unwrap());
     }
     assert_eq!((p.instance_slots(), slots.reserved()), (8, 8), "the old generation's slots came back");
     p.store(1, &tagged_page(1)).unwrap();

@@ -68,7 +68,7 @@ fn swapping_versions_under_concurrent_load_loses_and_misreads_nothing() {
                             (other, expected) => panic!("offset {offset}: load gave {other:?}, expected {expected:?}"),
                         },
                         _ => {
-                            assert_eq!(pool.invalidate_page(offset), model[i].is_some());
+                            assert_eq!(pool.invalidate_page(offset).unwrap(), model[i].is_some());
                             model[i] = None;
                         }
                     }

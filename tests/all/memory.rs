@@ -121,7 +121,7 @@ fn fragmentation_is_bounded_after_a_random_half_is_invalidated_and_other_sizes_r
         x ^= x >> 7;
         x ^= x << 17;
         if x & 1 == 0 {
-            assert!(pool.invalidate_page(o));
+            assert!(pool.invalidate_page(o).unwrap());
         } else {
             kept.push(o);
         }

@@ -628,7 +628,7 @@ fn a_device_whose_listening_address_cannot_be_reached_still_detaches_and_shuts_d
     // none arrives (the socket file removed, a broadcast address that binds but refuses
     // connections) detach, destroy and shutdown waited for ever.
     let dir = temp_dir("nbd-unreachable");
-    let server = ServeProcess::start(&dir.join("data"), &[]);
+    let server = ServeProcess::start(&dir.join("data"), &allow(&dir));
     let client = server.client();
     for name in ["gone", "broadcast", "kept"] {
         client.create_pool(&pool(name, &["ram"])).unwrap();
@@ -719,4 +719,62 @@ fn a_device_over_a_persistent_pool_keeps_its_contents_across_a_restart() {
     let counters = &info.frontends[0].counters;
     assert_eq!(counters["pool_pages"] + counters["backing_pages"], 256, "{counters:?}");
     assert!(counters["backing_pages"] > 0 && counters["pool_pages"] > 0, "{counters:?}");
+}
+
+#[test]
+fn a_pool_attached_to_a_block_device_refuses_every_other_writer() {
+    use std::io::{Read as _, Write as _};
+    use tmem_api::{peer, wire};
+    use tmem_frontend::client::{FrontendClient, Op};
+
+    let dir = temp_dir("nbd-owned");
+    let peer_port = crate::peer::free_port();
+    let peer_listen = format!("127.0.0.1:{peer_port}");
+    let server =
+        ServeProcess::start(&dir.join("data"), &["--peer-listen", &peer_listen, "--allow-path", dir.to_str().unwrap()]);
+    let client = server.client();
+    client.create_pool(&PoolConfig::new("p", vec![BackendRequest::new("ram")])).unwrap();
+    let peer_token = crate::peer::peer_token(&server, "p");
+    let socket = server.data_dir.join("tmem.sock");
+    // A socket frontend connected before the device attached.
+    let early = FrontendClient::connect(&socket, &server.token, "p", "early").unwrap();
+    let page = vec![7u8; 4096];
+    early.batch(&[Op::Store(3, &page)]).unwrap();
+
+    let attached = client.attach_frontend("p", &unix_request(&dir, 4 * MIB)).unwrap();
+    let owned = |e: &dyn std::fmt::Display| e.to_string().contains("belongs to the block device");
+
+    // The page API.
+    for refused in [
+        client.put_page("p", 1, &page).map(drop),
+        client.remove_page("p", 1).map(drop),
+        client.invalidate_area("p").map(drop),
+    ] {
+        let e = refused.expect_err("a write to a device's pool was accepted");
+        assert!(matches!(&e, ClientError::Api { status: 409, code, .. } if code == "pool_owned"), "{e}");
+        assert!(owned(&e), "{e}");
+    }
+    // Socket frontends: a new one is refused, one already connected is turned away.
+    let e =
+        FrontendClient::connect(&socket, &server.token, "p", "late").map(drop).expect_err("a socket frontend attached");
+    assert!(owned(&e), "{e}");
+    let e = early.batch(&[Op::Store(4, &page)]).map(drop).expect_err("an earlier socket frontend kept writing");
+    assert!(owned(&e), "{e}");
+    // Peers.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", peer_port)).unwrap();
+    let mut frame = Vec::new();
+    wire::frame(&mut frame, peer::MAX_BODY, peer::HELLO, 1, &[&peer::hello_payload(&peer_token, "p").unwrap()])
+        .unwrap();
+    stream.write_all(&frame).unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    stream.read_exact(&mut body).unwrap();
+    let (kind, _, message) = wire::parse_body(&body).unwrap();
+    assert_eq!(kind, peer::ERROR, "a peer attached to a device's pool");
+    assert!(String::from_utf8_lossy(message).contains("belongs to the block device"));
+
+    // Detached, the pool is anyone's again.
+    client.detach_frontend("p", &attached.id).unwrap();
+    client.put_page("p", 1, &page).unwrap();
 }

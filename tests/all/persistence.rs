@@ -48,7 +48,7 @@ fn pages_invalidations_and_generations_survive_a_restart() {
         }
         pool.store(500, &zero).unwrap();
         for offset in 0..50 {
-            assert!(pool.invalidate_page(offset));
+            assert!(pool.invalidate_page(offset).unwrap());
         }
         for offset in 50..60 {
             pool.store(offset, &tagged_page(offset + 1000)).unwrap();
@@ -102,7 +102,7 @@ fn pages_invalidations_and_generations_survive_a_restart() {
     let host = host_on(&dir);
     assert!(host.pool("q").is_err());
     assert_eq!(host.pool("p").unwrap().curr_pages(), 161);
-    host.pool("p").unwrap().invalidate_area();
+    host.pool("p").unwrap().invalidate_area().unwrap();
     drop(host);
     assert_eq!(host_on(&dir).pool("p").unwrap().curr_pages(), 0, "invalidate_area is persistent");
     let _ = std::fs::remove_dir_all(&dir);
@@ -191,7 +191,7 @@ fn invalidated_pages_space_is_reclaimed_under_churn() {
             page.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
             pool.store(round * 1000 + i, &page).unwrap();
         }
-        pool.invalidate_area();
+        pool.invalidate_area().unwrap();
         sizes.push(pool.counters().pool_total_size);
     }
     // Eight rounds wrote 8 x 4 MiB of incompressible pages; with the space of invalidated

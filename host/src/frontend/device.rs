@@ -25,6 +25,32 @@
 //!   and `fdatasync` of the backing file.
 //! - **take back** (the pool's shrink) → pages move from the pool to the backing file.
 //!
+//! # Power loss: the order of moves (persistent pools)
+//!
+//! A persistent pool's copy of a page outlives a power loss, and so does what `fdatasync`
+//! made durable in the backing file; the page cache does not. So for a device over a
+//! persistent pool, **a page leaves the pool only once its new place is durable**:
+//!
+//! - an exclusive read and a take-back read the page (the pool keeps it), write it to the
+//!   backing file, `fdatasync`, and only then invalidate it in the pool;
+//! - a write over a page only the pool holds writes the new version to the backing file and
+//!   `fdatasync`s **before** the store (the pool may refuse it, and the duplicate-store rule
+//!   then drops the old version durably); a stored page's file copy is then cleared;
+//! - a writethrough page's file copy is `fdatasync`ed before the write is acknowledged: the
+//!   pool may drop its own copy at will (reclaim), durably;
+//! - before a discard drops a page from the pool, every file copy cleared because a page moved
+//!   into the pool alone is made durable (`fdatasync`): an older version cannot come back;
+//! - a page that becomes **lost** is recorded in the pool's database (flushed) before the
+//!   request returns, and a restart reads it as EIO again; the record goes (after the page's
+//!   new copy is durable) when the page is written or discarded.
+//!
+//! At any moment of a power loss the page is then in the pool (the old version, for a write
+//! not yet acknowledged: a restart prefers the pool's copy over the file's) or durable in the
+//! file, or recorded lost — never in neither place, never zeros. A backing file that cannot
+//! take or sync a page leaves it in the pool (a write fails with EIO first). A device over a
+//! pool that keeps pages in memory moves pages without the `fdatasync` (a power loss takes
+//! that pool's pages anyway).
+//!
 //! # Concurrency
 //!
 //! The map is split into shards by page index, each behind its own lock; every operation on a
@@ -124,12 +150,20 @@ fn bump(counter: &AtomicU64, n: u64) {
 /// A block device over a pool. Shared as `Arc<BlockDevice>` by every connection serving it.
 pub struct BlockDevice {
     pool: Arc<Pool>,
+    /// The device's claim on the pool ([`Pool::claim`]): no other writer may change its pages.
+    claim: u64,
     page_size: usize,
     page_shift: u32,
     pages: u64,
     /// Where each page is, with the backing file.
     locations: PageLocations,
     counters: Counters,
+    /// Backing copies cleared (zeroed or punched) because their page moved into a persistent
+    /// pool alone, so far; and how many of them an `fdatasync` has made durable. Invariant: a
+    /// persistent pool drops such a page only once this is settled, or a power loss could
+    /// bring the cleared (older) copy back in its place.
+    cleared: AtomicU64,
+    cleared_synced: AtomicU64,
 }
 
 impl std::fmt::Debug for BlockDevice {
@@ -168,26 +202,40 @@ impl BlockDevice {
         }
         let pages = size / page_size as u64;
         let path = backing.display().to_string();
-        let backing = BackingFile::open(backing, size, page_size as usize, start == Start::Resume).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                OpenError::BackingInUse(format!("backing file {e}"))
-            } else {
-                OpenError::Backing(format!("backing file {path}: {e}"))
-            }
-        })?;
+        // Invariant: the pool's offsets are this device's pages from here on; the claim ends
+        // with `release` (detach) or when the device is dropped.
+        let claim = pool
+            .claim(&format!("the block device over {path}"))
+            .map_err(|e| OpenError::Invalid(format!("{e} (a pool is one device's swap area)")))?;
+        let unclaim = |pool: &Pool, e| {
+            pool.unclaim(claim);
+            e
+        };
+        let backing = BackingFile::open(backing, size, page_size as usize, start == Start::Resume)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    OpenError::BackingInUse(format!("backing file {e}"))
+                } else {
+                    OpenError::Backing(format!("backing file {path}: {e}"))
+                }
+            })
+            .map_err(|e| unclaim(&pool, e))?;
         if !pool.reserve_offsets(pages) {
             tracing::warn!(pool = %pool.name(), "the memory budget refused the page index room for the device's pages ahead: it grows as pages come, on the I/O path");
         }
         let device = BlockDevice {
             pool,
+            claim,
             page_size: page_size as usize,
             page_shift: page_size.trailing_zeros(),
             pages,
             locations: PageLocations::new(pages, backing),
             counters: Counters::default(),
+            cleared: AtomicU64::new(0),
+            cleared_synced: AtomicU64::new(0),
         };
         match start {
-            Start::Empty => device.forget_pool_pages(),
+            Start::Empty => device.forget_pool_pages().map_err(OpenError::Backing)?,
             Start::Resume => {
                 device.rebuild_map().map_err(|e| OpenError::Backing(format!("backing file {path}: {e}")))?
             }
@@ -195,25 +243,38 @@ impl BlockDevice {
         Ok(device)
     }
 
-    /// Invalidates whatever the pool holds at the device's offsets (a new device reads zeros).
-    fn forget_pool_pages(&self) {
+    /// Invalidates whatever the pool holds at the device's offsets (a new device reads zeros),
+    /// and forgets the lost pages an earlier device over the pool recorded.
+    fn forget_pool_pages(&self) -> Result<(), String> {
+        if let Some(disk) = self.pool.disk() {
+            disk.clear_lost().map_err(|e| e.to_string())?;
+        }
         if self.pool.curr_pages() == 0 {
-            return;
+            return Ok(());
         }
         for p in 0..self.pages {
-            self.pool.invalidate_page(p);
+            self.pool.invalidate_page(p).map_err(|e| e.to_string())?;
         }
+        Ok(())
     }
 
     /// Rebuilds the map after a restart: the pool's pages first (a store the pool accepted is
     /// newer than any backing copy, which is cleared unless the pool is writethrough), then
-    /// the backing file's allocated pages.
+    /// the pages recorded lost (EIO until written again, whatever the file holds), then the
+    /// backing file's allocated pages.
     fn rebuild_map(&self) -> std::io::Result<()> {
         let writethrough = self.pool.modes().writethrough;
         let mut in_backing = vec![false; self.pages as usize];
         for (first, count) in self.locations.backing().allocated(self.pages)? {
             for p in first..(first + count).min(self.pages) {
                 in_backing[p as usize] = true;
+            }
+        }
+        let disk = self.pool.disk();
+        let mut lost = vec![false; self.pages as usize];
+        for p in disk.map(|d| d.lost_pages()).transpose().map_err(std::io::Error::other)?.unwrap_or_default() {
+            if let Some(l) = lost.get_mut(p as usize) {
+                *l = true;
             }
         }
         for p in 0..self.pages {
@@ -226,11 +287,69 @@ impl BlockDevice {
                     slot.relocate(Location::Pool);
                 }
                 (true, false) => slot.relocate(Location::Pool),
+                (false, backing) if lost[p as usize] => {
+                    if backing {
+                        // Whatever the file holds is not the page (the map never named it):
+                        // taken out as the page goes to lost.
+                        slot.relocate(Location::Backing);
+                    }
+                    slot.relocate(Location::Lost);
+                }
                 (false, true) => slot.relocate(Location::Backing),
                 (false, false) => {}
             }
+            if lost[p as usize] && slot.location() != Location::Lost {
+                // Written again into the pool before the crash: no longer lost.
+                disk.expect("lost pages come from the disk").set_lost(p, false).map_err(std::io::Error::other)?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether the device orders its moves for power loss: a persistent pool's copy of a page
+    /// outlives a crash, so a page leaves it only once its new place is durable (see the
+    /// module docs). A pool that keeps pages in memory loses them all in a crash anyway.
+    fn ordered(&self) -> bool {
+        self.pool.is_persistent()
+    }
+
+    /// `fdatasync` of the backing file: every page written to it so far is durable.
+    fn sync_backing(&self) -> Result<(), BlockError> {
+        let cleared = self.cleared.load(Ordering::Acquire);
+        self.locations
+            .backing()
+            .sync_data()
+            .map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))?;
+        self.cleared_synced.fetch_max(cleared, Ordering::Release);
+        Ok(())
+    }
+
+    /// Counts a backing copy cleared by a move `was` → `now` that leaves a persistent pool's
+    /// page in the pool alone.
+    fn note_cleared(&self, was: Location, now: Location) {
+        if self.ordered() && was.in_backing() && !now.in_backing() {
+            self.cleared.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Makes every such clearing durable before a page leaves the pool for nowhere.
+    fn settle_cleared(&self) -> Result<(), BlockError> {
+        if self.cleared.load(Ordering::Acquire) > self.cleared_synced.load(Ordering::Acquire) {
+            self.sync_backing()?;
+        }
+        Ok(())
+    }
+
+    /// Records on disk that page `p` became lost (`was` → `now`), or is lost no longer, for a
+    /// persistent pool: a lost page reads as EIO after a restart too, never as zeros.
+    fn keep_lost(&self, p: u64, was: Location, now: Location) -> Result<(), BlockError> {
+        let (lost_before, lost_now) = (was == Location::Lost, now == Location::Lost);
+        let Some(disk) = self.pool.disk().filter(|_| lost_before != lost_now) else { return Ok(()) };
+        if lost_before && now.in_backing() {
+            // The page's new copy is durable before the record that it was lost goes.
+            self.sync_backing()?;
+        }
+        disk.set_lost(p, lost_now).map_err(|e| self.io_error(format!("recording whether page {p} is lost: {e}")))
     }
 
     /// The pool the device stores into.
@@ -294,7 +413,8 @@ impl BlockDevice {
 
     fn read_page(&self, p: u64, page: &mut [u8]) -> Result<(), BlockError> {
         let mut slot = self.locations.lock(p);
-        match slot.location() {
+        let was = slot.location();
+        let read = match was {
             Location::Nowhere | Location::Zero => {
                 page.fill(0);
                 bump(&self.counters.zero_reads, 1);
@@ -305,6 +425,19 @@ impl BlockDevice {
                 "page {p} was lost by pool '{}' (see its load_failures and logs)",
                 self.pool.name()
             ))),
+            // A persistent pool never lets go of a page by itself (its exclusive loads are
+            // moves made in order, see `read_moving`).
+            Location::Pool | Location::PoolAndBacking if self.ordered() => {
+                if self.pool.modes().exclusive_gets {
+                    self.read_moving(p, &mut slot, page)
+                } else {
+                    match self.pool.load_keeping(p, page) {
+                        Ok(LoadOutcome::Loaded { .. }) => Ok(()),
+                        Ok(LoadOutcome::Absent) => self.pool_lost(p, &mut slot, page),
+                        Err(e) => Err(self.io_error(e.to_string())),
+                    }
+                }
+            }
             Location::Pool | Location::PoolAndBacking => match self.pool.load(p, page) {
                 Ok(LoadOutcome::Loaded { exclusive: false }) => Ok(()),
                 Ok(LoadOutcome::Loaded { exclusive: true }) => {
@@ -319,17 +452,57 @@ impl BlockDevice {
                         ))
                     })
                 }
-                Ok(LoadOutcome::Absent) => match slot.pool_lost(Location::Lost) {
-                    // A writethrough page the pool reclaimed: the backing copy is the page.
-                    Location::Backing => self.read_backing(&slot, page),
-                    _ => Err(self.io_error(format!(
-                        "page {p} is no longer in pool '{}' (invalidated behind the device's back)",
-                        self.pool.name()
-                    ))),
-                },
+                Ok(LoadOutcome::Absent) => self.pool_lost(p, &mut slot, page),
                 Err(e) => Err(self.io_error(e.to_string())),
             },
+        };
+        self.keep_lost(p, was, slot.location())?;
+        read
+    }
+
+    /// The pool has no copy of a page the map puts there: a writethrough page is read from its
+    /// backing copy; any other is lost.
+    fn pool_lost(&self, p: u64, slot: &mut PageSlot<'_>, page: &mut [u8]) -> Result<(), BlockError> {
+        match slot.pool_lost(Location::Lost) {
+            Location::Backing => self.read_backing(slot, page),
+            _ => Err(self.io_error(format!(
+                "page {p} is no longer in pool '{}' (invalidated behind the device's back)",
+                self.pool.name()
+            ))),
         }
+    }
+
+    /// An exclusive read of a persistent pool's page: the page is read (the pool keeps it),
+    /// written to the backing file and made durable there (`fdatasync`), and only then
+    /// invalidated in the pool — at every moment of a power loss one of the two holds it.
+    /// If the file cannot take it, the page simply stays in the pool (the read still succeeds).
+    fn read_moving(&self, p: u64, slot: &mut PageSlot<'_>, page: &mut [u8]) -> Result<(), BlockError> {
+        match self.pool.load_keeping(p, page) {
+            Ok(LoadOutcome::Loaded { .. }) => {}
+            Ok(LoadOutcome::Absent) => return self.pool_lost(p, slot, page),
+            Err(e) => return Err(self.io_error(e.to_string())),
+        }
+        let was = slot.location();
+        if was == Location::Pool
+            && let Err(e) = slot.write_backing(page, Location::PoolAndBacking, Location::Pool)
+        {
+            let _ = self.io_error(format!("page {p} stays in the pool: the backing file cannot take it: {e}"));
+            return Ok(());
+        }
+        if self.sync_backing().is_err() {
+            slot.relocate(was);
+            return Ok(());
+        }
+        if was == Location::Pool {
+            bump(&self.counters.exclusive_to_backing, 1);
+        }
+        // Durable in the file: the page leaves the pool. A removal the pool cannot make
+        // durable is reported (the pool disables its stores); the file copy is the page.
+        if let Err(e) = self.pool.taken(p, false) {
+            let _ = self.io_error(e.to_string());
+        }
+        slot.relocate(Location::Backing);
+        Ok(())
     }
 
     fn read_backing(&self, slot: &PageSlot<'_>, page: &mut [u8]) -> Result<(), BlockError> {
@@ -355,6 +528,10 @@ impl BlockDevice {
 
     fn write_page(&self, p: u64, page: &[u8]) -> Result<(), BlockError> {
         let mut slot = self.locations.lock(p);
+        let was = slot.location();
+        if self.ordered() && was == Location::Pool {
+            return self.overwrite_ordered(p, &mut slot, page);
+        }
         let result = match self.pool.store(p, page).map_err(|e| self.io_error(e.to_string()))? {
             StoreOutcome::Stored => StoreResult::Stored,
             StoreOutcome::StoredWritethrough => {
@@ -368,9 +545,56 @@ impl BlockDevice {
         };
         // A refused page whose file write fails is gone until written again: by the
         // duplicate-store rule the pool no longer has an older copy.
-        slot.place(result, page, Location::Lost).map(drop).map_err(|e| {
+        let mut placed = slot.place(result, page, Location::Lost).map(drop).map_err(|e| {
             self.io_error(format!("page {p} could not be written to the backing file ({result:?} by the pool): {e}"))
-        })
+        });
+        if self.ordered() && slot.location() == Location::PoolAndBacking && placed.is_ok() {
+            // A writethrough page's file copy is what lets the pool drop its own at will
+            // (reclaim, durably): it is durable before the write is acknowledged. If it
+            // cannot be, the page is the pool's alone, and the write fails.
+            if let Err(e) = self.sync_backing() {
+                slot.relocate(Location::Pool);
+                placed = Err(e);
+            }
+        }
+        self.note_cleared(was, slot.location());
+        self.keep_lost(p, was, slot.location())?;
+        placed
+    }
+
+    /// A write over a page only a persistent pool holds. The pool may refuse the new version,
+    /// and by the duplicate-store rule it then drops the old one — durably. So the new version
+    /// is written to the backing file and made durable there (`fdatasync`) **first**: at every
+    /// moment of a power loss the pool holds the old version or the file the new one (a
+    /// restart prefers the pool's copy), never neither. A file that cannot take the page fails
+    /// the write before the pool is touched (the old version stays).
+    fn overwrite_ordered(&self, p: u64, slot: &mut PageSlot<'_>, page: &[u8]) -> Result<(), BlockError> {
+        slot.write_backing(page, Location::PoolAndBacking, Location::Pool).map_err(|e| {
+            self.io_error(format!("page {p} could not be written to the backing file ahead of the pool: {e}"))
+        })?;
+        if let Err(e) = self.sync_backing() {
+            slot.relocate(Location::Pool);
+            return Err(e);
+        }
+        let outcome = self.pool.store(p, page);
+        match outcome {
+            // The file copy goes (cleared); the pool's is the page.
+            Ok(StoreOutcome::Stored) => {
+                slot.relocate(Location::Pool);
+                self.note_cleared(Location::PoolAndBacking, Location::Pool);
+            }
+            Ok(StoreOutcome::StoredWritethrough) => bump(&self.counters.writethrough_copies, 1),
+            Ok(StoreOutcome::Rejected(_)) => {
+                bump(&self.counters.to_backing, 1);
+                slot.relocate(Location::Backing);
+            }
+            // Only a wrong page size, which a device never sends: the pool is untouched.
+            Err(e) => {
+                slot.relocate(Location::Pool);
+                return Err(self.io_error(e.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// Discards `len` bytes at `offset`: the pages read as zeros and take no space.
@@ -389,10 +613,18 @@ impl BlockDevice {
         let (first, count) = self.pages_of(offset, len, true)?;
         for p in first..first + count {
             let mut slot = self.locations.lock(p);
-            if slot.location().in_pool() {
-                self.pool.invalidate_page(p);
+            let was = slot.location();
+            if self.ordered() && was.in_pool() {
+                // An older copy this page had in the file is durably cleared before the pool
+                // durably drops the page (else a power loss could bring that copy back).
+                self.settle_cleared()?;
             }
+            let dropped = if was.in_pool() { self.pool.invalidate_page(p).map(drop) } else { Ok(()) };
+            // Gone from the pool's map either way; a removal that is not durable fails the
+            // request (the pool has disabled its stores).
             slot.relocate(to);
+            self.keep_lost(p, was, to)?;
+            dropped.map_err(|e| self.io_error(e.to_string()))?;
         }
         if fua {
             bump(&self.counters.fua, 1);
@@ -414,7 +646,7 @@ impl BlockDevice {
         {
             disk.flush().map_err(|e| self.io_error(e.to_string()))?;
         }
-        self.locations.backing().sync_data().map_err(|e| self.io_error(format!("fdatasync of the backing file: {e}")))
+        self.sync_backing()
     }
 
     /// Runs of pages from `offset` (at most `len` bytes, aligned) as `(bytes, reads_as_zero)`,
@@ -438,56 +670,74 @@ impl BlockDevice {
         Ok(runs)
     }
 
-    /// Takes the pool's pages at `offsets` into the backing file (the pool's shrink): each is
-    /// taken out of the pool (load and invalidate in one step) and written to the file.
-    /// Offsets beyond the device, or not in the pool, are skipped. Returns how many moved.
+    /// Takes the pool's pages at `offsets` into the backing file (the pool's shrink). Each is
+    /// read (the pool keeps it), written to the file, made durable there (`fdatasync`, for a
+    /// persistent pool, whose copy would outlive a power loss) and only then invalidated in
+    /// the pool: a page the file cannot take stays in the pool. Offsets beyond the device, or
+    /// not in the pool, are skipped. Returns how many moved.
     pub fn take_back(&self, offsets: &[u64]) -> u64 {
         let mut page = vec![0u8; self.page_size];
         let mut taken = 0;
         for &p in offsets.iter().filter(|&&p| p < self.pages) {
             let mut slot = self.locations.lock(p);
-            match slot.location() {
-                Location::PoolAndBacking => {
-                    if self.pool.invalidate_page(p) {
-                        taken += 1;
-                    }
-                    slot.relocate(Location::Backing);
-                }
-                Location::Pool => match self.pool.take(p, &mut page) {
-                    Ok(LoadOutcome::Loaded { .. }) => {
-                        match slot.write_backing(&page, Location::Backing, Location::Pool) {
-                            Ok(()) => taken += 1,
-                            Err(e) => {
-                                // Give the page back to the pool rather than lose it.
-                                let back = self.pool.store(p, &page);
-                                if !matches!(back, Ok(StoreOutcome::Stored | StoreOutcome::StoredWritethrough)) {
-                                    slot.relocate(Location::Lost);
-                                }
-                                let _ = self.io_error(format!("taking page {p} back into the backing file: {e}"));
-                            }
-                        }
-                    }
-                    Ok(LoadOutcome::Absent) => slot.relocate(Location::Lost),
-                    Err(e) => {
-                        let _ = self.io_error(e.to_string());
-                    }
-                },
-                _ => {}
+            let was = slot.location();
+            if !was.in_pool() {
+                continue;
             }
+            match self.pool.load_keeping(p, &mut page) {
+                Ok(LoadOutcome::Loaded { .. }) => {}
+                Ok(LoadOutcome::Absent) => {
+                    slot.pool_lost(Location::Lost);
+                    let _ = self.keep_lost(p, was, slot.location());
+                    continue;
+                }
+                Err(e) => {
+                    let _ = self.io_error(e.to_string());
+                    continue;
+                }
+            }
+            if was == Location::Pool
+                && let Err(e) = slot.write_backing(&page, Location::PoolAndBacking, Location::Pool)
+            {
+                let _ = self.io_error(format!("taking page {p} back into the backing file: {e}"));
+                continue;
+            }
+            if self.ordered() && self.sync_backing().is_err() {
+                slot.relocate(was);
+                continue;
+            }
+            match self.pool.taken(p, true) {
+                Ok(present) => taken += present as u64,
+                // Out of the pool's map, not durably (reported; the pool disables its
+                // stores): the file copy is durable, and it is the page.
+                Err(e) => {
+                    let _ = self.io_error(e.to_string());
+                    taken += 1;
+                }
+            }
+            slot.relocate(Location::Backing);
         }
         bump(&self.counters.taken_back, taken);
         taken
     }
 
-    /// Swapoff for the device: every page it has in the pool is invalidated (the backing file
-    /// is left as it is; it is the user's file).
+    /// Swapoff for the device: every page it has in the pool is invalidated and no page is
+    /// lost any more (the backing file is left as it is; it is the user's file).
     pub fn release(&self) {
+        self.pool.unclaim(self.claim);
         for p in 0..self.pages {
             let mut slot = self.locations.lock(p);
-            if slot.location().in_pool() {
-                self.pool.invalidate_page(p);
+            if slot.location().in_pool()
+                && let Err(e) = self.pool.invalidate_page(p)
+            {
+                let _ = self.io_error(e.to_string());
             }
             slot.relocate(Location::Nowhere);
+        }
+        if let Some(disk) = self.pool.disk()
+            && let Err(e) = disk.clear_lost()
+        {
+            let _ = self.io_error(e.to_string());
         }
     }
 
@@ -523,6 +773,12 @@ impl BlockDevice {
     }
 }
 
+impl Drop for BlockDevice {
+    fn drop(&mut self) {
+        self.pool.unclaim(self.claim);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,6 +797,168 @@ mod tests {
         (host, device, path)
     }
 
+    /// A device of 16 pages over a sync `[zstd, sled]` pool "p" of a host with a data dir;
+    /// [`Persistent::restart`] makes both again over the same data dir and backing file.
+    struct Persistent {
+        dir: std::path::PathBuf,
+        host: Option<Host>,
+        device: Option<BlockDevice>,
+    }
+
+    impl Persistent {
+        fn new(tag: &str, modes: PoolModes) -> Persistent {
+            let dir = std::env::temp_dir().join(format!("tmem-block-unit-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let host = Host::new(HostConfig { data_dir: Some(dir.join("data")), ..Default::default() }).unwrap();
+            let sled = BackendSpec { grants: vec!["storage".into()], ..BackendSpec::new("sled") };
+            let mut spec = PoolSpec::new("p");
+            spec.modes = modes;
+            spec.shards = Some(2);
+            let pool = host.create_pool(spec, &[BackendSpec::new("zstd"), sled]).unwrap();
+            let device = BlockDevice::new(pool, 16 * 4096, &dir.join("backing"), Start::Empty).unwrap();
+            Persistent { dir, host: Some(host), device: Some(device) }
+        }
+
+        fn device(&self) -> &BlockDevice {
+            self.device.as_ref().unwrap()
+        }
+
+        /// A restart: the device and the host go, and come back (the device resumes).
+        fn restart(&mut self) {
+            self.device = None;
+            self.host = None;
+            let host = Host::new(HostConfig { data_dir: Some(self.dir.join("data")), ..Default::default() }).unwrap();
+            let pool = host.pool("p").unwrap();
+            self.device = Some(BlockDevice::new(pool, 16 * 4096, &self.dir.join("backing"), Start::Resume).unwrap());
+            self.host = Some(host);
+        }
+    }
+
+    impl Drop for Persistent {
+        fn drop(&mut self) {
+            self.device = None;
+            self.host = None;
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn tagged(tag: u8) -> Vec<u8> {
+        (0..4096u32).map(|i| (i as u8).wrapping_mul(13) ^ tag).collect()
+    }
+
+    #[test]
+    fn a_persistent_pool_keeps_a_page_until_its_backing_copy_is_durable() {
+        let t = Persistent::new("ordered", PoolModes::default());
+        let device = t.device();
+        let pool = device.pool().clone();
+        for p in 0..4u64 {
+            device.write(p * 4096, &tagged(p as u8), false).unwrap();
+        }
+        assert_eq!(pool.curr_pages(), 4);
+        let mut buf = vec![0u8; 4096];
+        // The backing file cannot make anything durable: no page may leave the pool.
+        device.locations.backing().fail_syncs_for_testing(true);
+
+        // Take-back (the pool's shrink).
+        assert_eq!(device.take_back(&[0]), 0, "a page was taken back though its file copy is not durable");
+        assert!(pool.contains(0), "take-back removed a page from the pool before its file copy was durable");
+
+        // An exclusive load.
+        pool.set_modes(PoolModes { exclusive_gets: true, writethrough: false });
+        device.read(4096, &mut buf).unwrap();
+        assert_eq!(buf, tagged(1));
+        assert!(pool.contains(1), "an exclusive load removed a page before its file copy was durable");
+        pool.set_modes(PoolModes::default());
+
+        // A store the pool refuses over a page it holds (its old copy would be dropped).
+        pool.set_enabled(false);
+        assert!(device.write(2 * 4096, &tagged(20), false).is_err(), "the new version is not durable anywhere");
+        assert!(pool.contains(2), "a refused store dropped the old version before the new one was durable");
+        device.read(2 * 4096, &mut buf).unwrap();
+        assert_eq!(buf, tagged(2), "the old version stays");
+
+        // With a disk that syncs, each move completes.
+        device.locations.backing().fail_syncs_for_testing(false);
+        device.write(2 * 4096, &tagged(20), false).unwrap();
+        assert!(!pool.contains(2));
+        assert_eq!(device.take_back(&[0]), 1);
+        assert!(!pool.contains(0));
+        pool.set_enabled(true);
+        for (p, want) in [(0u64, tagged(0)), (1, tagged(1)), (2, tagged(20)), (3, tagged(3))] {
+            device.read(p * 4096, &mut buf).unwrap();
+            assert_eq!(buf, want, "page {p}");
+        }
+    }
+
+    #[test]
+    fn a_discard_never_lets_an_older_backing_copy_come_back() {
+        let t = Persistent::new("discard-stale", PoolModes::default());
+        let device = t.device();
+        let pool = device.pool().clone();
+        // Version A goes to the file (the pool refuses it), version B to the pool: A's file
+        // copy is cleared, but not durably yet.
+        pool.set_enabled(false);
+        device.write(0, &tagged(0xa), false).unwrap();
+        pool.set_enabled(true);
+        device.write(0, &tagged(0xb), false).unwrap();
+        assert!(pool.contains(0));
+        // Dropping B from the pool durably while A's clearing is not durable would let a
+        // power loss bring A back: with no fdatasync possible, the discard fails first.
+        device.locations.backing().fail_syncs_for_testing(true);
+        assert!(device.discard(0, 4096, false).is_err(), "B left the pool while A could come back");
+        assert!(pool.contains(0));
+        device.locations.backing().fail_syncs_for_testing(false);
+        device.discard(0, 4096, false).unwrap();
+        assert!(!pool.contains(0));
+        let mut buf = vec![1u8; 4096];
+        device.read(0, &mut buf).unwrap();
+        assert_eq!(buf, vec![0u8; 4096]);
+    }
+
+    #[test]
+    fn a_writethrough_copy_is_durable_before_the_write_is_acknowledged() {
+        let t = Persistent::new("wt-durable", PoolModes { writethrough: true, exclusive_gets: false });
+        let device = t.device();
+        device.locations.backing().fail_syncs_for_testing(true);
+        // The pool may reclaim a writethrough page at will, durably: its file copy must be
+        // durable first, or the write is not acknowledged.
+        assert!(
+            device.write(0, &tagged(1), false).is_err(),
+            "a writethrough copy that is not durable was acknowledged"
+        );
+        assert_eq!(counter(device, "backing_pages"), 0);
+        device.locations.backing().fail_syncs_for_testing(false);
+        device.write(0, &tagged(1), false).unwrap();
+        assert_eq!((counter(device, "pool_pages"), counter(device, "backing_pages")), (1, 1));
+    }
+
+    #[test]
+    fn a_lost_page_of_a_persistent_pool_stays_lost_across_a_restart() {
+        let mut t = Persistent::new("lost-restart", PoolModes::default());
+        t.device().write(0, &tagged(1), false).unwrap();
+        t.device().write(4096, &tagged(2), false).unwrap();
+        // The pool loses page 0 behind the device's back: it reads as EIO from then on.
+        t.device().pool().invalidate_page(0).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert!(matches!(t.device().read(0, &mut buf), Err(BlockError::Io(_))));
+        t.restart();
+        assert!(
+            matches!(t.device().read(0, &mut buf), Err(BlockError::Io(_))),
+            "a lost page read as {:?} after a restart",
+            &buf[..8]
+        );
+        assert_eq!(counter(t.device(), "lost_pages"), 1);
+        t.device().read(4096, &mut buf).unwrap();
+        assert_eq!(buf, tagged(2));
+        // Written again, it is found again — after a restart too.
+        t.device().write(0, &tagged(3), false).unwrap();
+        t.restart();
+        t.device().read(0, &mut buf).unwrap();
+        assert_eq!(buf, tagged(3));
+        assert_eq!(counter(t.device(), "lost_pages"), 0);
+    }
+
     fn counter(device: &BlockDevice, name: &str) -> u64 {
         device.counters().into_iter().find(|(n, _)| *n == name).unwrap().1
     }
@@ -551,7 +969,7 @@ mod tests {
         device.write(0, &[7u8; 8192], false).unwrap();
         assert_eq!((counter(&device, "pool_pages"), counter(&device, "backing_pages")), (2, 2));
         // The pool may drop writethrough pages at will: the backing copy serves the read.
-        device.pool().invalidate_page(1);
+        device.pool().invalidate_page(1).unwrap();
         let mut buf = vec![0u8; 8192];
         device.read(0, &mut buf).unwrap();
         assert_eq!(buf, vec![7u8; 8192]);
@@ -577,7 +995,7 @@ mod tests {
     fn a_page_invalidated_behind_the_device_reads_as_an_error_not_as_zeros() {
         let (_host, device, path) = device("lost", PoolModes::default(), None);
         device.write(0, &[1u8; 4096], false).unwrap();
-        device.pool().invalidate_area();
+        device.pool().invalidate_area().unwrap();
         let mut buf = vec![0u8; 4096];
         assert!(matches!(device.read(0, &mut buf), Err(BlockError::Io(_))));
         assert!(matches!(device.read(0, &mut buf), Err(BlockError::Io(_))), "it stays lost");

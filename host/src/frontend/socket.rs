@@ -40,7 +40,7 @@ use crate::credentials::Session;
 use crate::host::Host;
 use crate::listen::{Gate, ListenerLimits};
 use crate::memory::alloc_count::{self, Role};
-use crate::pool::{LoadOutcome, Pool, StoreOutcome};
+use crate::pool::{LoadOutcome, OpError, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
 use crate::wire_io::{read_frame, read_frame_into};
 
@@ -315,6 +315,8 @@ fn attach(
         format!("{e}: frontends authenticate with a frontend token of the pool (tmem token create POOL) or the host's API token")
     })?;
     let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
+    // A block device's pool is the device's alone.
+    pool.check_writer().map_err(|e| e.to_string())?;
     let modes = pool.modes();
     let flags = if modes.writethrough { proto::FLAG_WRITETHROUGH } else { 0 }
         | if modes.exclusive_gets { proto::FLAG_EXCLUSIVE_GETS } else { 0 };
@@ -356,6 +358,8 @@ async fn serve_batches(
         if frontend.session.is_revoked() {
             return Err("the token this connection attached with was revoked".into());
         }
+        // A block device attached to the pool since this connection did: it owns the pool now.
+        pool.check_writer().map_err(|e| e.to_string())?;
         let (kind, id, payload) = wire::parse_body(&body).map_err(|e| e.to_string())?;
         match kind {
             proto::BATCH => {
@@ -429,6 +433,14 @@ fn run_batch(
                         out.push(exclusive as u8);
                         out.extend_from_slice(page);
                     }
+                    // The page left the pool's map but its removal is not on disk (the pool
+                    // disabled itself and logged it): the frontend is handed the page all the
+                    // same — it holds the only sure copy now, and a FAILED answer would lose it.
+                    Err(OpError::NotDurable { .. }) => {
+                        out.push(proto::R_LOADED);
+                        out.push(1);
+                        out.extend_from_slice(page);
+                    }
                     Ok(LoadOutcome::Absent) => {
                         counters.absent.fetch_add(1, Ordering::Relaxed);
                         out.push(proto::R_ABSENT);
@@ -438,14 +450,23 @@ fn run_batch(
             }
             Op::Invalidate(offset) => {
                 counters.invalidates.fetch_add(1, Ordering::Relaxed);
-                out.push(proto::R_INVALIDATED);
-                out.push(pool.invalidate_page(offset) as u8);
+                match pool.invalidate_page(offset) {
+                    Ok(present) => {
+                        out.push(proto::R_INVALIDATED);
+                        out.push(present as u8);
+                    }
+                    Err(e) => failed(out, &e.to_string()),
+                }
             }
             Op::InvalidateArea => {
                 let present = pool.curr_pages() > 0;
-                pool.invalidate_area();
-                out.push(proto::R_INVALIDATED);
-                out.push(present as u8);
+                match pool.invalidate_area() {
+                    Ok(()) => {
+                        out.push(proto::R_INVALIDATED);
+                        out.push(present as u8);
+                    }
+                    Err(e) => failed(out, &e.to_string()),
+                }
             }
         }
     }

@@ -159,6 +159,7 @@ impl From<PoolError> for ApiError {
         match e {
             PoolError::Chain(e) => e.into(),
             PoolError::Disk(e) => e.into(),
+            PoolError::NotRecorded(e) => e.into(),
             PoolError::InstanceLimit(_) => ApiError::new(StatusCode::CONFLICT, "instance_limit", e.to_string()),
             e => ApiError::bad_request("invalid_pool", e.to_string()),
         }
@@ -201,13 +202,20 @@ impl From<OpError> for ApiError {
             OpError::LoadFailed { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", e.to_string())
             }
+            OpError::OwnedByDevice { .. } => ApiError::new(StatusCode::CONFLICT, "pool_owned", e.to_string()),
+            OpError::NotDurable { .. } => {
+                ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", STORAGE_ERROR_MESSAGE, e)
+            }
         }
     }
 }
 
 impl From<ShrinkError> for ApiError {
     fn from(e: ShrinkError) -> Self {
-        ApiError::new(StatusCode::CONFLICT, "no_frontend", e.to_string())
+        match e {
+            ShrinkError::NoFrontend(_) => ApiError::new(StatusCode::CONFLICT, "no_frontend", e.to_string()),
+            ShrinkError::Op(e) => e.into(),
+        }
     }
 }
 

@@ -219,6 +219,7 @@ pub async fn delete_pool(
         (status = 507, description = "Rejected; any older copy at the offset is gone", body = StoreResult),
         (status = 400, description = "Not exactly one page of the pool's page size (`wrong_page_size`)", body = ErrorBody),
         (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -229,6 +230,7 @@ pub async fn put_page(
 ) -> Result<Response, ApiError> {
     let body = body?;
     let pool = host.pool(&name)?;
+    pool.check_writer()?;
     blocking(move || {
         let (status, result) = match pool.store(offset, &body)? {
             StoreOutcome::Stored => (StatusCode::CREATED, StoreResult { outcome: "stored".into(), reason: None }),
@@ -256,7 +258,8 @@ fn page_not_found(pool: &str, offset: u64) -> ApiError {
     responses(
         (status = 200, description = "The page", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "No page there (`page_not_found`), or no such pool", body = ErrorBody),
-        (status = 500, description = "The page is present but could not be produced (`load_failed`)", body = ErrorBody),
+        (status = 409, description = "An exclusive get from a pool that belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 500, description = "The page is present but could not be produced (`load_failed`), or an exclusive get's removal is not durable (`storage_error`)", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -265,6 +268,10 @@ pub async fn get_page(
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
     let pool = host.pool(&name)?;
+    if pool.modes().exclusive_gets {
+        // An exclusive load removes the page: a change only a block device owner may make.
+        pool.check_writer()?;
+    }
     blocking(move || {
         let mut page = vec![0u8; pool.page_size() as usize];
         match pool.load(offset, &mut page)? {
@@ -286,7 +293,12 @@ pub async fn get_page(
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}/pages/{offset}", tag = "pages",
     params(("name" = String, Path, description = "Pool name"), ("offset" = u64, Path, description = "Page offset (in pages)")),
-    responses((status = 204, description = "Invalidated"), (status = 404, description = "No page there, or no such pool", body = ErrorBody)),
+    responses(
+        (status = 204, description = "Invalidated"),
+        (status = 404, description = "No page there, or no such pool", body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 500, description = "Invalidated, but not durably: the pool's database cannot flush (`storage_error`)", body = ErrorBody),
+    ),
     security(("token" = []))
 )]
 pub async fn delete_page(
@@ -294,11 +306,10 @@ pub async fn delete_page(
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<StatusCode, ApiError> {
     let pool = host.pool(&name)?;
-    blocking(
-        move || {
-            if pool.invalidate_page(offset) { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
-        },
-    )
+    pool.check_writer()?;
+    blocking(move || {
+        if pool.invalidate_page(offset)? { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
+    })
     .await
 }
 
@@ -306,7 +317,12 @@ pub async fn delete_page(
 #[utoipa::path(
     delete, path = "/api/v1/pools/{name}/pages", tag = "pages",
     params(("name" = String, Path, description = "Pool name")),
-    responses((status = 200, body = AreaInvalidated), (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody)),
+    responses(
+        (status = 200, body = AreaInvalidated),
+        (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 500, description = "Cleared, but not durably: the pool's database cannot flush (`storage_error`)", body = ErrorBody),
+    ),
     security(("token" = []))
 )]
 pub async fn invalidate_area(
@@ -314,9 +330,10 @@ pub async fn invalidate_area(
     Path(name): Path<String>,
 ) -> Result<Json<AreaInvalidated>, ApiError> {
     let pool = host.pool(&name)?;
+    pool.check_writer()?;
     blocking(move || {
         let pages = pool.curr_pages();
-        pool.invalidate_area();
+        pool.invalidate_area()?;
         Ok(Json(AreaInvalidated { pages }))
     })
     .await
