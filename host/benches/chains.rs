@@ -108,7 +108,7 @@ fn through_host(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>],
 }
 
 fn through_host_as(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>], n: u64, variant: Variant) -> Run {
-    let config = HostConfig { data_dir: None, engine, memory_limit: MemoryLimit::Unlimited };
+    let config = HostConfig { data_dir: None, engine, memory_limit: MemoryLimit::Unlimited, manual_tier_passes: false };
     let host = Host::new(config).unwrap();
     let mut spec = PoolSpec::new("bench");
     spec.integrity = !variant.unchecked;

@@ -522,7 +522,11 @@ mod tests {
             assert_eq!(age, if young { 0 } else { MAX_AGE }, "offset {o}");
         }
         let e = index.get(offsets[3]).unwrap();
-        assert_eq!((e.kind(), e.generation(), e.checksum(), e.age()), (1, 3, Some(9), MAX_AGE), "ageing keeps the rest");
+        assert_eq!(
+            (e.kind(), e.generation(), e.checksum(), e.age()),
+            (1, 3, Some(9), MAX_AGE),
+            "ageing keeps the rest"
+        );
         assert_eq!(index.len(), 101);
     }
 

@@ -101,7 +101,7 @@ async fn serve_connection(
         if !token.matches(presented) {
             return Err("wrong token: peers authenticate with the peer host's API token".to_string());
         }
-        let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
+        let pool = host.frontend_pool(pool_name).map_err(|e| e.to_string())?;
         if pool.chain().links().len() != 1 {
             return Err(format!("pool '{pool_name}' has filters; a peer pool must be a lone store, e.g. [ram]"));
         }

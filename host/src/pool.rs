@@ -47,6 +47,7 @@ use crate::persist::{DiskError, Durability, MAX_FLUSH_INTERVAL, PoolDisk};
 use crate::plugin::engine::{InstanceLimit, Reservation};
 use crate::plugin::{PluginEngine, SandboxLimits};
 use crate::stats::{CounterSnapshot, FaultRecord, HistogramSnapshot, Op, PoolStats};
+use crate::tier::{IDLE_UNITS, Promote, Tier, TierError, TierPass};
 
 /// Stores a canary verifies unless the pool says otherwise.
 pub const DEFAULT_CANARY_STORES: u32 = 256;
@@ -178,6 +179,9 @@ pub enum OpError {
         "pool '{0}' has filters in its chain; records (already encoded pages) need a pool that is a lone store, e.g. [ram]"
     )]
     NotARecordPool(String),
+    /// The pool is another pool's lower tier: only that pool reads and writes it.
+    #[error(transparent)]
+    Tier(#[from] TierError),
     /// A page the map says is present could not be produced: data loss, counted in
     /// `load_failures`. The page stays present (the failure may be transient).
     #[error("load of offset {offset} in pool '{pool}' failed: {reason}")]
@@ -279,6 +283,9 @@ pub enum PoolError {
     /// The host's plugin instance slots cannot hold the pool's instances.
     #[error(transparent)]
     InstanceLimit(#[from] InstanceLimit),
+    /// The lower tier was refused.
+    #[error(transparent)]
+    Tier(#[from] TierError),
     /// The pool's database failed: the host's fault, not the client's.
     #[error(transparent)]
     Disk(#[from] DiskError),
@@ -322,6 +329,8 @@ pub struct PoolSpec {
     /// Stores of an unverified generation read back and compared before they are
     /// acknowledged (0: no canary).
     pub canary_stores: u32,
+    /// The pool's lower tier (the host pairs the pools).
+    pub tier: Option<crate::tier::TierSpec>,
 }
 
 impl PoolSpec {
@@ -338,6 +347,7 @@ impl PoolSpec {
             durability: Durability::Sync,
             integrity: true,
             canary_stores: DEFAULT_CANARY_STORES,
+            tier: None,
         }
     }
 
@@ -366,6 +376,9 @@ impl PoolSpec {
             && (!n.is_power_of_two() || n > 1024)
         {
             return Err(PoolError::BadShards(n));
+        }
+        if let Some(tier) = &self.tier {
+            tier.check(&self.name)?;
         }
         self.durability.check()
     }
@@ -567,6 +580,11 @@ pub struct Pool {
     created: Instant,
     /// The pool's own database, when its store is granted `storage`.
     disk: Option<Arc<PoolDisk>>,
+    /// The pool's lower tier, set once when the host pairs the pools.
+    tier: std::sync::OnceLock<Arc<Tier>>,
+    /// The upper pool that owns this one as its lower tier (`owned` mirrors it lock-free).
+    owner: Mutex<Option<String>>,
+    owned: AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -719,6 +737,9 @@ impl Pool {
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
+            tier: std::sync::OnceLock::new(),
+            owner: Mutex::new(None),
+            owned: AtomicBool::new(false),
         })
     }
 
@@ -1034,6 +1055,7 @@ impl Pool {
     /// from every backend first, so whatever happens next, stale data cannot be returned.
     pub fn store(&self, offset: u64, page: &[u8]) -> Result<StoreOutcome, OpError> {
         self.check_len(page.len())?;
+        self.check_not_owned()?;
         Ok(self.store_bytes(offset, page))
     }
 
@@ -1050,6 +1072,7 @@ impl Pool {
     /// [`Pool::max_record`]), kept as they are by a pool whose chain is a lone store — how a
     /// peer host keeps its peers' pages. Every rule of [`Pool::store`] applies.
     pub fn store_record(&self, offset: u64, record: &[u8]) -> Result<StoreOutcome, OpError> {
+        self.check_not_owned()?;
         self.check_record_pool()?;
         if record.is_empty() || record.len() > self.max_record() {
             return Err(OpError::WrongRecordSize {
@@ -1075,11 +1098,18 @@ impl Pool {
     fn store_bytes(&self, offset: u64, page: &[u8]) -> StoreOutcome {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let replaced = shard.pages.entry(offset);
-        if let Some(old) = replaced {
+        let mut replaced = shard.pages.entry(offset).is_some();
+        if let Some(old) = shard.pages.entry(offset) {
             // The duplicate-store rule: invalidate before trying the new store.
             PoolStats::add(&self.stats.counters.duplicate_entry, 1);
             self.drop_stored(&mut shard, offset, old);
+        } else if let Some(tier) = self.tier.get()
+            && tier.lower.invalidate_inner(offset)
+        {
+            // The same rule across tiers: a demoted copy goes before the new store is tried
+            // (under this shard's lock, so no load sees it in between).
+            PoolStats::add(&self.stats.counters.duplicate_entry, 1);
+            replaced = true;
         }
         let (mut outcome, canary_failed) = self.try_store(&mut shard, offset, page);
         drop(shard);
@@ -1087,7 +1117,7 @@ impl Pool {
             self.roll_back(generation, why);
         }
         let stored = !matches!(outcome, StoreOutcome::Rejected(_));
-        if stored || replaced.is_some() {
+        if stored || replaced {
             // A sync pool acknowledges only what is on disk (the dropped old copy included).
             let durable = self.make_durable().is_ok();
             if stored && !durable {
@@ -1312,8 +1342,18 @@ impl Pool {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            return Ok(None);
+            let Some(tier) = self.tier.get() else { return Ok(None) };
+            let got = self.load_lower(tier, &mut shard, offset, out, exclusive, exact);
+            drop(shard);
+            if let Ok(Some(_)) = got {
+                PoolStats::add(&self.stats.counters.loads, 1);
+                self.stats.latency(Op::Load).record(start.elapsed());
+            }
+            return got;
         };
+        if self.tier.get().is_some() && !exclusive {
+            shard.pages.touch(offset);
+        }
         let slot = shard.slot_of(entry.generation());
         let Shard { generations, pages, .. } = &mut *shard;
         let GenerationSlot { chain, instances, .. } = &mut generations[slot];
@@ -1359,12 +1399,23 @@ impl Pool {
         }
     }
 
-    /// Drops one page; returns whether it was present (only then is it counted).
+    /// Drops one page; returns whether it was present (only then is it counted). A page
+    /// demoted to the lower tier is dropped there.
     pub fn invalidate_page(&self, offset: u64) -> bool {
+        self.invalidate_inner(offset)
+    }
+
+    fn invalidate_inner(&self, offset: u64) -> bool {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            return false;
+            let dropped = self.tier.get().is_some_and(|tier| tier.lower.invalidate_inner(offset));
+            drop(shard);
+            if dropped {
+                PoolStats::add(&self.stats.counters.invalidates, 1);
+                self.stats.latency(Op::InvalidatePage).record(start.elapsed());
+            }
+            return dropped;
         };
         self.drop_stored(&mut shard, offset, entry);
         drop(shard);
@@ -1374,9 +1425,14 @@ impl Pool {
         true
     }
 
-    /// Drops every page (swapoff): the map is cleared and every backend emptied.
+    /// Drops every page (swapoff): the map is cleared and every backend emptied, the lower
+    /// tier's too.
     pub fn invalidate_area(&self) {
         let start = Instant::now();
+        // No mover pass runs meanwhile (it could move a page of a shard not yet cleared
+        // into a lower tier already cleared).
+        let tier = self.tier.get();
+        let _mover = tier.map(|tier| tier.mover.lock());
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let Shard { generations, pages, .. } = &mut *shard;
@@ -1392,6 +1448,9 @@ impl Pool {
                 self.slot_removed(gone.id);
             }
             pages.drain(|entry| self.forget(EncodedKind::from_code(entry.kind())));
+        }
+        if let Some(tier) = tier {
+            tier.lower.invalidate_area();
         }
         let _ = self.make_durable();
         self.stats.latency(Op::InvalidateArea).record(start.elapsed());
@@ -1409,9 +1468,195 @@ impl Pool {
         self.shards.iter().all(|shard| shard.lock().pages.reserve_offsets(offsets))
     }
 
-    /// Whether `offset` is present (its bit is set).
+    /// Whether `offset` is present (its bit is set), in this pool or its lower tier.
     pub fn contains(&self, offset: u64) -> bool {
+        let shard = self.shard_of(offset).lock();
+        shard.pages.contains(offset) || self.tier.get().is_some_and(|tier| tier.lower.contains(offset))
+    }
+
+    /// Whether `offset` is present in this pool itself (not in its lower tier).
+    pub fn holds(&self, offset: u64) -> bool {
         self.shard_of(offset).lock().pages.contains(offset)
+    }
+
+    // ----- tiers -----
+
+    /// The pool's lower tier, if it has one.
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.get()
+    }
+
+    /// Makes `tier` the pool's lower tier (once; the host has checked the pair) and marks the
+    /// lower pool owned by this one.
+    pub(crate) fn set_tier(&self, tier: Tier) {
+        tier.lower.set_owner(Some(&self.name));
+        let _ = self.tier.set(Arc::new(tier));
+    }
+
+    /// Marks the pool owned by `upper` (its lower tier), or by nobody.
+    pub(crate) fn set_owner(&self, upper: Option<&str>) {
+        *self.owner.lock() = upper.map(str::to_string);
+        self.owned.store(upper.is_some(), Ordering::Release);
+    }
+
+    /// The upper pool that owns this one as its lower tier.
+    pub fn owner(&self) -> Option<String> {
+        self.owner.lock().clone()
+    }
+
+    /// Refuses direct use of a pool that is another pool's lower tier.
+    pub fn check_not_owned(&self) -> Result<(), OpError> {
+        if !self.owned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let upper = self.owner().unwrap_or_default();
+        Err(TierError::Owned { pool: self.name.clone(), upper }.into())
+    }
+
+    /// A load that missed this pool's map, in its locked `shard`: served from the lower tier
+    /// (which removes it, with `exclusive`). With [`Promote::OnLoad`] the page is stored up
+    /// again, then dropped from the lower tier — durable up before it goes down; if this pool
+    /// refuses it, it stays down. Either way it is in exactly one map when the lock drops.
+    fn load_lower(
+        &self,
+        tier: &Tier,
+        shard: &mut Shard,
+        offset: u64,
+        out: &mut [u8],
+        exclusive: bool,
+        exact: bool,
+    ) -> Result<Option<usize>, OpError> {
+        let Some(len) = tier.lower.load_into(offset, out, exclusive, exact)? else {
+            return Ok(None);
+        };
+        let promote = tier.spec.promote == Promote::OnLoad
+            && !exclusive
+            && len == self.page_size as usize
+            // A canary's verdict needs the unlocked shard to act on: promotion waits for it.
+            && self.canary_generation.load(Ordering::Acquire) == 0;
+        if !promote {
+            return Ok(Some(len));
+        }
+        let start = Instant::now();
+        let (outcome, _) = self.try_store(shard, offset, &out[..len]);
+        if matches!(outcome, StoreOutcome::Rejected(_)) {
+            return Ok(Some(len));
+        }
+        if self.make_durable().is_err() {
+            // Not durable up: it stays down only.
+            if let Some(entry) = shard.pages.entry(offset) {
+                self.drop_stored(shard, offset, entry);
+            }
+            return Ok(Some(len));
+        }
+        tier.lower.invalidate_inner(offset);
+        PoolStats::add(&self.stats.counters.tier_promoted_pages, 1);
+        self.stats.latency(Op::Promote).record(start.elapsed());
+        Ok(Some(len))
+    }
+
+    /// One pass of the tiers' mover over this pool: ages every page by the units elapsed
+    /// since the last pass (see [`crate::page_index::PageIndex::age`]) and demotes those idle
+    /// for the tier's `idle_seconds`, at most [`crate::tier::MAX_DEMOTIONS_PER_SHARD`] per
+    /// shard. Nothing for a pool without a tier. Allocates nothing: the victims and the page
+    /// buffer are the tier's, preallocated.
+    pub fn run_tier_pass(&self) -> TierPass {
+        let Some(tier) = self.tier.get() else { return TierPass::default() };
+        let mut guard = tier.mover.lock();
+        let state = &mut *guard;
+        let unit = tier.unit().max(Duration::from_millis(1));
+        let elapsed = state.last.elapsed();
+        let units = (elapsed.as_nanos() / unit.as_nanos()).min(crate::page_index::MAX_AGE as u128) as u32;
+        if units == crate::page_index::MAX_AGE as u32 {
+            state.last = Instant::now();
+        } else {
+            state.last += unit * units;
+        }
+        let mut counts = [0u64; crate::tier::AGE_BOUNDS.len() + 1];
+        let mut pass = TierPass::default();
+        for shard in self.shards.iter() {
+            state.victims.clear();
+            let victims = &mut state.victims;
+            shard.lock().pages.age(units as u8, |offset, age| {
+                counts[Tier::bucket(age)] += 1;
+                pass.scanned += 1;
+                if age >= IDLE_UNITS {
+                    pass.idle += 1;
+                    if victims.len() < victims.capacity() {
+                        victims.push(offset);
+                    }
+                }
+            });
+            for &offset in state.victims.iter() {
+                match self.demote(tier, offset, &mut state.page) {
+                    Some(true) => pass.demoted += 1,
+                    Some(false) => pass.kept += 1,
+                    None => {}
+                }
+            }
+        }
+        tier.publish(&counts, pass);
+        pass
+    }
+
+    /// Moves one idle page down, under its shard's lock: decoded through the chain that
+    /// stored it, stored through the lower pool's chain (durable there first, if this pool is
+    /// persistent), then dropped here. `Some(false)`: it stays up (the lower pool refused it,
+    /// or it could not be read back whole); `None`: it was used or dropped since the scan.
+    fn demote(&self, tier: &Tier, offset: u64, page: &mut [u8]) -> Option<bool> {
+        let start = Instant::now();
+        let mut shard = self.shard_of(offset).lock();
+        let entry = shard.pages.entry(offset)?;
+        if entry.age() < IDLE_UNITS {
+            return None;
+        }
+        let slot = shard.slot_of(entry.generation());
+        let Shard { generations, pages, .. } = &mut *shard;
+        let GenerationSlot { chain, instances, .. } = &mut generations[slot];
+        let decoded = instances.get(&self.context(entry.generation(), chain, pages), offset, page, true);
+        let whole = matches!(decoded, Ok(len) if len == page.len())
+            && entry.checksum().is_none_or(|sum| crc32c::crc32c(page) == sum);
+        if !whole {
+            tracing::warn!(pool = %self.name, offset, "tiers: an idle page did not read back whole; it stays up");
+            return Some(false);
+        }
+        if matches!(tier.lower.store_bytes(offset, page), StoreOutcome::Rejected(_)) {
+            return Some(false);
+        }
+        if self.disk.is_some()
+            && let Some(lower) = tier.lower.disk()
+            && lower.durability() != Durability::Sync
+            && lower.flush().is_err()
+        {
+            // Not durable down: it must not leave a persistent upper pool.
+            tier.lower.invalidate_inner(offset);
+            return Some(false);
+        }
+        self.drop_stored(&mut shard, offset, entry);
+        drop(shard);
+        let _ = self.make_durable();
+        PoolStats::add(&self.stats.counters.tier_demoted_pages, 1);
+        self.stats.latency(Op::Demote).record(start.elapsed());
+        Some(true)
+    }
+
+    /// Drops the lower tier's copies of pages this pool holds (left by a crash between a
+    /// promotion's two steps): the upper copy wins. Run when the pair is restored.
+    pub(crate) fn reconcile_tier(&self) -> u64 {
+        let Some(tier) = self.tier.get() else { return 0 };
+        let mut dropped = 0;
+        let mut offsets = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            offsets.clear();
+            shard.pages.some_offsets(usize::MAX, &mut offsets);
+            for &offset in &offsets {
+                if tier.lower.invalidate_inner(offset) {
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
     }
 
     /// "Partial swapoff": brings pages out of the pool until it holds at most `target_pages`.

@@ -28,6 +28,7 @@ mod plugin_loading;
 mod remote;
 mod restart;
 mod serve;
+mod tiers;
 
 /// Counts heap allocations per thread, as the `tmem` binary does.
 #[global_allocator]

@@ -309,7 +309,7 @@ fn attach(
     if !token.matches(presented) {
         return Err("wrong token: frontends authenticate with the host's API token".into());
     }
-    let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
+    let pool = host.frontend_pool(pool_name).map_err(|e| e.to_string())?;
     let modes = pool.modes();
     let flags = if modes.writethrough { proto::FLAG_WRITETHROUGH } else { 0 }
         | if modes.exclusive_gets { proto::FLAG_EXCLUSIVE_GETS } else { 0 };

@@ -21,6 +21,7 @@ use crate::frontend::attach::BlockDevices;
 use crate::host::{Host, pool_config};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::stats::Op;
+use tmem_api::rest::{IdleAgeBucket, TierInfo};
 
 fn backends_info(chain: &Chain) -> Vec<BackendInfo> {
     chain
@@ -97,6 +98,16 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         uptime_seconds: pool.created().elapsed().as_secs(),
         counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
         latency,
+        tier: pool.tier().map(|tier| TierInfo {
+            config: crate::host::tier_config(&tier.spec),
+            lower_pages: tier.lower.curr_pages(),
+            idle_age: tier
+                .idle_age()
+                .into_iter()
+                .map(|(bound, pages)| IdleAgeBucket { le_seconds: bound.map(|b| b.as_secs_f64()), pages })
+                .collect(),
+        }),
+        tier_of: pool.owner(),
         last_fault: pool.last_fault().map(|fault| FaultInfo {
             plugin: fault.plugin,
             kind: fault.kind.into(),
@@ -219,6 +230,7 @@ pub async fn delete_pool(
         (status = 507, description = "Rejected; any older copy at the offset is gone", body = StoreResult),
         (status = 400, description = "Not exactly one page", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "The pool is another pool's lower tier (`pool_is_lower_tier`)", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -228,7 +240,7 @@ pub async fn put_page(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     blocking(move || {
         let (status, result) = match pool.store(offset, &body)? {
             StoreOutcome::Stored => (StatusCode::CREATED, StoreResult { outcome: "stored".into(), reason: None }),
@@ -264,7 +276,7 @@ pub async fn get_page(
     State(host): State<Arc<Host>>,
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     blocking(move || {
         let mut page = vec![0u8; pool.page_size() as usize];
         match pool.load(offset, &mut page)? {
@@ -293,7 +305,7 @@ pub async fn delete_page(
     State(host): State<Arc<Host>>,
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<StatusCode, ApiError> {
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     blocking(
         move || {
             if pool.invalidate_page(offset) { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
@@ -313,7 +325,7 @@ pub async fn invalidate_area(
     State(host): State<Arc<Host>>,
     Path(name): Path<String>,
 ) -> Result<Json<AreaInvalidated>, ApiError> {
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     blocking(move || {
         let pages = pool.curr_pages();
         pool.invalidate_area();

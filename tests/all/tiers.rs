@@ -1,0 +1,305 @@
+//! Tiered pools on a real host with the real plugins: an upper pool (`[lz4, ram]`) that owns a
+//! lower one (`[zstd(level 9), ram]`), its idle pages moved down by mover passes the tests run
+//! themselves (`Host::run_tier_passes`; the host's own mover thread is off), and the frontswap
+//! contract across the two tiers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tmem_api::rest::{BackendRequest, PoolConfig, Promote, TierConfig};
+use tmem_host::plugin::EngineOptions;
+use tmem_host::tier::TierError;
+use tmem_host::workload::{self, PageClass};
+use tmem_host::{Host, HostConfig, HostError, LoadOutcome, OpError, Pool, RejectReason, StoreOutcome};
+
+const IDLE_SECONDS: u64 = 1;
+
+/// A host whose mover runs only when the test asks.
+fn host() -> Host {
+    Host::new(HostConfig {
+        engine: EngineOptions { max_instances: 200, ..Default::default() },
+        manual_tier_passes: true,
+        ..Default::default()
+    })
+    .expect("host starts")
+}
+
+fn lower_config(name: &str) -> PoolConfig {
+    let zstd = BackendRequest::with_config("zstd", json!({"level": 9}));
+    PoolConfig { shards: Some(4), ..PoolConfig::new(name, vec![zstd, BackendRequest::new("ram")]) }
+}
+
+fn upper_config(name: &str, lower: &str, promote: Promote) -> PoolConfig {
+    PoolConfig {
+        shards: Some(4),
+        tier: Some(TierConfig { lower: lower.into(), idle_seconds: IDLE_SECONDS, promote }),
+        ..PoolConfig::new(name, vec![BackendRequest::new("lz4"), BackendRequest::new("ram")])
+    }
+}
+
+/// An upper pool `[lz4, ram]` over a lower pool `[zstd(level 9), ram]`.
+fn pair(host: &Host, promote: Promote) -> (Arc<Pool>, Arc<Pool>) {
+    let lower = host.create_pool_from(&lower_config("cold")).expect("lower pool");
+    let upper = host.create_pool_from(&upper_config("hot", "cold", promote)).expect("upper pool");
+    (upper, lower)
+}
+
+/// A text-like page (what swap mostly holds), different for every offset and `round`.
+fn page(offset: u64, round: u64) -> Vec<u8> {
+    let index = (offset * 11 + round * 7919..).find(|&i| workload::class_of(5, i) == PageClass::Text).unwrap();
+    workload::page(5, index, 4096)
+}
+
+fn load(pool: &Pool, offset: u64) -> Option<Vec<u8>> {
+    let mut out = vec![0; 4096];
+    match pool.load(offset, &mut out).expect("load") {
+        LoadOutcome::Absent => None,
+        LoadOutcome::Loaded { .. } => Some(out),
+    }
+}
+
+/// Stores `pages` pages, lets them all go idle except those `hot` keeps loading, and runs the
+/// mover: a first pass takes the stores' reference bits, the second (after `idle_seconds`)
+/// sees who is idle. Returns what the second pass did.
+fn age_and_demote(host: &Host, upper: &Pool, pages: u64, hot: impl Fn(u64) -> bool) -> tmem_host::tier::TierPass {
+    for o in 0..pages {
+        assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
+    }
+    host.run_tier_passes();
+    let until = Instant::now() + Duration::from_millis(IDLE_SECONDS * 1000 + 150);
+    loop {
+        // The hot pages keep being loaded while the rest goes idle.
+        for o in (0..pages).filter(|&o| hot(o)) {
+            assert_eq!(load(upper, o).as_deref(), Some(&page(o, 0)[..]), "hot page {o}");
+        }
+        if Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let passes = host.run_tier_passes();
+    assert_eq!(passes.len(), 1, "one tiered pool");
+    passes[0].1
+}
+
+#[test]
+fn idle_pages_move_down_and_shrink_while_the_hot_quarter_stays_up() {
+    const PAGES: u64 = 2000;
+    let host = host();
+    let (upper, lower) = pair(&host, Promote::OnLoad);
+    let hot = |o: u64| o.is_multiple_of(4);
+    let cold_pages = (0..PAGES).filter(|&o| !hot(o)).count() as u64;
+
+    // Every page in the upper pool first: what they take there, and in the arena.
+    for o in 0..PAGES {
+        assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
+    }
+    let upper_before = upper.counters().pool_total_size;
+    let arena_before = host.page_arena().stats().object_bytes;
+    assert_eq!(lower.counters().pool_total_size, 0);
+    upper.invalidate_area();
+
+    let pass = age_and_demote(&host, &upper, PAGES, hot);
+    assert_eq!((pass.scanned, pass.idle, pass.demoted, pass.kept), (PAGES, cold_pages, cold_pages, 0));
+    let c = upper.counters();
+    assert_eq!(c.tier_demoted_pages, cold_pages);
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES - cold_pages, cold_pages));
+    for o in 0..PAGES {
+        assert_eq!(upper.holds(o), hot(o), "offset {o}: the hot pages stay up, the rest went down");
+        assert!(upper.contains(o));
+    }
+
+    // The bytes: the cold pages took (upper before − upper after) in lz4, now `lower` in zstd.
+    let upper_after = upper.counters().pool_total_size;
+    let lower_after = lower.counters().pool_total_size;
+    let arena_after = host.page_arena().stats().object_bytes;
+    let cold_lz4 = upper_before - upper_after;
+    let ratio = cold_lz4 as f64 / lower_after as f64;
+    eprintln!(
+        "tiers: {PAGES} pages, {cold_pages} demoted; pool_total_size before {upper_before} B (upper only), after {upper_after} + {lower_after} = {} B; \
+         cold pages {cold_lz4} B in lz4 -> {lower_after} B in zstd(9) (x{ratio:.2}); arena objects {arena_before} -> {arena_after} B; \
+         demotion mean {:.1} us",
+        upper_after + lower_after,
+        upper.latency(tmem_host::stats::Op::Demote).sum_ns as f64 / cold_pages as f64 / 1000.0,
+    );
+    assert!(ratio > 1.15, "zstd(9) keeps the cold pages in fewer bytes than lz4 (x{ratio:.2})");
+    assert!(upper_after + lower_after < upper_before, "both tiers together hold less than the upper did");
+    let saved = upper_before - (upper_after + lower_after);
+    assert!(
+        arena_before - arena_after >= saved * 9 / 10,
+        "the arena's stored bytes drop as pool_total_size does: {arena_before} -> {arena_after}, {saved} saved"
+    );
+    assert_eq!(upper.latency(tmem_host::stats::Op::Demote).count(), cold_pages);
+
+    // Every page reads back bit-exact through the upper pool; a load brings a cold page up.
+    for o in 0..PAGES {
+        assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+    let c = upper.counters();
+    assert_eq!(c.tier_promoted_pages, cold_pages);
+    assert_eq!(c.load_failures, 0);
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES, 0));
+    assert_eq!(lower.counters().pool_total_size, 0);
+    assert!((0..PAGES).all(|o| upper.holds(o)));
+}
+
+/// Demotes every page of `pages` (none is hot).
+fn all_down(host: &Host, upper: &Pool, lower: &Pool, pages: u64) {
+    let pass = age_and_demote(host, upper, pages, |_| false);
+    assert_eq!(pass.demoted, pages);
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, pages));
+}
+
+#[test]
+fn a_store_replaces_a_demoted_copy_even_when_it_is_refused() {
+    let host = host();
+    let (upper, lower) = pair(&host, Promote::Never);
+    all_down(&host, &upper, &lower, 16);
+    assert_eq!(upper.store(3, &page(3, 1)).unwrap(), StoreOutcome::Stored);
+    assert_eq!(lower.curr_pages(), 15, "the demoted copy went before the new store");
+    assert!(upper.holds(3));
+    assert_eq!(load(&upper, 3).as_deref(), Some(&page(3, 1)[..]), "the new page, never the demoted one");
+    assert_eq!(upper.counters().duplicate_entry, 1);
+
+    // Refused (the pool is disabled): the old copy below is gone all the same.
+    upper.set_enabled(false);
+    assert_eq!(upper.store(5, &page(5, 1)).unwrap(), StoreOutcome::Rejected(RejectReason::Disabled));
+    assert_eq!(load(&upper, 5), None, "no stale page after a refused store");
+    assert!(!upper.contains(5));
+    assert_eq!(lower.curr_pages(), 14);
+    assert_eq!(upper.counters().duplicate_entry, 2);
+}
+
+#[test]
+fn invalidate_and_invalidate_area_clear_both_tiers() {
+    let host = host();
+    let (upper, lower) = pair(&host, Promote::OnLoad);
+    all_down(&host, &upper, &lower, 32);
+    for o in 32..40 {
+        upper.store(o, &page(o, 0)).unwrap();
+    }
+    assert!(upper.invalidate_page(7), "a demoted page is present");
+    assert!(!upper.invalidate_page(7), "and then it is not");
+    assert_eq!(load(&upper, 7), None);
+    assert_eq!(lower.curr_pages(), 31);
+    assert_eq!(upper.counters().invalidates, 1);
+    assert!(upper.invalidate_page(33), "an upper page as before");
+
+    upper.invalidate_area();
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, 0));
+    assert_eq!(lower.counters().pool_total_size, 0);
+    assert!((0..40).all(|o| load(&upper, o).is_none()));
+}
+
+#[test]
+fn an_exclusive_get_takes_a_demoted_page_out_of_the_lower_tier() {
+    let host = host();
+    let (upper, lower) = pair(&host, Promote::OnLoad);
+    all_down(&host, &upper, &lower, 8);
+    upper.set_modes(tmem_host::PoolModes { exclusive_gets: true, ..upper.modes() });
+    let mut out = vec![0; 4096];
+    assert_eq!(upper.load(2, &mut out).unwrap(), LoadOutcome::Loaded { exclusive: true });
+    assert_eq!(out, page(2, 0));
+    assert!(!upper.contains(2), "gone from both tiers");
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, 7), "not promoted: it left");
+    assert_eq!(upper.load(2, &mut out).unwrap(), LoadOutcome::Absent);
+    assert_eq!(upper.counters().tier_promoted_pages, 0);
+}
+
+#[test]
+fn promotion_follows_the_policy() {
+    let host = host();
+    let (upper, lower) = pair(&host, Promote::Never);
+    all_down(&host, &upper, &lower, 8);
+    assert_eq!(load(&upper, 1).as_deref(), Some(&page(1, 0)[..]));
+    assert!(!upper.holds(1), "promote: never — served from below, stays below");
+    assert_eq!(lower.curr_pages(), 8);
+
+    let host = self::host();
+    let (upper, lower) = pair(&host, Promote::OnLoad);
+    all_down(&host, &upper, &lower, 8);
+    assert_eq!(load(&upper, 1).as_deref(), Some(&page(1, 0)[..]));
+    assert!(upper.holds(1), "promote: on_load — back up");
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (1, 7), "in exactly one tier");
+    assert_eq!(upper.counters().tier_promoted_pages, 1);
+    // Up again, it is young: the next pass leaves it there.
+    assert_eq!(host.run_tier_passes()[0].1.demoted, 0);
+    assert!(upper.holds(1));
+}
+
+#[test]
+fn a_page_the_lower_tier_refuses_stays_up() {
+    let host = host();
+    let lower = host
+        .create_pool_from(&PoolConfig { max_pages: Some(5), accept_threshold_percent: 100, ..lower_config("cold") })
+        .unwrap();
+    let upper = host.create_pool_from(&upper_config("hot", "cold", Promote::OnLoad)).unwrap();
+    let pass = age_and_demote(&host, &upper, 12, |_| false);
+    assert_eq!((pass.idle, pass.demoted, pass.kept), (12, 5, 7));
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (7, 5));
+    for o in 0..12 {
+        assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+}
+
+#[test]
+fn the_lower_tier_is_written_only_by_its_upper_pool() {
+    let host = host();
+    let (upper, lower) = pair(&host, Promote::OnLoad);
+    let owned = |e: &HostError| matches!(e, HostError::Tier(TierError::Owned { pool, upper }) if pool == "cold" && upper == "hot");
+    let e = host.frontend_pool("cold").unwrap_err();
+    assert!(owned(&e), "{e:?}");
+    assert_eq!(e.to_string(), "pool 'cold' is the lower tier of pool 'hot': only 'hot' reads and writes it");
+    assert!(matches!(lower.store(1, &page(1, 0)), Err(OpError::Tier(TierError::Owned { .. }))));
+    assert!(matches!(lower.store_record(1, b"x"), Err(OpError::Tier(TierError::Owned { .. }))));
+    assert_eq!(lower.curr_pages(), 0);
+    assert!(host.frontend_pool("hot").is_ok());
+    let e = host.destroy_pool("cold").unwrap_err();
+    assert!(matches!(e, HostError::Tier(TierError::LowerInUse { .. })), "{e:?}");
+
+    // The upper pool gone, the lower one is an ordinary pool again.
+    host.destroy_pool("hot").unwrap();
+    assert_eq!(lower.owner(), None);
+    assert_eq!(host.frontend_pool("cold").unwrap().store(1, &page(1, 0)).unwrap(), StoreOutcome::Stored);
+    assert!(upper.is_retired());
+}
+
+#[test]
+fn a_tier_config_is_checked() {
+    let host = host();
+    host.create_pool_from(&lower_config("cold")).unwrap();
+    let refused = |config: PoolConfig| host.create_pool_from(&config).unwrap_err();
+    let tier = |e: HostError| match e {
+        HostError::Tier(e) => e,
+        other => panic!("not a tier error: {other:?}"),
+    };
+    assert_eq!(tier(refused(upper_config("hot", "nope", Promote::OnLoad))), TierError::LowerNotFound("nope".into()));
+    assert_eq!(tier(refused(upper_config("hot", "hot", Promote::OnLoad))), TierError::ItsOwnLower("hot".into()));
+    let mut idle0 = upper_config("hot", "cold", Promote::OnLoad);
+    idle0.tier.as_mut().unwrap().idle_seconds = 0;
+    assert_eq!(tier(refused(idle0)), TierError::BadIdle(0));
+    let big = PoolConfig { page_size: 8192, ..upper_config("hot", "cold", Promote::OnLoad) };
+    assert_eq!(tier(refused(big)), TierError::PageSize { lower: "cold".into(), lower_size: 4096, upper_size: 8192 });
+    let wt = host.create_pool_from(&PoolConfig { writethrough: true, ..lower_config("wt") }).unwrap();
+    assert_eq!(
+        tier(refused(upper_config("hot", "wt", Promote::OnLoad))),
+        TierError::Writethrough { upper: "hot".into(), lower: "wt".into() }
+    );
+    drop(wt);
+    let full = host.create_pool_from(&lower_config("full")).unwrap();
+    full.store(0, &page(0, 0)).unwrap();
+    assert_eq!(tier(refused(upper_config("hot", "full", Promote::OnLoad))), TierError::LowerNotEmpty("full".into()));
+
+    host.create_pool_from(&upper_config("hot", "cold", Promote::OnLoad)).unwrap();
+    assert_eq!(
+        tier(refused(upper_config("hot2", "cold", Promote::OnLoad))),
+        TierError::AlreadyOwned { lower: "cold".into(), upper: "hot".into() }
+    );
+    // Tiers stack: `top` over `hot` over `cold`.
+    let top = host.create_pool_from(&upper_config("top", "hot", Promote::OnLoad));
+    assert!(top.is_ok(), "a chain of tiers: {top:?}");
+    // The API shows and keeps the pairing.
+    let config = tmem_host::host::pool_config(&host.pool("hot").unwrap());
+    assert_eq!(config.tier, Some(TierConfig { lower: "cold".into(), idle_seconds: 1, promote: Promote::OnLoad }));
+}
