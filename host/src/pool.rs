@@ -1461,6 +1461,12 @@ impl Pool {
         self.stats.counters.stored_pages.load(Ordering::Relaxed)
     }
 
+    /// Pages held now by this pool and the tiers below it (what the pool's frontends have
+    /// stored and not yet taken back or invalidated).
+    pub fn pages_with_tiers(&self) -> u64 {
+        self.curr_pages() + self.tier.get().map_or(0, |tier| tier.lower.pages_with_tiers())
+    }
+
     /// Makes room ahead in every shard's index for the offsets below `offsets` (a block
     /// device's pages), so that its stores never grow an index map on the I/O path. `false`
     /// if the budget refused (the maps then grow on demand).

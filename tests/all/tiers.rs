@@ -303,3 +303,108 @@ fn a_tier_config_is_checked() {
     let config = tmem_host::host::pool_config(&host.pool("hot").unwrap());
     assert_eq!(config.tier, Some(TierConfig { lower: "cold".into(), idle_seconds: 1, promote: Promote::OnLoad }));
 }
+
+fn host_on(dir: &std::path::Path) -> Host {
+    Host::new(HostConfig {
+        data_dir: Some(dir.to_path_buf()),
+        engine: EngineOptions { max_instances: 200, ..Default::default() },
+        manual_tier_passes: true,
+        ..Default::default()
+    })
+    .expect("host starts")
+}
+
+fn sled_chain(filter: BackendRequest) -> Vec<BackendRequest> {
+    vec![filter, BackendRequest { grants: vec!["storage".into()], ..BackendRequest::new("sled") }]
+}
+
+#[test]
+fn a_persistent_pair_finds_every_page_in_exactly_one_tier_after_a_restart() {
+    const PAGES: u64 = 200;
+    let dir = crate::common::temp_dir("tiers-restart");
+    let hot = |o: u64| o.is_multiple_of(4);
+    let lower = PoolConfig {
+        shards: Some(4),
+        ..PoolConfig::new("cold", sled_chain(BackendRequest::with_config("zstd", json!({"level": 9}))))
+    };
+    let upper =
+        PoolConfig { backends: sled_chain(BackendRequest::new("lz4")), ..upper_config("hot", "cold", Promote::OnLoad) };
+    {
+        let host = host_on(&dir);
+        let lower = host.create_pool_from(&lower).unwrap();
+        let upper = host.create_pool_from(&upper).unwrap();
+        assert!(upper.is_persistent() && lower.is_persistent());
+        let pass = age_and_demote(&host, &upper, PAGES, hot);
+        assert_eq!(pass.demoted, PAGES * 3 / 4);
+        assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES / 4, PAGES * 3 / 4));
+    }
+    let host = host_on(&dir);
+    let (upper, lower) = (host.pool("hot").unwrap(), host.pool("cold").unwrap());
+    assert_eq!(upper.tier().map(|t| t.lower.name().to_string()), Some("cold".into()), "the pair is restored");
+    assert!(matches!(host.frontend_pool("cold"), Err(HostError::Tier(TierError::Owned { .. }))));
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES / 4, PAGES * 3 / 4));
+    for o in 0..PAGES {
+        assert_eq!(upper.holds(o), hot(o), "offset {o} is where it was");
+        assert_eq!(upper.holds(o), !lower.holds(o), "offset {o} is in exactly one tier");
+    }
+    for o in 0..PAGES {
+        assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES, 0), "every cold page was promoted on load");
+}
+
+#[test]
+fn an_in_memory_upper_pool_restarts_empty_and_so_does_its_lower_tier() {
+    let dir = crate::common::temp_dir("tiers-restart-memory");
+    let lower = PoolConfig { shards: Some(4), ..PoolConfig::new("cold", sled_chain(BackendRequest::new("zstd"))) };
+    {
+        let host = host_on(&dir);
+        let lower = host.create_pool_from(&lower).unwrap();
+        let upper = host.create_pool_from(&upper_config("hot", "cold", Promote::OnLoad)).unwrap();
+        all_down(&host, &upper, &lower, 20);
+    }
+    let host = host_on(&dir);
+    let (upper, lower) = (host.pool("hot").unwrap(), host.pool("cold").unwrap());
+    assert!(upper.tier().is_some(), "the pair is restored");
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, 0), "no page of a pool that restarted empty stays below");
+    assert!((0..20).all(|o| load(&upper, o).is_none()));
+}
+
+#[test]
+fn through_tmem_serve_the_api_shows_the_pair_and_refuses_the_lower_pool() {
+    let dir = crate::common::temp_dir("tiers-serve");
+    let serve = crate::common::ServeProcess::start(&dir, &[]);
+    let client = serve.client();
+    client.create_pool(&lower_config("cold")).unwrap();
+    let refused = client.create_pool(&upper_config("hot", "nope", Promote::OnLoad)).unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (Some(400), Some("invalid_tier")), "{refused}");
+    let info = client.create_pool(&upper_config("hot", "cold", Promote::Never)).unwrap();
+    let tier = info.tier.expect("the pool shows its tier");
+    assert_eq!(tier.config, TierConfig { lower: "cold".into(), idle_seconds: 1, promote: Promote::Never });
+    assert_eq!(client.pool("cold").unwrap().tier_of.as_deref(), Some("hot"));
+    let again = client.create_pool(&upper_config("hot2", "cold", Promote::OnLoad)).unwrap_err();
+    assert_eq!((again.status(), again.code()), (Some(409), Some("tier_conflict")), "{again}");
+
+    for e in [
+        client.put_page("cold", 1, &page(1, 0)).unwrap_err(),
+        client.get_page("cold", 1).unwrap_err(),
+        client.remove_page("cold", 1).unwrap_err(),
+        client.invalidate_area("cold").unwrap_err(),
+        client.remove_pool("cold").unwrap_err(),
+    ] {
+        assert_eq!((e.status(), e.code()), (Some(409), Some("pool_is_lower_tier")), "{e}");
+    }
+    assert_eq!(client.put_page("hot", 1, &page(1, 0)).unwrap().outcome, "stored");
+    assert_eq!(client.get_page("hot", 1).unwrap().as_deref(), Some(&page(1, 0)[..]));
+    let metrics = client.metrics().unwrap();
+    for line in
+        ["tmem_pool_tier_demoted_pages_total{pool=\"hot\"} 0", "tmem_pool_tier_info{pool=\"hot\",lower=\"cold\""]
+    {
+        assert!(metrics.contains(line), "/metrics has {line}");
+    }
+    assert!(metrics.contains("tmem_pool_op_duration_seconds_count{pool=\"hot\",op=\"tier_demote\"}"));
+    // The pair survives a restart of the server (in-memory pools: restored empty, paired).
+    assert!(serve.stop());
+    let serve = crate::common::ServeProcess::start(&dir, &[]);
+    assert_eq!(serve.client().pool("cold").unwrap().tier_of.as_deref(), Some("hot"));
+}

@@ -433,7 +433,7 @@ fn run_batch(
                 out.push(pool.invalidate_page(offset) as u8);
             }
             Op::InvalidateArea => {
-                let present = pool.curr_pages() > 0;
+                let present = pool.pages_with_tiers() > 0;
                 pool.invalidate_area();
                 out.push(proto::R_INVALIDATED);
                 out.push(present as u8);

@@ -327,7 +327,7 @@ pub async fn invalidate_area(
 ) -> Result<Json<AreaInvalidated>, ApiError> {
     let pool = host.frontend_pool(&name)?;
     blocking(move || {
-        let pages = pool.curr_pages();
+        let pages = pool.pages_with_tiers();
         pool.invalidate_area();
         Ok(Json(AreaInvalidated { pages }))
     })
