@@ -236,6 +236,27 @@ pub struct TierConfig {
     /// `on_load` (default): a load of a demoted page brings it back up; `never`.
     #[serde(default)]
     pub promote: Promote,
+    /// When the host's memory budget is at least this full (1 to 100 percent; default 90),
+    /// pages idle for less than `idle_seconds` move down too, the coldest first.
+    #[serde(default = "default_pressure_percent")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub pressure_percent: u8,
+}
+
+fn default_pressure_percent() -> u8 {
+    90
+}
+
+impl TierConfig {
+    /// `lower` as the lower tier, pages moving down after `idle_seconds`, with the defaults.
+    pub fn new(lower: &str, idle_seconds: u64) -> Self {
+        TierConfig {
+            lower: lower.into(),
+            idle_seconds,
+            promote: Promote::default(),
+            pressure_percent: default_pressure_percent(),
+        }
+    }
 }
 
 impl PoolConfig {

@@ -1082,6 +1082,7 @@ fn tier_spec(config: &TierConfig) -> Result<TierSpec, TierError> {
             ApiPromote::OnLoad => Promote::OnLoad,
             ApiPromote::Never => Promote::Never,
         },
+        pressure_percent: config.pressure_percent,
     };
     Ok(spec)
 }
@@ -1095,6 +1096,7 @@ pub fn tier_config(spec: &TierSpec) -> TierConfig {
             Promote::OnLoad => ApiPromote::OnLoad,
             Promote::Never => ApiPromote::Never,
         },
+        pressure_percent: spec.pressure_percent,
     }
 }
 

@@ -580,6 +580,8 @@ pub struct Pool {
     created: Instant,
     /// The pool's own database, when its store is granted `storage`.
     disk: Option<Arc<PoolDisk>>,
+    /// The host's arena (its budget tells the tiers' mover about memory pressure).
+    arena: Arc<PageArena>,
     /// The pool's lower tier, set once when the host pairs the pools.
     tier: std::sync::OnceLock<Arc<Tier>>,
     /// The upper pool that owns this one as its lower tier (`owned` mirrors it lock-free).
@@ -737,6 +739,7 @@ impl Pool {
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
+            arena,
             tier: std::sync::OnceLock::new(),
             owner: Mutex::new(None),
             owned: AtomicBool::new(false),
@@ -1578,13 +1581,14 @@ impl Pool {
         } else {
             state.last += unit * units;
         }
-        let mut counts = [0u64; crate::tier::AGE_BOUNDS.len() + 1];
-        let mut pass = TierPass::default();
+        let mut ages = [0u64; crate::page_index::MAX_AGE as usize + 1];
+        let mut pass = TierPass { pressure: self.under_pressure(tier), ..TierPass::default() };
+        // Every page ages; those idle for `idle_seconds` go down.
         for shard in self.shards.iter() {
             state.victims.clear();
             let victims = &mut state.victims;
             shard.lock().pages.age(units as u8, |offset, age| {
-                counts[Tier::bucket(age)] += 1;
+                ages[age as usize] += 1;
                 pass.scanned += 1;
                 if age >= IDLE_UNITS {
                     pass.idle += 1;
@@ -1593,27 +1597,56 @@ impl Pool {
                     }
                 }
             });
-            for &offset in state.victims.iter() {
-                match self.demote(tier, offset, &mut state.page) {
-                    Some(true) => pass.demoted += 1,
-                    Some(false) => pass.kept += 1,
-                    None => {}
-                }
+            self.demote_all(tier, state, IDLE_UNITS, &mut pass);
+        }
+        // Under budget pressure, the coldest of the younger pages go too: the oldest age
+        // present, one age per pass (never a page used since the last pass).
+        let coldest = (1..IDLE_UNITS).rev().find(|&age| ages[age as usize] > 0);
+        if let (true, Some(threshold)) = (pass.pressure, coldest) {
+            pass.threshold = threshold;
+            for shard in self.shards.iter() {
+                state.victims.clear();
+                let victims = &mut state.victims;
+                // Ages by nothing: reads the ages (and resets pages used meanwhile to 0).
+                shard.lock().pages.age(0, |offset, age| {
+                    if age >= threshold && victims.len() < victims.capacity() {
+                        victims.push(offset);
+                    }
+                });
+                self.demote_all(tier, state, threshold, &mut pass);
             }
         }
-        tier.publish(&counts, pass);
+        tier.publish(&ages, pass);
         pass
+    }
+
+    /// Demotes the victims the mover found in one shard (those still `threshold` old).
+    fn demote_all(&self, tier: &Tier, state: &mut crate::tier::MoverState, threshold: u8, pass: &mut TierPass) {
+        for &offset in state.victims.iter() {
+            match self.demote(tier, offset, threshold, &mut state.page) {
+                Some(true) => pass.demoted += 1,
+                Some(false) => pass.kept += 1,
+                None => {}
+            }
+        }
+    }
+
+    /// Whether the host's memory budget is at least the tier's `pressure_percent` full.
+    fn under_pressure(&self, tier: &Tier) -> bool {
+        let budget = self.arena.budget();
+        let limit = budget.limit();
+        limit != u64::MAX && budget.used() as u128 * 100 >= limit as u128 * tier.spec.pressure_percent as u128
     }
 
     /// Moves one idle page down, under its shard's lock: decoded through the chain that
     /// stored it, stored through the lower pool's chain (durable there first, if this pool is
     /// persistent), then dropped here. `Some(false)`: it stays up (the lower pool refused it,
     /// or it could not be read back whole); `None`: it was used or dropped since the scan.
-    fn demote(&self, tier: &Tier, offset: u64, page: &mut [u8]) -> Option<bool> {
+    fn demote(&self, tier: &Tier, offset: u64, threshold: u8, page: &mut [u8]) -> Option<bool> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let entry = shard.pages.entry(offset)?;
-        if entry.age() < IDLE_UNITS {
+        if entry.age() < threshold {
             return None;
         }
         let slot = shard.slot_of(entry.generation());

@@ -21,6 +21,10 @@
 //! [`IDLE_UNITS`]: it has not been used for at least `idle_seconds` (and at most one pass
 //! more).
 //!
+//! **Budget pressure**: while the host's memory budget is at least `pressure_percent` full,
+//! each pass also moves down the oldest younger pages (the oldest age present below
+//! [`IDLE_UNITS`], one age per pass — the coldest first), never a page used since the last pass.
+//!
 //! # The mover
 //!
 //! [`Pool::run_tier_pass`] is one pass over a pool; the host's mover thread runs one over
@@ -48,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::page_index::MAX_AGE;
 use crate::pool::Pool;
 
 /// A page is demoted once it has been idle this many of its tier's units.
@@ -57,7 +62,7 @@ pub const MOVER_TICK: Duration = Duration::from_secs(1);
 /// Most pages one pass demotes per shard (the rest wait for the next pass): bounds the
 /// mover's buffer and the time a pass spends on one pool.
 pub const MAX_DEMOTIONS_PER_SHARD: usize = 4096;
-/// The idle-age histogram's bounds, in units (the last bucket, beyond, is every page).
+/// The idle-age histogram's bounds, in units (then one more bucket: every page).
 pub const AGE_BOUNDS: [u8; 4] = [2, 4, 8, 12];
 
 /// Whether a load through the upper pool brings a demoted page back up.
@@ -79,6 +84,9 @@ pub struct TierSpec {
     pub idle: Duration,
     /// The promotion policy.
     pub promote: Promote,
+    /// When the host's memory budget is at least this full (percent), the mover also moves
+    /// younger pages down, the coldest first.
+    pub pressure_percent: u8,
 }
 
 /// Why a lower tier was refused (or an owned pool was used directly).
@@ -87,6 +95,9 @@ pub enum TierError {
     /// `idle_seconds` out of range.
     #[error("tier idle_seconds {0} must be a whole number from {min} to {max}", min = tmem_api::rest::MIN_IDLE_SECONDS, max = tmem_api::rest::MAX_IDLE_SECONDS)]
     BadIdle(u64),
+    /// `pressure_percent` out of range.
+    #[error("tier pressure_percent {0} must be from 1 to 100")]
+    BadPressure(u8),
     /// A pool cannot be its own lower tier.
     #[error("pool '{0}' cannot be its own lower tier")]
     ItsOwnLower(String),
@@ -173,6 +184,9 @@ impl TierSpec {
         {
             return Err(TierError::BadIdle(secs));
         }
+        if !(1..=100).contains(&self.pressure_percent) {
+            return Err(TierError::BadPressure(self.pressure_percent));
+        }
         if self.lower == upper {
             return Err(TierError::ItsOwnLower(upper.into()));
         }
@@ -198,8 +212,8 @@ pub struct Tier {
     pub spec: TierSpec,
     /// Serializes the mover's passes with `invalidate_area` of the pair.
     pub(crate) mover: Mutex<MoverState>,
-    /// Pages per age bucket ([`AGE_BOUNDS`], then the rest) at the last pass.
-    idle_age: [AtomicU64; AGE_BOUNDS.len() + 1],
+    /// Pages per age (0 to [`MAX_AGE`]) at the last pass.
+    ages: [AtomicU64; MAX_AGE as usize + 1],
     /// The last pass's report.
     last_pass: RwLock<TierPass>,
 }
@@ -221,6 +235,11 @@ pub struct TierPass {
     pub demoted: u64,
     /// Idle pages that stayed up (the lower pool refused them, or they could not be read).
     pub kept: u64,
+    /// Whether the host's budget was under pressure (`pressure_percent`).
+    pub pressure: bool,
+    /// Under pressure: the age (in units) down to which younger pages were moved too
+    /// (0: none).
+    pub threshold: u8,
 }
 
 impl Tier {
@@ -234,7 +253,7 @@ impl Tier {
                 victims: Vec::with_capacity(MAX_DEMOTIONS_PER_SHARD),
                 page: vec![0; page_size as usize],
             }),
-            idle_age: Default::default(),
+            ages: Default::default(),
             last_pass: RwLock::new(TierPass::default()),
         }
     }
@@ -244,29 +263,27 @@ impl Tier {
         self.spec.idle / IDLE_UNITS as u32
     }
 
-    /// The bucket of the idle-age histogram an age falls into.
-    pub(crate) fn bucket(age: u8) -> usize {
-        AGE_BOUNDS.iter().position(|&b| age < b).unwrap_or(AGE_BOUNDS.len())
-    }
-
-    /// Publishes a pass's histogram and report.
-    pub(crate) fn publish(&self, counts: &[u64; AGE_BOUNDS.len() + 1], pass: TierPass) {
-        for (gauge, &n) in self.idle_age.iter().zip(counts) {
+    /// Publishes a pass's pages per age and its report.
+    pub(crate) fn publish(&self, ages: &[u64; MAX_AGE as usize + 1], pass: TierPass) {
+        for (gauge, &n) in self.ages.iter().zip(ages) {
             gauge.store(n, Ordering::Relaxed);
         }
         *self.last_pass.write() = pass;
     }
 
     /// The idle-age histogram as of the last pass: (upper bound, pages idle less than it),
-    /// cumulative; the last bound is `None` (every page).
+    /// cumulative over [`AGE_BOUNDS`]; the last bound is `None` (every page).
     pub fn idle_age(&self) -> Vec<(Option<Duration>, u64)> {
-        let mut total = 0;
-        let mut out = Vec::with_capacity(AGE_BOUNDS.len() + 1);
-        for (i, gauge) in self.idle_age.iter().enumerate() {
-            total += gauge.load(Ordering::Relaxed);
-            out.push((AGE_BOUNDS.get(i).map(|&b| self.unit() * b as u32), total));
-        }
+        let below = |bound: usize| self.ages[..bound].iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>();
+        let mut out: Vec<(Option<Duration>, u64)> =
+            AGE_BOUNDS.iter().map(|&b| (Some(self.unit() * b as u32), below(b as usize))).collect();
+        out.push((None, below(self.ages.len())));
         out
+    }
+
+    /// Whether a unit has elapsed since the last pass.
+    pub fn due(&self) -> bool {
+        self.mover.lock().last.elapsed() >= self.unit()
     }
 
     /// What the last pass did.
@@ -287,7 +304,8 @@ pub(crate) fn spawn_mover(
             let tiered: Vec<Arc<Pool>> = pools.read().values().filter(|p| p.tier().is_some()).cloned().collect();
             drop(pools);
             for pool in tiered {
-                if !pool.is_retired() {
+                // A pass ages pages by whole units: none is due before one has elapsed.
+                if !pool.is_retired() && pool.tier().is_some_and(|tier| tier.due()) {
                     pool.run_tier_pass();
                 }
             }

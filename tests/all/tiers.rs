@@ -33,7 +33,8 @@ fn lower_config(name: &str) -> PoolConfig {
 fn upper_config(name: &str, lower: &str, promote: Promote) -> PoolConfig {
     PoolConfig {
         shards: Some(4),
-        tier: Some(TierConfig { lower: lower.into(), idle_seconds: IDLE_SECONDS, promote }),
+        // Never under budget pressure (that is its own test).
+        tier: Some(TierConfig { promote, pressure_percent: 100, ..TierConfig::new(lower, IDLE_SECONDS) }),
         ..PoolConfig::new(name, vec![BackendRequest::new("lz4"), BackendRequest::new("ram")])
     }
 }
@@ -279,6 +280,9 @@ fn a_tier_config_is_checked() {
     let mut idle0 = upper_config("hot", "cold", Promote::OnLoad);
     idle0.tier.as_mut().unwrap().idle_seconds = 0;
     assert_eq!(tier(refused(idle0)), TierError::BadIdle(0));
+    let mut pressure0 = upper_config("hot", "cold", Promote::OnLoad);
+    pressure0.tier.as_mut().unwrap().pressure_percent = 0;
+    assert_eq!(tier(refused(pressure0)), TierError::BadPressure(0));
     let big = PoolConfig { page_size: 8192, ..upper_config("hot", "cold", Promote::OnLoad) };
     assert_eq!(tier(refused(big)), TierError::PageSize { lower: "cold".into(), lower_size: 4096, upper_size: 8192 });
     let wt = host.create_pool_from(&PoolConfig { writethrough: true, ..lower_config("wt") }).unwrap();
@@ -301,7 +305,7 @@ fn a_tier_config_is_checked() {
     assert!(top.is_ok(), "a chain of tiers: {top:?}");
     // The API shows and keeps the pairing.
     let config = tmem_host::host::pool_config(&host.pool("hot").unwrap());
-    assert_eq!(config.tier, Some(TierConfig { lower: "cold".into(), idle_seconds: 1, promote: Promote::OnLoad }));
+    assert_eq!(config.tier, Some(TierConfig { pressure_percent: 100, ..TierConfig::new("cold", 1) }));
 }
 
 fn host_on(dir: &std::path::Path) -> Host {
@@ -380,7 +384,10 @@ fn through_tmem_serve_the_api_shows_the_pair_and_refuses_the_lower_pool() {
     assert_eq!((refused.status(), refused.code()), (Some(400), Some("invalid_tier")), "{refused}");
     let info = client.create_pool(&upper_config("hot", "cold", Promote::Never)).unwrap();
     let tier = info.tier.expect("the pool shows its tier");
-    assert_eq!(tier.config, TierConfig { lower: "cold".into(), idle_seconds: 1, promote: Promote::Never });
+    assert_eq!(
+        tier.config,
+        TierConfig { promote: Promote::Never, pressure_percent: 100, ..TierConfig::new("cold", 1) }
+    );
     assert_eq!(client.pool("cold").unwrap().tier_of.as_deref(), Some("hot"));
     let again = client.create_pool(&upper_config("hot2", "cold", Promote::OnLoad)).unwrap_err();
     assert_eq!((again.status(), again.code()), (Some(409), Some("tier_conflict")), "{again}");
@@ -407,4 +414,46 @@ fn through_tmem_serve_the_api_shows_the_pair_and_refuses_the_lower_pool() {
     assert!(serve.stop());
     let serve = crate::common::ServeProcess::start(&dir, &[]);
     assert_eq!(serve.client().pool("cold").unwrap().tier_of.as_deref(), Some("hot"));
+}
+
+#[test]
+fn under_budget_pressure_the_coldest_younger_pages_go_first() {
+    let host = host();
+    host.create_pool_from(&lower_config("cold")).unwrap();
+    let mut config = upper_config("hot", "cold", Promote::Never);
+    *config.tier.as_mut().unwrap() = TierConfig { pressure_percent: 50, ..TierConfig::new("cold", 4) };
+    let upper = host.create_pool_from(&config).unwrap();
+    let budget = host.memory_budget();
+    let relaxed = u64::MAX - 1;
+    budget.set_limit(relaxed);
+    let unit = upper.tier().unwrap().unit();
+    // Three groups: `a` idle since the first pass, `b` since the second, `c` since the third.
+    let group = |o: u64| o % 3;
+    for o in 0..60 {
+        upper.store(o, &page(o, 0)).unwrap();
+    }
+    let pass = |host: &Host| host.run_tier_passes()[0].1;
+    pass(&host);
+    for used in [1, 2] {
+        std::thread::sleep(unit + unit / 10);
+        for o in (0..60).filter(|&o| group(o) >= used) {
+            load(&upper, o).unwrap();
+        }
+        let p = pass(&host);
+        assert_eq!((p.pressure, p.demoted), (false, 0), "no pressure, nothing idle for idle_seconds yet: {p:?}");
+    }
+    // Pressure: the budget two-thirds used.
+    budget.set_limit(budget.used() * 3 / 2);
+    let first = pass(&host);
+    assert!(first.pressure);
+    assert_eq!((first.idle, first.demoted), (0, 20), "only the coldest third: {first:?}");
+    assert!((0..60).all(|o| upper.holds(o) == (group(o) != 0)));
+    let second = pass(&host);
+    assert_eq!(second.demoted, 20, "then the next coldest: {second:?}");
+    assert!(second.threshold < first.threshold);
+    assert!((0..60).all(|o| upper.holds(o) == (group(o) == 2)), "the pages used last stay up");
+    budget.set_limit(relaxed);
+    for o in 0..60 {
+        assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
 }
