@@ -1,13 +1,15 @@
 //! Tiered pools on a real host with the real plugins: an upper pool (`[lz4, ram]`) that owns a
-//! lower one (`[zstd(level 9), ram]`), its idle pages moved down by mover passes the tests run
-//! themselves (`Host::run_tier_passes`; the host's own mover thread is off), and the frontswap
-//! contract across the two tiers.
+//! lower one (`[zstd(level 9), ram]`, or `[zstd, sled]` across a restart), its idle pages moved
+//! down by mover passes the tests run themselves (`Host::run_tier_passes`; the host's own mover
+//! thread is off), the frontswap contract across the two tiers, and the pair through a real
+//! `tmem serve` (REST, `/metrics`, the frontend socket).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tmem_api::rest::{BackendRequest, PoolConfig, Promote, TierConfig};
+use tmem_frontend::client::{FrontendClient, Op, OpResult};
 use tmem_host::plugin::EngineOptions;
 use tmem_host::tier::TierError;
 use tmem_host::workload::{self, PageClass};
@@ -401,6 +403,14 @@ fn through_tmem_serve_the_api_shows_the_pair_and_refuses_the_lower_pool() {
     ] {
         assert_eq!((e.status(), e.code()), (Some(409), Some("pool_is_lower_tier")), "{e}");
     }
+    // The frontend socket: the lower pool turns a frontend away; the upper pool serves it.
+    let socket = dir.join("tmem.sock");
+    let err = FrontendClient::connect(&socket, &serve.token, "cold", "app").unwrap_err();
+    assert!(err.to_string().contains("pool 'cold' is the lower tier of pool 'hot'"), "{err}");
+    let frontend = FrontendClient::connect(&socket, &serve.token, "hot", "app").unwrap();
+    let stored = frontend.batch(&[Op::Store(7, &page(7, 0)), Op::Load(7)]).unwrap();
+    assert_eq!(stored[0], OpResult::Stored);
+    assert_eq!(stored[1], OpResult::Loaded { exclusive: false, page: page(7, 0) });
     assert_eq!(client.put_page("hot", 1, &page(1, 0)).unwrap().outcome, "stored");
     assert_eq!(client.get_page("hot", 1).unwrap().as_deref(), Some(&page(1, 0)[..]));
     let metrics = client.metrics().unwrap();
