@@ -530,8 +530,9 @@ pub struct TierInfo {
     pub config: TierConfig,
     /// Pages the lower pool holds for this one now.
     pub lower_pages: u64,
-    /// How long this pool's pages have been idle, as of the mover's last pass: pages whose
-    /// idle time is below each bound (`le_seconds`, cumulative; the last bound is `null`: all).
+    /// How long this pool's own pages have been idle, as of the mover's last pass (after its
+    /// moves): pages whose idle time is below each bound (`le_seconds`, cumulative; the last
+    /// bound is `null`: all of them).
     pub idle_age: Vec<IdleAgeBucket>,
 }
 

@@ -1597,7 +1597,7 @@ impl Pool {
                     }
                 }
             });
-            self.demote_all(tier, state, IDLE_UNITS, &mut pass);
+            self.demote_all(tier, state, IDLE_UNITS, &mut pass, &mut ages);
         }
         // Under budget pressure, the coldest of the younger pages go too: the oldest age
         // present, one age per pass (never a page used since the last pass).
@@ -1613,19 +1613,30 @@ impl Pool {
                         victims.push(offset);
                     }
                 });
-                self.demote_all(tier, state, threshold, &mut pass);
+                self.demote_all(tier, state, threshold, &mut pass, &mut ages);
             }
         }
         tier.publish(&ages, pass);
         pass
     }
 
-    /// Demotes the victims the mover found in one shard (those still `threshold` old).
-    fn demote_all(&self, tier: &Tier, state: &mut crate::tier::MoverState, threshold: u8, pass: &mut TierPass) {
+    /// Demotes the victims the mover found in one shard (those still `threshold` old); a
+    /// page moved down leaves the pass's count of pages per age.
+    fn demote_all(
+        &self,
+        tier: &Tier,
+        state: &mut crate::tier::MoverState,
+        threshold: u8,
+        pass: &mut TierPass,
+        ages: &mut [u64],
+    ) {
         for &offset in state.victims.iter() {
             match self.demote(tier, offset, threshold, &mut state.page) {
-                Some(true) => pass.demoted += 1,
-                Some(false) => pass.kept += 1,
+                Some(Ok(age)) => {
+                    pass.demoted += 1;
+                    ages[age as usize] = ages[age as usize].saturating_sub(1);
+                }
+                Some(Err(())) => pass.kept += 1,
                 None => {}
             }
         }
@@ -1640,9 +1651,10 @@ impl Pool {
 
     /// Moves one idle page down, under its shard's lock: decoded through the chain that
     /// stored it, stored through the lower pool's chain (durable there first, if this pool is
-    /// persistent), then dropped here. `Some(false)`: it stays up (the lower pool refused it,
-    /// or it could not be read back whole); `None`: it was used or dropped since the scan.
-    fn demote(&self, tier: &Tier, offset: u64, threshold: u8, page: &mut [u8]) -> Option<bool> {
+    /// persistent), then dropped here. `Some(Ok(age))`: it moved, at that age; `Some(Err(()))`:
+    /// it stays up (the lower pool refused it, or it could not be read back whole); `None`: it
+    /// was used or dropped since the scan.
+    fn demote(&self, tier: &Tier, offset: u64, threshold: u8, page: &mut [u8]) -> Option<Result<u8, ()>> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let entry = shard.pages.entry(offset)?;
@@ -1657,10 +1669,10 @@ impl Pool {
             && entry.checksum().is_none_or(|sum| crc32c::crc32c(page) == sum);
         if !whole {
             tracing::warn!(pool = %self.name, offset, "tiers: an idle page did not read back whole; it stays up");
-            return Some(false);
+            return Some(Err(()));
         }
         if matches!(tier.lower.store_bytes(offset, page), StoreOutcome::Rejected(_)) {
-            return Some(false);
+            return Some(Err(()));
         }
         if self.disk.is_some()
             && let Some(lower) = tier.lower.disk()
@@ -1669,14 +1681,14 @@ impl Pool {
         {
             // Not durable down: it must not leave a persistent upper pool.
             tier.lower.invalidate_inner(offset);
-            return Some(false);
+            return Some(Err(()));
         }
         self.drop_stored(&mut shard, offset, entry);
         drop(shard);
         let _ = self.make_durable();
         PoolStats::add(&self.stats.counters.tier_demoted_pages, 1);
         self.stats.latency(Op::Demote).record(start.elapsed());
-        Some(true)
+        Some(Ok(entry.age()))
     }
 
     /// Drops the lower tier's copies of pages this pool holds (left by a crash between a

@@ -112,6 +112,10 @@ fn idle_pages_move_down_and_shrink_while_the_hot_quarter_stays_up() {
         assert_eq!(upper.holds(o), hot(o), "offset {o}: the hot pages stay up, the rest went down");
         assert!(upper.contains(o));
     }
+    // The idle-age histogram: the pages left up are the hot ones, just used.
+    let ages = upper.tier().unwrap().idle_age();
+    assert_eq!(ages.first().map(|&(_, n)| n), Some(PAGES - cold_pages), "{ages:?}");
+    assert_eq!(ages.last(), Some(&(None, PAGES - cold_pages)));
 
     // The bytes: the cold pages took (upper before − upper after) in lz4, now `lower` in zstd.
     let upper_after = upper.counters().pool_total_size;

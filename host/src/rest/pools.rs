@@ -205,6 +205,7 @@ pub async fn patch_pool(
     responses(
         (status = 204, description = "Destroyed"),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "The pool is another pool's lower tier (`pool_is_lower_tier`): destroy that pool first", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`): the pool stays", body = ErrorBody),
     ),
     security(("token" = []))
