@@ -298,12 +298,15 @@ pub(crate) fn spawn_mover(
     pools: std::sync::Weak<RwLock<std::collections::BTreeMap<String, Arc<Pool>>>>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("tmem-tiers".into()).spawn(move || {
+        // Reused every tick: it grows only past the most tiered pools the host has had.
+        let mut tiered: Vec<Arc<Pool>> = Vec::new();
         loop {
             std::thread::sleep(MOVER_TICK);
             let Some(pools) = pools.upgrade() else { return };
-            let tiered: Vec<Arc<Pool>> = pools.read().values().filter(|p| p.tier().is_some()).cloned().collect();
+            tiered.clear();
+            tiered.extend(pools.read().values().filter(|p| p.tier().is_some()).cloned());
             drop(pools);
-            for pool in tiered {
+            for pool in tiered.drain(..) {
                 // A pass ages pages by whole units: none is due before one has elapsed.
                 if !pool.is_retired() && pool.tier().is_some_and(|tier| tier.due()) {
                     pool.run_tier_pass();

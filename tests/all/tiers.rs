@@ -417,6 +417,10 @@ fn through_tmem_serve_the_api_shows_the_pair_and_refuses_the_lower_pool() {
     assert_eq!(stored[1], OpResult::Loaded { exclusive: false, page: page(7, 0) });
     assert_eq!(client.put_page("hot", 1, &page(1, 0)).unwrap().outcome, "stored");
     assert_eq!(client.get_page("hot", 1).unwrap().as_deref(), Some(&page(1, 0)[..]));
+    let openapi = client.openapi().unwrap();
+    for schema in ["TierConfig", "Promote", "TierInfo", "IdleAgeBucket"] {
+        assert!(openapi["components"]["schemas"][schema].is_object(), "the OpenAPI document has {schema}");
+    }
     let metrics = client.metrics().unwrap();
     for line in
         ["tmem_pool_tier_demoted_pages_total{pool=\"hot\"} 0", "tmem_pool_tier_info{pool=\"hot\",lower=\"cold\""]
