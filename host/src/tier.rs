@@ -45,6 +45,14 @@
 //! copy wins and the lower one is dropped, so a restart finds each page in exactly one place.
 //! An in-memory upper pool restarts empty, and so does its lower tier (its copies of pages
 //! the frontend no longer has are dropped when the pair is restored).
+//!
+//! # Not yet
+//!
+//! `curr_pages`, `stored_pages` and shrink count a pool's own pages only (the pages below are
+//! the lower pool's; [`Pool::pages_with_tiers`] counts both). Records (a peer's pages, already
+//! encoded, shorter than a page) are not moved down. A pass ages a shard under its lock in one
+//! go, so a store or load in that shard waits for a walk of its index (unmeasured). A pairing is made when the upper pool
+//! is created and undone only by destroying it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -475,3 +475,53 @@ fn under_budget_pressure_the_coldest_younger_pages_go_first() {
         assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
     }
 }
+
+#[test]
+fn writethrough_pages_may_be_dropped_below_but_never_served_wrong() {
+    let host = host();
+    let lower = host
+        .create_pool_from(&PoolConfig {
+            writethrough: true,
+            max_pages: Some(4),
+            accept_threshold_percent: 100,
+            ..lower_config("cold")
+        })
+        .unwrap();
+    let mut config = upper_config("hot", "cold", Promote::Never);
+    config.writethrough = true;
+    let upper = host.create_pool_from(&config).unwrap();
+    for o in 0..12 {
+        assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::StoredWritethrough);
+    }
+    let pass = demote_what_is_stored(&host);
+    assert_eq!(pass.demoted + pass.kept, 12, "{pass:?}");
+    // A writethrough lower tier at its limit makes room by dropping pages of the shard it
+    // stores into (what it cannot make room for stays up).
+    let reclaimed = lower.counters().reclaimed_pages;
+    assert!(reclaimed > 0 && pass.demoted > 4, "{pass:?}, {reclaimed} reclaimed");
+    assert_eq!(lower.curr_pages(), pass.demoted - reclaimed);
+    let mut served = 0;
+    for o in 0..12 {
+        // The frontend has every page on its device (writethrough): a page may be gone, never wrong.
+        if let Some(got) = load(&upper, o) {
+            assert_eq!(got, page(o, 0), "offset {o}");
+            served += 1;
+        }
+    }
+    assert_eq!(served, upper.curr_pages() + lower.curr_pages());
+    // Neither side of the pair may turn the other's guarantee off.
+    let patch = |writethrough| tmem_api::rest::PoolPatch { writethrough: Some(writethrough), ..Default::default() };
+    let e = host.update_pool("hot", &patch(false)).unwrap_err();
+    assert!(matches!(e, HostError::Tier(TierError::Writethrough { .. })), "{e:?}");
+    host.update_pool("cold", &patch(false)).unwrap();
+    host.update_pool("hot", &patch(false)).unwrap();
+    let e = host.update_pool("cold", &patch(true)).unwrap_err();
+    assert!(matches!(e, HostError::Tier(TierError::Writethrough { .. })), "{e:?}");
+}
+
+/// [`age_and_demote`] for the pages already stored, none hot.
+fn demote_what_is_stored(host: &Host) -> tmem_host::tier::TierPass {
+    host.run_tier_passes();
+    std::thread::sleep(Duration::from_millis(IDLE_SECONDS * 1000 + 150));
+    host.run_tier_passes()[0].1
+}
