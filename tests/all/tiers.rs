@@ -525,3 +525,80 @@ fn demote_what_is_stored(host: &Host) -> tmem_host::tier::TierPass {
     std::thread::sleep(Duration::from_millis(IDLE_SECONDS * 1000 + 150));
     host.run_tier_passes()[0].1
 }
+
+#[test]
+fn loads_and_stores_racing_the_mover_always_see_the_last_page() {
+    const THREADS: u64 = 4;
+    const PER_THREAD: u64 = 64;
+    let host = Arc::new(host());
+    let (upper, lower) = pair(&host, Promote::OnLoad);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mover = {
+        let (host, stop) = (host.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                host.run_tier_passes();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let upper = upper.clone();
+            std::thread::spawn(move || {
+                // This thread's offsets; the first half stays busy, the second goes idle
+                // (and down), then comes back up.
+                let offsets: Vec<u64> = (0..PER_THREAD).map(|k| k * THREADS + t).collect();
+                let mut round = vec![Some(0u64); offsets.len()];
+                for &o in &offsets {
+                    assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
+                }
+                let check = |i: usize, want: Option<u64>| {
+                    let o = offsets[i];
+                    assert_eq!(
+                        load(&upper, o),
+                        want.map(|r| page(o, r)),
+                        "offset {o}: the last page stored, or absent"
+                    );
+                };
+                // Until the mover has moved a good part of the idle halves down (it must within
+                // the deadline, however slow the machine).
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let moved = || upper.counters().tier_demoted_pages >= THREADS * PER_THREAD / 4;
+                let mut step = t;
+                while !moved() {
+                    assert!(Instant::now() < deadline, "the mover moved nothing down in a minute");
+                    step = step.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let i = (step >> 33) as usize % (offsets.len() / 2);
+                    match (step >> 20) % 8 {
+                        0 => {
+                            assert_eq!(upper.invalidate_page(offsets[i]), round[i].is_some());
+                            round[i] = None;
+                        }
+                        1..=2 => {
+                            let r = round[i].map_or(1, |r| r + 1);
+                            assert_eq!(upper.store(offsets[i], &page(offsets[i], r)).unwrap(), StoreOutcome::Stored);
+                            round[i] = Some(r);
+                        }
+                        _ => check(i, round[i]),
+                    }
+                }
+                // The idle half is (mostly) down by now: every page of it reads back.
+                for (i, want) in round.iter().enumerate() {
+                    check(i, *want);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a worker saw the wrong page");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    mover.join().unwrap();
+    let c = upper.counters();
+    assert!(c.tier_demoted_pages > 0 && c.tier_promoted_pages > 0, "the mover raced the workers: {c:?}");
+    assert_eq!(c.load_failures, 0);
+    let stored = (0..THREADS * PER_THREAD).filter(|&o| upper.contains(o)).count() as u64;
+    assert_eq!(upper.curr_pages() + lower.curr_pages(), stored, "every page in exactly one tier");
+    assert!((0..THREADS * PER_THREAD).all(|o| !(upper.holds(o) && lower.holds(o))));
+}
