@@ -272,10 +272,68 @@ pub struct PoolConfig {
     /// many faults roll the pool back. 0: no canary.
     #[serde(default = "default_canary_stores")]
     pub canary_stores: u32,
+    /// A lower tier: another pool (same page size, empty, no frontend) that this pool owns
+    /// from now on and moves its idle pages into. Set when the pool is created; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<TierConfig>,
 }
 
 fn default_canary_stores() -> u32 {
     256
+}
+
+/// Whether a load through the upper pool brings a demoted page back up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Promote {
+    /// A load of a demoted page stores it in the upper pool again (if the upper pool takes
+    /// it) and drops it from the lower one.
+    #[default]
+    OnLoad,
+    /// A demoted page is served from the lower pool and stays there.
+    Never,
+}
+
+/// The smallest `idle_seconds` of a tier.
+pub const MIN_IDLE_SECONDS: u64 = 1;
+/// The largest `idle_seconds` of a tier (a week).
+pub const MAX_IDLE_SECONDS: u64 = 7 * 24 * 3600;
+
+/// A pool's lower tier (`PoolConfig::tier`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// The lower pool's name. It must exist, have the same page size, be empty, have no
+    /// frontend, and not be the lower tier of another pool; the pair shares one offset
+    /// space, and only this pool writes into it.
+    pub lower: String,
+    /// A page not loaded or stored for this long moves to the lower pool (1 to 604800).
+    #[schema(minimum = 1, maximum = 604800)]
+    pub idle_seconds: u64,
+    /// `on_load` (default): a load of a demoted page brings it back up; `never`.
+    #[serde(default)]
+    pub promote: Promote,
+    /// When the host's memory budget is at least this full (1 to 100 percent; default 90),
+    /// pages idle for less than `idle_seconds` move down too, the coldest first.
+    #[serde(default = "default_pressure_percent")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub pressure_percent: u8,
+}
+
+fn default_pressure_percent() -> u8 {
+    90
+}
+
+impl TierConfig {
+    /// `lower` as the lower tier, pages moving down after `idle_seconds`, with the defaults.
+    pub fn new(lower: &str, idle_seconds: u64) -> Self {
+        TierConfig {
+            lower: lower.into(),
+            idle_seconds,
+            promote: Promote::default(),
+            pressure_percent: default_pressure_percent(),
+        }
+    }
 }
 
 impl PoolConfig {
@@ -297,6 +355,7 @@ impl PoolConfig {
             flush_interval_ms: None,
             integrity: true,
             canary_stores: default_canary_stores(),
+            tier: None,
         }
     }
 }
@@ -537,6 +596,34 @@ pub struct PoolInfo {
     pub latency: BTreeMap<String, LatencySummary>,
     /// The most recent plugin fault, if any.
     pub last_fault: Option<FaultInfo>,
+    /// The pool's lower tier, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<TierInfo>,
+    /// The upper pool that owns this one as its lower tier (only it writes into this pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_of: Option<String>,
+}
+
+/// A pool's lower tier as it runs (`PoolInfo::tier`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TierInfo {
+    /// The config.
+    pub config: TierConfig,
+    /// Pages the lower pool holds for this one now.
+    pub lower_pages: u64,
+    /// How long this pool's own pages have been idle, as of the mover's last pass (after its
+    /// moves): pages whose idle time is below each bound (`le_seconds`, cumulative; the last
+    /// bound is `null`: all of them).
+    pub idle_age: Vec<IdleAgeBucket>,
+}
+
+/// One bucket of a tier's idle-age histogram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IdleAgeBucket {
+    /// The bound in seconds; `null`: no bound (every page).
+    pub le_seconds: Option<f64>,
+    /// Pages idle less than the bound.
+    pub pages: u64,
 }
 
 // ----- frontends -----

@@ -108,7 +108,13 @@ fn through_host(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>],
 }
 
 fn through_host_as(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8>], n: u64, variant: Variant) -> Run {
-    let config = HostConfig { data_dir: None, engine, memory_limit: MemoryLimit::Unlimited, secrets_key: None };
+    let config = HostConfig {
+        data_dir: None,
+        engine,
+        memory_limit: MemoryLimit::Unlimited,
+        secrets_key: None,
+        manual_tier_passes: false,
+    };
     let host = Host::new(config).unwrap();
     let mut spec = PoolSpec::new("bench");
     spec.integrity = !variant.unchecked;

@@ -17,7 +17,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tmem_api::manifest::ConfigValueKind;
 use tmem_api::rest::{
-    BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, SandboxConfig, TokenInfo, TokenScope,
+    BackendRequest, Durability as ApiDurability, PoolConfig, PoolPatch, Promote as ApiPromote, SandboxConfig,
+    TierConfig, TokenInfo, TokenScope,
 };
 
 use crate::catalog::{Catalog, CatalogError, GenerationRecord, PoolRecord};
@@ -30,6 +31,7 @@ use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, 
 use crate::pool::{Generation, Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
 use crate::secrets::{SEALED_PREFIX, SecretError, SecretSealer};
 use crate::stats::CounterSnapshot;
+use crate::tier::{Promote, Tier, TierError, TierPass, TierSpec};
 
 /// The arena of a host whose budget is `limit` bytes: address space for the larger of the
 /// budget and the machine's RAM (so a limit raised at run time has room; at most the arena's
@@ -59,6 +61,9 @@ pub struct HostConfig {
     /// The key that seals the secrets the catalog keeps ([`crate::secrets`]); `None`:
     /// `DATA_DIR.key`, beside the data dir.
     pub secrets_key: Option<PathBuf>,
+    /// No mover thread: tiered pools move pages only when [`Host::run_tier_passes`] is
+    /// called (tests, which must not depend on timing).
+    pub manual_tier_passes: bool,
 }
 
 /// How much memory the host may keep for pages: stored bytes and what it keeps to find them.
@@ -185,6 +190,9 @@ pub enum HostError {
         /// Bytes of the budget not charged.
         free: u64,
     },
+    /// A lower tier was refused, or a lower tier was used directly.
+    #[error(transparent)]
+    Tier(#[from] TierError),
     /// A memory budget below [`MIN_MEMORY_LIMIT`].
     #[error("a memory limit of {0} bytes is too small: at least {MIN_MEMORY_LIMIT} bytes (16 MiB)")]
     MemoryLimitTooSmall(u64),
@@ -196,6 +204,7 @@ impl From<PoolError> for HostError {
             PoolError::Chain(e) => HostError::Chain(e),
             PoolError::Disk(e) => HostError::Disk(e),
             PoolError::NotRecorded(e) => HostError::Catalog(e),
+            PoolError::Tier(e) => HostError::Tier(e),
             e => HostError::Pool(e),
         }
     }
@@ -297,14 +306,18 @@ impl Host {
         }
         host.restore_pools()?;
         spawn_compactor(Arc::downgrade(&host.pools), Arc::downgrade(&host.arena))?;
+        if !config.manual_tier_passes {
+            crate::tier::spawn_mover(Arc::downgrade(&host.pools))?;
+        }
         Ok(host)
     }
 
     fn restore_pools(&self) -> Result<(), CatalogError> {
         let Some(catalog) = &self.catalog else { return Ok(()) };
-        for record in catalog.pools()? {
+        let records = catalog.pools()?;
+        for record in &records {
             let name = record.config.name.clone();
-            match self.restore_pool(&record) {
+            match self.restore_pool(record) {
                 Ok(pool) if pool.is_persistent() => {
                     self.pools.write().insert(name.clone(), pool.clone());
                     tracing::info!(pool = %name, chain = %pool.chain().describe(), pages = pool.curr_pages(), "persistent pool restored");
@@ -322,7 +335,107 @@ impl Host {
                 }
             }
         }
+        // Every pool is back: the pairs are made again.
+        for record in &records {
+            let Some(tier) = &record.config.tier else { continue };
+            let Ok(upper) = self.pool(&record.config.name) else { continue };
+            let paired = tier_spec(tier).and_then(|spec| {
+                let lower = self.check_tier(
+                    upper.name(),
+                    upper.page_size(),
+                    upper.is_persistent(),
+                    upper.modes(),
+                    &spec,
+                    true,
+                )?;
+                Ok((spec, lower))
+            });
+            match paired {
+                Ok((spec, lower)) => {
+                    if !upper.is_persistent() && lower.curr_pages() > 0 {
+                        // The upper pool restarted empty: what is below belongs to no page.
+                        if let Err(e) = lower.invalidate_area() {
+                            tracing::warn!(pool = %lower.name(), "{e}");
+                        }
+                    }
+                    upper.set_tier(Tier::new(lower, spec, upper.page_size()));
+                    let dropped = upper.reconcile_tier();
+                    if dropped > 0 {
+                        tracing::warn!(pool = %upper.name(), dropped, "tiers: copies left below by an interrupted promotion were dropped");
+                    }
+                    tracing::info!(pool = %upper.name(), lower = %tier.lower, "tier restored");
+                }
+                Err(e) => {
+                    tracing::error!(pool = %upper.name(), lower = %tier.lower, "the pool's lower tier could not be restored; it runs without: {e}")
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Checks that `spec` can be the lower tier of the pool `upper` (of `page_size`-byte
+    /// pages, persistent or not, with `modes`); returns the lower pool. `restoring`: the lower
+    /// pool may hold pages (they are the pair's).
+    fn check_tier(
+        &self,
+        upper: &str,
+        page_size: u32,
+        persistent: bool,
+        modes: PoolModes,
+        spec: &TierSpec,
+        restoring: bool,
+    ) -> Result<Arc<Pool>, TierError> {
+        spec.check(upper)?;
+        let lower = self.pool(&spec.lower).map_err(|_| TierError::LowerNotFound(spec.lower.clone()))?;
+        if lower.page_size() != page_size {
+            return Err(TierError::PageSize {
+                lower: spec.lower.clone(),
+                lower_size: lower.page_size(),
+                upper_size: page_size,
+            });
+        }
+        if let Some(owner) = lower.upper() {
+            return Err(TierError::AlreadyOwned { lower: spec.lower.clone(), upper: owner });
+        }
+        // Walk down from the lower pool: meeting the upper one would close a cycle.
+        let mut below = lower.tier().map(|t| t.lower.clone());
+        while let Some(pool) = below {
+            if pool.name() == upper {
+                return Err(TierError::Cycle { lower: spec.lower.clone(), upper: upper.into() });
+            }
+            below = pool.tier().map(|t| t.lower.clone());
+        }
+        if persistent && !lower.is_persistent() {
+            return Err(TierError::LowerNotPersistent { upper: upper.into(), lower: spec.lower.clone() });
+        }
+        if lower.modes().writethrough && !modes.writethrough {
+            return Err(TierError::Writethrough { upper: upper.into(), lower: spec.lower.clone() });
+        }
+        if !restoring {
+            if !lower.frontends().is_empty() {
+                return Err(TierError::LowerHasFrontends(spec.lower.clone()));
+            }
+            if lower.curr_pages() > 0 {
+                return Err(TierError::LowerNotEmpty(spec.lower.clone()));
+            }
+        }
+        Ok(lower)
+    }
+
+    /// A pool for a frontend, the page API or a peer: refused if it is another pool's lower
+    /// tier (only its upper pool reads and writes it).
+    pub fn frontend_pool(&self, name: &str) -> Result<Arc<Pool>, HostError> {
+        let pool = self.pool(name)?;
+        pool.check_not_owned().map_err(|_| {
+            HostError::Tier(TierError::Owned { pool: name.into(), upper: pool.upper().unwrap_or_default() })
+        })?;
+        Ok(pool)
+    }
+
+    /// Runs one mover pass over every tiered pool now (see [`Pool::run_tier_pass`]); what
+    /// each did, by pool name.
+    pub fn run_tier_passes(&self) -> Vec<(String, TierPass)> {
+        self.pools().iter().filter(|p| p.tier().is_some()).map(|p| (p.name().to_string(), p.run_tier_pass())).collect()
     }
 
     fn restore_pool(&self, record: &PoolRecord) -> Result<Arc<Pool>, HostError> {
@@ -600,10 +713,26 @@ impl Host {
             None
         };
         let verify = !self.all_bundled(&chain);
+        let tier = spec.tier.clone();
         let created = Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), disk.clone(), verify)
             .map_err(HostError::from)
             .map(Arc::new)
-            .and_then(|pool| self.keep(&pool).map(|()| pool));
+            .and_then(|pool| {
+                if let Some(tier) = tier {
+                    // Checked in `check_new_pool`, under the same `changes` lock.
+                    let lower = self.pool(&tier.lower)?;
+                    pool.set_tier(Tier::new(lower, tier, pool.page_size()));
+                }
+                match self.keep(&pool) {
+                    Ok(()) => Ok(pool),
+                    Err(e) => {
+                        if let Some(tier) = pool.tier() {
+                            tier.lower.set_upper(None);
+                        }
+                        Err(e)
+                    }
+                }
+            });
         let pool = match created {
             Ok(pool) => pool,
             Err(e) => {
@@ -626,7 +755,11 @@ impl Host {
         if self.pools.read().contains_key(&spec.name) {
             return Err(HostError::PoolExists(spec.name.clone()));
         }
-        self.resolve_chain(backends)
+        let chain = self.resolve_chain(backends)?;
+        if let Some(tier) = &spec.tier {
+            self.check_tier(&spec.name, spec.page_size, chain.is_persistent(), spec.modes, tier, false)?;
+        }
+        Ok(chain)
     }
 
     /// The spec an API config asks for, with the checks only an API config needs.
@@ -674,6 +807,19 @@ impl Host {
         }
         limits.check()?;
         let durability = patched_durability(&pool, patch)?;
+        let writethrough = patch.writethrough.unwrap_or(pool.modes().writethrough);
+        if let Some(tier) = pool.tier()
+            && tier.lower.modes().writethrough
+            && !writethrough
+        {
+            return Err(TierError::Writethrough { upper: name.into(), lower: tier.lower.name().into() }.into());
+        }
+        if let Some(upper) = pool.upper().and_then(|upper| self.pool(&upper).ok())
+            && writethrough
+            && !upper.modes().writethrough
+        {
+            return Err(TierError::Writethrough { upper: upper.name().into(), lower: name.into() }.into());
+        }
         if let Some(backends) = &patch.backends {
             let current = pool.chain();
             let names: Vec<&str> = current.links().iter().map(|l| l.plugin.as_str()).collect();
@@ -724,7 +870,9 @@ impl Host {
     /// [`BlockDevices::destroy_pool`](crate::frontend::attach::BlockDevices::destroy_pool).) Operations still holding the pool finish on it; nothing new can find it.
     pub fn destroy_pool(&self, name: &str) -> Result<(), HostError> {
         let _changes = self.changes.lock();
-        self.pool(name)?;
+        if let Some(upper) = self.pool(name)?.upper() {
+            return Err(TierError::LowerInUse { pool: name.into(), upper }.into());
+        }
         // Its tokens go first: a pool of the same name made later opens to none of them.
         self.credentials.revoke_pool(self.catalog.as_deref(), name)?;
         if let Some(catalog) = &self.catalog {
@@ -737,6 +885,10 @@ impl Host {
         if let Err(e) = pool.invalidate_area() {
             // Its database is deleted with it: nothing can come back.
             tracing::warn!(pool = %name, "{e}");
+        }
+        if let Some(tier) = pool.tier() {
+            // Its pages below went with invalidate_area: the lower pool is free again.
+            tier.lower.set_upper(None);
         }
         if let Some(disk) = pool.disk() {
             // The directory goes when the last operation still holding the pool is done.
@@ -974,6 +1126,7 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     spec.integrity = config.integrity;
     spec.canary_stores = config.canary_stores;
     spec.shards = config.shards.map(|n| n as usize);
+    spec.tier = config.tier.as_ref().map(tier_spec).transpose()?;
     if let Some(sandbox) = config.sandbox {
         spec.sandbox = SandboxLimits {
             memory_bytes: usize::try_from(sandbox.memory_bytes).unwrap_or(usize::MAX),
@@ -1024,6 +1177,35 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
         },
         integrity: pool.integrity(),
         canary_stores: pool.canary_stores(),
+        tier: pool.tier().map(|tier| tier_config(&tier.spec)),
+    }
+}
+
+/// The tier an API config asks for.
+fn tier_spec(config: &TierConfig) -> Result<TierSpec, TierError> {
+    let idle = Duration::from_secs(config.idle_seconds);
+    let spec = TierSpec {
+        lower: config.lower.clone(),
+        idle,
+        promote: match config.promote {
+            ApiPromote::OnLoad => Promote::OnLoad,
+            ApiPromote::Never => Promote::Never,
+        },
+        pressure_percent: config.pressure_percent,
+    };
+    Ok(spec)
+}
+
+/// A tier as the API shows it and the catalog keeps it.
+pub fn tier_config(spec: &TierSpec) -> TierConfig {
+    TierConfig {
+        lower: spec.lower.clone(),
+        idle_seconds: spec.idle.as_secs(),
+        promote: match spec.promote {
+            Promote::OnLoad => ApiPromote::OnLoad,
+            Promote::Never => ApiPromote::Never,
+        },
+        pressure_percent: spec.pressure_percent,
     }
 }
 

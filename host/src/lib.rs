@@ -26,6 +26,7 @@
 //! - [`server`] — `tmem serve`: the HTTP listener around a host.
 //! - [`bundled`] — the plugins built from `plugins/` and embedded in the binary.
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
+//! - [`tier`] — tiered pools: a pool's lower tier, the pages' ages and the mover.
 //! - [`telemetry`] — logging set-up.
 //! - [`wire_io`] — frames of the frontend and peer protocols read from async streams.
 //! - [`listen`] — what every listener shares: a connection cap where the unauthenticated are
@@ -51,6 +52,7 @@ pub mod secrets;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod tier;
 pub mod wire_io;
 pub mod workload;
 

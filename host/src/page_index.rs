@@ -45,12 +45,19 @@ const KIND_MASK: u32 = 0b11 << KIND_SHIFT;
 const PRESENT: u32 = 1 << 24;
 const CHECKED: u32 = 1 << 25;
 const HAS_RECORD: u32 = 1 << 26;
+/// Set by every use of the page (a store, a load), cleared by the tiers' mover as it ages it.
+const REFERENCED: u32 = 1 << 27;
+const AGE_SHIFT: u32 = 28;
+const AGE_MASK: u32 = 0b1111 << AGE_SHIFT;
+/// The largest age an entry counts to (it saturates there).
+pub const MAX_AGE: u8 = 15;
 
 /// What the host keeps about one present page: 16 bytes.
 ///
 /// `bits`: record length (22 bits, up to 4 MiB: a record is at most a page of the largest
 /// size), encoded kind (2 bits), present, checked (`checksum` is meaningful), has-record
-/// (`record` names an arena object); 5 bits are spare (the tiers' age).
+/// (`record` names an arena object), referenced and a 4-bit age (the tiers' clock: see
+/// [`PageIndex::age`]).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct PageEntry {
@@ -75,7 +82,7 @@ impl PageEntry {
     /// A present page stored by `generation` as `kind` (a 2-bit code), with the checksum of
     /// the bytes the frontend gave, if the pool checks them.
     pub fn new(kind: u8, generation: u32, checksum: Option<u32>) -> PageEntry {
-        let mut bits = PRESENT | ((kind as u32) << KIND_SHIFT & KIND_MASK);
+        let mut bits = PRESENT | REFERENCED | ((kind as u32) << KIND_SHIFT & KIND_MASK);
         if checksum.is_some() {
             bits |= CHECKED;
         }
@@ -99,6 +106,17 @@ impl PageEntry {
     /// The checksum of the page as the frontend gave it, if the pool checks pages.
     pub fn checksum(&self) -> Option<u32> {
         (self.bits & CHECKED != 0).then_some(self.checksum)
+    }
+
+    /// Whether the page was used since the tiers' mover last aged it.
+    pub fn referenced(&self) -> bool {
+        self.bits & REFERENCED != 0
+    }
+
+    /// How many of its pool's age units the page has been idle (saturating at [`MAX_AGE`]),
+    /// as of the mover's last pass; 0 for a page used since.
+    pub fn age(&self) -> u8 {
+        if self.referenced() { 0 } else { ((self.bits & AGE_MASK) >> AGE_SHIFT) as u8 }
     }
 
     /// The page's record in the arena and its length, if the store kept one there.
@@ -350,6 +368,55 @@ impl PageIndex {
         Some(old)
     }
 
+    /// Marks `offset` used (the tiers' reference bit), if it is present. Writes one word in
+    /// place: no allocation.
+    pub fn touch(&mut self, offset: u64) {
+        let key = self.key(offset);
+        if key >= DENSE_KEYS {
+            if let Some(entry) = self.sparse.get_mut(&key) {
+                entry.bits |= REFERENCED;
+            }
+            return;
+        }
+        if let Some(chunk) = self.chunks.get(&(key >> CHUNK_BITS)) {
+            self.chunk_entries(chunk.handle, |e| {
+                let entry = &mut e[key as usize % CHUNK_ENTRIES];
+                if entry.is_present() {
+                    entry.bits |= REFERENCED;
+                }
+            });
+        }
+    }
+
+    /// One pass of the tiers' clock over every present page: a page used since the last pass
+    /// (referenced) gets age 0 and its bit cleared; any other page ages by `units`, saturating
+    /// at [`MAX_AGE`]. Then `f` sees each page's offset (of shard `shard`) and new age. A page
+    /// is thus never older than its idle time, and at most one pass younger.
+    pub fn age(&mut self, units: u8, shard: u64, mut f: impl FnMut(u64, u8)) {
+        let step = |entry: &mut PageEntry| {
+            let age = if entry.bits & REFERENCED != 0 {
+                0
+            } else {
+                (((entry.bits & AGE_MASK) >> AGE_SHIFT) as u8).saturating_add(units).min(MAX_AGE)
+            };
+            entry.bits = (entry.bits & !(REFERENCED | AGE_MASK)) | (age as u32) << AGE_SHIFT;
+            age
+        };
+        let shift = self.shift;
+        for (&chunk_key, chunk) in &self.chunks {
+            self.chunk_entries(chunk.handle, |e| {
+                for (i, entry) in e.iter_mut().enumerate().filter(|(_, e)| e.is_present()) {
+                    let age = step(entry);
+                    f(((chunk_key << CHUNK_BITS | i as u64) << shift) | shard, age);
+                }
+            });
+        }
+        for (&key, entry) in self.sparse.iter_mut() {
+            let age = step(entry);
+            f((key << shift) | shard, age);
+        }
+    }
+
     /// Up to `n` present offsets (in no particular order), appended to `out`.
     pub fn some_offsets(&self, n: usize, shard: u64, out: &mut Vec<u64>) {
         let start = out.len();
@@ -423,6 +490,44 @@ mod tests {
         assert_eq!((e.kind(), e.checksum()), (2, Some(0xdead_beef)));
         assert_eq!(PageEntry::new(1, 1, None).checksum(), None);
         assert_eq!(e.with_record(None).record(), None);
+    }
+
+    #[test]
+    fn the_clock_ages_idle_pages_and_a_touch_makes_a_page_young_again() {
+        let arena = test_arena();
+        let shards = 2u64;
+        let mut index = PageIndex::new(arena.clone(), shards as usize);
+        let offsets: Vec<u64> = (0..100).map(|k| k * shards + 1).chain([(DENSE_KEYS + 5) * shards + 1]).collect();
+        for &o in &offsets {
+            index.insert(o, PageEntry::new(1, 3, Some(9))).unwrap();
+        }
+        let ages = |index: &mut PageIndex, units| {
+            let mut seen = Vec::new();
+            index.age(units, 1, |o, age| seen.push((o, age)));
+            seen.sort();
+            seen
+        };
+        // A new page was just used: the first pass only clears its bit.
+        assert!(ages(&mut index, 3).iter().all(|&(_, age)| age == 0));
+        let seen = ages(&mut index, 3);
+        assert_eq!(seen.iter().map(|&(o, _)| o).collect::<Vec<_>>(), offsets, "every offset comes back");
+        assert!(seen.iter().all(|&(_, age)| age == 3));
+        index.touch(offsets[7]);
+        index.touch(offsets[100]);
+        index.touch(offsets[0] + 2 * shards * 1000); // absent: nothing happens
+        assert_eq!(index.get(offsets[7]).unwrap().age(), 0);
+        let seen = ages(&mut index, 20);
+        for (o, age) in seen {
+            let young = o == offsets[7] || o == offsets[100];
+            assert_eq!(age, if young { 0 } else { MAX_AGE }, "offset {o}");
+        }
+        let e = index.get(offsets[3]).unwrap();
+        assert_eq!(
+            (e.kind(), e.generation(), e.checksum(), e.age()),
+            (1, 3, Some(9), MAX_AGE),
+            "ageing keeps the rest"
+        );
+        assert_eq!(index.len(), 101);
     }
 
     #[test]

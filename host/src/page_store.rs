@@ -273,6 +273,16 @@ impl PageShard {
         }
     }
 
+    /// Marks `offset` used (the tiers' reference bit), if it is present.
+    pub fn touch(&self, offset: u64) {
+        self.state.lock().index.touch(offset)
+    }
+
+    /// One pass of the tiers' clock over the shard's pages (see [`PageIndex::age`]).
+    pub fn age(&self, units: u8, f: impl FnMut(u64, u8)) {
+        self.state.lock().index.age(units, self.shard, f)
+    }
+
     /// Up to `n` present offsets, appended to `out`.
     pub fn some_offsets(&self, n: usize, out: &mut Vec<u64>) {
         self.state.lock().index.some_offsets(n, self.shard, out)

@@ -104,7 +104,7 @@ async fn serve_connection(
         let session = host.credentials().authenticate(presented, pool_name, TokenScope::Peer, token).map_err(|e| {
             format!("{e}: peers authenticate with a peer token of the pool (tmem token create POOL --scope peer)")
         })?;
-        let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
+        let pool = host.frontend_pool(pool_name).map_err(|e| e.to_string())?;
         if pool.chain().links().len() != 1 {
             return Err(format!("pool '{pool_name}' has filters; a peer pool must be a lone store, e.g. [ram]"));
         }

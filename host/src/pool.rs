@@ -56,6 +56,7 @@ use crate::persist::{DiskError, Durability, MAX_FLUSH_INTERVAL, PoolDisk};
 use crate::plugin::engine::{InstanceLimit, Reservation};
 use crate::plugin::{PluginEngine, SandboxLimits};
 use crate::stats::{CounterSnapshot, FaultRecord, HistogramSnapshot, Op, PoolStats};
+use crate::tier::{IDLE_UNITS, Promote, Tier, TierError, TierPass};
 
 /// Stores a canary verifies unless the pool says otherwise.
 pub const DEFAULT_CANARY_STORES: u32 = 256;
@@ -187,6 +188,9 @@ pub enum OpError {
         "pool '{0}' has filters in its chain; records (already encoded pages) need a pool that is a lone store, e.g. [ram]"
     )]
     NotARecordPool(String),
+    /// The pool is another pool's lower tier: only that pool reads and writes it.
+    #[error(transparent)]
+    Tier(#[from] TierError),
     /// A page the map says is present could not be produced: data loss, counted in
     /// `load_failures`. The page stays present (the failure may be transient).
     #[error("load of offset {offset} in pool '{pool}' failed: {reason}")]
@@ -319,6 +323,9 @@ pub enum PoolError {
     /// The host's plugin instance slots cannot hold the pool's instances.
     #[error(transparent)]
     InstanceLimit(#[from] InstanceLimit),
+    /// The lower tier was refused.
+    #[error(transparent)]
+    Tier(#[from] TierError),
     /// The pool's database failed: the host's fault, not the client's.
     #[error(transparent)]
     Disk(#[from] DiskError),
@@ -362,6 +369,8 @@ pub struct PoolSpec {
     /// Stores of an unverified generation read back and compared before they are
     /// acknowledged (0: no canary).
     pub canary_stores: u32,
+    /// The pool's lower tier (the host pairs the pools).
+    pub tier: Option<crate::tier::TierSpec>,
 }
 
 impl PoolSpec {
@@ -378,6 +387,7 @@ impl PoolSpec {
             durability: Durability::Sync,
             integrity: true,
             canary_stores: DEFAULT_CANARY_STORES,
+            tier: None,
         }
     }
 
@@ -406,6 +416,9 @@ impl PoolSpec {
             && (!n.is_power_of_two() || n > 1024)
         {
             return Err(PoolError::BadShards(n));
+        }
+        if let Some(tier) = &self.tier {
+            tier.check(&self.name)?;
         }
         self.durability.check()
     }
@@ -653,6 +666,13 @@ pub struct Pool {
     created: Instant,
     /// The pool's own database, when its store is granted `storage`.
     disk: Option<Arc<PoolDisk>>,
+    /// The host's arena (its budget tells the tiers' mover about memory pressure).
+    arena: Arc<PageArena>,
+    /// The pool's lower tier, set once when the host pairs the pools.
+    tier: std::sync::OnceLock<Arc<Tier>>,
+    /// The upper pool that owns this one as its lower tier (`is_lower` mirrors it lock-free).
+    upper: Mutex<Option<String>>,
+    is_lower: AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -809,6 +829,10 @@ impl Pool {
             frontends: RwLock::new(Vec::new()),
             created: Instant::now(),
             disk,
+            arena,
+            tier: std::sync::OnceLock::new(),
+            upper: Mutex::new(None),
+            is_lower: AtomicBool::new(false),
         })
     }
 
@@ -1183,6 +1207,7 @@ impl Pool {
     /// from every backend first, so whatever happens next, stale data cannot be returned.
     pub fn store(&self, offset: u64, page: &[u8]) -> Result<StoreOutcome, OpError> {
         self.check_len(page.len())?;
+        self.check_not_owned()?;
         Ok(self.store_bytes(offset, page))
     }
 
@@ -1199,6 +1224,7 @@ impl Pool {
     /// [`Pool::max_record`]), kept as they are by a pool whose chain is a lone store — how a
     /// peer host keeps its peers' pages. Every rule of [`Pool::store`] applies.
     pub fn store_record(&self, offset: u64, record: &[u8]) -> Result<StoreOutcome, OpError> {
+        self.check_not_owned()?;
         self.check_record_pool()?;
         if record.is_empty() || record.len() > self.max_record() {
             return Err(OpError::WrongRecordSize {
@@ -1226,11 +1252,18 @@ impl Pool {
     fn store_bytes(&self, offset: u64, page: &[u8]) -> StoreOutcome {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
-        let replaced = shard.pages.entry(offset);
-        if let Some(old) = replaced {
+        let mut replaced = shard.pages.entry(offset).is_some();
+        if let Some(old) = shard.pages.entry(offset) {
             // The duplicate-store rule: invalidate before trying the new store.
             PoolStats::add(&self.stats.counters.duplicate_entry, 1);
             self.drop_stored(&mut shard, offset, old);
+        } else if let Some(tier) = self.tier.get()
+            && tier.lower.invalidate_inner(offset).unwrap_or(true)
+        {
+            // The same rule across tiers: a demoted copy goes before the new store is tried
+            // (under this shard's lock, so no load sees it in between).
+            PoolStats::add(&self.stats.counters.duplicate_entry, 1);
+            replaced = true;
         }
         let (mut outcome, canary_failed) = self.try_store(&mut shard, offset, page);
         let stored_entry = shard.pages.entry(offset);
@@ -1239,7 +1272,7 @@ impl Pool {
             self.roll_back(generation, why);
         }
         let stored = !matches!(outcome, StoreOutcome::Rejected(_));
-        if (stored || replaced.is_some()) && self.make_durable().is_err() {
+        if (stored || replaced) && self.make_durable().is_err() {
             // A sync pool acknowledges only what is on disk (the dropped old copy included).
             // A store that is not is refused, and its page leaves the map: a refused page the
             // map still named would be served after the frontend kept its own copy.
@@ -1497,8 +1530,18 @@ impl Pool {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            return Ok(None);
+            let Some(tier) = self.tier.get() else { return Ok(None) };
+            let got = self.load_lower(tier, &mut shard, offset, out, exclusive, exact);
+            drop(shard);
+            if let Ok(Some(_)) = got {
+                PoolStats::add(&self.stats.counters.loads, 1);
+                self.stats.latency(Op::Load).record(start.elapsed());
+            }
+            return got;
         };
+        if self.tier.get().is_some() && !exclusive {
+            shard.pages.touch(offset);
+        }
         let slot = shard.slot_of(entry.generation());
         let Shard { generations, pages, .. } = &mut *shard;
         let GenerationSlot { chain, instances, .. } = &mut generations[slot];
@@ -1544,14 +1587,28 @@ impl Pool {
         }
     }
 
-    /// Drops one page; returns whether it was present (only then is it counted). The page is
-    /// gone from the map either way; an error says its removal is not on disk (a sync pool
-    /// whose database cannot flush), so a crash may bring it back.
+    /// Drops one page; returns whether it was present (only then is it counted). A page
+    /// demoted to the lower tier is dropped there. The page is gone from the map either way;
+    /// an error says its removal is not on disk (a sync pool whose database cannot flush), so a
+    /// crash may bring it back.
     pub fn invalidate_page(&self, offset: u64) -> Result<bool, OpError> {
+        self.invalidate_inner(offset)
+    }
+
+    fn invalidate_inner(&self, offset: u64) -> Result<bool, OpError> {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            return Ok(false);
+            let dropped = match self.tier.get() {
+                Some(tier) => tier.lower.invalidate_inner(offset),
+                None => Ok(false),
+            };
+            drop(shard);
+            if dropped.as_ref().is_ok_and(|&d| d) {
+                PoolStats::add(&self.stats.counters.invalidates, 1);
+                self.stats.latency(Op::InvalidatePage).record(start.elapsed());
+            }
+            return dropped;
         };
         self.drop_stored(&mut shard, offset, entry);
         drop(shard);
@@ -1562,10 +1619,14 @@ impl Pool {
         Ok(true)
     }
 
-    /// Drops every page (swapoff): the map is cleared and every backend emptied. An error says
-    /// the clearing is not on disk (see [`Pool::invalidate_page`]).
+    /// Drops every page (swapoff): the map is cleared and every backend emptied, the lower
+    /// tier's too. An error says the clearing is not on disk (see [`Pool::invalidate_page`]).
     pub fn invalidate_area(&self) -> Result<(), OpError> {
         let start = Instant::now();
+        // No mover pass runs meanwhile (it could move a page of a shard not yet cleared
+        // into a lower tier already cleared).
+        let tier = self.tier.get();
+        let _mover = tier.map(|tier| tier.mover.lock());
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let Shard { generations, pages, .. } = &mut *shard;
@@ -1582,14 +1643,25 @@ impl Pool {
             }
             pages.drain(|entry| self.forget(EncodedKind::from_code(entry.kind())));
         }
+        let below = match tier {
+            Some(tier) => tier.lower.invalidate_area(),
+            None => Ok(()),
+        };
         let durable = self.make_durable();
         self.stats.latency(Op::InvalidateArea).record(start.elapsed());
-        durable.map_err(|()| OpError::NotDurable { pool: self.name.clone(), op: "invalidate_area", offset: 0 })
+        durable.map_err(|()| OpError::NotDurable { pool: self.name.clone(), op: "invalidate_area", offset: 0 })?;
+        below
     }
 
     /// Pages held now.
     pub fn curr_pages(&self) -> u64 {
         self.stats.counters.stored_pages.load(Ordering::Relaxed)
+    }
+
+    /// Pages held now by this pool and the tiers below it (what the pool's frontends have
+    /// stored and not yet taken back or invalidated).
+    pub fn pages_with_tiers(&self) -> u64 {
+        self.curr_pages() + self.tier.get().map_or(0, |tier| tier.lower.pages_with_tiers())
     }
 
     /// Makes room ahead in every shard's index for the offsets below `offsets` (a block
@@ -1599,9 +1671,242 @@ impl Pool {
         self.shards.iter().all(|shard| shard.lock().pages.reserve_offsets(offsets))
     }
 
-    /// Whether `offset` is present (its bit is set).
+    /// Whether `offset` is present (its bit is set), in this pool or its lower tier.
     pub fn contains(&self, offset: u64) -> bool {
+        let shard = self.shard_of(offset).lock();
+        shard.pages.contains(offset) || self.tier.get().is_some_and(|tier| tier.lower.contains(offset))
+    }
+
+    /// Whether `offset` is present in this pool itself (not in its lower tier).
+    pub fn holds(&self, offset: u64) -> bool {
         self.shard_of(offset).lock().pages.contains(offset)
+    }
+
+    // ----- tiers -----
+
+    /// The pool's lower tier, if it has one.
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.get()
+    }
+
+    /// Makes `tier` the pool's lower tier (once; the host has checked the pair) and marks the
+    /// lower pool owned by this one.
+    pub(crate) fn set_tier(&self, tier: Tier) {
+        tier.lower.set_upper(Some(&self.name));
+        let _ = self.tier.set(Arc::new(tier));
+    }
+
+    /// Marks the pool owned by `upper` (its lower tier), or by nobody.
+    pub(crate) fn set_upper(&self, upper: Option<&str>) {
+        *self.upper.lock() = upper.map(str::to_string);
+        self.is_lower.store(upper.is_some(), Ordering::Release);
+    }
+
+    /// The upper pool that owns this one as its lower tier.
+    pub fn upper(&self) -> Option<String> {
+        self.upper.lock().clone()
+    }
+
+    /// Refuses direct use of a pool that is another pool's lower tier.
+    pub fn check_not_owned(&self) -> Result<(), OpError> {
+        if !self.is_lower.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let upper = self.upper().unwrap_or_default();
+        Err(TierError::Owned { pool: self.name.clone(), upper }.into())
+    }
+
+    /// A load that missed this pool's map, in its locked `shard`: served from the lower tier
+    /// (which removes it, with `exclusive`). With [`Promote::OnLoad`] the page is stored up
+    /// again, then dropped from the lower tier — durable up before it goes down; if this pool
+    /// refuses it, it stays down. Either way it is in exactly one map when the lock drops.
+    fn load_lower(
+        &self,
+        tier: &Tier,
+        shard: &mut Shard,
+        offset: u64,
+        out: &mut [u8],
+        exclusive: bool,
+        exact: bool,
+    ) -> Result<Option<(usize, bool)>, OpError> {
+        // `durable`: whether an exclusive load's removal below is on disk.
+        let Some((len, durable)) = tier.lower.load_into(offset, out, exclusive, exact)? else {
+            return Ok(None);
+        };
+        let promote = tier.spec.promote == Promote::OnLoad
+            && !exclusive
+            && len == self.page_size as usize
+            // A canary's verdict needs the unlocked shard to act on: promotion waits for it.
+            && self.canary_generation.load(Ordering::Acquire) == 0;
+        if !promote {
+            return Ok(Some((len, durable)));
+        }
+        let start = Instant::now();
+        let (outcome, _) = self.try_store(shard, offset, &out[..len]);
+        if matches!(outcome, StoreOutcome::Rejected(_)) {
+            return Ok(Some((len, durable)));
+        }
+        if self.make_durable().is_err() {
+            // Not durable up: it stays down only.
+            if let Some(entry) = shard.pages.entry(offset) {
+                self.drop_stored(shard, offset, entry);
+            }
+            return Ok(Some((len, durable)));
+        }
+        let _ = tier.lower.invalidate_inner(offset);
+        PoolStats::add(&self.stats.counters.tier_promoted_pages, 1);
+        self.stats.latency(Op::Promote).record(start.elapsed());
+        Ok(Some((len, durable)))
+    }
+
+    /// One pass of the tiers' mover over this pool: ages every page by the units elapsed
+    /// since the last pass (see [`crate::page_index::PageIndex::age`]) and demotes those idle
+    /// for the tier's `idle_seconds`, at most [`crate::tier::MAX_DEMOTIONS_PER_SHARD`] per
+    /// shard. Nothing for a pool without a tier. Allocates nothing: the victims and the page
+    /// buffer are the tier's, preallocated.
+    pub fn run_tier_pass(&self) -> TierPass {
+        let Some(tier) = self.tier.get() else { return TierPass::default() };
+        let mut guard = tier.mover.lock();
+        let state = &mut *guard;
+        let unit = tier.unit().max(Duration::from_millis(1));
+        let elapsed = state.last.elapsed();
+        let units = (elapsed.as_nanos() / unit.as_nanos()).min(crate::page_index::MAX_AGE as u128) as u32;
+        if units == crate::page_index::MAX_AGE as u32 {
+            state.last = Instant::now();
+        } else {
+            state.last += unit * units;
+        }
+        let mut ages = [0u64; crate::page_index::MAX_AGE as usize + 1];
+        let mut pass = TierPass { pressure: self.under_pressure(tier), ..TierPass::default() };
+        // Every page ages; those idle for `idle_seconds` go down.
+        for shard in self.shards.iter() {
+            state.victims.clear();
+            let victims = &mut state.victims;
+            shard.lock().pages.age(units as u8, |offset, age| {
+                ages[age as usize] += 1;
+                pass.scanned += 1;
+                if age >= IDLE_UNITS {
+                    pass.idle += 1;
+                    if victims.len() < victims.capacity() {
+                        victims.push(offset);
+                    }
+                }
+            });
+            self.demote_all(tier, state, IDLE_UNITS, &mut pass, &mut ages);
+        }
+        // Under budget pressure, the coldest of the younger pages go too: the oldest age
+        // present, one age per pass (never a page used since the last pass).
+        let coldest = (1..IDLE_UNITS).rev().find(|&age| ages[age as usize] > 0);
+        if let (true, Some(threshold)) = (pass.pressure, coldest) {
+            pass.threshold = threshold;
+            for shard in self.shards.iter() {
+                state.victims.clear();
+                let victims = &mut state.victims;
+                // Ages by nothing: reads the ages (and resets pages used meanwhile to 0).
+                shard.lock().pages.age(0, |offset, age| {
+                    if age >= threshold && victims.len() < victims.capacity() {
+                        victims.push(offset);
+                    }
+                });
+                self.demote_all(tier, state, threshold, &mut pass, &mut ages);
+            }
+        }
+        tier.publish(&ages, pass);
+        pass
+    }
+
+    /// Demotes the victims the mover found in one shard (those still `threshold` old); a
+    /// page moved down leaves the pass's count of pages per age.
+    fn demote_all(
+        &self,
+        tier: &Tier,
+        state: &mut crate::tier::MoverState,
+        threshold: u8,
+        pass: &mut TierPass,
+        ages: &mut [u64],
+    ) {
+        for &offset in state.victims.iter() {
+            match self.demote(tier, offset, threshold, &mut state.page) {
+                Some(Ok(age)) => {
+                    pass.demoted += 1;
+                    ages[age as usize] = ages[age as usize].saturating_sub(1);
+                }
+                Some(Err(())) => pass.kept += 1,
+                None => {}
+            }
+        }
+    }
+
+    /// Whether the host's memory budget is at least the tier's `pressure_percent` full.
+    fn under_pressure(&self, tier: &Tier) -> bool {
+        let budget = self.arena.budget();
+        let limit = budget.limit();
+        limit != u64::MAX && budget.used() as u128 * 100 >= limit as u128 * tier.spec.pressure_percent as u128
+    }
+
+    /// Moves one idle page down, under its shard's lock: decoded through the chain that
+    /// stored it, stored through the lower pool's chain (durable there first, if this pool is
+    /// persistent), then dropped here. `Some(Ok(age))`: it moved, at that age; `Some(Err(()))`:
+    /// it stays up (the lower pool refused it, or it could not be read back whole); `None`: it
+    /// was used or dropped since the scan.
+    fn demote(&self, tier: &Tier, offset: u64, threshold: u8, page: &mut [u8]) -> Option<Result<u8, ()>> {
+        let start = Instant::now();
+        let mut shard = self.shard_of(offset).lock();
+        let entry = shard.pages.entry(offset)?;
+        if entry.age() < threshold {
+            return None;
+        }
+        let slot = shard.slot_of(entry.generation());
+        let Shard { generations, pages, .. } = &mut *shard;
+        let GenerationSlot { chain, instances, .. } = &mut generations[slot];
+        let decoded = instances.get(&self.context(entry.generation(), chain, pages), offset, page, false);
+        match decoded {
+            Ok(len) if len == page.len() && entry.checksum().is_none_or(|sum| crc32c::crc32c(page) == sum) => {}
+            // A record (a peer's page, already encoded) shorter than a page stays where it is.
+            Ok(len) if len < page.len() => return Some(Err(())),
+            _ => {
+                // Not served wrong: the next load of it fails (and is counted) as it would have.
+                tracing::warn!(pool = %self.name, offset, "tiers: an idle page did not read back whole; it stays up");
+                return Some(Err(()));
+            }
+        }
+        if matches!(tier.lower.store_bytes(offset, page), StoreOutcome::Rejected(_)) {
+            return Some(Err(()));
+        }
+        if self.disk.is_some()
+            && let Some(lower) = tier.lower.disk()
+            && lower.durability() != Durability::Sync
+            && lower.flush().is_err()
+        {
+            // Not durable down: it must not leave a persistent upper pool.
+            let _ = tier.lower.invalidate_inner(offset);
+            return Some(Err(()));
+        }
+        self.drop_stored(&mut shard, offset, entry);
+        drop(shard);
+        let _ = self.make_durable();
+        PoolStats::add(&self.stats.counters.tier_demoted_pages, 1);
+        self.stats.latency(Op::Demote).record(start.elapsed());
+        Some(Ok(entry.age()))
+    }
+
+    /// Drops the lower tier's copies of pages this pool holds (left by a crash between a
+    /// promotion's two steps): the upper copy wins. Run when the pair is restored.
+    pub(crate) fn reconcile_tier(&self) -> u64 {
+        let Some(tier) = self.tier.get() else { return 0 };
+        let mut dropped = 0;
+        let mut offsets = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            offsets.clear();
+            shard.pages.some_offsets(usize::MAX, &mut offsets);
+            for &offset in &offsets {
+                if tier.lower.invalidate_inner(offset).unwrap_or(true) {
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
     }
 
     /// "Partial swapoff": brings pages out of the pool until it holds at most `target_pages`.

@@ -85,6 +85,7 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
         memory_limit: config.memory_limit,
         engine: crate::plugin::EngineOptions { max_instances: config.max_instances, ..Default::default() },
         secrets_key: secrets_key(config),
+        manual_tier_passes: false,
     })?);
     if config.demo_pool && host.pool("demo").is_err() {
         let backends = [BackendSpec::new("zstd"), BackendSpec::new("ram")];

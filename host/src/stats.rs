@@ -96,6 +96,10 @@ counters! {
     /// Canaries that failed: the pool went back to its previous chain (or, a new pool,
     /// stopped taking stores).
     canary_rollbacks,
+    /// Pages the tiers' mover moved from this pool down to its lower tier.
+    tier_demoted_pages,
+    /// Pages a load brought back up from this pool's lower tier.
+    tier_promoted_pages,
 }
 
 /// The counters that are levels (they go down as well as up); the others only grow.
@@ -214,11 +218,15 @@ pub enum Op {
     InvalidatePage,
     /// `invalidate_area`.
     InvalidateArea,
+    /// A page moved down to the lower tier (decode, store below, drop here).
+    Demote,
+    /// A page brought back up from the lower tier (store here, drop below).
+    Promote,
 }
 
 impl Op {
     /// Every operation, in a fixed order.
-    pub const ALL: [Op; 4] = [Op::Store, Op::Load, Op::InvalidatePage, Op::InvalidateArea];
+    pub const ALL: [Op; 6] = [Op::Store, Op::Load, Op::InvalidatePage, Op::InvalidateArea, Op::Demote, Op::Promote];
 
     /// The operation's name in counters and metrics.
     pub fn name(self) -> &'static str {
@@ -227,6 +235,8 @@ impl Op {
             Op::Load => "load",
             Op::InvalidatePage => "invalidate_page",
             Op::InvalidateArea => "invalidate_area",
+            Op::Demote => "tier_demote",
+            Op::Promote => "tier_promote",
         }
     }
 }
@@ -247,7 +257,7 @@ pub struct FaultRecord {
 pub struct PoolStats {
     /// The counters.
     pub counters: Counters,
-    latency: [LatencyHistogram; 4],
+    latency: [LatencyHistogram; Op::ALL.len()],
     /// The most recent plugin fault.
     pub last_fault: parking_lot::Mutex<Option<FaultRecord>>,
     /// Faults by plugin name and fault kind (a rare path, so a plain lock).

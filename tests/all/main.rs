@@ -29,6 +29,7 @@ mod plugin_loading;
 mod remote;
 mod restart;
 mod serve;
+mod tiers;
 mod tokens;
 
 /// Counts heap allocations per thread, as the `tmem` binary does.

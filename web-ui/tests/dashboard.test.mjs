@@ -355,6 +355,30 @@ test('an operator manages tmem from the dashboard', { timeout: 300_000 }, async 
     await shot('13-plugins-after-remove');
   });
 
+  await step('tiers: a tiered pool shows its lower tier and the flow between them', async () => {
+    const json = 'application/json';
+    const lower = { name: 'cold', backends: [{ plugin: 'zstd', config: { level: 9 } }, { plugin: 'ram' }] };
+    assert.equal((await api('POST', '/pools', JSON.stringify(lower), json)).status, 201);
+    const upper = { name: 'warm', backends: [{ plugin: 'lz4' }, { plugin: 'ram' }], tier: { lower: 'cold', idle_seconds: 1 } };
+    assert.equal((await api('POST', '/pools', JSON.stringify(upper), json)).status, 201);
+    for (let offset = 0; offset < 20; offset++) {
+      assert.equal((await api('PUT', `/pools/warm/pages/${offset}`, pageBytes(offset, 0))).status, 201);
+    }
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.locator('[data-pool="warm"] [data-tier="cold"]').waitFor();
+    await page.locator('[data-pool="cold"] [data-tier-of="warm"]').waitFor();
+    // The host's own mover moves the idle pages down within a few seconds.
+    await page.waitForFunction(() => /^\(20 down/.test(document.querySelector('[data-pool="warm"] [data-stat="tier_flow"]')?.textContent ?? ''), null, { timeout: 30_000 });
+    await shot('14-overview-tiers');
+    await page.locator('[data-pool="warm"] h2 a').click();
+    await page.locator('#tier', { hasText: '20 pages below' }).waitFor({ timeout: 30_000 });
+    await shot('15-pool-tier');
+    assert.equal((await api('GET', `/pools/warm/pages/3`)).status, 200, 'a demoted page reads back through the upper pool');
+    assert.equal((await api('PUT', `/pools/cold/pages/3`, pageBytes(3, 0))).status, 409, 'the lower pool refuses the page API');
+    assert.equal((await api('DELETE', '/pools/warm')).status, 204);
+    assert.equal((await api('DELETE', '/pools/cold')).status, 204);
+  });
+
   await step('no console errors', () => {
     assert.deepEqual(unexpected, [], `console errors:\n${unexpected.join('\n')}`);
   });

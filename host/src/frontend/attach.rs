@@ -375,7 +375,7 @@ impl BlockDevices {
     pub fn attach(&self, pool_name: &str, request: &AttachRequest) -> Result<FrontendDetails, AttachError> {
         let _changes = self.changes.lock();
         let host = &self.host;
-        let pool = host.pool(pool_name)?;
+        let pool = host.frontend_pool(pool_name)?;
 
         let backing = self.allowed.check(&request.backing, "backing")?;
         let place = place_of(request, &self.allowed)?;

@@ -314,7 +314,7 @@ fn attach(
     let session = host.credentials().authenticate(presented, pool_name, TokenScope::Frontend, token).map_err(|e| {
         format!("{e}: frontends authenticate with a frontend token of the pool (tmem token create POOL) or the host's API token")
     })?;
-    let pool = host.pool(pool_name).map_err(|e| e.to_string())?;
+    let pool = host.frontend_pool(pool_name).map_err(|e| e.to_string())?;
     // A block device's pool is the device's alone.
     pool.check_writer().map_err(|e| e.to_string())?;
     let modes = pool.modes();
@@ -459,7 +459,7 @@ fn run_batch(
                 }
             }
             Op::InvalidateArea => {
-                let present = pool.curr_pages() > 0;
+                let present = pool.pages_with_tiers() > 0;
                 match pool.invalidate_area() {
                     Ok(()) => {
                         out.push(proto::R_INVALIDATED);

@@ -45,6 +45,7 @@ use crate::host::HostError;
 use crate::persist::DiskError;
 use crate::plugin::PluginLoadError;
 use crate::pool::{OpError, PoolError, ShrinkError};
+use crate::tier::TierError;
 
 /// The message of `storage_error`.
 pub const STORAGE_ERROR_MESSAGE: &str = "the pool's storage failed; see the host's log";
@@ -133,6 +134,7 @@ impl From<HostError> for ApiError {
             HostError::Chain(e) => return e.into(),
             HostError::Disk(e) => return e.into(),
             HostError::Catalog(e) => return e.into(),
+            HostError::Tier(e) => return e.into(),
             HostError::Randomness(_) | HostError::Credential(CredentialError::Randomness(_)) => {
                 return ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal", NO_RANDOMNESS_MESSAGE, message);
             }
@@ -152,6 +154,24 @@ impl From<HostError> for ApiError {
     }
 }
 
+/// A lower tier refused: 400 `invalid_tier` for a config that cannot be, 409 for a pairing
+/// the pools' state refuses now (`tier_conflict`) and for direct use of an owned pool
+/// (`pool_is_lower_tier`).
+impl From<TierError> for ApiError {
+    fn from(e: TierError) -> Self {
+        let message = e.to_string();
+        match e {
+            TierError::Owned { .. } | TierError::LowerInUse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "pool_is_lower_tier", message)
+            }
+            TierError::AlreadyOwned { .. } | TierError::LowerHasFrontends(_) | TierError::LowerNotEmpty(_) => {
+                ApiError::new(StatusCode::CONFLICT, "tier_conflict", message)
+            }
+            _ => ApiError::bad_request("invalid_tier", message),
+        }
+    }
+}
+
 /// A pool's settings were refused: 400 `invalid_pool`, with the reason; a chain or disk
 /// failure inside it as [`ChainError`] and [`DiskError`] map.
 impl From<PoolError> for ApiError {
@@ -161,6 +181,7 @@ impl From<PoolError> for ApiError {
             PoolError::Disk(e) => e.into(),
             PoolError::NotRecorded(e) => e.into(),
             PoolError::InstanceLimit(_) => ApiError::new(StatusCode::CONFLICT, "instance_limit", e.to_string()),
+            PoolError::Tier(e) => e.into(),
             e => ApiError::bad_request("invalid_pool", e.to_string()),
         }
     }
@@ -199,6 +220,7 @@ impl From<OpError> for ApiError {
             OpError::WrongPageSize { .. } => ApiError::bad_request("wrong_page_size", e.to_string()),
             OpError::WrongRecordSize { .. } => ApiError::bad_request("wrong_record_size", e.to_string()),
             OpError::NotARecordPool(_) => ApiError::bad_request("not_a_record_pool", e.to_string()),
+            OpError::Tier(e) => e.into(),
             OpError::LoadFailed { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", e.to_string())
             }

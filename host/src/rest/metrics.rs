@@ -111,6 +111,31 @@ pub fn render(host: &Host) -> String {
         );
     }
 
+    let _ = writeln!(
+        w,
+        "# HELP tmem_pool_tier_idle_pages Pages of a tiered pool idle less than `le` seconds, as of the tiers' mover's last pass (cumulative).\n# TYPE tmem_pool_tier_idle_pages gauge"
+    );
+    for pool in &pools {
+        let Some(tier) = pool.tier() else { continue };
+        for (bound, pages) in tier.idle_age() {
+            let le = bound.map_or_else(|| "+Inf".to_string(), |b| b.as_secs_f64().to_string());
+            let _ = writeln!(w, "tmem_pool_tier_idle_pages{{pool=\"{}\",le=\"{le}\"}} {pages}", label(pool.name()));
+        }
+    }
+    let _ =
+        writeln!(w, "# HELP tmem_pool_tier_info A tiered pool and its lower tier.\n# TYPE tmem_pool_tier_info gauge");
+    for pool in &pools {
+        if let Some(tier) = pool.tier() {
+            let _ = writeln!(
+                w,
+                "tmem_pool_tier_info{{pool=\"{}\",lower=\"{}\",idle_seconds=\"{}\"}} 1",
+                label(pool.name()),
+                label(tier.lower.name()),
+                tier.spec.idle.as_secs()
+            );
+        }
+    }
+
     let _ = writeln!(w, "# HELP tmem_pool_plugin_info The plugins of each pool's current chain (position 0 first).");
     let _ = writeln!(w, "# TYPE tmem_pool_plugin_info gauge");
     for pool in &pools {

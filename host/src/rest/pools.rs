@@ -21,6 +21,7 @@ use crate::frontend::attach::BlockDevices;
 use crate::host::{Host, pool_config};
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 use crate::stats::Op;
+use tmem_api::rest::{IdleAgeBucket, TierInfo};
 
 fn backends_info(chain: &Chain) -> Vec<BackendInfo> {
     chain
@@ -97,6 +98,16 @@ pub(crate) fn pool_info(pool: &Pool) -> PoolInfo {
         uptime_seconds: pool.created().elapsed().as_secs(),
         counters: pool.counters().named().into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
         latency,
+        tier: pool.tier().map(|tier| TierInfo {
+            config: crate::host::tier_config(&tier.spec),
+            lower_pages: tier.lower.curr_pages(),
+            idle_age: tier
+                .idle_age()
+                .into_iter()
+                .map(|(bound, pages)| IdleAgeBucket { le_seconds: bound.map(|b| b.as_secs_f64()), pages })
+                .collect(),
+        }),
+        tier_of: pool.upper(),
         last_fault: pool.last_fault().map(|fault| FaultInfo {
             plugin: fault.plugin,
             kind: fault.kind.into(),
@@ -194,6 +205,7 @@ pub async fn patch_pool(
     responses(
         (status = 204, description = "Destroyed"),
         (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
+        (status = 409, description = "The pool is another pool's lower tier (`pool_is_lower_tier`): destroy that pool first", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`): the pool stays", body = ErrorBody),
     ),
     security(("token" = []))
@@ -219,7 +231,7 @@ pub async fn delete_pool(
         (status = 507, description = "Rejected; any older copy at the offset is gone", body = StoreResult),
         (status = 400, description = "Not exactly one page of the pool's page size (`wrong_page_size`)", body = ErrorBody),
         (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
-        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`) or is another pool's lower tier (`pool_is_lower_tier`)", body = ErrorBody),
     ),
     security(("token" = []))
 )]
@@ -229,7 +241,7 @@ pub async fn put_page(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     pool.check_writer()?;
     blocking(move || {
         let (status, result) = match pool.store(offset, &body)? {
@@ -258,7 +270,7 @@ fn page_not_found(pool: &str, offset: u64) -> ApiError {
     responses(
         (status = 200, description = "The page", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "No page there (`page_not_found`), or no such pool", body = ErrorBody),
-        (status = 409, description = "An exclusive get from a pool that belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 409, description = "An exclusive get from a pool that belongs to a block device (`pool_owned`); the pool is another pool's lower tier (`pool_is_lower_tier`)", body = ErrorBody),
         (status = 500, description = "The page is present but could not be produced (`load_failed`), or an exclusive get's removal is not durable (`storage_error`)", body = ErrorBody),
     ),
     security(("token" = []))
@@ -267,7 +279,7 @@ pub async fn get_page(
     State(host): State<Arc<Host>>,
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     if pool.modes().exclusive_gets {
         // An exclusive load removes the page: a change only a block device owner may make.
         pool.check_writer()?;
@@ -296,7 +308,7 @@ pub async fn get_page(
     responses(
         (status = 204, description = "Invalidated"),
         (status = 404, description = "No page there, or no such pool", body = ErrorBody),
-        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`) or is another pool's lower tier (`pool_is_lower_tier`)", body = ErrorBody),
         (status = 500, description = "Invalidated, but not durably: the pool's database cannot flush (`storage_error`)", body = ErrorBody),
     ),
     security(("token" = []))
@@ -305,7 +317,7 @@ pub async fn delete_page(
     State(host): State<Arc<Host>>,
     Path((name, offset)): Path<(String, u64)>,
 ) -> Result<StatusCode, ApiError> {
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     pool.check_writer()?;
     blocking(move || {
         if pool.invalidate_page(offset)? { Ok(StatusCode::NO_CONTENT) } else { Err(page_not_found(&name, offset)) }
@@ -320,7 +332,7 @@ pub async fn delete_page(
     responses(
         (status = 200, body = AreaInvalidated),
         (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
-        (status = 409, description = "The pool belongs to a block device (`pool_owned`)", body = ErrorBody),
+        (status = 409, description = "The pool belongs to a block device (`pool_owned`) or is another pool's lower tier (`pool_is_lower_tier`)", body = ErrorBody),
         (status = 500, description = "Cleared, but not durably: the pool's database cannot flush (`storage_error`)", body = ErrorBody),
     ),
     security(("token" = []))
@@ -329,10 +341,10 @@ pub async fn invalidate_area(
     State(host): State<Arc<Host>>,
     Path(name): Path<String>,
 ) -> Result<Json<AreaInvalidated>, ApiError> {
-    let pool = host.pool(&name)?;
+    let pool = host.frontend_pool(&name)?;
     pool.check_writer()?;
     blocking(move || {
-        let pages = pool.curr_pages();
+        let pages = pool.pages_with_tiers();
         pool.invalidate_area()?;
         Ok(Json(AreaInvalidated { pages }))
     })

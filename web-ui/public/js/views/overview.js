@@ -24,7 +24,24 @@ export function badges(pool, sample) {
     pool.persistent ? h('span', { class: 'badge' }, 'persistent') : null,
     pool.writethrough ? h('span', { class: 'badge' }, 'writethrough') : null,
     pool.exclusive_gets ? h('span', { class: 'badge' }, 'exclusive gets') : null,
+    pool.tier_of ? h('span', { class: 'badge', dataset: { tierOf: pool.tier_of } }, `lower tier of ${pool.tier_of}`) : null,
   ];
+}
+
+/** The line of a tiered pool: where its idle pages go, and the flow both ways. */
+function tierLine(pool) {
+  if (!pool.tier) return [null, null];
+  const flow = h('span', { class: 'muted', dataset: { stat: 'tier_flow' } }, '');
+  const line = h(
+    'p',
+    { class: 'chain tier', dataset: { tier: pool.tier.config.lower } },
+    '⇣ idle ',
+    `${pool.tier.config.idle_seconds} s → `,
+    h('a', { href: `#/pools/${encodeURIComponent(pool.tier.config.lower)}` }, pool.tier.config.lower),
+    ' ',
+    flow,
+  );
+  return [line, flow];
 }
 
 /** Stores refused per second, every reason together. */
@@ -37,11 +54,13 @@ function poolCard(pool) {
   const stat = (key, label) => h('div', { class: 'stat' }, h('span', { class: 'label' }, label), (stats[key] = h('strong', { dataset: { stat: key } }, '—')));
   const chartBox = h('div', { class: 'chart' });
   const badgeBox = h('span', { class: 'badges' }, badges(pool));
+  const [tier, tierFlow] = tierLine(pool);
   const card = h(
     'article',
     { class: 'card pool-card', dataset: { pool: pool.name } },
     h('header', {}, h('h2', {}, h('a', { href: `#/pools/${encodeURIComponent(pool.name)}` }, pool.name)), badgeBox),
     h('p', { class: 'chain' }, fmt.chain(pool.backends)),
+    tier,
     h('p', { class: 'muted' }, `${fmt.bytes(pool.page_size)} pages, ${limitsText(pool)}`),
     h(
       'div',
@@ -67,6 +86,11 @@ function poolCard(pool) {
       const stores = (sample.rates.succ_stores ?? 0) + rejectRate(sample);
       stats.reject_rate.textContent = `${fmt.rate(rejectRate(sample))} (${fmt.percent(rejectRate(sample), stores)})`;
       fill(badgeBox, badges(pool, sample));
+      if (tierFlow) {
+        const down = sample.counters.tier_demoted_pages ?? 0;
+        const up = sample.counters.tier_promoted_pages ?? 0;
+        tierFlow.textContent = `(${fmt.count(down)} down at ${fmt.rate(sample.rates.tier_demoted_pages)}, ${fmt.count(up)} up at ${fmt.rate(sample.rates.tier_promoted_pages)})`;
+      }
       chart ??= new TimeChart(chartBox, {
         title: 'Operations per second',
         series: [{ label: 'stores' }, { label: 'loads' }, { label: 'rejects', color: '#cf222e' }],

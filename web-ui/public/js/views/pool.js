@@ -209,6 +209,38 @@ export function poolView(main, name) {
       h('h3', {}, 'Generations'),
       h('p', { class: 'hint' }, 'After a hot swap, pages stay with the chain that stored them until they are overwritten or invalidated.'),
       h('div', { class: 'table-wrap' }, generations),
+      tierSection(info),
+    );
+  }
+
+  /** A tiered pool: its lower tier, the flow between them and how idle its pages are. */
+  function tierSection(info) {
+    if (info.tier_of) {
+      return h('p', { class: 'hint', id: 'tier-of' }, 'This pool is the lower tier of ', h('a', { href: `#/pools/${encodeURIComponent(info.tier_of)}` }, info.tier_of), ': only that pool reads and writes it.');
+    }
+    const t = info.tier;
+    if (!t) return null;
+    const counters = info.counters;
+    let below = 0;
+    const rows = t.idle_age.map((b) => {
+      const pages = b.pages - below;
+      below = b.pages;
+      return h('tr', {}, h('td', {}, b.le_seconds === null ? 'older' : `< ${b.le_seconds} s`), h('td', {}, fmt.count(pages)));
+    });
+    return h(
+      'div',
+      { id: 'tier' },
+      h('h3', {}, 'Lower tier'),
+      h(
+        'p',
+        {},
+        `${fmt.chain(info.backends)} ⇄ `,
+        h('a', { href: `#/pools/${encodeURIComponent(t.config.lower)}` }, t.config.lower),
+        `: pages idle ${t.config.idle_seconds} s go down (or sooner with the budget ${t.config.pressure_percent}% full); ` +
+          `promote ${t.config.promote === 'on_load' ? 'on load' : 'never'}. ${fmt.count(t.lower_pages)} pages below; ` +
+          `${fmt.count(counters.tier_demoted_pages)} moved down, ${fmt.count(counters.tier_promoted_pages)} back up.`,
+      ),
+      h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Idle'), h('th', {}, 'Pages here (last pass)'))), h('tbody', {}, rows))),
     );
   }
 
