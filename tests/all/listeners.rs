@@ -181,6 +181,7 @@ fn the_peer_listener_serves_a_peer_through_a_flood_and_closes_the_flood() {
     let listen = format!("127.0.0.1:{peer_port}");
     let server = bounded_server("listen-peer", &["--peer-listen", &listen]);
     server.client().create_pool(&PoolConfig::new("mem", vec![BackendRequest::new("ram")])).unwrap();
+    let token = crate::peer::peer_token(&server, "mem");
     let started = Instant::now();
     let mut half = 1000u32.to_le_bytes().to_vec();
     half.extend_from_slice(&[peer::HELLO; 10]);
@@ -188,7 +189,7 @@ fn the_peer_listener_serves_a_peer_through_a_flood_and_closes_the_flood() {
     let mut liar = Conn::tcp(peer_port);
     liar.write(&(peer::MAX_BODY as u32).to_le_bytes());
     assert!(liar.closed_by(Instant::now() + GETS_IN), "a 2 MiB HELLO is refused at once");
-    let (_peer, kind) = gets_in("the peer", || peer_hello(peer_port, &server.token, "mem"));
+    let (_peer, kind) = gets_in("the peer", || peer_hello(peer_port, &token, "mem"));
     assert_eq!(kind, peer::OK);
     assert_flood_closed(conns, started, "peer listener");
 }

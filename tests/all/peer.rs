@@ -151,11 +151,12 @@ fn a_peer_host_keeps_records_and_refuses_bad_input_clearly() {
     assert_eq!(server.client().pool("mem").unwrap().counters["stored_pages"], 49);
 
     // A revoked token: its open connection ends at its next request, and it opens no new one.
-    let other = peer_token(&server, "mem");
+    let made = server.client().create_token("mem", &CreateTokenRequest { scope: TokenScope::Peer, label: "q".into() });
+    let made = made.unwrap();
+    let other = made.token.clone().unwrap();
     let (mut q, kind, _) = Peer::hello(port, &other, "mem");
     assert_eq!(kind, peer::OK);
-    let id = server.client().tokens("mem").unwrap().into_iter().rev().find(|t| t.scope == TokenScope::Peer).unwrap().id;
-    server.client().revoke_token("mem", &id).unwrap();
+    server.client().revoke_token("mem", &made.id).unwrap();
     let (kind, message) = q.call(peer::GET, &[&3u64.to_le_bytes()]);
     assert_eq!((kind, text(&message).contains("revoked")), (peer::ERROR, true));
     assert!(q.response().is_none(), "closed after the revocation");
