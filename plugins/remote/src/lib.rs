@@ -152,7 +152,10 @@ impl Store for Remote {
              or one redis-cluster://HOST:PORT,HOST:PORT,.../NAMESPACE listing every node",
         ),
         config::integer("timeout_ms", "bound of every connect, send and receive, in milliseconds", 1, 60000, 200),
-        config::secret("token", "a peer token of the pool on the peer host (tmem://) or the Redis password (AUTH); empty for none"),
+        config::secret(
+            "token",
+            "a peer token of the pool on the peer host (tmem://) or the Redis password (AUTH); empty for none",
+        ),
     ];
     const CAPABILITIES: &'static [Capability] = &[Capability::Network];
     type Config = RemoteConfig;
