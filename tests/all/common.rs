@@ -155,6 +155,20 @@ impl ServeProcess {
         tmem_api::client::Client::new(&self.url, Some(self.token.clone()))
     }
 
+    /// Runs the `tmem` CLI against this server (its token read from the data dir, as a user's
+    /// would be); panics with its stderr unless it succeeds, returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_tmem"))
+            .args(args)
+            .env("TMEM_SERVER", &self.url)
+            .env("TMEM_DATA_DIR", &self.data_dir)
+            .env_remove("TMEM_TOKEN")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "tmem {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     /// SIGTERM, then waits; returns whether it exited successfully.
     pub fn stop(mut self) -> bool {
         // SAFETY: plain kill(2) on our own child.

@@ -661,17 +661,7 @@ fn the_cli_attaches_and_detaches() {
     let dir = temp_dir("nbd-cli");
     let server = ServeProcess::start(&dir.join("data"), &allow(&dir));
     server.client().create_pool(&pool("c", &["ram"])).unwrap();
-    let tmem = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_tmem"))
-            .args(args)
-            .env("TMEM_SERVER", &server.url)
-            .env("TMEM_DATA_DIR", &server.data_dir)
-            .env_remove("TMEM_TOKEN")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "tmem {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let tmem = |args: &[&str]| server.cli(args);
     let socket = dir.join("cli.sock").display().to_string();
     let backing = dir.join("cli.img").display().to_string();
     let out = tmem(&["pool", "attach", "c", "--nbd-socket", &socket, "--size", "16M", "--backing", &backing, "--json"]);

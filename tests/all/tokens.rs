@@ -4,7 +4,6 @@
 //! opened and opens no new one. The peer side is in `peer.rs` (a peer token, never the admin
 //! token) and `remote.rs` (a remote store with a peer token across the peer's restart).
 
-use std::process::Command;
 
 use tmem_api::rest::{BackendRequest, CreateTokenRequest, PoolConfig, TokenScope};
 use tmem_frontend::client::{FrontendClient, Op, OpResult};
@@ -16,15 +15,7 @@ fn socket(server: &ServeProcess) -> std::path::PathBuf {
 }
 
 fn tmem(server: &ServeProcess, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_tmem"))
-        .args(args)
-        .env("TMEM_SERVER", &server.url)
-        .env("TMEM_DATA_DIR", &server.data_dir)
-        .env_remove("TMEM_TOKEN")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "tmem {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+    server.cli(args)
 }
 
 /// Every byte under `dir`, concatenated (to look for a secret in it).
