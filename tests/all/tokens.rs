@@ -4,7 +4,6 @@
 //! opened and opens no new one. The peer side is in `peer.rs` (a peer token, never the admin
 //! token) and `remote.rs` (a remote store with a peer token across the peer's restart).
 
-
 use tmem_api::rest::{BackendRequest, CreateTokenRequest, PoolConfig, TokenScope};
 use tmem_frontend::client::{FrontendClient, Op, OpResult};
 
