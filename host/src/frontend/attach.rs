@@ -58,7 +58,7 @@ pub enum AttachError {
     /// Something the request needs is taken: `code` says what.
     #[error("{message}")]
     Conflict {
-        /// `frontend_exists`, `backing_in_use` or `address_in_use`.
+        /// `frontend_exists`, `backing_in_use`, `address_in_use` or `ublk_device_exists`.
         code: &'static str,
         /// What and by whom.
         message: String,
@@ -419,6 +419,21 @@ impl BlockDevices {
                     });
                 }
             }
+        }
+        // A device number that exists belongs to someone: a live device, or one whose server
+        // went away and waits to take it over (user recovery) — another program's, or a host
+        // of another data dir. Starting afresh would delete it with its pages; only a restore
+        // from this catalog takes over a device (`resume`).
+        if let Place::Ublk(Some(n)) = place
+            && ublk::exists(n)
+        {
+            return Err(AttachError::Conflict {
+                code: "ublk_device_exists",
+                message: format!(
+                    "{} exists (live, or waiting for the program that made it to take it over); choose another ublk_id or leave it out",
+                    ublk::device_path(n)
+                ),
+            });
         }
         let attached = self.start(new_id(request.kind)?, pool, request.clone(), backing, &place, Start::Empty)?;
         if let Some(catalog) = host.catalog() {

@@ -70,6 +70,11 @@ pub fn awaits_recovery(id: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether ublk device `id` exists in any state (live, or waiting for its server).
+pub fn exists(id: u32) -> bool {
+    UblkCtrl::new_simple(id as i32).is_ok()
+}
+
 /// Deletes ublk device `id` (logged; a device that is already gone is fine).
 pub fn delete(id: u32) {
     match UblkCtrl::new_simple(id as i32).and_then(|ctrl| ctrl.del_dev()) {

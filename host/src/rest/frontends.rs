@@ -70,7 +70,7 @@ impl From<AttachError> for ApiError {
         (status = 400, description = "A size that is not a multiple of the pool's page size, a path whose directory does not exist, an address that cannot be listened on, `socket` and `listen` both or neither for NBD, `ublk_id` for NBD, a socket or address for ublk, a non-loopback address without `allow_remote` (`invalid_frontend`); `ublk` on a machine whose kernel has no ublk driver, a refusal that depends on the machine (`unsupported_frontend`)", body = ErrorBody),
         (status = 403, description = "The backing file or socket path is outside the paths the host allows (`path_not_allowed`; `tmem serve --allow-path`)", body = ErrorBody),
         (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
-        (status = 409, description = "The pool has a device (`frontend_exists`), the backing file or address is taken (`backing_in_use`, `address_in_use`)", body = ErrorBody),
+        (status = 409, description = "The pool has a device (`frontend_exists`), the backing file or address is taken (`backing_in_use`, `address_in_use`), the ublk device number exists — live, or waiting for the program that made it (`ublk_device_exists`)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`), no randomness (`internal`): nothing is attached", body = ErrorBody),
     ),
     security(("token" = []))
