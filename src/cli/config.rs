@@ -54,7 +54,8 @@ pub struct ServeSection {
     /// `--memory-limit`: `"2G"`, `"20%"` or `"none"`.
     #[serde(default, deserialize_with = "memory_limit")]
     pub memory_limit: Option<MemoryLimit>,
-    /// `--max-instances`.
+    /// `--max-instances` (16 to 100000, as the flag).
+    #[serde(default, deserialize_with = "max_instances")]
     pub max_instances: Option<u32>,
     /// `--max-connections`.
     pub max_connections: Option<u64>,
@@ -155,6 +156,13 @@ fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     }
 }
 
+fn max_instances<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    match u32::deserialize(deserializer)? {
+        n @ 16..=100_000 => Ok(Some(n)),
+        n => Err(serde::de::Error::custom(format!("max_instances = {n} is not in 16..=100000"))),
+    }
+}
+
 fn memory_limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<MemoryLimit>, D::Error> {
     let text = String::deserialize(deserializer)?;
     super::args::parse_memory_limit(&text).map(Some).map_err(serde::de::Error::custom)
@@ -228,6 +236,7 @@ backing = "/var/lib/tmem/swap0.backing"
         let cases = [
             ("[serve]\nlisten = \"127.0.0.1:7411\"\nmemroy_limit = \"20%\"\n", "line 3", "memroy_limit"),
             ("[serve]\nmemory_limit = \"lots\"\n", "line 2", "lots"),
+            ("[serve]\n\nmax_instances = 3\n", "line 3", "16..=100000"),
             ("[[pool]]\nname = \"swap\"\nbackends = [{ plugin = \"ram\" }]\nmax_page = 5\n", "line 4", "max_page"),
             ("[[swap]]\npool = \"swap\"\nsize = \"8Q\"\nbacking = \"/x\"\n", "line 3", "size suffix"),
             ("[[swap]]\npool = \"swap\"\nbacking = \"/x\"\n", "line 1", "size"),
