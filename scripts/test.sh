@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test, from nothing: installs build dependencies, checks formatting and clippy, then
 # runs the plugins' own native unit tests and the workspace's tests (unit, integration and doc tests; the integration tests
-# start real hosts and a real `tmem serve`), fuzzes every decoder (scripts/fuzz.sh), then the slow guest-kernel tests on their own, and
-# ends with one summary line.
+# start real hosts and a real `tmem serve`), fuzzes every decoder (scripts/fuzz.sh), then the slow guest-kernel tests on their own,
+# builds, installs and removes the Debian package (scripts/package.sh), and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A build from nothing gains nothing from incremental state (1.3 GiB of it in target/debug).
@@ -27,6 +27,20 @@ bash scripts/fuzz.sh 2>&1 | tee -a "$log"
 # minutes under QEMU's software emulation) are ignored in the suite above and run here, through
 # scripts/guest/run.sh, one QEMU at a time.
 cargo test --locked --test all kernel_swap::ci_scenarios -- --ignored --nocapture 2>&1 | tee -a "$log"
+# The Debian package (scripts/package.sh: about 15 s, reusing the release binary the guest tests
+# built, plus a few minutes on a fresh machine to compile cargo-deb once): installed with dpkg,
+# its binary run from /usr/bin, its unit verified (systemd-analyze, if there is one), then purged
+# so the machine is left as it was.
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+timeout 1800 bash scripts/package.sh
+$SUDO dpkg -i target/debian/tmem_*.deb
+/usr/bin/tmem --version
+if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify --man=no /lib/systemd/system/tmem.service
+fi
+$SUDO dpkg --purge tmem
+echo "package: target/debian/$(cd target/debian && ls tmem_*.deb) installed, ran and purged"
 echo "disk: target/ holds $(du -sh target | cut -f1), plugins/target $(du -sh plugins/target | cut -f1), fuzz/target $(du -sh fuzz/target | cut -f1)"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -27,7 +27,8 @@ const EXIT_REJECTED: u8 = 3;
 fn main() -> ExitCode {
     tmem_host::telemetry::init();
     match Cli::parse().command {
-        Command::Serve(args) => match commands::serve(&args.into_config()) {
+        Command::Serve(args) => match args.into_config().map_err(anyhow::Error::from).and_then(|c| commands::serve(&c))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tmem: {e:#}");
@@ -39,6 +40,18 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("tmem demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Generate { what, out_dir } => match cli::generate::generate(what, &out_dir) {
+            Ok(written) => {
+                for path in written {
+                    println!("{}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tmem generate: cannot write into {}: {e}", out_dir.display());
                 ExitCode::FAILURE
             }
         },

@@ -72,6 +72,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         limits: Default::default(),
         allowed_paths: Vec::new(),
         secrets_key: None,
+        declared: Default::default(),
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

@@ -24,6 +24,8 @@
 //! - [`peer`] — the peer role: this host's pools serving other hosts' `remote` stores.
 //! - [`persist`] — persistent pools' databases and durability (group commit, periodic flush).
 //! - [`server`] — `tmem serve`: the HTTP listener around a host.
+//! - [`declared`] — the pools and swap devices a config file declares, applied at start.
+//! - [`notify`] — systemd's readiness protocol (`READY=1`, `STOPPING=1` on `$NOTIFY_SOCKET`).
 //! - [`bundled`] — the plugins built from `plugins/` and embedded in the binary.
 //! - [`workload`] — realistic page contents, for the demo, benchmarks and tests.
 //! - [`tier`] — tiered pools: a pool's lower tier, the pages' ages and the mover.
@@ -36,11 +38,13 @@ pub mod bundled;
 pub mod catalog;
 pub mod chain;
 pub mod credentials;
+pub mod declared;
 pub mod demo;
 pub mod frontend;
 pub mod host;
 pub mod listen;
 pub mod memory;
+pub mod notify;
 pub mod page_index;
 pub mod page_store;
 pub mod peer;

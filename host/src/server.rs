@@ -18,6 +18,7 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tower::ServiceExt;
 
+use crate::declared::Declared;
 use crate::frontend::attach::{AllowedPaths, BlockDevices};
 use crate::host::{BackendSpec, Host, HostConfig, MemoryLimit};
 use crate::listen::{Evicted, Gate, ListenerLimits, ServeLimits, Ticket};
@@ -52,6 +53,9 @@ pub struct ServeConfig {
     /// The key file that seals the secrets the catalog keeps ([`crate::secrets`]); `None`: a
     /// systemd credential `tmem-secrets.key` if the service has one, else `DATA_DIR.key`.
     pub secrets_key: Option<PathBuf>,
+    /// Pools and block devices to create at start if missing (the config file's
+    /// `[[pool]]` and `[[swap]]`: [`crate::declared`]).
+    pub declared: Declared,
 }
 
 /// Where the secrets key is: as configured, else the systemd credential
@@ -116,9 +120,15 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
             .map_err(|e| anyhow::anyhow!("{e} (--allow-path)"))?;
     tracing::info!(paths = ?allowed.roots(), "block devices' backing files and sockets are confined to these paths");
     let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed));
+    // The declared pools and devices, after the catalog's (which may already hold them).
+    let (created, attached) = crate::declared::apply(&devices, &config.declared)?;
+    if created + attached > 0 {
+        tracing::info!(pools = created, devices = attached, "declared config applied");
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        crate::notify::notify_logged("STOPPING=1\nSTATUS=stopping: block devices stay for the next start");
         let _ = stop.send(true);
     });
     let until_stopped = move || {
@@ -158,6 +168,9 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     ));
     tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");
     let router = crate::rest::router(AppState::new(devices.clone()), token.clone());
+    // Every pool and device is restored, the declared ones applied, every listener bound (and
+    // accepting into its backlog): systemd may start what is ordered after tmem (swap).
+    crate::notify::notify_logged(&format!("READY=1\nSTATUS=serving {} pools on {addr}", host.pools().len()));
     serve_http(listener, router, token, config.limits.rest, until_stopped()).await;
     if let Some(peers) = peers {
         let _ = peers.await;

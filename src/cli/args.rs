@@ -15,8 +15,16 @@ use tmem_host::demo::DemoConfig;
 use tmem_host::listen::ServeLimits;
 use tmem_host::server::ServeConfig;
 
+use super::config::{ConfigError, ConfigFile};
+
 /// Where `tmem serve` listens unless told otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7411";
+
+/// `tmem serve --listen`'s default.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
+
+/// `tmem serve --max-instances`'s default.
+const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
 /// The sandbox defaults of the host, used when only one of the two sandbox options is given.
 const DEFAULT_SANDBOX: SandboxConfig = SandboxConfig { memory_bytes: 64 << 20, call_timeout_ms: 100 };
@@ -46,17 +54,40 @@ pub enum Command {
     // The client groups: `plugin`, `pool`, `page`.
     #[command(flatten)]
     Client(ClientCommand),
+    /// Write the man pages or the shell completions of `tmem` (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        #[arg(value_enum)]
+        what: Generated,
+        /// The directory to write into (created if missing).
+        out_dir: PathBuf,
+    },
+}
+
+/// What `tmem generate` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Generated {
+    /// `tmem.1` and one page per subcommand (`tmem-serve.1`, ...).
+    Man,
+    /// `tmem.bash`, `_tmem` (zsh) and `tmem.fish`.
+    Completions,
 }
 
 /// `tmem serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the HTTP listener.
-    #[arg(long, default_value = "127.0.0.1:7411", env = "TMEM_LISTEN")]
-    pub listen: SocketAddr,
-    /// Directory for the host's state.
-    #[arg(long, default_value = "tmem-data", env = "TMEM_DATA_DIR")]
-    pub data_dir: PathBuf,
+    /// A config file (TOML): `[serve]` settings named as these flags, `[[pool]]` pools and
+    /// `[[swap]]` ublk devices created at start if missing. A flag given here (or its
+    /// variable) overrides the file.
+    #[arg(long, value_name = "FILE", env = "TMEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP listener [default: 127.0.0.1:7411].
+    #[arg(long, env = "TMEM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the host's state [default: tmem-data].
+    #[arg(long, env = "TMEM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Create a `[zstd, ram]` pool named `demo` at start.
     #[arg(long)]
     pub demo_pool: bool,
@@ -79,9 +110,9 @@ pub struct ServeArgs {
     pub memory_limit: Option<MemoryLimit>,
     /// Plugin instances the host can have at once. A pool reserves one per shard and plugin
     /// of each chain it runs when it is created (or hot-swapped) and is refused if they are
-    /// not free.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(16..=100_000), env = "TMEM_MAX_INSTANCES")]
-    pub max_instances: u32,
+    /// not free [default: 1000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=100_000), env = "TMEM_MAX_INSTANCES")]
+    pub max_instances: Option<u32>,
     /// The most connections each listener serves at once (the HTTP API, the frontend socket,
     /// the peer listener, each NBD export). A full listener evicts its oldest connection that
     /// has not authenticated (or finished its handshake); established ones are never cut
@@ -481,9 +512,11 @@ pub struct Limit(pub Option<u64>);
 // ----- settings -----
 
 impl ServeArgs {
-    /// The settings of the host `tmem serve` runs.
-    pub fn into_config(self) -> ServeConfig {
+    /// The settings of `tmem serve`: the flags, over the config file's `[serve]` if
+    /// `--config` names one, with the file's pools and devices to apply at start.
+    pub fn into_config(self) -> Result<ServeConfig, ConfigError> {
         let ServeArgs {
+            config,
             listen,
             data_dir,
             demo_pool,
@@ -497,22 +530,31 @@ impl ServeArgs {
             allow_path,
             secrets_key,
         } = self;
-        ServeConfig {
-            listen,
-            data_dir,
+        let file = match config {
+            Some(path) => ConfigFile::load(&path)?,
+            None => ConfigFile::default(),
+        };
+        let declared = file.declared();
+        let serve = file.serve;
+        let max_connections = max_connections.or(serve.max_connections);
+        let handshake_timeout = handshake_timeout.or(serve.handshake_timeout);
+        Ok(ServeConfig {
+            listen: listen.or(serve.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a socket address")),
+            data_dir: data_dir.or(serve.data_dir).unwrap_or_else(|| PathBuf::from("tmem-data")),
             demo_pool,
-            peer_listen,
-            socket,
-            mlock,
-            memory_limit: memory_limit.unwrap_or_default(),
-            max_instances,
+            peer_listen: peer_listen.or(serve.peer_listen),
+            socket: socket.or(serve.socket),
+            mlock: mlock || serve.mlock,
+            memory_limit: memory_limit.or(serve.memory_limit).unwrap_or_default(),
+            max_instances: max_instances.or(serve.max_instances).unwrap_or(DEFAULT_MAX_INSTANCES),
             limits: ServeLimits::overridden(
                 max_connections.map(|n| n as usize),
                 handshake_timeout.map(std::time::Duration::from_secs),
             ),
-            allowed_paths: allow_path,
-            secrets_key,
-        }
+            allowed_paths: serve.allow_path.into_iter().chain(allow_path).collect(),
+            secrets_key: secrets_key.or(serve.secrets_key),
+            declared,
+        })
     }
 }
 
@@ -679,7 +721,7 @@ fn split_top_level(text: &str) -> Vec<&str> {
 }
 
 /// A byte count with an optional binary suffix: `4096`, `4K`, `64M`, `1G`, `2MiB`, `512B`.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, suffix) = text.split_at(split);
@@ -719,7 +761,7 @@ fn parse_limit(text: &str, parse: impl Fn(&str) -> Result<u64, String>) -> Resul
 }
 
 /// A memory budget: `2G` (a size), `20%` (a share of RAM), `none`/`0` (no limit).
-fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
+pub(crate) fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
     let text = text.trim();
     match text.to_ascii_lowercase().as_str() {
         "none" | "unlimited" | "0" => return Ok(MemoryLimit::Unlimited),

@@ -6,6 +6,8 @@
 //! - [`commands`] — what each command does: `serve` and `demo` run a host in this process; the
 //!   client groups (`plugin`, `pool`, `page`, one file each) talk to a running `tmem serve`
 //!   over [`tmem_api::client`].
+//! - [`config`] — the config file of `tmem serve --config` (`[serve]`, `[[pool]]`, `[[swap]]`).
+//! - [`generate`] — `tmem generate man|completions DIR` (hidden): man pages and completions.
 //! - [`render`] — what the client commands print: tables, `key: value` views, `--json`, human
 //!   sizes and durations.
 //!
@@ -16,6 +18,8 @@
 
 pub mod args;
 pub mod commands;
+pub mod config;
+pub mod generate;
 pub mod render;
 
 use std::fmt;

@@ -29,6 +29,7 @@ mod plugin_loading;
 mod remote;
 mod restart;
 mod serve;
+mod systemd;
 mod tiers;
 mod tokens;
 

@@ -370,6 +370,13 @@ impl BlockDevices {
         &self.host
     }
 
+    /// The block device attached to pool `pool_name`, if it has one being served: its id and
+    /// the request it was attached with.
+    pub fn device_of(&self, pool_name: &str) -> Option<(String, AttachRequest)> {
+        let attached = self.attached.lock();
+        attached.values().find(|a| a.pool.name() == pool_name).map(|a| (a.id.clone(), a.request.clone()))
+    }
+
     /// Attaches a block device to pool `pool_name` as `request` asks, keeps it in the catalog,
     /// and returns it as listings show it.
     pub fn attach(&self, pool_name: &str, request: &AttachRequest) -> Result<FrontendDetails, AttachError> {
