@@ -26,6 +26,7 @@ use crate::chain::{Chain, ChainError, ChainLink};
 use crate::credentials::{CredentialError, Credentials};
 use crate::memory::arena::{ArenaConfig, PageArena};
 use crate::memory::budget::MemoryBudget;
+use crate::memory::governor::{Governor, GovernorConfig};
 use crate::persist::{DEFAULT_FLUSH_INTERVAL, DiskError, Durability, PoolDisk};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
 use crate::pool::{Generation, Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
@@ -64,6 +65,12 @@ pub struct HostConfig {
     /// No mover thread: tiered pools move pages only when [`Host::run_tier_passes`] is
     /// called (tests, which must not depend on timing).
     pub manual_tier_passes: bool,
+    /// The memory governor's settings ([`crate::memory::governor`]); `None`: off (the
+    /// library's default; `tmem serve` turns it on), switchable at run time.
+    pub governor: Option<GovernorConfig>,
+    /// No governor thread: the governor acts only when [`Governor::observe`] is called with
+    /// readings (tests, which cannot create real memory pressure on a shared machine).
+    pub manual_governor: bool,
 }
 
 /// How much memory the host may keep for pages: stored bytes and what it keeps to find them.
@@ -228,6 +235,8 @@ pub struct Host {
     budget: Arc<MemoryBudget>,
     /// Where in-memory pools keep their bytes (charged to `budget`).
     arena: Arc<PageArena>,
+    /// Moves the budget's target with the machine's memory.
+    governor: Arc<Governor>,
     plugins: RwLock<BTreeMap<String, Vec<PluginModule>>>,
     pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
     data_dir: Option<PathBuf>,
@@ -275,12 +284,24 @@ impl Host {
         let arena = Arc::new(PageArena::new(arena_config(budget.limit()), budget.clone())?);
         arena.grow();
         arena.spawn_grower()?;
+        if let Some(governor) = &config.governor {
+            governor.check().map_err(|e| anyhow::anyhow!("memory governor: {e}"))?;
+        }
+        let pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>> = Arc::default();
+        let headroom_of = Arc::downgrade(&arena);
+        let governor = Arc::new(Governor::new(
+            config.governor.unwrap_or(GovernorConfig { enabled: false, ..Default::default() }),
+            budget.clone(),
+            Box::new(move || headroom_of.upgrade().map_or(0, |a| a.stats().headroom_bytes)),
+            Arc::downgrade(&pools),
+        ));
         let mut host = Host {
             engine: Arc::new(PluginEngine::new(engine_options)?),
             budget,
             arena,
+            governor,
             plugins: RwLock::new(BTreeMap::new()),
-            pools: Arc::default(),
+            pools,
             data_dir: config.data_dir,
             catalog,
             bundled: Arc::default(),
@@ -308,6 +329,9 @@ impl Host {
         spawn_compactor(Arc::downgrade(&host.pools), Arc::downgrade(&host.arena))?;
         if !config.manual_tier_passes {
             crate::tier::spawn_mover(Arc::downgrade(&host.pools))?;
+        }
+        if !config.manual_governor {
+            Governor::spawn(&host.governor)?;
         }
         Ok(host)
     }
@@ -494,13 +518,24 @@ impl Host {
         &self.budget
     }
 
-    /// Changes the memory budget at run time (and the arena's headroom with it). What is
-    /// stored stays; stores past a lowered limit are refused until usage falls below it.
-    pub fn set_memory_limit(&self, limit: MemoryLimit) -> Result<(), HostError> {
+    /// The limit in bytes, if it is acceptable (at least [`MIN_MEMORY_LIMIT`]).
+    pub fn check_memory_limit(&self, limit: MemoryLimit) -> Result<u64, HostError> {
         let bytes = limit.bytes();
         if bytes < MIN_MEMORY_LIMIT {
             return Err(HostError::MemoryLimitTooSmall(bytes));
         }
+        Ok(bytes)
+    }
+
+    /// The memory governor: its settings, readings and decisions.
+    pub fn governor(&self) -> &Arc<Governor> {
+        &self.governor
+    }
+
+    /// Changes the memory budget at run time (and the arena's headroom with it). What is
+    /// stored stays; stores past a lowered limit are refused until usage falls below it.
+    pub fn set_memory_limit(&self, limit: MemoryLimit) -> Result<(), HostError> {
+        let bytes = self.check_memory_limit(limit)?;
         self.budget.set_limit(bytes);
         self.arena.set_headroom(arena_config(bytes).headroom_bytes);
         tracing::info!(limit = ?limit, bytes, "memory budget changed");

@@ -1766,6 +1766,18 @@ impl Pool {
     /// buffer are the tier's, preallocated.
     pub fn run_tier_pass(&self) -> TierPass {
         let Some(tier) = self.tier.get() else { return TierPass::default() };
+        self.tier_pass(tier, self.under_pressure(tier))
+    }
+
+    /// A mover pass as under budget pressure whatever the budget says: the memory governor's,
+    /// run before it lowers the budget's target below what is held (so the lower tier can
+    /// still be charged for what it takes).
+    pub fn run_tier_pass_under_pressure(&self) -> TierPass {
+        let Some(tier) = self.tier.get() else { return TierPass::default() };
+        self.tier_pass(tier, true)
+    }
+
+    fn tier_pass(&self, tier: &Tier, pressure: bool) -> TierPass {
         let mut guard = tier.mover.lock();
         let state = &mut *guard;
         let unit = tier.unit().max(Duration::from_millis(1));
@@ -1777,7 +1789,7 @@ impl Pool {
             state.last += unit * units;
         }
         let mut ages = [0u64; crate::page_index::MAX_AGE as usize + 1];
-        let mut pass = TierPass { pressure: self.under_pressure(tier), ..TierPass::default() };
+        let mut pass = TierPass { pressure, ..TierPass::default() };
         // Every page ages; those idle for `idle_seconds` go down.
         for shard in self.shards.iter() {
             state.victims.clear();

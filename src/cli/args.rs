@@ -13,6 +13,7 @@ use tmem_api::rest::{AttachRequest, BackendRequest, Durability, FrontendKind, Po
 use tmem_host::MemoryLimit;
 use tmem_host::demo::DemoConfig;
 use tmem_host::listen::ServeLimits;
+use tmem_host::memory::governor::{GovernorConfig, Reserve};
 use tmem_host::server::ServeConfig;
 
 /// Where `tmem serve` listens unless told otherwise.
@@ -77,6 +78,23 @@ pub struct ServeArgs {
     /// A store past it is refused and the frontend keeps the page.
     #[arg(long, value_name = "SIZE|N%|none", value_parser = parse_memory_limit, env = "TMEM_MEMORY_LIMIT")]
     pub memory_limit: Option<MemoryLimit>,
+    /// The memory governor: the budget follows the machine — lowered (stores refused, tiered
+    /// pools demote, pools with a frontend shrink) when MemAvailable nears the reserve or
+    /// memory pressure (PSI) rises, raised again when it falls; never above --memory-limit.
+    /// `PATCH /api/v1/memory` changes it at run time.
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = parse_on_off, env = "TMEM_GOVERNOR")]
+    pub governor: bool,
+    /// MemAvailable the governor keeps for the rest of the machine: a size (`1G`) or a share
+    /// of RAM (`5%`) [default: the larger of 5% of RAM and 256 MiB].
+    #[arg(long, value_name = "SIZE|N%", value_parser = parse_reserve, env = "TMEM_GOVERNOR_RESERVE")]
+    pub governor_reserve: Option<Reserve>,
+    /// Memory pressure (PSI `some avg10`, percent) at or above which the governor lowers
+    /// the budget's target.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0, env = "TMEM_GOVERNOR_PSI_HIGH")]
+    pub governor_psi_high: f64,
+    /// Memory pressure (PSI `some avg10`, percent) below which it raises it again.
+    #[arg(long, value_name = "PERCENT", default_value_t = 2.0, env = "TMEM_GOVERNOR_PSI_LOW")]
+    pub governor_psi_low: f64,
     /// Plugin instances the host can have at once. A pool reserves one per shard and plugin
     /// of each chain it runs when it is created (or hot-swapped) and is refused if they are
     /// not free.
@@ -491,6 +509,10 @@ impl ServeArgs {
             socket,
             mlock,
             memory_limit,
+            governor,
+            governor_reserve,
+            governor_psi_high,
+            governor_psi_low,
             max_instances,
             max_connections,
             handshake_timeout,
@@ -505,6 +527,13 @@ impl ServeArgs {
             socket,
             mlock,
             memory_limit: memory_limit.unwrap_or_default(),
+            governor: GovernorConfig {
+                enabled: governor,
+                reserve: governor_reserve.unwrap_or_default(),
+                psi_high: governor_psi_high,
+                psi_low: governor_psi_low,
+                ..Default::default()
+            },
             max_instances,
             limits: ServeLimits::overridden(
                 max_connections.map(|n| n as usize),
@@ -732,6 +761,23 @@ fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
         };
     }
     parse_size(text).map(MemoryLimit::Bytes)
+}
+
+/// `on` or `off`.
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("`{text}` is not `on` or `off`")),
+    }
+}
+
+/// The governor's reserve: `1G` (a size) or `5%` (a share of RAM).
+fn parse_reserve(text: &str) -> Result<Reserve, String> {
+    if text.trim().ends_with('%') {
+        return parse_percent(text).map(Reserve::PercentOfRam);
+    }
+    parse_size(text).map(Reserve::Bytes)
 }
 
 fn parse_page_limit(text: &str) -> Result<Limit, String> {
