@@ -873,6 +873,42 @@ mod tests {
     }
 
     #[test]
+    fn the_governor_flags_parse_into_its_config() {
+        let serve = |args: &[&str]| match Cli::try_parse_from([&["tmem", "serve"], args].concat()) {
+            Ok(Cli { command: Command::Serve(args) }) => Ok(args.into_config().governor),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        let default = serve(&[]).unwrap();
+        assert_eq!(default, GovernorConfig::default(), "on by default, with the default policy");
+        assert!(default.enabled);
+        let set = serve(&[
+            "--governor",
+            "off",
+            "--governor-reserve",
+            "5%",
+            "--governor-psi-high",
+            "20",
+            "--governor-psi-low",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(
+            set,
+            GovernorConfig {
+                enabled: false,
+                reserve: Reserve::PercentOfRam(5),
+                psi_high: 20.0,
+                psi_low: 1.5,
+                ..Default::default()
+            }
+        );
+        assert_eq!(serve(&["--governor-reserve", "1G"]).unwrap().reserve, Reserve::Bytes(1 << 30));
+        assert!(serve(&["--governor", "maybe"]).is_err());
+        assert!(serve(&["--governor-reserve", "101%"]).is_err());
+    }
+
+    #[test]
     fn pool_create_builds_the_config() {
         let ClientCommand::Pool(PoolArgs { command: PoolCommand::Create(args), connect }) = parse(&[
             "pool",
