@@ -288,11 +288,26 @@ impl Host {
             governor.check().map_err(|e| anyhow::anyhow!("memory governor: {e}"))?;
         }
         let pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>> = Arc::default();
-        let headroom_of = Arc::downgrade(&arena);
+        let arena_of = Arc::downgrade(&arena);
+        let unheld = Box::new(move || {
+            arena_of.upgrade().map_or(0, |arena| {
+                let stats = arena.stats();
+                let free_slots = stats.run_bytes.saturating_sub(stats.slot_bytes + stats.index_chunk_bytes);
+                stats.headroom_bytes + free_slots
+            })
+        });
+        let (arena_of, pools_of) = (Arc::downgrade(&arena), Arc::downgrade(&pools));
+        let compact_arena = Box::new(move || {
+            if let (Some(arena), Some(pools)) = (arena_of.upgrade(), pools_of.upgrade()) {
+                let pools: Vec<Arc<Pool>> = pools.read().values().cloned().collect();
+                compact(&pools, &arena);
+            }
+        });
         let governor = Arc::new(Governor::new(
             config.governor.unwrap_or(GovernorConfig { enabled: false, ..Default::default() }),
             budget.clone(),
-            Box::new(move || headroom_of.upgrade().map_or(0, |a| a.stats().headroom_bytes)),
+            unheld,
+            compact_arena,
             Arc::downgrade(&pools),
         ));
         let mut host = Host {
@@ -1033,8 +1048,11 @@ pub struct CompactionReport {
     pub freed_bytes: u64,
 }
 
-/// One compaction of `arena` over `pools`.
+/// One compaction of `arena` over `pools`. One at a time (the compactor thread, the memory
+/// governor after a shrink and `Host::compact_memory` may each start one).
 fn compact(pools: &[Arc<Pool>], arena: &PageArena) -> CompactionReport {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock();
     let before = arena.stats().run_bytes;
     let runs_drained = arena.begin_compaction();
     if runs_drained == 0 {

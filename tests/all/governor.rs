@@ -157,6 +157,14 @@ fn a_lowered_target_refuses_stores_shrinks_and_demotes_and_a_raise_lets_stores_i
     );
     assert_eq!(pool.curr_pages() + back, 3000, "every page that left went to the frontend");
 
+    // Between the watermarks: the target holds, and nothing more is shrunk — what the
+    // shrink freed counts at once (free slots are not usage), even before the arena gives
+    // the memory back.
+    let verdict = governor.observe(readings(12 * GIB, 5.0));
+    assert_eq!((verdict.decision, verdict.reason), (Decision::Hold, Reason::BetweenWatermarks));
+    assert_eq!(governor.status().shrinks, status.shrinks, "no second shrink for the same excess");
+    assert_eq!(taken.load(Ordering::Relaxed), back);
+
     // More pressure: down to nothing; new stores are refused (after what the arena had
     // committed ahead and the slots the shrink freed).
     for _ in 0..20 {

@@ -44,7 +44,9 @@
 //!   [`Pool::shrink`] (take-back, or a writethrough pool's copies).
 //! - Its thread (`tmem-governor`) is the only one that reads `/proc` for it; the I/O path
 //!   never waits for it.
-//! - The arena's committed-ahead headroom is not counted as usage to shed (it holds no page).
+//! - What holds no page — the arena's committed-ahead headroom, the free slots of its runs —
+//!   is not counted as usage to shed; after a shrink the arena is compacted so the freed
+//!   slots go back to the budget.
 //!
 //! # The thread
 //!
@@ -375,7 +377,11 @@ pub struct GovernorStatus {
 /// The host's governor: its settings, its last readings and decision, and what it acts on.
 pub struct Governor {
     budget: Arc<MemoryBudget>,
-    arena_headroom: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Of the budget's used bytes, those that hold no page: the arena's free headroom and
+    /// the free slots of its partly used runs.
+    unheld: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Compacts the arena (after a shrink, so the freed slots go back to the budget).
+    compact: Box<dyn Fn() + Send + Sync>,
     pools: Weak<RwLock<BTreeMap<String, Arc<Pool>>>>,
     status: Mutex<GovernorStatus>,
     /// Serializes observations (the thread's and a test's, or a settings change's).
@@ -397,17 +403,20 @@ impl std::fmt::Debug for Governor {
 }
 
 impl Governor {
-    /// A governor of `budget` over `pools`; `arena_headroom` says how many of the budget's
-    /// used bytes are committed ahead and hold no page. Sets no target until it first observes.
+    /// A governor of `budget` over `pools`; `unheld` says how many of the budget's used bytes
+    /// hold no page (committed ahead, or free slots), `compact` compacts the arena. Sets no
+    /// target until it first observes.
     pub fn new(
         config: GovernorConfig,
         budget: Arc<MemoryBudget>,
-        arena_headroom: Box<dyn Fn() -> u64 + Send + Sync>,
+        unheld: Box<dyn Fn() -> u64 + Send + Sync>,
+        compact: Box<dyn Fn() + Send + Sync>,
         pools: Weak<RwLock<BTreeMap<String, Arc<Pool>>>>,
     ) -> Governor {
         Governor {
             budget,
-            arena_headroom,
+            unheld,
+            compact,
             pools,
             status: Mutex::new(GovernorStatus {
                 config,
@@ -451,9 +460,11 @@ impl Governor {
         Ok(())
     }
 
-    /// Bytes the pools hold: the budget's used bytes less the arena's free headroom.
+    /// Bytes the pools hold: the budget's used bytes less what holds no page (the arena's
+    /// free headroom and free slots). A shrink lowers it at once, so the governor does not
+    /// shrink again for memory a compaction has yet to give back.
     fn held(&self) -> u64 {
-        self.budget.used().saturating_sub((self.arena_headroom)())
+        self.budget.used().saturating_sub((self.unheld)())
     }
 
     /// One round with these readings: decide, set the budget's target, and, if the pools
@@ -546,6 +557,7 @@ impl Governor {
             .collect();
         candidates.sort_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
         let total: u64 = candidates.iter().map(|(bytes, _)| bytes).sum();
+        let mut shrunk = 0;
         for (bytes, pool) in candidates {
             let pages = pool.curr_pages();
             let share = (excess as u128 * bytes as u128).div_ceil(total.max(1) as u128);
@@ -560,9 +572,15 @@ impl Governor {
                     let mut status = self.status.lock();
                     status.shrinks += 1;
                     status.shrunk_pages += out;
+                    shrunk += out;
                 }
                 Err(e) => tracing::debug!(pool = %pool.name(), "memory governor: shrink skipped: {e}"),
             }
+        }
+        if shrunk > 0 {
+            // The freed slots are scattered over the arena's runs: compacting empties runs,
+            // whose spans go back to the budget (and the kernel).
+            (self.compact)();
         }
     }
 
@@ -778,7 +796,8 @@ mod tests {
     #[test]
     fn the_governor_moves_the_budgets_effective_limit_and_off_restores_the_operators() {
         let budget = Arc::new(MemoryBudget::new(4 * GIB));
-        let governor = Governor::new(GovernorConfig::default(), budget.clone(), Box::new(|| 0), Weak::new());
+        let governor =
+            Governor::new(GovernorConfig::default(), budget.clone(), Box::new(|| 0), Box::new(|| ()), Weak::new());
         assert!(budget.try_charge(GIB));
         let v = governor.observe(readings(8 * GIB, Some(50.0)));
         assert_eq!(budget.limit(), v.target);
