@@ -276,6 +276,12 @@ pub struct PoolConfig {
     /// from now on and moves its idle pages into. Set when the pool is created; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<TierConfig>,
+    /// The pool's weight, 1 to 1000 (absent: 100), when the memory governor makes pools give
+    /// memory back: each shrinks in proportion to its usage divided by its weight, so a pool
+    /// of weight 200 gives back half as much per byte held as one of weight 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub weight: Option<u16>,
 }
 
 fn default_canary_stores() -> u32 {
@@ -356,6 +362,7 @@ impl PoolConfig {
             integrity: true,
             canary_stores: default_canary_stores(),
             tier: None,
+            weight: None,
         }
     }
 }

@@ -1178,6 +1178,7 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     spec.enabled = config.enabled;
     spec.integrity = config.integrity;
     spec.canary_stores = config.canary_stores;
+    spec.weight = config.weight.unwrap_or(crate::pool::DEFAULT_WEIGHT);
     spec.shards = config.shards.map(|n| n as usize);
     spec.tier = config.tier.as_ref().map(tier_spec).transpose()?;
     if let Some(sandbox) = config.sandbox {
@@ -1231,6 +1232,7 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
         integrity: pool.integrity(),
         canary_stores: pool.canary_stores(),
         tier: pool.tier().map(|tier| tier_config(&tier.spec)),
+        weight: Some(pool.weight()).filter(|&w| w != crate::pool::DEFAULT_WEIGHT),
     }
 }
 

@@ -257,6 +257,9 @@ pub enum PoolError {
     /// An accept threshold out of range.
     #[error("accept_threshold_percent {0} must be from 1 to 100")]
     BadAcceptThreshold(u8),
+    /// A weight out of range.
+    #[error("weight {0} must be from 1 to {MAX_WEIGHT}")]
+    BadWeight(u16),
     /// A limit of 0.
     #[error("a limit of 0 would refuse every store; leave it unset (null) for no limit")]
     ZeroLimit,
@@ -371,7 +374,14 @@ pub struct PoolSpec {
     pub canary_stores: u32,
     /// The pool's lower tier (the host pairs the pools).
     pub tier: Option<crate::tier::TierSpec>,
+    /// Its weight when the memory governor asks pools to shrink (1 to [`MAX_WEIGHT`]).
+    pub weight: u16,
 }
+
+/// A pool's weight unless its config says otherwise.
+pub const DEFAULT_WEIGHT: u16 = 100;
+/// The largest weight.
+pub const MAX_WEIGHT: u16 = 1000;
 
 impl PoolSpec {
     /// A spec with defaults: 4096-byte pages, no limits, no modes.
@@ -388,11 +398,15 @@ impl PoolSpec {
             integrity: true,
             canary_stores: DEFAULT_CANARY_STORES,
             tier: None,
+            weight: DEFAULT_WEIGHT,
         }
     }
 
     /// Checks everything that does not involve plugins.
     pub fn check(&self) -> Result<(), PoolError> {
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            return Err(PoolError::BadWeight(self.weight));
+        }
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -644,6 +658,8 @@ pub struct Pool {
     retired: AtomicBool,
     /// How many stores a canary verifies (0: none).
     canary_stores: u32,
+    /// Its weight when the memory governor asks pools to shrink.
+    weight: u16,
     /// The id of the generation whose stores are verified now (0: none): the lock-free check
     /// of the store path. Set while a canary runs and until a failed one is replaced.
     canary_generation: std::sync::atomic::AtomicU32,
@@ -819,6 +835,7 @@ impl Pool {
             integrity: spec.integrity,
             retired: AtomicBool::new(false),
             canary_stores: spec.canary_stores,
+            weight: spec.weight,
             canary_generation: Default::default(),
             canary: Mutex::new(None),
             holds: Mutex::default(),
@@ -979,6 +996,11 @@ impl Pool {
     /// How many stores a canary verifies.
     pub fn canary_stores(&self) -> u32 {
         self.canary_stores
+    }
+
+    /// Its weight when the memory governor asks pools to shrink (1 to [`MAX_WEIGHT`]).
+    pub fn weight(&self) -> u16 {
+        self.weight
     }
 
     /// The last canary: the generation it verifies or verified, and where it stands.

@@ -343,6 +343,10 @@ pub struct PoolCreateArgs {
     /// Shards, a power of two [default: chosen from the CPUs].
     #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
+    /// Its weight, 1 to 1000, when the memory governor makes pools give memory back: each
+    /// gives back in proportion to its usage divided by its weight [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub weight: Option<u16>,
     /// Create the pool refusing stores.
     #[arg(long)]
     pub disabled: bool,
@@ -568,6 +572,7 @@ impl PoolCreateArgs {
         config.exclusive_gets = self.exclusive_gets;
         config.enabled = !self.disabled;
         config.shards = self.shards;
+        config.weight = self.weight;
         config.durability = self.durability;
         config.flush_interval_ms = self.flush_interval_ms;
         if self.sandbox_memory.is_some() || self.call_timeout_ms.is_some() {
@@ -923,6 +928,8 @@ mod tests {
             "--max-bytes",
             "64M",
             "--writethrough",
+            "--weight",
+            "250",
             "--json",
         ])
         .unwrap() else {
@@ -940,6 +947,7 @@ mod tests {
         expected.max_pages = Some(100);
         expected.max_bytes = Some(64 << 20);
         expected.writethrough = true;
+        expected.weight = Some(250);
         assert_eq!(config, expected);
         assert!(parse(&["pool", "create", "demo"]).is_err(), "a chain is required");
     }

@@ -1,7 +1,7 @@
 //! The memory governor on a real host with the real plugins: the budget's target moved by
 //! readings the test injects (`Governor::observe`), and what follows — stores refused past a
-//! lowered target, a pool with a socket frontend shrunk (pages taken back over the real
-//! frontend socket), a tiered pool's coldest pages moved down, stores let in again after a
+//! lowered target, pools with a socket frontend shrunk by weight (pages taken back over the
+//! real frontend socket), a tiered pool's coldest pages moved down, stores let in again after a
 //! raise, and all of it in `GET /api/v1/memory`'s body and `/metrics`. Then the real
 //! `tmem-governor` thread of a real `tmem serve`, reading this machine's `/proc`.
 //!
@@ -95,14 +95,33 @@ fn a_lowered_target_refuses_stores_shrinks_and_demotes_and_a_raise_lets_stores_i
         assert_eq!(page.len(), 4096);
         sink.fetch_add(1, Ordering::Relaxed);
     }));
+    // A second pool with a frontend, as large, of four times the weight: it gives back a
+    // quarter as much.
+    let heavy = host
+        .create_pool_from(&PoolConfig { weight: Some(400), ..PoolConfig::new("q", vec![BackendRequest::new("ram")]) })
+        .expect("pool q");
+    let heavy_frontend = FrontendClient::connect(&socket, TOKEN, "q", "governor-test-q").expect("frontend attaches");
+    let heavy_taken = Arc::new(AtomicU64::new(0));
+    let sink = heavy_taken.clone();
+    heavy_frontend.on_take_back(Box::new(move |_offset, _page| {
+        sink.fetch_add(1, Ordering::Relaxed);
+    }));
     let pages: Vec<Vec<u8>> = (0..3000).map(page).collect();
-    for chunk in (0..3000u64).collect::<Vec<_>>().chunks(100) {
-        let ops: Vec<Op<'_>> = chunk.iter().map(|&i| Op::Store(i, &pages[i as usize])).collect();
-        for result in frontend.batch(&ops).unwrap() {
-            assert!(matches!(result, OpResult::Stored), "{result:?}");
+    for client in [&frontend, &heavy_frontend] {
+        for chunk in (0..3000u64).collect::<Vec<_>>().chunks(100) {
+            let ops: Vec<Op<'_>> = chunk.iter().map(|&i| Op::Store(i, &pages[i as usize])).collect();
+            for result in client.batch(&ops).unwrap() {
+                assert!(matches!(result, OpResult::Stored), "{result:?}");
+            }
         }
     }
-    assert_eq!(pool.curr_pages(), 3000);
+    assert_eq!((pool.curr_pages(), heavy.curr_pages()), (3000, 3000));
+    assert_eq!(heavy.weight(), 400);
+    for bad in [0, 1001] {
+        let config = PoolConfig { weight: Some(bad), ..PoolConfig::new("w", vec![BackendRequest::new("ram")]) };
+        let refused = host.create_pool_from(&config).expect_err("a weight out of range");
+        assert!(refused.to_string().contains("weight"), "{refused}");
+    }
 
     // A tiered pair, written in-process; no frontend, so it cannot shrink — it demotes, to a
     // lower tier on disk (what a demotion frees of the budget: an in-memory lower tier needs
@@ -156,6 +175,9 @@ fn a_lowered_target_refuses_stores_shrinks_and_demotes_and_a_raise_lets_stores_i
         pool.curr_pages()
     );
     assert_eq!(pool.curr_pages() + back, 3000, "every page that left went to the frontend");
+    let heavy_back = heavy_taken.load(Ordering::Relaxed);
+    assert_eq!(heavy.curr_pages() + heavy_back, 3000);
+    assert!(heavy_back > 0 && heavy_back * 3 < back, "by weight: {heavy_back} of q (400) vs {back} of p (100)");
 
     // Between the watermarks: the target holds, and nothing more is shrunk — what the
     // shrink freed counts at once (free slots are not usage), even before the arena gives

@@ -32,7 +32,8 @@
 //! tier's `pressure_percent`); then, while the pools still hold more than the effective
 //! limit, the pools that can shrink — a socket or block frontend to take pages back, or
 //! writethrough — are asked to ([`Pool::shrink`]), largest first, each for its share of the
-//! excess **in proportion to its usage** (there is no per-pool weight yet). Pools that cannot
+//! excess: **its usage divided by its weight** (a pool's `weight`, 1–1000, default 100), over
+//! the sum of those. Pools that cannot
 //! shrink (no frontend, not writethrough), persistent pools (their pages are on disk, not in
 //! the budget) and lower tiers (written only by their upper pool) are skipped.
 //!
@@ -78,6 +79,8 @@ pub const PSI_TRIGGER: &str = "some 150000 2000000";
 pub const MIN_STEP: u64 = 1 << 20;
 /// The reserve's floor when it is a share of RAM by default.
 pub const DEFAULT_RESERVE_MIN: u64 = 256 << 20;
+/// Weighted shares are bytes × this / weight (so a weight of 1000 still leaves precision).
+const WEIGHT_SCALE: u128 = 1000;
 /// Decisions of the same kind are logged at most this often (a change of kind always is).
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -548,19 +551,23 @@ impl Governor {
         if excess == 0 {
             return;
         }
-        // Pools that can give pages back, with the bytes they hold.
-        let mut candidates: Vec<(u64, &Arc<Pool>)> = pools
+        // Pools that can give pages back, with the bytes they hold and their share: bytes
+        // held divided by weight.
+        let mut candidates: Vec<(u64, u128, &Arc<Pool>)> = pools
             .iter()
             .filter(|p| !p.is_persistent() && p.upper().is_none() && p.curr_pages() > 0)
             .filter(|p| p.modes().writethrough || !p.frontends().is_empty())
-            .map(|p| (p.counters().pool_total_size.max(1), p))
+            .map(|p| {
+                let bytes = p.counters().pool_total_size.max(1);
+                (bytes, bytes as u128 * WEIGHT_SCALE / p.weight().max(1) as u128, p)
+            })
             .collect();
-        candidates.sort_by_key(|&(bytes, _)| std::cmp::Reverse(bytes));
-        let total: u64 = candidates.iter().map(|(bytes, _)| bytes).sum();
+        candidates.sort_by_key(|&(bytes, _, _)| std::cmp::Reverse(bytes));
+        let total: u128 = candidates.iter().map(|(_, weighted, _)| weighted).sum();
         let mut shrunk = 0;
-        for (bytes, pool) in candidates {
+        for (bytes, weighted, pool) in candidates {
             let pages = pool.curr_pages();
-            let share = (excess as u128 * bytes as u128).div_ceil(total.max(1) as u128);
+            let share = (excess as u128 * weighted).div_ceil(total.max(1));
             let shed = (share * pages as u128).div_ceil(bytes as u128).min(pages as u128) as u64;
             if shed == 0 {
                 continue;
