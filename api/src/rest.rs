@@ -276,6 +276,12 @@ pub struct PoolConfig {
     /// from now on and moves its idle pages into. Set when the pool is created; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<TierConfig>,
+    /// The pool's weight, 1 to 1000 (absent: 100), when the memory governor makes pools give
+    /// memory back: each shrinks in proportion to its usage divided by its weight, so a pool
+    /// of weight 200 gives back half as much per byte held as one of weight 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub weight: Option<u16>,
 }
 
 fn default_canary_stores() -> u32 {
@@ -356,6 +362,7 @@ impl PoolConfig {
             integrity: true,
             canary_stores: default_canary_stores(),
             tier: None,
+            weight: None,
         }
     }
 }
@@ -834,9 +841,16 @@ pub struct HostTotals {
 /// holds memory committed ahead (its headroom), so a store never waits for the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MemoryInfo {
-    /// The budget in bytes; absent: no limit.
+    /// The operator's budget in bytes (`--memory-limit`, `PATCH`); absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_bytes: Option<u64>,
+    /// The limit stores are held to: the smaller of `limit_bytes` and the governor's target;
+    /// absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_limit_bytes: Option<u64>,
+    /// The memory governor: its settings, its last readings and decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governor: Option<GovernorInfo>,
     /// Bytes charged to the budget now: the arena's committed memory, its headroom included.
     pub used_bytes: u64,
     /// Of `used_bytes`, memory committed ahead for the next stores.
@@ -862,9 +876,92 @@ pub struct MemoryInfo {
     pub refused: u64,
 }
 
-/// The body of `PATCH /api/v1/memory`: a new budget, exactly one of the fields. What is
-/// already stored stays; stores past the new limit are refused until usage falls below it.
-/// (The "exactly one" rule is in the OpenAPI document as a `oneOf`, which the host's
+/// The memory governor as `GET /api/v1/memory` reports it: the budget's target follows the
+/// machine's `MemAvailable` and memory pressure (PSI); stores are held to the smaller of the
+/// operator's limit and the target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GovernorInfo {
+    /// Whether it sets a target.
+    pub enabled: bool,
+    /// The target in bytes; absent while it is off (or has not looked yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bytes: Option<u64>,
+    /// MemAvailable it keeps for the rest of the machine, in bytes.
+    pub reserve_bytes: u64,
+    /// The reserve as configured, if a share of RAM (else absent: bytes or the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_percent: Option<u8>,
+    /// PSI `some avg10` (percent) at or above which the target is lowered.
+    pub psi_high: f64,
+    /// PSI `some avg10` (percent) below which the target may be raised.
+    pub psi_low: f64,
+    /// The target never goes below this.
+    pub floor_bytes: u64,
+    /// The last `MemAvailable` read, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_available_bytes: Option<u64>,
+    /// The last PSI `some avg10` read (absent: no PSI on this kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi_some_avg10: Option<f64>,
+    /// The last PSI `full avg10` read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi_full_avg10: Option<f64>,
+    /// Whether a PSI trigger wakes it (else it polls every second).
+    pub psi_trigger: bool,
+    /// The last decision: `lower`, `raise`, `hold` or `off`; absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<String>,
+    /// Why: `psi_high`, `reserve`, `calm`, `at_ceiling`, `between_watermarks`, `start`,
+    /// `no_readings` or `disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
+    /// Seconds since the last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision_age_seconds: Option<f64>,
+    /// Times the target was lowered.
+    pub lowers: u64,
+    /// Times it was raised.
+    pub raises: u64,
+    /// Pool shrinks it asked for (take-back to frontends, or writethrough drops).
+    pub shrinks: u64,
+    /// Pages those shrinks took out of the pools.
+    pub shrunk_pages: u64,
+    /// Pages tiered pools' mover passes moved down because usage exceeded the target.
+    pub demoted_pages: u64,
+}
+
+/// Changes to the memory governor (`PATCH /api/v1/memory`'s `governor`): every field
+/// optional, the others stay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GovernorPatch {
+    /// On or off (off: the operator's limit alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// MemAvailable kept for the rest of the machine, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_bytes: Option<u64>,
+    /// ... or as a share of RAM, 0 to 100 (not with `reserve_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
+    pub reserve_percent: Option<u8>,
+    /// PSI `some avg10` (percent, 0 to 100) at or above which the target is lowered; at
+    /// least `psi_low`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
+    pub psi_high: Option<f64>,
+    /// PSI `some avg10` (percent, 0 to 100) below which the target may be raised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
+    pub psi_low: Option<f64>,
+    /// The target never goes below this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_bytes: Option<u64>,
+}
+
+/// The body of `PATCH /api/v1/memory`: a new budget, exactly one of the limit fields, and/or
+/// `governor` changes. What is already stored stays; stores past the new limit are refused
+/// until usage falls below it. (The "exactly one" rule is in the OpenAPI document as a `oneOf`, which the host's
 /// `rest::openapi` adds.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -880,6 +977,9 @@ pub struct MemoryPatch {
     /// No limit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unlimited: bool,
+    /// Changes to the memory governor (with a new budget, or alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governor: Option<GovernorPatch>,
 }
 
 /// Latency of one operation over a sample's interval.

@@ -114,6 +114,8 @@ fn through_host_as(engine: EngineOptions, chain: &[BackendSpec], pages: &[Vec<u8
         memory_limit: MemoryLimit::Unlimited,
         secrets_key: None,
         manual_tier_passes: false,
+        governor: None,
+        manual_governor: false,
     };
     let host = Host::new(config).unwrap();
     let mut spec = PoolSpec::new("bench");

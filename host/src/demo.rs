@@ -68,6 +68,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         socket: None,
         mlock: false,
         memory_limit: Default::default(),
+        governor: Default::default(),
         max_instances: crate::plugin::EngineOptions::default().max_instances,
         limits: Default::default(),
         allowed_paths: Vec::new(),

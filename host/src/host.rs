@@ -26,6 +26,7 @@ use crate::chain::{Chain, ChainError, ChainLink};
 use crate::credentials::{CredentialError, Credentials};
 use crate::memory::arena::{ArenaConfig, PageArena};
 use crate::memory::budget::MemoryBudget;
+use crate::memory::governor::{Governor, GovernorConfig};
 use crate::persist::{DEFAULT_FLUSH_INTERVAL, DiskError, Durability, PoolDisk};
 use crate::plugin::{EngineOptions, PluginEngine, PluginLoadError, PluginModule, SandboxLimits};
 use crate::pool::{Generation, Pool, PoolError, PoolLimits, PoolModes, PoolSpec};
@@ -64,6 +65,12 @@ pub struct HostConfig {
     /// No mover thread: tiered pools move pages only when [`Host::run_tier_passes`] is
     /// called (tests, which must not depend on timing).
     pub manual_tier_passes: bool,
+    /// The memory governor's settings ([`crate::memory::governor`]); `None`: off (the
+    /// library's default; `tmem serve` turns it on), switchable at run time.
+    pub governor: Option<GovernorConfig>,
+    /// No governor thread: the governor acts only when [`Governor::observe`] is called with
+    /// readings (tests, which cannot create real memory pressure on a shared machine).
+    pub manual_governor: bool,
 }
 
 /// How much memory the host may keep for pages: stored bytes and what it keeps to find them.
@@ -228,6 +235,8 @@ pub struct Host {
     budget: Arc<MemoryBudget>,
     /// Where in-memory pools keep their bytes (charged to `budget`).
     arena: Arc<PageArena>,
+    /// Moves the budget's target with the machine's memory.
+    governor: Arc<Governor>,
     plugins: RwLock<BTreeMap<String, Vec<PluginModule>>>,
     pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
     data_dir: Option<PathBuf>,
@@ -275,12 +284,39 @@ impl Host {
         let arena = Arc::new(PageArena::new(arena_config(budget.limit()), budget.clone())?);
         arena.grow();
         arena.spawn_grower()?;
+        if let Some(governor) = &config.governor {
+            governor.check().map_err(|e| anyhow::anyhow!("memory governor: {e}"))?;
+        }
+        let pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>> = Arc::default();
+        let arena_of = Arc::downgrade(&arena);
+        let unheld = Box::new(move || {
+            arena_of.upgrade().map_or(0, |arena| {
+                let stats = arena.stats();
+                let free_slots = stats.run_bytes.saturating_sub(stats.slot_bytes + stats.index_chunk_bytes);
+                stats.headroom_bytes + free_slots
+            })
+        });
+        let (arena_of, pools_of) = (Arc::downgrade(&arena), Arc::downgrade(&pools));
+        let compact_arena = Box::new(move || {
+            if let (Some(arena), Some(pools)) = (arena_of.upgrade(), pools_of.upgrade()) {
+                let pools: Vec<Arc<Pool>> = pools.read().values().cloned().collect();
+                compact(&pools, &arena);
+            }
+        });
+        let governor = Arc::new(Governor::new(
+            config.governor.unwrap_or(GovernorConfig { enabled: false, ..Default::default() }),
+            budget.clone(),
+            unheld,
+            compact_arena,
+            Arc::downgrade(&pools),
+        ));
         let mut host = Host {
             engine: Arc::new(PluginEngine::new(engine_options)?),
             budget,
             arena,
+            governor,
             plugins: RwLock::new(BTreeMap::new()),
-            pools: Arc::default(),
+            pools,
             data_dir: config.data_dir,
             catalog,
             bundled: Arc::default(),
@@ -308,6 +344,9 @@ impl Host {
         spawn_compactor(Arc::downgrade(&host.pools), Arc::downgrade(&host.arena))?;
         if !config.manual_tier_passes {
             crate::tier::spawn_mover(Arc::downgrade(&host.pools))?;
+        }
+        if !config.manual_governor {
+            Governor::spawn(&host.governor)?;
         }
         Ok(host)
     }
@@ -494,13 +533,24 @@ impl Host {
         &self.budget
     }
 
-    /// Changes the memory budget at run time (and the arena's headroom with it). What is
-    /// stored stays; stores past a lowered limit are refused until usage falls below it.
-    pub fn set_memory_limit(&self, limit: MemoryLimit) -> Result<(), HostError> {
+    /// The limit in bytes, if it is acceptable (at least [`MIN_MEMORY_LIMIT`]).
+    pub fn check_memory_limit(&self, limit: MemoryLimit) -> Result<u64, HostError> {
         let bytes = limit.bytes();
         if bytes < MIN_MEMORY_LIMIT {
             return Err(HostError::MemoryLimitTooSmall(bytes));
         }
+        Ok(bytes)
+    }
+
+    /// The memory governor: its settings, readings and decisions.
+    pub fn governor(&self) -> &Arc<Governor> {
+        &self.governor
+    }
+
+    /// Changes the memory budget at run time (and the arena's headroom with it). What is
+    /// stored stays; stores past a lowered limit are refused until usage falls below it.
+    pub fn set_memory_limit(&self, limit: MemoryLimit) -> Result<(), HostError> {
+        let bytes = self.check_memory_limit(limit)?;
         self.budget.set_limit(bytes);
         self.arena.set_headroom(arena_config(bytes).headroom_bytes);
         tracing::info!(limit = ?limit, bytes, "memory budget changed");
@@ -998,8 +1048,11 @@ pub struct CompactionReport {
     pub freed_bytes: u64,
 }
 
-/// One compaction of `arena` over `pools`.
+/// One compaction of `arena` over `pools`. One at a time (the compactor thread, the memory
+/// governor after a shrink and `Host::compact_memory` may each start one).
 fn compact(pools: &[Arc<Pool>], arena: &PageArena) -> CompactionReport {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock();
     let before = arena.stats().run_bytes;
     let runs_drained = arena.begin_compaction();
     if runs_drained == 0 {
@@ -1125,6 +1178,7 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     spec.enabled = config.enabled;
     spec.integrity = config.integrity;
     spec.canary_stores = config.canary_stores;
+    spec.weight = config.weight.unwrap_or(crate::pool::DEFAULT_WEIGHT);
     spec.shards = config.shards.map(|n| n as usize);
     spec.tier = config.tier.as_ref().map(tier_spec).transpose()?;
     if let Some(sandbox) = config.sandbox {
@@ -1178,6 +1232,7 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
         integrity: pool.integrity(),
         canary_stores: pool.canary_stores(),
         tier: pool.tier().map(|tier| tier_config(&tier.spec)),
+        weight: Some(pool.weight()).filter(|&w| w != crate::pool::DEFAULT_WEIGHT),
     }
 }
 

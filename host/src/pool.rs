@@ -257,6 +257,9 @@ pub enum PoolError {
     /// An accept threshold out of range.
     #[error("accept_threshold_percent {0} must be from 1 to 100")]
     BadAcceptThreshold(u8),
+    /// A weight out of range.
+    #[error("weight {0} must be from 1 to {MAX_WEIGHT}")]
+    BadWeight(u16),
     /// A limit of 0.
     #[error("a limit of 0 would refuse every store; leave it unset (null) for no limit")]
     ZeroLimit,
@@ -371,7 +374,14 @@ pub struct PoolSpec {
     pub canary_stores: u32,
     /// The pool's lower tier (the host pairs the pools).
     pub tier: Option<crate::tier::TierSpec>,
+    /// Its weight when the memory governor asks pools to shrink (1 to [`MAX_WEIGHT`]).
+    pub weight: u16,
 }
+
+/// A pool's weight unless its config says otherwise.
+pub const DEFAULT_WEIGHT: u16 = 100;
+/// The largest weight.
+pub const MAX_WEIGHT: u16 = 1000;
 
 impl PoolSpec {
     /// A spec with defaults: 4096-byte pages, no limits, no modes.
@@ -388,11 +398,15 @@ impl PoolSpec {
             integrity: true,
             canary_stores: DEFAULT_CANARY_STORES,
             tier: None,
+            weight: DEFAULT_WEIGHT,
         }
     }
 
     /// Checks everything that does not involve plugins.
     pub fn check(&self) -> Result<(), PoolError> {
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            return Err(PoolError::BadWeight(self.weight));
+        }
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -644,6 +658,8 @@ pub struct Pool {
     retired: AtomicBool,
     /// How many stores a canary verifies (0: none).
     canary_stores: u32,
+    /// Its weight when the memory governor asks pools to shrink.
+    weight: u16,
     /// The id of the generation whose stores are verified now (0: none): the lock-free check
     /// of the store path. Set while a canary runs and until a failed one is replaced.
     canary_generation: std::sync::atomic::AtomicU32,
@@ -819,6 +835,7 @@ impl Pool {
             integrity: spec.integrity,
             retired: AtomicBool::new(false),
             canary_stores: spec.canary_stores,
+            weight: spec.weight,
             canary_generation: Default::default(),
             canary: Mutex::new(None),
             holds: Mutex::default(),
@@ -979,6 +996,11 @@ impl Pool {
     /// How many stores a canary verifies.
     pub fn canary_stores(&self) -> u32 {
         self.canary_stores
+    }
+
+    /// Its weight when the memory governor asks pools to shrink (1 to [`MAX_WEIGHT`]).
+    pub fn weight(&self) -> u16 {
+        self.weight
     }
 
     /// The last canary: the generation it verifies or verified, and where it stands.
@@ -1766,6 +1788,18 @@ impl Pool {
     /// buffer are the tier's, preallocated.
     pub fn run_tier_pass(&self) -> TierPass {
         let Some(tier) = self.tier.get() else { return TierPass::default() };
+        self.tier_pass(tier, self.under_pressure(tier))
+    }
+
+    /// A mover pass as under budget pressure whatever the budget says: the memory governor's,
+    /// run before it lowers the budget's target below what is held (so the lower tier can
+    /// still be charged for what it takes).
+    pub fn run_tier_pass_under_pressure(&self) -> TierPass {
+        let Some(tier) = self.tier.get() else { return TierPass::default() };
+        self.tier_pass(tier, true)
+    }
+
+    fn tier_pass(&self, tier: &Tier, pressure: bool) -> TierPass {
         let mut guard = tier.mover.lock();
         let state = &mut *guard;
         let unit = tier.unit().max(Duration::from_millis(1));
@@ -1777,7 +1811,7 @@ impl Pool {
             state.last += unit * units;
         }
         let mut ages = [0u64; crate::page_index::MAX_AGE as usize + 1];
-        let mut pass = TierPass { pressure: self.under_pressure(tier), ..TierPass::default() };
+        let mut pass = TierPass { pressure, ..TierPass::default() };
         // Every page ages; those idle for `idle_seconds` go down.
         for shard in self.shards.iter() {
             state.victims.clear();

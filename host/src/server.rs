@@ -22,6 +22,7 @@ use crate::declared::Declared;
 use crate::frontend::attach::{AllowedPaths, BlockDevices};
 use crate::host::{BackendSpec, Host, HostConfig, MemoryLimit};
 use crate::listen::{Evicted, Gate, ListenerLimits, ServeLimits, Ticket};
+use crate::memory::governor::GovernorConfig;
 use crate::pool::PoolSpec;
 use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
@@ -43,6 +44,8 @@ pub struct ServeConfig {
     pub mlock: bool,
     /// The host's memory budget for pages.
     pub memory_limit: MemoryLimit,
+    /// The memory governor (`enabled: false`: off; see [`crate::memory::governor`]).
+    pub governor: GovernorConfig,
     /// Plugin instances the host can have at once (pools reserve theirs when created).
     pub max_instances: u32,
     /// The bounds of every listener: connection caps and handshake deadlines.
@@ -90,6 +93,8 @@ pub fn build_host(config: &ServeConfig) -> anyhow::Result<(Arc<Host>, ApiToken)>
         engine: crate::plugin::EngineOptions { max_instances: config.max_instances, ..Default::default() },
         secrets_key: secrets_key(config),
         manual_tier_passes: false,
+        governor: Some(config.governor),
+        manual_governor: false,
     })?);
     if config.demo_pool && host.pool("demo").is_err() {
         let backends = [BackendSpec::new("zstd"), BackendSpec::new("ram")];

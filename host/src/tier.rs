@@ -24,6 +24,9 @@
 //! **Budget pressure**: while the host's memory budget is at least `pressure_percent` full,
 //! each pass also moves down the oldest younger pages (the oldest age present below
 //! [`IDLE_UNITS`], one age per pass — the coldest first), never a page used since the last pass.
+//! The budget's limit here is the effective one, so the memory governor's target drives this
+//! too ([`crate::memory::governor`]: a target below what is held puts every tiered pool under
+//! pressure, and the governor runs one pass as under pressure before it lowers the target).
 //!
 //! # The mover
 //!

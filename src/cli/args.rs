@@ -13,6 +13,7 @@ use tmem_api::rest::{AttachRequest, BackendRequest, Durability, FrontendKind, Po
 use tmem_host::MemoryLimit;
 use tmem_host::demo::DemoConfig;
 use tmem_host::listen::ServeLimits;
+use tmem_host::memory::governor::{GovernorConfig, Reserve};
 use tmem_host::server::ServeConfig;
 
 use super::config::{ConfigError, ConfigFile};
@@ -108,6 +109,23 @@ pub struct ServeArgs {
     /// A store past it is refused and the frontend keeps the page.
     #[arg(long, value_name = "SIZE|N%|none", value_parser = parse_memory_limit, env = "TMEM_MEMORY_LIMIT")]
     pub memory_limit: Option<MemoryLimit>,
+    /// The memory governor: the budget follows the machine — lowered (stores refused, tiered
+    /// pools demote, pools with a frontend shrink) when MemAvailable nears the reserve or
+    /// memory pressure (PSI) rises, raised again when it falls; never above --memory-limit.
+    /// `PATCH /api/v1/memory` changes it at run time.
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = parse_on_off, env = "TMEM_GOVERNOR")]
+    pub governor: bool,
+    /// MemAvailable the governor keeps for the rest of the machine: a size (`1G`) or a share
+    /// of RAM (`5%`) [default: the larger of 5% of RAM and 256 MiB].
+    #[arg(long, value_name = "SIZE|N%", value_parser = parse_reserve, env = "TMEM_GOVERNOR_RESERVE")]
+    pub governor_reserve: Option<Reserve>,
+    /// Memory pressure (PSI `some avg10`, percent) at or above which the governor lowers
+    /// the budget's target.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0, env = "TMEM_GOVERNOR_PSI_HIGH")]
+    pub governor_psi_high: f64,
+    /// Memory pressure (PSI `some avg10`, percent) below which it raises it again.
+    #[arg(long, value_name = "PERCENT", default_value_t = 2.0, env = "TMEM_GOVERNOR_PSI_LOW")]
+    pub governor_psi_low: f64,
     /// Plugin instances the host can have at once. A pool reserves one per shard and plugin
     /// of each chain it runs when it is created (or hot-swapped) and is refused if they are
     /// not free [default: 1000].
@@ -356,6 +374,10 @@ pub struct PoolCreateArgs {
     /// Shards, a power of two [default: chosen from the CPUs].
     #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
+    /// Its weight, 1 to 1000, when the memory governor makes pools give memory back: each
+    /// gives back in proportion to its usage divided by its weight [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub weight: Option<u16>,
     /// Create the pool refusing stores.
     #[arg(long)]
     pub disabled: bool,
@@ -524,6 +546,10 @@ impl ServeArgs {
             socket,
             mlock,
             memory_limit,
+            governor,
+            governor_reserve,
+            governor_psi_high,
+            governor_psi_low,
             max_instances,
             max_connections,
             handshake_timeout,
@@ -546,6 +572,13 @@ impl ServeArgs {
             socket: socket.or(serve.socket),
             mlock: mlock || serve.mlock,
             memory_limit: memory_limit.or(serve.memory_limit).unwrap_or_default(),
+            governor: GovernorConfig {
+                enabled: governor,
+                reserve: governor_reserve.unwrap_or_default(),
+                psi_high: governor_psi_high,
+                psi_low: governor_psi_low,
+                ..Default::default()
+            },
             max_instances: max_instances.or(serve.max_instances).unwrap_or(DEFAULT_MAX_INSTANCES),
             limits: ServeLimits::overridden(
                 max_connections.map(|n| n as usize),
@@ -581,6 +614,7 @@ impl PoolCreateArgs {
         config.exclusive_gets = self.exclusive_gets;
         config.enabled = !self.disabled;
         config.shards = self.shards;
+        config.weight = self.weight;
         config.durability = self.durability;
         config.flush_interval_ms = self.flush_interval_ms;
         if self.sandbox_memory.is_some() || self.call_timeout_ms.is_some() {
@@ -776,6 +810,23 @@ pub(crate) fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
     parse_size(text).map(MemoryLimit::Bytes)
 }
 
+/// `on` or `off`.
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("`{text}` is not `on` or `off`")),
+    }
+}
+
+/// The governor's reserve: `1G` (a size) or `5%` (a share of RAM).
+fn parse_reserve(text: &str) -> Result<Reserve, String> {
+    if text.trim().ends_with('%') {
+        return parse_percent(text).map(Reserve::PercentOfRam);
+    }
+    parse_size(text).map(Reserve::Bytes)
+}
+
 fn parse_page_limit(text: &str) -> Result<Limit, String> {
     parse_limit(text, |t| t.trim().parse::<u64>().map_err(|_| format!("`{t}` is not a page count or `none`")))
 }
@@ -869,6 +920,42 @@ mod tests {
     }
 
     #[test]
+    fn the_governor_flags_parse_into_its_config() {
+        let serve = |args: &[&str]| match Cli::try_parse_from([&["tmem", "serve"], args].concat()) {
+            Ok(Cli { command: Command::Serve(args) }) => Ok(args.into_config().expect("no config file").governor),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        let default = serve(&[]).unwrap();
+        assert_eq!(default, GovernorConfig::default(), "on by default, with the default policy");
+        assert!(default.enabled);
+        let set = serve(&[
+            "--governor",
+            "off",
+            "--governor-reserve",
+            "5%",
+            "--governor-psi-high",
+            "20",
+            "--governor-psi-low",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(
+            set,
+            GovernorConfig {
+                enabled: false,
+                reserve: Reserve::PercentOfRam(5),
+                psi_high: 20.0,
+                psi_low: 1.5,
+                ..Default::default()
+            }
+        );
+        assert_eq!(serve(&["--governor-reserve", "1G"]).unwrap().reserve, Reserve::Bytes(1 << 30));
+        assert!(serve(&["--governor", "maybe"]).is_err());
+        assert!(serve(&["--governor-reserve", "101%"]).is_err());
+    }
+
+    #[test]
     fn pool_create_builds_the_config() {
         let ClientCommand::Pool(PoolArgs { command: PoolCommand::Create(args), connect }) = parse(&[
             "pool",
@@ -883,6 +970,8 @@ mod tests {
             "--max-bytes",
             "64M",
             "--writethrough",
+            "--weight",
+            "250",
             "--json",
         ])
         .unwrap() else {
@@ -900,6 +989,7 @@ mod tests {
         expected.max_pages = Some(100);
         expected.max_bytes = Some(64 << 20);
         expected.writethrough = true;
+        expected.weight = Some(250);
         assert_eq!(config, expected);
         assert!(parse(&["pool", "create", "demo"]).is_err(), "a chain is required");
     }

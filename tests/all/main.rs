@@ -13,6 +13,7 @@ mod dashboard;
 mod demo;
 mod errors;
 mod frontend;
+mod governor;
 mod hostile;
 mod hot_swap;
 mod io_path;

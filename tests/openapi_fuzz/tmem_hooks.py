@@ -75,18 +75,35 @@ CHAIN_REASONS = [
     r"endpoint",  # the network capability's endpoints (a remote store's config)
 ]
 ANY = [r""]
+TIER_REASONS = [
+    r"is not a pool; create it first",
+    r"cannot be its own lower tier",
+    r"-byte pages, but this pool has",
+    r"is already the lower tier of pool",
+    r"has connected frontends",
+    r"holds pages; a new lower tier must be empty",
+    r"tiers cannot form a cycle",
+    r"so its lower tier must be too",
+    r"is writethrough \(it may drop pages\)",
+]
 
 STATE_DEPENDENT = {
     "POST /api/v1/pools": {
         "unknown_plugin": ANY,
         "unknown_plugin_version": ANY,
         "invalid_pool": CHAIN_REASONS,
+        # The lower tier as it is (exists, owned, empty, persistent, its page size), or the
+        # pool's own name: never one field alone.
+        "invalid_tier": TIER_REASONS,
     },
     "PATCH /api/v1/pools/{name}": {
         "unknown_plugin": ANY,
         "unknown_plugin_version": ANY,
         "invalid_pool": CHAIN_REASONS,
     },
+    # The governor's watermarks against each other (one given: against the other's current
+    # value): JSON Schema cannot compare two numbers.
+    "PATCH /api/v1/memory": {"invalid_governor": [r"^PSI watermarks must satisfy"]},
     # The pool's page size.
     "PUT /api/v1/pools/{name}/pages/{offset}": {"wrong_page_size": ANY},
     # Not a Wasm module that is a tmem plugin: no schema says that.

@@ -5,6 +5,11 @@
 //! when given back. A charge that would pass the limit is refused: the caller refuses the
 //! store (frontswap's way), it never allocates past the budget. The limit changes at run time;
 //! lowering it below what is held refuses new charges until enough is released.
+//!
+//! The limit enforced is the **effective** one: the smaller of the operator's limit
+//! (`--memory-limit`, `PATCH /api/v1/memory`) and the memory governor's target
+//! ([`crate::memory::governor`]), if it has one. Both are kept and reported; charging reads
+//! only the effective limit (one atomic load).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The host's memory budget for pages. Lock-free: charging is one compare-and-swap.
 #[derive(Debug)]
 pub struct MemoryBudget {
+    /// The effective limit: min(`operator`, `target`). The only one charging reads.
     limit: AtomicU64,
+    /// The operator's limit (`u64::MAX`: none).
+    operator: AtomicU64,
+    /// The governor's target (`u64::MAX`: none, the governor is off).
+    target: AtomicU64,
+    /// Serializes changes of `operator` and `target`, so `limit` is always their minimum.
+    changes: parking_lot::Mutex<()>,
     used: AtomicU64,
     refused: AtomicU64,
 }
@@ -20,7 +32,14 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     /// A budget of `limit` bytes (`u64::MAX`: none), nothing charged.
     pub fn new(limit: u64) -> MemoryBudget {
-        MemoryBudget { limit: AtomicU64::new(limit), used: AtomicU64::new(0), refused: AtomicU64::new(0) }
+        MemoryBudget {
+            limit: AtomicU64::new(limit),
+            operator: AtomicU64::new(limit),
+            target: AtomicU64::new(u64::MAX),
+            changes: parking_lot::Mutex::new(()),
+            used: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
     }
 
     /// Charges `bytes` if the limit allows; `false` (nothing charged) if not.
@@ -59,14 +78,36 @@ impl MemoryBudget {
         debug_assert!(before >= bytes, "released {bytes} of {before} charged bytes");
     }
 
-    /// The limit, in bytes.
+    /// The effective limit, in bytes: the smaller of the operator's limit and the governor's
+    /// target. This is what charges are held to.
     pub fn limit(&self) -> u64 {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// Changes the limit. What is already charged stays; new charges see the new limit.
+    /// The operator's limit, in bytes (`u64::MAX`: none).
+    pub fn operator_limit(&self) -> u64 {
+        self.operator.load(Ordering::Relaxed)
+    }
+
+    /// The governor's target, in bytes; `None` while no governor sets one.
+    pub fn target(&self) -> Option<u64> {
+        Some(self.target.load(Ordering::Relaxed)).filter(|&t| t != u64::MAX)
+    }
+
+    /// Changes the operator's limit. What is already charged stays; new charges see the new
+    /// effective limit.
     pub fn set_limit(&self, limit: u64) {
-        self.limit.store(limit, Ordering::Relaxed)
+        let _changes = self.changes.lock();
+        self.operator.store(limit, Ordering::Relaxed);
+        self.limit.store(limit.min(self.target.load(Ordering::Relaxed)), Ordering::Relaxed);
+    }
+
+    /// Sets (or, with `None`, clears) the governor's target. What is already charged stays.
+    pub fn set_target(&self, target: Option<u64>) {
+        let _changes = self.changes.lock();
+        let target = target.unwrap_or(u64::MAX);
+        self.target.store(target, Ordering::Relaxed);
+        self.limit.store(target.min(self.operator.load(Ordering::Relaxed)), Ordering::Relaxed);
     }
 
     /// Bytes charged now.
@@ -111,5 +152,21 @@ mod tests {
         budget.release(60);
         assert!(budget.try_charge(10));
         assert!(!MemoryBudget::new(10).try_charge(u64::MAX), "no overflow");
+    }
+
+    #[test]
+    fn the_effective_limit_is_the_smaller_of_the_operators_and_the_governors() {
+        let budget = MemoryBudget::new(100);
+        assert_eq!((budget.limit(), budget.operator_limit(), budget.target()), (100, 100, None));
+        budget.set_target(Some(40));
+        assert_eq!((budget.limit(), budget.operator_limit(), budget.target()), (40, 100, Some(40)));
+        assert!(budget.try_charge(40) && !budget.try_charge(1), "the target is enforced");
+        budget.set_limit(30);
+        assert_eq!(budget.limit(), 30, "a lower operator limit wins");
+        budget.set_limit(200);
+        assert_eq!(budget.limit(), 40, "a raised operator limit stays under the target");
+        budget.set_target(None);
+        assert_eq!(budget.limit(), 200);
+        assert!(budget.try_charge(1));
     }
 }

@@ -4,6 +4,8 @@
 //! - [`budget`] — [`MemoryBudget`](budget::MemoryBudget): the limit and what is charged to it.
 //! - [`arena`] — [`PageArena`](arena::PageArena): stored page bytes in size classes over
 //!   committed spans, allocated without a fault or a heap allocation.
+//! - [`governor`] — [`Governor`](governor::Governor): the budget's target from the machine's
+//!   `MemAvailable` and memory pressure (PSI); the effective limit is min(operator's, target).
 //! - [`alloc_count`] — per-thread heap-allocation counters (a counting global allocator the
 //!   `tmem` binary installs) and the allocations and page faults of the I/O threads by role.
 //!
@@ -16,6 +18,7 @@ use std::io;
 pub mod alloc_count;
 pub mod arena;
 pub mod budget;
+pub mod governor;
 
 /// The machine's memory as `/proc/meminfo` states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

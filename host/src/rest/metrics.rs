@@ -41,7 +41,7 @@ pub fn render(host: &Host) -> String {
     if let Some(limit) = memory.limit_bytes {
         let _ = writeln!(
             w,
-            "# HELP tmem_memory_limit_bytes The host's memory budget for pages.\n# TYPE tmem_memory_limit_bytes gauge\ntmem_memory_limit_bytes {limit}"
+            "# HELP tmem_memory_limit_bytes The operator's memory budget for pages (--memory-limit; the governor may hold stores to less: tmem_governor_effective_limit_bytes).\n# TYPE tmem_memory_limit_bytes gauge\ntmem_memory_limit_bytes {limit}"
         );
     }
     for (metric, help, value) in [
@@ -81,6 +81,7 @@ pub fn render(host: &Host) -> String {
     ] {
         let _ = writeln!(w, "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {value}");
     }
+    governor_metrics(w, &memory);
     let _ = writeln!(
         w,
         "# HELP tmem_memory_refused_total Stores refused for want of budget or committed memory.\n# TYPE tmem_memory_refused_total counter\ntmem_memory_refused_total {}",
@@ -206,6 +207,79 @@ pub fn render(host: &Host) -> String {
     }
     io_threads(w);
     out
+}
+
+/// The memory governor: its target against the operator's and the effective limit, the
+/// machine's readings, its decisions.
+fn governor_metrics(w: &mut String, memory: &tmem_api::rest::MemoryInfo) {
+    let gauge = |w: &mut String, metric: &str, help: &str, value: String| {
+        let _ = writeln!(w, "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {value}");
+    };
+    let Some(governor) = &memory.governor else { return };
+    gauge(
+        w,
+        "tmem_governor_enabled",
+        "Whether the memory governor sets a target (1) or not (0).",
+        (governor.enabled as u8).to_string(),
+    );
+    if let Some(target) = governor.target_bytes {
+        gauge(w, "tmem_governor_target_bytes", "The memory governor's target for the budget.", target.to_string());
+    }
+    if let Some(limit) = memory.effective_limit_bytes {
+        gauge(
+            w,
+            "tmem_governor_effective_limit_bytes",
+            "The limit stores are held to: the smaller of the operator's limit and the governor's target.",
+            limit.to_string(),
+        );
+    }
+    gauge(
+        w,
+        "tmem_governor_reserve_bytes",
+        "MemAvailable the governor keeps for the rest of the machine.",
+        governor.reserve_bytes.to_string(),
+    );
+    if let Some(available) = governor.mem_available_bytes {
+        gauge(
+            w,
+            "tmem_memory_available_bytes",
+            "The machine's MemAvailable, as the governor last read it.",
+            available.to_string(),
+        );
+    }
+    if let Some(some) = governor.psi_some_avg10 {
+        gauge(
+            w,
+            "tmem_memory_psi_some_avg10",
+            "Memory pressure (PSI some avg10, percent), as the governor last read it.",
+            some.to_string(),
+        );
+    }
+    if let Some(full) = governor.psi_full_avg10 {
+        gauge(
+            w,
+            "tmem_memory_psi_full_avg10",
+            "Memory pressure (PSI full avg10, percent), as the governor last read it.",
+            full.to_string(),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tmem_governor_decisions_total The memory governor's target changes and the pool shrinks it asked for.\n# TYPE tmem_governor_decisions_total counter"
+    );
+    for (decision, n) in [("lower", governor.lowers), ("raise", governor.raises), ("shrink", governor.shrinks)] {
+        let _ = writeln!(w, "tmem_governor_decisions_total{{decision=\"{decision}\"}} {n}");
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tmem_governor_shrunk_pages_total Pages the governor's shrinks took out of pools.\n# TYPE tmem_governor_shrunk_pages_total counter\ntmem_governor_shrunk_pages_total {}",
+        governor.shrunk_pages
+    );
+    let _ = writeln!(
+        w,
+        "# HELP tmem_governor_demoted_pages_total Pages tiered pools moved down because usage exceeded the governor's target.\n# TYPE tmem_governor_demoted_pages_total counter\ntmem_governor_demoted_pages_total {}",
+        governor.demoted_pages
+    );
 }
 
 /// The I/O threads by role (`memory::alloc_count`): what they allocated, their page faults and

@@ -8,7 +8,7 @@
 //!   the blocking pool), and 503 `timeout` (the per-request time limit). Raw bodies (pages,
 //!   modules) are binary strings.
 //! - **Rules across fields** that utoipa's derive cannot state: `PATCH /memory` takes exactly
-//!   one of its fields, an attach request exactly one place (an NBD socket, an NBD address, or
+//!   one of its limit fields and/or governor changes (which give at most one reserve), an attach request exactly one place (an NBD socket, an NBD address, or
 //!   ublk) (each a `oneOf`).
 //! - **Links** between operations (OpenAPI `links`): a created pool's name leads to every
 //!   operation on it, an uploaded plugin's to its get and delete, an attached device's id to
@@ -52,6 +52,7 @@ pub fn complete(doc: &mut Value) {
     }
     let schemas = &mut doc["components"]["schemas"];
     schemas["MemoryPatch"] = memory_patch_schema();
+    governor_patch_not_both_reserves(&mut schemas["GovernorPatch"]);
     schemas["AttachRequest"]["oneOf"] = attach_request_places();
     schemas["AttachRequest"]["properties"]["listen"]["pattern"] = Value::from(LISTEN_PATTERN);
     schemas["CreateTokenRequest"]["properties"]["label"]["pattern"] = Value::from(TOKEN_LABEL_PATTERN);
@@ -181,28 +182,40 @@ fn complete_operation(path: &str, op: &mut Value) {
 }
 
 /// `PATCH /memory`: exactly one of `limit_bytes`, `limit_percent` and `unlimited: true` (the
-/// others absent, `null`, or `unlimited: false`).
+/// others absent, `null`, or `unlimited: false`), each with optional `governor` changes; or
+/// `governor` changes alone.
 fn memory_patch_schema() -> Value {
     let limit_bytes = json!({"type": "integer", "format": "int64", "minimum": 16 << 20, "description": "A limit in bytes (at least 16 MiB)."});
     let limit_percent = json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 100, "description": "A limit as a share of the machine's RAM, 1 to 100."});
     let absent = json!({"type": "null"});
     let not_unlimited = json!({"type": "boolean", "enum": [false]});
-    let branch = |bytes: &Value, percent: &Value, unlimited: &Value, required: &str| {
+    let governor = json!({"$ref": "#/components/schemas/GovernorPatch"});
+    let maybe_governor = json!({"oneOf": [governor, {"type": "null"}]});
+    let branch = |bytes: &Value, percent: &Value, unlimited: &Value, governor: &Value, required: &str| {
         json!({
             "type": "object",
-            "properties": {"limit_bytes": bytes, "limit_percent": percent, "unlimited": unlimited},
+            "properties": {"limit_bytes": bytes, "limit_percent": percent, "unlimited": unlimited, "governor": governor},
             "required": [required],
             "additionalProperties": false,
         })
     };
     json!({
-        "description": "A new memory budget: exactly one of `limit_bytes`, `limit_percent` and `unlimited: true`. What is already stored stays; stores past the new limit are refused until usage falls below it.",
+        "description": "A new memory budget — exactly one of `limit_bytes`, `limit_percent` and `unlimited: true` — and/or `governor` changes. What is already stored stays; stores past the new limit are refused until usage falls below it.",
         "oneOf": [
-            branch(&limit_bytes, &absent, &not_unlimited, "limit_bytes"),
-            branch(&absent, &limit_percent, &not_unlimited, "limit_percent"),
-            branch(&absent, &absent, &json!({"type": "boolean", "enum": [true], "description": "No limit."}), "unlimited"),
+            branch(&limit_bytes, &absent, &not_unlimited, &maybe_governor, "limit_bytes"),
+            branch(&absent, &limit_percent, &not_unlimited, &maybe_governor, "limit_percent"),
+            branch(&absent, &absent, &json!({"type": "boolean", "enum": [true], "description": "No limit."}), &maybe_governor, "unlimited"),
+            branch(&absent, &absent, &not_unlimited, &governor, "governor"),
         ],
     })
+}
+
+/// The governor's changes: `reserve_bytes` and `reserve_percent` are not both given.
+fn governor_patch_not_both_reserves(schema: &mut Value) {
+    schema["not"] = json!({
+        "properties": {"reserve_bytes": {"type": "integer"}, "reserve_percent": {"type": "integer"}},
+        "required": ["reserve_bytes", "reserve_percent"],
+    });
 }
 
 /// An IP address and port, as Rust's `SocketAddr` parses them (IPv4 exactly; IPv6 loosely:
@@ -373,7 +386,9 @@ mod tests {
         assert_eq!(config["backends"]["minItems"], 1);
         // A u64 takes every u64.
         assert_eq!(config["max_pages"]["maximum"], json!(u64::MAX));
-        assert_eq!(doc["components"]["schemas"]["MemoryPatch"]["oneOf"].as_array().unwrap().len(), 3);
+        assert_eq!(doc["components"]["schemas"]["MemoryPatch"]["oneOf"].as_array().unwrap().len(), 4);
+        let governor = &doc["components"]["schemas"]["GovernorPatch"];
+        assert!(governor["properties"]["psi_high"].is_object() && governor["not"].is_object(), "{governor}");
         for id in BLOCKING {
             assert!(ids.iter().any(|i| i == id), "{id} is no operation");
         }

@@ -33,6 +33,26 @@ function showChrome(signedIn) {
   if (!signedIn) document.getElementById('live').hidden = true;
 }
 
+// Used / the limit stores are held to (the smaller of the operator's limit and the governor's
+// target), with the operator's limit beside it when the governor holds stores to less.
+function budgetText(memory) {
+  if (!memory) return '–';
+  const limit = (bytes) => (bytes == null ? 'no limit' : fmt.bytes(bytes));
+  const effective = memory.effective_limit_bytes ?? memory.limit_bytes;
+  const text = `${fmt.bytes(memory.used_bytes)} / ${limit(effective)}`;
+  return effective !== memory.limit_bytes ? `${text} (limit ${limit(memory.limit_bytes)})` : text;
+}
+
+// The memory governor: its target, the machine's memory pressure, its last decision.
+function governorText(memory) {
+  const g = memory && memory.governor;
+  if (!g) return '–';
+  if (!g.enabled) return 'off';
+  const target = g.target_bytes == null ? 'no target' : `target ${fmt.bytes(g.target_bytes)}`;
+  const psi = g.psi_some_avg10 == null ? 'no PSI' : `PSI ${g.psi_some_avg10.toFixed(1)}%`;
+  return `${target} · ${psi} · ${g.last_decision ?? '–'}${g.last_reason ? ` (${g.last_reason})` : ''}`;
+}
+
 function renderTotals(sample) {
   const t = sample.host;
   const item = (label, value, key) => h('span', { class: 'total', dataset: { total: key } }, h('span', { class: 'label' }, label), h('strong', {}, value));
@@ -41,11 +61,8 @@ function renderTotals(sample) {
     item('pools', fmt.count(t.pools), 'pools'),
     item('curr_pages', fmt.count(t.curr_pages), 'curr_pages'),
     item('memory', fmt.bytes(t.pool_total_size + t.plugin_memory_bytes), 'memory'),
-    item(
-      'budget',
-      t.memory ? `${fmt.bytes(t.memory.used_bytes)} / ${t.memory.limit_bytes == null ? 'no limit' : fmt.bytes(t.memory.limit_bytes)}` : '–',
-      'budget',
-    ),
+    item('budget', budgetText(t.memory), 'budget'),
+    item('governor', governorText(t.memory), 'governor'),
     item('plugin faults', fmt.count(t.plugin_faults), 'plugin_faults'),
   );
   if (t.integrity_failures > 0) {
