@@ -116,7 +116,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = parse_on_off, env = "TMEM_GOVERNOR")]
     pub governor: bool,
     /// MemAvailable the governor keeps for the rest of the machine: a size (`1G`) or a share
-    /// of RAM (`5%`) [default: the larger of 5% of RAM and 256 MiB].
+    /// of RAM (`5%`) [default: the larger of 5% of RAM and 256 MiB — 10% of RAM below 2.5 GiB].
     #[arg(long, value_name = "SIZE|N%", value_parser = parse_reserve, env = "TMEM_GOVERNOR_RESERVE")]
     pub governor_reserve: Option<Reserve>,
     /// Memory pressure (PSI `some avg10`, percent) at or above which the governor lowers

@@ -6,7 +6,8 @@
 //! # The policy ([`decide`], a pure function)
 //!
 //! - **Room.** The host may hold what it holds now plus what the machine has available, less
-//!   a **reserve** kept for the rest of the machine (default max(5% of RAM, 256 MiB)):
+//!   a **reserve** kept for the rest of the machine (default max(5% of RAM, min(256 MiB, 10% of
+//!   RAM))):
 //!   `room = used + MemAvailable − reserve`. A target above the room is lowered to it at once
 //!   (reason `reserve`): the host gives way before the machine has to swap.
 //! - **Pressure.** When PSI `some avg10` is at or above the **high** watermark (default 10%),
@@ -77,7 +78,8 @@ pub const TRIGGERED_INTERVAL: Duration = Duration::from_secs(2);
 pub const PSI_TRIGGER: &str = "some 150000 2000000";
 /// The smallest step, up or down.
 pub const MIN_STEP: u64 = 1 << 20;
-/// The reserve's floor when it is a share of RAM by default.
+/// The default reserve's floor: 256 MiB, or a tenth of RAM on a machine smaller than 2.5 GiB
+/// (half of a 512 MiB machine kept idle would leave its swap no room).
 pub const DEFAULT_RESERVE_MIN: u64 = 256 << 20;
 /// Weighted shares are bytes × this / weight (so a weight of 1000 still leaves precision).
 const WEIGHT_SCALE: u128 = 1000;
@@ -87,7 +89,7 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 /// What the governor keeps for the rest of the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reserve {
-    /// max(5% of RAM, 256 MiB).
+    /// max(5% of RAM, min(256 MiB, 10% of RAM)).
     #[default]
     Auto,
     /// This many bytes.
@@ -100,7 +102,7 @@ impl Reserve {
     /// The reserve in bytes on a machine of `total` bytes of RAM.
     pub fn bytes(self, total: u64) -> u64 {
         match self {
-            Reserve::Auto => (total / 20).max(DEFAULT_RESERVE_MIN),
+            Reserve::Auto => (total / 20).max(DEFAULT_RESERVE_MIN.min(total / 10)),
             Reserve::Bytes(bytes) => bytes,
             Reserve::PercentOfRam(percent) => total / 100 * percent.min(100) as u64,
         }
@@ -716,6 +718,9 @@ mod tests {
         // 2 GiB less the reserve.
         let reserve = Reserve::Auto.bytes(16 * GIB);
         assert_eq!(reserve, 16 * GIB / 20);
+        assert_eq!(Reserve::Auto.bytes(2 * GIB), 2 * GIB / 10, "a tenth on a small machine");
+        assert_eq!(Reserve::Auto.bytes(4 * GIB), 256 * MIB);
+        assert_eq!(Reserve::Auto.bytes(512 * MIB), 512 * MIB / 10);
         let v = decide(&readings(GIB, Some(0.0)), &state(GIB, 4 * GIB, 4 * GIB), &config);
         assert_eq!((v.decision, v.reason, v.target), (Decision::Lower, Reason::Reserve, 2 * GIB - reserve));
         let v = decide(&readings(GIB, Some(0.0)), &state(GIB, 4 * GIB, u64::MAX), &config);
