@@ -308,7 +308,27 @@ impl PageIndex {
         if self.chunks.capacity() >= chunks {
             return Ok(());
         }
-        self.grow_to(|i| &mut i.chunks, 16, chunks)
+        self.grow_to(|i| &mut i.chunks, 16, chunks)?;
+        self.touch_chunk_table();
+        Ok(())
+    }
+
+    /// Writes every page of the chunk map's table now. `HashMap::reserve` allocates the buckets
+    /// without touching them, and under `mlockall(MCL_ONFAULT)` an I/O thread's first insert
+    /// into an untouched bucket page then takes a page fault — which may wait on reclaim that
+    /// waits on this very host (the global-pressure guest scenario hung so, its ublk queue
+    /// thread faulting in hashbrown's insert). Fills the table with keys no chunk has, then
+    /// clears it (which keeps the table and leaves no tombstones) and puts the real chunks
+    /// back. Off the I/O path: a device's attach.
+    fn touch_chunk_table(&mut self) {
+        let room = self.chunks.capacity();
+        let kept: Vec<(u64, Chunk)> = self.chunks.drain().collect();
+        for i in 0..room as u64 {
+            self.chunks.insert(u64::MAX - i, Chunk { handle: Handle::from_bits(0), live: 0 });
+        }
+        self.chunks.clear();
+        self.chunks.extend(kept);
+        debug_assert!(self.chunks.capacity() >= room, "touching the table never shrinks it");
     }
 
     /// Inserts or replaces the entry of `offset`; returns the entry it replaced.
@@ -478,6 +498,27 @@ impl Drop for PageIndex {
 mod tests {
     use super::*;
     use crate::memory::arena::tests::test_arena;
+
+    #[test]
+    fn reserving_a_dense_range_keeps_every_entry_and_its_room() {
+        let arena = test_arena();
+        let mut index = PageIndex::new(arena, 1);
+        for o in 0..300u64 {
+            index.insert(o * 7, PageEntry::new(1, 2, Some(o as u32))).unwrap();
+        }
+        index.reserve_dense(1 << 20).unwrap();
+        let room = index.chunks.capacity();
+        assert!(room >= (1u64 << 20).div_ceil(CHUNK_ENTRIES as u64) as usize);
+        for o in 0..300u64 {
+            assert_eq!(index.get(o * 7).map(|e| e.checksum()), Some(Some(o as u32)), "offset {}", o * 7);
+        }
+        assert_eq!(index.len(), 300);
+        // The room is still there: filling the reserved range grows no map.
+        for o in 0..(1u64 << 20) {
+            index.insert(o, PageEntry::new(1, 2, None)).unwrap();
+        }
+        assert_eq!(index.chunks.capacity(), room);
+    }
 
     #[test]
     fn an_entry_is_sixteen_bytes_and_round_trips_its_fields() {

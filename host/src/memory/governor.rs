@@ -598,6 +598,11 @@ impl Governor {
     pub fn spawn(governor: &Arc<Governor>) -> std::io::Result<()> {
         let weak = Arc::downgrade(governor);
         std::thread::Builder::new().name("tmem-governor".into()).spawn(move || {
+            // It allocates while it holds pools' locks (a shrink, a mover pass), and it runs
+            // exactly when memory is short: as an I/O flusher its reclaim never waits on swap-out
+            // to this very host (it hung so in the global-pressure guest scenario, in
+            // swap_writepage's bio mempool, the swap device's queue thread waiting behind it).
+            super::become_io_flusher();
             let trigger = PsiTrigger::open();
             if let Some(governor) = weak.upgrade() {
                 governor.status.lock().psi_trigger = trigger.is_some();
