@@ -1077,6 +1077,11 @@ fn spawn_compactor(
     arena: std::sync::Weak<PageArena>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("tmem-compact".into()).spawn(move || {
+        // A compaction allocates (its lists of runs) while it holds arena class locks and
+        // shard locks the I/O path takes: its reclaim must never wait on swap-out to this
+        // very host (a guest swapping to a tiered pool hung so, the compactor in
+        // swap_writepage). As an I/O flusher its allocations do not wait on I/O.
+        crate::memory::become_io_flusher();
         loop {
             std::thread::sleep(COMPACT_EVERY);
             let (Some(pools), Some(arena)) = (pools.upgrade(), arena.upgrade()) else { return };

@@ -563,6 +563,10 @@ struct Shard {
     pages: Arc<PageShard>,
     /// Where a canary reads a page back to (allocated while a canary runs, then dropped).
     scratch: Vec<u8>,
+    /// The page the tiers' mover is copying down from this shard, without its lock (see
+    /// [`Pool::demote`]): a load that misses the map for it must not look below, where a copy
+    /// of a page dropped meanwhile may sit until the mover takes it back.
+    moving: Option<u64>,
 }
 
 /// What statistics readers see of a shard (see [`Pool::shard_views`]).
@@ -809,7 +813,12 @@ impl Pool {
                     max_bytes: max_bytes.clone(),
                 };
                 let pages = PageShard::new(place, stats.clone(), arena.clone(), tree);
-                Ok(Mutex::new(Shard { generations: Vec::new(), pages: Arc::new(pages), scratch: Vec::new() }))
+                Ok(Mutex::new(Shard {
+                    generations: Vec::new(),
+                    pages: Arc::new(pages),
+                    scratch: Vec::new(),
+                    moving: None,
+                }))
             })
             .collect::<Result<_, DiskError>>()?;
         if let Some(disk) = &disk {
@@ -1341,7 +1350,7 @@ impl Pool {
             return (StoreOutcome::Rejected(RejectReason::PoolLimit), None);
         }
         let slot = shard.current_slot(self);
-        let Shard { generations, pages, scratch } = shard;
+        let Shard { generations, pages, scratch, .. } = shard;
         let GenerationSlot { id, chain, instances, held } = &mut generations[slot];
         let cx = self.context(*id, chain, pages);
         let checksum = self.integrity.then(|| crc32c::crc32c(page));
@@ -1553,6 +1562,10 @@ impl Pool {
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
             let Some(tier) = self.tier.get() else { return Ok(None) };
+            if shard.moving == Some(offset) {
+                // Dropped (invalidated, taken) while the mover copied it down: absent.
+                return Ok(None);
+            }
             let got = self.load_lower(tier, &mut shard, offset, out, exclusive, exact);
             drop(shard);
             if let Ok(Some(_)) = got {
@@ -1715,6 +1728,7 @@ impl Pool {
     /// lower pool owned by this one.
     pub(crate) fn set_tier(&self, tier: Tier) {
         tier.lower.set_upper(Some(&self.name));
+        self.arena.reserve_for_demotions();
         let _ = self.tier.set(Arc::new(tier));
     }
 
@@ -1791,6 +1805,13 @@ impl Pool {
         self.tier_pass(tier, self.under_pressure(tier))
     }
 
+    /// Whether the mover thread should run a pass now: a unit has elapsed since the last one
+    /// (a pass ages pages by whole units), or the budget is under pressure (every tick: a
+    /// pass then counts a unit anyway).
+    pub fn tier_pass_due(&self) -> bool {
+        self.tier.get().is_some_and(|tier| tier.due() || self.under_pressure(tier))
+    }
+
     /// A mover pass as under budget pressure whatever the budget says: the memory governor's,
     /// run before it lowers the budget's target below what is held (so the lower tier can
     /// still be charged for what it takes).
@@ -1811,6 +1832,10 @@ impl Pool {
             state.last += unit * units;
         }
         let mut ages = [0u64; crate::page_index::MAX_AGE as usize + 1];
+        // Under pressure the clock runs at least a unit a pass (as the kernel's LRU ages faster
+        // under reclaim): with a long `idle_seconds`, pages not used since the last pass must
+        // still be told from those just used.
+        let units = if pressure { units.max(1) } else { units };
         let mut pass = TierPass { pressure, ..TierPass::default() };
         // Every page ages; those idle for `idle_seconds` go down.
         for shard in self.shards.iter() {
@@ -1878,13 +1903,52 @@ impl Pool {
         limit != u64::MAX && budget.used() as u128 * 100 >= limit as u128 * tier.spec.pressure_percent as u128
     }
 
-    /// Moves one idle page down, under its shard's lock: decoded through the chain that
-    /// stored it, stored through the lower pool's chain (durable there first, if this pool is
-    /// persistent), then dropped here. `Some(Ok(age))`: it moved, at that age; `Some(Err(()))`:
-    /// it stays up (the lower pool refused it, or it could not be read back whole); `None`: it
-    /// was used or dropped since the scan.
+    /// Moves one idle page down: decoded through the chain that stored it (under its shard's
+    /// lock), stored through the lower pool's chain (durable there first, if this pool is
+    /// persistent) **without the shard's lock** — a lower tier on disk may wait on memory,
+    /// memory may wait on swap-out, and swap-out on this shard's I/O path — then, under the
+    /// lock again, dropped here if its entry is unchanged (not used, stored, taken or dropped
+    /// meanwhile), else the copy below is dropped. Meanwhile the page is served from here, and
+    /// a load that misses it (dropped meanwhile) does not look below ([`Shard::moving`]).
+    /// `Some(Ok(age))`: it moved, at that age; `Some(Err(()))`: it stays up (the lower pool
+    /// refused it, or it could not be read back whole); `None`: it was used or dropped since
+    /// the scan.
     fn demote(&self, tier: &Tier, offset: u64, threshold: u8, page: &mut [u8]) -> Option<Result<u8, ()>> {
         let start = Instant::now();
+        let Ok(entry) = self.copy_for_demotion(offset, threshold, page)? else {
+            return Some(Err(()));
+        };
+        let stored = !matches!(
+            crate::memory::arena::demoting(|| tier.lower.store_bytes(offset, page)),
+            StoreOutcome::Rejected(_)
+        );
+        // Not durable down: it must not leave a persistent upper pool.
+        let flush_failed = || match (&self.disk, tier.lower.disk()) {
+            (Some(_), Some(lower)) => lower.durability() != Durability::Sync && lower.flush().is_err(),
+            _ => false,
+        };
+        let durable = stored && !flush_failed();
+        let mut shard = self.shard_of(offset).lock();
+        shard.moving = None;
+        let unchanged = shard.pages.entry(offset) == Some(entry);
+        if !(durable && unchanged) {
+            if stored {
+                let _ = tier.lower.invalidate_inner(offset);
+            }
+            return if durable { None } else { Some(Err(())) };
+        }
+        self.drop_stored(&mut shard, offset, entry);
+        drop(shard);
+        let _ = self.make_durable();
+        PoolStats::add(&self.stats.counters.tier_demoted_pages, 1);
+        self.stats.latency(Op::Demote).record(start.elapsed());
+        Some(Ok(entry.age()))
+    }
+
+    /// The first step of [`Pool::demote`], under the shard's lock: the page at `offset`, still
+    /// `threshold` old, decoded into `page` and marked moving; its entry. `None`: used or
+    /// dropped since the scan; `Some(Err(()))`: it could not be read back whole.
+    fn copy_for_demotion(&self, offset: u64, threshold: u8, page: &mut [u8]) -> Option<Result<PageEntry, ()>> {
         let mut shard = self.shard_of(offset).lock();
         let entry = shard.pages.entry(offset)?;
         if entry.age() < threshold {
@@ -1904,24 +1968,8 @@ impl Pool {
                 return Some(Err(()));
             }
         }
-        if matches!(tier.lower.store_bytes(offset, page), StoreOutcome::Rejected(_)) {
-            return Some(Err(()));
-        }
-        if self.disk.is_some()
-            && let Some(lower) = tier.lower.disk()
-            && lower.durability() != Durability::Sync
-            && lower.flush().is_err()
-        {
-            // Not durable down: it must not leave a persistent upper pool.
-            let _ = tier.lower.invalidate_inner(offset);
-            return Some(Err(()));
-        }
-        self.drop_stored(&mut shard, offset, entry);
-        drop(shard);
-        let _ = self.make_durable();
-        PoolStats::add(&self.stats.counters.tier_demoted_pages, 1);
-        self.stats.latency(Op::Demote).record(start.elapsed());
-        Some(Ok(entry.age()))
+        shard.moving = Some(offset);
+        Some(Ok(entry))
     }
 
     /// Drops the lower tier's copies of pages this pool holds (left by a crash between a

@@ -23,7 +23,9 @@
 //!
 //! **Budget pressure**: while the host's memory budget is at least `pressure_percent` full,
 //! each pass also moves down the oldest younger pages (the oldest age present below
-//! [`IDLE_UNITS`], one age per pass — the coldest first), never a page used since the last pass.
+//! [`IDLE_UNITS`], one age per pass — the coldest first), never a page used since the last
+//! pass; and the clock runs at least one unit a pass, so a long `idle_seconds` cannot leave
+//! every page at age 0 while the budget is short.
 //! The budget's limit here is the effective one, so the memory governor's target drives this
 //! too ([`crate::memory::governor`]: a target below what is held puts every tiered pool under
 //! pressure, and the governor runs one pass as under pressure before it lowers the target).
@@ -32,12 +34,18 @@
 //!
 //! [`Pool::run_tier_pass`] is one pass over a pool; the host's mover thread runs one over
 //! every tiered pool each [`MOVER_TICK`] (tests run them by hand: `HostConfig::manual_tier_passes`).
-//! A page moves under its upper shard's lock, so no reader sees it in both tiers or in
-//! neither: decode through the upper chain, store through the lower pool's, then drop from the
-//! upper. If the lower pool refuses the page, it stays up.
+//! A page is decoded through the upper chain under its shard's lock, stored through the lower
+//! pool's chain **without** it (a lower tier on disk may wait on memory, memory on swap-out,
+//! and swap-out on the I/O path that needs this very lock: with a page cache to fill, a
+//! lower-tier store under the lock deadlocked a guest swapping under global pressure), then
+//! dropped from the upper pool under the lock if its entry is unchanged — else the copy below
+//! is dropped. A reader sees the page up until then; one that misses it up (it was dropped
+//! meanwhile) does not look below while it is moving. If the lower pool refuses the page, it
+//! stays up. The mover thread is an I/O flusher.
 //!
 //! **Lock order**: a tier's mover lock, then an upper shard, then the lower pool's shards (and
-//! its own mover lock, for `invalidate_area`) — upper before lower, always; pairs have no
+//! its own mover lock, for `invalidate_area`) — upper before lower, always (the mover's lower
+//! store holds no upper shard); pairs have no
 //! cycles ([`TierError::Cycle`]), so this order is total.
 //!
 //! **Crash safety**: a persistent upper pool needs a persistent lower pool
@@ -309,6 +317,9 @@ pub(crate) fn spawn_mover(
     pools: std::sync::Weak<RwLock<std::collections::BTreeMap<String, Arc<Pool>>>>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("tmem-tiers".into()).spawn(move || {
+        // Its allocations (and a lower tier's page cache) must not wait on swap-out to a
+        // device of these very pools.
+        crate::memory::become_io_flusher();
         // Reused every tick: it grows only past the most tiered pools the host has had.
         let mut tiered: Vec<Arc<Pool>> = Vec::new();
         loop {
@@ -318,8 +329,7 @@ pub(crate) fn spawn_mover(
             tiered.extend(pools.read().values().filter(|p| p.tier().is_some()).cloned());
             drop(pools);
             for pool in tiered.drain(..) {
-                // A pass ages pages by whole units: none is due before one has elapsed.
-                if !pool.is_retired() && pool.tier().is_some_and(|tier| tier.due()) {
+                if !pool.is_retired() && pool.tier_pass_due() {
                     pool.run_tier_pass();
                 }
             }

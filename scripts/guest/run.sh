@@ -97,7 +97,8 @@ check() {
     local name=$1 log=$2
     awk -v name="$name" -v script="$(get "$name" script)" -v mib="$(get "$name" mib)" \
         -v passes="$(get "$name" passes)" -v min_ratio="$(get "$name" min_ratio)" \
-        -v cgroup="$(get "$name" cgroup)" -v expect="$(get "$name" expect)" -v logfile="$log" '
+        -v cgroup="$(get "$name" cgroup)" -v expect="$(get "$name" expect)" -v second="$(get "$name" second)" \
+        -v logfile="$log" '
     # kv(text, key): the value of key=value in text ("" when absent).
     function kv(text, key,    n, i, words) {
         n = split(text, words, " ")
@@ -139,6 +140,17 @@ check() {
         if (line ~ /^SWAPCHECK (PASS|PROGRESS)/) { last_pass = line; sub(/^SWAPCHECK [A-Z]+ /, "", last_pass) }
         if (line ~ /^SWAPCHECK OK/) { ok_line = line; ok_ts = ts }
         if (line ~ /^GUEST SWAPCHECK EXIT/) exit_code = substr(line, 22)
+        # The second workload (second=MIB@S): the markers of its swapcheck, renamed SECOND.
+        if (line ~ /^SECOND FAIL/ && second_fail == "") second_fail = line
+        if (line ~ /^SECOND OK/) second_ok = line
+        if (line ~ /^SECOND EXIT/) second_exit = substr(line, 13)
+        if (line ~ /^GUEST SECOND START/) second_started = 1
+        if (line ~ /^GUEST GOVERNOR/) governor = line
+        if (line ~ /^GUEST LOWER-FINAL/) lower = line
+        if (line ~ /^GUEST POOL / && (t = kv(line, "governor_target_mib")) != "") {
+            if (target_min == "" || t + 0 < target_min + 0) target_min = t
+            if (target_max == "" || t + 0 > target_max + 0) target_max = t
+        }
         if (line ~ /^GUEST SERVE-UP/) { serves++; if (serves == 1) { serve_s = kv(line, "seconds"); compiled = kv(line, "compiled") } else restart_s = kv(line, "seconds") }
         if (line ~ /^GUEST POOL-FINAL/) pool = line
         if (line ~ /^GUEST IO-PATH-BEFORE/) io_before = line
@@ -198,6 +210,15 @@ check() {
         if (!(pswpout > 0 && pswpin > 0)) failed("the kernel must have swapped out and in (pswpout=" pswpout ", pswpin=" pswpin ")")
         if (status != "0") failed("the scenario'"'"'s script exited " status)
         text = sprintf("%d pages verified, pswpout %d, pswpin %d, %s", verified, pswpout, pswpin, cgroup == "" ? "no cgroup" : "cgroup " cgroup " MiB")
+        if (second != "") {
+            second_mib = substr(second, 1, index(second, "@") - 1) + 0
+            if (!second_started) failed("the second workload did not start")
+            if (second_fail != "") failed("corrupted data in the second workload: " second_fail)
+            if (second_exit == "") failed("the second workload did not finish")
+            if (second_exit != "0") failed("the second workload exited " second_exit " (killed? out of memory?)")
+            if (kv(second_ok, "verified") + 0 != second_mib * 256 * passes) failed("the second workload verified " kv(second_ok, "verified") + 0 " pages, " second_mib * 256 * passes " expected")
+            text = text sprintf(", and a second workload (%d MiB, no cgroup, from %s s in): %d pages verified", second_mib, substr(second, index(second, "@") + 1), kv(second_ok, "verified"))
+        }
         if (script == "zram.sh") {
             n = split(zram_stat, f, " ")
             if (n < 7) failed("no /sys/block/zram0/stat line")
@@ -215,6 +236,16 @@ check() {
             if (!(invalidates > 0)) failed("the kernel'"'"'s discards of freed swap slots never reached the pool as invalidates")
             if (expect == "refused" && !(refused > 0)) failed("the pool refused no store (its limit never bit)")
             if (expect == "refused" && !(to_backing > 0)) failed("the device wrote no page to its backing file")
+            if (expect == "governed") {
+                # The governor lowered the target under the second workload'"'"'s pressure, and the
+                # tiered pool moved pages down because of it.
+                if (governor == "") failed("no GUEST GOVERNOR line (the governor'"'"'s counters)")
+                lowers = kv(governor, "governor_decisions_lower") + 0; moved = kv(governor, "governor_demoted_pages") + 0
+                demoted = kv(pool, "tier_demoted_pages") + 0
+                if (!(lowers > 0)) failed("the governor never lowered its target (" governor ")")
+                if (!(moved > 0 && demoted > 0)) failed("no page moved down because of the governor'"'"'s target (governor_demoted_pages=" moved ", tier_demoted_pages=" demoted ")")
+                text = text sprintf(", governor lowered its target %d times (%s to %s MiB seen), %d pages moved down for it (%d in all, %d promoted; the lower tier holds %d pages, %d bytes)", lowers, target_max, target_min, moved, demoted, kv(pool, "tier_promoted_pages"), kv(lower, "stored_pages"), kv(lower, "pool_total_size"))
+            }
             text = text sprintf(", pool stores %d, refused %d, loads %d, invalidates %d, to backing %d, from backing %d (%s), serve start %s s (compiled %s)", stores, refused, loads, invalidates, to_backing, from_backing, backing, serve_s, compiled)
             # The I/O threads over the workload (their own counters in /metrics).
             io_ops = kv(io_after, "ops") - kv(io_before, "ops")

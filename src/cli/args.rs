@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use clap::builder::BoolishValueParser;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde_json::{Map, Value};
-use tmem_api::rest::{AttachRequest, BackendRequest, Durability, FrontendKind, PoolConfig, PoolPatch, SandboxConfig};
+use tmem_api::rest::{
+    AttachRequest, BackendRequest, Durability, FrontendKind, PoolConfig, PoolPatch, Promote, SandboxConfig, TierConfig,
+};
 use tmem_host::MemoryLimit;
 use tmem_host::demo::DemoConfig;
 use tmem_host::listen::ServeLimits;
@@ -378,6 +380,11 @@ pub struct PoolCreateArgs {
     /// gives back in proportion to its usage divided by its weight [default: 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub weight: Option<u16>,
+    /// A lower tier: pages idle this long move down to the pool LOWER (made beforehand, empty).
+    /// Syntax: LOWER[:idle_seconds=N,promote=on_load|never,pressure_percent=P], e.g.
+    /// `cold:idle_seconds=30` [idle_seconds 60, promote on_load, pressure_percent 90].
+    #[arg(long, value_name = "SPEC", value_parser = parse_tier)]
+    pub tier: Option<TierConfig>,
     /// Create the pool refusing stores.
     #[arg(long)]
     pub disabled: bool,
@@ -615,6 +622,7 @@ impl PoolCreateArgs {
         config.enabled = !self.disabled;
         config.shards = self.shards;
         config.weight = self.weight;
+        config.tier = self.tier;
         config.durability = self.durability;
         config.flush_interval_ms = self.flush_interval_ms;
         if self.sandbox_memory.is_some() || self.call_timeout_ms.is_some() {
@@ -722,6 +730,38 @@ fn parse_backend(spec: &str) -> Result<BackendRequest, String> {
         request.config = Value::Object(object);
     }
     Ok(request)
+}
+
+/// `LOWER[:idle_seconds=N,promote=on_load|never,pressure_percent=P]`: a pool's lower tier
+/// (ranges are checked by the host, which says why it refuses).
+pub(crate) fn parse_tier(spec: &str) -> Result<TierConfig, String> {
+    let (lower, settings) = spec.split_once(':').unwrap_or((spec, ""));
+    if lower.is_empty() {
+        return Err("the lower pool's name is missing (expected LOWER[:idle_seconds=N,...])".into());
+    }
+    let mut tier = TierConfig::new(lower, 60);
+    for pair in settings.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("`{pair}` is not KEY=VALUE"));
+        };
+        let number = |what: &str| value.trim().parse::<u64>().map_err(|_| format!("{what} `{value}` is not a number"));
+        match key.trim() {
+            "idle_seconds" => tier.idle_seconds = number("idle_seconds")?,
+            "pressure_percent" => {
+                tier.pressure_percent = u8::try_from(number("pressure_percent")?)
+                    .map_err(|_| format!("pressure_percent `{value}` is over 100"))?
+            }
+            "promote" => {
+                tier.promote = match value.trim() {
+                    "on_load" => Promote::OnLoad,
+                    "never" => Promote::Never,
+                    other => return Err(format!("promote `{other}` is neither on_load nor never")),
+                }
+            }
+            other => return Err(format!("unknown tier setting `{other}` (idle_seconds, promote, pressure_percent)")),
+        }
+    }
+    Ok(tier)
 }
 
 /// Splits on commas that are outside brackets, braces and double quotes, so array values
@@ -861,6 +901,31 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tiers_parse_with_defaults_and_settings() {
+        let tier = parse_tier("cold").unwrap();
+        assert_eq!(
+            (tier.lower.as_str(), tier.idle_seconds, tier.promote, tier.pressure_percent),
+            ("cold", 60, Promote::OnLoad, 90)
+        );
+        let tier = parse_tier("cold:idle_seconds=5,promote=never,pressure_percent=50").unwrap();
+        assert_eq!((tier.idle_seconds, tier.promote, tier.pressure_percent), (5, Promote::Never, 50));
+        assert!(parse_tier("").unwrap_err().contains("missing"));
+        assert!(parse_tier(":idle_seconds=5").unwrap_err().contains("missing"));
+        assert!(parse_tier("cold:idle_seconds").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_tier("cold:idle_seconds=soon").unwrap_err().contains("not a number"));
+        assert!(parse_tier("cold:promote=always").unwrap_err().contains("on_load"));
+        assert!(parse_tier("cold:pressure_percent=300").unwrap_err().contains("over 100"));
+        assert!(parse_tier("cold:colour=blue").unwrap_err().contains("unknown tier setting"));
+        let ClientCommand::Pool(PoolArgs { command: PoolCommand::Create(args), .. }) =
+            parse(&["pool", "create", "hot", "--backend", "lz4", "--backend", "ram", "--tier", "cold:idle_seconds=10"])
+                .unwrap()
+        else {
+            panic!("not pool create")
+        };
+        assert_eq!(args.into_config().tier.map(|t| (t.lower, t.idle_seconds)), Some(("cold".into(), 10)));
     }
 
     #[test]

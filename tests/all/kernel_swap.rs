@@ -111,6 +111,7 @@ scenario_tests! {
     tmem_nbd => "tmem-nbd",
     ublk_global_pressure => "ublk-global-pressure",
     ublk_budget => "ublk-budget",
+    governor_pressure => "governor-pressure",
     nbd_global_pressure => "nbd-global-pressure",
 }
 

@@ -4,7 +4,11 @@
 # guest's disk — is the guest's only swap while swapcheck writes and verifies more memory than
 # the guest has. Parameters: transport (nbd|ublk), mib and passes (swapcheck's), cgroup (the
 # limit in MiB of the memory cgroup swapcheck runs in; empty: none, the whole guest is under
-# pressure), serve_args and pool_args (more words for `tmem serve` and `tmem pool create`).
+# pressure), serve_args and pool_args (more words for `tmem serve` and `tmem pool create`),
+# chain (the pool's backends, comma-separated; default zstd,ram), lower and tier (the pool gets a
+# lower tier `cold` made of the backends in lower, with `--tier cold:TIER`), second (MIB@S: a
+# second swapcheck of MIB MiB, outside any cgroup, starts S seconds into the first — memory
+# pressure on the whole guest mid-run; its markers are SECOND ..., and `GUEST SECOND EXIT N`).
 # Prints the pool's counters every 10 s (`GUEST POOL ...`), and at the end its JSON between
 # `GUEST POOL-JSON-BEGIN` and `GUEST POOL-JSON-END` and every counter on one line
 # (`GUEST POOL-FINAL name=value ...`).
@@ -42,8 +46,19 @@ allow="$dir"
 serve "$dir/data" --mlock --allow-path "$allow" $(args serve_args)
 step "tmem serve is up"
 
-# shellcheck disable=SC2046
-tmem pool create swap --backend zstd --backend ram $(args pool_args) >/dev/null || fail "tmem pool create"
+# --backend SPEC for each comma-separated spec of $1.
+backends() {
+    for spec in $(echo "$1" | tr ',' ' '); do printf '%s %s ' --backend "$spec"; done
+}
+chain=$(param chain)
+tier=""
+if [ -n "$(param lower)" ]; then
+    # shellcheck disable=SC2046
+    tmem pool create cold $(backends "$(param lower)") $(args lower_args) >/dev/null || fail "tmem pool create cold"
+    tier="--tier cold:$(param tier)"
+fi
+# shellcheck disable=SC2046,SC2086
+tmem pool create swap $(backends "${chain:-zstd,ram}") $tier $(args pool_args) >/dev/null || fail "tmem pool create"
 case "$transport" in
     nbd)
         tmem pool attach swap --nbd-socket "$dir/swap.nbd" --size 1G --backing "$backing" ||
@@ -80,16 +95,28 @@ step "swap on $device: $(grep -E '^(MemTotal|SwapTotal)' /proc/meminfo | tr -s '
 # While the workload runs: the pool's main counters and the guest's memory every 10 s.
 while sleep 10; do
     echo "GUEST POOL uptime=$(uptime_s) $(pool_counters swap | tr ' ' '\n' | grep -E \
-        '^(succ_stores|loads|pool_limit_hit|reject_[a-z_]*|failed_stores|load_failures|stored_pages|pool_total_size|to_backing|from_backing)=' |
-        grep -v '=0$' | tr '\n' ' ')$(memory_line)"
+        '^(succ_stores|loads|pool_limit_hit|reject_[a-z_]*|failed_stores|load_failures|stored_pages|pool_total_size|to_backing|from_backing|tier_demoted_pages|tier_promoted_pages)=' |
+        grep -v '=0$' | tr '\n' ' ')$(memory_line)$(wget -q -O - http://127.0.0.1:7411/metrics |
+        awk '/^tmem_governor_target_bytes / { printf " governor_target_mib=%d", $2 / 1048576 }')"
 done &
 reporter=$!
 # With a cgroup, the workload runs in a memory cgroup smaller than the guest's RAM: the kernel
 # swaps its pages out while the server still finds free memory for the pages it stores.
 # Without one (global pressure), the server's own allocations may enter direct reclaim, which
 # waits for swap-out to the very server that is allocating: a livelock (issue 14).
+second=$(param second) second_pid=""
+if [ -n "$second" ]; then
+    (
+        sleep "${second#*@}"
+        echo "GUEST SECOND START $(memory_line)"
+        { swapcheck "${second%@*}" "$(param passes)"; echo "SWAPCHECK EXIT $?"; } |
+            while IFS= read -r line; do echo "SECOND${line#SWAPCHECK}"; done
+    ) &
+    second_pid=$!
+fi
 limited "$(param cgroup)" swapcheck "$(param mib)" "$(param passes)"
 echo "GUEST SWAPCHECK EXIT $?"
+[ -n "$second_pid" ] && wait "$second_pid"
 echo "GUEST IO-PATH-AFTER $(io_path)"
 kill $reporter
 reporter=""
@@ -97,4 +124,8 @@ echo "GUEST POOL-JSON-BEGIN"
 tmem pool show swap --json
 echo "GUEST POOL-JSON-END"
 echo "GUEST POOL-FINAL $(pool_counters swap)"
+[ -n "$(param lower)" ] && echo "GUEST LOWER-FINAL $(pool_counters cold)"
+# The memory governor's decisions and what they moved (its counters in /metrics).
+echo "GUEST GOVERNOR $(wget -q -O - http://127.0.0.1:7411/metrics | grep -E '^tmem_(governor|memory)_' |
+    sed 's/^tmem_//; s/_total{decision="\([a-z]*\)"}/_\1/; s/_total / /; s/ /=/' | tr '\n' ' ')"
 echo "GUEST BACKING $backing"

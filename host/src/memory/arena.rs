@@ -53,6 +53,21 @@ use super::budget::MemoryBudget;
 /// Bytes of one span: the unit the arena commits, charges and releases.
 pub const SPAN_BYTES: usize = 64 << 10;
 
+thread_local! {
+    /// Whether this thread is storing a page into a lower tier ([`demoting`]).
+    static DEMOTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a demotion's store into a lower tier) with the arena's reserve open to it: the
+/// last quarter of the headroom, which other allocations leave alone. A demotion frees more
+/// up than it takes down, so a target lowered below what is held still lets pages flow down.
+pub fn demoting<R>(f: impl FnOnce() -> R) -> R {
+    DEMOTING.set(true);
+    let result = f();
+    DEMOTING.set(false);
+    result
+}
+
 /// The most address space an arena reserves (handles name 2^20 spans): 64 GiB.
 pub const MAX_RESERVE: usize = SPAN_BYTES << (32 - SLOT_BITS);
 
@@ -262,6 +277,9 @@ pub struct PageArena {
     spans: Mutex<Spans>,
     grow_wanted: Condvar,
     headroom_spans: AtomicU64,
+    /// Whether a quarter of the headroom is kept for demotions ([`demoting`]): set once the
+    /// host has a tiered pool.
+    demotion_reserve: std::sync::atomic::AtomicBool,
     /// Whether the machine has memory to spare (`MemAvailable` above an eighth of `MemTotal`
     /// and 256 MiB), refreshed by the grower: only then may an allocation that finds no
     /// headroom commit memory itself.
@@ -326,6 +344,7 @@ impl PageArena {
             spans: Mutex::new(Spans::default()),
             grow_wanted: Condvar::new(),
             headroom_spans: AtomicU64::new(config.headroom_bytes.div_ceil(SPAN_BYTES).max(1) as u64),
+            demotion_reserve: std::sync::atomic::AtomicBool::new(false),
             plentiful: std::sync::atomic::AtomicBool::new(memory_is_plentiful()),
             inline_commits: AtomicU64::new(0),
             budget,
@@ -614,7 +633,17 @@ impl PageArena {
     /// woken) if there are not that many in a row.
     fn take_run(&self, count: usize) -> Option<u32> {
         let mut spans = self.spans.lock();
-        let found = if count == 1 {
+        // With tiered pools, the last quarter of the headroom is the tiers' ([`demoting`]):
+        // when a lowered target stops the grower, a demotion must still find room below for a
+        // page whose room up it then gives back.
+        let kept = if DEMOTING.get() || !self.demotion_reserve.load(Ordering::Relaxed) {
+            0
+        } else {
+            self.headroom_spans.load(Ordering::Relaxed) as usize / 4
+        };
+        let found = if spans.free.len() < count + kept {
+            None
+        } else if count == 1 {
             spans.free.pop()
         } else {
             // Runs of several spans: the free list kept sorted, look for `count` in a row.
@@ -762,6 +791,12 @@ impl PageArena {
     /// `/proc/meminfo`; tests and a memory governor may set it).
     pub fn set_memory_plentiful(&self, plentiful: bool) {
         self.plentiful.store(plentiful, Ordering::Relaxed)
+    }
+
+    /// Keeps the last quarter of the headroom for demotions into lower tiers ([`demoting`]):
+    /// the host calls it once it has a tiered pool.
+    pub fn reserve_for_demotions(&self) {
+        self.demotion_reserve.store(true, Ordering::Relaxed);
     }
 
     /// Sets the headroom the grower keeps, in bytes.
@@ -951,6 +986,26 @@ pub(crate) mod tests {
         arena.grow();
         assert!(arena.stats().committed_bytes <= 2 * SPAN_BYTES as u64, "{:?}", arena.stats());
         assert_eq!(budget.used(), arena.stats().committed_bytes);
+    }
+
+    #[test]
+    fn with_tiers_a_quarter_of_the_headroom_is_kept_for_demotions() {
+        // 2 MiB of budget, all committed as headroom (32 spans), nothing committed inline.
+        let (_budget, arena) = arena(256, 2, 2);
+        arena.set_memory_plentiful(false);
+        arena.reserve_for_demotions();
+        arena.grow();
+        assert_eq!(arena.stats().headroom_bytes, 2 << 20);
+        let page = bytes(3, 4000);
+        let fill = |arena: &PageArena| std::iter::from_fn(|| arena.alloc(&page)).count();
+        // A 4000-byte object takes a slot of a run of its class: the stores stop with 8 spans
+        // (a quarter) still free, which only a demotion may take.
+        let stored = fill(&arena);
+        assert_eq!(arena.stats().headroom_bytes, 8 * SPAN_BYTES as u64, "{stored} stored");
+        let demoted = demoting(|| fill(&arena));
+        assert!(demoted >= 100, "the reserve holds about 128 such objects: {demoted}");
+        assert_eq!(arena.stats().headroom_bytes, 0);
+        assert!(arena.alloc(&page).is_none(), "and nothing is left for anyone");
     }
 
     #[test]

@@ -537,11 +537,18 @@ impl Governor {
     /// down (the mover thread's own passes are under pressure too once the target is below
     /// what is held).
     fn demote(&self) {
+        let mut demoted = 0;
         for pool in self.pools().iter().filter(|p| p.tier().is_some()) {
             let pass = pool.run_tier_pass_under_pressure();
+            demoted += pass.demoted;
             let mut status = self.status.lock();
             status.tier_passes += 1;
             status.demoted_pages += pass.demoted;
+        }
+        if demoted > 0 {
+            // The slots the pages left up are scattered over the arena's runs: compacting
+            // gives whole spans back, to the reserve demotions draw on and to the budget.
+            (self.compact)();
         }
     }
 
