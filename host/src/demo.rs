@@ -74,6 +74,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         allowed_paths: Vec::new(),
         secrets_key: None,
         declared: Default::default(),
+        tls: Default::default(),
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

@@ -33,6 +33,8 @@
 //! - [`wire_io`] — frames of the frontend and peer protocols read from async streams.
 //! - [`listen`] — what every listener shares: a connection cap where the unauthenticated are
 //!   evicted first, handshake deadlines, backing off when descriptors run out.
+//! - [`tls`] — TLS for the TCP listeners (OpenSSL): the host's X.509 identity, client
+//!   certificates, pre-shared keys.
 
 pub mod bundled;
 pub mod catalog;
@@ -57,6 +59,7 @@ pub mod server;
 pub mod stats;
 pub mod telemetry;
 pub mod tier;
+pub mod tls;
 pub mod wire_io;
 pub mod workload;
 

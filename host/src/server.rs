@@ -26,6 +26,7 @@ use crate::memory::governor::GovernorConfig;
 use crate::pool::PoolSpec;
 use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
+use crate::tls::{TlsFiles, TlsServer};
 
 /// Settings of `tmem serve`.
 #[derive(Debug, Clone)]
@@ -59,6 +60,9 @@ pub struct ServeConfig {
     /// Pools and block devices to create at start if missing (the config file's
     /// `[[pool]]` and `[[swap]]`: [`crate::declared`]).
     pub declared: Declared,
+    /// The host's TLS for its TCP listeners ([`crate::tls`]; none set: no TLS, and TCP NBD
+    /// exports only with `insecure_no_tls`).
+    pub tls: TlsFiles,
 }
 
 /// Where the secrets key is: as configured, else the systemd credential
@@ -124,7 +128,14 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         AllowedPaths::new(std::iter::once(config.data_dir.clone()).chain(config.allowed_paths.iter().cloned()))
             .map_err(|e| anyhow::anyhow!("{e} (--allow-path)"))?;
     tracing::info!(paths = ?allowed.roots(), "block devices' backing files and sockets are confined to these paths");
-    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed));
+    let tls = TlsServer::load(&config.tls).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    match &tls {
+        Some(tls) => tracing::info!(offers = tls.summary(), "TLS configured: TCP NBD exports require it"),
+        None => {
+            tracing::info!("no TLS configured (--tls-cert/--tls-key, --tls-psk): TCP NBD exports need insecure_no_tls")
+        }
+    }
+    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed, tls));
     // The declared pools and devices, after the catalog's (which may already hold them).
     let (created, attached) = crate::declared::apply(&devices, &config.declared)?;
     if created + attached > 0 {

@@ -15,6 +15,7 @@ use tmem_host::demo::DemoConfig;
 use tmem_host::listen::ServeLimits;
 use tmem_host::memory::governor::{GovernorConfig, Reserve};
 use tmem_host::server::ServeConfig;
+use tmem_host::tls::TlsFiles;
 
 use super::config::{ConfigError, ConfigFile};
 
@@ -153,6 +154,20 @@ pub struct ServeArgs {
     /// credential tmem-secrets.key if the service has one, else DATA_DIR.key beside the data dir].
     #[arg(long, value_name = "PATH", env = "TMEM_SECRETS_KEY")]
     pub secrets_key: Option<PathBuf>,
+    /// The host's TLS certificate chain (PEM, leaf first) for its TCP listeners: NBD exports
+    /// over TCP require TLS (NBD STARTTLS), with this certificate or --tls-psk keys.
+    #[arg(long, value_name = "FILE", requires = "tls_key", env = "TMEM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "TMEM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): TLS clients must present a certificate one of them signed.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "TMEM_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Pre-shared keys for TLS-PSK: a psktool file, `username:hexkey` per line (as nbdkit's
+    /// --tls-psk; libnbd's tls-psk-file, QEMU's tls-creds-psk).
+    #[arg(long, value_name = "FILE", env = "TMEM_TLS_PSK")]
+    pub tls_psk: Option<PathBuf>,
 }
 
 /// `tmem demo`.
@@ -324,11 +339,17 @@ pub struct PoolAttachArgs {
     #[arg(long, value_name = "PATH")]
     pub nbd_socket: Option<PathBuf>,
     /// Serve NBD on this TCP address, e.g. 127.0.0.1:10809 (loopback unless --allow-remote).
+    /// Clients must use TLS: the host needs --tls-cert/--tls-key or --tls-psk, unless
+    /// --insecure-no-tls.
     #[arg(long, value_name = "ADDR")]
     pub nbd_listen: Option<String>,
-    /// Accept a --nbd-listen address beyond loopback (NBD has no authentication).
-    #[arg(long)]
+    /// Accept a --nbd-listen address beyond loopback.
+    #[arg(long, requires = "nbd_listen")]
     pub allow_remote: bool,
+    /// Serve --nbd-listen in clear text, without TLS: anyone who reaches the address, or
+    /// watches the network, reads and writes the device (the host logs a warning).
+    #[arg(long, requires = "nbd_listen")]
+    pub insecure_no_tls: bool,
     /// The device size, a multiple of the pool's page size, e.g. `1G`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub size: u64,
@@ -555,6 +576,10 @@ impl ServeArgs {
             handshake_timeout,
             allow_path,
             secrets_key,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_psk,
         } = self;
         let file = match config {
             Some(path) => ConfigFile::load(&path)?,
@@ -586,6 +611,12 @@ impl ServeArgs {
             ),
             allowed_paths: serve.allow_path.into_iter().chain(allow_path).collect(),
             secrets_key: secrets_key.or(serve.secrets_key),
+            tls: TlsFiles {
+                cert: tls_cert.or(serve.tls_cert),
+                key: tls_key.or(serve.tls_key),
+                client_ca: tls_client_ca.or(serve.tls_client_ca),
+                psk: tls_psk.or(serve.tls_psk),
+            },
             declared,
         })
     }
@@ -636,6 +667,7 @@ impl PoolAttachArgs {
             socket: self.nbd_socket.map(|p| p.display().to_string()),
             listen: self.nbd_listen,
             allow_remote: self.allow_remote,
+            insecure_no_tls: self.insecure_no_tls,
             ublk_id: self.ublk_id,
         }
     }

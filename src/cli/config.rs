@@ -66,6 +66,14 @@ pub struct ServeSection {
     pub allow_path: Vec<PathBuf>,
     /// `--secrets-key`.
     pub secrets_key: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--tls-psk`.
+    pub tls_psk: Option<PathBuf>,
 }
 
 /// `[[swap]]`: a ublk device over a pool (`/dev/ublkbN`), to be a swap device.
@@ -134,6 +142,7 @@ impl ConfigFile {
                         socket: None,
                         listen: None,
                         allow_remote: false,
+                        insecure_no_tls: false,
                         ublk_id: s.ublk_id,
                     },
                 })

@@ -22,6 +22,7 @@ mod listeners;
 mod lz4;
 mod memory;
 mod nbd;
+mod nbd_tls;
 mod openapi_fuzz;
 mod peer;
 mod persistence;
