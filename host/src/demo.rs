@@ -75,6 +75,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         secrets_key: None,
         declared: Default::default(),
         tls: Default::default(),
+        insecure_plain_tcp: false,
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

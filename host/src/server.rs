@@ -26,7 +26,7 @@ use crate::memory::governor::GovernorConfig;
 use crate::pool::PoolSpec;
 use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
-use crate::tls::{TlsFiles, TlsServer};
+use crate::tls::{TlsClient, TlsFiles, TlsServer};
 
 /// Settings of `tmem serve`.
 #[derive(Debug, Clone)]
@@ -60,9 +60,12 @@ pub struct ServeConfig {
     /// Pools and block devices to create at start if missing (the config file's
     /// `[[pool]]` and `[[swap]]`: [`crate::declared`]).
     pub declared: Declared,
-    /// The host's TLS for its TCP listeners ([`crate::tls`]; none set: no TLS, and TCP NBD
-    /// exports only with `insecure_no_tls`).
+    /// The host's TLS for its TCP listeners and connections ([`crate::tls`]; none set: no
+    /// TLS, and TCP NBD exports only with `insecure_no_tls`).
     pub tls: TlsFiles,
+    /// Allow plain TCP beyond loopback where TLS is otherwise required: a peer listener
+    /// without TLS, remote stores' `tmem://` and `redis://` endpoints. Logged as a warning.
+    pub insecure_plain_tcp: bool,
 }
 
 /// Where the secrets key is: as configured, else the systemd credential
@@ -112,6 +115,17 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     if config.mlock {
         crate::frontend::lock_process_memory()?;
     }
+    // The TLS client first: restoring pools checks their remote endpoints against it.
+    let client = TlsClient::new(&config.tls, config.insecure_plain_tcp).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    if !crate::tls::set_client(client) {
+        tracing::warn!("the process's TLS client was set before: --tls-ca and --insecure-plain-tcp may not apply");
+    }
+    if config.insecure_plain_tcp {
+        tracing::warn!(
+            "INSECURE: --insecure-plain-tcp: remote stores may send pages and credentials in clear text beyond loopback, \
+             and a peer listener without TLS may listen beyond it"
+        );
+    }
     let (host, token) = build_host(config)?;
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
@@ -129,13 +143,23 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
             .map_err(|e| anyhow::anyhow!("{e} (--allow-path)"))?;
     tracing::info!(paths = ?allowed.roots(), "block devices' backing files and sockets are confined to these paths");
     let tls = TlsServer::load(&config.tls).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    if let Some(peer_addr) = config.peer_listen
+        && tls.is_none()
+        && !peer_addr.ip().is_loopback()
+        && !config.insecure_plain_tcp
+    {
+        anyhow::bail!(
+            "--peer-listen {peer_addr} is beyond loopback and this host has no TLS: peers' pages and tokens would cross the \
+             network in clear text; give --tls-cert and --tls-key (peers then use tmems://), or --insecure-plain-tcp"
+        );
+    }
     match &tls {
         Some(tls) => tracing::info!(offers = tls.summary(), "TLS configured: TCP NBD exports require it"),
         None => {
             tracing::info!("no TLS configured (--tls-cert/--tls-key, --tls-psk): TCP NBD exports need insecure_no_tls")
         }
     }
-    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed, tls));
+    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed, tls.clone()));
     // The declared pools and devices, after the catalog's (which may already hold them).
     let (created, attached) = crate::declared::apply(&devices, &config.declared)?;
     if created + attached > 0 {
@@ -160,15 +184,17 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     let peers = match peer_listener {
         Some(peer_listener) => {
             let peer_addr = peer_listener.local_addr()?;
-            if !peer_addr.ip().is_loopback() {
-                tracing::warn!(%peer_addr, "the peer listener is beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
+            if tls.is_none() && !peer_addr.ip().is_loopback() {
+                tracing::warn!(%peer_addr, "INSECURE: the peer listener is beyond loopback without TLS (--insecure-plain-tcp): pages and peer tokens cross the network in clear text");
             }
-            tracing::info!(%peer_addr, "peer listener: other hosts' remote stores may keep pages here");
+            let scheme = if tls.is_some() { "tmems" } else { "tmem" };
+            tracing::info!(%peer_addr, "peer listener: other hosts' remote stores may keep pages here ({scheme}://{peer_addr}/POOL)");
             Some(tokio::spawn(crate::peer::serve_peers(
                 host.clone(),
                 token.clone(),
                 peer_listener,
                 config.limits.peer,
+                tls.clone(),
                 until_stopped(),
             )))
         }

@@ -1,9 +1,15 @@
-//! TLS for the host's TCP listeners, with OpenSSL: the host's identity (`tmem serve
+//! TLS for the host's TCP listeners and connections, with OpenSSL: the host's identity (`tmem serve
 //! --tls-cert/--tls-key`, an X.509 certificate chain and its key, PEM), the client
 //! certificates it asks for (`--tls-client-ca`: clients must present a certificate that CA signed),
 //! and pre-shared keys (`--tls-psk`: a psktool file of `username:hexkey` lines, as nbdkit's
 //! `--tls-psk`). OpenSSL because it has external PSK (`SSL_CTX_set_psk_server_callback`, TLS
 //! 1.2 and 1.3), which rustls has not: libnbd, QEMU and nbdkit all speak TLS-PSK.
+//!
+//! The client side, [`TlsClient`], is one per process ([`client`]; set by `tmem serve` with
+//! [`set_client`] before any pool is restored): what the `network` capability uses for a
+//! plugin's connections to `tmems://` and `rediss://` endpoints (`plugin/net.rs`) — it trusts
+//! the system's CAs and `--tls-ca`, checks the server's name, and presents the host's own
+//! certificate when a server asks for one.
 //!
 //! [`TlsServer`] is what a listener holds: one context, shared by every connection; a
 //! connection's TLS session is made by [`TlsServer::accept`] over its socket. Record
@@ -23,10 +29,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream, SslVerifyMode, SslVersion};
+use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode, SslVersion};
 
-/// A TLS session over a stream `S` (the server side, once [`TlsServer::accept`] made it).
+/// A TLS session over a stream `S` (made by [`TlsServer::accept`] or [`TlsClient::connect`]).
 pub type TlsStream<S> = SslStream<S>;
+
+/// A TLS session over a tokio stream `S` (made by [`TlsServer::accept_async`]).
+pub type AsyncTlsStream<S> = tokio_openssl::SslStream<S>;
 
 /// The files a host's TLS is made of (all `None`: no TLS).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +49,9 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
     /// Pre-shared keys: `username:hexkey` lines (psktool's format).
     pub psk: Option<PathBuf>,
+    /// CA certificates (PEM) the host trusts, besides the system's, for the servers it
+    /// connects to (`tmems://` peers, `rediss://` Redis).
+    pub ca: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -309,6 +321,18 @@ impl TlsServer {
         &self.summary
     }
 
+    /// Runs the server side of a TLS handshake over a tokio `stream` (the caller bounds it).
+    pub async fn accept_async<S>(&self, stream: S) -> Result<AsyncTlsStream<S>, TlsError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let handshake = |e: &dyn std::fmt::Display| TlsError::Handshake(e.to_string());
+        let ssl = Ssl::new(self.acceptor.context()).map_err(|e| handshake(&e))?;
+        let mut stream = tokio_openssl::SslStream::new(ssl, stream).map_err(|e| handshake(&e))?;
+        std::pin::Pin::new(&mut stream).accept().await.map_err(|e| handshake(&e))?;
+        Ok(stream)
+    }
+
     /// Runs the server side of a TLS handshake over `stream` (its deadline is the socket's
     /// timeouts, set by the caller).
     pub fn accept<S: Read + Write>(&self, stream: S) -> Result<SslStream<S>, TlsError> {
@@ -318,6 +342,90 @@ impl TlsServer {
             HandshakeError::Failure(m) | HandshakeError::WouldBlock(m) => TlsError::Handshake(m.error().to_string()),
         })
     }
+}
+
+// ----- the client side -----
+
+/// The host's TLS client: what its outgoing connections trust and present.
+pub struct TlsClient {
+    connector: SslConnector,
+    /// Remote stores may reach plain `tmem://` and `redis://` endpoints beyond loopback
+    /// (`tmem serve --insecure-plain-tcp`).
+    allow_plain_remote: bool,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").field("allow_plain_remote", &self.allow_plain_remote).finish()
+    }
+}
+
+static CLIENT: std::sync::OnceLock<Arc<TlsClient>> = std::sync::OnceLock::new();
+
+impl TlsClient {
+    /// The client of `files`: the system's CAs and `files.ca` trusted, `files.cert`/`key`
+    /// presented when a server asks for a certificate.
+    pub fn new(files: &TlsFiles, allow_plain_remote: bool) -> Result<TlsClient, TlsError> {
+        route_allocations();
+        let mut builder =
+            SslConnector::builder(SslMethod::tls_client()).map_err(openssl("cannot create a TLS client context"))?;
+        builder.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(openssl("TLS versions"))?;
+        if let Some(ca) = &files.ca {
+            builder.set_ca_file(ca).map_err(openssl(format!("cannot load the CA certificates {}", ca.display())))?;
+        }
+        if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
+            builder
+                .set_certificate_chain_file(cert)
+                .map_err(openssl(format!("cannot load the certificate {}", cert.display())))?;
+            builder
+                .set_private_key_file(key, SslFiletype::PEM)
+                .map_err(openssl(format!("cannot load the private key {}", key.display())))?;
+        }
+        // SAFETY: as in `TlsServer::load`.
+        unsafe {
+            SSL_CTX_ctrl(builder.as_ptr().cast(), SSL_CTRL_CLEAR_MODE, SSL_MODE_RELEASE_BUFFERS, std::ptr::null_mut())
+        };
+        Ok(TlsClient { connector: builder.build(), allow_plain_remote })
+    }
+
+    /// Runs the client side of a TLS handshake with `host` (a name or an IP address, which
+    /// the server's certificate must name) over `stream` (its deadline is the socket's
+    /// timeouts, set by the caller).
+    pub fn connect<S: Read + Write>(&self, host: &str, stream: S) -> Result<TlsStream<S>, TlsError> {
+        use openssl::ssl::HandshakeError;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.connector.connect(host, stream).map_err(|e| match e {
+            HandshakeError::SetupFailure(e) => TlsError::Handshake(e.to_string()),
+            HandshakeError::Failure(m) | HandshakeError::WouldBlock(m) => {
+                let verify = m.ssl().verify_result();
+                if verify == openssl::x509::X509VerifyResult::OK {
+                    TlsError::Handshake(m.error().to_string())
+                } else {
+                    TlsError::Handshake(format!("the server's certificate: {verify}"))
+                }
+            }
+        })
+    }
+
+    /// Whether plain endpoints beyond loopback are allowed.
+    pub fn allows_plain_remote(&self) -> bool {
+        self.allow_plain_remote
+    }
+}
+
+/// Sets the process's TLS client ([`client`]); the first call wins (`false` after).
+pub fn set_client(client: TlsClient) -> bool {
+    CLIENT.set(Arc::new(client)).is_ok()
+}
+
+/// The process's TLS client: what [`set_client`] set, else one that trusts the system's CAs,
+/// presents no certificate and allows no plain endpoint beyond loopback.
+pub fn client() -> Result<Arc<TlsClient>, TlsError> {
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let client = TlsClient::new(&TlsFiles::default(), false)?;
+    Ok(CLIENT.get_or_init(|| Arc::new(client)).clone())
 }
 
 #[cfg(test)]

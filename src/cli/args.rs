@@ -168,6 +168,15 @@ pub struct ServeArgs {
     /// --tls-psk; libnbd's tls-psk-file, QEMU's tls-creds-psk).
     #[arg(long, value_name = "FILE", env = "TMEM_TLS_PSK")]
     pub tls_psk: Option<PathBuf>,
+    /// CA certificates (PEM) this host trusts, besides the system's, for the TLS servers its
+    /// remote stores reach (tmems:// peers, rediss:// Redis).
+    #[arg(long, value_name = "FILE", env = "TMEM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Allow plain TCP beyond loopback where TLS is otherwise required: a --peer-listen
+    /// address without --tls-cert, remote stores' tmem:// and redis:// endpoints. Pages and
+    /// credentials then cross the network in clear text (the host logs a warning).
+    #[arg(long, env = "TMEM_INSECURE_PLAIN_TCP")]
+    pub insecure_plain_tcp: bool,
 }
 
 /// `tmem demo`.
@@ -580,6 +589,8 @@ impl ServeArgs {
             tls_key,
             tls_client_ca,
             tls_psk,
+            tls_ca,
+            insecure_plain_tcp,
         } = self;
         let file = match config {
             Some(path) => ConfigFile::load(&path)?,
@@ -616,7 +627,9 @@ impl ServeArgs {
                 key: tls_key.or(serve.tls_key),
                 client_ca: tls_client_ca.or(serve.tls_client_ca),
                 psk: tls_psk.or(serve.tls_psk),
+                ca: tls_ca.or(serve.tls_ca),
             },
+            insecure_plain_tcp: insecure_plain_tcp || serve.insecure_plain_tcp,
             declared,
         })
     }

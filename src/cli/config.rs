@@ -74,6 +74,11 @@ pub struct ServeSection {
     pub tls_client_ca: Option<PathBuf>,
     /// `--tls-psk`.
     pub tls_psk: Option<PathBuf>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--insecure-plain-tcp`.
+    #[serde(default)]
+    pub insecure_plain_tcp: bool,
 }
 
 /// `[[swap]]`: a ublk device over a pool (`/dev/ublkbN`), to be a swap device.

@@ -29,6 +29,7 @@ mod persistence;
 mod plugin_faults;
 mod plugin_loading;
 mod remote;
+mod remote_tls;
 mod restart;
 mod serve;
 mod systemd;

@@ -14,12 +14,12 @@ use crate::common::{ServeProcess, run, temp_dir};
 const MIB: u64 = 1 << 20;
 
 /// Certificates and keys for one test, under one directory.
-struct Pki {
+pub(crate) struct Pki {
     /// The host's certificate and key.
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
     /// The CA that signed every certificate here.
-    ca_cert: PathBuf,
+    pub(crate) ca_cert: PathBuf,
     /// A client's directory as libnbd and QEMU read it: `ca-cert.pem`, `client-cert.pem`,
     /// `client-key.pem`.
     client_dir: PathBuf,
@@ -37,7 +37,7 @@ fn openssl(args: &[&str]) {
 }
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, a client certificate, and PSK files.
-fn pki(dir: &Path) -> Pki {
+pub(crate) fn pki(dir: &Path) -> Pki {
     let p = |name: &str| dir.join(name).display().to_string();
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut ca = vec!["req", "-x509"];
