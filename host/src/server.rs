@@ -27,6 +27,7 @@ use crate::pool::PoolSpec;
 use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
 use crate::tls::{TlsClient, TlsFiles, TlsServer};
+use crate::unix_access::UnixAccess;
 
 /// Settings of `tmem serve`.
 #[derive(Debug, Clone)]
@@ -63,6 +64,12 @@ pub struct ServeConfig {
     /// The host's TLS for its TCP listeners and connections ([`crate::tls`]; none set: no
     /// TLS, and TCP NBD exports only with `insecure_no_tls`).
     pub tls: TlsFiles,
+    /// Users (names or uids) besides the host's own and root who may connect to its Unix
+    /// sockets (the frontend socket, NBD exports on a socket); with `socket_group`, the group
+    /// the sockets are given to (mode 0660). Empty: sockets are 0600 ([`UnixAccess`]).
+    pub socket_users: Vec<String>,
+    /// The group of the sockets when `socket_users` is set.
+    pub socket_group: Option<String>,
     /// Allow plain TCP beyond loopback where TLS is otherwise required: a peer listener
     /// without TLS, remote stores' `tmem://` and `redis://` endpoints. Logged as a warning.
     pub insecure_plain_tcp: bool,
@@ -136,7 +143,8 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         None => None,
     };
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend::socket::default_socket(&config.data_dir));
-    let frontends = crate::frontend::socket::bind(&socket)?;
+    let access = UnixAccess::new(&config.socket_users, config.socket_group.as_deref())?;
+    let frontends = crate::frontend::socket::bind_with(&socket, &access)?;
     // Block devices sit above the host: restored here, detached before their pool is destroyed.
     let allowed =
         AllowedPaths::new(std::iter::once(config.data_dir.clone()).chain(config.allowed_paths.iter().cloned()))
@@ -159,7 +167,8 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
             tracing::info!("no TLS configured (--tls-cert/--tls-key, --tls-psk): TCP NBD exports need insecure_no_tls")
         }
     }
-    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed, tls.clone()));
+    let devices =
+        Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed, tls.clone(), access.clone()));
     // The declared pools and devices, after the catalog's (which may already hold them).
     let (created, attached) = crate::declared::apply(&devices, &config.declared)?;
     if created + attached > 0 {
@@ -200,12 +209,17 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         }
         None => None,
     };
-    tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
+    if access.is_shared() {
+        tracing::info!(socket = %socket.display(), users = ?config.socket_users, group = ?config.socket_group, "frontend socket listening (mode 0660, the group's; peers checked with SO_PEERCRED)");
+    } else {
+        tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
+    }
     let frontend_task = tokio::spawn(crate::frontend::socket::serve_frontends(
         host.clone(),
         token.clone(),
         frontends,
         config.limits.frontend,
+        access.clone(),
         until_stopped(),
     ));
     tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");

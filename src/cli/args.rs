@@ -49,7 +49,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the host.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a host and a verified workload in a userfaultfd region 4x larger than its
     /// resident limit, over a `[zstd, ram]` pool (needs root for userfaultfd).
     Demo(DemoArgs),
@@ -177,6 +177,17 @@ pub struct ServeArgs {
     /// credentials then cross the network in clear text (the host logs a warning).
     #[arg(long, env = "TMEM_INSECURE_PLAIN_TCP")]
     pub insecure_plain_tcp: bool,
+    /// Users (names or uids) besides the host's own and root who may connect to its Unix
+    /// sockets (the frontend socket, NBD exports on a socket): the sockets then belong to
+    /// --socket-group with mode 0660 and each connection's peer is checked (SO_PEERCRED).
+    /// Without it sockets are mode 0600.
+    #[arg(long, value_name = "USER", value_delimiter = ',', requires = "socket_group", env = "TMEM_SOCKET_USERS")]
+    pub socket_users: Vec<String>,
+    /// The group the Unix sockets belong to with --socket-users (its members reach the
+    /// socket file; only the listed users are served). Put the sockets in a directory the
+    /// group can enter.
+    #[arg(long, value_name = "GROUP", requires = "socket_users", env = "TMEM_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
 }
 
 /// `tmem demo`.
@@ -591,6 +602,8 @@ impl ServeArgs {
             tls_psk,
             tls_ca,
             insecure_plain_tcp,
+            socket_users,
+            socket_group,
         } = self;
         let file = match config {
             Some(path) => ConfigFile::load(&path)?,
@@ -630,6 +643,8 @@ impl ServeArgs {
                 ca: tls_ca.or(serve.tls_ca),
             },
             insecure_plain_tcp: insecure_plain_tcp || serve.insecure_plain_tcp,
+            socket_users: if socket_users.is_empty() { serve.socket_users } else { socket_users },
+            socket_group: socket_group.or(serve.socket_group),
             declared,
         })
     }

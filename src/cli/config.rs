@@ -79,6 +79,11 @@ pub struct ServeSection {
     /// `--insecure-plain-tcp`.
     #[serde(default)]
     pub insecure_plain_tcp: bool,
+    /// `--socket-users`, as a list.
+    #[serde(default)]
+    pub socket_users: Vec<String>,
+    /// `--socket-group`.
+    pub socket_group: Option<String>,
 }
 
 /// `[[swap]]`: a ublk device over a pool (`/dev/ublkbN`), to be a swap device.

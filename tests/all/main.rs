@@ -35,6 +35,7 @@ mod serve;
 mod systemd;
 mod tiers;
 mod tokens;
+mod unix_access;
 
 /// Counts heap allocations per thread, as the `tmem` binary does.
 #[global_allocator]

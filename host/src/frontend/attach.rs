@@ -42,6 +42,7 @@ use crate::host::{Host, HostError};
 use crate::listen::ListenerLimits;
 use crate::pool::Pool;
 use crate::tls::TlsServer;
+use crate::unix_access::UnixAccess;
 
 /// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -198,6 +199,8 @@ pub struct BlockDevices {
     /// The TLS every TCP export requires (`None`: the host has none, and only exports attached
     /// with `insecure_no_tls` may listen on TCP).
     tls: Option<Arc<TlsServer>>,
+    /// Who may connect to exports on a Unix socket.
+    unix_access: UnixAccess,
     attached: Mutex<BTreeMap<String, Arc<Attached>>>,
     /// Serializes attach and detach, so checks and the catalog see one change at a time.
     changes: Mutex<()>,
@@ -359,19 +362,28 @@ impl BlockDevices {
     /// only under the host's data dir (none without one).
     pub fn restore(host: Arc<Host>) -> std::io::Result<BlockDevices> {
         let allowed = AllowedPaths::new(host.data_dir().map(Path::to_path_buf))?;
-        Ok(Self::restore_with(host, ListenerLimits::NBD, allowed, None))
+        Ok(Self::restore_with(host, ListenerLimits::NBD, allowed, None, UnixAccess::private()))
     }
 
     /// [`BlockDevices::restore`], with each NBD export's listener bounded by `nbd_limits`,
-    /// backing files and sockets confined to `allowed`, and TCP exports' TLS `tls`.
+    /// backing files and sockets confined to `allowed`, TCP exports' TLS `tls`, and Unix
+    /// exports' access `unix_access`.
     pub fn restore_with(
         host: Arc<Host>,
         nbd_limits: ListenerLimits,
         allowed: AllowedPaths,
         tls: Option<Arc<TlsServer>>,
+        unix_access: UnixAccess,
     ) -> BlockDevices {
-        let devices =
-            BlockDevices { host, nbd_limits, allowed, tls, attached: Default::default(), changes: Default::default() };
+        let devices = BlockDevices {
+            host,
+            nbd_limits,
+            allowed,
+            tls,
+            unix_access,
+            attached: Default::default(),
+            changes: Default::default(),
+        };
         devices.restore_catalog();
         devices
     }
@@ -496,6 +508,7 @@ impl BlockDevices {
                     name: pool.name().to_string(),
                     description: format!("tmem pool '{}' ({})", pool.name(), pool.chain().describe()),
                     tls: self.tls_of(&request, place)?,
+                    access: self.unix_access.clone(),
                 });
                 let server = NbdServer::start(export, listen, self.nbd_limits).map_err(|e| match e.kind() {
                     std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AlreadyExists => {

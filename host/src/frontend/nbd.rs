@@ -66,7 +66,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +83,7 @@ use super::device::{BlockDevice, BlockError};
 use crate::listen::{Gate, ListenerLimits, Ticket};
 use crate::memory::alloc_count::{IoThread, Role};
 use crate::tls::TlsServer;
+use crate::unix_access::UnixAccess;
 
 pub use tmem_api::nbd::MAX_PAYLOAD;
 
@@ -122,6 +123,8 @@ pub struct Export {
     pub description: String,
     /// TLS, required of every client (`None`: plain).
     pub tls: Option<Arc<TlsServer>>,
+    /// On a Unix socket: its group and mode, and which peers are served.
+    pub access: UnixAccess,
 }
 
 /// The live connections of a server: a handle to shut each down, and its thread.
@@ -233,9 +236,9 @@ impl AsRawFd for Listener {
     }
 }
 
-/// Binds a Unix socket at `path` (mode 0600). A stale socket file (nothing answers) is
-/// replaced; a live one, or a path that is not a socket, is refused.
-fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
+/// Binds a Unix socket at `path` (mode 0600, or as `access` says). A stale socket file
+/// (nothing answers) is replaced; a live one, or a path that is not a socket, is refused.
+fn bind_unix(path: &std::path::Path, access: &UnixAccess) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::new(
@@ -252,7 +255,7 @@ fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    access.apply(path)?;
     Ok(listener)
 }
 
@@ -261,7 +264,7 @@ impl NbdServer {
     /// TCP port 0 is given a free port ([`NbdServer::listen`] says which).
     pub fn start(export: Arc<Export>, listen: &Listen, limits: ListenerLimits) -> io::Result<NbdServer> {
         let (listener, listen) = match listen {
-            Listen::Unix(path) => (Listener::Unix(bind_unix(path)?), Listen::Unix(path.clone())),
+            Listen::Unix(path) => (Listener::Unix(bind_unix(path, &export.access)?), Listen::Unix(path.clone())),
             Listen::Tcp(addr) => {
                 let listener = TcpListener::bind(addr)?;
                 let bound = listener.local_addr()?;
@@ -279,7 +282,16 @@ impl NbdServer {
             let gate = Gate::new(limits, "an NBD connection");
             std::thread::Builder::new().name("tmem-nbd-accept".into()).spawn(move || match &*listener {
                 Listener::Unix(l) => {
-                    accept_loop(export, &gate, &stopping, &connections, &accepted, || l.accept().map(|(s, _)| s))
+                    let access = export.access.clone();
+                    accept_loop(export, &gate, &stopping, &connections, &accepted, || {
+                        loop {
+                            let (s, _) = l.accept()?;
+                            match access.admits_stream(&s) {
+                                Ok(()) => return Ok(s),
+                                Err(why) => tracing::warn!("NBD connection refused: {why}"),
+                            }
+                        }
+                    })
                 }
                 Listener::Tcp(l) => accept_loop(export, &gate, &stopping, &connections, &accepted, || {
                     let (s, _) = l.accept()?;
