@@ -151,6 +151,12 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
             .map_err(|e| anyhow::anyhow!("{e} (--allow-path)"))?;
     tracing::info!(paths = ?allowed.roots(), "block devices' backing files and sockets are confined to these paths");
     let tls = TlsServer::load(&config.tls).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    if config.peer_listen.is_some() && tls.is_some() && config.tls.cert.is_none() {
+        // Remote stores authenticate the peer host by its certificate; they have no PSK.
+        anyhow::bail!(
+            "--peer-listen over TLS needs --tls-cert and --tls-key: remote stores (tmems://) check a certificate"
+        );
+    }
     if let Some(peer_addr) = config.peer_listen
         && tls.is_none()
         && !peer_addr.ip().is_loopback()

@@ -1,7 +1,7 @@
-//! TLS for the host's TCP listeners and connections, with OpenSSL: the host's identity (`tmem serve
-//! --tls-cert/--tls-key`, an X.509 certificate chain and its key, PEM), the client
-//! certificates it asks for (`--tls-client-ca`: clients must present a certificate that CA signed),
-//! and pre-shared keys (`--tls-psk`: a psktool file of `username:hexkey` lines, as nbdkit's
+//! TLS for the host's TCP listeners and connections, with OpenSSL: the host's identity
+//! (`tmem serve --tls-cert/--tls-key`, an X.509 certificate chain and its key, PEM), the
+//! client certificates it asks for (`--tls-client-ca`: clients must present a certificate
+//! that CA signed), and pre-shared keys (`--tls-psk`: a psktool file of `username:hexkey` lines, as nbdkit's
 //! `--tls-psk`). OpenSSL because it has external PSK (`SSL_CTX_set_psk_server_callback`, TLS
 //! 1.2 and 1.3), which rustls has not: libnbd, QEMU and nbdkit all speak TLS-PSK.
 //!
@@ -12,9 +12,11 @@
 //! certificate when a server asks for one.
 //!
 //! [`TlsServer`] is what a listener holds: one context, shared by every connection; a
-//! connection's TLS session is made by [`TlsServer::accept`] over its socket. Record
-//! encryption and decryption work in OpenSSL's per-connection buffers, allocated during the
-//! handshake and kept: the steady state allocates nothing per record.
+//! connection's TLS session is made by [`TlsServer::accept`] over its socket. Records are
+//! encrypted and decrypted in the connection's OpenSSL buffers, allocated during the handshake
+//! and kept (the openssl crate's `SSL_MODE_RELEASE_BUFFERS` is turned off: with it each
+//! record took them again). What OpenSSL 3's record layer still allocates itself — a few
+//! small blocks per record, freed at once — is counted and bounded by `tests/all/io_path.rs`.
 //!
 //! # OpenSSL's memory
 //!
@@ -55,7 +57,7 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Whether any TLS file is given.
+    /// Whether any file of the server side is given (`ca` is the client side's only).
     pub fn is_set(&self) -> bool {
         self.cert.is_some() || self.key.is_some() || self.client_ca.is_some() || self.psk.is_some()
     }

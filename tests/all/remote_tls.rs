@@ -162,4 +162,16 @@ fn plain_tcp_beyond_loopback_needs_the_insecure_flag() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--insecure-plain-tcp"), "{}: {stderr}", out.status);
+
+    // A peer listener over TLS with pre-shared keys only: remote stores check a certificate.
+    let psk = dir.join("keys.psk");
+    std::fs::write(&psk, "alice:00112233445566778899aabbccddeeff\n").unwrap();
+    let out = Command::new("timeout")
+        .args(["30", env!("CARGO_BIN_EXE_tmem"), "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("d"))
+        .args(["--peer-listen", &format!("127.0.0.1:{}", free_port()), "--tls-psk", psk.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs --tls-cert"), "{}: {stderr}", out.status);
 }
