@@ -249,6 +249,8 @@ fn attach_nbd_tls(server: &ServeProcess, dir: &Path, name: &str, psk: &Path) -> 
             .args(["-U", socket.to_str().unwrap(), "-f", "nbd", &format!("hostname={host}"), &format!("port={port}")])
             .args(["tls=require", &format!("tls-psk={}", psk.display()), "tls-username=alice"])
             .stdout(Stdio::null())
+            // It reports each client's connection reset when fio is killed.
+            .stderr(Stdio::null())
             .spawn()
             .expect("nbdkit runs"),
     );

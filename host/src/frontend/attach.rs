@@ -619,7 +619,8 @@ impl BlockDevices {
                 Some(tls) => Ok(Some(tls.clone())),
                 None => Err(AttachError::Invalid(format!(
                     "listen {addr}: a TCP export requires TLS, and this host has none (start `tmem serve` with \
-                     --tls-cert and --tls-key, or --tls-psk); set \"insecure_no_tls\": true to serve it in clear text"
+                     --tls-cert and --tls-key, or --tls-psk); to serve it in clear text, set \"insecure_no_tls\": true \
+                     (tmem pool attach --insecure-no-tls)"
                 ))),
             },
             _ if request.insecure_no_tls => {
