@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building tmem needs on a fresh Debian machine (as root, or with sudo): clang
-# and llvm (zstd's C code for the Wasm plugins) and the wasm32 rustup target. With `--test`,
+# and llvm (zstd's C code for the Wasm plugins), libssl-dev and pkg-config (the host's TLS) and
+# the wasm32 rustup target. With `--test`, the openssl CLI (the TLS tests' certificates),
 # also what the tests run against: redis-server and redis-cli (the remote store's Redis and
 # Redis Cluster tests), Debian's chromium, Node.js and the dashboard's npm packages
 # (playwright-core drives chromium in the dashboard's browser test), and what the guest-kernel
@@ -22,12 +23,17 @@ schemathesis_installed() {
 need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
 command -v llvm-ar >/dev/null || need_apt+=(llvm)
+# OpenSSL, which the host links for TLS (the openssl crate finds it with pkg-config).
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 if [ "${1:-}" = "--test" ]; then
     # The block-device tests' NBD clients: qemu-io and qemu-img, nbdinfo and nbdcopy, fio, nbdkit.
     command -v qemu-io >/dev/null || need_apt+=(qemu-utils)
     command -v nbdcopy >/dev/null || need_apt+=(libnbd-bin)
     command -v fio >/dev/null || need_apt+=(fio)
     command -v nbdkit >/dev/null || need_apt+=(nbdkit)
+    # The TLS tests make their certificates and keys with the openssl CLI.
+    command -v openssl >/dev/null || need_apt+=(openssl)
     command -v redis-server >/dev/null || need_apt+=(redis-server)
     command -v redis-cli >/dev/null || need_apt+=(redis-tools)
     [ -x /usr/bin/chromium ] || need_apt+=(chromium)

@@ -670,14 +670,20 @@ pub struct AttachRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^/.*[^/]$", max_length = 107)]
     pub socket: Option<String>,
-    /// NBD on this TCP address, e.g. `127.0.0.1:10809` (port 0: any free port). NBD has no
-    /// authentication: only loopback addresses unless `allow_remote`.
+    /// NBD on this TCP address, e.g. `127.0.0.1:10809` (port 0: any free port). Clients must
+    /// use TLS (NBD's `STARTTLS`: the host's `--tls-cert`/`--tls-key` certificate or
+    /// `--tls-psk` keys) unless `insecure_no_tls`; only loopback addresses unless
+    /// `allow_remote`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
-    /// Allow a `listen` address beyond loopback (anyone who reaches it can read and write the
-    /// device).
+    /// Allow a `listen` address beyond loopback.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_remote: bool,
+    /// Serve the `listen` address in clear text, without TLS: anyone who reaches it (and,
+    /// beyond loopback, anyone who watches the network) reads and writes the device. Logged
+    /// as a warning whenever the export starts. Only with `listen`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_no_tls: bool,
     /// ublk: the device number N of `/dev/ublkbN` to create; absent: the next free one. (The
     /// host records the number it got, and takes the same device over after a restart.)
     #[serde(default, skip_serializing_if = "Option::is_none")]

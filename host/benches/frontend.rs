@@ -318,6 +318,7 @@ fn main() {
         ApiToken::new(TOKEN),
         listener,
         tmem_host::listen::ListenerLimits::FRONTEND,
+        tmem_host::unix_access::UnixAccess::private(),
         std::future::pending(),
     ));
 

@@ -99,6 +99,7 @@ fn main() {
         ApiToken::new(token),
         listener,
         tmem_host::listen::ListenerLimits::PEER,
+        None,
         std::future::pending(),
     ));
 

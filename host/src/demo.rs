@@ -74,6 +74,10 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         allowed_paths: Vec::new(),
         secrets_key: None,
         declared: Default::default(),
+        tls: Default::default(),
+        insecure_plain_tcp: false,
+        socket_users: Vec::new(),
+        socket_group: None,
     };
     let server = runtime.spawn(async move {
         server::serve(&serve_config, async move {

@@ -33,6 +33,10 @@
 //! - [`wire_io`] — frames of the frontend and peer protocols read from async streams.
 //! - [`listen`] — what every listener shares: a connection cap where the unauthenticated are
 //!   evicted first, handshake deadlines, backing off when descriptors run out.
+//! - [`tls`] — TLS for the TCP listeners and connections (OpenSSL): the host's X.509
+//!   identity, client certificates, pre-shared keys, the client side of remote stores.
+//! - [`unix_access`] — who may connect to the Unix sockets: 0600, or a group and an
+//!   allowed-users list checked with `SO_PEERCRED`.
 
 pub mod bundled;
 pub mod catalog;
@@ -57,6 +61,8 @@ pub mod server;
 pub mod stats;
 pub mod telemetry;
 pub mod tier;
+pub mod tls;
+pub mod unix_access;
 pub mod wire_io;
 pub mod workload;
 

@@ -14,27 +14,36 @@
 //! The listener is bounded like every other ([`crate::listen`]): a cap on connections, where a
 //! connection whose HELLO has not been accepted is evicted first and closed after the
 //! handshake deadline, and a HELLO read with a limit of [`peer::MAX_HELLO_BODY`].
+//!
+//! With the host's TLS ([`crate::tls`], `tmem serve --tls-cert/--tls-key`) every connection
+//! is TLS from its first byte (`tmems://` on the remote store's side): the TLS handshake, then
+//! HELLO inside it, both within the handshake deadline; a plain client's bytes fail the
+//! handshake and it is closed before anything of the protocol is read. Without TLS the
+//! listener must be on loopback, unless `tmem serve --insecure-plain-tcp` (`server.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tmem_api::rest::TokenScope;
 use tmem_api::{peer, wire};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::host::Host;
 use crate::listen::{Evicted, Gate, ListenerLimits, Ticket};
 use crate::pool::{Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
+use crate::tls::TlsServer;
 use crate::wire_io::read_frame;
 
-/// Serves peers on `listener`, within `limits`, until `shutdown` completes.
+/// Serves peers on `listener`, within `limits` (over `tls` when given: then only over TLS),
+/// until `shutdown` completes.
 pub async fn serve_peers(
     host: Arc<Host>,
     token: ApiToken,
     listener: TcpListener,
     limits: ListenerLimits,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let token = Arc::new(token);
@@ -47,9 +56,9 @@ pub async fn serve_peers(
                     // A full listener evicts its oldest connection that has not said HELLO,
                     // or (every one has) closes this one.
                     let Some(admitted) = gate.admit() else { continue };
-                    let (host, token) = (host.clone(), token.clone());
+                    let (host, token, tls) = (host.clone(), token.clone(), tls.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(host, &token, stream, admitted, limits).await {
+                        if let Err(e) = serve_stream(host, &token, stream, tls, admitted, limits).await {
                             tracing::warn!(%from, "peer connection closed: {e}");
                         }
                     });
@@ -62,7 +71,7 @@ pub async fn serve_peers(
 }
 
 async fn send(
-    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    writer: &mut BufWriter<impl AsyncWrite + Unpin>,
     kind: u8,
     id: u32,
     payload: &[u8],
@@ -73,15 +82,44 @@ async fn send(
     writer.flush().await.map_err(|e| e.to_string())
 }
 
-async fn serve_connection(
+/// One connection: plain, or its TLS handshake first (within the handshake deadline, and
+/// given up when the connection is evicted).
+async fn serve_stream(
     host: Arc<Host>,
     token: &ApiToken,
     stream: TcpStream,
-    (mut ticket, mut evicted): (Ticket, Evicted),
+    tls: Option<Arc<TlsServer>>,
+    (ticket, mut evicted): (Ticket, Evicted),
     limits: ListenerLimits,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let Some(tls) = tls else {
+        let (read, write) = stream.into_split();
+        return serve_connection(host, token, read, write, (ticket, evicted), limits).await;
+    };
+    let started = tokio::time::Instant::now();
+    let session = tokio::select! {
+        session = tokio::time::timeout(limits.handshake_timeout, tls.accept_async(stream)) => match session {
+            Ok(session) => session.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("no TLS handshake within {:?}", limits.handshake_timeout)),
+        },
+        () = evicted.wait() => return Err("evicted: the listener is full and this connection had not said HELLO".into()),
+    };
+    // HELLO gets what the TLS handshake left of the deadline.
+    let limits =
+        ListenerLimits { handshake_timeout: limits.handshake_timeout.saturating_sub(started.elapsed()), ..limits };
+    let (read, write) = tokio::io::split(session);
+    serve_connection(host, token, read, write, (ticket, evicted), limits).await
+}
+
+async fn serve_connection(
+    host: Arc<Host>,
+    token: &ApiToken,
+    read: impl AsyncRead + Unpin,
+    write: impl AsyncWrite + Unpin,
+    (mut ticket, mut evicted): (Ticket, Evicted),
+    limits: ListenerLimits,
+) -> Result<(), String> {
     let (mut reader, mut writer) =
         (BufReader::with_capacity(64 << 10, read), BufWriter::with_capacity(64 << 10, write));
     let hello = tokio::select! {

@@ -26,6 +26,8 @@ use crate::memory::governor::GovernorConfig;
 use crate::pool::PoolSpec;
 use crate::rest::AppState;
 use crate::rest::auth::{ApiToken, TOKEN_ENV, TokenSource};
+use crate::tls::{TlsClient, TlsFiles, TlsServer};
+use crate::unix_access::UnixAccess;
 
 /// Settings of `tmem serve`.
 #[derive(Debug, Clone)]
@@ -59,6 +61,18 @@ pub struct ServeConfig {
     /// Pools and block devices to create at start if missing (the config file's
     /// `[[pool]]` and `[[swap]]`: [`crate::declared`]).
     pub declared: Declared,
+    /// The host's TLS for its TCP listeners and connections ([`crate::tls`]; none set: no
+    /// TLS, and TCP NBD exports only with `insecure_no_tls`).
+    pub tls: TlsFiles,
+    /// Users (names or uids) besides the host's own and root who may connect to its Unix
+    /// sockets (the frontend socket, NBD exports on a socket); with `socket_group`, the group
+    /// the sockets are given to (mode 0660). Empty: sockets are 0600 ([`UnixAccess`]).
+    pub socket_users: Vec<String>,
+    /// The group of the sockets when `socket_users` is set.
+    pub socket_group: Option<String>,
+    /// Allow plain TCP beyond loopback where TLS is otherwise required: a peer listener
+    /// without TLS, remote stores' `tmem://` and `redis://` endpoints. Logged as a warning.
+    pub insecure_plain_tcp: bool,
 }
 
 /// Where the secrets key is: as configured, else the systemd credential
@@ -108,6 +122,17 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     if config.mlock {
         crate::frontend::lock_process_memory()?;
     }
+    // The TLS client first: restoring pools checks their remote endpoints against it.
+    let client = TlsClient::new(&config.tls, config.insecure_plain_tcp).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    if !crate::tls::set_client(client) {
+        tracing::warn!("the process's TLS client was set before: --tls-ca and --insecure-plain-tcp may not apply");
+    }
+    if config.insecure_plain_tcp {
+        tracing::warn!(
+            "INSECURE: --insecure-plain-tcp: remote stores may send pages and credentials in clear text beyond loopback, \
+             and a peer listener without TLS may listen beyond it"
+        );
+    }
     let (host, token) = build_host(config)?;
     let bind = |addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
@@ -118,13 +143,38 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         None => None,
     };
     let socket = config.socket.clone().unwrap_or_else(|| crate::frontend::socket::default_socket(&config.data_dir));
-    let frontends = crate::frontend::socket::bind(&socket)?;
+    let access = UnixAccess::new(&config.socket_users, config.socket_group.as_deref())?;
+    let frontends = crate::frontend::socket::bind_with(&socket, &access)?;
     // Block devices sit above the host: restored here, detached before their pool is destroyed.
     let allowed =
         AllowedPaths::new(std::iter::once(config.data_dir.clone()).chain(config.allowed_paths.iter().cloned()))
             .map_err(|e| anyhow::anyhow!("{e} (--allow-path)"))?;
     tracing::info!(paths = ?allowed.roots(), "block devices' backing files and sockets are confined to these paths");
-    let devices = Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed));
+    let tls = TlsServer::load(&config.tls).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    if config.peer_listen.is_some() && tls.is_some() && config.tls.cert.is_none() {
+        // Remote stores authenticate the peer host by its certificate; they have no PSK.
+        anyhow::bail!(
+            "--peer-listen over TLS needs --tls-cert and --tls-key: remote stores (tmems://) check a certificate"
+        );
+    }
+    if let Some(peer_addr) = config.peer_listen
+        && tls.is_none()
+        && !peer_addr.ip().is_loopback()
+        && !config.insecure_plain_tcp
+    {
+        anyhow::bail!(
+            "--peer-listen {peer_addr} is beyond loopback and this host has no TLS: peers' pages and tokens would cross the \
+             network in clear text; give --tls-cert and --tls-key (peers then use tmems://), or --insecure-plain-tcp"
+        );
+    }
+    match &tls {
+        Some(tls) => tracing::info!(offers = tls.summary(), "TLS configured: TCP NBD exports require it"),
+        None => {
+            tracing::info!("no TLS configured (--tls-cert/--tls-key, --tls-psk): TCP NBD exports need insecure_no_tls")
+        }
+    }
+    let devices =
+        Arc::new(BlockDevices::restore_with(host.clone(), config.limits.nbd, allowed, tls.clone(), access.clone()));
     // The declared pools and devices, after the catalog's (which may already hold them).
     let (created, attached) = crate::declared::apply(&devices, &config.declared)?;
     if created + attached > 0 {
@@ -149,26 +199,33 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     let peers = match peer_listener {
         Some(peer_listener) => {
             let peer_addr = peer_listener.local_addr()?;
-            if !peer_addr.ip().is_loopback() {
-                tracing::warn!(%peer_addr, "the peer listener is beyond loopback; peers authenticate with the API token, the traffic is not encrypted");
+            if tls.is_none() && !peer_addr.ip().is_loopback() {
+                tracing::warn!(%peer_addr, "INSECURE: the peer listener is beyond loopback without TLS (--insecure-plain-tcp): pages and peer tokens cross the network in clear text");
             }
-            tracing::info!(%peer_addr, "peer listener: other hosts' remote stores may keep pages here");
+            let scheme = if tls.is_some() { "tmems" } else { "tmem" };
+            tracing::info!(%peer_addr, "peer listener: other hosts' remote stores may keep pages here ({scheme}://{peer_addr}/POOL)");
             Some(tokio::spawn(crate::peer::serve_peers(
                 host.clone(),
                 token.clone(),
                 peer_listener,
                 config.limits.peer,
+                tls.clone(),
                 until_stopped(),
             )))
         }
         None => None,
     };
-    tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
+    if access.is_shared() {
+        tracing::info!(socket = %socket.display(), users = ?config.socket_users, group = ?config.socket_group, "frontend socket listening (mode 0660, the group's; peers checked with SO_PEERCRED)");
+    } else {
+        tracing::info!(socket = %socket.display(), "frontend socket listening (mode 0600)");
+    }
     let frontend_task = tokio::spawn(crate::frontend::socket::serve_frontends(
         host.clone(),
         token.clone(),
         frontends,
         config.limits.frontend,
+        access.clone(),
         until_stopped(),
     ));
     tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");

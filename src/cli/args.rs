@@ -17,6 +17,7 @@ use tmem_host::demo::DemoConfig;
 use tmem_host::listen::ServeLimits;
 use tmem_host::memory::governor::{GovernorConfig, Reserve};
 use tmem_host::server::ServeConfig;
+use tmem_host::tls::TlsFiles;
 
 use super::config::{ConfigError, ConfigFile};
 
@@ -50,7 +51,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the host.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a host and a verified workload in a userfaultfd region 4x larger than its
     /// resident limit, over a `[zstd, ram]` pool (needs root for userfaultfd).
     Demo(DemoArgs),
@@ -155,6 +156,40 @@ pub struct ServeArgs {
     /// credential tmem-secrets.key if the service has one, else DATA_DIR.key beside the data dir].
     #[arg(long, value_name = "PATH", env = "TMEM_SECRETS_KEY")]
     pub secrets_key: Option<PathBuf>,
+    /// The host's TLS certificate chain (PEM, leaf first) for its TCP listeners: NBD exports
+    /// over TCP require TLS (NBD STARTTLS), with this certificate or --tls-psk keys.
+    #[arg(long, value_name = "FILE", requires = "tls_key", env = "TMEM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "TMEM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): TLS clients must present a certificate one of them signed.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", env = "TMEM_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Pre-shared keys for TLS-PSK: a psktool file, `username:hexkey` per line (as nbdkit's
+    /// --tls-psk; libnbd's tls-psk-file, QEMU's tls-creds-psk).
+    #[arg(long, value_name = "FILE", env = "TMEM_TLS_PSK")]
+    pub tls_psk: Option<PathBuf>,
+    /// CA certificates (PEM) this host trusts, besides the system's, for the TLS servers its
+    /// remote stores reach (tmems:// peers, rediss:// Redis).
+    #[arg(long, value_name = "FILE", env = "TMEM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Allow plain TCP beyond loopback where TLS is otherwise required: a --peer-listen
+    /// address without --tls-cert, remote stores' tmem:// and redis:// endpoints. Pages and
+    /// credentials then cross the network in clear text (the host logs a warning).
+    #[arg(long, env = "TMEM_INSECURE_PLAIN_TCP")]
+    pub insecure_plain_tcp: bool,
+    /// Users (names or uids) besides the host's own and root who may connect to its Unix
+    /// sockets (the frontend socket, NBD exports on a socket): the sockets then belong to
+    /// --socket-group with mode 0660 and each connection's peer is checked (SO_PEERCRED).
+    /// Without it sockets are mode 0600.
+    #[arg(long, value_name = "USER", value_delimiter = ',', requires = "socket_group", env = "TMEM_SOCKET_USERS")]
+    pub socket_users: Vec<String>,
+    /// The group the Unix sockets belong to with --socket-users (its members reach the
+    /// socket file; only the listed users are served). Put the sockets in a directory the
+    /// group can enter.
+    #[arg(long, value_name = "GROUP", requires = "socket_users", env = "TMEM_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
 }
 
 /// `tmem demo`.
@@ -326,11 +361,17 @@ pub struct PoolAttachArgs {
     #[arg(long, value_name = "PATH")]
     pub nbd_socket: Option<PathBuf>,
     /// Serve NBD on this TCP address, e.g. 127.0.0.1:10809 (loopback unless --allow-remote).
+    /// Clients must use TLS: the host needs --tls-cert/--tls-key or --tls-psk, unless
+    /// --insecure-no-tls.
     #[arg(long, value_name = "ADDR")]
     pub nbd_listen: Option<String>,
-    /// Accept a --nbd-listen address beyond loopback (NBD has no authentication).
-    #[arg(long)]
+    /// Accept a --nbd-listen address beyond loopback.
+    #[arg(long, requires = "nbd_listen")]
     pub allow_remote: bool,
+    /// Serve --nbd-listen in clear text, without TLS: anyone who reaches the address, or
+    /// watches the network, reads and writes the device (the host logs a warning).
+    #[arg(long, requires = "nbd_listen")]
+    pub insecure_no_tls: bool,
     /// The device size, a multiple of the pool's page size, e.g. `1G`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub size: u64,
@@ -562,6 +603,14 @@ impl ServeArgs {
             handshake_timeout,
             allow_path,
             secrets_key,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_psk,
+            tls_ca,
+            insecure_plain_tcp,
+            socket_users,
+            socket_group,
         } = self;
         let file = match config {
             Some(path) => ConfigFile::load(&path)?,
@@ -593,6 +642,16 @@ impl ServeArgs {
             ),
             allowed_paths: serve.allow_path.into_iter().chain(allow_path).collect(),
             secrets_key: secrets_key.or(serve.secrets_key),
+            tls: TlsFiles {
+                cert: tls_cert.or(serve.tls_cert),
+                key: tls_key.or(serve.tls_key),
+                client_ca: tls_client_ca.or(serve.tls_client_ca),
+                psk: tls_psk.or(serve.tls_psk),
+                ca: tls_ca.or(serve.tls_ca),
+            },
+            insecure_plain_tcp: insecure_plain_tcp || serve.insecure_plain_tcp,
+            socket_users: if socket_users.is_empty() { serve.socket_users } else { socket_users },
+            socket_group: socket_group.or(serve.socket_group),
             declared,
         })
     }
@@ -644,6 +703,7 @@ impl PoolAttachArgs {
             socket: self.nbd_socket.map(|p| p.display().to_string()),
             listen: self.nbd_listen,
             allow_remote: self.allow_remote,
+            insecure_no_tls: self.insecure_no_tls,
             ublk_id: self.ublk_id,
         }
     }

@@ -66,6 +66,24 @@ pub struct ServeSection {
     pub allow_path: Vec<PathBuf>,
     /// `--secrets-key`.
     pub secrets_key: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--tls-psk`.
+    pub tls_psk: Option<PathBuf>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--insecure-plain-tcp`.
+    #[serde(default)]
+    pub insecure_plain_tcp: bool,
+    /// `--socket-users`, as a list.
+    #[serde(default)]
+    pub socket_users: Vec<String>,
+    /// `--socket-group`.
+    pub socket_group: Option<String>,
 }
 
 /// `[[swap]]`: a ublk device over a pool (`/dev/ublkbN`), to be a swap device.
@@ -134,6 +152,7 @@ impl ConfigFile {
                         socket: None,
                         listen: None,
                         allow_remote: false,
+                        insecure_no_tls: false,
                         ublk_id: s.ublk_id,
                     },
                 })

@@ -56,6 +56,7 @@ const CONTAINED: &[(&str, &[&str], &str)] = &[
         "sled is the persistence, page store and catalog's business",
     ),
     ("libublk", &["host/src/frontend/ublk.rs"], "only the ublk transport talks to the ublk driver"),
+    ("openssl", &["host/src/tls.rs"], "TLS is set up in one place; listeners use its types"),
     ("clap", &["src/"], "the command line lives in the root binary; the libraries take plain config structs"),
 ];
 

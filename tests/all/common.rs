@@ -49,6 +49,7 @@ fn memory_server() -> &'static MemoryServer {
             token,
             listener,
             tmem_host::listen::ListenerLimits::PEER,
+            None,
             std::future::pending(),
         ));
         MemoryServer { host, address }

@@ -85,6 +85,7 @@ fn a_lowered_target_refuses_stores_shrinks_and_demotes_and_a_raise_lets_stores_i
         tmem_host::rest::auth::ApiToken::new(TOKEN),
         listener,
         tmem_host::listen::ListenerLimits::FRONTEND,
+        tmem_host::unix_access::UnixAccess::private(),
         std::future::pending(),
     ));
     let pool = host.create_pool_from(&PoolConfig::new("p", vec![BackendRequest::new("ram")])).expect("pool p");

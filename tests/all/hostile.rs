@@ -606,7 +606,8 @@ fn a_store_whose_endpoint_resolves_slowly_or_never_is_bounded_by_its_deadline() 
     spec.canary_stores = 0;
     spec.sandbox.call_timeout = std::time::Duration::from_millis(200);
     let backend = BackendSpec {
-        config: serde_json::json!({"endpoints": [format!("tmem://{name}/x")], "timeout_ms": 100}),
+        // TLS (a plain endpoint beyond loopback is refused); the name is resolved before it.
+        config: serde_json::json!({"endpoints": [format!("tmems://{name}/x")], "timeout_ms": 100}),
         grants: vec!["network".into()],
         ..BackendSpec::new("slowdns")
     };

@@ -275,6 +275,8 @@ fn nbd_flood(tcp: bool) {
         socket: (!tcp).then(|| dir.join("nbd.sock").display().to_string()),
         listen: tcp.then(|| "127.0.0.1:0".to_string()),
         allow_remote: false,
+        // The hand-written client here speaks plain NBD: the bounds are what is tested.
+        insecure_no_tls: tcp,
         ublk_id: None,
     };
     let attached = client.attach_frontend("p", &request).unwrap();

@@ -22,17 +22,20 @@ mod listeners;
 mod lz4;
 mod memory;
 mod nbd;
+mod nbd_tls;
 mod openapi_fuzz;
 mod peer;
 mod persistence;
 mod plugin_faults;
 mod plugin_loading;
 mod remote;
+mod remote_tls;
 mod restart;
 mod serve;
 mod systemd;
 mod tiers;
 mod tokens;
+mod unix_access;
 
 /// Counts heap allocations per thread, as the `tmem` binary does.
 #[global_allocator]

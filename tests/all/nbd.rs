@@ -101,6 +101,7 @@ fn unix_request(dir: &Path, size: u64) -> AttachRequest {
         socket: Some(dir.join("nbd.sock").display().to_string()),
         listen: None,
         allow_remote: false,
+        insecure_no_tls: false,
         ublk_id: None,
     }
 }
@@ -522,6 +523,10 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
         (AttachRequest { listen: Some("127.0.0.1:0".into()), ..good.clone() }, 400, "invalid_frontend"),
         (AttachRequest { socket: None, listen: Some("0.0.0.0:0".into()), ..good.clone() }, 400, "invalid_frontend"),
         (AttachRequest { socket: None, listen: Some("localhost".into()), ..good.clone() }, 400, "invalid_frontend"),
+        // TCP needs TLS, and this host has none: only with the insecure flag; which means
+        // nothing on a Unix socket.
+        (AttachRequest { socket: None, listen: Some("127.0.0.1:0".into()), ..good.clone() }, 400, "invalid_frontend"),
+        (AttachRequest { insecure_no_tls: true, ..good.clone() }, 400, "invalid_frontend"),
         (AttachRequest { kind: FrontendKind::Ublk, ..good.clone() }, 400, "invalid_frontend"),
         (AttachRequest { ublk_id: Some(3), ..good.clone() }, 400, "invalid_frontend"),
     ];
@@ -571,11 +576,13 @@ fn attach_checks_its_request_lists_the_device_and_detach_stops_it() {
     assert_eq!(api_error(client.attach_frontend("other", &same_backing)), (409, "backing_in_use".into()));
     let same_socket = AttachRequest { backing: dir.join("other.img").display().to_string(), ..good.clone() };
     assert_eq!(api_error(client.attach_frontend("other", &same_socket)), (409, "address_in_use".into()));
-    // A TCP device on a free loopback port, served alongside.
+    // A plain TCP device on a free loopback port (the insecure flag: this host has no TLS),
+    // served alongside.
     let tcp = AttachRequest {
         backing: dir.join("tcp.img").display().to_string(),
         socket: None,
         listen: Some("127.0.0.1:0".into()),
+        insecure_no_tls: true,
         ..good.clone()
     };
     let tcp = client.attach_frontend("other", &tcp).unwrap();
@@ -639,6 +646,7 @@ fn a_device_whose_listening_address_cannot_be_reached_still_detaches_and_shuts_d
         backing: dir.join(format!("{name}.img")).display().to_string(),
         socket: None,
         listen: Some(listen.into()),
+        insecure_no_tls: true,
         ..unix_request(&dir, 8 * MIB)
     };
     // 127.255.255.255 is loopback and binds, but a connection to it is ENETUNREACH.

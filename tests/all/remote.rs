@@ -26,12 +26,12 @@ pub fn remote_pool(name: &str, endpoints: &[String], token: &str) -> PoolConfig 
     config
 }
 
-fn counter(client: &Client, pool: &str, name: &str) -> u64 {
+pub(crate) fn counter(client: &Client, pool: &str, name: &str) -> u64 {
     client.pool(pool).unwrap().counters[name]
 }
 
 /// Stores, reads back, overwrites and invalidates through `pool` on `client`.
-fn round_trips(client: &Client, pool: &str, pages: u64) {
+pub(crate) fn round_trips(client: &Client, pool: &str, pages: u64) {
     for offset in 0..pages {
         let r = client.put_page(pool, offset, &tagged_page(offset)).unwrap();
         assert_eq!(r.outcome, "stored", "offset {offset}: {r:?}");

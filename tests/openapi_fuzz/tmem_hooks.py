@@ -115,6 +115,7 @@ STATE_DEPENDENT = {
             r"is not a loopback address",  # an address's kind, with allow_remote false
             r"is not an IP address and port",  # an IPv6 text the pattern lets through
             r"^cannot listen on",  # the machine's addresses
+            r"a TCP export requires TLS, and this host has none",  # the host's TLS (tmem serve --tls-*)
         ],
         # The machine's kernel has no ublk driver.
         "unsupported_frontend": [r"ublk"],

@@ -8,8 +8,10 @@
 //!   device's page `p` is the pool's offset `p`.
 //! - A backing file and a socket path serve one device at a time (the backing file is also
 //!   `flock`ed, so another process cannot share it either).
-//! - NBD has no authentication: a Unix socket is mode 0600, and a TCP address must be
-//!   loopback unless the request says `allow_remote`.
+//! - A Unix socket is mode 0600. A TCP export **requires TLS** (NBD's `STARTTLS`, with the
+//!   host's `tmem serve --tls-cert/--tls-key` or `--tls-psk`: [`crate::tls`]); a plain one is
+//!   served only when the request says `insecure_no_tls`, with a warning in the log each time
+//!   it starts. A TCP address must also be loopback unless the request says `allow_remote`.
 //! - **Paths are confined** ([`AllowedPaths`]): a backing file and a socket path must lie under
 //!   a path the operator allows (`tmem serve --allow-path`; the data dir always), checked after
 //!   symlinks are resolved, at attach and again at restore. The API token alone cannot make the
@@ -39,6 +41,8 @@ use crate::catalog::{CatalogError, FrontendRecord};
 use crate::host::{Host, HostError};
 use crate::listen::ListenerLimits;
 use crate::pool::Pool;
+use crate::tls::TlsServer;
+use crate::unix_access::UnixAccess;
 
 /// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -192,6 +196,11 @@ pub struct BlockDevices {
     nbd_limits: ListenerLimits,
     /// Where backing files and sockets may be.
     allowed: AllowedPaths,
+    /// The TLS every TCP export requires (`None`: the host has none, and only exports attached
+    /// with `insecure_no_tls` may listen on TCP).
+    tls: Option<Arc<TlsServer>>,
+    /// Who may connect to exports on a Unix socket.
+    unix_access: UnixAccess,
     attached: Mutex<BTreeMap<String, Arc<Attached>>>,
     /// Serializes attach and detach, so checks and the catalog see one change at a time.
     changes: Mutex<()>,
@@ -353,14 +362,28 @@ impl BlockDevices {
     /// only under the host's data dir (none without one).
     pub fn restore(host: Arc<Host>) -> std::io::Result<BlockDevices> {
         let allowed = AllowedPaths::new(host.data_dir().map(Path::to_path_buf))?;
-        Ok(Self::restore_with(host, ListenerLimits::NBD, allowed))
+        Ok(Self::restore_with(host, ListenerLimits::NBD, allowed, None, UnixAccess::private()))
     }
 
-    /// [`BlockDevices::restore`], with each NBD export's listener bounded by `nbd_limits` and
-    /// backing files and sockets confined to `allowed`.
-    pub fn restore_with(host: Arc<Host>, nbd_limits: ListenerLimits, allowed: AllowedPaths) -> BlockDevices {
-        let devices =
-            BlockDevices { host, nbd_limits, allowed, attached: Default::default(), changes: Default::default() };
+    /// [`BlockDevices::restore`], with each NBD export's listener bounded by `nbd_limits`,
+    /// backing files and sockets confined to `allowed`, TCP exports' TLS `tls`, and Unix
+    /// exports' access `unix_access`.
+    pub fn restore_with(
+        host: Arc<Host>,
+        nbd_limits: ListenerLimits,
+        allowed: AllowedPaths,
+        tls: Option<Arc<TlsServer>>,
+        unix_access: UnixAccess,
+    ) -> BlockDevices {
+        let devices = BlockDevices {
+            host,
+            nbd_limits,
+            allowed,
+            tls,
+            unix_access,
+            attached: Default::default(),
+            changes: Default::default(),
+        };
         devices.restore_catalog();
         devices
     }
@@ -386,6 +409,7 @@ impl BlockDevices {
 
         let backing = self.allowed.check(&request.backing, "backing")?;
         let place = place_of(request, &self.allowed)?;
+        self.tls_of(request, &place)?;
         {
             let attached = self.attached.lock();
             for other in attached.values() {
@@ -483,6 +507,8 @@ impl BlockDevices {
                     device: device.clone(),
                     name: pool.name().to_string(),
                     description: format!("tmem pool '{}' ({})", pool.name(), pool.chain().describe()),
+                    tls: self.tls_of(&request, place)?,
+                    access: self.unix_access.clone(),
                 });
                 let server = NbdServer::start(export, listen, self.nbd_limits).map_err(|e| match e.kind() {
                     std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AlreadyExists => {
@@ -492,6 +518,14 @@ impl BlockDevices {
                 })?;
                 if let Listen::Tcp(addr) = server.listen() {
                     request.listen = Some(addr.to_string());
+                    if request.insecure_no_tls {
+                        tracing::warn!(
+                            pool = %pool.name(),
+                            %addr,
+                            "INSECURE: this NBD export is plain TCP (insecure_no_tls): anyone who can reach it or watch \
+                             the network reads and writes the device's pages, swapped memory in clear text"
+                        );
+                    }
                 }
                 let uri = server.uri();
                 (Transport::Nbd(server), uri)
@@ -575,10 +609,32 @@ impl BlockDevices {
         }
     }
 
+    /// The TLS an export at `place` requires: the host's for TCP, none for a Unix socket or a
+    /// TCP export attached with `insecure_no_tls` (logged loudly when served); a TCP export without TLS
+    /// when the host has none, or `insecure_no_tls` where it means nothing, is refused.
+    fn tls_of(&self, request: &AttachRequest, place: &Place) -> Result<Option<Arc<TlsServer>>, AttachError> {
+        match place {
+            Place::Nbd(Listen::Tcp(_)) if request.insecure_no_tls => Ok(None),
+            Place::Nbd(Listen::Tcp(addr)) => match &self.tls {
+                Some(tls) => Ok(Some(tls.clone())),
+                None => Err(AttachError::Invalid(format!(
+                    "listen {addr}: a TCP export requires TLS, and this host has none (start `tmem serve` with \
+                     --tls-cert and --tls-key, or --tls-psk); to serve it in clear text, set \"insecure_no_tls\": true \
+                     (tmem pool attach --insecure-no-tls)"
+                ))),
+            },
+            _ if request.insecure_no_tls => {
+                Err(AttachError::Invalid("insecure_no_tls applies to a TCP export (\"listen\") only".into()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn resume(&self, record: &FrontendRecord) -> Result<Arc<Attached>, AttachError> {
         let pool = self.host.pool(&record.pool)?;
         let backing = self.allowed.check(&record.request.backing, "backing")?;
         let place = place_of(&record.request, &self.allowed)?;
+        self.tls_of(&record.request, &place)?;
         let start = if pool.is_persistent() {
             Start::Resume
         } else {

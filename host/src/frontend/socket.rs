@@ -21,7 +21,6 @@
 //! shrink asking it wait, then give up, instead of growing the host's memory.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -42,6 +41,7 @@ use crate::listen::{Gate, ListenerLimits};
 use crate::memory::alloc_count::{self, Role};
 use crate::pool::{LoadOutcome, OpError, Pool, StoreOutcome};
 use crate::rest::auth::ApiToken;
+use crate::unix_access::UnixAccess;
 use crate::wire_io::{read_frame, read_frame_into};
 
 /// How long the host waits for a frontend to take pages back before giving up on it.
@@ -60,6 +60,11 @@ pub fn default_socket(data_dir: &Path) -> PathBuf {
 /// Binds the socket (replacing a stale socket from an earlier run) with mode 0600. Anything
 /// else at the path is left alone: the host refuses to start rather than delete a file.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    bind_with(path, &UnixAccess::private())
+}
+
+/// [`bind`], the socket's group and mode as `access` says.
+pub fn bind_with(path: &Path, access: &UnixAccess) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -72,7 +77,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("cannot bind the frontend socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    access.apply(path).map_err(|e| anyhow::anyhow!("cannot set the frontend socket's owner and mode: {e}"))?;
     Ok(listener)
 }
 
@@ -181,12 +186,14 @@ impl Frontend for SocketFrontend {
     }
 }
 
-/// Serves frontends on `listener`, within `limits`, until `shutdown` completes.
+/// Serves frontends on `listener`, within `limits`, to the peers `access` admits, until
+/// `shutdown` completes.
 pub async fn serve_frontends(
     host: Arc<Host>,
     token: ApiToken,
     listener: UnixListener,
     limits: ListenerLimits,
+    access: UnixAccess,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let gate = Gate::new(limits, "a frontend connection");
@@ -200,6 +207,10 @@ pub async fn serve_frontends(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if let Err(why) = access.admits_stream(&stream) {
+                        tracing::warn!("frontend connection refused: {why}");
+                        continue;
+                    }
                     // A full listener evicts its oldest connection that has not attached, or
                     // (every one attached) closes this one.
                     let Some(admitted) = gate.admit() else { continue };

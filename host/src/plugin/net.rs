@@ -7,6 +7,16 @@
 //! `endpoints` (URLs `scheme://host:port[,host:port…][/path]`; every `host:port` is granted)
 //! and `timeout_ms`. A connect to any other address is refused with `net::DENIED` — compared
 //! as text, so a plugin cannot reach an address by another spelling or through DNS games.
+//!
+//! # TLS
+//!
+//! An endpoint of a TLS scheme (`tmems://`, `rediss://`, `rediss-cluster://`) grants
+//! its addresses *over TLS only*: the host makes the TLS session itself when the plugin
+//! connects ([`crate::tls::client`]: the system's CAs and `tmem serve --tls-ca`, the server's
+//! name checked), and the plugin reads and writes clear bytes through it — it never sees a
+//! key and cannot send around the session. An address listed both ways gets TLS. A plain
+//! endpoint (`tmem://`, `redis://`) beyond loopback is refused unless the host runs with
+//! `--insecure-plain-tcp`: pages and credentials do not cross a network in clear text.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -14,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tmem_api::abi::net as code;
+
+use crate::tls::{TlsClient, TlsStream};
 
 /// The default of `timeout_ms` when a plugin's config has none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -25,6 +37,8 @@ pub const MAX_TIMEOUT_MS: u64 = 60_000;
 pub struct NetPolicy {
     /// `host:port` texts the plugin may connect to.
     pub allowed: Vec<String>,
+    /// Those of them reached over TLS only.
+    pub tls: Vec<String>,
     /// Bound of every connect, send and receive.
     pub timeout: Duration,
 }
@@ -59,6 +73,34 @@ pub enum NetConfigError {
     /// `timeout_ms` is not a number from 1 to [`MAX_TIMEOUT_MS`].
     #[error("plugin '{0}': timeout_ms must be from 1 to 60000")]
     BadTimeout(String),
+    /// A plain endpoint beyond loopback, on a host that does not allow it.
+    #[error(
+        "endpoint {url:?} of plugin '{plugin}' is plain text beyond loopback: use TLS (tmems://, rediss://, \
+         rediss-cluster://), or start `tmem serve` with --insecure-plain-tcp to send pages and credentials in clear"
+    )]
+    PlainRemote {
+        /// The plugin.
+        plugin: String,
+        /// The endpoint as given.
+        url: String,
+    },
+    /// The host's TLS client could not be set up.
+    #[error("plugin '{plugin}': TLS: {message}")]
+    Tls {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The schemes whose endpoints are reached over TLS only.
+const TLS_SCHEMES: [&str; 3] = ["tmems", "rediss", "rediss-cluster"];
+
+/// Whether `host` (of `host:port`) is a loopback address or `localhost`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl NetPolicy {
@@ -69,11 +111,14 @@ impl NetPolicy {
             .and_then(Value::as_array)
             .ok_or_else(|| NetConfigError::NoEndpointsKey(plugin.into()))?;
         let mut allowed = Vec::new();
+        let mut tls = Vec::new();
+        let mut plain_remote = None;
         for endpoint in endpoints {
             let url = endpoint.as_str().unwrap_or_default();
-            let (_, rest) = url
+            let (scheme, rest) = url
                 .split_once("://")
                 .ok_or_else(|| NetConfigError::NotAUrl { plugin: plugin.into(), url: url.into() })?;
+            let secure = TLS_SCHEMES.contains(&scheme);
             let authority = rest.split('/').next().unwrap_or_default();
             for address in authority.split(',') {
                 let port_ok = address
@@ -89,6 +134,12 @@ impl NetPolicy {
                 if !allowed.iter().any(|a| a == address) {
                     allowed.push(address.to_string());
                 }
+                if secure && !tls.iter().any(|a| a == address) {
+                    tls.push(address.to_string());
+                }
+                if !secure && !address.rsplit_once(':').is_some_and(|(host, _)| is_loopback(host)) {
+                    plain_remote.get_or_insert_with(|| url.to_string());
+                }
             }
         }
         if allowed.is_empty() {
@@ -102,7 +153,54 @@ impl NetPolicy {
             ),
             None => DEFAULT_TIMEOUT,
         };
-        Ok(NetPolicy { allowed, timeout })
+        if let Some(url) = plain_remote {
+            let client = crate::tls::client()
+                .map_err(|e| NetConfigError::Tls { plugin: plugin.into(), message: e.to_string() })?;
+            if !client.allows_plain_remote() {
+                return Err(NetConfigError::PlainRemote { plugin: plugin.into(), url });
+            }
+        }
+        Ok(NetPolicy { allowed, tls, timeout })
+    }
+}
+
+/// One connection: a socket, or a TLS session over one.
+#[derive(Debug)]
+enum Connection {
+    Plain(TcpStream),
+    Tls(TlsStream<TcpStream>),
+}
+
+impl Connection {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Connection::Plain(s) => s,
+            Connection::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(s) => s.read(buf),
+            Connection::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(s) => s.write(buf),
+            Connection::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(s) => s.flush(),
+            Connection::Tls(s) => s.flush(),
+        }
     }
 }
 
@@ -110,7 +208,7 @@ impl NetPolicy {
 #[derive(Debug)]
 pub(crate) struct NetAccess {
     policy: NetPolicy,
-    connections: Vec<Option<TcpStream>>,
+    connections: Vec<Option<Connection>>,
     /// When the current plugin call must be over (set as each call starts).
     pub(crate) deadline: Instant,
 }
@@ -177,6 +275,14 @@ impl NetAccess {
             Err(e) => return failure(&e),
         };
         let _ = stream.set_nodelay(true);
+        let stream = if self.policy.tls.iter().any(|a| a == address) {
+            match self.tls_session(address, stream) {
+                Ok(session) => Connection::Tls(session),
+                Err(code) => return code,
+            }
+        } else {
+            Connection::Plain(stream)
+        };
         let slot = match self.connections.iter().position(Option::is_none) {
             Some(free) => free,
             None => {
@@ -188,7 +294,23 @@ impl NetAccess {
         slot as i32
     }
 
-    fn stream(&mut self, handle: i32) -> Result<(&mut TcpStream, Duration), i32> {
+    /// The TLS session of a connection to `address`, its handshake within the budget.
+    fn tls_session(&self, address: &str, stream: TcpStream) -> Result<TlsStream<TcpStream>, i32> {
+        let budget = self.budget().ok_or(code::TIMEOUT)?;
+        stream.set_read_timeout(Some(budget)).map_err(|e| failure(&e))?;
+        stream.set_write_timeout(Some(budget)).map_err(|e| failure(&e))?;
+        let client: std::sync::Arc<TlsClient> = crate::tls::client().map_err(|e| {
+            tracing::warn!(address, "no TLS client: {e}");
+            code::FAILED
+        })?;
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        client.connect(host, stream).map_err(|e| {
+            tracing::warn!(address, "a plugin's TLS connection failed: {e}");
+            code::FAILED
+        })
+    }
+
+    fn stream(&mut self, handle: i32) -> Result<(&mut Connection, Duration), i32> {
         let budget = self.budget().ok_or(code::TIMEOUT)?;
         let stream = usize::try_from(handle)
             .ok()
@@ -207,7 +329,7 @@ impl NetAccess {
                 break Ok(());
             }
             let written = self.stream(handle).and_then(|(stream, budget)| {
-                stream.set_write_timeout(Some(budget)).map_err(|e| failure(&e))?;
+                stream.socket().set_write_timeout(Some(budget)).map_err(|e| failure(&e))?;
                 match stream.write(&bytes[sent..]) {
                     Ok(0) => Err(code::FAILED),
                     Ok(n) => Ok(n),
@@ -229,7 +351,7 @@ impl NetAccess {
     /// Receives 1 to `buf.len()` bytes (0: the peer closed).
     pub(crate) fn recv(&mut self, handle: i32, buf: &mut [u8]) -> i32 {
         let result = self.stream(handle).and_then(|(stream, budget)| {
-            stream.set_read_timeout(Some(budget)).map_err(|e| failure(&e))?;
+            stream.socket().set_read_timeout(Some(budget)).map_err(|e| failure(&e))?;
             stream.read(buf).map_err(|e| failure(&e))
         });
         match result {
@@ -263,8 +385,16 @@ mod tests {
 
     #[test]
     fn grants_come_from_the_endpoint_urls() {
-        let p = policy(json!({"endpoints": ["tmem://127.0.0.1:7001/b", "redis-cluster://10.0.0.1:7000,10.0.0.2:7000/ns"], "timeout_ms": 250})).unwrap();
+        let p = policy(json!({"endpoints": ["tmem://127.0.0.1:7001/b", "rediss-cluster://10.0.0.1:7000,10.0.0.2:7000/ns"], "timeout_ms": 250})).unwrap();
         assert_eq!(p.allowed, ["127.0.0.1:7001", "10.0.0.1:7000", "10.0.0.2:7000"]);
+        assert_eq!(p.tls, ["10.0.0.1:7000", "10.0.0.2:7000"], "rediss-cluster:// is TLS, tmem:// is not");
+        // Plain beyond loopback: refused (this process's TLS client allows no plain remote).
+        let plain = policy(json!({"endpoints": ["tmem://10.0.0.1:7001/b"]})).unwrap_err();
+        assert!(plain.contains("--insecure-plain-tcp"), "{plain}");
+        assert!(
+            policy(json!({"endpoints": ["redis://localhost:6379/n", "tmem://[::1]:7001/b"]})).unwrap().tls.is_empty()
+        );
+        assert!(policy(json!({"endpoints": ["redis://10.0.0.1:6379/n"]})).is_err());
         assert_eq!(p.timeout, Duration::from_millis(250));
         assert!(policy(json!({"endpoints": []})).unwrap_err().contains("at least one"));
         assert!(policy(json!({"endpoints": ["127.0.0.1:7001"]})).unwrap_err().contains("not a URL"));
@@ -276,7 +406,7 @@ mod tests {
     fn only_granted_addresses_are_reached_and_time_is_bounded() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let granted = listener.local_addr().unwrap().to_string();
-        let p = NetPolicy { allowed: vec![granted.clone()], timeout: Duration::from_millis(100) };
+        let p = NetPolicy { allowed: vec![granted.clone()], tls: vec![], timeout: Duration::from_millis(100) };
         let mut net = NetAccess::new(p, Instant::now() + Duration::from_secs(5));
         assert_eq!(net.connect("127.0.0.1:1"), code::DENIED);
         assert_eq!(
@@ -308,7 +438,7 @@ mod tests {
         let granted = listener.local_addr().unwrap().to_string();
         // Every write alone would fit the grant's 10 s timeout: only the call's deadline
         // (0.5 s) can end the whole send.
-        let p = NetPolicy { allowed: vec![granted.clone()], timeout: Duration::from_secs(10) };
+        let p = NetPolicy { allowed: vec![granted.clone()], tls: vec![], timeout: Duration::from_secs(10) };
         let mut net = NetAccess::new(p, Instant::now() + Duration::from_secs(5));
         let handle = net.connect(&granted);
         let (mut peer, _) = listener.accept().unwrap();

@@ -227,13 +227,13 @@ const LISTEN_PATTERN: &str = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\
 
 /// Where an attached device is served: NBD on a Unix socket, NBD on a TCP address, or ublk —
 /// exactly one (`socket` and `listen` are NBD's; `ublk_id` is ublk's, which takes no socket,
-/// address or `allow_remote`).
+/// address or `allow_remote`; `insecure_no_tls` is a TCP address's only).
 fn attach_request_places() -> Value {
     let none = json!({"type": "null"});
     json!([
         {
             "title": "NBD on a Unix socket",
-            "properties": {"kind": {"enum": ["nbd"]}, "socket": {"type": "string"}, "listen": none, "ublk_id": none},
+            "properties": {"kind": {"enum": ["nbd"]}, "socket": {"type": "string"}, "listen": none, "ublk_id": none, "insecure_no_tls": {"enum": [false]}},
             "required": ["kind", "socket"],
         },
         {
@@ -243,7 +243,7 @@ fn attach_request_places() -> Value {
         },
         {
             "title": "ublk",
-            "properties": {"kind": {"enum": ["ublk"]}, "socket": none, "listen": none, "allow_remote": {"enum": [false]}},
+            "properties": {"kind": {"enum": ["ublk"]}, "socket": none, "listen": none, "allow_remote": {"enum": [false]}, "insecure_no_tls": {"enum": [false]}},
             "required": ["kind"],
         },
     ])

@@ -38,6 +38,12 @@
 //!     announces its nodes under other addresses than the URL (NAT, hostnames), listed nodes
 //!     are matched by their node ids (`CLUSTER MYID`).
 //!
+//!   `tmems://`, `rediss://` and `rediss-cluster://` are the same over **TLS**, which the host
+//!   makes itself when the plugin connects (the plugin sees clear bytes, never a key): the
+//!   server's certificate must chain to the system's CAs or `tmem serve --tls-ca` and name
+//!   the host as written. A plain URL beyond loopback is refused by the host unless it runs
+//!   with `--insecure-plain-tcp`.
+//!
 //!   An empty list, a URL without pool or namespace, tmem and Redis URLs mixed, or more than
 //!   one Redis URL is refused when the pool is created.
 //! - `timeout_ms` — 1 to 60000, default 200: the bound of every network operation (enforced

@@ -77,6 +77,14 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         bad("not a URL; expected tmem://HOST:PORT/POOL, redis://HOST:PORT/NAMESPACE or redis-cluster://HOST:PORT,.../NAMESPACE")
     })?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    // `tmems`, `rediss` and `rediss-cluster` are the same protocols over TLS, which the host
+    // makes when this plugin connects (its `network` capability): nothing differs here.
+    let scheme = match scheme {
+        "tmems" => "tmem",
+        "rediss" => "redis",
+        "rediss-cluster" => "redis-cluster",
+        plain => plain,
+    };
     let what = if scheme == "tmem" { "pool" } else { "namespace" };
     if path.is_empty() {
         return Err(bad(&format!("no {what}: add /{}", what.to_uppercase())));
@@ -102,7 +110,9 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         "tmem" => Ok(Target::Peers(vec![PeerUrl { addr: one(addrs)?, pool: path.to_string() }])),
         "redis" => Ok(Target::Redis { addr: one(addrs)?, namespace: path.to_string() }),
         "redis-cluster" => Ok(Target::Cluster { addrs, namespace: path.to_string() }),
-        _ => Err(bad(&format!("unknown scheme {scheme:?}; expected tmem, redis or redis-cluster"))),
+        _ => Err(bad(&format!(
+            "unknown scheme {scheme:?}; expected tmem, redis or redis-cluster (tmems, rediss, rediss-cluster over TLS)"
+        ))),
     }
 }
 
@@ -151,6 +161,16 @@ mod tests {
                 namespace: "ns".into()
             }
         );
+        // Over TLS (which the host makes): the same targets.
+        assert_eq!(
+            parse(&["tmems://10.0.0.1:7001/pool-b"]).unwrap(),
+            Target::Peers(vec![PeerUrl { addr: "10.0.0.1:7001".into(), pool: "pool-b".into() }])
+        );
+        assert_eq!(
+            parse(&["rediss://127.0.0.1:6380/swap.a"]).unwrap(),
+            Target::Redis { addr: "127.0.0.1:6380".into(), namespace: "swap.a".into() }
+        );
+        assert!(matches!(parse(&["rediss-cluster://10.0.0.1:7000/ns"]).unwrap(), Target::Cluster { .. }));
         // The same server with two pools is two replicas.
         assert!(matches!(parse(&["tmem://a:1/p", "tmem://a:1/q"]).unwrap(), Target::Peers(p) if p.len() == 2));
     }
