@@ -238,13 +238,15 @@ check() {
             if (expect == "refused" && !(to_backing > 0)) failed("the device wrote no page to its backing file")
             if (expect == "governed") {
                 # The governor lowered the target under the second workload'"'"'s pressure, and the
-                # tiered pool moved pages down because of it.
+                # tiered pool moved pages down because of it: its idle time is an hour, so every
+                # page that moved went under budget pressure (the mover'"'"'s passes, or the
+                # governor'"'"'s own before it lowers).
                 if (governor == "") failed("no GUEST GOVERNOR line (the governor'"'"'s counters)")
                 lowers = kv(governor, "governor_decisions_lower") + 0; moved = kv(governor, "governor_demoted_pages") + 0
                 demoted = kv(pool, "tier_demoted_pages") + 0
                 if (!(lowers > 0)) failed("the governor never lowered its target (" governor ")")
-                if (!(moved > 0 && demoted > 0)) failed("no page moved down because of the governor'"'"'s target (governor_demoted_pages=" moved ", tier_demoted_pages=" demoted ")")
-                text = text sprintf(", governor lowered its target %d times (%s to %s MiB seen), %d pages moved down for it (%d in all, %d promoted; the lower tier holds %d pages, %d bytes)", lowers, target_max, target_min, moved, demoted, kv(pool, "tier_promoted_pages"), kv(lower, "stored_pages"), kv(lower, "pool_total_size"))
+                if (!(demoted > 0)) failed("no page moved down under the governor'"'"'s target (tier_demoted_pages=0)")
+                text = text sprintf(", governor lowered its target %d times (%s to %s MiB seen) and shrank the pool by %d pages, %d pages moved down under it (%d by its own passes; %d promoted; the lower tier holds %d pages, %d bytes)", lowers, target_max, target_min, kv(governor, "governor_shrunk_pages"), demoted, moved, kv(pool, "tier_promoted_pages"), kv(lower, "stored_pages"), kv(lower, "pool_total_size"))
             }
             text = text sprintf(", pool stores %d, refused %d, loads %d, invalidates %d, to backing %d, from backing %d (%s), serve start %s s (compiled %s)", stores, refused, loads, invalidates, to_backing, from_backing, backing, serve_s, compiled)
             # The I/O threads over the workload (their own counters in /metrics).
