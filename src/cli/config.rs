@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
-use tmem_api::rest::{AttachRequest, FrontendKind, PoolConfig};
+use tmem_api::rest::PoolConfig;
 use tmem_host::MemoryLimit;
 use tmem_host::declared::{Declared, DeclaredDevice};
 
@@ -122,22 +122,7 @@ impl ConfigFile {
     pub fn declared(&self) -> Declared {
         Declared {
             pools: self.pool.clone(),
-            devices: self
-                .swap
-                .iter()
-                .map(|s| DeclaredDevice {
-                    pool: s.pool.clone(),
-                    request: AttachRequest {
-                        kind: FrontendKind::Ublk,
-                        size_bytes: s.size,
-                        backing: s.backing.clone(),
-                        socket: None,
-                        listen: None,
-                        allow_remote: false,
-                        ublk_id: s.ublk_id,
-                    },
-                })
-                .collect(),
+            devices: self.swap.iter().map(|s| DeclaredDevice::ublk(&s.pool, s.size, &s.backing, s.ublk_id)).collect(),
         }
     }
 }
@@ -170,6 +155,8 @@ fn memory_limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Mem
 
 #[cfg(test)]
 mod tests {
+    use tmem_api::rest::FrontendKind;
+
     use super::*;
 
     /// The commented default of the Debian package parses, and declares nothing until edited.

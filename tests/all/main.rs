@@ -30,6 +30,7 @@ mod plugin_loading;
 mod remote;
 mod restart;
 mod serve;
+mod swap;
 mod systemd;
 mod tiers;
 mod tokens;
