@@ -480,7 +480,8 @@ pub struct SwapOnArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 60, requires = "tier",
           value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub tier_idle: u64,
-    /// The swap priority (swapon -p): higher is used first; zram-generator's default is 100.
+    /// The swap priority (as swapon -p), 0 to 32767: higher is used first (zram-generator's
+    /// default is 100); -1: the kernel's next default (negative) priority.
     #[arg(long, value_name = "N", default_value_t = 100, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-1..=32767))]
     pub priority: i32,

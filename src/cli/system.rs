@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 pub enum SystemError {
     /// Not root: mkswap, swapon and the block drivers need it.
     #[error(
-        "tmem swap {what} needs root (it runs mkswap, swapon and swapoff and makes block devices): run it with sudo"
+        "tmem swap {what} needs root (it runs mkswap, turns swap on and off and makes block devices): run it with sudo"
     )]
     NotRoot {
         /// `on` or `off`.
@@ -64,6 +64,18 @@ pub enum SystemError {
         command: String,
         /// Its status and standard error, or why it could not start.
         why: String,
+    },
+    /// swapon(2) or swapoff(2) failed.
+    #[error("{call} {path}: {source}{hint}")]
+    Swap {
+        /// `swapon` or `swapoff`.
+        call: &'static str,
+        /// The device.
+        path: String,
+        /// What the kernel said.
+        source: std::io::Error,
+        /// What it usually means.
+        hint: &'static str,
     },
     /// A block device did not appear.
     #[error("{path} did not appear within {seconds} s")]
@@ -256,6 +268,56 @@ pub fn run(program: &str, args: &[&str]) -> Result<(), SystemError> {
         let stderr = String::from_utf8_lossy(&output.stderr);
         Err(SystemError::Tool { command, why: format!("{} ({})", stderr.trim(), output.status) })
     }
+}
+
+// linux/swap.h: the flags of swapon(2).
+const SWAP_FLAG_PREFER: libc::c_int = 0x8000;
+const SWAP_FLAG_PRIO_MASK: libc::c_int = 0x7fff;
+const SWAP_FLAG_DISCARD: libc::c_int = 0x10000;
+
+fn c_path(path: &str) -> Result<std::ffi::CString, SystemError> {
+    std::ffi::CString::new(path).map_err(|_| SystemError::Io {
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the path"),
+    })
+}
+
+/// Turns swap on on `path` (swapon(2), as `swapon -d -p PRIORITY` does): with discard (freed
+/// slots are discarded as they are freed, which reaches the pool as invalidates) and
+/// `priority`, or the kernel's next default priority when `None`. Called directly rather than
+/// through swapon(8), whose options differ between util-linux and busybox.
+pub fn swapon(path: &str, priority: Option<u16>) -> Result<(), SystemError> {
+    let c_path = c_path(path)?;
+    let mut flags = SWAP_FLAG_DISCARD;
+    if let Some(priority) = priority {
+        flags |= SWAP_FLAG_PREFER | (libc::c_int::from(priority) & SWAP_FLAG_PRIO_MASK);
+    }
+    // SAFETY: a valid NUL-terminated path; swapon reads it and nothing else.
+    if unsafe { libc::swapon(c_path.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let source = std::io::Error::last_os_error();
+    let hint = match source.raw_os_error() {
+        Some(libc::EINVAL) => " (no swap signature: mkswap it first)",
+        Some(libc::EBUSY) => " (already a swap area, or in use)",
+        _ => "",
+    };
+    Err(SystemError::Swap { call: "swapon", path: path.into(), source, hint })
+}
+
+/// Turns swap off on `path` (swapoff(2)): the kernel reads every page back first.
+pub fn swapoff(path: &str) -> Result<(), SystemError> {
+    let c_path = c_path(path)?;
+    // SAFETY: a valid NUL-terminated path; swapoff reads it and nothing else.
+    if unsafe { libc::swapoff(c_path.as_ptr()) } == 0 {
+        return Ok(());
+    }
+    let source = std::io::Error::last_os_error();
+    let hint = match source.raw_os_error() {
+        Some(libc::ENOMEM) => " (the kernel needs free memory or other swap for the pages it takes back)",
+        _ => "",
+    };
+    Err(SystemError::Swap { call: "swapoff", path: path.into(), source, hint })
 }
 
 /// Waits until the block device `path` exists (udev or devtmpfs makes it after the attach).

@@ -111,6 +111,8 @@ scenario_tests! {
     tmem_nbd => "tmem-nbd",
     ublk_global_pressure => "ublk-global-pressure",
     ublk_budget => "ublk-budget",
+    swap_restart => "swap-restart",
+    swap_restart_global => "swap-restart-global",
     nbd_global_pressure => "nbd-global-pressure",
 }
 

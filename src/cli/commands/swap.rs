@@ -3,7 +3,7 @@
 //! REST API like `tmem pool create` and `tmem pool attach` (a ublk device is built by
 //! [`DeclaredDevice::ublk`], as a config file's `[[swap]]` is, and an existing pool or device
 //! is compared with what is asked by the same functions the host's declared config uses);
-//! the kernel's side — `mkswap`, `swapon`, `swapoff`, `nbd-client` — is run here, so the CLI
+//! the kernel's side — `mkswap`, swapon(2), swapoff(2), `nbd-client` — is done here, so the CLI
 //! must run on the host's machine, as root.
 //!
 //! `on` first decides what is missing ([`plan`], a pure function of what exists), checks
@@ -204,11 +204,6 @@ fn lower_name(pool: &str) -> String {
     format!("{pool}-lower")
 }
 
-/// `swapon -d -p N` as util-linux and busybox both take it.
-fn swapon(path: &str, priority: i32) -> Result<(), SystemError> {
-    system::run("swapon", &["-d", "-p", &priority.to_string(), path])
-}
-
 fn area<'a>(swaps: &'a [SwapArea], path: &str) -> Option<&'a SwapArea> {
     swaps.iter().find(|s| s.path == path)
 }
@@ -354,8 +349,12 @@ fn on(session: &Session, data_dir: &Path, args: SwapOnArgs) -> Result<Done, CliE
             }
             Step::Swapon => {
                 let path = path.as_deref().expect("the kernel device is known after attach and connect");
-                swapon(path, args.priority)?;
-                done.push(format!("swapon {path} (priority {}, discard)", args.priority));
+                system::swapon(path, u16::try_from(args.priority).ok())?;
+                let priority = match args.priority {
+                    -1 => "the kernel's next default priority".to_string(),
+                    n => format!("priority {n}"),
+                };
+                done.push(format!("swapon {path} ({priority}, discard)"));
             }
         }
     }
@@ -414,9 +413,7 @@ fn off(session: &Session, data_dir: &Path, args: SwapOffArgs) -> Result<Done, Cl
         backing = device.device.as_ref().map(|d| PathBuf::from(&d.backing));
         if let Some(path) = kernel_device(device, &data_dir) {
             if area(&system::swaps()?, &path).is_some() {
-                system::run("swapoff", &[&path]).map_err(|e| {
-                    CliError::Message(format!("{e}\n(the kernel needs free memory or other swap for the pages it takes back; nothing else was changed)"))
-                })?;
+                system::swapoff(&path)?;
                 done.push(format!("swapoff {path} (its pages are back in memory)"));
             }
             if device.kind == FrontendKind::Nbd {
