@@ -29,7 +29,7 @@ bash scripts/fuzz.sh 2>&1 | tee -a "$log"
 cargo test --locked --test all kernel_swap::ci_scenarios -- --ignored --nocapture 2>&1 | tee -a "$log"
 # The Debian package (scripts/package.sh: about 15 s, reusing the release binary the guest tests
 # built, plus a few minutes on a fresh machine to compile cargo-deb once): installed with dpkg,
-# its binary run from /usr/bin, its unit verified (systemd-analyze, if there is one), then purged
+# its binary run from /usr/bin, its units verified (systemd-analyze, if there is one), then purged
 # so the machine is left as it was.
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -37,7 +37,7 @@ timeout 1800 bash scripts/package.sh
 $SUDO dpkg -i target/debian/tmem_*.deb
 /usr/bin/tmem --version
 if command -v systemd-analyze >/dev/null; then
-    systemd-analyze verify --man=no /lib/systemd/system/tmem.service
+    systemd-analyze verify --man=no /lib/systemd/system/tmem.service /lib/systemd/system/tmem-swap.service
 fi
 $SUDO dpkg --purge tmem
 echo "package: target/debian/$(cd target/debian && ls tmem_*.deb) installed, ran and purged"

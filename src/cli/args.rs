@@ -446,8 +446,10 @@ pub struct SwapArgs {
 #[derive(Debug, Subcommand)]
 pub enum SwapCommand {
     /// Make a pool this machine's swap: create the pool if missing, attach a ublk device
-    /// (/dev/ublkbN; NBD through nbd-client where ublk_drv is missing), mkswap, swapon with the
-    /// priority and discard. Running it again changes nothing.
+    /// (/dev/ublkbN; NBD through nbd-client where ublk_drv is missing) if it has none, mkswap,
+    /// swapon with the priority and discard. Running it again changes nothing. A pool or device
+    /// that exists (made before, restored by the host, declared in its config file) is used as
+    /// it is; options that differ from it are named.
     On(SwapOnArgs),
     /// swapoff (the kernel takes its pages back), detach the device, remove the pool (and the
     /// lower tier and backing file `swap on` made) unless --keep-pool.
@@ -466,12 +468,14 @@ pub struct SwapOnArgs {
     /// The device's capacity, what the kernel may swap to it: a size (`4G`) or a share of RAM
     /// (`50%`). The pool's memory is bounded by the host's budget; pages beyond it go to the
     /// backing file, which is reserved at this size.
-    #[arg(long, value_name = "SIZE|N%", default_value = "50%", value_parser = parse_swap_size)]
-    pub size: SwapSize,
+    /// [default: 50%, or the existing device's]
+    #[arg(long, value_name = "SIZE|N%", value_parser = parse_swap_size)]
+    pub size: Option<SwapSize>,
     /// The pool's chain, comma-separated, each link as for `pool create --backend`
-    /// (`zstd:level=3,ram`); a store that asks for storage (`sled`) is granted it.
-    #[arg(long, value_name = "CHAIN", default_value = "lz4,ram", value_parser = parse_chain)]
-    pub chain: Chain,
+    /// (`zstd:level=3,ram`); a store that asks for storage (`sled`) is granted it [default:
+    /// lz4,ram, or the existing pool's].
+    #[arg(long, value_name = "CHAIN", value_parser = parse_chain)]
+    pub chain: Option<Chain>,
     /// A lower tier for the pool, as a chain (`zstd,sled`): pool NAME-lower, made with it;
     /// pages idle for --tier-idle seconds move down.
     #[arg(long, value_name = "CHAIN", value_parser = parse_chain)]
@@ -892,7 +896,7 @@ fn parse_swap_size(text: &str) -> Result<SwapSize, String> {
 
 /// A chain as one argument: links separated by commas, each as `--backend` takes it. A
 /// comma followed by `KEY=VALUE` continues the link before it (`zstd:level=3,on_incompressible=store_raw,ram`).
-fn parse_chain(text: &str) -> Result<Chain, String> {
+pub(crate) fn parse_chain(text: &str) -> Result<Chain, String> {
     let mut links: Vec<String> = Vec::new();
     for part in split_top_level(text) {
         let part = part.trim();

@@ -157,7 +157,20 @@ fn on_uses_an_existing_pool_and_device_as_they_are() {
     let backing = server.data_dir.join("mine.img");
     attach_nbd(&server, "swap", "32M", &backing);
     let before = server.client().pool("swap").unwrap();
-    let r = run(tmem_at(&server).args(["swap", "on", "--size", "64M", "--chain", "lz4,ram"]), &[]);
+    let other = server.data_dir.join("other.img");
+    let r = run(
+        tmem_at(&server).args([
+            "swap",
+            "on",
+            "--size",
+            "64M",
+            "--chain",
+            "lz4,ram",
+            "--backing",
+            other.to_str().unwrap(),
+        ]),
+        &[],
+    );
     // The differences are named; the pool and its device are kept as they are.
     assert!(r.stderr.contains("pool swap exists with other settings (backends): used as it is"), "{}", r.stderr);
     assert!(r.stderr.contains("exists with another size, backing: used as it is"), "{}", r.stderr);
@@ -166,6 +179,9 @@ fn on_uses_an_existing_pool_and_device_as_they_are() {
         assert_eq!(r.code, 1);
         assert!(r.stderr.contains("NBD is not available"), "{}", r.stderr);
     }
+    // Without options, the pool and device are taken as they are: nothing to name.
+    let r = run(tmem_at(&server).args(["swap", "on"]), &[]);
+    assert!(!r.stderr.contains("used as it is"), "{}", r.stderr);
     let after = server.client().pool("swap").unwrap();
     assert_eq!((after.backends, after.frontends.len()), (before.backends, 1));
     assert_eq!(after.frontends[0].id, before.frontends[0].id);

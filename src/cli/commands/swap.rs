@@ -29,6 +29,12 @@ use crate::cli::{CliError, Done, render};
 /// Swap pages are the kernel's: 4 KiB.
 const PAGE_SIZE: u64 = 4096;
 
+/// `--size` when the device is made and none is given: half the RAM, as zram-generator.
+const DEFAULT_SIZE: SwapSize = SwapSize::PercentOfRam(50);
+
+/// `--chain` when the pool is made and none is given: zram's default codec, in memory.
+const DEFAULT_CHAIN: &str = "lz4,ram";
+
 /// What the host keeps per stored page in its index (`PageEntry`), charged to its memory.
 const INDEX_BYTES_PER_PAGE: u64 = 16;
 
@@ -213,7 +219,7 @@ fn on(session: &Session, data_dir: &Path, args: SwapOnArgs) -> Result<Done, CliE
     let fail = |e: ClientError| session.fail(e);
     let name = args.name.clone();
     // Checks, in the order a user fixes them; nothing is made before the last one.
-    let size = device_size(args.size, system::mem_total()?)?;
+    let size = device_size(args.size.unwrap_or(DEFAULT_SIZE), system::mem_total()?)?;
     system::require_root("on")?;
     let pools = client.pools().map_err(fail)?;
     let data_dir =
@@ -251,12 +257,22 @@ fn on(session: &Session, data_dir: &Path, args: SwapOnArgs) -> Result<Done, CliE
     };
     let backing_text = backing.display().to_string();
     let plugins = client.plugins().map_err(fail)?;
-    let mut config = PoolConfig::new(&name, with_storage(&args.chain, &plugins));
+    let chain = match &args.chain {
+        Some(chain) => chain.clone(),
+        None => crate::cli::args::parse_chain(DEFAULT_CHAIN).map_err(CliError::Message)?,
+    };
+    let mut config = PoolConfig::new(&name, with_storage(&chain, &plugins));
     if args.tier.is_some() {
         config.tier = Some(TierConfig::new(&lower, args.tier_idle));
     }
     if let Some(info) = current {
-        let differs = declared::differences(&config_of(info), &config);
+        // Only what was asked for is compared: `tmem swap on` alone takes the pool as it is.
+        let asked = |setting: &&str| match *setting {
+            "backends" => args.chain.is_some(),
+            "tier" => args.tier.is_some(),
+            _ => false,
+        };
+        let differs: Vec<_> = declared::differences(&config_of(info), &config).into_iter().filter(asked).collect();
         if !differs.is_empty() {
             eprintln!(
                 "tmem: pool {name} exists with other settings ({}): used as it is (`tmem swap off {name}` first to make it anew)",
@@ -268,7 +284,13 @@ fn on(session: &Session, data_dir: &Path, args: SwapOnArgs) -> Result<Done, CliE
         Some(d) => {
             if let Some(request) = attached_request(d) {
                 let wanted = DeclaredDevice::ublk(&name, size, &backing_text, args.ublk_id);
-                let differs: Vec<_> = wanted.differences(&request).into_iter().filter(|d| *d != "kind").collect();
+                let asked = |setting: &&str| match *setting {
+                    "size" => args.size.is_some(),
+                    "backing" => args.backing.is_some(),
+                    "kind" => false, // --transport picks one where the kernel has both
+                    _ => true,
+                };
+                let differs: Vec<_> = wanted.differences(&request).into_iter().filter(asked).collect();
                 if !differs.is_empty() {
                     eprintln!(
                         "tmem: pool {name}'s block device {} exists with another {}: used as it is",
