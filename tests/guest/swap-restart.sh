@@ -1,15 +1,15 @@
 # swap-restart.sh: live swapping across a host restart (tests/guest/scenarios; run by /init in a
 # subshell). `tmem swap on` makes a persistent pool (`zstd,sled` by default: its data dir on the
 # guest's disk) the guest's only swap, as /dev/ublkb2; swapcheck writes and verifies more memory
-# than the guest has; once the kernel has swapped `kill_mib` MiB out to the host, the host is
+# than the guest has; once the pool holds `kill_mib` MiB of swapped pages, the host is
 # killed (SIGKILL: no clean shutdown) — the kernel keeps /dev/ublkb2 and holds its I/O (ublk user
 # recovery), so every process touching a swapped page waits — and a new `tmem serve` on the same
 # data dir takes the device over from its catalog. The workload goes on and verifies every page:
 # the pages the first host stored come back through the second. Then `tmem swap off` (swapoff:
 # every page back to the kernel; detach; the pool dropped).
 #
-# Parameters: mib, passes and cgroup (swapcheck's, as tmem.sh), kill_mib (MiB swapped out before
-# the kill [32]), swap_args (more words for `tmem swap on`), serve_args, backing=raw (the
+# Parameters: mib, passes and cgroup (swapcheck's, as tmem.sh), kill_mib (MiB of pages the pool
+# holds when the host is killed), swap_args (more words for `tmem swap on`), serve_args, backing=raw (the
 # device's backing store is the raw second disk, /dev/vdb), alloc_sample (as tmem.sh).
 # Markers: `GUEST SWAP-ON-AGAIN` (the second `tmem swap on`'s answer), `GUEST SWAP-STATUS ...`
 # (`tmem swap status` lines), `GUEST HOST-KILL uptime=S pswpout=N pswpin=N`, `GUEST HOST-BACK
@@ -67,14 +67,20 @@ reporter=$!
 
 limited "$(param cgroup)" swapcheck "$(param mib)" "$(param passes)" &
 workload=$!
+# The kill comes once the pool holds kill_mib MiB of swapped pages: those must come back
+# through the next host.
+stored() {
+    pool_counters swap | tr ' ' '\n' | grep '^stored_pages=' | head -n 1 | cut -d= -f2
+}
 kill_pages=$(($(param kill_mib) * 256))
-out0=$(vmstat pswpout)
-while [ $(($(vmstat pswpout) - out0)) -lt "$kill_pages" ]; do
-    kill -0 $workload 2>/dev/null || fail "the workload ended before $(param kill_mib) MiB were swapped out"
-    sleep 0.2
+while :; do
+    held=$(stored)
+    [ -n "$held" ] && [ "$held" -ge "$kill_pages" ] && break
+    kill -0 $workload 2>/dev/null || fail "the workload ended before the pool held $(param kill_mib) MiB"
+    sleep 0.5
 done
 killed=$(uptime_s)
-echo "GUEST HOST-KILL uptime=$killed pswpout=$(vmstat pswpout) pswpin=$(vmstat pswpin) stored_pages=$(pool_counters swap | tr ' ' '\n' | grep '^stored_pages=' | cut -d= -f2)"
+echo "GUEST HOST-KILL uptime=$killed pswpout=$(vmstat pswpout) pswpin=$(vmstat pswpin) stored_pages=$(stored)"
 kill -9 $server
 wait $server 2>/dev/null
 server=""

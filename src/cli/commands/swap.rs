@@ -440,10 +440,11 @@ fn off(session: &Session, data_dir: &Path, args: SwapOffArgs) -> Result<Done, Cl
             }
             if device.kind == FrontendKind::Nbd {
                 system::run("nbd-client", &["-d", &path])?;
-                let _ = std::fs::remove_file(nbd_state_file(&data_dir, &name));
                 done.push(format!("disconnected {path}"));
             }
         }
+        // The record of the NBD device `on` connected, whether or not it still is.
+        let _ = std::fs::remove_file(nbd_state_file(&data_dir, &name));
         client.detach_frontend(&name, &device.id).map_err(fail)?;
         done.push(format!("detached {}", device.id));
     }
