@@ -102,6 +102,12 @@ echo "GUEST VMSTAT-END pswpout=$(vmstat pswpout) pswpin=$(vmstat pswpin)"
 workload=""
 kill $reporter
 reporter=""
+# The workload's exit freed its swap slots; the kernel discards freed clusters in the
+# background (swapon with discard), which reach the pool as invalidates: wait for them.
+for _ in $(seq 60); do
+    [ "$(pool_counters swap | tr ' ' '\n' | grep '^invalidates=' | tail -n 1 | cut -d= -f2)" -gt 0 ] 2>/dev/null && break
+    sleep 0.5
+done
 tmem swap status | sed 's/^/GUEST SWAP-STATUS /'
 echo "GUEST POOL-JSON-BEGIN"
 tmem pool show swap --json
