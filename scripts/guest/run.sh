@@ -217,7 +217,11 @@ check() {
             if (!(stores > 0)) failed("no page was stored in the pool (succ_stores=0, pswpout=" pswpout ")")
             if (!(loads > 0)) failed("no page was loaded from the pool")
             if (kv(pool, "load_failures") + 0 != 0) failed("load_failures=" kv(pool, "load_failures"))
-            if (!(invalidates > 0)) failed("the kernel'"'"'s discards of freed swap slots never reached the pool as invalidates")
+            # (swap-restart.sh runs one pass: the slots are freed at its end, and the clusters that
+            # hold the pool'"'"'s pages may stay pinned by other slots; the device'"'"'s discards show
+            # that tmem swap on turned discard on.)
+            if (script == "tmem.sh" && !(invalidates > 0)) failed("the kernel'"'"'s discards of freed swap slots never reached the pool as invalidates")
+            if (script == "swap-restart.sh" && !(kv(pool, "discards") + 0 > 0)) failed("no discard reached the device (swap on without discard?)")
             if (expect == "refused" && !(refused > 0)) failed("the pool refused no store (its limit never bit)")
             if (expect == "refused" && !(to_backing > 0)) failed("the device wrote no page to its backing file")
             text = text sprintf(", pool stores %d, refused %d, loads %d, invalidates %d, to backing %d, from backing %d (%s), serve start %s s (compiled %s)", stores, refused, loads, invalidates, to_backing, from_backing, backing, serve_s, compiled)

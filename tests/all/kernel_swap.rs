@@ -242,13 +242,13 @@ fn swap_checks_refuse_bad_data_and_runs_without_swapping() {
 /// The swap-restart checks are honest: a run in which every page verified is still refused
 /// when the second `tmem swap on` changed something, when the host was never killed, when the
 /// next host never took the device over, when no page came in through it, or when `tmem swap
-/// off` failed — and accepted, with the restart's figures, when none of these happened.
+/// off` failed, or no discard reached the device — and accepted, with the restart's figures, when none of these happened.
 #[test]
 fn swap_restart_checks_need_the_kill_the_takeover_and_swap_ins_after_it() {
     let verified = "SWAPCHECK START mib=4 pages=1024 passes=1 memtotal_kib=1\n\
                     SWAPCHECK OK pages=1024 verified=1024 passes=1 seconds=5.0 pswpin=700 pswpout=900 memtotal_kib=1\n\
                     GUEST SWAPCHECK EXIT 0\n\
-                    GUEST POOL-FINAL succ_stores=10 loads=20 invalidates=30 load_failures=0 to_backing=5";
+                    GUEST POOL-FINAL discards=4 succ_stores=10 loads=20 invalidates=0 load_failures=0 to_backing=5";
     let on_again = "GUEST SWAP-ON-AGAIN pool swap is already swap on /dev/ublkb2 (priority 10, 0 B of 1 GiB in use): nothing changed";
     let kill = "GUEST HOST-KILL uptime=20.0 pswpout=4100 pswpin=0 stored_pages=3000";
     let back = "GUEST HOST-BACK uptime=23.5 restart_s=3.5 pswpout=4200 pswpin=10";
@@ -271,6 +271,9 @@ fn swap_restart_checks_need_the_kill_the_takeover_and_swap_ins_after_it() {
     assert!(!accepted && why.contains("the restarted host did not take the device over"), "{why}");
     let (why, accepted) = check(&[on_again, kill, back, verified, "GUEST VMSTAT-END pswpout=9000 pswpin=10", off]);
     assert!(!accepted && why.contains("no page was swapped in after the restart"), "{why}");
+    let no_discard = verified.replace("discards=4", "discards=0");
+    let (why, accepted) = check(&[on_again, kill, back, &no_discard, end, off]);
+    assert!(!accepted && why.contains("no discard reached the device"), "{why}");
     let (why, accepted) = check(&[on_again, kill, back, verified, end, "GUEST SWAP-OFF failed swapoff: ENOMEM"]);
     assert!(!accepted && why.contains("tmem swap off: failed swapoff: ENOMEM"), "{why}");
 }

@@ -36,6 +36,7 @@ vmstat() {
 
 backing=""
 allow="$dir"
+# (the default backing file, `tmem swap on`'s: DATA_DIR/swap.swap)
 if [ "$(param backing)" = raw ]; then
     backing="--backing /dev/vdb"
     allow="$allow,/dev/vdb"
@@ -102,17 +103,12 @@ echo "GUEST VMSTAT-END pswpout=$(vmstat pswpout) pswpin=$(vmstat pswpin)"
 workload=""
 kill $reporter
 reporter=""
-# The workload's exit freed its swap slots; the kernel discards freed clusters in the
-# background (swapon with discard), which reach the pool as invalidates: wait for them.
-for _ in $(seq 60); do
-    [ "$(pool_counters swap | tr ' ' '\n' | grep '^invalidates=' | tail -n 1 | cut -d= -f2)" -gt 0 ] 2>/dev/null && break
-    sleep 0.5
-done
 tmem swap status | sed 's/^/GUEST SWAP-STATUS /'
 echo "GUEST POOL-JSON-BEGIN"
 tmem pool show swap --json
 echo "GUEST POOL-JSON-END"
 echo "GUEST POOL-FINAL $(pool_counters swap)"
+if [ -n "$backing" ]; then echo "GUEST BACKING ${backing#--backing }"; else echo "GUEST BACKING $dir/data/swap.swap"; fi
 if off=$(tmem swap off swap 2>&1); then
     echo "GUEST SWAP-OFF ok $off" | tr '\n' ' '
     echo
