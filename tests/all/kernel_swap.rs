@@ -108,10 +108,10 @@ scenario_tests! {
     zram => "zram",
     tmem_ublk_recover => "tmem-ublk-recover",
     tmem_ublk => "tmem-ublk",
+    swap_restart => "swap-restart",
     tmem_nbd => "tmem-nbd",
     ublk_global_pressure => "ublk-global-pressure",
     ublk_budget => "ublk-budget",
-    swap_restart => "swap-restart",
     swap_restart_global => "swap-restart-global",
     nbd_global_pressure => "nbd-global-pressure",
 }
@@ -119,7 +119,7 @@ scenario_tests! {
 /// Every scenario marked `ci=yes`, as CI runs them (`scripts/test.sh`): neighbours marked
 /// `share=yes` share a boot.
 #[test]
-#[ignore = "boots guests under QEMU (about 11 minutes): scripts/test.sh runs it on its own after the suite"]
+#[ignore = "boots guests under QEMU (about 15 minutes): scripts/test.sh runs it on its own after the suite"]
 fn ci_scenarios() {
     run_scenarios(&["--ci"]);
 }
