@@ -1037,6 +1037,25 @@ mod tests {
     }
 
     #[test]
+    fn swap_sizes_and_chains_parse() {
+        assert_eq!(parse_swap_size("4G"), Ok(SwapSize::Bytes(4 << 30)));
+        assert_eq!(parse_swap_size("50%"), Ok(SwapSize::PercentOfRam(50)));
+        assert!(parse_swap_size("0%").is_err() && parse_swap_size("401%").is_err() && parse_swap_size("0").is_err());
+        let plugins = |chain: &Chain| chain.0.iter().map(|b| b.plugin.clone()).collect::<Vec<_>>();
+        assert_eq!(plugins(&parse_chain("lz4,ram").unwrap()), ["lz4", "ram"]);
+        // A comma followed by KEY=VALUE continues the link before it.
+        let chain = parse_chain("zstd:level=3,on_incompressible=store_raw,sled+storage").unwrap();
+        assert_eq!(plugins(&chain), ["zstd", "sled"]);
+        assert_eq!(chain.0[0].config, serde_json::json!({"level": 3, "on_incompressible": "store_raw"}));
+        assert_eq!(chain.0[1].grants, ["storage"]);
+        // Array values keep their commas.
+        let chain = parse_chain(r#"zstd,remote+network:endpoints=["a:1","b:2"],timeout_ms=200"#).unwrap();
+        assert_eq!(chain.0[1].config["endpoints"], serde_json::json!(["a:1", "b:2"]));
+        assert_eq!(chain.0[1].config["timeout_ms"], 200);
+        assert!(parse_chain("").unwrap_err().contains("an empty chain"));
+    }
+
+    #[test]
     fn sizes_percentages_limits_and_offsets_parse() {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("64M"), Ok(64 << 20));
