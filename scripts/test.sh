@@ -23,13 +23,14 @@ cargo test --workspace --locked 2>&1 | tee -a "$log"
 # more on a fresh machine, to install cargo-fuzz).
 bash scripts/fuzz.sh 2>&1 | tee -a "$log"
 # The guest-kernel scenarios marked ci=yes in tests/guest/scenarios (the zram self-test, ublk
-# recovery, a real kernel swapping to tmem over ublk and over NBD in a memory cgroup: about 11
-# minutes under QEMU's software emulation) are ignored in the suite above and run here, through
+# recovery, a real kernel swapping to tmem over ublk and over NBD in a memory cgroup, and
+# `tmem swap on` with the host restarted under live swapping: about 15 minutes under QEMU's
+# software emulation) are ignored in the suite above and run here, through
 # scripts/guest/run.sh, one QEMU at a time.
 cargo test --locked --test all kernel_swap::ci_scenarios -- --ignored --nocapture 2>&1 | tee -a "$log"
 # The Debian package (scripts/package.sh: about 15 s, reusing the release binary the guest tests
 # built, plus a few minutes on a fresh machine to compile cargo-deb once): installed with dpkg,
-# its binary run from /usr/bin, its unit verified (systemd-analyze, if there is one), then purged
+# its binary run from /usr/bin, its units verified (systemd-analyze, if there is one), then purged
 # so the machine is left as it was.
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -37,7 +38,7 @@ timeout 1800 bash scripts/package.sh
 $SUDO dpkg -i target/debian/tmem_*.deb
 /usr/bin/tmem --version
 if command -v systemd-analyze >/dev/null; then
-    systemd-analyze verify --man=no /lib/systemd/system/tmem.service
+    systemd-analyze verify --man=no /lib/systemd/system/tmem.service /lib/systemd/system/tmem-swap.service
 fi
 $SUDO dpkg --purge tmem
 echo "package: target/debian/$(cd target/debian && ls tmem_*.deb) installed, ran and purged"

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 
-use tmem_api::rest::{AttachRequest, PoolConfig};
+use tmem_api::rest::{AttachRequest, FrontendKind, PoolConfig};
 
 use crate::frontend::attach::{AttachError, BlockDevices};
 use crate::host::{HostError, pool_config};
@@ -37,6 +37,39 @@ pub struct DeclaredDevice {
     pub pool: String,
     /// What to attach, as the API's `POST /api/v1/pools/{name}/frontends` takes it.
     pub request: AttachRequest,
+}
+
+impl DeclaredDevice {
+    /// A swap device: a ublk device `/dev/ublkbN` (N = `ublk_id`, or the next free one) of
+    /// `size_bytes` over `pool`, the pages the pool refuses going to `backing`. What a config
+    /// file's `[[swap]]` and `tmem swap on` both attach.
+    pub fn ublk(pool: &str, size_bytes: u64, backing: &str, ublk_id: Option<u32>) -> DeclaredDevice {
+        DeclaredDevice {
+            pool: pool.into(),
+            request: AttachRequest {
+                kind: FrontendKind::Ublk,
+                size_bytes,
+                backing: backing.into(),
+                socket: None,
+                listen: None,
+                allow_remote: false,
+                ublk_id,
+            },
+        }
+    }
+
+    /// What of the declaration an attached device (as it was requested) does not have, by
+    /// name: `kind`, `size`, `backing`, `ublk_id` (only when the declaration names one).
+    pub fn differences(&self, attached: &AttachRequest) -> Vec<&'static str> {
+        let wanted = &self.request;
+        let checks = [
+            ("kind", attached.kind != wanted.kind),
+            ("size", attached.size_bytes != wanted.size_bytes),
+            ("backing", attached.backing != wanted.backing),
+            ("ublk_id", wanted.ublk_id.is_some() && attached.ublk_id != wanted.ublk_id),
+        ];
+        checks.into_iter().filter(|(_, d)| *d).map(|(name, _)| name).collect()
+    }
 }
 
 /// Why the declared state could not be applied.
@@ -109,12 +142,9 @@ pub fn apply(devices: &BlockDevices, declared: &Declared) -> Result<(usize, usiz
     let mut attached = 0;
     for wanted in &declared.devices {
         if let Some((id, request)) = devices.device_of(&wanted.pool) {
-            if request.kind != wanted.request.kind
-                || request.size_bytes != wanted.request.size_bytes
-                || request.backing != wanted.request.backing
-                || (wanted.request.ublk_id.is_some() && request.ublk_id != wanted.request.ublk_id)
-            {
-                tracing::warn!(pool = %wanted.pool, %id, "declared block device differs from the attached one: left as it is (detach it through the API to change it)");
+            let differs = wanted.differences(&request);
+            if !differs.is_empty() {
+                tracing::warn!(pool = %wanted.pool, %id, differs = %differs.join(", "), "declared block device differs from the attached one: left as it is (detach it through the API to change it)");
             } else {
                 tracing::info!(pool = %wanted.pool, %id, "declared block device is attached");
             }
@@ -133,8 +163,9 @@ pub fn apply(devices: &BlockDevices, declared: &Declared) -> Result<(usize, usiz
 }
 
 /// The settings `wanted` states that `existing` does not have, by name. Settings `wanted`
-/// leaves to the host (shards, sandbox, plugin versions) are not compared.
-fn differences(existing: &PoolConfig, wanted: &PoolConfig) -> Vec<&'static str> {
+/// leaves to the host (shards, sandbox, plugin versions) are not compared. (`tmem swap on`
+/// reports an existing pool's differences with it too.)
+pub fn differences(existing: &PoolConfig, wanted: &PoolConfig) -> Vec<&'static str> {
     let mut differs = Vec::new();
     let plugins = |c: &PoolConfig| c.backends.iter().map(|b| b.plugin.clone()).collect::<Vec<_>>();
     if plugins(existing) != plugins(wanted) {

@@ -223,6 +223,8 @@ pub enum ClientCommand {
     Page(PageArgs),
     /// Make, list and revoke a pool's scoped tokens (for its frontends and its peers).
     Token(TokenArgs),
+    /// Use a pool as this machine's swap: on, off, status (root; the host on this machine).
+    Swap(SwapArgs),
 }
 
 /// How to reach the server and how to print; accepted anywhere after the group's name.
@@ -477,6 +479,109 @@ pub struct PoolSetArgs {
     /// Persistent pools with periodic durability: flush interval in ms.
     #[arg(long, value_name = "MS", group = "change")]
     pub flush_interval_ms: Option<u64>,
+}
+
+/// `tmem swap ...`.
+#[derive(Debug, Args)]
+pub struct SwapArgs {
+    #[command(flatten)]
+    pub connect: ConnectOptions,
+    #[command(subcommand)]
+    pub command: SwapCommand,
+}
+
+/// The swap subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SwapCommand {
+    /// Make a pool this machine's swap: create the pool if missing, attach a ublk device
+    /// (/dev/ublkbN; NBD through nbd-client where ublk_drv is missing) if it has none, mkswap,
+    /// swapon with the priority and discard. Running it again changes nothing. A pool or device
+    /// that exists (made before, restored by the host, declared in its config file) is used as
+    /// it is; options that differ from it are named.
+    On(SwapOnArgs),
+    /// swapoff (the kernel takes its pages back), detach the device, remove the pool (and the
+    /// lower tier and backing file `swap on` made) unless --keep-pool.
+    Off(SwapOffArgs),
+    /// The swap devices the host serves: device, size, pages stored, compressed bytes, ratio,
+    /// memory used, swap in use and priority (from /proc/swaps), like zramctl.
+    Status,
+}
+
+/// `tmem swap on`.
+#[derive(Debug, Args)]
+pub struct SwapOnArgs {
+    /// The pool's name (made if missing; an existing one is used as it is).
+    #[arg(long, default_value = "swap")]
+    pub name: String,
+    /// The device's capacity, what the kernel may swap to it: a size (`4G`) or a share of RAM
+    /// (`50%`). The pool's memory is bounded by the host's budget; pages beyond it go to the
+    /// backing file, which is reserved at this size.
+    /// [default: 50%, or the existing device's]
+    #[arg(long, value_name = "SIZE|N%", value_parser = parse_swap_size)]
+    pub size: Option<SwapSize>,
+    /// The pool's chain, comma-separated, each link as for `pool create --backend`
+    /// (`zstd:level=3,ram`); a store that asks for storage (`sled`) is granted it [default:
+    /// lz4,ram, or the existing pool's].
+    #[arg(long, value_name = "CHAIN", value_parser = parse_chain)]
+    pub chain: Option<Chain>,
+    /// A lower tier for the pool, as a chain (`zstd,sled`): pool NAME-lower, made with it;
+    /// pages idle for --tier-idle seconds move down.
+    #[arg(long, value_name = "CHAIN", value_parser = parse_chain)]
+    pub tier: Option<Chain>,
+    /// With --tier: seconds a page stays idle before it moves to the lower tier.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, requires = "tier",
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub tier_idle: u64,
+    /// The swap priority (as swapon -p), 0 to 32767: higher is used first (zram-generator's
+    /// default is 100); -1: the kernel's next default (negative) priority.
+    #[arg(long, value_name = "N", default_value_t = 100, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-1..=32767))]
+    pub priority: i32,
+    /// The backing file (or a block device) for the pages the pool refuses: an absolute path
+    /// under the host's data dir or one of its --allow-path [default: DATA_DIR/NAME.swap].
+    #[arg(long, value_name = "PATH")]
+    pub backing: Option<PathBuf>,
+    /// ublk, nbd (through nbd-client), or auto: ublk where the kernel has ublk_drv, else NBD.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub transport: SwapTransport,
+    /// With ublk: the device number N of /dev/ublkbN [default: the next free one].
+    #[arg(long, value_name = "N")]
+    pub ublk_id: Option<u32>,
+}
+
+/// `tmem swap off`.
+#[derive(Debug, Args)]
+pub struct SwapOffArgs {
+    /// The pool's name.
+    #[arg(default_value = "swap")]
+    pub name: String,
+    /// Keep the pool (and its lower tier): only turn the swap off and detach the device.
+    #[arg(long)]
+    pub keep_pool: bool,
+}
+
+/// `tmem swap on --size`: bytes, or a share of RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapSize {
+    /// This many bytes.
+    Bytes(u64),
+    /// This percentage of MemTotal (1 to 400).
+    PercentOfRam(u16),
+}
+
+/// A chain given as one comma-separated argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain(pub Vec<BackendRequest>);
+
+/// How `tmem swap on` reaches the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SwapTransport {
+    /// ublk where /dev/ublk-control exists (after `modprobe ublk_drv`), else NBD.
+    Auto,
+    /// A ublk device, /dev/ublkbN.
+    Ublk,
+    /// An NBD export of the host on a Unix socket, connected to /dev/nbdN by nbd-client.
+    Nbd,
 }
 
 /// `tmem token ...`.
@@ -874,6 +979,42 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// `tmem swap on --size`: `4G` or `50%`.
+fn parse_swap_size(text: &str) -> Result<SwapSize, String> {
+    let text = text.trim();
+    if let Some(digits) = text.strip_suffix('%') {
+        return match digits.trim().parse::<u16>() {
+            Ok(p @ 1..=400) => Ok(SwapSize::PercentOfRam(p)),
+            _ => Err(format!("`{text}` is not a share of RAM from 1% to 400%")),
+        };
+    }
+    match parse_size(text)? {
+        0 => Err("a swap device of 0 bytes holds nothing".into()),
+        n => Ok(SwapSize::Bytes(n)),
+    }
+}
+
+/// A chain as one argument: links separated by commas, each as `--backend` takes it. A
+/// comma followed by `KEY=VALUE` continues the link before it (`zstd:level=3,on_incompressible=store_raw,ram`).
+pub(crate) fn parse_chain(text: &str) -> Result<Chain, String> {
+    let mut links: Vec<String> = Vec::new();
+    for part in split_top_level(text) {
+        let part = part.trim();
+        let continues = part.split_once('=').is_some_and(|(key, _)| !key.contains([':', '+', '@']));
+        match links.last_mut() {
+            Some(last) if continues && last.contains(':') => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => links.push(part.to_string()),
+        }
+    }
+    if links.is_empty() {
+        return Err("an empty chain: name its plugins, a store last (lz4,ram)".into());
+    }
+    links.iter().map(|l| parse_backend(l)).collect::<Result<_, _>>().map(Chain)
+}
+
 fn parse_page_size(text: &str) -> Result<u32, String> {
     let size = parse_size(text)?;
     u32::try_from(size).map_err(|_| format!("a page size of {size} bytes is too large"))
@@ -1018,6 +1159,25 @@ mod tests {
             b.config,
             serde_json::json!({"endpoints": ["tmem://127.0.0.1:7001/for-a"], "timeout_ms": 200, "token": "abc"})
         );
+    }
+
+    #[test]
+    fn swap_sizes_and_chains_parse() {
+        assert_eq!(parse_swap_size("4G"), Ok(SwapSize::Bytes(4 << 30)));
+        assert_eq!(parse_swap_size("50%"), Ok(SwapSize::PercentOfRam(50)));
+        assert!(parse_swap_size("0%").is_err() && parse_swap_size("401%").is_err() && parse_swap_size("0").is_err());
+        let plugins = |chain: &Chain| chain.0.iter().map(|b| b.plugin.clone()).collect::<Vec<_>>();
+        assert_eq!(plugins(&parse_chain("lz4,ram").unwrap()), ["lz4", "ram"]);
+        // A comma followed by KEY=VALUE continues the link before it.
+        let chain = parse_chain("zstd:level=3,on_incompressible=store_raw,sled+storage").unwrap();
+        assert_eq!(plugins(&chain), ["zstd", "sled"]);
+        assert_eq!(chain.0[0].config, serde_json::json!({"level": 3, "on_incompressible": "store_raw"}));
+        assert_eq!(chain.0[1].grants, ["storage"]);
+        // Array values keep their commas.
+        let chain = parse_chain(r#"zstd,remote+network:endpoints=["a:1","b:2"],timeout_ms=200"#).unwrap();
+        assert_eq!(chain.0[1].config["endpoints"], serde_json::json!(["a:1", "b:2"]));
+        assert_eq!(chain.0[1].config["timeout_ms"], 200);
+        assert!(parse_chain("").unwrap_err().contains("an empty chain"));
     }
 
     #[test]

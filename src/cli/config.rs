@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
-use tmem_api::rest::{AttachRequest, FrontendKind, PoolConfig};
+use tmem_api::rest::PoolConfig;
 use tmem_host::MemoryLimit;
 use tmem_host::declared::{Declared, DeclaredDevice};
 
@@ -140,6 +140,7 @@ impl ConfigFile {
     pub fn declared(&self) -> Declared {
         Declared {
             pools: self.pool.clone(),
+<<<<<<< HEAD
             devices: self
                 .swap
                 .iter()
@@ -157,6 +158,9 @@ impl ConfigFile {
                     },
                 })
                 .collect(),
+=======
+            devices: self.swap.iter().map(|s| DeclaredDevice::ublk(&s.pool, s.size, &s.backing, s.ublk_id)).collect(),
+>>>>>>> swap
         }
     }
 }
@@ -189,6 +193,8 @@ fn memory_limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Mem
 
 #[cfg(test)]
 mod tests {
+    use tmem_api::rest::FrontendKind;
+
     use super::*;
 
     /// The commented default of the Debian package parses, and declares nothing until edited.

@@ -1,7 +1,7 @@
 //! The `tmem` command line, by concern:
 //!
 //! - [`args`] — what clap parses: the [`Cli`](args::Cli) parser and every subcommand (`serve`,
-//!   `demo`, `plugin`, `pool`, `page`), the value parsers, and the conversion of parsed
+//!   `demo`, `plugin`, `pool`, `page`, `token`, `swap`), the value parsers, and the conversion of parsed
 //!   arguments into the settings the host and the REST API take.
 //! - [`commands`] — what each command does: `serve` and `demo` run a host in this process; the
 //!   client groups (`plugin`, `pool`, `page`, one file each) talk to a running `tmem serve`
@@ -10,6 +10,8 @@
 //! - [`generate`] — `tmem generate man|completions DIR` (hidden): man pages and completions.
 //! - [`render`] — what the client commands print: tables, `key: value` views, `--json`, human
 //!   sizes and durations.
+//! - [`system`] — the machine's side of `tmem swap`: `/proc/swaps`, `MemTotal`, the block
+//!   drivers, free space, and the tools it runs (`mkswap`, `swapon`, `swapoff`, `nbd-client`).
 //!
 //! The client groups take the connection options anywhere after their name: `--server URL`
 //! (`TMEM_SERVER`), `--token TOKEN` (`TMEM_TOKEN`) or else the token the server wrote to
@@ -21,6 +23,7 @@ pub mod commands;
 pub mod config;
 pub mod generate;
 pub mod render;
+pub mod system;
 
 use std::fmt;
 
@@ -48,6 +51,14 @@ pub enum CliError {
     },
     /// Anything else, already phrased.
     Message(String),
+    /// The machine cannot do what `tmem swap` asks.
+    System(system::SystemError),
+}
+
+impl From<system::SystemError> for CliError {
+    fn from(error: system::SystemError) -> Self {
+        CliError::System(error)
+    }
 }
 
 impl fmt::Display for CliError {
@@ -58,6 +69,7 @@ impl fmt::Display for CliError {
                 write!(f, "cannot reach tmem at {url}: {reason} (is `tmem serve` running?)")
             }
             CliError::Message(m) => f.write_str(m),
+            CliError::System(e) => write!(f, "{e}"),
         }
     }
 }

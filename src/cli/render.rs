@@ -11,6 +11,7 @@ use tmem_api::manifest::{ConfigKey, ConfigValueKind};
 use tmem_api::rest::{BackendInfo, Durability, PluginInfo, PluginVersion, PoolInfo, StoreResult};
 
 use super::CliError;
+use super::commands::SwapDevice;
 
 // ----- output -----
 
@@ -369,6 +370,44 @@ pub fn pool_table(pools: &[PoolInfo]) -> String {
             limits(info),
             modes(info),
             state(info).to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// `tmem swap status`: one line per swap device, the columns of zramctl where they apply.
+pub fn swap_table(devices: &[SwapDevice]) -> String {
+    if devices.is_empty() {
+        return "no swap device: `tmem swap on` makes one\n".into();
+    }
+    let mut table = Table::new(&[
+        ("DEVICE", Align::Left),
+        ("POOL", Align::Left),
+        ("CHAIN", Align::Left),
+        ("DISKSIZE", Align::Right),
+        ("PAGES", Align::Right),
+        ("DATA", Align::Right),
+        ("COMPR", Align::Right),
+        ("RATIO", Align::Right),
+        ("MEM-USED", Align::Right),
+        ("BACKING", Align::Right),
+        ("SWAP-USED", Align::Right),
+        ("PRIO", Align::Right),
+    ]);
+    for d in devices {
+        table.row(vec![
+            d.device.clone(),
+            d.pool.clone(),
+            d.chain.clone(),
+            human_bytes(d.size_bytes),
+            d.stored_pages.to_string(),
+            human_bytes(d.data_bytes),
+            human_bytes(d.compressed_bytes),
+            d.ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}")),
+            human_bytes(d.memory_bytes),
+            d.backing_pages.to_string(),
+            d.swap.as_ref().map_or_else(|| "-".into(), |s| human_bytes(s.used_bytes)),
+            d.swap.as_ref().map_or_else(|| "-".into(), |s| s.priority.to_string()),
         ]);
     }
     table.render()

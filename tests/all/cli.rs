@@ -11,23 +11,23 @@ use serde_json::Value;
 use crate::common::{ServeProcess, tagged_page, temp_dir};
 
 /// What one run of `tmem` did.
-struct Run {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// Asserts success and returns standard output as text.
-    fn ok(self) -> String {
+    pub(crate) fn ok(self) -> String {
         assert_eq!(self.code, 0, "tmem failed: {}{}", self.text(), self.stderr);
         self.text()
     }
@@ -35,7 +35,7 @@ impl Run {
 
 /// `tmem` with no `TMEM_*` settings from the environment of the test run, in an empty working
 /// directory (so the default `tmem-data` does not exist).
-fn tmem() -> Command {
+pub(crate) fn tmem() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tmem"));
     command
         .env_remove("TMEM_TOKEN")
@@ -48,13 +48,13 @@ fn tmem() -> Command {
 
 /// `tmem` pointed at `server` through `TMEM_SERVER` and `TMEM_DATA_DIR` (so the token comes
 /// from the data dir).
-fn tmem_at(server: &ServeProcess) -> Command {
+pub(crate) fn tmem_at(server: &ServeProcess) -> Command {
     let mut command = tmem();
     command.env("TMEM_SERVER", &server.url).env("TMEM_DATA_DIR", &server.data_dir);
     command
 }
 
-fn run(command: &mut Command, args: &[&str]) -> Run {
+pub(crate) fn run(command: &mut Command, args: &[&str]) -> Run {
     run_with_stdin(command, args, None)
 }
 

@@ -108,17 +108,19 @@ scenario_tests! {
     zram => "zram",
     tmem_ublk_recover => "tmem-ublk-recover",
     tmem_ublk => "tmem-ublk",
+    swap_restart => "swap-restart",
     tmem_nbd => "tmem-nbd",
     ublk_global_pressure => "ublk-global-pressure",
     ublk_budget => "ublk-budget",
     governor_pressure => "governor-pressure",
+    swap_restart_global => "swap-restart-global",
     nbd_global_pressure => "nbd-global-pressure",
 }
 
 /// Every scenario marked `ci=yes`, as CI runs them (`scripts/test.sh`): neighbours marked
 /// `share=yes` share a boot.
 #[test]
-#[ignore = "boots guests under QEMU (about 11 minutes): scripts/test.sh runs it on its own after the suite"]
+#[ignore = "boots guests under QEMU (about 15 minutes): scripts/test.sh runs it on its own after the suite"]
 fn ci_scenarios() {
     run_scenarios(&["--ci"]);
 }
@@ -236,4 +238,43 @@ fn swap_checks_refuse_bad_data_and_runs_without_swapping() {
         !accepted && why.starts_with("RESULT failed: livelock/hung task: the guest printed nothing for 120 s"),
         "a silent guest fails: {why}"
     );
+}
+
+/// The swap-restart checks are honest: a run in which every page verified is still refused
+/// when the second `tmem swap on` changed something, when the host was never killed, when the
+/// next host never took the device over, when no page came in through it, or when `tmem swap
+/// off` failed, or no discard reached the device — and accepted, with the restart's figures, when none of these happened.
+#[test]
+fn swap_restart_checks_need_the_kill_the_takeover_and_swap_ins_after_it() {
+    let verified = "SWAPCHECK START mib=4 pages=1024 passes=1 memtotal_kib=1\n\
+                    SWAPCHECK OK pages=1024 verified=1024 passes=1 seconds=5.0 pswpin=700 pswpout=900 memtotal_kib=1\n\
+                    GUEST SWAPCHECK EXIT 0\n\
+                    GUEST POOL-FINAL discards=4 succ_stores=10 loads=20 invalidates=0 load_failures=0 to_backing=5";
+    let on_again = "GUEST SWAP-ON-AGAIN pool swap is already swap on /dev/ublkb2 (priority 10, 0 B of 1 GiB in use): nothing changed";
+    let kill = "GUEST HOST-KILL uptime=20.0 pswpout=4100 pswpin=0 stored_pages=3000";
+    let back = "GUEST HOST-BACK uptime=23.5 restart_s=3.5 pswpout=4200 pswpin=10";
+    let end = "GUEST VMSTAT-END pswpout=9000 pswpin=710";
+    let off = "GUEST SWAP-OFF ok pool swap is no swap any more:";
+    let check = |lines: &[&str]| check_log("swap-restart", &lines.join("\n"), &["mib=4", "passes=1", "cgroup="]);
+
+    let (result, accepted) = check(&[on_again, kill, back, verified, end, off]);
+    assert!(accepted, "{result}");
+    assert!(
+        result.contains("host killed with 3000 pages in the pool (pswpout 4100), device served again 3.5 s later, pswpin since 700, tmem swap off ok"),
+        "{result}"
+    );
+    let changed = on_again.replace("nothing changed", "created pool swap");
+    let (why, accepted) = check(&[&changed, kill, back, verified, end, off]);
+    assert!(!accepted && why.contains("a second tmem swap on did not say it changed nothing"), "{why}");
+    let (why, accepted) = check(&[on_again, back, verified, end, off]);
+    assert!(!accepted && why.contains("the host was never killed"), "{why}");
+    let (why, accepted) = check(&[on_again, kill, verified, end, off]);
+    assert!(!accepted && why.contains("the restarted host did not take the device over"), "{why}");
+    let (why, accepted) = check(&[on_again, kill, back, verified, "GUEST VMSTAT-END pswpout=9000 pswpin=10", off]);
+    assert!(!accepted && why.contains("no page was swapped in after the restart"), "{why}");
+    let no_discard = verified.replace("discards=4", "discards=0");
+    let (why, accepted) = check(&[on_again, kill, back, &no_discard, end, off]);
+    assert!(!accepted && why.contains("no discard reached the device"), "{why}");
+    let (why, accepted) = check(&[on_again, kill, back, verified, end, "GUEST SWAP-OFF failed swapoff: ENOMEM"]);
+    assert!(!accepted && why.contains("tmem swap off: failed swapoff: ENOMEM"), "{why}");
 }

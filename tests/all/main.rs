@@ -32,6 +32,7 @@ mod remote;
 mod remote_tls;
 mod restart;
 mod serve;
+mod swap;
 mod systemd;
 mod tiers;
 mod tokens;

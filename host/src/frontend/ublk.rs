@@ -27,7 +27,12 @@
 //! Devices are created with `UBLK_F_USER_RECOVERY`: when the host process goes away (an
 //! upgrade, a crash) the kernel keeps `/dev/ublkbN` and queues its I/O, and a restarted host
 //! takes the same device over ([`UblkServer::start`] with `recover`) — with a persistent pool,
-//! processes swapped to it survive the host's restart. Detaching deletes the device.
+//! processes swapped to it survive the host's restart. Detaching deletes the device. And with
+//! `UBLK_F_USER_RECOVERY_REISSUE`: the requests the dead host had taken but not answered are
+//! handed to the next one again, not failed — without it the kernel ends them with EIO, and a
+//! swap-in that fails kills its process (SIGBUS), which the guest's swap-restart scenario
+//! showed (`Write-error on swap-device` at the SIGKILL). Every request of a block device is
+//! safe to run twice: a write or discard of the same blocks leaves the same contents.
 
 use std::io;
 use std::sync::Arc;
@@ -158,7 +163,7 @@ fn serve(device: Arc<BlockDevice>, id: i32, recover: bool, started: mpsc::Sender
         .nr_queues(QUEUES)
         .depth(QUEUE_DEPTH)
         .io_buf_bytes(MAX_IO_BYTES)
-        .ctrl_flags(u64::from(sys::UBLK_F_USER_RECOVERY))
+        .ctrl_flags(u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE))
         .dev_flags(if recover { UblkFlags::UBLK_DEV_F_RECOVER_DEV } else { UblkFlags::UBLK_DEV_F_ADD_DEV })
         .build()
         .map_err(ublk_error)?;

@@ -1,6 +1,6 @@
 //! What each command does, one file per noun: [`serve`](mod@serve) (`tmem serve` and
 //! `tmem demo`, which run a host in this process), and the client groups [`plugin`], [`pool`],
-//! [`page`] and [`token`], which talk to a running `tmem serve` over [`tmem_api::client`]. This file
+//! [`page`], [`token`] and [`swap`], which talk to a running `tmem serve` over [`tmem_api::client`]. This file
 //! holds what the client groups share: the [`Session`] (a connected client and the output
 //! mode) and [`execute`], which runs a client command.
 
@@ -8,6 +8,7 @@ mod page;
 mod plugin;
 mod pool;
 mod serve;
+mod swap;
 mod token;
 
 use std::io;
@@ -17,8 +18,9 @@ use serde::Serialize;
 use tmem_api::client::{Client, ClientError};
 
 pub use serve::{demo, serve};
+pub use swap::SwapDevice;
 
-use super::args::{ClientCommand, ConnectOptions, PageArgs, PluginArgs, PoolArgs, TokenArgs};
+use super::args::{ClientCommand, ConnectOptions, PageArgs, PluginArgs, PoolArgs, SwapArgs, TokenArgs};
 use super::{CliError, Done, render};
 
 /// Runs a client command against the server its connection options name.
@@ -28,6 +30,10 @@ pub fn execute(command: ClientCommand) -> Result<Done, CliError> {
         ClientCommand::Pool(PoolArgs { connect, command }) => pool::run(&Session::open(connect)?, command),
         ClientCommand::Page(PageArgs { connect, command }) => page::run(&Session::open(connect)?, command),
         ClientCommand::Token(TokenArgs { connect, command }) => token::run(&Session::open(connect)?, command),
+        ClientCommand::Swap(SwapArgs { connect, command }) => {
+            let data_dir = connect.data_dir.clone();
+            swap::run(&Session::open(connect)?, &data_dir, command)
+        }
     }
 }
 
