@@ -53,6 +53,7 @@ impl DeclaredDevice {
                 socket: None,
                 listen: None,
                 allow_remote: false,
+                insecure_no_tls: false,
                 ublk_id,
             },
         }

@@ -140,27 +140,7 @@ impl ConfigFile {
     pub fn declared(&self) -> Declared {
         Declared {
             pools: self.pool.clone(),
-<<<<<<< HEAD
-            devices: self
-                .swap
-                .iter()
-                .map(|s| DeclaredDevice {
-                    pool: s.pool.clone(),
-                    request: AttachRequest {
-                        kind: FrontendKind::Ublk,
-                        size_bytes: s.size,
-                        backing: s.backing.clone(),
-                        socket: None,
-                        listen: None,
-                        allow_remote: false,
-                        insecure_no_tls: false,
-                        ublk_id: s.ublk_id,
-                    },
-                })
-                .collect(),
-=======
             devices: self.swap.iter().map(|s| DeclaredDevice::ublk(&s.pool, s.size, &s.backing, s.ublk_id)).collect(),
->>>>>>> swap
         }
     }
 }

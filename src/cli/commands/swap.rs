@@ -162,6 +162,7 @@ fn attached_request(device: &FrontendInfo) -> Option<AttachRequest> {
         socket: d.socket.clone(),
         listen: d.listen.clone(),
         allow_remote: false,
+        insecure_no_tls: false,
         ublk_id: d.ublk_id,
     })
 }
@@ -337,6 +338,7 @@ fn on(session: &Session, data_dir: &Path, args: SwapOnArgs) -> Result<Done, CliE
                         socket: Some(data_dir.join(format!("{name}.nbd")).display().to_string()),
                         listen: None,
                         allow_remote: false,
+                        insecure_no_tls: false,
                         ublk_id: None,
                     },
                     _ => DeclaredDevice::ublk(&name, size, &backing_text, args.ublk_id).request,
