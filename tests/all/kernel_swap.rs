@@ -110,6 +110,7 @@ scenario_tests! {
     tmem_ublk => "tmem-ublk",
     swap_restart => "swap-restart",
     tmem_nbd => "tmem-nbd",
+    swap_nbd => "swap-nbd",
     ublk_global_pressure => "ublk-global-pressure",
     ublk_budget => "ublk-budget",
     governor_pressure => "governor-pressure",
