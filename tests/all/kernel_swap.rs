@@ -121,7 +121,7 @@ scenario_tests! {
 /// Every scenario marked `ci=yes`, as CI runs them (`scripts/test.sh`): neighbours marked
 /// `share=yes` share a boot.
 #[test]
-#[ignore = "boots guests under QEMU (about 15 minutes): scripts/test.sh runs it on its own after the suite"]
+#[ignore = "boots guests under QEMU (about 14 minutes): scripts/test.sh runs it on its own after the suite"]
 fn ci_scenarios() {
     run_scenarios(&["--ci"]);
 }
