@@ -24,7 +24,7 @@ cargo test --workspace --locked 2>&1 | tee -a "$log"
 bash scripts/fuzz.sh 2>&1 | tee -a "$log"
 # The guest-kernel scenarios marked ci=yes in tests/guest/scenarios (the zram self-test, ublk
 # recovery, a real kernel swapping to tmem over ublk and over NBD in a memory cgroup, and
-# `tmem swap on` with the host restarted under live swapping: about 15 minutes under QEMU's
+# `tmem swap on` with the host restarted under live swapping, and over NBD: about 14 minutes under QEMU's
 # software emulation) are ignored in the suite above and run here, through
 # scripts/guest/run.sh, one QEMU at a time.
 cargo test --locked --test all kernel_swap::ci_scenarios -- --ignored --nocapture 2>&1 | tee -a "$log"
