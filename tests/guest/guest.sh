@@ -109,6 +109,16 @@ pool_counters() {
     tmem pool show "$1" --json 2>/dev/null | grep -o '"[a-z_]*": *[0-9][0-9]*' | tr -d '" ' | tr ':\n' '= '
 }
 
+# pool_line POOL: the pool's main counters (those not 0), the guest's memory and the memory
+# governor's target, one `GUEST POOL uptime=S ...` line: what the scenarios print every 10 s
+# while their workload runs.
+pool_line() {
+    echo "GUEST POOL uptime=$(uptime_s) $(pool_counters "$1" | tr ' ' '\n' | grep -E \
+        '^(succ_stores|loads|pool_limit_hit|reject_[a-z_]*|failed_stores|load_failures|stored_pages|pool_total_size|to_backing|from_backing|tier_demoted_pages|tier_promoted_pages)=' |
+        grep -v '=0$' | tr '\n' ' ')$(memory_line)$(wget -q -O - http://127.0.0.1:7411/metrics 2>/dev/null |
+        awk '/^tmem_governor_target_bytes / { printf " governor_target_mib=%d", $2 / 1048576 }')"
+}
+
 # memory_line: free memory, swap in use and (booted with psi=1) memory pressure, one line.
 memory_line() {
     awk '/^MemFree:/ { free = $2 } /^SwapTotal:/ { st = $2 } /^SwapFree:/ { sf = $2 }

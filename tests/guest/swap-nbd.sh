@@ -36,9 +36,7 @@ tmem swap status | sed 's/^/GUEST SWAP-STATUS /'
 step "swap on $device: $(grep -E '^(MemTotal|SwapTotal)' /proc/meminfo | tr -s ' \n' ' ')"
 
 while sleep 10; do
-    echo "GUEST POOL uptime=$(uptime_s) $(pool_counters swap | tr ' ' '\n' | grep -E \
-        '^(succ_stores|loads|reject_[a-z_]*|failed_stores|load_failures|stored_pages|to_backing|from_backing)=' |
-        grep -v '=0$' | tr '\n' ' ')$(memory_line)"
+    pool_line swap
 done &
 reporter=$!
 limited "$(param cgroup)" swapcheck "$(param mib)" "$(param passes)"

@@ -60,9 +60,7 @@ step "swap on /dev/ublkb2: $(grep -E '^(MemTotal|SwapTotal)' /proc/meminfo | tr 
 
 # The pool's counters and the guest's memory every 10 s (nothing while the host is down).
 while sleep 10; do
-    echo "GUEST POOL uptime=$(uptime_s) $(pool_counters swap | tr ' ' '\n' | grep -E \
-        '^(succ_stores|loads|reject_[a-z_]*|failed_stores|load_failures|stored_pages|to_backing|from_backing)=' |
-        grep -v '=0$' | tr '\n' ' ')$(memory_line)"
+    pool_line swap
 done &
 reporter=$!
 

@@ -94,10 +94,7 @@ step "swap on $device: $(grep -E '^(MemTotal|SwapTotal)' /proc/meminfo | tr -s '
 
 # While the workload runs: the pool's main counters and the guest's memory every 10 s.
 while sleep 10; do
-    echo "GUEST POOL uptime=$(uptime_s) $(pool_counters swap | tr ' ' '\n' | grep -E \
-        '^(succ_stores|loads|pool_limit_hit|reject_[a-z_]*|failed_stores|load_failures|stored_pages|pool_total_size|to_backing|from_backing|tier_demoted_pages|tier_promoted_pages)=' |
-        grep -v '=0$' | tr '\n' ' ')$(memory_line)$(wget -q -O - http://127.0.0.1:7411/metrics |
-        awk '/^tmem_governor_target_bytes / { printf " governor_target_mib=%d", $2 / 1048576 }')"
+    pool_line swap
 done &
 reporter=$!
 # With a cgroup, the workload runs in a memory cgroup smaller than the guest's RAM: the kernel
