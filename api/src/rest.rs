@@ -540,7 +540,8 @@ pub struct LatencySummary {
 pub struct FaultInfo {
     /// The plugin.
     pub plugin: String,
-    /// `deadline`, `memory_cap`, `trap`, `protocol`, `init_refused` or `instantiate`.
+    /// `deadline`, `memory_cap`, `memory_budget`, `trap`, `protocol`, `init_refused` or
+    /// `instantiate`.
     pub kind: String,
     /// What happened.
     pub message: String,
@@ -857,7 +858,8 @@ pub struct MemoryInfo {
     /// The memory governor: its settings, its last readings and decisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub governor: Option<GovernorInfo>,
-    /// Bytes charged to the budget now: the arena's committed memory, its headroom included.
+    /// Bytes charged to the budget now: the arena's committed memory (its headroom included),
+    /// persistent pools' database caches, plugin instances' linear memories.
     pub used_bytes: u64,
     /// Of `used_bytes`, memory committed ahead for the next stores.
     pub headroom_bytes: u64,
@@ -870,6 +872,10 @@ pub struct MemoryInfo {
     /// Bytes of the pools' page indexes (16 per page in a dense pool, e.g. a block device),
     /// charged to the budget: their chunks in the arena, their hash tables on the heap.
     pub index_bytes: u64,
+    /// Of `used_bytes`, the linear memories of the pools' plugin instances (a call that would
+    /// grow one past the budget faults with `memory_budget`).
+    #[serde(default)]
+    pub plugin_bytes: u64,
     /// Bytes the arena's runs hold beyond their objects and index chunks (free slots in
     /// partly used runs): what compaction, run when it passes a quarter of the runs, gets back.
     #[serde(default)]

@@ -197,6 +197,16 @@ pub enum HostError {
         /// Bytes of the budget not charged.
         free: u64,
     },
+    /// A new pool's plugin instances need more of the host's memory budget than is free.
+    #[error(
+        "the pool's plugin instances need {needed} bytes of the host's memory budget; {free} are free (raise --memory-limit or PATCH /api/v1/memory, or give the pool fewer shards)"
+    )]
+    BudgetForPlugins {
+        /// The instances' linear memories, in bytes.
+        needed: u64,
+        /// Bytes of the budget not charged before they started.
+        free: u64,
+    },
     /// A lower tier was refused, or a lower tier was used directly.
     #[error(transparent)]
     Tier(#[from] TierError),
@@ -311,7 +321,7 @@ impl Host {
             Arc::downgrade(&pools),
         ));
         let mut host = Host {
-            engine: Arc::new(PluginEngine::new(engine_options)?),
+            engine: Arc::new(PluginEngine::new(engine_options)?.with_budget(budget.clone())),
             budget,
             arena,
             governor,
@@ -764,10 +774,19 @@ impl Host {
         };
         let verify = !self.all_bundled(&chain);
         let tier = spec.tier.clone();
+        let plugins_before = self.budget.plugin_bytes();
         let created = Pool::new(spec, chain, self.engine.clone(), self.arena.clone(), disk.clone(), verify)
             .map_err(HostError::from)
             .map(Arc::new)
             .and_then(|pool| {
+                // Instances start whatever the budget (see `plugin::limits::MemoryCap`), every
+                // shard's as the pool is made: a new pool they overdraw is refused (dropping it
+                // gives their memory back).
+                let needed = self.budget.plugin_bytes().saturating_sub(plugins_before);
+                let free = self.budget.limit().saturating_sub(self.budget.used().saturating_sub(needed));
+                if needed > free {
+                    return Err(HostError::BudgetForPlugins { needed, free });
+                }
                 if let Some(tier) = tier {
                     // Checked in `check_new_pool`, under the same `changes` lock.
                     let lower = self.pool(&tier.lower)?;

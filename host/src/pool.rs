@@ -782,9 +782,7 @@ impl Pool {
         if dropped > 0 {
             tracing::error!(pool = %pool.name, dropped, "DATA LOSS: pages stored by an unknown chain generation were dropped");
         }
-        if crate::memory::is_locked() {
-            pool.start_every_shard();
-        }
+        pool.start_every_shard();
         Ok(pool)
     }
 
@@ -884,9 +882,7 @@ impl Pool {
             record(self, &prepared.generation)?;
         }
         let id = self.commit(prepared);
-        if crate::memory::is_locked() {
-            self.start_every_shard();
-        }
+        self.start_every_shard();
         Ok(id)
     }
 
@@ -896,16 +892,16 @@ impl Pool {
     fn install(&self, chain: Arc<Chain>, id: Option<u32>, verify: bool) -> Result<u32, PoolError> {
         let prepared = self.prepare(chain, id, verify)?;
         let id = self.commit(prepared);
-        if crate::memory::is_locked() {
-            self.start_every_shard();
-        }
+        self.start_every_shard();
         Ok(id)
     }
 
-    /// When the host serves swap (its memory locked): starts the current generation's
-    /// instances in every shard now, rather than on each shard's first store — on an I/O
-    /// thread, under the memory pressure that sent the page, where instantiating allocates and
-    /// faults (see `PluginInstance::make_resident`). A link that cannot start here starts (or
+    /// Starts the current generation's instances in every shard now, rather than on each
+    /// shard's first store — on an I/O thread, under the memory pressure that sent the page,
+    /// where instantiating allocates and faults (see `PluginInstance::make_resident`), and
+    /// where its memory would be charged to the budget while the governor may be trying to
+    /// free some. A pool's plugin memory is thus charged whole when it is made (and checked
+    /// against the budget by `Host::create_pool`). A link that cannot start here starts (or
     /// faults) on first use as before.
     fn start_every_shard(&self) {
         for shard in self.shards.iter().skip(1) {

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tmem_host::{BackendSpec, Host, LoadOutcome, OpError, Pool, RejectReason, StoreOutcome};
+use tmem_host::plugin::EngineOptions;
+use tmem_host::{BackendSpec, Host, HostConfig, LoadOutcome, MemoryLimit, OpError, Pool, RejectReason, StoreOutcome};
 
 use crate::common::{host, register_misbehave, spec, tagged_page};
 
@@ -86,6 +87,68 @@ fn each_kind_of_fault_on_store_is_reported_as_itself_and_loses_no_page() {
             host.destroy_pool(&name).unwrap();
         }
     }
+}
+
+/// Issue 14: plugin instances' linear memories are charged to the host's memory budget — a
+/// plugin whose own cap is far above the budget still cannot make the host hold more.
+#[test]
+fn a_plugin_cannot_grow_the_host_past_its_memory_budget() {
+    const MIB: u64 = 1 << 20;
+    let host = Host::new(HostConfig {
+        memory_limit: MemoryLimit::Bytes(96 * MIB),
+        engine: EngineOptions { max_instances: 200, ..Default::default() },
+        ..Default::default()
+    })
+    .unwrap();
+    register_misbehave(&host);
+    let budget = host.memory_budget().clone();
+    assert_eq!(budget.plugin_bytes(), 0, "no pool, no instance");
+    let mut spec = spec("bomb");
+    spec.shards = Some(1);
+    spec.canary_stores = 0;
+    spec.sandbox.memory_bytes = 512 << 20; // the plugin's own cap would allow 512 MiB
+    spec.sandbox.call_timeout = Duration::from_secs(10);
+    let config = json!({"mode": "bomb", "op": "put", "after": 3});
+    let pool = host.create_pool(spec, &[BackendSpec::with_config("misbehave", config)]).unwrap();
+    let started = budget.plugin_bytes();
+    assert!(started >= 64 << 10, "the instance's memory is charged: {started} bytes");
+    for i in 0..3 {
+        assert_eq!(pool.store(i, &tagged_page(i)).unwrap(), StoreOutcome::Stored);
+    }
+    // The fourth store hoards 1 MiB blocks until the budget, not the cap, stops it.
+    assert_eq!(pool.store(3, &tagged_page(3)).unwrap(), StoreOutcome::Rejected(RejectReason::PluginFault));
+    let fault = pool.last_fault().expect("fault recorded");
+    assert_eq!(fault.kind, "memory_budget", "{}", fault.message);
+    assert!(budget.refused() > 0);
+    assert!(budget.used() <= budget.limit(), "{} bytes held of {}", budget.used(), budget.limit());
+    assert!(budget.plugin_bytes() <= started, "the faulted instance gave its memory back: {}", budget.plugin_bytes());
+    for i in 0..3 {
+        assert_eq!(load(&pool, i).unwrap(), Some(tagged_page(i)), "page {i} lost");
+    }
+    // A fresh instance serves again, within the budget.
+    assert_eq!(pool.store(4, &tagged_page(4)).unwrap(), StoreOutcome::Stored);
+    drop(pool);
+    host.destroy_pool("bomb").unwrap();
+    assert_eq!(budget.plugin_bytes(), 0, "a destroyed pool's instances are given back");
+}
+
+/// A new pool whose instances would overdraw the budget is refused, and holds nothing.
+#[test]
+fn a_pool_whose_instances_overdraw_the_budget_is_refused() {
+    const MIB: u64 = 1 << 20;
+    let host = Host::new(HostConfig { memory_limit: MemoryLimit::Bytes(32 * MIB), ..Default::default() }).unwrap();
+    let budget = host.memory_budget().clone();
+    let mut many = spec("many");
+    many.shards = Some(64);
+    let err = host.create_pool(many, &[BackendSpec::new("zstd"), BackendSpec::new("ram")]).unwrap_err();
+    assert!(matches!(err, tmem_host::HostError::BudgetForPlugins { .. }), "{err}");
+    assert!(err.to_string().contains("plugin instances"), "{err}");
+    assert_eq!(budget.plugin_bytes(), 0, "nothing held after the refusal");
+    assert!(host.pool("many").is_err());
+    let mut few = spec("few");
+    few.shards = Some(1);
+    host.create_pool(few, &[BackendSpec::new("zstd"), BackendSpec::new("ram")]).unwrap();
+    assert!(budget.plugin_bytes() > 0 && budget.used() <= budget.limit());
 }
 
 #[test]

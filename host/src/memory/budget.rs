@@ -1,8 +1,8 @@
 //! [`MemoryBudget`]: the most memory the host keeps for pages, and what it keeps now.
 //!
 //! Everything the host holds for pages is charged here before it is held — the arena's
-//! committed spans (stored bytes and their headroom), per-page index memory — and released
-//! when given back. A charge that would pass the limit is refused: the caller refuses the
+//! committed spans (stored bytes and their headroom), per-page index memory, persistent
+//! pools' database caches, plugin instances' linear memories — and released when given back. A charge that would pass the limit is refused: the caller refuses the
 //! store (frontswap's way), it never allocates past the budget. The limit changes at run time;
 //! lowering it below what is held refuses new charges until enough is released.
 //!
@@ -27,6 +27,8 @@ pub struct MemoryBudget {
     changes: parking_lot::Mutex<()>,
     used: AtomicU64,
     refused: AtomicU64,
+    /// Of `used`, the linear memories of plugin instances ([`MemoryBudget::try_charge_plugin`]).
+    plugins: AtomicU64,
 }
 
 impl MemoryBudget {
@@ -39,6 +41,7 @@ impl MemoryBudget {
             changes: parking_lot::Mutex::new(()),
             used: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            plugins: AtomicU64::new(0),
         }
     }
 
@@ -70,6 +73,35 @@ impl MemoryBudget {
     pub fn charge_anyway(self: &Arc<Self>, bytes: u64) -> Charge {
         self.force_charge(bytes);
         Charge { budget: self.clone(), bytes }
+    }
+
+    /// Charges `bytes` of a plugin instance's linear memory if the limit allows (a memory grown
+    /// by a call: refused past the budget, the call then faults and nothing is taken).
+    pub fn try_charge_plugin(&self, bytes: u64) -> bool {
+        let charged = self.try_charge(bytes);
+        if charged {
+            self.plugins.fetch_add(bytes, Ordering::Relaxed);
+        }
+        charged
+    }
+
+    /// Charges `bytes` of a plugin instance's linear memory whatever the limit: an instance's
+    /// start (its initial memory and what `init` grows), which a pool needs to serve at all —
+    /// a fresh instance after a fault replaces one whose memory was just given back.
+    pub fn force_charge_plugin(&self, bytes: u64) {
+        self.force_charge(bytes);
+        self.plugins.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back `bytes` of plugin memory charged earlier (an instance dropped).
+    pub fn release_plugin(&self, bytes: u64) {
+        self.plugins.fetch_sub(bytes, Ordering::Relaxed);
+        self.release(bytes);
+    }
+
+    /// Of [`MemoryBudget::used`], bytes of plugin instances' linear memories.
+    pub fn plugin_bytes(&self) -> u64 {
+        self.plugins.load(Ordering::Relaxed)
     }
 
     /// Gives back `bytes` charged earlier.

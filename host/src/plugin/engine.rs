@@ -122,6 +122,9 @@ pub struct PluginEngine {
     options: EngineOptions,
     ticker_stop: Arc<AtomicBool>,
     slots: Arc<InstanceSlots>,
+    /// The host's memory budget, charged for every pool instance's linear memory
+    /// ([`super::limits::MemoryCap`]); `None`: uncharged.
+    budget: Option<Arc<crate::memory::budget::MemoryBudget>>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -169,7 +172,13 @@ impl PluginEngine {
             limit: options.max_instances.saturating_sub(PROBE_SLOTS),
             reserved: Default::default(),
         });
-        Ok(PluginEngine { engine, linker, options, ticker_stop, slots })
+        Ok(PluginEngine { engine, linker, options, ticker_stop, slots, budget: None })
+    }
+
+    /// The same engine, charging its pools' instances' linear memories to `budget`.
+    pub fn with_budget(mut self, budget: Arc<crate::memory::budget::MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The instance slots pools reserve.
@@ -228,7 +237,16 @@ impl PluginEngine {
         }
         PluginInstance::new(
             &self.engine,
-            InstanceSpec { module, limits, tick: self.options.epoch_tick, page_size, config, pages, net: net.cloned() },
+            InstanceSpec {
+                module,
+                limits,
+                tick: self.options.epoch_tick,
+                page_size,
+                config,
+                pages,
+                net: net.cloned(),
+                budget: self.budget.clone(),
+            },
         )
     }
 

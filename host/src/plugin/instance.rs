@@ -107,6 +107,11 @@ pub enum PluginFault {
     /// The plugin tried to grow its memory past the cap.
     #[error("plugin exceeded its memory cap of {0} bytes")]
     MemoryCap(usize),
+    /// The plugin tried to grow its memory past what the host's memory budget has left (not
+    /// the plugin's fault, but its call cannot go on: the instance is dropped and its memory
+    /// given back).
+    #[error("the host's memory budget could not hold the plugin's memory growth")]
+    MemoryBudget,
     /// The plugin trapped (a panic, an out-of-bounds access, `unreachable`).
     #[error("plugin trapped: {0}")]
     Trap(String),
@@ -127,6 +132,7 @@ impl PluginFault {
         match self {
             PluginFault::Deadline(_) => "deadline",
             PluginFault::MemoryCap(_) => "memory_cap",
+            PluginFault::MemoryBudget => "memory_budget",
             PluginFault::Trap(_) => "trap",
             PluginFault::Protocol(_) => "protocol",
             PluginFault::InitRefused(_) => "init_refused",
@@ -290,6 +296,8 @@ pub(crate) struct InstanceSpec<'a> {
     pub(crate) pages: Option<Arc<PageShard>>,
     /// The network grant, if the pool gives one.
     pub(crate) net: Option<NetPolicy>,
+    /// The host's memory budget, charged for the instance's linear memory.
+    pub(crate) budget: Option<Arc<crate::memory::budget::MemoryBudget>>,
 }
 
 fn ticks(timeout: Duration, tick: Duration) -> u64 {
@@ -305,7 +313,7 @@ impl PluginInstance {
         limits: SandboxLimits,
         tick: Duration,
     ) -> Result<Vec<u8>, PluginFault> {
-        let mut store = new_store(engine, "probe".into(), limits, None, None);
+        let mut store = new_store(engine, "probe".into(), limits, None, None, None);
         store.set_epoch_deadline(ticks(limits.init_timeout, tick));
         let instance = linker.instantiate(&mut store, module).map_err(|e| classify(&store, e, limits.init_timeout))?;
         let memory = instance
@@ -326,7 +334,7 @@ impl PluginInstance {
         let limits = spec.limits;
         let name: Arc<str> = spec.module.manifest().name.as_ref().into();
         let net = spec.net.map(|policy| NetAccess::new(policy, Instant::now() + limits.init_timeout));
-        let mut store = new_store(engine, name, limits, spec.pages, net);
+        let mut store = new_store(engine, name, limits, spec.pages, net, spec.budget);
         store.set_epoch_deadline(ticks(limits.init_timeout, spec.tick));
         let fault = |store: &Store<PluginState>, e| classify(store, e, limits.init_timeout);
         let instance = spec.module.pre().instantiate(&mut store).map_err(|e| {
@@ -402,6 +410,8 @@ impl PluginInstance {
         if crate::memory::is_locked() {
             instance.make_resident(spec.page_size as usize)?;
         }
+        // Started: from now on the instance grows only within the host's budget.
+        instance.store.data_mut().cap.starting = false;
         Ok(instance)
     }
 
@@ -549,9 +559,10 @@ fn new_store(
     limits: SandboxLimits,
     pages: Option<Arc<PageShard>>,
     net: Option<NetAccess>,
+    budget: Option<Arc<crate::memory::budget::MemoryBudget>>,
 ) -> Store<PluginState> {
     let state = PluginState {
-        cap: MemoryCap::new(limits.memory_bytes),
+        cap: MemoryCap::new(limits.memory_bytes, budget),
         pages,
         memory: None,
         name,
@@ -569,6 +580,9 @@ fn new_store(
 fn classify(store: &Store<PluginState>, error: wasmtime::Error, timeout: Duration) -> PluginFault {
     if store.data().cap.hit {
         return PluginFault::MemoryCap(store.data().cap.limit);
+    }
+    if store.data().cap.budget_hit {
+        return PluginFault::MemoryBudget;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginFault::Deadline(timeout),

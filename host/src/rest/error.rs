@@ -129,7 +129,9 @@ impl From<HostError> for ApiError {
             HostError::PoolExists(_) => (StatusCode::CONFLICT, "pool_exists"),
             HostError::PoolNotFound(_) => (StatusCode::NOT_FOUND, "pool_not_found"),
             HostError::MemoryLimitTooSmall(_) => (StatusCode::BAD_REQUEST, "invalid_memory_limit"),
-            HostError::BudgetForCache { .. } => (StatusCode::CONFLICT, "memory_budget"),
+            HostError::BudgetForCache { .. } | HostError::BudgetForPlugins { .. } => {
+                (StatusCode::CONFLICT, "memory_budget")
+            }
             HostError::Pool(e) => return e.into(),
             HostError::Chain(e) => return e.into(),
             HostError::Disk(e) => return e.into(),

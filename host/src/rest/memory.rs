@@ -24,6 +24,7 @@ pub fn memory_info(host: &Host) -> MemoryInfo {
         slot_bytes: arena.slot_bytes,
         objects: arena.objects,
         index_bytes: arena.index_chunk_bytes + arena.index_heap_bytes,
+        plugin_bytes: budget.plugin_bytes(),
         fragmentation_bytes: arena.run_bytes.saturating_sub(arena.slot_bytes + arena.index_chunk_bytes),
         compacted_records: arena.relocated,
         refused: arena.refused,

@@ -47,7 +47,7 @@ pub fn render(host: &Host) -> String {
     for (metric, help, value) in [
         (
             "tmem_memory_used_bytes",
-            "Bytes charged to the memory budget (the arena's committed memory).",
+            "Bytes charged to the memory budget (the arena's committed memory, database caches, plugin instances' memories).",
             memory.used_bytes,
         ),
         (
@@ -63,6 +63,11 @@ pub fn render(host: &Host) -> String {
         ),
         ("tmem_memory_objects", "Records in the arena.", memory.objects),
         ("tmem_memory_index_bytes", "Bytes of the pools' page indexes (charged to the budget).", memory.index_bytes),
+        (
+            "tmem_memory_plugin_bytes",
+            "Of the used bytes, the linear memories of the pools' plugin instances.",
+            memory.plugin_bytes,
+        ),
         (
             "tmem_memory_fragmentation_bytes",
             "Bytes the arena's runs hold beyond their objects (free slots of partly used runs).",
