@@ -97,7 +97,7 @@ check() {
     local name=$1 log=$2
     awk -v name="$name" -v script="$(get "$name" script)" -v mib="$(get "$name" mib)" \
         -v passes="$(get "$name" passes)" -v min_ratio="$(get "$name" min_ratio)" \
-        -v cgroup="$(get "$name" cgroup)" -v expect="$(get "$name" expect)" -v second="$(get "$name" second)" \
+        -v cgroup="$(get "$name" cgroup)" -v expect="$(get "$name" expect)" -v second="$(get "$name" second)" -v tls="$(get "$name" tls)" \
         -v logfile="$log" '
     # kv(text, key): the value of key=value in text ("" when absent).
     function kv(text, key,    n, i, words) {
@@ -165,6 +165,7 @@ check() {
         if (line ~ /^GUEST HOST-BACK /) host_back = line
         if (line ~ /^GUEST SWAP-ON-AGAIN /) on_again = line
         if (line ~ /^GUEST SWAP-OFF /) swap_off = line
+        if (line ~ /^GUEST TLS /) tls_line = line
         if (line ~ /^GUEST VMSTAT-END /) vmstat_end = line
     }
     END {
@@ -243,6 +244,8 @@ check() {
             # that tmem swap on turned discard on.)
             if (script == "tmem.sh" && !(invalidates > 0)) failed("the kernel'"'"'s discards of freed swap slots never reached the pool as invalidates")
             if (script == "swap-restart.sh" && !(kv(pool, "discards") + 0 > 0)) failed("no discard reached the device (swap on without discard?)")
+            if (tls != "" && tls_line == "") failed("no GUEST TLS line: the export was not reached over TLS")
+            if (tls != "") text = text ", over NBD with TLS (X.509 both ways, the guest" "'"'"'s nbd-client; a plain client refused)"
             if (expect == "refused" && !(refused > 0)) failed("the pool refused no store (its limit never bit)")
             if (expect == "refused" && !(to_backing > 0)) failed("the device wrote no page to its backing file")
             if (expect == "governed") {
@@ -361,11 +364,13 @@ if [ ! -x "$swapcheck" ] || [ "$repo/tests/guest/swapcheck.c" -nt "$swapcheck" ]
     gcc -static -O2 -Wall -Werror -o "$swapcheck" "$repo/tests/guest/swapcheck.c" || die "cannot compile swapcheck"
 fi
 
-needs_tmem=0 needs_nbd=0
+needs_tmem=0 needs_nbd=0 needs_tls=0
 for name in "${selected[@]}"; do
     if [ "$(get "$name" script)" != zram.sh ]; then needs_tmem=1; fi
     if [ "$(get "$name" transport)" = nbd ]; then needs_nbd=1; fi
+    if [ -n "$(get "$name" tls)" ]; then needs_tls=1; fi
 done
+[ $needs_tls = 0 ] || command -v openssl >/dev/null || missing openssl
 if [ $needs_tmem = 1 ] && [ -z "$tmem_bin" ]; then
     say "building the release tmem (cargo build --release --bin tmem)"
     (cd "$repo" && cargo build --release --locked --bin tmem) || die "cannot build the release tmem (see above)"
@@ -382,6 +387,26 @@ cache_key=""
 if [ $needs_tmem = 1 ] && [ $precompile = 1 ]; then
     cache_key="$(sha256sum "$tmem_bin" | cut -c1-64) $("$qemu" --version | head -n 1) $release -cpu max"
 fi
+
+# make_certificates DIR: a CA, a server certificate for 127.0.0.1 and localhost, and a client
+# certificate, all signed by the CA (PEM: ca.pem, server.pem/.key, client.pem/.key) — what
+# tls=x509 scenarios give tmem serve and the guest's nbd-client. Made afresh for each boot.
+make_certificates() {
+    local out=$1
+    mkdir -p "$out"
+    (
+        cd "$out" || exit 1
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tmem-guest-ca -keyout ca.key -out ca.pem &&
+            for who in server client; do
+                openssl req -newkey rsa:2048 -nodes -subj "/CN=tmem-guest-$who" -keyout $who.key -out $who.csr &&
+                    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=%s\n' \
+                        "$([ $who = server ] && echo serverAuth || echo clientAuth)" > $who.ext &&
+                    openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                        -extfile $who.ext -out $who.pem || exit 1
+            done
+        rm -f ./*.csr ./*.ext ca.key ca.srl
+    ) >/dev/null 2>&1 || die "cannot make the guest's TLS certificates with openssl"
+}
 
 # ---- One boot ---------------------------------------------------------------------------------
 
@@ -412,6 +437,7 @@ run_boot() {
     for script in "${scripts[@]}"; do build+=(--file "$repo/tests/guest/$script=/lib/scenarios/$script"); done
     [ $needs_tmem = 1 ] && build+=(--disk-bin "$tmem_bin=/bin/tmem")
     [ -n "$nbd_client" ] && build+=(--disk-bin "$nbd_client=/bin/nbd-client")
+    [ $needs_tls = 1 ] && make_certificates "$stage/disk/tls"
     local precompile_now=0
     if [ -n "$cache_key" ]; then
         mkdir -p "$stage/disk/cwasm"

@@ -43,7 +43,18 @@ trap cleanup EXIT
 # The backing store (and the NBD socket) lie outside the data dir: allowed explicitly.
 allow="$dir"
 [ "$backing" = /dev/vdb ] && allow="$allow,/dev/vdb"
-serve "$dir/data" --mlock --allow-path "$allow" $(args serve_args)
+# tls=x509 (nbd): the export is on loopback TCP and needs TLS with a client certificate, the
+# certificates run.sh made (/mnt/tls); nbd-client speaks it (GnuTLS) and hands the kernel its
+# end of a local proxy.
+tls=$(param tls)
+tls_args=""
+if [ "$tls" = x509 ]; then
+    tls_args="--tls-cert /mnt/tls/server.pem --tls-key /mnt/tls/server.key --tls-client-ca /mnt/tls/ca.pem"
+elif [ -n "$tls" ]; then
+    fail "tls must be x509"
+fi
+# shellcheck disable=SC2086
+serve "$dir/data" --mlock --allow-path "$allow" $tls_args $(args serve_args)
 step "tmem serve is up"
 
 # --backend SPEC for each comma-separated spec of $1.
@@ -61,12 +72,25 @@ fi
 tmem pool create swap $(backends "${chain:-zstd,ram}") $tier $(args pool_args) >/dev/null || fail "tmem pool create"
 case "$transport" in
     nbd)
-        tmem pool attach swap --nbd-socket "$dir/swap.nbd" --size 1G --backing "$backing" ||
-            fail "tmem pool attach --nbd-socket"
         modprobe nbd nbds_max=1 || fail "modprobe nbd"
-        # nbd-client 3.24 asks for the default export (""), hands the socket to the kernel over
-        # netlink and exits; `-swap` locks its memory should it stay (ioctl mode).
-        nbd-client -unix "$dir/swap.nbd" /dev/nbd0 -block-size 4096 -swap || fail "nbd-client"
+        if [ "$tls" = x509 ]; then
+            tmem pool attach swap --nbd-listen 127.0.0.1:10809 --size 1G --backing "$backing" ||
+                fail "tmem pool attach --nbd-listen"
+            # A client without a certificate, or without TLS, is turned away.
+            nbd-client 127.0.0.1 10809 /dev/nbd0 -block-size 4096 >/dev/null 2>&1 &&
+                fail "a plain nbd-client was served by a TLS-only export"
+            nbd-client -c /dev/nbd0 >/dev/null 2>&1 && nbd-client -d /dev/nbd0 >/dev/null 2>&1
+            nbd-client 127.0.0.1 10809 /dev/nbd0 -block-size 4096 -swap -enable-tls -tlshostname localhost \
+                -cacertfile /mnt/tls/ca.pem -certfile /mnt/tls/client.pem -keyfile /mnt/tls/client.key ||
+                fail "nbd-client with TLS (X.509)"
+            echo "GUEST TLS nbd-client X.509: plain client refused, certificate client connected"
+        else
+            tmem pool attach swap --nbd-socket "$dir/swap.nbd" --size 1G --backing "$backing" ||
+                fail "tmem pool attach --nbd-socket"
+            # nbd-client 3.24 asks for the default export (""), hands the socket to the kernel
+            # over netlink and exits; `-swap` locks its memory should it stay (ioctl mode).
+            nbd-client -unix "$dir/swap.nbd" /dev/nbd0 -block-size 4096 -swap || fail "nbd-client"
+        fi
         swap_device=/dev/nbd0
         ;;
     ublk)
