@@ -781,9 +781,12 @@ impl Host {
             .and_then(|pool| {
                 // Instances start whatever the budget (see `plugin::limits::MemoryCap`), every
                 // shard's as the pool is made: a new pool they overdraw is refused (dropping it
-                // gives their memory back).
+                // gives their memory back). Held to the operator's limit, not to the governor's
+                // target: a target lowered by passing pressure refuses stores, not pools (nor
+                // `tmem serve --demo-pool` at start).
                 let needed = self.budget.plugin_bytes().saturating_sub(plugins_before);
-                let free = self.budget.limit().saturating_sub(self.budget.used().saturating_sub(needed));
+                let held = self.budget.used().saturating_sub(needed);
+                let free = self.budget.operator_limit().saturating_sub(held);
                 if needed > free {
                     return Err(HostError::BudgetForPlugins { needed, free });
                 }
