@@ -460,10 +460,8 @@ impl<In: ureq::unversioned::transport::Transport> ureq::unversioned::transport::
         let host = details.uri.host().ok_or(ureq::Error::Tls("an https URL without a host"))?;
         let mut adapter = Adapter::new(transport.boxed(), details.current_time.clone());
         adapter.set_timeout(details.timeout);
-        let stream = self
-            .client
-            .connect(host, adapter)
-            .map_err(|e| ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string())))?;
+        let stream =
+            self.client.connect(host, adapter).map_err(|e| ureq::Error::Io(std::io::Error::other(e.to_string())))?;
         let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
         Ok(Some(Either::B(HttpsTransport { buffers, stream })))
     }

@@ -65,6 +65,9 @@ fn the_cli_the_client_and_curl_speak_https_and_plain_http_is_refused() {
     let listed = tmem(&[&["pool", "ls"][..], &connect].concat());
     assert!(listed.status.success(), "tmem pool ls over https: {}", text(&listed.stderr));
     assert!(text(&listed.stdout).lines().any(|l| l.starts_with("over-tls ")), "{}", text(&listed.stdout));
+    // `tmem swap status` (as `swap on`/`off`) talks to the host through the same client.
+    let status = tmem(&[&["swap", "status"][..], &connect].concat());
+    assert!(status.status.success(), "tmem swap status over https: {}", text(&status.stderr));
     // TMEM_TLS_CA does what --tls-ca does (the variable `tmem serve --tls-ca` reads too).
     assert!(server.cli(&["pool", "show", "over-tls"]).contains("over-tls"));
     // The API client, with the same connector, sees the pool.
