@@ -428,6 +428,9 @@ fn transport(error: ureq::Error) -> ClientError {
     match error {
         // Just the OS's words, e.g. "Connection refused (os error 111)".
         ureq::Error::Io(io) => ClientError::Transport(io.to_string()),
+        ureq::Error::TlsRequired => ClientError::Transport(
+            "an https:// URL needs a client made with Client::with_connector and a TLS connector".into(),
+        ),
         other => ClientError::Transport(other.to_string()),
     }
 }
@@ -523,5 +526,14 @@ mod tests {
         let client = Client::new("http://127.0.0.1:1", None);
         let err = client.health().unwrap_err();
         assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_plain_client_at_an_https_url_says_it_needs_a_connector() {
+        // A listener that accepts (its backlog) and never answers: the refusal is the client's.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = Client::new(&format!("https://{}", listener.local_addr().unwrap()), None);
+        let err = client.health().unwrap_err();
+        assert!(err.to_string().contains("Client::with_connector"), "{err}");
     }
 }

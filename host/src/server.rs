@@ -76,7 +76,8 @@ pub struct ServeConfig {
     /// `[[pool]]` and `[[swap]]`: [`crate::declared`]).
     pub declared: Declared,
     /// The host's TLS for its TCP listeners and connections ([`crate::tls`]; none set: no
-    /// TLS, and TCP NBD exports only with `insecure_no_tls`).
+    /// TLS, and TCP NBD exports only with `insecure_no_tls`). With a certificate the HTTP
+    /// listener is HTTPS.
     pub tls: TlsFiles,
     /// Users (names or uids) besides the host's own and root who may connect to its Unix
     /// sockets (the frontend socket, NBD exports on a socket); with `socket_group`, the group
