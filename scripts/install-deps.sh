@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building tmem needs on a fresh Debian machine (as root, or with sudo): clang
 # and llvm (zstd's C code for the Wasm plugins), libssl-dev and pkg-config (the host's TLS) and
-# the wasm32 rustup target. With `--test`, the openssl CLI (the TLS tests' certificates),
-# also what the tests run against: redis-server and redis-cli (the remote store's Redis and
-# Redis Cluster tests), Debian's chromium, Node.js and the dashboard's npm packages
+# the wasm32 rustup target. With `--test`, the openssl CLI (the TLS tests' certificates) and
+# curl (an HTTPS client of the API), also what the tests run against: redis-server and
+# redis-cli (the remote store's Redis and Redis Cluster tests), Debian's chromium, Node.js and the dashboard's npm packages
 # (playwright-core drives chromium in the dashboard's browser test), and what the guest-kernel
 # tests (tests/all/kernel_swap.rs, scripts/guest/) need: QEMU, busybox-static, cpio, kmod
 # (modinfo), xz, gcc with a static libc (swapcheck), nbd-client (copied into the guest) and
@@ -32,8 +32,10 @@ if [ "${1:-}" = "--test" ]; then
     command -v nbdcopy >/dev/null || need_apt+=(libnbd-bin)
     command -v fio >/dev/null || need_apt+=(fio)
     command -v nbdkit >/dev/null || need_apt+=(nbdkit)
-    # The TLS tests make their certificates and keys with the openssl CLI.
+    # The TLS tests make their certificates and keys with the openssl CLI; curl is the HTTPS
+    # client tests/all/rest_tls.rs checks the API with.
     command -v openssl >/dev/null || need_apt+=(openssl)
+    command -v curl >/dev/null || need_apt+=(curl)
     command -v redis-server >/dev/null || need_apt+=(redis-server)
     command -v redis-cli >/dev/null || need_apt+=(redis-tools)
     [ -x /usr/bin/chromium ] || need_apt+=(chromium)

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Client(command) => match commands::execute(command) {
+        Command::Client(command) => match commands::execute(*command) {
             Ok(Done::Ok) => ExitCode::SUCCESS,
             Ok(Done::Rejected) => ExitCode::from(EXIT_REJECTED),
             Err(e) => {

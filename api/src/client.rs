@@ -106,6 +106,16 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// The agent settings of every [`Client`]: statuses as responses, the connect timeout, the
+/// user agent.
+fn agent_config() -> ureq::config::Config {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .user_agent(concat!("tmem-client/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// A client of one tmem server. Cheap to clone (connections are pooled and shared).
 #[derive(Clone)]
 pub struct Client {
@@ -127,17 +137,27 @@ impl fmt::Debug for Client {
 impl Client {
     /// A client of the server at `base_url` (e.g. `http://127.0.0.1:7411`), sending `token`
     /// as `Authorization: Bearer TOKEN` on authenticated routes.
+    ///
+    /// This client speaks plain `http://` only (ureq's TLS features are off: the host's TLS
+    /// is OpenSSL's); [`Client::with_connector`] with `tmem_host::tls::https_connector` is
+    /// one that speaks `https://` too.
     pub fn new(base_url: &str, token: Option<String>) -> Client {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .user_agent(concat!("tmem-client/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Client {
-            agent: ureq::Agent::new_with_config(config),
-            base_url: base_url.trim_end_matches('/').to_string(),
-            token,
-        }
+        Client::with_agent(base_url, token, ureq::Agent::new_with_config(agent_config()))
+    }
+
+    /// [`Client::new`] whose connections `connector` makes (a chain of ureq's unversioned
+    /// transport API: e.g. TCP then TLS, for `https://` URLs).
+    pub fn with_connector(
+        base_url: &str,
+        token: Option<String>,
+        connector: impl ureq::unversioned::transport::Connector,
+    ) -> Client {
+        let resolver = ureq::unversioned::resolver::DefaultResolver::default();
+        Client::with_agent(base_url, token, ureq::Agent::with_parts(agent_config(), connector, resolver))
+    }
+
+    fn with_agent(base_url: &str, token: Option<String>, agent: ureq::Agent) -> Client {
+        Client { agent, base_url: base_url.trim_end_matches('/').to_string(), token }
     }
 
     /// The server's base URL, without a trailing slash.
@@ -408,6 +428,9 @@ fn transport(error: ureq::Error) -> ClientError {
     match error {
         // Just the OS's words, e.g. "Connection refused (os error 111)".
         ureq::Error::Io(io) => ClientError::Transport(io.to_string()),
+        ureq::Error::TlsRequired => ClientError::Transport(
+            "an https:// URL needs a client made with Client::with_connector and a TLS connector".into(),
+        ),
         other => ClientError::Transport(other.to_string()),
     }
 }
@@ -503,5 +526,14 @@ mod tests {
         let client = Client::new("http://127.0.0.1:1", None);
         let err = client.health().unwrap_err();
         assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_plain_client_at_an_https_url_says_it_needs_a_connector() {
+        // A listener that accepts (its backlog) and never answers: the refusal is the client's.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = Client::new(&format!("https://{}", listener.local_addr().unwrap()), None);
+        let err = client.health().unwrap_err();
+        assert!(err.to_string().contains("Client::with_connector"), "{err}");
     }
 }

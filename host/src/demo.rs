@@ -58,6 +58,13 @@ fn expected_page(index: u64, version: u32, page: &mut [u8]) {
 
 /// Runs the demo; `Ok(true)` when every page read back right.
 pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
+    // `tmem serve`'s rule, said up front: the demo's API is plain HTTP (it has no certificate).
+    anyhow::ensure!(
+        config.listen.ip().is_loopback(),
+        "--listen {}: the demo serves plain HTTP, on loopback only (e.g. 127.0.0.1:7411); `tmem serve` with \
+         --tls-cert and --tls-key serves the API beyond it over HTTPS",
+        config.listen
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serve_config = ServeConfig {

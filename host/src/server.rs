@@ -9,6 +9,20 @@
 //! that has not yet made a request with the API token is evicted first, and hyper's
 //! header-read timeout (the handshake deadline: a request head must arrive in time, and a
 //! keep-alive connection idle that long is closed).
+//!
+//! # HTTPS
+//!
+//! With a certificate (`--tls-cert/--tls-key`) the HTTP listener speaks HTTPS only, on
+//! loopback too (one rule: a certificate means HTTPS). Its TLS context is the certificate's
+//! alone: no PSK (browsers and curl have none) and no client certificates (the API token
+//! authenticates; `--tls-client-ca` is for NBD and the peer listener). The TLS handshake is
+//! part of a connection's handshake: it must end within the listener's handshake deadline,
+//! and a connection still in it is pending (evicted first by a full listener). A client that
+//! speaks plain HTTP to it gets a plain `400` saying so ([`HTTPS_REQUIRED`]) and is closed.
+//!
+//! Without a certificate the listener is plain HTTP, which [`serve`] refuses beyond loopback
+//! unless `--insecure-plain-tcp` (as the peer listener): the token and the pages would cross
+//! the network in clear text.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,7 +76,8 @@ pub struct ServeConfig {
     /// `[[pool]]` and `[[swap]]`: [`crate::declared`]).
     pub declared: Declared,
     /// The host's TLS for its TCP listeners and connections ([`crate::tls`]; none set: no
-    /// TLS, and TCP NBD exports only with `insecure_no_tls`).
+    /// TLS, and TCP NBD exports only with `insecure_no_tls`). With a certificate the HTTP
+    /// listener is HTTPS.
     pub tls: TlsFiles,
     /// Users (names or uids) besides the host's own and root who may connect to its Unix
     /// sockets (the frontend socket, NBD exports on a socket); with `socket_group`, the group
@@ -70,8 +85,9 @@ pub struct ServeConfig {
     pub socket_users: Vec<String>,
     /// The group of the sockets when `socket_users` is set.
     pub socket_group: Option<String>,
-    /// Allow plain TCP beyond loopback where TLS is otherwise required: a peer listener
-    /// without TLS, remote stores' `tmem://` and `redis://` endpoints. Logged as a warning.
+    /// Allow plain TCP beyond loopback where TLS is otherwise required: an HTTP listener or a
+    /// peer listener without TLS, remote stores' `tmem://` and `redis://` endpoints. Logged
+    /// as a warning.
     pub insecure_plain_tcp: bool,
 }
 
@@ -130,7 +146,23 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     if config.insecure_plain_tcp {
         tracing::warn!(
             "INSECURE: --insecure-plain-tcp: remote stores may send pages and credentials in clear text beyond loopback, \
-             and a peer listener without TLS may listen beyond it"
+             and the HTTP listener and a peer listener without TLS may listen beyond it"
+        );
+    }
+    // The HTTP listener's TLS: the certificate's alone (see the module's doc).
+    let https = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => {
+            let files = TlsFiles { cert: Some(cert.clone()), key: Some(key.clone()), ..TlsFiles::default() };
+            TlsServer::load(&files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?
+        }
+        _ => None,
+    };
+    if https.is_none() && !config.listen.ip().is_loopback() && !config.insecure_plain_tcp {
+        anyhow::bail!(
+            "--listen {} is beyond loopback and this host has no certificate: the API token, pages and the dashboard \
+             would cross the network in clear text; give --tls-cert and --tls-key (the API is then HTTPS), \
+             listen on loopback (127.0.0.1), or --insecure-plain-tcp",
+            config.listen
         );
     }
     let (host, token) = build_host(config)?;
@@ -193,8 +225,13 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         }
     };
     let addr = listener.local_addr()?;
+    let scheme = if https.is_some() { "https" } else { "http" };
     if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "the API listens beyond loopback: anyone who can reach it and has the token controls the host (there is no TLS)");
+        if https.is_some() {
+            tracing::info!(%addr, "the API listens beyond loopback over HTTPS: anyone who can reach it and has the token controls the host");
+        } else {
+            tracing::warn!(%addr, "INSECURE: the API listens beyond loopback without TLS (--insecure-plain-tcp): the API token and pages cross the network in clear text, and anyone who has the token controls the host");
+        }
     }
     let peers = match peer_listener {
         Some(peer_listener) => {
@@ -228,12 +265,12 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
         access.clone(),
         until_stopped(),
     ));
-    tracing::info!(%addr, "tmem listening: dashboard at http://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");
+    tracing::info!(%addr, "tmem listening: dashboard at {scheme}://{addr}/ (sign in with the API token), API at /api/v1, health at /healthz, metrics at /metrics");
     let router = crate::rest::router(AppState::new(devices.clone()), token.clone());
     // Every pool and device is restored, the declared ones applied, every listener bound (and
     // accepting into its backlog): systemd may start what is ordered after tmem (swap).
     crate::notify::notify_logged(&format!("READY=1\nSTATUS=serving {} pools on {addr}", host.pools().len()));
-    serve_http(listener, router, token, config.limits.rest, until_stopped()).await;
+    serve_http(listener, router, token, config.limits.rest, https, until_stopped()).await;
     if let Some(peers) = peers {
         let _ = peers.await;
     }
@@ -245,13 +282,15 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     Ok(())
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` completes, then closes every
-/// connection gracefully (a request being served is answered first).
+/// Serves `router` on `listener` within `limits`, over HTTPS when `tls` is given, until
+/// `shutdown` completes, then closes every connection gracefully (a request being served is
+/// answered first).
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     token: ApiToken,
     limits: ListenerLimits,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let gate = Gate::new(limits, "an HTTP connection");
@@ -267,7 +306,11 @@ pub async fn serve_http(
                     // with the token, or (every one has) closes this one.
                     let Some(admitted) = gate.admit() else { continue };
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_http_connection(stream, router.clone(), token.clone(), admitted, limits, closed.clone()));
+                    let (router, token, closed) = (router.clone(), token.clone(), closed.clone());
+                    match &tls {
+                        None => connections.spawn(serve_http_connection(stream, router, token, admitted, limits, closed)),
+                        Some(tls) => connections.spawn(serve_https_connection(stream, tls.clone(), router, token, admitted, limits, closed)),
+                    };
                 }
                 Err(e) => crate::listen::accept_failed(&e, "an HTTP connection").await,
             },
@@ -292,14 +335,81 @@ fn presents_token<B>(request: &axum::http::Request<B>, token: &ApiToken) -> bool
         .is_some_and(|candidate| token.matches(candidate.trim()))
 }
 
-async fn serve_http_connection(
+/// The body of the `400` a plain HTTP client at the HTTPS listener is answered (then the
+/// connection closes): an API error, code `https_required`.
+pub const HTTPS_REQUIRED: &str =
+    r#"{"error":{"code":"https_required","message":"this listener speaks HTTPS: use an https:// URL"}}"#;
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// [`serve_http_connection`] after a TLS handshake: both within the handshake deadline, the
+/// connection pending (evictable) meanwhile and closed at once if the listener closes.
+async fn serve_https_connection(
     stream: tokio::net::TcpStream,
+    tls: Arc<TlsServer>,
     router: axum::Router,
     token: Arc<ApiToken>,
     (ticket, mut evicted): (Ticket, Evicted),
     limits: ListenerLimits,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handshake = async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed before its TLS handshake".to_string());
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            let mut stream = stream;
+            let response = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTPS_REQUIRED}",
+                HTTPS_REQUIRED.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            // Read what the client sent (its request) until it closes: closing with it unread
+            // would reset the connection, and the client might lose the answer.
+            let mut sink = [0u8; 4096];
+            let mut left = 64usize << 10;
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+            return Err("plain HTTP at the HTTPS listener: answered 400 https_required".to_string());
+        }
+        tls.accept_async(stream).await.map_err(|e| e.to_string())
+    };
+    let stream = tokio::select! {
+        done = tokio::time::timeout(limits.handshake_timeout, handshake) => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!("HTTPS connection closed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("HTTPS connection closed: no TLS handshake within {:?}", limits.handshake_timeout);
+                return;
+            }
+        },
+        () = evicted.wait() => return,
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    serve_http_connection(stream, router, token, (ticket, evicted), limits, closing).await;
+}
+
+async fn serve_http_connection<S>(
+    stream: S,
+    router: axum::Router,
+    token: Arc<ApiToken>,
+    (ticket, mut evicted): (Ticket, Evicted),
+    limits: ListenerLimits,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let ticket = Arc::new(parking_lot::Mutex::new(ticket));
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         if !ticket.lock().is_established() && presents_token(&request, &token) {

@@ -415,6 +415,103 @@ impl TlsClient {
     }
 }
 
+// ----- HTTPS for the REST client -----
+
+/// The connector of a REST client ([`tmem_api::client::Client::with_connector`]) that speaks
+/// `https://` through a [`TlsClient`] (the system's CAs and its `--tls-ca`, the server's name
+/// checked) and `http://` as plain TCP: ureq's own TCP and CONNECT-proxy steps, then OpenSSL
+/// for `https://` URLs. The `tmem` CLI's only TLS, so OpenSSL stays the one TLS library of
+/// the binary (ureq's rustls and native-tls features stay off).
+///
+/// It is built on ureq's `unversioned` transport API (not covered by ureq's semver
+/// promises): an update of ureq that changes it fails to compile here, nowhere else.
+pub fn https_connector(client: Arc<TlsClient>) -> impl ureq::unversioned::transport::Connector {
+    use ureq::unversioned::transport::{ConnectProxyConnector, Connector, TcpConnector};
+    ().chain(ConnectProxyConnector::default()).chain(TcpConnector::default()).chain(HttpsConnector { client })
+}
+
+/// The TLS step of [`https_connector`].
+struct HttpsConnector {
+    client: Arc<TlsClient>,
+}
+
+impl std::fmt::Debug for HttpsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsConnector").finish_non_exhaustive()
+    }
+}
+
+/// ureq's transport below TLS, as a `Read + Write` stream.
+type Adapter = ureq::unversioned::transport::TransportAdapter<Box<dyn ureq::unversioned::transport::Transport>>;
+
+impl<In: ureq::unversioned::transport::Transport> ureq::unversioned::transport::Connector<In> for HttpsConnector {
+    type Out = ureq::unversioned::transport::Either<In, HttpsTransport>;
+
+    fn connect(
+        &self,
+        details: &ureq::unversioned::transport::ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        use ureq::unversioned::transport::{Either, LazyBuffers};
+        let Some(transport) = chained else { return Ok(None) };
+        if !details.needs_tls() || transport.is_tls() {
+            return Ok(Some(Either::A(transport)));
+        }
+        let host = details.uri.host().ok_or(ureq::Error::Tls("an https URL without a host"))?;
+        let mut adapter = Adapter::new(transport.boxed(), details.current_time.clone());
+        adapter.set_timeout(details.timeout);
+        let stream =
+            self.client.connect(host, adapter).map_err(|e| ureq::Error::Io(std::io::Error::other(e.to_string())))?;
+        let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
+        Ok(Some(Either::B(HttpsTransport { buffers, stream })))
+    }
+}
+
+/// A TLS session of [`HttpsConnector`], as ureq's transport.
+struct HttpsTransport {
+    buffers: ureq::unversioned::transport::LazyBuffers,
+    stream: SslStream<Adapter>,
+}
+
+impl std::fmt::Debug for HttpsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsTransport").finish_non_exhaustive()
+    }
+}
+
+impl ureq::unversioned::transport::Transport for HttpsTransport {
+    fn buffers(&mut self) -> &mut dyn ureq::unversioned::transport::Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(
+        &mut self,
+        amount: usize,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<(), ureq::Error> {
+        use ureq::unversioned::transport::Buffers;
+        self.stream.get_mut().set_timeout(timeout);
+        self.stream.write_all(&self.buffers.output()[..amount])?;
+        Ok(())
+    }
+
+    fn await_input(&mut self, timeout: ureq::unversioned::transport::NextTimeout) -> Result<bool, ureq::Error> {
+        use ureq::unversioned::transport::Buffers;
+        self.stream.get_mut().set_timeout(timeout);
+        let amount = self.stream.read(self.buffers.input_append_buf())?;
+        self.buffers.input_appended(amount);
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.stream.get_mut().get_mut().is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        true
+    }
+}
+
 /// Sets the process's TLS client ([`client`]); the first call wins (`false` after).
 pub fn set_client(client: TlsClient) -> bool {
     CLIENT.set(Arc::new(client)).is_ok()

@@ -57,7 +57,7 @@ pub enum Command {
     Demo(DemoArgs),
     // The client groups: `plugin`, `pool`, `page`.
     #[command(flatten)]
-    Client(ClientCommand),
+    Client(Box<ClientCommand>),
     /// Write the man pages or the shell completions of `tmem` (for packaging).
     #[command(hide = true)]
     Generate {
@@ -86,7 +86,9 @@ pub struct ServeArgs {
     /// variable) overrides the file.
     #[arg(long, value_name = "FILE", env = "TMEM_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address of the HTTP listener [default: 127.0.0.1:7411].
+    /// Address of the HTTP listener: the API, the dashboard, /metrics [default:
+    /// 127.0.0.1:7411]. With --tls-cert it serves HTTPS only, on loopback too (clients use
+    /// https://); without, plain HTTP, refused beyond loopback unless --insecure-plain-tcp.
     #[arg(long, env = "TMEM_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Directory for the host's state [default: tmem-data].
@@ -156,27 +158,35 @@ pub struct ServeArgs {
     /// credential tmem-secrets.key if the service has one, else DATA_DIR.key beside the data dir].
     #[arg(long, value_name = "PATH", env = "TMEM_SECRETS_KEY")]
     pub secrets_key: Option<PathBuf>,
-    /// The host's TLS certificate chain (PEM, leaf first) for its TCP listeners: NBD exports
-    /// over TCP require TLS (NBD STARTTLS), with this certificate or --tls-psk keys.
+    /// The host's TLS certificate chain (PEM, leaf first) for its TCP listeners: the HTTP
+    /// listener serves HTTPS only (on loopback too: one rule; its clients must trust the
+    /// certificate's CA, and the certificate must name the host they reach it by, e.g.
+    /// IP:127.0.0.1 for https://127.0.0.1:7411); NBD exports over TCP require
+    /// TLS (NBD STARTTLS), with this certificate or --tls-psk keys; the peer listener is
+    /// tmems://.
     #[arg(long, value_name = "FILE", requires = "tls_key", env = "TMEM_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert", env = "TMEM_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// CA certificates (PEM): TLS clients must present a certificate one of them signed.
+    /// CA certificates (PEM): TLS clients of NBD exports and of the peer listener must
+    /// present a certificate one of them signed. The HTTP listener asks for none (its clients
+    /// authenticate with the API token).
     #[arg(long, value_name = "FILE", requires = "tls_cert", env = "TMEM_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
-    /// Pre-shared keys for TLS-PSK: a psktool file, `username:hexkey` per line (as nbdkit's
-    /// --tls-psk; libnbd's tls-psk-file, QEMU's tls-creds-psk).
+    /// Pre-shared keys for TLS-PSK on NBD exports: a psktool file, `username:hexkey` per line
+    /// (as nbdkit's --tls-psk; libnbd's tls-psk-file, QEMU's tls-creds-psk). Not for the
+    /// HTTP listener, which is HTTPS with --tls-cert only.
     #[arg(long, value_name = "FILE", env = "TMEM_TLS_PSK")]
     pub tls_psk: Option<PathBuf>,
     /// CA certificates (PEM) this host trusts, besides the system's, for the TLS servers its
     /// remote stores reach (tmems:// peers, rediss:// Redis).
     #[arg(long, value_name = "FILE", env = "TMEM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
-    /// Allow plain TCP beyond loopback where TLS is otherwise required: a --peer-listen
-    /// address without --tls-cert, remote stores' tmem:// and redis:// endpoints. Pages and
-    /// credentials then cross the network in clear text (the host logs a warning).
+    /// Allow plain TCP beyond loopback where TLS is otherwise required: a --listen or
+    /// --peer-listen address without --tls-cert, remote stores' tmem:// and redis://
+    /// endpoints. The API token, pages and credentials then cross the network in clear text
+    /// (the host logs an INSECURE warning).
     #[arg(long, env = "TMEM_INSECURE_PLAIN_TCP")]
     pub insecure_plain_tcp: bool,
     /// Users (names or uids) besides the host's own and root who may connect to its Unix
@@ -195,7 +205,8 @@ pub struct ServeArgs {
 /// `tmem demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Address of the host's HTTP listener (the dashboard shows the run live).
+    /// Address of the host's HTTP listener (the dashboard shows the run live): loopback only,
+    /// the demo's API being plain HTTP.
     #[arg(long, default_value = "127.0.0.1:7411", env = "TMEM_LISTEN")]
     pub listen: SocketAddr,
     /// Directory for the host's state.
@@ -230,7 +241,8 @@ pub enum ClientCommand {
 /// How to reach the server and how to print; accepted anywhere after the group's name.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectOptions {
-    /// URL of the tmem server.
+    /// URL of the tmem server: http://HOST:PORT, or https://HOST:PORT when it has a
+    /// certificate (`tmem serve --tls-cert`).
     #[arg(long, global = true, help_heading = "Client options", value_name = "URL", env = "TMEM_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
     /// API token [default: read from DATA_DIR/token].
@@ -253,6 +265,10 @@ pub struct ConnectOptions {
         default_value = "tmem-data"
     )]
     pub data_dir: PathBuf,
+    /// CA certificates (PEM) trusted for an https:// server, besides the system's (the
+    /// server's certificate must also name the URL's host).
+    #[arg(long, global = true, help_heading = "Client options", value_name = "FILE", env = "TMEM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Print the server's JSON response instead of a human-readable view.
     #[arg(long, global = true, help_heading = "Client options")]
     pub json: bool,
@@ -1094,7 +1110,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
         Cli::try_parse_from(std::iter::once("tmem").chain(args.iter().copied())).map(|c| match c.command {
-            Command::Client(command) => command,
+            Command::Client(command) => *command,
             _ => panic!("not a client command"),
         })
     }

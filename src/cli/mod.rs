@@ -65,6 +65,11 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Api(e) => write!(f, "{e}"),
+            CliError::Unreachable { url, reason } if reason.starts_with("TLS handshake failed") => write!(
+                f,
+                "cannot reach tmem at {url}: {reason} (its certificate must chain to the system's CAs or \
+                 --tls-ca/TMEM_TLS_CA, and name the URL's host)"
+            ),
             CliError::Unreachable { url, reason } => {
                 write!(f, "cannot reach tmem at {url}: {reason} (is `tmem serve` running?)")
             }

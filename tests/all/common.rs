@@ -99,8 +99,10 @@ pub fn register_misbehave(host: &Host) {
 pub struct ServeProcess {
     /// The child.
     pub child: std::process::Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` for [`ServeProcess::start_https`]).
     pub url: String,
+    /// The CA its clients trust (over HTTPS).
+    pub ca: Option<std::path::PathBuf>,
     /// The data dir (kept after the process ends, so a restart can reuse it).
     pub data_dir: std::path::PathBuf,
     /// The API token the server wrote to `DATA_DIR/token`.
@@ -116,6 +118,26 @@ impl ServeProcess {
 
     /// [`ServeProcess::start`], with the server's log (`RUST_LOG=info`) written to `log`.
     pub fn start_logged(data_dir: &std::path::Path, extra_args: &[&str], log: Option<&std::path::Path>) -> Self {
+        Self::spawn(data_dir, extra_args, log, None)
+    }
+
+    /// [`ServeProcess::start_logged`] for a server whose API is HTTPS (`extra_args` give it
+    /// `--tls-cert` and `--tls-key`), which its clients reach trusting `ca`.
+    pub fn start_https(
+        data_dir: &std::path::Path,
+        extra_args: &[&str],
+        ca: &std::path::Path,
+        log: Option<&std::path::Path>,
+    ) -> Self {
+        Self::spawn(data_dir, extra_args, log, Some(ca))
+    }
+
+    fn spawn(
+        data_dir: &std::path::Path,
+        extra_args: &[&str],
+        log: Option<&std::path::Path>,
+        ca: Option<&std::path::Path>,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let stderr = match log {
             Some(path) => std::fs::File::create(path).expect("log file").into(),
@@ -130,9 +152,11 @@ impl ServeProcess {
             .stderr(stderr)
             .spawn()
             .expect("tmem binary runs");
+        let scheme = if ca.is_some() { "https" } else { "http" };
         let mut server = ServeProcess {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            ca: ca.map(Into::into),
             data_dir: data_dir.into(),
             token: String::new(),
         };
@@ -141,7 +165,11 @@ impl ServeProcess {
             if let Ok(status) = server.child.try_wait() {
                 assert!(status.is_none(), "tmem serve exited early: {status:?}");
             }
-            if ureq::get(&format!("{}/healthz", server.url)).call().is_ok() {
+            let up = match ca {
+                None => ureq::get(&format!("{}/healthz", server.url)).call().is_ok(),
+                Some(_) => server.client().health().is_ok(),
+            };
+            if up {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "tmem serve did not come up");
@@ -153,19 +181,27 @@ impl ServeProcess {
 
     /// A client of this server with its token.
     pub fn client(&self) -> tmem_api::client::Client {
-        tmem_api::client::Client::new(&self.url, Some(self.token.clone()))
+        match &self.ca {
+            None => tmem_api::client::Client::new(&self.url, Some(self.token.clone())),
+            Some(ca) => {
+                let files = tmem_host::tls::TlsFiles { ca: Some(ca.clone()), ..Default::default() };
+                let tls = tmem_host::tls::TlsClient::new(&files, false).expect("a TLS client trusting the test CA");
+                let connector = tmem_host::tls::https_connector(std::sync::Arc::new(tls));
+                tmem_api::client::Client::with_connector(&self.url, Some(self.token.clone()), connector)
+            }
+        }
     }
 
     /// Runs the `tmem` CLI against this server (its token read from the data dir, as a user's
     /// would be); panics with its stderr unless it succeeds, returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_tmem"))
-            .args(args)
-            .env("TMEM_SERVER", &self.url)
-            .env("TMEM_DATA_DIR", &self.data_dir)
-            .env_remove("TMEM_TOKEN")
-            .output()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tmem"));
+        command.args(args).env("TMEM_SERVER", &self.url).env("TMEM_DATA_DIR", &self.data_dir).env_remove("TMEM_TOKEN");
+        match &self.ca {
+            Some(ca) => command.env("TMEM_TLS_CA", ca),
+            None => command.env_remove("TMEM_TLS_CA"),
+        };
+        let output = command.output().unwrap();
         assert!(output.status.success(), "tmem {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     }

@@ -30,6 +30,7 @@ mod plugin_faults;
 mod plugin_loading;
 mod remote;
 mod remote_tls;
+mod rest_tls;
 mod restart;
 mod serve;
 mod swap;

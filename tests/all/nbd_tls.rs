@@ -133,10 +133,11 @@ fn tcp_request(dir: &Path, size: u64) -> AttachRequest {
 }
 
 /// A server started with `tls_args`, a `[zstd, ram]` pool `t` and its TCP export.
-fn export(dir: &Path, tls_args: &[&str]) -> (ServeProcess, FrontendInfo) {
+fn export(dir: &Path, tls_args: &[&str], ca: &Path) -> (ServeProcess, FrontendInfo) {
     let mut args = vec!["--allow-path", dir.to_str().unwrap()];
     args.extend(tls_args);
-    let server = ServeProcess::start(&dir.join("data"), &args);
+    // With a certificate the API is HTTPS too: its client trusts the test CA.
+    let server = ServeProcess::start_https(&dir.join("data"), &args, ca, None);
     let client = server.client();
     let pool = PoolConfig::new("t", vec![BackendRequest::new("zstd"), BackendRequest::new("ram")]);
     client.create_pool(&pool).unwrap();
@@ -177,7 +178,8 @@ fn x509_and_psk_clients_write_and_read_back_and_the_others_are_refused() {
     let pki = pki(&dir);
     let (cert, key, psk) =
         (pki.server_cert.to_str().unwrap(), pki.server_key.to_str().unwrap(), pki.psk_dir.join("keys.psk"));
-    let (_server, attached) = export(&dir, &["--tls-cert", cert, "--tls-key", key, "--tls-psk", psk.to_str().unwrap()]);
+    let (_server, attached) =
+        export(&dir, &["--tls-cert", cert, "--tls-key", key, "--tls-psk", psk.to_str().unwrap()], &pki.ca_cert);
     let addr = address(&attached);
     assert_eq!(attached.address, format!("nbds://{addr}"), "a TLS export's URI is nbds://");
 
@@ -222,7 +224,8 @@ fn with_a_client_ca_a_client_needs_a_certificate_it_signed() {
     let pki = pki(&dir);
     let (cert, key, ca) =
         (pki.server_cert.to_str().unwrap(), pki.server_key.to_str().unwrap(), pki.ca_cert.to_str().unwrap());
-    let (_server, attached) = export(&dir, &["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca]);
+    let (_server, attached) =
+        export(&dir, &["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca], &pki.ca_cert);
     let addr = address(&attached);
     let with_cert = format!("tls-creds-x509,id=tls0,dir={},endpoint=client", pki.client_dir.display());
     qemu_io_ok(&qemu_io_tls(&addr, &with_cert, &["write -P 0x77 0 64k", "read -P 0x77 0 64k"]));

@@ -25,9 +25,12 @@ fn a_remote_pool_over_tmems_stores_and_loads_and_plain_or_untrusting_clients_are
     let (cert, key, ca) =
         (pki.server_cert.to_str().unwrap(), pki.server_key.to_str().unwrap(), pki.ca_cert.to_str().unwrap());
     let peer_port = free_port();
-    let b = ServeProcess::start(
+    // (With its certificate, B's API is HTTPS too.)
+    let b = ServeProcess::start_https(
         &dir.join("b"),
         &["--peer-listen", &format!("127.0.0.1:{peer_port}"), "--tls-cert", cert, "--tls-key", key],
+        &pki.ca_cert,
+        None,
     );
     b.client().create_pool(&PoolConfig::new("mem", vec![BackendRequest::new("ram")])).unwrap();
     let token = peer_token(&b, "mem");

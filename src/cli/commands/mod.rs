@@ -13,9 +13,11 @@ mod token;
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tmem_api::client::{Client, ClientError};
+use tmem_host::tls::{TlsClient, TlsFiles, https_connector};
 
 pub use serve::{demo, serve};
 pub use swap::SwapDevice;
@@ -50,7 +52,15 @@ impl Session {
             None => read_token(&options.data_dir)?,
         };
         let server = server_url(&options.server)?;
-        Ok(Session { client: Client::new(&server, Some(token)), json: options.json })
+        let client = if server.starts_with("https://") {
+            // OpenSSL, as the host's own TLS client: the system's CAs and --tls-ca, the name checked.
+            let files = TlsFiles { ca: options.tls_ca.clone(), ..TlsFiles::default() };
+            let tls = TlsClient::new(&files, false).map_err(|e| CliError::Message(format!("TLS: {e} (--tls-ca)")))?;
+            Client::with_connector(&server, Some(token), https_connector(Arc::new(tls)))
+        } else {
+            Client::new(&server, Some(token))
+        };
+        Ok(Session { client, json: options.json })
     }
 
     /// Turns a client error into what the user reads.
