@@ -161,6 +161,10 @@ pub struct PageIndex {
     /// Heap bytes charged to the budget for the two maps' tables.
     charged: u64,
     len: usize,
+    /// Chunks the chunk map keeps room for whatever it holds ([`PageIndex::reserve_dense`]):
+    /// a drain (`invalidate_area`) keeps that room, touched, so the device that reserved it
+    /// still never grows the map on its I/O path.
+    reserved_chunks: usize,
 }
 
 impl std::fmt::Debug for PageIndex {
@@ -189,6 +193,7 @@ impl PageIndex {
             sparse: Map::default(),
             charged: 0,
             len: 0,
+            reserved_chunks: 0,
         }
     }
 
@@ -310,6 +315,7 @@ impl PageIndex {
         }
         self.grow_to(|i| &mut i.chunks, 16, chunks)?;
         self.touch_chunk_table();
+        self.reserved_chunks = self.reserved_chunks.max(chunks);
         Ok(())
     }
 
@@ -480,7 +486,9 @@ impl PageIndex {
         }
         self.sparse.drain().for_each(|(_, e)| f(e));
         self.len = 0;
-        self.chunks.shrink_to_fit();
+        // Room reserved for a device stays (the table is neither freed nor moved: its pages
+        // stay touched); the rest goes back.
+        self.chunks.shrink_to(self.reserved_chunks);
         self.sparse.shrink_to_fit();
         self.settle();
     }
@@ -649,6 +657,16 @@ mod tests {
         }
         assert_eq!(index.chunks.len(), 200);
         assert_eq!(index.chunks.capacity(), capacity, "the chunk map never grew while the device filled");
+        // An invalidate_area drains the index; the device's room stays, and filling it again
+        // grows nothing either.
+        assert!(arena.stats().index_chunk_bytes >= 200 * CHUNK_BYTES as u64);
+        index.drain(|_| {});
+        assert_eq!(index.chunks.capacity(), capacity, "the drain kept the reserved room");
+        assert_eq!(arena.stats().index_chunk_bytes, 0, "the chunks themselves went back to the arena");
+        for o in (3..pages).step_by(shards as usize) {
+            index.insert(o, PageEntry::new(0, 1, None)).unwrap();
+        }
+        assert_eq!(index.chunks.capacity(), capacity, "refilled after the drain without growing");
     }
 
     #[test]
