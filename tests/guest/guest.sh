@@ -71,6 +71,13 @@ limited() {
 # plugins compiled ahead of the scenarios (same binary, same QEMU CPU model: the same engine
 # compatibility hash). Prints `GUEST SERVE-UP seconds=S compiled=N` (N: modules this start had
 # to compile itself; 0 when the shipped cache served them all).
+# With a certificate (--tls-cert) the host's HTTP listener is HTTPS: a scenario that gives one
+# exports TMEM_SERVER=https://127.0.0.1:7411 (and TMEM_TLS_CA for the CLI) first.
+host_url() { echo "${TMEM_SERVER:-http://127.0.0.1:7411}"; }
+# host_get PATH: GET PATH from the host (busybox wget; over HTTPS it does not check the
+# certificate — the CLI does, with TMEM_TLS_CA).
+host_get() { wget -q -O - --no-check-certificate "$(host_url)$1" 2>/dev/null; }
+
 serve() {
     local data=$1 before started
     shift
@@ -82,11 +89,11 @@ serve() {
     tmem serve --data-dir "$data" --listen 127.0.0.1:7411 "$@" &
     server=$!
     for _ in $(seq 2400); do
-        wget -q -O /dev/null http://127.0.0.1:7411/healthz 2>/dev/null && break
+        host_get /healthz >/dev/null && break
         kill -0 $server 2>/dev/null || fail "tmem serve exited"
         sleep 0.25
     done
-    wget -q -O /dev/null http://127.0.0.1:7411/healthz 2>/dev/null || fail "tmem serve did not come up"
+    host_get /healthz >/dev/null || fail "tmem serve did not come up"
     echo "GUEST SERVE-UP seconds=$(since "$started") compiled=$(($(ls "$data/cache/modules" | grep -c '\.cwasm$') - before))"
 }
 
@@ -115,7 +122,7 @@ pool_counters() {
 pool_line() {
     echo "GUEST POOL uptime=$(uptime_s) $(pool_counters "$1" | tr ' ' '\n' | grep -E \
         '^(succ_stores|loads|pool_limit_hit|reject_[a-z_]*|failed_stores|load_failures|stored_pages|pool_total_size|to_backing|from_backing|tier_demoted_pages|tier_promoted_pages)=' |
-        grep -v '=0$' | tr '\n' ' ')$(memory_line)$(wget -q -O - http://127.0.0.1:7411/metrics 2>/dev/null |
+        grep -v '=0$' | tr '\n' ' ')$(memory_line)$(host_get /metrics |
         awk '/^tmem_governor_target_bytes / { printf " governor_target_mib=%d", $2 / 1048576 }')"
 }
 

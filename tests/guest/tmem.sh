@@ -50,6 +50,8 @@ tls=$(param tls)
 tls_args=""
 if [ "$tls" = x509 ]; then
     tls_args="--tls-cert /mnt/tls/server.pem --tls-key /mnt/tls/server.key --tls-client-ca /mnt/tls/ca.pem"
+    # The API is HTTPS too then (one rule: a certificate means HTTPS).
+    export TMEM_SERVER=https://127.0.0.1:7411 TMEM_TLS_CA=/mnt/tls/ca.pem
 elif [ -n "$tls" ]; then
     fail "tls must be x509"
 fi
@@ -110,7 +112,7 @@ device=$swap_device
 sed 's/^/GUEST MAPS /' "/proc/$server/maps"
 # The I/O threads' own counters (ops, heap allocations, page faults), before and after.
 io_path() {
-    wget -q -O - http://127.0.0.1:7411/metrics | grep "^tmem_io_thread_[a-z_]*{role=\"$transport\"}" |
+    host_get /metrics | grep "^tmem_io_thread_[a-z_]*{role=\"$transport\"}" |
         sed 's/^tmem_io_thread_//; s/_total{role="[a-z]*"} /=/; s/{role="[a-z]*"} /=/' | tr '\n' ' '
 }
 echo "GUEST IO-PATH-BEFORE $(io_path)"
@@ -147,6 +149,6 @@ echo "GUEST POOL-JSON-END"
 echo "GUEST POOL-FINAL $(pool_counters swap)"
 [ -n "$(param lower)" ] && echo "GUEST LOWER-FINAL $(pool_counters cold)"
 # The memory governor's decisions and what they moved (its counters in /metrics).
-echo "GUEST GOVERNOR $(wget -q -O - http://127.0.0.1:7411/metrics | grep -E '^tmem_(governor|memory)_' |
+echo "GUEST GOVERNOR $(host_get /metrics | grep -E '^tmem_(governor|memory)_' |
     sed 's/^tmem_//; s/_total{decision="\([a-z]*\)"}/_\1/; s/_total / /; s/ /=/' | tr '\n' ' ')"
 echo "GUEST BACKING $backing"
