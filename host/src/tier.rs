@@ -184,6 +184,37 @@ pub enum TierError {
         /// Its owner.
         upper: String,
     },
+    /// The lower tier cannot change to another pool while pages are below.
+    #[error(
+        "pool '{upper}' has {pages} pages below in its lower tier '{lower}': the tier can move to \
+         another pool only while none is below (remove it first, with \"tier\": null, which brings them up)"
+    )]
+    PagesBelow {
+        /// The upper pool.
+        upper: String,
+        /// Its lower pool now.
+        lower: String,
+        /// Pages below.
+        pages: u64,
+    },
+    /// The tier cannot be removed: pages below could not all come back up.
+    #[error(
+        "pool '{upper}' keeps its lower tier '{lower}': {pages} pages are still below and cannot \
+         all come back up ({why}); {promoted} came up and stay up. Make room in '{upper}' (its \
+         max_pages or max_bytes, the host's memory budget) and try again"
+    )]
+    StillBelow {
+        /// The upper pool.
+        upper: String,
+        /// Its lower pool.
+        lower: String,
+        /// Pages still below.
+        pages: u64,
+        /// Pages that came up before one could not.
+        promoted: u64,
+        /// Why.
+        why: String,
+    },
     /// A lower tier cannot be destroyed while its upper pool exists.
     #[error("pool '{pool}' is the lower tier of pool '{upper}'; destroy '{upper}' first")]
     LowerInUse {
