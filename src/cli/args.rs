@@ -319,7 +319,7 @@ pub enum PoolCommand {
         /// The pool name.
         name: String,
     },
-    /// Change a pool's settings, or hot swap its chain.
+    /// Change a pool's settings or its lower tier (--tier, --no-tier), or hot swap its chain.
     Set(PoolSetArgs),
     /// Remove a pool and every page it holds.
     #[command(visible_alias = "remove")]
