@@ -420,7 +420,9 @@ pub struct PoolPatch {
     /// is below). `null` removes it: every page below is first brought back up (each durable
     /// up before it leaves the lower pool); if one cannot come up (this pool's limits, the
     /// memory budget), the tier stays and the answer (409 `tier_conflict`) says how many pages
-    /// are still below. Then the lower pool is an ordinary pool again.
+    /// are still below. Then the lower pool is an ordinary pool again. The tier changes before
+    /// the other fields of the same body (a refused change leaves them as they were): raise a
+    /// limit for a removal in an earlier `PATCH`.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<TierConfig>)]
     pub tier: Option<Option<TierConfig>>,
