@@ -273,7 +273,8 @@ pub struct PoolConfig {
     #[serde(default = "default_canary_stores")]
     pub canary_stores: u32,
     /// A lower tier: another pool (same page size, empty, no frontend) that this pool owns
-    /// from now on and moves its idle pages into. Set when the pool is created; absent: none.
+    /// from now on and moves its idle pages into. Absent: none. Added, changed or removed
+    /// later with `PATCH` (`PoolPatch::tier`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<TierConfig>,
     /// The pool's weight, 1 to 1000 (absent: 100), when the memory governor makes pools give
@@ -412,6 +413,19 @@ pub struct PoolPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 60000)]
     pub flush_interval_ms: Option<u64>,
+    /// The pool's lower tier. An object adds one (the lower pool is checked as at creation:
+    /// it exists, has the same page size, is empty, has no frontend, is no other pool's lower
+    /// tier, makes no cycle, and is persistent if this pool is) or changes its settings
+    /// (`idle_seconds`, `promote`, `pressure_percent`; a different `lower` only while no page
+    /// is below). `null` removes it: every page below is first brought back up (each durable
+    /// up before it leaves the lower pool); if one cannot come up (this pool's limits, the
+    /// memory budget), the tier stays and the answer (409 `tier_conflict`) says how many pages
+    /// are still below. Then the lower pool is an ordinary pool again. The tier changes before
+    /// the other fields of the same body (a refused change leaves them as they were): raise a
+    /// limit for a removal in an earlier `PATCH`.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TierConfig>)]
+    pub tier: Option<Option<TierConfig>>,
 }
 
 /// A canary (`PoolInfo::canary`): a new chain generation's first stores, read back and

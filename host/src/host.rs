@@ -655,7 +655,7 @@ impl Host {
     fn watch(&self, pool: &Pool) {
         let Some(catalog) = self.catalog.clone() else { return };
         let bundled = self.bundled.clone();
-        pool.set_recorder(Box::new(move |pool, next| keep_pool(&catalog, &bundled, pool, Some(next))));
+        pool.set_recorder(Box::new(move |pool, next| keep_pool(&catalog, &bundled, pool, Some(next), None)));
     }
 
     /// Names of the pools with a generation (current, or holding pages) that runs `module`.
@@ -858,7 +858,105 @@ impl Host {
     /// binary with newer bundled plugins still has them).
     fn keep(&self, pool: &Pool) -> Result<(), HostError> {
         let Some(catalog) = &self.catalog else { return Ok(()) };
-        Ok(keep_pool(catalog, &self.bundled, pool, None)?)
+        Ok(keep_pool(catalog, &self.bundled, pool, None, None)?)
+    }
+
+    /// [`Host::keep`] with the pool's tier as it is about to be (`tier`), recorded before the
+    /// change is made live.
+    fn keep_with_tier(&self, pool: &Pool, tier: Option<&TierSpec>) -> Result<(), HostError> {
+        let Some(catalog) = &self.catalog else { return Ok(()) };
+        Ok(keep_pool(catalog, &self.bundled, pool, None, Some(tier.map(tier_config)))?)
+    }
+
+    /// Checks what a patch's `tier` asks of the pool `pool` (with `modes` after the patch);
+    /// returns the change to make, if any (see [`Host::change_tier`]).
+    fn check_tier_patch(
+        &self,
+        pool: &Pool,
+        modes: PoolModes,
+        patch: &Option<Option<TierConfig>>,
+    ) -> Result<Option<TierChange>, HostError> {
+        let Some(wanted) = patch else { return Ok(None) };
+        let current = pool.tier();
+        let Some(config) = wanted else {
+            return Ok(current.map(|_| TierChange::Remove));
+        };
+        let spec = tier_spec(config)?;
+        spec.check(pool.name())?;
+        match current {
+            Some(tier) if tier.spec.lower == spec.lower => {
+                if tier.lower.modes().writethrough && !modes.writethrough {
+                    return Err(TierError::Writethrough { upper: pool.name().into(), lower: spec.lower }.into());
+                }
+                Ok((tier.spec != spec).then_some(TierChange::Settings(spec)))
+            }
+            _ => {
+                let lower =
+                    self.check_tier(pool.name(), pool.page_size(), pool.is_persistent(), modes, &spec, false)?;
+                Ok(Some(TierChange::Lower(spec, lower)))
+            }
+        }
+    }
+
+    /// Makes a checked tier change, race-free with the mover (the pool's tiering lock: no
+    /// pass, no `invalidate_area` meanwhile) and with I/O (the tier changes under every
+    /// shard's lock at once). The catalog records the new tier before it is live, once
+    /// nothing below contradicts it: a removal first brings every page below back up, and
+    /// a new lower pool is taken only while nothing is below the old one.
+    fn change_tier(&self, pool: &Pool, change: TierChange) -> Result<(), HostError> {
+        let _tiering = pool.lock_tiering();
+        let current = pool.tier();
+        match change {
+            TierChange::Settings(spec) => {
+                let Some(current) = current else { return Ok(()) };
+                self.keep_with_tier(pool, Some(&spec))?;
+                pool.replace_tier(Some(Tier::new(current.lower.clone(), spec, pool.page_size())));
+                tracing::info!(pool = %pool.name(), lower = %current.lower.name(), "tier settings changed");
+            }
+            TierChange::Lower(spec, lower) => {
+                if let Some(current) = &current {
+                    let pages = current.lower.pages_with_tiers();
+                    if pages > 0 {
+                        return Err(TierError::PagesBelow {
+                            upper: pool.name().into(),
+                            lower: current.lower.name().into(),
+                            pages,
+                        }
+                        .into());
+                    }
+                }
+                self.keep_with_tier(pool, Some(&spec))?;
+                let name = spec.lower.clone();
+                pool.replace_tier(Some(Tier::new(lower, spec, pool.page_size())));
+                tracing::info!(pool = %pool.name(), lower = %name, "tier added");
+            }
+            TierChange::Remove => {
+                let Some(current) = current else { return Ok(()) };
+                let lower = current.lower.name().to_string();
+                let still_below = |promoted: u64, pages: u64, why: String| -> HostError {
+                    TierError::StillBelow { upper: pool.name().into(), lower: lower.clone(), pages, promoted, why }
+                        .into()
+                };
+                let below = current.lower.pages_with_tiers();
+                if let Some(max) = pool.limits().max_pages
+                    && pool.curr_pages() + below > max
+                {
+                    // Known before a page moves: refused as it is.
+                    let why = format!("max_pages {max}; {} are up", pool.curr_pages());
+                    return Err(still_below(0, below, why));
+                }
+                let promoted =
+                    pool.promote_all(&current).map_err(|(promoted, pages, why)| still_below(promoted, pages, why))?;
+                let left = current.lower.pages_with_tiers();
+                if left > 0 {
+                    return Err(still_below(promoted, left, "pages went below meanwhile".into()));
+                }
+                self.keep_with_tier(pool, None)?;
+                pool.replace_tier(None);
+                tracing::info!(pool = %pool.name(), lower, promoted, "tier removed; every page below came up");
+            }
+        }
+        Ok(())
     }
 
     /// Changes a pool's limits, modes, enabled state and (hot swap) chain. Everything is
@@ -880,7 +978,9 @@ impl Host {
         limits.check()?;
         let durability = patched_durability(&pool, patch)?;
         let writethrough = patch.writethrough.unwrap_or(pool.modes().writethrough);
+        let tier_change = self.check_tier_patch(&pool, PoolModes { writethrough, ..pool.modes() }, &patch.tier)?;
         if let Some(tier) = pool.tier()
+            && patch.tier.is_none()
             && tier.lower.modes().writethrough
             && !writethrough
         {
@@ -892,6 +992,7 @@ impl Host {
         {
             return Err(TierError::Writethrough { upper: upper.name().into(), lower: name.into() }.into());
         }
+        let mut swap = None;
         if let Some(backends) = &patch.backends {
             let current = pool.chain();
             let names: Vec<&str> = current.links().iter().map(|l| l.plugin.as_str()).collect();
@@ -908,9 +1009,16 @@ impl Host {
             let chain = self.resolve_chain(&backends)?;
             let unchanged = chain.links().iter().zip(current.links()).all(|(a, b)| a.same_as(b));
             if !unchanged {
-                let generation = pool.swap_chain(Arc::new(chain))?;
-                tracing::info!(pool = %name, generation, chain = %pool.chain().describe_versions(), "pool chain swapped");
+                swap = Some(chain);
             }
+        }
+        // The tier first: a removal whose pages cannot all come up changes nothing else.
+        if let Some(change) = tier_change {
+            self.change_tier(&pool, change)?;
+        }
+        if let Some(chain) = swap {
+            let generation = pool.swap_chain(Arc::new(chain))?;
+            tracing::info!(pool = %name, generation, chain = %pool.chain().describe_versions(), "pool chain swapped");
         }
         pool.set_limits(limits)?;
         let mut modes = pool.modes();
@@ -1131,6 +1239,7 @@ fn keep_pool(
     bundled: &HashMap<String, &'static [u8]>,
     pool: &Pool,
     next: Option<&Generation>,
+    tier: Option<Option<TierConfig>>,
 ) -> Result<(), CatalogError> {
     let mut generations = if pool.is_persistent() { pool.generations() } else { Vec::new() };
     let current = next.map_or_else(|| pool.chain(), |g| g.chain.clone());
@@ -1148,7 +1257,10 @@ fn keep_pool(
         seal_secrets(catalog.sealer(), chain, &mut backends)?;
         Ok(backends)
     };
-    let config = PoolConfig { backends: sealed(&current)?, ..pool_config(pool) };
+    let mut config = PoolConfig { backends: sealed(&current)?, ..pool_config(pool) };
+    if let Some(tier) = tier {
+        config.tier = tier;
+    }
     catalog.put_pool(&PoolRecord {
         config,
         database: pool.disk().and_then(|d| d.dir().file_name()).map(|n| n.to_string_lossy().into_owned()),
@@ -1261,6 +1373,16 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
         tier: pool.tier().map(|tier| tier_config(&tier.spec)),
         weight: Some(pool.weight()).filter(|&w| w != crate::pool::DEFAULT_WEIGHT),
     }
+}
+
+/// A tier change a `PATCH` asks for, checked ([`Host::change_tier`] makes it).
+enum TierChange {
+    /// The same lower pool, other settings.
+    Settings(TierSpec),
+    /// A lower pool where there was none or another one (checked as at creation).
+    Lower(TierSpec, Arc<Pool>),
+    /// No tier any more.
+    Remove,
 }
 
 /// The tier an API config asks for.

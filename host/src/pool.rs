@@ -567,6 +567,10 @@ struct Shard {
     /// [`Pool::demote`]): a load that misses the map for it must not look below, where a copy
     /// of a page dropped meanwhile may sit until the mover takes it back.
     moving: Option<u64>,
+    /// The pool's lower tier as this shard's operations see it: changed only under every
+    /// shard's lock at once ([`Pool::replace_tier`]), so an operation sees one tier (or none)
+    /// for its whole course, and no lock more is taken on the I/O path.
+    tier: Option<Arc<Tier>>,
 }
 
 /// What statistics readers see of a shard (see [`Pool::shard_views`]).
@@ -688,8 +692,14 @@ pub struct Pool {
     disk: Option<Arc<PoolDisk>>,
     /// The host's arena (its budget tells the tiers' mover about memory pressure).
     arena: Arc<PageArena>,
-    /// The pool's lower tier, set once when the host pairs the pools.
-    tier: std::sync::OnceLock<Arc<Tier>>,
+    /// The pool's lower tier as readers off the I/O path see it (the host, the API, the
+    /// mover); each shard has its own copy ([`Shard::tier`]). Changed by
+    /// [`Pool::replace_tier`] only.
+    tier: RwLock<Option<Arc<Tier>>>,
+    /// Serializes the mover's passes, `invalidate_area` and changes of the pool's tier: a
+    /// pass or an `invalidate_area` reads the tier under it, so a change never meets either
+    /// half-way.
+    tiering: Mutex<()>,
     /// The upper pool that owns this one as its lower tier (`is_lower` mirrors it lock-free).
     upper: Mutex<Option<String>>,
     is_lower: AtomicBool,
@@ -816,6 +826,7 @@ impl Pool {
                     pages: Arc::new(pages),
                     scratch: Vec::new(),
                     moving: None,
+                    tier: None,
                 }))
             })
             .collect::<Result<_, DiskError>>()?;
@@ -854,7 +865,8 @@ impl Pool {
             created: Instant::now(),
             disk,
             arena,
-            tier: std::sync::OnceLock::new(),
+            tier: RwLock::new(None),
+            tiering: Mutex::new(()),
             upper: Mutex::new(None),
             is_lower: AtomicBool::new(false),
         })
@@ -1284,7 +1296,7 @@ impl Pool {
             // The duplicate-store rule: invalidate before trying the new store.
             PoolStats::add(&self.stats.counters.duplicate_entry, 1);
             self.drop_stored(&mut shard, offset, old);
-        } else if let Some(tier) = self.tier.get()
+        } else if let Some(tier) = &shard.tier
             && tier.lower.invalidate_inner(offset).unwrap_or(true)
         {
             // The same rule across tiers: a demoted copy goes before the new store is tried
@@ -1557,12 +1569,12 @@ impl Pool {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            let Some(tier) = self.tier.get() else { return Ok(None) };
+            let Some(tier) = shard.tier.clone() else { return Ok(None) };
             if shard.moving == Some(offset) {
                 // Dropped (invalidated, taken) while the mover copied it down: absent.
                 return Ok(None);
             }
-            let got = self.load_lower(tier, &mut shard, offset, out, exclusive, exact);
+            let got = self.load_lower(&tier, &mut shard, offset, out, exclusive, exact);
             drop(shard);
             if let Ok(Some(_)) = got {
                 PoolStats::add(&self.stats.counters.loads, 1);
@@ -1570,7 +1582,7 @@ impl Pool {
             }
             return got;
         };
-        if self.tier.get().is_some() && !exclusive {
+        if shard.tier.is_some() && !exclusive {
             shard.pages.touch(offset);
         }
         let slot = shard.slot_of(entry.generation());
@@ -1630,7 +1642,7 @@ impl Pool {
         let start = Instant::now();
         let mut shard = self.shard_of(offset).lock();
         let Some(entry) = shard.pages.entry(offset) else {
-            let dropped = match self.tier.get() {
+            let dropped = match &shard.tier {
                 Some(tier) => tier.lower.invalidate_inner(offset),
                 None => Ok(false),
             };
@@ -1655,9 +1667,9 @@ impl Pool {
     pub fn invalidate_area(&self) -> Result<(), OpError> {
         let start = Instant::now();
         // No mover pass runs meanwhile (it could move a page of a shard not yet cleared
-        // into a lower tier already cleared).
-        let tier = self.tier.get();
-        let _mover = tier.map(|tier| tier.mover.lock());
+        // into a lower tier already cleared), and the tier does not change.
+        let _tiering = self.tiering.lock();
+        let tier = self.tier();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let Shard { generations, pages, .. } = &mut *shard;
@@ -1674,7 +1686,7 @@ impl Pool {
             }
             pages.drain(|entry| self.forget(EncodedKind::from_code(entry.kind())));
         }
-        let below = match tier {
+        let below = match &tier {
             Some(tier) => tier.lower.invalidate_area(),
             None => Ok(()),
         };
@@ -1692,7 +1704,7 @@ impl Pool {
     /// Pages held now by this pool and the tiers below it (what the pool's frontends have
     /// stored and not yet taken back or invalidated).
     pub fn pages_with_tiers(&self) -> u64 {
-        self.curr_pages() + self.tier.get().map_or(0, |tier| tier.lower.pages_with_tiers())
+        self.curr_pages() + self.tier().map_or(0, |tier| tier.lower.pages_with_tiers())
     }
 
     /// Makes room ahead in every shard's index for the offsets below `offsets` (a block
@@ -1705,7 +1717,7 @@ impl Pool {
     /// Whether `offset` is present (its bit is set), in this pool or its lower tier.
     pub fn contains(&self, offset: u64) -> bool {
         let shard = self.shard_of(offset).lock();
-        shard.pages.contains(offset) || self.tier.get().is_some_and(|tier| tier.lower.contains(offset))
+        shard.pages.contains(offset) || shard.tier.as_ref().is_some_and(|tier| tier.lower.contains(offset))
     }
 
     /// Whether `offset` is present in this pool itself (not in its lower tier).
@@ -1716,16 +1728,120 @@ impl Pool {
     // ----- tiers -----
 
     /// The pool's lower tier, if it has one.
-    pub fn tier(&self) -> Option<&Arc<Tier>> {
-        self.tier.get()
+    pub fn tier(&self) -> Option<Arc<Tier>> {
+        self.tier.read().clone()
     }
 
-    /// Makes `tier` the pool's lower tier (once; the host has checked the pair) and marks the
-    /// lower pool owned by this one.
+    /// Makes `tier` the pool's lower tier (a new pool's, or a restored pair's: the host has
+    /// checked the pair) and marks the lower pool owned by this one.
     pub(crate) fn set_tier(&self, tier: Tier) {
-        tier.lower.set_upper(Some(&self.name));
-        self.arena.reserve_for_demotions();
-        let _ = self.tier.set(Arc::new(tier));
+        let _tiering = self.tiering.lock();
+        self.replace_tier(Some(tier));
+    }
+
+    /// Holds off the mover's passes and `invalidate_area` on this pool while the host changes
+    /// its tier ([`Pool::replace_tier`], [`Pool::promote_all`]).
+    pub(crate) fn lock_tiering(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.tiering.lock()
+    }
+
+    /// Makes `tier` the pool's lower tier, or none; returns the one it replaces. The caller
+    /// holds [`Pool::lock_tiering`] (no pass is under way) and has checked the pair, and no
+    /// page may be below a tier whose lower pool changes ([`Pool::promote_all`]). The new
+    /// lower pool is marked owned by this one first; then every shard's lock is taken at
+    /// once (in order: nothing else holds two) and the tier changes in all of them, so an
+    /// operation sees the old tier or the new one for its whole course; then a lower pool
+    /// that is no longer one is freed (an ordinary pool again).
+    pub(crate) fn replace_tier(&self, tier: Option<Tier>) -> Option<Arc<Tier>> {
+        let new = tier.map(Arc::new);
+        if let Some(tier) = &new {
+            tier.lower.set_upper(Some(&self.name));
+            self.arena.reserve_for_demotions();
+        }
+        let mut shards: Vec<_> = self.shards.iter().map(|shard| shard.lock()).collect();
+        for shard in shards.iter_mut() {
+            shard.tier = new.clone();
+        }
+        let old = std::mem::replace(&mut *self.tier.write(), new.clone());
+        drop(shards);
+        if let Some(old) = &old
+            && new.as_ref().is_none_or(|new| !Arc::ptr_eq(&new.lower, &old.lower))
+        {
+            old.lower.set_upper(None);
+        }
+        old
+    }
+
+    /// Brings every page below back up (the pages of the lower pool and of the tiers below
+    /// it), before the tier is removed: each one as a promotion does it, under its shard's
+    /// lock — stored up, durable up, then dropped below — so it is in exactly one tier at
+    /// any moment a crash may pick. The caller holds [`Pool::lock_tiering`] (no pass moves a
+    /// page down meanwhile; frontends keep storing and loading). Returns how many came up;
+    /// `Err(below)`: a page could not come up (this pool refused it: its limits, the memory
+    /// budget, its database, disabled; or it could not be read below) — those that did stay
+    /// up, and `below` pages are still below: `Err((promoted, below, why))`.
+    pub(crate) fn promote_all(&self, tier: &Tier) -> Result<u64, (u64, u64, String)> {
+        let mut promoted = 0;
+        let mut page = vec![0u8; self.page_size as usize];
+        let mut offsets = Vec::new();
+        let mut below = Some(tier.lower.clone());
+        while let Some(pool) = below {
+            for shard in pool.shards.iter() {
+                offsets.clear();
+                shard.lock().pages.some_offsets(usize::MAX, &mut offsets);
+                for &offset in &offsets {
+                    match self.promote_one(tier, offset, &mut page) {
+                        Ok(up) => promoted += up as u64,
+                        Err(why) => return Err((promoted, tier.lower.pages_with_tiers(), why)),
+                    }
+                }
+            }
+            below = pool.tier().map(|t| t.lower.clone());
+        }
+        Ok(promoted)
+    }
+
+    /// One page of [`Pool::promote_all`]: `Ok(true)` it came up, `Ok(false)` nothing to do
+    /// (gone meanwhile, or held up already: the copy below is dropped, as a restore does).
+    fn promote_one(&self, tier: &Tier, offset: u64, page: &mut [u8]) -> Result<bool, String> {
+        let start = Instant::now();
+        let mut shard = self.shard_of(offset).lock();
+        if shard.pages.entry(offset).is_some() {
+            let _ = tier.lower.invalidate_inner(offset);
+            return Ok(false);
+        }
+        match tier.lower.load_into(offset, page, false, true) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                tracing::error!(pool = %self.name, offset, "tiers: a page below could not be read to bring it up: {e}");
+                return Err(format!("offset {offset} could not be read below: {e}"));
+            }
+        }
+        let (outcome, canary_failed) = self.try_store(&mut shard, offset, page);
+        if matches!(outcome, StoreOutcome::Rejected(_)) {
+            drop(shard);
+            if let Some((generation, why)) = canary_failed {
+                self.roll_back(generation, why);
+            }
+            let why = match outcome {
+                StoreOutcome::Rejected(reason) => reason.name(),
+                _ => "refused",
+            };
+            tracing::warn!(pool = %self.name, offset, why, "tiers: a page below could not come up");
+            return Err(format!("this pool refused offset {offset}: {why}"));
+        }
+        if self.make_durable().is_err() {
+            if let Some(entry) = shard.pages.entry(offset) {
+                self.drop_stored(&mut shard, offset, entry);
+            }
+            return Err("this pool's database cannot flush".into());
+        }
+        let _ = tier.lower.invalidate_inner(offset);
+        drop(shard);
+        PoolStats::add(&self.stats.counters.tier_promoted_pages, 1);
+        self.stats.latency(Op::Promote).record(start.elapsed());
+        Ok(true)
     }
 
     /// Marks the pool owned by `upper` (its lower tier), or by nobody.
@@ -1797,25 +1913,28 @@ impl Pool {
     /// shard. Nothing for a pool without a tier. Allocates nothing: the victims and the page
     /// buffer are the tier's, preallocated.
     pub fn run_tier_pass(&self) -> TierPass {
-        let Some(tier) = self.tier.get() else { return TierPass::default() };
-        self.tier_pass(tier, self.under_pressure(tier))
+        let _tiering = self.tiering.lock();
+        let Some(tier) = self.tier() else { return TierPass::default() };
+        self.tier_pass(&tier, self.under_pressure(&tier))
     }
 
     /// Whether the mover thread should run a pass now: a unit has elapsed since the last one
     /// (a pass ages pages by whole units), or the budget is under pressure (every tick: a
     /// pass then counts a unit anyway).
     pub fn tier_pass_due(&self) -> bool {
-        self.tier.get().is_some_and(|tier| tier.due() || self.under_pressure(tier))
+        self.tier().is_some_and(|tier| tier.due() || self.under_pressure(&tier))
     }
 
     /// A mover pass as under budget pressure whatever the budget says: the memory governor's,
     /// run before it lowers the budget's target below what is held (so the lower tier can
     /// still be charged for what it takes).
     pub fn run_tier_pass_under_pressure(&self) -> TierPass {
-        let Some(tier) = self.tier.get() else { return TierPass::default() };
-        self.tier_pass(tier, true)
+        let _tiering = self.tiering.lock();
+        let Some(tier) = self.tier() else { return TierPass::default() };
+        self.tier_pass(&tier, true)
     }
 
+    /// A pass; the caller holds the `tiering` lock, and `tier` is the pool's tier.
     fn tier_pass(&self, tier: &Tier, pressure: bool) -> TierPass {
         let mut guard = tier.mover.lock();
         let state = &mut *guard;
@@ -1971,7 +2090,7 @@ impl Pool {
     /// Drops the lower tier's copies of pages this pool holds (left by a crash between a
     /// promotion's two steps): the upper copy wins. Run when the pair is restored.
     pub(crate) fn reconcile_tier(&self) -> u64 {
-        let Some(tier) = self.tier.get() else { return 0 };
+        let Some(tier) = self.tier() else { return 0 };
         let mut dropped = 0;
         let mut offsets = Vec::new();
         for shard in self.shards.iter() {

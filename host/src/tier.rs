@@ -43,9 +43,10 @@
 //! meanwhile) does not look below while it is moving. If the lower pool refuses the page, it
 //! stays up. The mover thread is an I/O flusher.
 //!
-//! **Lock order**: a tier's mover lock, then an upper shard, then the lower pool's shards (and
-//! its own mover lock, for `invalidate_area`) — upper before lower, always (the mover's lower
-//! store holds no upper shard); pairs have no
+//! **Lock order**: the upper pool's tiering lock (`Pool::lock_tiering`: held by a pass, by
+//! `invalidate_area` and by a change of the pool's tier), then the tier's mover state, then an
+//! upper shard, then the lower pool's shards (and its own tiering lock, for `invalidate_area`)
+//! — upper before lower, always (the mover's lower store holds no upper shard); pairs have no
 //! cycles ([`TierError::Cycle`]), so this order is total.
 //!
 //! **Crash safety**: a persistent upper pool needs a persistent lower pool
@@ -57,13 +58,29 @@
 //! An in-memory upper pool restarts empty, and so does its lower tier (its copies of pages
 //! the frontend no longer has are dropped when the pair is restored).
 //!
+//! # Changing a tier at run time
+//!
+//! `PATCH /api/v1/pools/NAME` with `"tier"` ([`Host::update_pool`](crate::Host::update_pool))
+//! adds a tier (the lower pool checked as at creation), changes its settings (a new [`Tier`]
+//! over the same lower pool: pages keep their ages, counted in the new units), moves it to
+//! another lower pool while no page is below ([`TierError::PagesBelow`]), or removes it. A
+//! removal first brings every page below back up (`Pool::promote_all`, each page as a
+//! promotion does it, durable up before it is dropped below), bounded by what the upper pool
+//! takes: if a page cannot come up, the tier stays and the refusal
+//! ([`TierError::StillBelow`]) says how many pages are still below (those that came up stay
+//! up). Then the lower pool is an ordinary pool again. A change holds the pool's tiering lock
+//! (no pass, no `invalidate_area` meanwhile), is recorded in the catalog before it is live,
+//! and takes effect under every shard's lock at once (`Pool::replace_tier`): an operation
+//! sees the old tier or the new one for its whole course, never both.
+//!
 //! # Not yet
 //!
 //! `curr_pages`, `stored_pages` and shrink count a pool's own pages only (the pages below are
 //! the lower pool's; [`Pool::pages_with_tiers`] counts both). Records (a peer's pages, already
 //! encoded, shorter than a page) are not moved down. A pass ages a shard under its lock in one
-//! go, so a store or load in that shard waits for a walk of its index (unmeasured). A pairing is made when the upper pool
-//! is created and undone only by destroying it.
+//! go, so a store or load in that shard waits for a walk of its index (unmeasured). A tier's
+//! removal holds the pool's mover (and the host's control-plane lock) while it brings every
+//! page below up: about as long as loading them all once, unbounded in time for a big tier.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,6 +201,37 @@ pub enum TierError {
         /// Its owner.
         upper: String,
     },
+    /// The lower tier cannot change to another pool while pages are below.
+    #[error(
+        "pool '{upper}' has {pages} pages below in its lower tier '{lower}': the tier can move to \
+         another pool only while none is below (remove it first, with \"tier\": null, which brings them up)"
+    )]
+    PagesBelow {
+        /// The upper pool.
+        upper: String,
+        /// Its lower pool now.
+        lower: String,
+        /// Pages below.
+        pages: u64,
+    },
+    /// The tier cannot be removed: pages below could not all come back up.
+    #[error(
+        "pool '{upper}' keeps its lower tier '{lower}': {pages} pages are still below and cannot \
+         all come back up ({why}); {promoted} came up and stay up. Make room in '{upper}' (its \
+         max_pages or max_bytes, the host's memory budget) and try again"
+    )]
+    StillBelow {
+        /// The upper pool.
+        upper: String,
+        /// Its lower pool.
+        lower: String,
+        /// Pages still below.
+        pages: u64,
+        /// Pages that came up before one could not.
+        promoted: u64,
+        /// Why.
+        why: String,
+    },
     /// A lower tier cannot be destroyed while its upper pool exists.
     #[error("pool '{pool}' is the lower tier of pool '{upper}'; destroy '{upper}' first")]
     LowerInUse {
@@ -229,7 +277,8 @@ pub struct Tier {
     pub lower: Arc<Pool>,
     /// The config it was made with.
     pub spec: TierSpec,
-    /// Serializes the mover's passes with `invalidate_area` of the pair.
+    /// What the mover keeps between passes (the passes themselves are serialized with
+    /// `invalidate_area` and tier changes by the upper pool's tiering lock).
     pub(crate) mover: Mutex<MoverState>,
     /// Pages per age (0 to [`MAX_AGE`]) at the last pass.
     ages: [AtomicU64; MAX_AGE as usize + 1],

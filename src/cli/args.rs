@@ -335,7 +335,7 @@ pub enum PoolCommand {
         /// The pool name.
         name: String,
     },
-    /// Change a pool's settings, or hot swap its chain.
+    /// Change a pool's settings or its lower tier (--tier, --no-tier), or hot swap its chain.
     Set(PoolSetArgs),
     /// Remove a pool and every page it holds.
     #[command(visible_alias = "remove")]
@@ -495,6 +495,16 @@ pub struct PoolSetArgs {
     /// Persistent pools with periodic durability: flush interval in ms.
     #[arg(long, value_name = "MS", group = "change")]
     pub flush_interval_ms: Option<u64>,
+    /// Add a lower tier, or change its settings: LOWER[:idle_seconds=N,promote=on_load|never,
+    /// pressure_percent=P] (as for `pool create`). Settings not given keep their current
+    /// values while LOWER stays the pool's lower tier [else: idle_seconds 60, promote on_load,
+    /// pressure_percent 90]. LOWER can change only while no page is below.
+    #[arg(long, value_name = "SPEC", value_parser = parse_tier_setting, group = "change", conflicts_with = "no_tier")]
+    pub tier: Option<TierSetting>,
+    /// Remove the lower tier: every page below comes back up first (refused, with how many
+    /// pages are below, if they cannot all come up); the lower pool is then an ordinary pool.
+    #[arg(long, group = "change")]
+    pub no_tier: bool,
 }
 
 /// `tmem swap ...`.
@@ -831,7 +841,8 @@ impl PoolAttachArgs {
 }
 
 impl PoolSetArgs {
-    pub fn into_patch(self) -> PoolPatch {
+    /// The patch; `current`: the pool's tier now (what `--tier` settings not given keep).
+    pub fn into_patch(self, current: Option<&TierConfig>) -> PoolPatch {
         PoolPatch {
             max_pages: self.max_pages.map(|l| l.0),
             max_bytes: self.max_bytes.map(|l| l.0),
@@ -848,6 +859,7 @@ impl PoolSetArgs {
             backends: if self.backends.is_empty() { None } else { Some(self.backends) },
             durability: self.durability,
             flush_interval_ms: self.flush_interval_ms,
+            tier: if self.no_tier { Some(None) } else { self.tier.map(|t| Some(t.resolve(current))) },
         }
     }
 }
@@ -916,28 +928,63 @@ fn parse_backend(spec: &str) -> Result<BackendRequest, String> {
 /// `LOWER[:idle_seconds=N,promote=on_load|never,pressure_percent=P]`: a pool's lower tier
 /// (ranges are checked by the host, which says why it refuses).
 pub(crate) fn parse_tier(spec: &str) -> Result<TierConfig, String> {
+    Ok(parse_tier_setting(spec)?.resolve(None))
+}
+
+/// A `--tier` of `pool set`: the settings given, the others to be filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierSetting {
+    /// The lower pool.
+    pub lower: String,
+    /// Settings given.
+    pub idle_seconds: Option<u64>,
+    /// Promotion policy given.
+    pub promote: Option<Promote>,
+    /// Pressure threshold given.
+    pub pressure_percent: Option<u8>,
+}
+
+impl TierSetting {
+    /// The whole tier: the settings given, else `current`'s if it has the same lower pool,
+    /// else the defaults.
+    pub fn resolve(self, current: Option<&TierConfig>) -> TierConfig {
+        let base =
+            current.filter(|c| c.lower == self.lower).cloned().unwrap_or_else(|| TierConfig::new(&self.lower, 60));
+        TierConfig {
+            lower: self.lower,
+            idle_seconds: self.idle_seconds.unwrap_or(base.idle_seconds),
+            promote: self.promote.unwrap_or(base.promote),
+            pressure_percent: self.pressure_percent.unwrap_or(base.pressure_percent),
+        }
+    }
+}
+
+/// [`parse_tier`], keeping which settings were given.
+pub(crate) fn parse_tier_setting(spec: &str) -> Result<TierSetting, String> {
     let (lower, settings) = spec.split_once(':').unwrap_or((spec, ""));
     if lower.is_empty() {
         return Err("the lower pool's name is missing (expected LOWER[:idle_seconds=N,...])".into());
     }
-    let mut tier = TierConfig::new(lower, 60);
+    let mut tier = TierSetting { lower: lower.into(), idle_seconds: None, promote: None, pressure_percent: None };
     for pair in settings.split(',').filter(|p| !p.trim().is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("`{pair}` is not KEY=VALUE"));
         };
         let number = |what: &str| value.trim().parse::<u64>().map_err(|_| format!("{what} `{value}` is not a number"));
         match key.trim() {
-            "idle_seconds" => tier.idle_seconds = number("idle_seconds")?,
+            "idle_seconds" => tier.idle_seconds = Some(number("idle_seconds")?),
             "pressure_percent" => {
-                tier.pressure_percent = u8::try_from(number("pressure_percent")?)
-                    .map_err(|_| format!("pressure_percent `{value}` is over 100"))?
+                tier.pressure_percent = Some(
+                    u8::try_from(number("pressure_percent")?)
+                        .map_err(|_| format!("pressure_percent `{value}` is over 100"))?,
+                )
             }
             "promote" => {
-                tier.promote = match value.trim() {
+                tier.promote = Some(match value.trim() {
                     "on_load" => Promote::OnLoad,
                     "never" => Promote::Never,
                     other => return Err(format!("promote `{other}` is neither on_load nor never")),
-                }
+                })
             }
             other => return Err(format!("unknown tier setting `{other}` (idle_seconds, promote, pressure_percent)")),
         }
@@ -1302,7 +1349,7 @@ mod tests {
         else {
             panic!("not pool set")
         };
-        let patch = args.into_patch();
+        let patch = args.into_patch(None);
         assert_eq!(
             patch,
             PoolPatch { max_pages: Some(None), writethrough: Some(true), enabled: Some(false), ..Default::default() }
@@ -1313,6 +1360,40 @@ mod tests {
         );
         assert!(parse(&["pool", "set", "demo"]).is_err(), "nothing to change");
         assert!(parse(&["pool", "set", "demo", "--enable", "--disable"]).is_err());
+    }
+
+    fn pool_set(args: &[&str]) -> PoolSetArgs {
+        let ClientCommand::Pool(PoolArgs { command: PoolCommand::Set(args), .. }) = parse(args).unwrap() else {
+            panic!("not pool set")
+        };
+        args
+    }
+
+    #[test]
+    fn pool_set_adds_changes_and_removes_a_tier() {
+        // Added: the settings given, the defaults for the rest.
+        let patch = pool_set(&["pool", "set", "hot", "--tier", "cold:idle_seconds=5"]).into_patch(None);
+        assert_eq!(patch, PoolPatch { tier: Some(Some(TierConfig::new("cold", 5))), ..Default::default() });
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!({"tier": {"lower": "cold", "idle_seconds": 5, "promote": "on_load", "pressure_percent": 90}})
+        );
+        // Changed: the settings not given keep their current values.
+        let current = TierConfig { promote: Promote::Never, pressure_percent: 70, ..TierConfig::new("cold", 30) };
+        let patch = pool_set(&["pool", "set", "hot", "--tier", "cold:pressure_percent=50"]).into_patch(Some(&current));
+        assert_eq!(patch.tier, Some(Some(TierConfig { pressure_percent: 50, ..current.clone() })));
+        // Another lower pool: nothing carries over.
+        let patch = pool_set(&["pool", "set", "hot", "--tier", "colder"]).into_patch(Some(&current));
+        assert_eq!(patch.tier, Some(Some(TierConfig::new("colder", 60))));
+        // Removed: `null`.
+        let patch = pool_set(&["pool", "set", "hot", "--no-tier"]).into_patch(Some(&current));
+        assert_eq!(patch, PoolPatch { tier: Some(None), ..Default::default() });
+        assert_eq!(serde_json::to_value(&patch).unwrap(), json!({"tier": null}));
+        // Either, not both; a bad spec is refused as for `pool create`.
+        assert!(parse(&["pool", "set", "hot", "--tier", "cold", "--no-tier"]).is_err());
+        let err = parse(&["pool", "set", "hot", "--tier", "cold:promote=always"]).unwrap_err().to_string();
+        assert!(err.contains("on_load"), "{err}");
+        assert!(parse(&["pool", "set", "hot", "--tier", ":idle_seconds=5"]).is_err());
     }
 
     #[test]

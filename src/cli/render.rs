@@ -439,6 +439,24 @@ pub fn pool_view(info: &PoolInfo) -> String {
         "sandbox",
         format!("{} memory, {} ms per call", human_bytes(info.sandbox.memory_bytes), info.sandbox.call_timeout_ms),
     );
+    fields.add(
+        "tier",
+        match (&info.tier, &info.tier_of) {
+            (Some(tier), _) => format!(
+                "lower tier {} ({} below; idle {} s, promote {}, pressure {}%)",
+                tier.config.lower,
+                pages(tier.lower_pages),
+                tier.config.idle_seconds,
+                match tier.config.promote {
+                    tmem_api::rest::Promote::OnLoad => "on_load",
+                    tmem_api::rest::Promote::Never => "never",
+                },
+                tier.config.pressure_percent
+            ),
+            (None, Some(upper)) => format!("the lower tier of {upper} (only {upper} reads and writes it)"),
+            (None, None) => "none".to_string(),
+        },
+    );
     let frontends: Vec<String> = info
         .frontends
         .iter()

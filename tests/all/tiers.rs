@@ -625,3 +625,511 @@ fn loads_and_stores_racing_the_mover_always_see_the_last_page() {
     assert_eq!(upper.curr_pages() + lower.curr_pages(), stored, "every page in exactly one tier");
     assert!((0..THREADS * PER_THREAD).all(|o| !(upper.holds(o) && lower.holds(o))));
 }
+
+// ----- changing a pool's tier at run time (`PATCH … "tier"`) -----
+
+fn patch_tier(tier: Option<TierConfig>) -> tmem_api::rest::PoolPatch {
+    tmem_api::rest::PoolPatch { tier: Some(tier), ..Default::default() }
+}
+
+/// A tier over `lower` as the tests make them (never under budget pressure).
+fn tier_over(lower: &str) -> TierConfig {
+    TierConfig { pressure_percent: 100, ..TierConfig::new(lower, IDLE_SECONDS) }
+}
+
+fn tier_error(e: HostError) -> TierError {
+    match e {
+        HostError::Tier(e) => e,
+        other => panic!("not a tier error: {other:?}"),
+    }
+}
+
+#[test]
+fn a_tier_is_added_changed_and_removed_at_run_time() {
+    const PAGES: u64 = 64;
+    let host = host();
+    let lower = host.create_pool_from(&lower_config("cold")).unwrap();
+    let upper =
+        host.create_pool_from(&PoolConfig { tier: None, ..upper_config("hot", "cold", Promote::OnLoad) }).unwrap();
+    for o in 0..PAGES {
+        assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
+    }
+    // Every check of creation.
+    let refused = |tier: TierConfig| tier_error(host.update_pool("hot", &patch_tier(Some(tier))).unwrap_err());
+    assert_eq!(refused(tier_over("nope")), TierError::LowerNotFound("nope".into()));
+    assert_eq!(refused(tier_over("hot")), TierError::ItsOwnLower("hot".into()));
+    assert_eq!(refused(TierConfig { idle_seconds: 0, ..tier_over("cold") }), TierError::BadIdle(0));
+    assert_eq!(refused(TierConfig { pressure_percent: 0, ..tier_over("cold") }), TierError::BadPressure(0));
+    host.create_pool_from(&PoolConfig { page_size: 8192, ..lower_config("big") }).unwrap();
+    assert_eq!(
+        refused(tier_over("big")),
+        TierError::PageSize { lower: "big".into(), lower_size: 8192, upper_size: 4096 }
+    );
+    let full = host.create_pool_from(&lower_config("full")).unwrap();
+    full.store(0, &page(0, 0)).unwrap();
+    assert_eq!(refused(tier_over("full")), TierError::LowerNotEmpty("full".into()));
+    host.create_pool_from(&lower_config("taken")).unwrap();
+    host.create_pool_from(&upper_config("other", "taken", Promote::OnLoad)).unwrap();
+    assert_eq!(refused(tier_over("taken")), TierError::AlreadyOwned { lower: "taken".into(), upper: "other".into() });
+    host.destroy_pool("other").unwrap();
+    host.create_pool_from(&PoolConfig { writethrough: true, ..lower_config("wt") }).unwrap();
+    assert_eq!(refused(tier_over("wt")), TierError::Writethrough { upper: "hot".into(), lower: "wt".into() });
+    assert!(upper.tier().is_none() && lower.upper().is_none(), "a refused tier changes nothing");
+    // No tier to remove: nothing to do.
+    host.update_pool("hot", &patch_tier(None)).unwrap();
+
+    // Added: the pages up stay up; the lower pool is owned from now on.
+    host.update_pool("hot", &patch_tier(Some(tier_over("cold")))).unwrap();
+    assert_eq!(upper.tier().map(|t| t.lower.name().to_string()), Some("cold".into()));
+    assert!(matches!(host.frontend_pool("cold"), Err(HostError::Tier(TierError::Owned { .. }))));
+    assert_eq!(tmem_host::host::pool_config(&upper).tier, Some(tier_over("cold")));
+    assert_eq!(
+        tier_error(host.update_pool("cold", &patch_tier(Some(tier_over("hot")))).unwrap_err()),
+        TierError::Cycle { lower: "hot".into(), upper: "cold".into() }
+    );
+    all_down(&host, &upper, &lower, PAGES);
+
+    // Settings: the pages below stay below, the new policy applies at once.
+    let never = TierConfig { promote: Promote::Never, idle_seconds: 5, ..tier_over("cold") };
+    host.update_pool("hot", &patch_tier(Some(never.clone()))).unwrap();
+    assert_eq!(tmem_host::host::pool_config(&upper).tier, Some(never.clone()));
+    assert_eq!(upper.tier().unwrap().unit(), Duration::from_secs(5) / 8);
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, PAGES));
+    assert_eq!(load(&upper, 1).as_deref(), Some(&page(1, 0)[..]));
+    assert!(!upper.holds(1), "promote: never, now");
+
+    // Another lower pool only while nothing is below.
+    host.create_pool_from(&lower_config("colder")).unwrap();
+    assert_eq!(
+        refused(tier_over("colder")),
+        TierError::PagesBelow { upper: "hot".into(), lower: "cold".into(), pages: PAGES }
+    );
+
+    // A removal whose pages cannot all come up: refused before a page moves (max_pages) …
+    host.update_pool("hot", &tmem_api::rest::PoolPatch { max_pages: Some(Some(PAGES / 2)), ..Default::default() })
+        .unwrap();
+    let e = tier_error(host.update_pool("hot", &patch_tier(None)).unwrap_err());
+    assert!(matches!(e, TierError::StillBelow { pages: PAGES, promoted: 0, .. }), "{e:?}");
+    assert!(e.to_string().contains(&format!("{PAGES} pages are still below")), "{e}");
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, PAGES));
+    // … or part-way (max_bytes): those that came up stay up, the rest below, the tier stays.
+    let room =
+        tmem_api::rest::PoolPatch { max_pages: Some(None), max_bytes: Some(Some(24 << 10)), ..Default::default() };
+    host.update_pool("hot", &room).unwrap();
+    let e = tier_error(host.update_pool("hot", &patch_tier(None)).unwrap_err());
+    let TierError::StillBelow { pages, promoted, .. } = e else { panic!("{e:?}") };
+    assert!(promoted > 0 && pages > 0 && promoted + pages == PAGES, "{promoted} up, {pages} below");
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (promoted, pages), "each page in exactly one tier");
+    assert!(upper.tier().is_some() && lower.upper().as_deref() == Some("hot"), "the tier stays");
+    assert_eq!(tmem_host::host::pool_config(&upper).tier, Some(never));
+    for o in 0..PAGES {
+        assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+
+    // Removed: every page comes up, the lower pool is an ordinary pool again.
+    host.update_pool("hot", &tmem_api::rest::PoolPatch { max_bytes: Some(None), ..Default::default() }).unwrap();
+    let promoted_before = upper.counters().tier_promoted_pages;
+    host.update_pool("hot", &patch_tier(None)).unwrap();
+    assert!(upper.tier().is_none() && lower.upper().is_none());
+    assert_eq!(tmem_host::host::pool_config(&upper).tier, None);
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES, 0));
+    assert_eq!(upper.counters().tier_promoted_pages - promoted_before, PAGES - promoted);
+    for o in 0..PAGES {
+        assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+    assert_eq!(upper.counters().load_failures, 0);
+    let cold = host.frontend_pool("cold").expect("no longer owned");
+    assert_eq!(cold.store(1, &page(1, 9)).unwrap(), StoreOutcome::Stored);
+    assert_eq!(refused(tier_over("cold")), TierError::LowerNotEmpty("cold".into()), "an ordinary pool, with a page");
+    cold.invalidate_page(1).unwrap();
+
+    // Another lower pool, then back to the first while nothing is below: each is freed in turn.
+    host.update_pool("hot", &patch_tier(Some(tier_over("colder")))).unwrap();
+    assert_eq!(host.pool("colder").unwrap().upper().as_deref(), Some("hot"));
+    host.update_pool("hot", &patch_tier(Some(tier_over("cold")))).unwrap();
+    assert_eq!(host.pool("colder").unwrap().upper(), None);
+    assert_eq!(lower.upper().as_deref(), Some("hot"));
+    assert!(host.destroy_pool("colder").is_ok());
+}
+
+#[test]
+fn removing_a_tier_brings_up_the_pages_of_every_tier_below() {
+    const PAGES: u64 = 24;
+    let host = host();
+    let (hot, cold) = pair(&host, Promote::Never);
+    let top = host.create_pool_from(&upper_config("top", "hot", Promote::Never)).unwrap();
+    for o in 0..PAGES {
+        top.store(o, &page(o, 0)).unwrap();
+    }
+    // Passes over both pairs, idle_seconds apart: everything goes down one tier, then what
+    // reached `hot` (young there) goes on down to `cold`.
+    host.run_tier_passes();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(IDLE_SECONDS * 1000 + 150));
+        host.run_tier_passes();
+    }
+    assert_eq!(top.curr_pages(), 0);
+    assert!(cold.curr_pages() > 0, "pages two tiers down: {} in hot, {} in cold", hot.curr_pages(), cold.curr_pages());
+    host.update_pool("top", &patch_tier(None)).unwrap();
+    assert_eq!((top.curr_pages(), hot.curr_pages(), cold.curr_pages()), (PAGES, 0, 0));
+    assert_eq!(hot.upper(), None);
+    assert_eq!(hot.tier().map(|t| t.lower.name().to_string()), Some("cold".into()), "hot keeps its own tier");
+    for o in 0..PAGES {
+        assert_eq!(load(&top, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+}
+
+#[test]
+fn a_tier_changed_at_run_time_is_kept_across_restarts() {
+    const PAGES: u64 = 40;
+    let dir = crate::common::temp_dir("tiers-patch-restart");
+    let lower = PoolConfig {
+        shards: Some(4),
+        ..PoolConfig::new("cold", sled_chain(BackendRequest::with_config("zstd", json!({"level": 9}))))
+    };
+    let upper = PoolConfig {
+        backends: sled_chain(BackendRequest::new("lz4")),
+        tier: None,
+        ..upper_config("hot", "cold", Promote::OnLoad)
+    };
+    let never = TierConfig { promote: Promote::Never, idle_seconds: 5, ..tier_over("cold") };
+    {
+        let host = host_on(&dir);
+        let lower = host.create_pool_from(&lower).unwrap();
+        let upper = host.create_pool_from(&upper).unwrap();
+        // A persistent pool cannot take an in-memory lower tier, at run time either.
+        host.create_pool_from(&lower_config("ram")).unwrap();
+        assert_eq!(
+            tier_error(host.update_pool("hot", &patch_tier(Some(tier_over("ram")))).unwrap_err()),
+            TierError::LowerNotPersistent { upper: "hot".into(), lower: "ram".into() }
+        );
+        host.update_pool("hot", &patch_tier(Some(tier_over("cold")))).unwrap();
+        all_down(&host, &upper, &lower, PAGES);
+    }
+    {
+        let host = host_on(&dir);
+        let (upper, lower) = (host.pool("hot").unwrap(), host.pool("cold").unwrap());
+        assert_eq!(tmem_host::host::pool_config(&upper).tier, Some(tier_over("cold")), "the added tier is kept");
+        assert_eq!(lower.upper().as_deref(), Some("hot"));
+        assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, PAGES));
+        host.update_pool("hot", &patch_tier(Some(never.clone()))).unwrap();
+    }
+    {
+        let host = host_on(&dir);
+        let (upper, lower) = (host.pool("hot").unwrap(), host.pool("cold").unwrap());
+        assert_eq!(tmem_host::host::pool_config(&upper).tier, Some(never), "the changed settings are kept");
+        assert_eq!((upper.curr_pages(), lower.curr_pages()), (0, PAGES));
+        host.update_pool("hot", &patch_tier(None)).unwrap();
+        assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES, 0));
+    }
+    let host = host_on(&dir);
+    let (upper, lower) = (host.pool("hot").unwrap(), host.pool("cold").unwrap());
+    assert_eq!(tmem_host::host::pool_config(&upper).tier, None, "the removal is kept");
+    assert!(upper.tier().is_none() && lower.upper().is_none());
+    assert!(host.frontend_pool("cold").is_ok(), "an ordinary pool after a restart too");
+    assert_eq!((upper.curr_pages(), lower.curr_pages()), (PAGES, 0));
+    for o in 0..PAGES {
+        assert_eq!(load(&upper, o).as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+    drop((upper, lower, host));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tier_changes_racing_stores_loads_and_the_mover_never_serve_a_wrong_page() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const THREADS: u64 = 3;
+    const PER_THREAD: u64 = 64;
+    const CYCLES: u64 = 6;
+    let host = Arc::new(host());
+    let (upper, lower) = pair(&host, Promote::OnLoad);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cycles = Arc::new(AtomicU64::new(0));
+    let mover = {
+        let (host, stop) = (host.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                host.run_tier_passes();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Settings changed, the tier removed (every page below brought up), added again, over
+    // and over, while the workers store, load and invalidate.
+    let changer = {
+        let (host, stop, cycles, lower) = (host.clone(), stop.clone(), cycles.clone(), lower.clone());
+        std::thread::spawn(move || {
+            let mut removed_with_pages_below = 0;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(IDLE_SECONDS * 1000 + 800));
+                let never = TierConfig { promote: Promote::Never, ..tier_over("cold") };
+                host.update_pool("hot", &patch_tier(Some(never))).expect("settings");
+                std::thread::sleep(Duration::from_millis(200));
+                host.update_pool("hot", &patch_tier(Some(tier_over("cold")))).expect("settings back");
+                removed_with_pages_below += (lower.curr_pages() > 0) as u64;
+                host.update_pool("hot", &patch_tier(None)).expect("every page comes up");
+                assert_eq!(lower.curr_pages(), 0, "nothing left below");
+                assert_eq!(lower.upper(), None);
+                std::thread::sleep(Duration::from_millis(50));
+                host.update_pool("hot", &patch_tier(Some(tier_over("cold")))).expect("added again");
+                cycles.fetch_add(1, Ordering::Relaxed);
+            }
+            removed_with_pages_below
+        })
+    };
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (upper, cycles) = (upper.clone(), cycles.clone());
+            std::thread::spawn(move || {
+                // The first half of this thread's offsets is busy, the second idle but for a
+                // rare touch (one op in 4096: a load of a page below brings it up).
+                let offsets: Vec<u64> = (0..PER_THREAD).map(|k| k * THREADS + t).collect();
+                let mut round = vec![Some(0u64); offsets.len()];
+                for &o in &offsets {
+                    assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
+                }
+                let check = |i: usize, want: Option<u64>| {
+                    let o = offsets[i];
+                    assert_eq!(
+                        load(&upper, o),
+                        want.map(|r| page(o, r)),
+                        "offset {o}: the last page stored, or absent"
+                    );
+                };
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut step = t + 1;
+                while cycles.load(Ordering::Relaxed) < CYCLES {
+                    assert!(Instant::now() < deadline, "{CYCLES} tier cycles did not finish in two minutes");
+                    step = step.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let half = offsets.len() / 2;
+                    let i = if (step >> 52) == 0 {
+                        half + (step >> 33) as usize % half
+                    } else {
+                        (step >> 33) as usize % half
+                    };
+                    match (step >> 20) % 8 {
+                        0 => {
+                            assert_eq!(upper.invalidate_page(offsets[i]).unwrap(), round[i].is_some());
+                            round[i] = None;
+                        }
+                        1..=2 => {
+                            let r = round[i].map_or(1, |r| r + 1);
+                            assert_eq!(upper.store(offsets[i], &page(offsets[i], r)).unwrap(), StoreOutcome::Stored);
+                            round[i] = Some(r);
+                        }
+                        _ => check(i, round[i]),
+                    }
+                    if step.is_multiple_of(16) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                for (i, want) in round.iter().enumerate() {
+                    check(i, *want);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a worker saw the wrong page");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let removed_with_pages_below = changer.join().expect("a tier change failed");
+    mover.join().unwrap();
+    let c = upper.counters();
+    assert!(removed_with_pages_below > 0, "a removal found pages below");
+    assert!(c.tier_demoted_pages > 0 && c.tier_promoted_pages > 0, "pages moved both ways: {c:?}");
+    assert_eq!(c.load_failures, 0);
+    let stored = (0..THREADS * PER_THREAD).filter(|&o| upper.contains(o)).count() as u64;
+    assert_eq!(upper.curr_pages() + lower.curr_pages(), stored, "every page in exactly one tier");
+    assert!((0..THREADS * PER_THREAD).all(|o| !(upper.holds(o) && lower.holds(o))));
+}
+
+/// Waits (polling) until `done`, or panics with `what` after `limit`.
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn through_tmem_serve_a_tier_is_patched_by_the_api_and_the_cli() {
+    const PAGES: u64 = 32;
+    let dir = crate::common::temp_dir("tiers-serve-patch");
+    let serve = crate::common::ServeProcess::start(&dir, &[]);
+    let client = serve.client();
+    client.create_pool(&lower_config("cold")).unwrap();
+    client.create_pool(&PoolConfig { tier: None, ..upper_config("hot", "cold", Promote::OnLoad) }).unwrap();
+    let refused = client.update_pool("hot", &patch_tier(Some(tier_over("nope")))).unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (Some(400), Some("invalid_tier")), "{refused}");
+    client.create_pool(&lower_config("full")).unwrap();
+    client.put_page("full", 0, &page(0, 0)).unwrap();
+    let refused = client.update_pool("hot", &patch_tier(Some(tier_over("full")))).unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (Some(409), Some("tier_conflict")), "{refused}");
+
+    // Added by the CLI; its settings changed by the CLI (those not given kept).
+    let shown = serve.cli(&["pool", "set", "hot", "--tier", "cold:idle_seconds=1,pressure_percent=100"]);
+    assert!(shown.contains("lower tier cold"), "{shown}");
+    assert_eq!(client.pool("cold").unwrap().tier_of.as_deref(), Some("hot"));
+    serve.cli(&["pool", "set", "hot", "--tier", "cold:promote=never"]);
+    let tier = client.pool("hot").unwrap().tier.expect("a tier").config;
+    assert_eq!(tier, TierConfig { promote: Promote::Never, ..tier_over("cold") });
+
+    // The host's mover moves the pages down.
+    for o in 0..PAGES {
+        assert_eq!(client.put_page("hot", o, &page(o, 0)).unwrap().outcome, "stored");
+    }
+    wait_for(Duration::from_secs(30), "every page down", || {
+        client.pool("cold").unwrap().counters["stored_pages"] == PAGES
+    });
+
+    // A removal that cannot bring every page up: 409, with the count; the tier stays.
+    let two = tmem_api::rest::PoolPatch { max_pages: Some(Some(2)), ..Default::default() };
+    client.update_pool("hot", &two).unwrap();
+    let refused = client.update_pool("hot", &patch_tier(None)).unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (Some(409), Some("tier_conflict")), "{refused}");
+    assert!(refused.to_string().contains(&format!("{PAGES} pages are still below")), "{refused}");
+    assert!(client.pool("hot").unwrap().tier.is_some());
+    // Another lower pool while pages are below: 409.
+    client.create_pool(&lower_config("colder")).unwrap();
+    let refused = client.update_pool("hot", &patch_tier(Some(tier_over("colder")))).unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (Some(409), Some("tier_conflict")), "{refused}");
+
+    // Removed by the CLI: every page up, the lower pool ordinary again.
+    client.update_pool("hot", &tmem_api::rest::PoolPatch { max_pages: Some(None), ..Default::default() }).unwrap();
+    let shown = serve.cli(&["pool", "set", "hot", "--no-tier"]);
+    assert!(shown.contains("tier") && !shown.contains("lower tier cold"), "{shown}");
+    let (hot, cold) = (client.pool("hot").unwrap(), client.pool("cold").unwrap());
+    assert!(hot.tier.is_none() && cold.tier_of.is_none());
+    assert_eq!((hot.counters["stored_pages"], cold.counters["stored_pages"]), (PAGES, 0));
+    for o in 0..PAGES {
+        assert_eq!(client.get_page("hot", o).unwrap().as_deref(), Some(&page(o, 0)[..]), "offset {o}");
+    }
+    assert_eq!(client.put_page("cold", 1, &page(1, 0)).unwrap().outcome, "stored", "cold takes pages itself now");
+    // The schema has the new field.
+    let openapi = client.openapi().unwrap();
+    assert!(openapi["components"]["schemas"]["PoolPatch"]["properties"]["tier"].is_object());
+}
+
+// ----- kill mid-move -----
+
+/// SIGKILL of a real `tmem serve` while its mover moves pages of a persistent pair
+/// (`[lz4, sled]` over `[zstd(level 9), sled]`) down, and while loads bring them back up;
+/// after each restart on the same data dir every page is in exactly one tier (the pools'
+/// counts add up to what was stored), reads back bit-exact through the upper pool, and the
+/// mover moves pages down again. What makes it hold: a page is durable below before it leaves
+/// the upper pool, durable up before it leaves the lower one, and a restart drops the lower
+/// copy of a page found in both (docs/durability.md).
+#[test]
+fn a_persistent_pair_survives_sigkills_mid_demotion_and_mid_promotion() {
+    const PAGES: u64 = 3000;
+    const THREADS: u64 = 4;
+    // The share of the pages moved down (since the restart) at which each round kills; odd
+    // rounds then load pages back up, and kill while they come.
+    const DOWN_PERCENT: [u64; 5] = [15, 45, 70, 30, 55];
+    let dir = crate::common::temp_dir("tiers-sigkill");
+    let mut serve = crate::common::ServeProcess::start(&dir, &[]);
+    let lower = PoolConfig {
+        shards: Some(4),
+        ..PoolConfig::new("cold", sled_chain(BackendRequest::with_config("zstd", json!({"level": 9}))))
+    };
+    let upper =
+        PoolConfig { backends: sled_chain(BackendRequest::new("lz4")), ..upper_config("hot", "cold", Promote::OnLoad) };
+    serve.client().create_pool(&lower).unwrap();
+    serve.client().create_pool(&upper).unwrap();
+    let pages: Arc<Vec<Vec<u8>>> = Arc::new((0..PAGES).map(|o| page(o, 0)).collect());
+    // Each thread its share of the offsets, in an order of its own.
+    let each = |client: tmem_api::client::Client, f: fn(&tmem_api::client::Client, u64, &[u8]) -> bool| {
+        (0..THREADS)
+            .map(|t| {
+                let (client, pages) = (client.clone(), pages.clone());
+                std::thread::spawn(move || {
+                    let mut done = 0;
+                    for o in (t..PAGES).step_by(THREADS as usize) {
+                        if !f(&client, o, &pages[o as usize]) {
+                            break;
+                        }
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let stored: u64 = each(serve.client(), |c, o, page| {
+        assert_eq!(c.put_page("hot", o, page).unwrap().outcome, "stored");
+        true
+    })
+    .into_iter()
+    .map(|t| t.join().unwrap())
+    .sum();
+    assert_eq!(stored, PAGES);
+    let counter = |c: &tmem_api::client::Client, pool: &str, name: &str| c.pool(pool).unwrap().counters[name];
+    let idle = |seconds| patch_tier(Some(TierConfig { idle_seconds: seconds, ..tier_over("cold") }));
+    let mut killed_mid_promotion = 0;
+    for (round, percent) in DOWN_PERCENT.into_iter().enumerate() {
+        let client = serve.client();
+        // The mover is at work (again, after a restart): kill once this share has moved down.
+        let target = PAGES * percent / 100;
+        wait_for(Duration::from_secs(300), &format!("round {round}: {target} pages moved down"), || {
+            counter(&client, "hot", "tier_demoted_pages") >= target
+        });
+        let mut loaders = Vec::new();
+        if round % 2 == 1 {
+            // Loads bring pages back up while the mover moves others down: kill once some came.
+            let promoted = counter(&client, "hot", "tier_promoted_pages");
+            loaders = each(client.clone(), |c, o, page| match c.get_page("hot", o) {
+                Ok(got) => {
+                    assert_eq!(got.as_deref(), Some(page), "offset {o} read back wrong while the server ran");
+                    true
+                }
+                Err(_) => false, // the server is gone
+            });
+            wait_for(Duration::from_secs(120), &format!("round {round}: pages promoted"), || {
+                counter(&client, "hot", "tier_promoted_pages") >= promoted + 50 + 10 * round as u64
+            });
+            killed_mid_promotion += 1;
+        }
+        let (up, down) = (counter(&client, "hot", "stored_pages"), counter(&client, "cold", "stored_pages"));
+        drop(serve); // SIGKILL, mid-move
+        for loader in loaders {
+            loader.join().expect("a loader saw a wrong page");
+        }
+        eprintln!("round {round}: killed with about {up} pages up and {down} down");
+        assert!(up > 0 && down > 0, "round {round}: the kill came mid-way ({up} up, {down} down)");
+
+        serve = crate::common::ServeProcess::start(&dir, &[]);
+        let client = serve.client();
+        // The mover held (a PATCH waits for a pass under way; none starts after it), so the
+        // counts hold still.
+        client.update_pool("hot", &idle(3600)).unwrap();
+        let (hot, cold) = (client.pool("hot").unwrap(), client.pool("cold").unwrap());
+        assert_eq!(hot.tier.as_ref().map(|t| t.config.lower.as_str()), Some("cold"), "round {round}: the pair is back");
+        assert_eq!(cold.tier_of.as_deref(), Some("hot"));
+        let (up, down) = (hot.counters["stored_pages"], cold.counters["stored_pages"]);
+        assert_eq!(up + down, PAGES, "round {round}: every page in exactly one tier ({up} up, {down} down)");
+        // Every page reads back bit-exact through the upper pool (and comes back up).
+        let read: u64 = each(client.clone(), |c, o, page| {
+            let got = c.get_page("hot", o).unwrap_or_else(|e| panic!("offset {o}: {e}"));
+            assert_eq!(got.as_deref(), Some(page), "offset {o} after the kill");
+            true
+        })
+        .into_iter()
+        .map(|t| t.join().unwrap_or_else(|_| panic!("round {round}: a page read back wrong")))
+        .sum();
+        assert_eq!(read, PAGES);
+        let (hot, cold) = (client.pool("hot").unwrap(), client.pool("cold").unwrap());
+        assert_eq!((hot.counters["stored_pages"], cold.counters["stored_pages"]), (PAGES, 0), "round {round}");
+        assert_eq!((hot.counters["load_failures"], cold.counters["load_failures"]), (0, 0));
+        // The mover again: pages move down.
+        client.update_pool("hot", &idle(IDLE_SECONDS)).unwrap();
+    }
+    assert!(killed_mid_promotion >= 2);
+    let client = serve.client();
+    wait_for(Duration::from_secs(120), "pages move down after the last restart", || {
+        counter(&client, "hot", "tier_demoted_pages") > 0
+    });
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}

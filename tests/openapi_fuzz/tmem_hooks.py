@@ -100,6 +100,8 @@ STATE_DEPENDENT = {
         "unknown_plugin": ANY,
         "unknown_plugin_version": ANY,
         "invalid_pool": CHAIN_REASONS,
+        # A tier added or moved at run time: the lower pool as it is, as at creation.
+        "invalid_tier": TIER_REASONS,
     },
     # The governor's watermarks against each other (one given: against the other's current
     # value): JSON Schema cannot compare two numbers.

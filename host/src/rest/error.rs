@@ -166,9 +166,11 @@ impl From<TierError> for ApiError {
             TierError::Owned { .. } | TierError::LowerInUse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "pool_is_lower_tier", message)
             }
-            TierError::AlreadyOwned { .. } | TierError::LowerHasFrontends(_) | TierError::LowerNotEmpty(_) => {
-                ApiError::new(StatusCode::CONFLICT, "tier_conflict", message)
-            }
+            TierError::AlreadyOwned { .. }
+            | TierError::LowerHasFrontends(_)
+            | TierError::LowerNotEmpty(_)
+            | TierError::PagesBelow { .. }
+            | TierError::StillBelow { .. } => ApiError::new(StatusCode::CONFLICT, "tier_conflict", message),
             _ => ApiError::bad_request("invalid_tier", message),
         }
     }

@@ -386,6 +386,11 @@ mod tests {
         assert_eq!(config["backends"]["minItems"], 1);
         // A u64 takes every u64.
         assert_eq!(config["max_pages"]["maximum"], json!(u64::MAX));
+        // A PATCH's tier: an object (add, change) or null (remove).
+        let tier = &doc["components"]["schemas"]["PoolPatch"]["properties"]["tier"];
+        let kinds = tier["oneOf"].as_array().unwrap_or_else(|| panic!("{tier}"));
+        assert!(kinds.contains(&json!({"type": "null"})), "{tier}");
+        assert!(kinds.iter().any(|k| k["$ref"] == "#/components/schemas/TierConfig"), "{tier}");
         assert_eq!(doc["components"]["schemas"]["MemoryPatch"]["oneOf"].as_array().unwrap().len(), 4);
         let governor = &doc["components"]["schemas"]["GovernorPatch"];
         assert!(governor["properties"]["psi_high"].is_object() && governor["not"].is_object(), "{governor}");

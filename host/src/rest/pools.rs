@@ -170,16 +170,17 @@ pub async fn get_pool(State(host): State<Arc<Host>>, Path(name): Path<String>) -
     Ok(Json(pool_info(&pool)))
 }
 
-/// Changes limits, modes, enabled, or hot-swaps plugin versions and configs.
+/// Changes limits, modes, enabled, the lower tier (adds, changes or removes it), or
+/// hot-swaps plugin versions and configs.
 #[utoipa::path(
     patch, path = "/api/v1/pools/{name}", tag = "pools",
     params(("name" = String, Path, description = "Pool name")),
     request_body = PoolPatch,
     responses(
         (status = 200, body = PoolInfo),
-        (status = 400, description = "The change is refused for what the pool is (`invalid_pool`): a hot swap that changes the chain's plugins or their order or persistence, a config a plugin's manifest refuses, `max_bytes` on a remote store, `durability` or `flush_interval_ms` on a pool that is not persistent or `flush_interval_ms` without periodic durability; or it names a plugin or version that is not registered (`unknown_plugin`, `unknown_plugin_version`)", body = ErrorBody),
+        (status = 400, description = "The change is refused for what the pool is (`invalid_pool`): a hot swap that changes the chain's plugins or their order or persistence, a config a plugin's manifest refuses, `max_bytes` on a remote store, `durability` or `flush_interval_ms` on a pool that is not persistent or `flush_interval_ms` without periodic durability; or it names a plugin or version that is not registered (`unknown_plugin`, `unknown_plugin_version`); or a `tier` that cannot be (`invalid_tier`): the lower pool does not exist, is the pool itself, has another page size, would close a cycle, keeps pages in memory under a persistent pool, or is writethrough under a pool that is not", body = ErrorBody),
         (status = 404, description = "No such pool (`pool_not_found`)", body = ErrorBody),
-        (status = 409, description = "A hot swap needs instance slots the host does not have (`instance_limit`)", body = ErrorBody),
+        (status = 409, description = "A hot swap needs instance slots the host does not have (`instance_limit`); or the pools' state refuses the `tier` now (`tier_conflict`): the new lower pool holds pages, has frontends or is another pool's lower tier; the lower pool would change while pages are below; or a removal could not bring every page below back up (the message says how many are still below; those that came up stay up, and the tier stays)", body = ErrorBody),
         (status = 500, description = "The catalog cannot be written (`catalog`)", body = ErrorBody),
         (status = 503, description = "A hot swap cannot start another plugin instance now (`no_capacity`): retry later", body = ErrorBody),
     ),

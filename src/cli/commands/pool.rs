@@ -27,7 +27,13 @@ pub(super) fn run(session: &Session, command: PoolCommand) -> Result<Done, CliEr
         }
         PoolCommand::Set(args) => {
             let name = args.name.clone();
-            let info = client.update_pool(&name, &args.into_patch()).map_err(|e| session.fail(e))?;
+            // `--tier` settings not given keep the current ones: read them first.
+            let current = match &args.tier {
+                Some(_) => client.pool(&name).map_err(|e| session.fail(e))?.tier.map(|t| t.config),
+                None => None,
+            };
+            let patch = args.into_patch(current.as_ref());
+            let info = client.update_pool(&name, &patch).map_err(|e| session.fail(e))?;
             session.show(&info, pool_view)?;
         }
         PoolCommand::Rm { name } => {
