@@ -11,6 +11,8 @@
 //! - [`locations`] — [`PageLocations`](locations::PageLocations): where each page is (pool,
 //!   backing file, both, zeros, held, lost) and the placement rules over the backing file; the
 //!   one implementation shared by the region and the host's block devices.
+//! - [`prefetch`] — the region's prefetch policy: a majority-trend detector over recent fault
+//!   deltas (Leap) and the adaptive prefetch amount.
 //!
 //! [`PageBackend`] is the seam between them: a region works with any backend (the protocol
 //! client, or an in-memory one in tests).
@@ -18,6 +20,7 @@
 pub mod backing;
 pub mod client;
 pub mod locations;
+pub mod prefetch;
 pub mod region;
 
 use std::io;
