@@ -767,15 +767,17 @@ struct Page {
 }
 
 /// A page considered for prefetch.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Candidate {
     page: u32,
-    /// How many trend steps from the faulting page.
-    step: u32,
+    /// The trend it is prefetched along.
+    delta: i64,
     /// The page's generation when it was loaded (a change means the application discarded it).
     generation: u32,
     /// Its page in `Prefetch::staging`.
     slot: u32,
+    /// Where it is read from.
+    from: Location,
     state: CandidateState,
 }
 
@@ -801,10 +803,12 @@ struct Prefetch {
     /// `PREFETCH_MAX + 1` pages: the batch's pages (the faulting page first when it is in
     /// it), then the pages read from the backing file.
     staging: Vec<u8>,
-    /// Pages of the last prefetch not known to be used yet, with their step.
-    outstanding: Vec<(u32, u32)>,
-    /// The last prefetch's faulting page and trend.
-    origin: (usize, i64),
+    /// Prefetched pages not known to be used yet, with the trend they were prefetched along
+    /// (at most `2 * cap`: when full, one is forgotten).
+    outstanding: Vec<(u32, i64)>,
+    /// How far (in trend steps) a later fault may be beyond a prefetched page to count as
+    /// having gone through it.
+    reach: i64,
     /// Pages the last prefetch installed, and how many of them were used so far.
     issued: usize,
     used: usize,
@@ -824,8 +828,8 @@ impl Prefetch {
             offsets: Vec::with_capacity(slots),
             found: vec![false; slots],
             staging: vec![0; slots * page_size],
-            outstanding: Vec::with_capacity(cap),
-            origin: (0, 0),
+            outstanding: Vec::with_capacity(2 * cap),
+            reach: 2 * cap as i64,
             issued: 0,
             used: 0,
         }
@@ -1042,18 +1046,18 @@ impl Handler {
         if !self.prefetch.enabled {
             return None;
         }
-        let (origin, delta) = self.prefetch.origin;
-        if !self.prefetch.outstanding.is_empty() && delta != 0 {
-            let steps = (p as i64 - origin as i64) / delta;
-            let mut i = 0;
-            while i < self.prefetch.outstanding.len() {
-                let (q, step) = self.prefetch.outstanding[i];
-                if steps > step as i64 {
-                    self.prefetch.outstanding.swap_remove(i);
-                    self.prefetch_used(q as usize);
-                } else {
-                    i += 1;
-                }
+        let mut i = 0;
+        while i < self.prefetch.outstanding.len() {
+            let (q, delta) = self.prefetch.outstanding[i];
+            let steps = (p as i64 - q as i64) / delta;
+            if !self.pages[q as usize].prefetched {
+                // Used (written) or evicted meanwhile.
+                self.prefetch.outstanding.swap_remove(i);
+            } else if (1..=self.prefetch.reach).contains(&steps) {
+                self.prefetch.outstanding.swap_remove(i);
+                self.prefetch_used(q as usize);
+            } else {
+                i += 1;
             }
         }
         self.prefetch.trend.record(p as u64)
@@ -1076,8 +1080,6 @@ impl Handler {
         // The last prefetch's outcome sizes this one.
         pf.amount.feedback(pf.issued, pf.used.min(pf.issued));
         (pf.issued, pf.used) = (0, 0);
-        pf.outstanding.clear();
-        pf.origin = (p, delta);
         let exclusive = self.shared.exclusive_loads.load(Ordering::Relaxed);
         for step in 1..=pf.amount.get() {
             let q = p as i64 + step as i64 * delta;
@@ -1088,24 +1090,36 @@ impl Handler {
             if self.pages[q].resident {
                 continue;
             }
-            let eligible = match self.locations.get(q as u64) {
+            let location = self.locations.get(q as u64);
+            let eligible = match location {
                 // A pool with exclusive gets gives its copy away on a load: only pages the
                 // application faults on are taken from it.
                 Location::Pool => !exclusive,
-                Location::Backing | Location::PoolAndBacking => true,
-                Location::Nowhere | Location::Zero | Location::Held | Location::Lost => false,
+                // Zeros (a page never written, discarded, or dropped as all-zero) cost no I/O.
+                Location::Backing | Location::PoolAndBacking | Location::Nowhere | Location::Zero => true,
+                Location::Held | Location::Lost => false,
             };
             if eligible {
-                pf.candidates.push(Candidate { page: q as u32, step: step as u32, ..Candidate::default() });
+                pf.candidates.push(Candidate {
+                    page: q as u32,
+                    delta,
+                    generation: 0,
+                    slot: 0,
+                    from: location,
+                    state: CandidateState::Skip,
+                });
             }
         }
     }
 
-    /// [`Handler::fetch`] of `p`, with the candidates loaded in the same batch (the pool's)
-    /// or read from the backing file, into `prefetch.staging`.
+    /// [`Handler::fetch`] of `p`, with the candidates loaded into `prefetch.staging` (slot
+    /// `i + 1` for the `i`-th candidate by page, so a run of adjacent pages is one contiguous
+    /// source): the pool's in the same `load_many` batch as `p` (one round trip), the file's
+    /// read from it, zeros filled in.
     fn fetch_with_prefetch(&mut self, p: usize) -> Content {
         let ps = self.page_size;
         self.flush_invalidates();
+        let exclusive = self.shared.exclusive_loads.load(Ordering::Relaxed);
         let pf = &mut self.prefetch;
         pf.candidates.sort_unstable_by_key(|c| c.page);
         pf.offsets.clear();
@@ -1113,37 +1127,16 @@ impl Handler {
         if p_in_batch {
             pf.offsets.push(p as u64);
         }
-        for c in pf.candidates.iter_mut() {
+        for (i, c) in pf.candidates.iter_mut().enumerate() {
             c.generation = self.pages[c.page as usize].generation;
+            c.from = self.locations.get(c.page as u64);
             c.state = CandidateState::Skip;
-            if self.locations.get(c.page as u64) == Location::Pool {
-                c.slot = pf.offsets.len() as u32;
+            c.slot = i as u32 + 1;
+            if c.from == Location::Pool && !exclusive {
                 pf.offsets.push(c.page as u64);
             }
         }
         let in_batch = pf.offsets.len();
-        // The file's pages go after the batch's.
-        let mut next_slot = in_batch;
-        for c in pf.candidates.iter_mut() {
-            if matches!(self.locations.get(c.page as u64), Location::Backing | Location::PoolAndBacking) {
-                let slot = &mut pf.staging[next_slot * ps..(next_slot + 1) * ps];
-                match self.locations.lock(c.page as u64).read_backing(slot) {
-                    Ok(()) => {
-                        c.slot = next_slot as u32;
-                        c.state = CandidateState::Loaded;
-                        next_slot += 1;
-                        self.stats.file_loads += 1;
-                    }
-                    Err(e) => {
-                        self.stats.io_errors += 1;
-                        tracing::warn!(
-                            "tmem region: reading page {} from the backing file to prefetch it: {e}",
-                            c.page
-                        );
-                    }
-                }
-            }
-        }
         let mut p_loaded = false;
         if in_batch > 0 {
             self.stats.prefetch_batches += 1;
@@ -1151,19 +1144,28 @@ impl Handler {
                 self.backend.load_many(&pf.offsets, &mut pf.staging[..in_batch * ps], &mut pf.found[..in_batch]);
             match result {
                 Ok(()) => {
-                    for c in pf.candidates.iter_mut() {
-                        if pf.offsets.get(c.slot as usize) == Some(&(c.page as u64))
-                            && c.state == CandidateState::Skip
-                            && pf.found[c.slot as usize]
-                        {
-                            c.state = CandidateState::Loaded;
-                            self.stats.pool_loads += 1;
-                        }
-                    }
                     if p_in_batch && pf.found[0] {
                         self.buf.copy_from_slice(&pf.staging[..ps]);
                         self.stats.pool_loads += 1;
                         p_loaded = true;
+                    }
+                    // Each page from its batch position to its slot, from the last: a slot is
+                    // never before its batch position, nor the batch position of a page not
+                    // moved yet.
+                    let mut at = in_batch;
+                    for c in pf.candidates.iter_mut().rev() {
+                        if c.from != Location::Pool || exclusive {
+                            continue;
+                        }
+                        at -= 1;
+                        if pf.found[at] {
+                            let slot = c.slot as usize;
+                            if slot != at {
+                                pf.staging.copy_within(at * ps..(at + 1) * ps, slot * ps);
+                            }
+                            c.state = CandidateState::Loaded;
+                            self.stats.pool_loads += 1;
+                        }
                     }
                 }
                 Err(e) => {
@@ -1173,10 +1175,35 @@ impl Handler {
                 }
             }
         }
+        for c in pf.candidates.iter_mut() {
+            let slot = &mut pf.staging[c.slot as usize * ps..(c.slot as usize + 1) * ps];
+            match c.from {
+                Location::Nowhere | Location::Zero => {
+                    slot.fill(0);
+                    c.state = CandidateState::Loaded;
+                }
+                Location::Backing | Location::PoolAndBacking => {
+                    match self.locations.lock(c.page as u64).read_backing(slot) {
+                        Ok(()) => {
+                            c.state = CandidateState::Loaded;
+                            self.stats.file_loads += 1;
+                        }
+                        Err(e) => {
+                            self.stats.io_errors += 1;
+                            tracing::warn!(
+                                "tmem region: reading page {} from the backing file to prefetch it: {e}",
+                                c.page
+                            );
+                        }
+                    }
+                }
+                Location::Pool | Location::Held | Location::Lost => {}
+            }
+        }
         if !p_loaded {
             return self.fetch(p);
         }
-        if !self.shared.exclusive_loads.load(Ordering::Relaxed) {
+        if !exclusive {
             return Content::Data { dirty: false };
         }
         let rest = self.locations.lock(p as u64).pool_let_go();
@@ -1235,7 +1262,11 @@ impl Handler {
                 // Not referenced: an unused prefetched page is the clock's first victim.
                 page.referenced = false;
                 page.prefetched = true;
-                self.prefetch.outstanding.push((c.page, c.step));
+                let outstanding = &mut self.prefetch.outstanding;
+                if outstanding.len() == outstanding.capacity() {
+                    outstanding.swap_remove(0);
+                }
+                outstanding.push((c.page, c.delta));
                 self.prefetch.issued += 1;
                 self.stats.prefetched_pages += 1;
             }
@@ -2464,26 +2495,35 @@ mod tests {
         if !uffd_available() {
             return;
         }
-        let backend = MemBackend::default();
-        let region = region(32, 4, &backend);
-        let mut shadow = Shadow::new(&region);
-        let mut rng = Rng(3);
-        // Read first (zero page, write-protected), then write: the WP fault marks it dirty.
-        for p in 0..32 {
-            shadow.check_page(p);
-            shadow.write_page(&mut rng, p, 2);
+        // Without prefetch every first read is a zero-fill fault; with it, most zero pages
+        // come in prefetched (write-protected the same way).
+        for prefetch in [false, true] {
+            let backend = MemBackend::default();
+            let region = region_with(32, 4, &backend, prefetch);
+            let mut shadow = Shadow::new(&region);
+            let mut rng = Rng(3);
+            // Read first (zero page, write-protected), then write: the WP fault marks it dirty.
+            for p in 0..32 {
+                shadow.check_page(p);
+                shadow.write_page(&mut rng, p, 2);
+            }
+            shadow.check_all();
+            // Pages written with zeros are dropped, not stored, and read back as zeros.
+            let zeros = vec![0u8; ps()];
+            for p in 0..8 {
+                shadow.write(p * ps(), &zeros);
+            }
+            shadow.check_all();
+            let stats = region.stats();
+            assert!(stats.zero_drops >= 8, "{stats:#?}");
+            assert!(stats.wp_faults >= 32, "{stats:#?}");
+            if prefetch {
+                assert!(stats.prefetched_pages > 0, "{stats:#?}");
+            } else {
+                assert!(stats.zero_fills >= 32, "{stats:#?}");
+            }
+            assert_eq!(stats.load_failures, 0);
         }
-        shadow.check_all();
-        // Pages written with zeros are dropped, not stored, and read back as zeros.
-        let zeros = vec![0u8; ps()];
-        for p in 0..8 {
-            shadow.write(p * ps(), &zeros);
-        }
-        shadow.check_all();
-        let stats = region.stats();
-        assert!(stats.zero_drops >= 8, "{stats:#?}");
-        assert!(stats.wp_faults >= 32 && stats.zero_fills >= 32, "{stats:#?}");
-        assert_eq!(stats.load_failures, 0);
     }
 
     #[test]
