@@ -95,6 +95,36 @@
 //!   access, until the application discards the page) where the kernel supports it,
 //!   zero-filled otherwise.
 //!
+//! # Prefetch (on unless [`RegionConfig::prefetch`] is off)
+//!
+//! Every missing fault feeds a majority-trend detector ([`crate::prefetch`], Leap's): the
+//! delta (in pages) most of the recent faults moved by. With a trend `d`, the fault at page `p`
+//! also brings the pages at `p + d`, `p + 2d`, … up to the prefetch amount (4 at first,
+//! doubling while prefetched pages are used, up to 64; halving when fewer than half are) that
+//! are not resident and whose copy is in the pool, in the file, or nowhere (zeros; never a
+//! held or lost page, nor a pool page when the pool has exclusive gets). Random access has no
+//! trend and pays only the detector's O(1) bookkeeping.
+//!
+//! - **Bounded by the resident limit**: a prefetch is at most half the limit; the handler makes
+//!   room for the faulting page and the prefetch before loading, and prefetches fewer (the
+//!   nearest first) if eviction freed less.
+//! - **One round trip**: the faulting page (when it is in the pool) and the pool's prefetch
+//!   pages are one [`PageBackend::load_many`] batch; file pages are read, zeros filled in, all
+//!   into a staging buffer allocated with the region (nothing is allocated per fault).
+//! - **The faulting thread first**: its page gets its own `UFFDIO_COPY`, which wakes it; it
+//!   waits for the shared batch (the one wait it cannot avoid) but not for the prefetched
+//!   pages' copies. Those follow, write-protected (clean), one `UFFDIO_COPY` per run of
+//!   adjacent pages, under the inbox lock (a page the application discarded meanwhile is
+//!   dropped). A thread that reaches one of them first faults, is woken by the run's copy,
+//!   and is counted `prefetch_late`.
+//! - Prefetched pages are ordinary clean resident pages, but enter the clock unreferenced: one
+//!   never used is the first victim (`prefetch_wasted`).
+//! - **Use is inferred** (userspace cannot read accessed bits): a prefetched page is used
+//!   (`prefetch_hits`, a missing fault avoided) when it is written (its WP fault), or when a
+//!   later missing fault lands beyond it along its trend, by 1 to twice the largest prefetch
+//!   steps (the access stream went through it). The last pages of a scan that ends there count as unused, so
+//!   [`RegionStats::prefetch_coverage`] and [`RegionStats::prefetch_accuracy`] are lower bounds.
+//!
 //! # What the owner decides
 //!
 //! The application must not `munmap`, `mremap` or fork-share the region (no `UNMAP`/`REMAP`/
