@@ -1308,8 +1308,10 @@ impl Handler {
                     if e.raw_os_error() != Some(libc::EEXIST) {
                         tracing::warn!("tmem region: installing prefetched page {}: {e}", first.page as usize + copied);
                     }
-                    self.prefetch.candidates[i + copied].state = CandidateState::Skip;
-                    i += copied + 1;
+                    if i + copied < j {
+                        self.prefetch.candidates[i + copied].state = CandidateState::Skip;
+                    }
+                    i = (i + copied + 1).min(j);
                 }
             }
         }
