@@ -347,7 +347,8 @@ pub struct RegionStats {
     pub writethrough_to_file: u64,
     /// Pages written to the backing file because the store call failed.
     pub store_errors_to_file: u64,
-    /// Pages installed by prefetch (not faulted on), counted in `pool_loads`/`file_loads`.
+    /// Pages installed by prefetch (not faulted on); those read from the pool or the file are
+    /// also in `pool_loads`/`file_loads` (zeros are in neither).
     pub prefetched_pages: u64,
     /// Prefetched pages the application used before they were evicted: each a missing fault
     /// avoided. "Used" is inferred (userspace cannot read accessed bits): a write to the page,
