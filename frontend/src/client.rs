@@ -296,6 +296,24 @@ impl PageBackend for FrontendClient {
         }
     }
 
+    /// One batch of loads (one round trip for up to `max_batch` pages).
+    fn load_many(&mut self, offsets: &[u64], pages: &mut [u8], found: &mut [bool]) -> io::Result<()> {
+        let ps = self.shared.page_size;
+        let ops: Vec<Op<'_>> = offsets.iter().map(|&offset| Op::Load(offset)).collect();
+        let results = self.batch(&ops)?;
+        for (i, result) in results.into_iter().enumerate() {
+            found[i] = match result {
+                OpResult::Loaded { page, .. } => {
+                    pages[i * ps..(i + 1) * ps].copy_from_slice(&page);
+                    true
+                }
+                OpResult::Absent | OpResult::Failed(_) => false,
+                other => return Err(invalid(format!("unexpected answer to a load: {other:?}"))),
+            };
+        }
+        Ok(())
+    }
+
     fn invalidate(&mut self, offset: u64) -> io::Result<()> {
         self.one(Op::Invalidate(offset)).map(drop)
     }

@@ -11,6 +11,8 @@
 //! - [`locations`] — [`PageLocations`](locations::PageLocations): where each page is (pool,
 //!   backing file, both, zeros, held, lost) and the placement rules over the backing file; the
 //!   one implementation shared by the region and the host's block devices.
+//! - [`prefetch`] — the region's prefetch policy: a majority-trend detector over recent fault
+//!   deltas (Leap) and the adaptive prefetch amount.
 //!
 //! [`PageBackend`] is the seam between them: a region works with any backend (the protocol
 //! client, or an in-memory one in tests).
@@ -18,6 +20,7 @@
 pub mod backing;
 pub mod client;
 pub mod locations;
+pub mod prefetch;
 pub mod region;
 
 use std::io;
@@ -44,6 +47,21 @@ pub trait PageBackend: Send {
 
     /// Loads the page at `offset` into `page`; `false` if the pool has none there.
     fn load(&mut self, offset: u64, page: &mut [u8]) -> io::Result<bool>;
+
+    /// Loads the pages at `offsets` in one round trip where the transport allows (the
+    /// default calls [`PageBackend::load`] for each): page `i` into
+    /// `pages[i * page_size..(i + 1) * page_size]`, `found[i]` set to whether the pool had it.
+    /// A page the pool could not produce is reported as not found (the caller loads it again
+    /// alone to learn why); an error means none of the results can be trusted.
+    ///
+    /// `pages` holds at least `offsets.len()` pages and `found` at least `offsets.len()` flags.
+    fn load_many(&mut self, offsets: &[u64], pages: &mut [u8], found: &mut [bool]) -> io::Result<()> {
+        let ps = self.page_size();
+        for (i, &offset) in offsets.iter().enumerate() {
+            found[i] = self.load(offset, &mut pages[i * ps..(i + 1) * ps])?;
+        }
+        Ok(())
+    }
 
     /// Drops the page at `offset` (absent is fine).
     fn invalidate(&mut self, offset: u64) -> io::Result<()>;

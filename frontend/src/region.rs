@@ -95,6 +95,37 @@
 //!   access, until the application discards the page) where the kernel supports it,
 //!   zero-filled otherwise.
 //!
+//! # Prefetch (on unless [`RegionConfig::prefetch`] is off)
+//!
+//! Every missing fault feeds a majority-trend detector ([`crate::prefetch`], Leap's): the
+//! delta (in pages) most of the recent faults moved by. With a trend `d`, the fault at page `p`
+//! also brings the pages at `p + d`, `p + 2d`, … up to the prefetch amount (4 at first,
+//! doubling while prefetched pages are used, up to 64; halving when fewer than half are) that
+//! are not resident and whose copy is in the pool, in the file, or nowhere (zeros; never a
+//! held or lost page, nor a pool page when the pool has exclusive gets). Random access has no
+//! trend and pays only the detector's O(1) bookkeeping.
+//!
+//! - **Bounded by the resident limit**: a prefetch is at most half the limit; the handler makes
+//!   room for the faulting page and the prefetch before loading, and prefetches fewer (the
+//!   nearest first) if eviction freed less.
+//! - **One round trip**: the faulting page (when it is in the pool) and the pool's prefetch
+//!   pages are one [`PageBackend::load_many`] batch; file pages are read, zeros filled in, all
+//!   into a staging buffer allocated with the region (nothing is allocated per fault).
+//! - **The faulting thread first**: its page gets its own `UFFDIO_COPY`, which wakes it; it
+//!   waits for the shared batch (the one wait it cannot avoid) but not for the prefetched
+//!   pages' copies. Those follow, one `UFFDIO_COPY` per run of adjacent pages, under the
+//!   inbox lock (a page the application discarded meanwhile is dropped): loaded pages
+//!   write-protected (clean); zeros writable (dirty, so a write scan over fresh memory takes
+//!   no fault at all; still all zero at eviction, they are dropped without a store). A thread that reaches one of them first faults, is woken by the run's copy,
+//!   and is counted `prefetch_late`.
+//! - Prefetched pages are ordinary resident pages, but enter the clock unreferenced: one never
+//!   used is the first victim (`prefetch_wasted`).
+//! - **Use is inferred** (userspace cannot read accessed bits): a prefetched page is used
+//!   (`prefetch_hits`, a missing fault avoided) when it is written (its WP fault), or when a
+//!   later missing fault lands beyond it along its trend, by 1 to twice the largest prefetch
+//!   steps (the access stream went through it). The last pages of a scan that ends there count as unused, so
+//!   [`RegionStats::prefetch_coverage`] and [`RegionStats::prefetch_accuracy`] are lower bounds.
+//!
 //! # What the owner decides
 //!
 //! The application must not `munmap`, `mremap` or fork-share the region (no `UNMAP`/`REMAP`/
@@ -128,6 +159,7 @@ use std::time::{Duration, Instant};
 
 use crate::backing::BackingFile;
 use crate::locations::{Location, PageLocations, StoreResult};
+use crate::prefetch::{Amount, Trend};
 use crate::{PageBackend, Stored};
 
 /// The error text when userfaultfd is not available to this process.
@@ -139,6 +171,9 @@ const TAKE_BACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Fault latency samples kept (the most recent ones).
 const LATENCY_SAMPLES: usize = 1 << 16;
+
+/// The most pages one prefetch brings (besides the faulting page).
+pub const PREFETCH_MAX: usize = 64;
 
 /// The userfaultfd ABI (include/uapi/linux/userfaultfd.h), as much as the region uses.
 mod sys {
@@ -257,6 +292,17 @@ pub struct RegionConfig {
     /// Where the region's backing file is created (unlinked at once: `O_TMPFILE`, or create
     /// and unlink). Pages the pool refuses live there.
     pub backing_dir: PathBuf,
+    /// Prefetch along a sequential or strided fault trend (see the [module docs](self)).
+    /// [`RegionConfig::new`] turns it on.
+    pub prefetch: bool,
+}
+
+impl RegionConfig {
+    /// A region of `len` bytes holding at most `resident_limit` pages in RAM, its backing
+    /// file in `backing_dir`, with prefetch on.
+    pub fn new(len: usize, resident_limit: usize, backing_dir: PathBuf) -> RegionConfig {
+        RegionConfig { len, resident_limit, backing_dir, prefetch: true }
+    }
 }
 
 /// Fault latency, from the moment the reader thread read the fault message to the ioctl that
@@ -301,6 +347,22 @@ pub struct RegionStats {
     pub writethrough_to_file: u64,
     /// Pages written to the backing file because the store call failed.
     pub store_errors_to_file: u64,
+    /// Pages installed by prefetch (not faulted on); those read from the pool or the file are
+    /// also in `pool_loads`/`file_loads` (zeros are in neither).
+    pub prefetched_pages: u64,
+    /// Prefetched pages the application used before they were evicted: each a missing fault
+    /// avoided. "Used" is inferred (userspace cannot read accessed bits): a write to the page,
+    /// or a later fault of the same trend beyond it (the access stream went through it).
+    pub prefetch_hits: u64,
+    /// Prefetched pages the application faulted on anyway, while the prefetch was being
+    /// installed (right, but too late to avoid the fault; not in `prefetch_hits`).
+    pub prefetch_late: u64,
+    /// Prefetched pages evicted or discarded with no sign of use.
+    pub prefetch_wasted: u64,
+    /// `load_many` calls made to prefetch (one round trip each, the faulting page included).
+    pub prefetch_batches: u64,
+    /// `UFFDIO_COPY` calls that installed prefetched pages (one per contiguous run).
+    pub prefetch_copies: u64,
     /// Clean pages evicted without a store (their copy elsewhere was still valid).
     pub clean_drops: u64,
     /// Dirty all-zero pages evicted without a store (they refault as zero-fills).
@@ -329,6 +391,21 @@ pub struct RegionStats {
     pub missing_fault_latency: LatencySummary,
     /// Write-protect-fault latency.
     pub wp_fault_latency: LatencySummary,
+}
+
+impl RegionStats {
+    /// Prefetch coverage: the share of the missing faults the workload would have taken that
+    /// prefetch avoided, `prefetch_hits / (missing_faults + prefetch_hits)` (0 with no faults).
+    pub fn prefetch_coverage(&self) -> f64 {
+        let total = self.missing_faults + self.prefetch_hits;
+        if total == 0 { 0.0 } else { self.prefetch_hits as f64 / total as f64 }
+    }
+
+    /// Prefetch accuracy: the share of prefetched pages that were used,
+    /// `prefetch_hits / prefetched_pages` (0 when nothing was prefetched).
+    pub fn prefetch_accuracy(&self) -> f64 {
+        if self.prefetched_pages == 0 { 0.0 } else { self.prefetch_hits as f64 / self.prefetched_pages as f64 }
+    }
 }
 
 /// An anonymous memory region whose cold pages live in a pool (see the [module docs](self)).
@@ -449,6 +526,7 @@ impl Region {
             shared: Arc::clone(&shared),
             stats: RegionStats::default(),
             buf: vec![0; page_size],
+            prefetch: Prefetch::new(config.prefetch, config.resident_limit, page_size),
         };
         let reader = {
             let shared = Arc::clone(&shared);
@@ -716,6 +794,85 @@ struct Page {
     generation: u32,
     /// Hash of the bytes last stored in the pool (to recognize them when handed back).
     hash: u64,
+    /// Resident, installed by prefetch, and not known to be used yet.
+    prefetched: bool,
+}
+
+/// A page considered for prefetch.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    page: u32,
+    /// The trend it is prefetched along.
+    delta: i64,
+    /// The page's generation when it was loaded (a change means the application discarded it).
+    generation: u32,
+    /// Its page in `Prefetch::staging`.
+    slot: u32,
+    /// Where it is read from.
+    from: Location,
+    state: CandidateState,
+}
+
+impl Candidate {
+    /// Its contents are zeros (no copy anywhere).
+    fn zeros(&self) -> bool {
+        matches!(self.from, Location::Nowhere | Location::Zero)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum CandidateState {
+    /// Not loaded (or not installable): left to fault as usual.
+    #[default]
+    Skip,
+    /// Loaded into its staging slot, to install.
+    Loaded,
+    Installed,
+}
+
+/// The handler's prefetch state; every buffer is allocated at region creation.
+struct Prefetch {
+    enabled: bool,
+    trend: Trend,
+    amount: Amount,
+    /// This fault's candidates, in trend order until loaded, then by page.
+    candidates: Vec<Candidate>,
+    offsets: Vec<u64>,
+    found: Vec<bool>,
+    /// `PREFETCH_MAX + 1` pages: the batch's pages (the faulting page first when it is in
+    /// it), then the pages read from the backing file.
+    staging: Vec<u8>,
+    /// Prefetched pages not known to be used yet, with the trend they were prefetched along
+    /// (at most `2 * cap`: when full, one is forgotten).
+    outstanding: Vec<(u32, i64)>,
+    /// How far (in trend steps) a later fault may be beyond a prefetched page to count as
+    /// having gone through it.
+    reach: i64,
+    /// Pages the last prefetch installed, and how many of them were used so far.
+    issued: usize,
+    used: usize,
+}
+
+impl Prefetch {
+    fn new(enabled: bool, resident_limit: usize, page_size: usize) -> Prefetch {
+        // Never more than half of what the region may hold, so a prefetch cannot push out the
+        // pages the application is using.
+        let cap = if enabled { (resident_limit / 2).min(PREFETCH_MAX) } else { 0 };
+        let slots = if cap == 0 { 0 } else { cap + 1 };
+        Prefetch {
+            enabled: cap > 0,
+            trend: Trend::default(),
+            amount: Amount::new(cap),
+            candidates: Vec::with_capacity(cap),
+            offsets: Vec::with_capacity(slots),
+            found: vec![false; slots],
+            staging: vec![0; slots * page_size],
+            outstanding: Vec::with_capacity(2 * cap),
+            reach: 2 * cap as i64,
+            issued: 0,
+            used: 0,
+        }
+    }
 }
 
 /// What a fault installs.
@@ -761,6 +918,7 @@ struct Handler {
     shared: Arc<Shared>,
     stats: RegionStats,
     buf: Vec<u8>,
+    prefetch: Prefetch,
 }
 
 impl Handler {
@@ -864,10 +1022,17 @@ impl Handler {
 
     fn handle_missing(&mut self, p: usize, write: bool) {
         self.stats.missing_faults += 1;
+        let mut trend = self.observe_fault(p);
         loop {
             if self.pages[p].resident {
                 if self.present(p) {
-                    // Another thread faulted on it first.
+                    // Another thread faulted on it first (or the application reached a
+                    // prefetched page while its run was being installed).
+                    if self.pages[p].prefetched {
+                        self.pages[p].prefetched = false;
+                        self.stats.prefetch_late += 1;
+                        self.prefetch.used += 1;
+                    }
                     self.wake(p);
                     return;
                 }
@@ -875,14 +1040,22 @@ impl Handler {
                 // fault on the same page): its contents are gone, as the application asked.
                 self.forget_resident(p);
             }
-            if self.resident >= self.limit {
-                self.make_room();
+            self.prefetch.candidates.clear();
+            if let Some(delta) = trend.take() {
+                self.plan_prefetch(p, delta);
+            }
+            let need = 1 + self.prefetch.candidates.len();
+            if self.resident + need > self.limit {
+                self.make_room(need);
                 if self.stopping() {
                     return;
                 }
+                // Eviction may have freed less: prefetch less (the nearest pages first).
+                let room = self.limit.saturating_sub(self.resident + 1);
+                self.prefetch.candidates.truncate(room);
             }
             let generation = self.pages[p].generation;
-            let content = self.fetch(p);
+            let content = if self.prefetch.candidates.is_empty() { self.fetch(p) } else { self.fetch_with_prefetch(p) };
             let done = self.quietly(|s| {
                 if s.pages[p].generation != generation {
                     return Quiet::Done(false); // discarded meanwhile: decide again
@@ -890,10 +1063,270 @@ impl Handler {
                 s.install(p, write, &content)
             });
             match done {
-                Some(true) | None => return,
+                Some(true) => {
+                    // The faulting thread is awake (its page had its own UFFDIO_COPY); now
+                    // the prefetched runs.
+                    if self.prefetch.candidates.iter().any(|c| c.state == CandidateState::Loaded) {
+                        self.quietly(Self::install_prefetched);
+                    }
+                    return;
+                }
+                None => return,
                 Some(false) => continue,
             }
         }
+    }
+
+    // ---- prefetch ----
+
+    /// Bookkeeping of a missing fault at `p`: the pages of the last prefetch this fault went
+    /// past along its trend were used; then the trend now, if prefetch is on.
+    fn observe_fault(&mut self, p: usize) -> Option<i64> {
+        if !self.prefetch.enabled {
+            return None;
+        }
+        let mut i = 0;
+        while i < self.prefetch.outstanding.len() {
+            let (q, delta) = self.prefetch.outstanding[i];
+            let steps = (p as i64 - q as i64) / delta;
+            if !self.pages[q as usize].prefetched {
+                // Used (written) or evicted meanwhile.
+                self.prefetch.outstanding.swap_remove(i);
+            } else if (1..=self.prefetch.reach).contains(&steps) {
+                self.prefetch.outstanding.swap_remove(i);
+                self.prefetch_used(q as usize);
+            } else {
+                i += 1;
+            }
+        }
+        self.prefetch.trend.record(p as u64)
+    }
+
+    /// Prefetched page `q` was used (if it still counts as prefetched).
+    fn prefetch_used(&mut self, q: usize) {
+        let page = &mut self.pages[q];
+        if page.prefetched && page.resident {
+            page.prefetched = false;
+            self.stats.prefetch_hits += 1;
+            self.prefetch.used += 1;
+        }
+    }
+
+    /// Chooses the pages to prefetch along `delta` from `p` (into `prefetch.candidates`): of
+    /// the next `amount` positions, those not resident whose copy is in the pool or the file.
+    fn plan_prefetch(&mut self, p: usize, delta: i64) {
+        let pf = &mut self.prefetch;
+        // The last prefetch's outcome sizes this one.
+        pf.amount.feedback(pf.issued, pf.used.min(pf.issued));
+        (pf.issued, pf.used) = (0, 0);
+        let exclusive = self.shared.exclusive_loads.load(Ordering::Relaxed);
+        for step in 1..=pf.amount.get() {
+            let q = p as i64 + step as i64 * delta;
+            if q < 0 || q >= self.pages.len() as i64 {
+                break;
+            }
+            let q = q as usize;
+            if self.pages[q].resident {
+                continue;
+            }
+            let location = self.locations.get(q as u64);
+            let eligible = match location {
+                // A pool with exclusive gets gives its copy away on a load: only pages the
+                // application faults on are taken from it.
+                Location::Pool => !exclusive,
+                // Zeros (a page never written, discarded, or dropped as all-zero) cost no I/O.
+                Location::Backing | Location::PoolAndBacking | Location::Nowhere | Location::Zero => true,
+                Location::Held | Location::Lost => false,
+            };
+            if eligible {
+                pf.candidates.push(Candidate {
+                    page: q as u32,
+                    delta,
+                    generation: 0,
+                    slot: 0,
+                    from: location,
+                    state: CandidateState::Skip,
+                });
+            }
+        }
+    }
+
+    /// [`Handler::fetch`] of `p`, with the candidates loaded into `prefetch.staging` (slot
+    /// `i + 1` for the `i`-th candidate by page, so a run of adjacent pages is one contiguous
+    /// source): the pool's in the same `load_many` batch as `p` (one round trip), the file's
+    /// read from it, zeros filled in.
+    fn fetch_with_prefetch(&mut self, p: usize) -> Content {
+        let ps = self.page_size;
+        self.flush_invalidates();
+        let exclusive = self.shared.exclusive_loads.load(Ordering::Relaxed);
+        let pf = &mut self.prefetch;
+        pf.candidates.sort_unstable_by_key(|c| c.page);
+        pf.offsets.clear();
+        let p_in_batch = self.locations.get(p as u64) == Location::Pool;
+        if p_in_batch {
+            pf.offsets.push(p as u64);
+        }
+        for (i, c) in pf.candidates.iter_mut().enumerate() {
+            c.generation = self.pages[c.page as usize].generation;
+            c.from = self.locations.get(c.page as u64);
+            c.state = CandidateState::Skip;
+            c.slot = i as u32 + 1;
+            if c.from == Location::Pool && !exclusive {
+                pf.offsets.push(c.page as u64);
+            }
+        }
+        let in_batch = pf.offsets.len();
+        let mut p_loaded = false;
+        if in_batch > 0 {
+            self.stats.prefetch_batches += 1;
+            let result =
+                self.backend.load_many(&pf.offsets, &mut pf.staging[..in_batch * ps], &mut pf.found[..in_batch]);
+            match result {
+                Ok(()) => {
+                    if p_in_batch && pf.found[0] {
+                        self.buf.copy_from_slice(&pf.staging[..ps]);
+                        self.stats.pool_loads += 1;
+                        p_loaded = true;
+                    }
+                    // Each page from its batch position to its slot, from the last: a slot is
+                    // never before its batch position, nor the batch position of a page not
+                    // moved yet.
+                    let mut at = in_batch;
+                    for c in pf.candidates.iter_mut().rev() {
+                        if c.from != Location::Pool || exclusive {
+                            continue;
+                        }
+                        at -= 1;
+                        if pf.found[at] {
+                            let slot = c.slot as usize;
+                            if slot != at {
+                                pf.staging.copy_within(at * ps..(at + 1) * ps, slot * ps);
+                            }
+                            c.state = CandidateState::Loaded;
+                            self.stats.pool_loads += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Only the prefetch is lost; the faulting page is loaded alone below.
+                    self.stats.io_errors += 1;
+                    tracing::warn!("tmem region: loading {in_batch} pages to prefetch them: {e}");
+                }
+            }
+        }
+        for c in pf.candidates.iter_mut() {
+            let slot = &mut pf.staging[c.slot as usize * ps..(c.slot as usize + 1) * ps];
+            match c.from {
+                Location::Nowhere | Location::Zero => {
+                    slot.fill(0);
+                    c.state = CandidateState::Loaded;
+                }
+                Location::Backing | Location::PoolAndBacking => {
+                    match self.locations.lock(c.page as u64).read_backing(slot) {
+                        Ok(()) => {
+                            c.state = CandidateState::Loaded;
+                            self.stats.file_loads += 1;
+                        }
+                        Err(e) => {
+                            self.stats.io_errors += 1;
+                            tracing::warn!(
+                                "tmem region: reading page {} from the backing file to prefetch it: {e}",
+                                c.page
+                            );
+                        }
+                    }
+                }
+                Location::Pool | Location::Held | Location::Lost => {}
+            }
+        }
+        if !p_loaded {
+            return self.fetch(p);
+        }
+        if !exclusive {
+            return Content::Data { dirty: false };
+        }
+        let rest = self.locations.lock(p as u64).pool_let_go();
+        Content::Data { dirty: rest == Location::Nowhere }
+    }
+
+    /// Installs the loaded candidates (under the inbox lock), write-protected (clean) — zeros
+    /// writable (dirty) —: one `UFFDIO_COPY` per run of pages adjacent in the region and in
+    /// the staging buffer, of one kind. A candidate the application discarded meanwhile is
+    /// dropped.
+    fn install_prefetched(&mut self) -> Quiet<()> {
+        let ps = self.page_size;
+        let valid = |s: &Self, c: &Candidate| {
+            let page = s.pages[c.page as usize];
+            c.state == CandidateState::Loaded && !page.resident && page.generation == c.generation
+        };
+        let mut i = 0;
+        while i < self.prefetch.candidates.len() {
+            let first = self.prefetch.candidates[i];
+            if !valid(self, &first) {
+                if first.state == CandidateState::Loaded {
+                    self.prefetch.candidates[i].state = CandidateState::Skip;
+                }
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < self.prefetch.candidates.len() {
+                let (prev, c) = (self.prefetch.candidates[j - 1], self.prefetch.candidates[j]);
+                if c.page != prev.page + 1 || c.slot != prev.slot + 1 || c.zeros() != prev.zeros() || !valid(self, &c) {
+                    break;
+                }
+                j += 1;
+            }
+            let n = j - i;
+            let mut copy = sys::UffdioCopy {
+                dst: (self.base + first.page as usize * ps) as u64,
+                src: self.prefetch.staging[first.slot as usize * ps..].as_ptr() as u64,
+                len: (n * ps) as u64,
+                // Wakes only a thread that faulted on one of these pages meanwhile. Zeros are
+                // installed writable (dirty): a write to them takes no fault at all.
+                mode: if first.zeros() { 0 } else { sys::COPY_MODE_WP },
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY with a `struct uffdio_copy` whose source is `n` pages of
+            // the staging buffer (slots `first.slot..first.slot + n`, inside it) and whose
+            // destination is `n` pages of our registered range.
+            let r = unsafe { uffd_ioctl(self.uffd, sys::UFFDIO_COPY, &mut copy) };
+            let copied = if r.is_ok() { n } else { (copy.copy.max(0) as usize / ps).min(n) };
+            if copied > 0 {
+                self.stats.prefetch_copies += 1;
+            }
+            for k in i..i + copied {
+                let c = self.prefetch.candidates[k];
+                self.prefetch.candidates[k].state = CandidateState::Installed;
+                self.mark_installed(c.page as usize, c.zeros());
+                let page = &mut self.pages[c.page as usize];
+                // Not referenced: an unused prefetched page is the clock's first victim.
+                page.referenced = false;
+                page.prefetched = true;
+                let outstanding = &mut self.prefetch.outstanding;
+                if outstanding.len() == outstanding.capacity() {
+                    outstanding.swap_remove(0);
+                }
+                outstanding.push((c.page, c.delta));
+                self.prefetch.issued += 1;
+                self.stats.prefetched_pages += 1;
+            }
+            match r {
+                Ok(()) => i = j,
+                Err(e) if is_eagain(&e) => return Quiet::Again,
+                Err(e) => {
+                    // EEXIST (mapped already) or a failure: that page faults as usual.
+                    if e.raw_os_error() != Some(libc::EEXIST) {
+                        tracing::warn!("tmem region: installing prefetched page {}: {e}", first.page as usize + copied);
+                    }
+                    if i + copied < j {
+                        self.prefetch.candidates[i + copied].state = CandidateState::Skip;
+                    }
+                    i = (i + copied + 1).min(j);
+                }
+            }
+        }
+        Quiet::Done(())
     }
 
     /// Installs `content` at page `p` (under the inbox lock).
@@ -962,6 +1395,7 @@ impl Handler {
         page.dirty = dirty;
         page.wp = !dirty;
         page.referenced = true;
+        page.prefetched = false;
         page.generation = page.generation.wrapping_add(1);
         self.clock.push_back((p as u32, page.generation));
         if self.clock.len() > 4 * self.limit.max(self.resident) + 64 {
@@ -975,6 +1409,10 @@ impl Handler {
         if page.resident {
             self.resident -= 1;
         }
+        if page.prefetched {
+            self.stats.prefetch_wasted += 1;
+        }
+        page.prefetched = false;
         page.resident = false;
         page.dirty = false;
         page.wp = false;
@@ -1080,6 +1518,8 @@ impl Handler {
 
     fn handle_wp(&mut self, p: usize) {
         self.stats.wp_faults += 1;
+        // A write to a prefetched page: used.
+        self.prefetch_used(p);
         let unprotected = self.quietly(|s| match s.uffd_wp(p, false, true) {
             Ok(()) => Quiet::Done(true),
             Err(e) if is_eagain(&e) => Quiet::Again,
@@ -1099,14 +1539,14 @@ impl Handler {
 
     // ---- eviction ----
 
-    /// Evicts a batch of pages so that one more fits under the limit.
-    fn make_room(&mut self) {
+    /// Evicts a batch of pages so that `need` more fit under the limit.
+    fn make_room(&mut self, need: usize) {
         let ps = self.page_size;
         for _round in 0..4 {
-            if self.resident < self.limit {
+            if self.resident + need <= self.limit {
                 return;
             }
-            let want = self.resident + self.batch - self.limit;
+            let want = self.resident + need + self.batch - 1 - self.limit;
             let mut victims = self.pick_victims(want);
             if victims.is_empty() {
                 return;
@@ -1813,6 +2253,7 @@ mod tests {
         loaded: Vec<u64>,
         invalidated: Vec<u64>,
         invalidate_areas: usize,
+        load_many_calls: usize,
     }
 
     #[derive(Clone, Default)]
@@ -1860,6 +2301,14 @@ mod tests {
             }
         }
 
+        fn load_many(&mut self, offsets: &[u64], pages: &mut [u8], found: &mut [bool]) -> io::Result<()> {
+            self.pool().load_many_calls += 1;
+            for (i, &offset) in offsets.iter().enumerate() {
+                found[i] = self.load(offset, &mut pages[i * ps()..(i + 1) * ps()])?;
+            }
+            Ok(())
+        }
+
         fn invalidate(&mut self, offset: u64) -> io::Result<()> {
             let mut pool = self.pool();
             pool.invalidated.push(offset);
@@ -1888,7 +2337,11 @@ mod tests {
     }
 
     fn region(pages: usize, resident_limit: usize, backend: &MemBackend) -> Region {
-        let config = RegionConfig { len: pages * ps(), resident_limit, backing_dir: std::env::temp_dir() };
+        region_with(pages, resident_limit, backend, true)
+    }
+
+    fn region_with(pages: usize, resident_limit: usize, backend: &MemBackend, prefetch: bool) -> Region {
+        let config = RegionConfig { prefetch, ..RegionConfig::new(pages * ps(), resident_limit, std::env::temp_dir()) };
         Region::new(Box::new(backend.clone()), config).expect("region")
     }
 
@@ -2037,7 +2490,9 @@ mod tests {
         for p in 10..40 {
             shadow.check_page(p);
         }
-        assert_eq!(backend.pool().loaded.len(), loads_before, "discarded pages are not loaded");
+        // (Reading them in order may prefetch the pages after them: those are loaded.)
+        let loaded_since = backend.pool().loaded[loads_before..].to_vec();
+        assert!(loaded_since.iter().all(|p| !(10..40).contains(p)), "discarded pages are not loaded: {loaded_since:?}");
         assert!((10..40).all(|p| !backend.pool().pages.contains_key(&p)));
         let stats = region.stats();
         assert_eq!(stats.app_discarded_pages, 30, "{stats:#?}");
@@ -2083,26 +2538,35 @@ mod tests {
         if !uffd_available() {
             return;
         }
-        let backend = MemBackend::default();
-        let region = region(32, 4, &backend);
-        let mut shadow = Shadow::new(&region);
-        let mut rng = Rng(3);
-        // Read first (zero page, write-protected), then write: the WP fault marks it dirty.
-        for p in 0..32 {
-            shadow.check_page(p);
-            shadow.write_page(&mut rng, p, 2);
+        // Without prefetch every first read is a zero-fill fault and every write then a WP
+        // fault; with it, most zero pages come in prefetched, writable.
+        for prefetch in [false, true] {
+            let backend = MemBackend::default();
+            let region = region_with(32, 4, &backend, prefetch);
+            let mut shadow = Shadow::new(&region);
+            let mut rng = Rng(3);
+            // Read first (zero page, write-protected), then write: the WP fault marks it dirty.
+            for p in 0..32 {
+                shadow.check_page(p);
+                shadow.write_page(&mut rng, p, 2);
+            }
+            shadow.check_all();
+            // Pages written with zeros are dropped, not stored, and read back as zeros.
+            let zeros = vec![0u8; ps()];
+            for p in 0..8 {
+                shadow.write(p * ps(), &zeros);
+            }
+            shadow.check_all();
+            let stats = region.stats();
+            assert!(stats.zero_drops >= 8, "{stats:#?}");
+            if prefetch {
+                // Prefetched zeros are writable: their writes take no fault.
+                assert!(stats.prefetched_pages > 0 && stats.wp_faults < 32, "{stats:#?}");
+            } else {
+                assert!(stats.wp_faults >= 32 && stats.zero_fills >= 32, "{stats:#?}");
+            }
+            assert_eq!(stats.load_failures, 0);
         }
-        shadow.check_all();
-        // Pages written with zeros are dropped, not stored, and read back as zeros.
-        let zeros = vec![0u8; ps()];
-        for p in 0..8 {
-            shadow.write(p * ps(), &zeros);
-        }
-        shadow.check_all();
-        let stats = region.stats();
-        assert!(stats.zero_drops >= 8, "{stats:#?}");
-        assert!(stats.wp_faults >= 32 && stats.zero_fills >= 32, "{stats:#?}");
-        assert_eq!(stats.load_failures, 0);
     }
 
     #[test]
@@ -2373,6 +2837,138 @@ mod tests {
         shadow.check_all();
     }
 
+    /// Writes every page of `region` (random bytes), so all but the last `resident_limit` or so
+    /// are in the pool, and returns the shadow.
+    fn filled(region: &Region) -> Shadow<'_> {
+        let mut shadow = Shadow::new(region);
+        let mut rng = Rng(0x5eed);
+        for p in 0..region.len() / ps() {
+            shadow.write_page(&mut rng, p, 1 + (p % 200) as u8);
+        }
+        shadow
+    }
+
+    /// Reads `order`'s pages, checking every byte; the stats' change over the reads.
+    fn read_pass(shadow: &Shadow<'_>, order: impl IntoIterator<Item = usize>) -> RegionStats {
+        let before = shadow.region.stats();
+        for p in order {
+            shadow.check_page(p);
+        }
+        // The handler publishes after each message; the last one may lag a little.
+        std::thread::sleep(Duration::from_millis(20));
+        let after = shadow.region.stats();
+        RegionStats {
+            missing_faults: after.missing_faults - before.missing_faults,
+            pool_loads: after.pool_loads - before.pool_loads,
+            prefetched_pages: after.prefetched_pages - before.prefetched_pages,
+            prefetch_hits: after.prefetch_hits - before.prefetch_hits,
+            prefetch_late: after.prefetch_late - before.prefetch_late,
+            prefetch_wasted: after.prefetch_wasted - before.prefetch_wasted,
+            prefetch_batches: after.prefetch_batches - before.prefetch_batches,
+            prefetch_copies: after.prefetch_copies - before.prefetch_copies,
+            load_failures: after.load_failures,
+            io_errors: after.io_errors,
+            ..RegionStats::default()
+        }
+    }
+
+    #[test]
+    fn prefetch_covers_sequential_strided_and_backward_scans() {
+        if !uffd_available() {
+            return;
+        }
+        let (pages, limit) = (1024, 256);
+        for (name, order) in [
+            ("sequential", (0..pages).collect::<Vec<_>>()),
+            ("backwards", (0..pages).rev().collect()),
+            ("every 4th page", (0..pages).step_by(4).collect()),
+        ] {
+            let backend = MemBackend::default();
+            let region = region(pages, limit, &backend);
+            let shadow = filled(&region);
+            let pool_calls = backend.pool().load_many_calls;
+            let d = read_pass(&shadow, order.iter().copied());
+            println!("{name}: {d:#?}");
+            assert!(d.prefetch_coverage() >= 0.8, "{name}: coverage {:.2}: {d:#?}", d.prefetch_coverage());
+            assert!(d.prefetch_accuracy() >= 0.8, "{name}: accuracy {:.2}: {d:#?}", d.prefetch_accuracy());
+            assert_eq!(d.load_failures + d.io_errors, 0, "{name}: {d:#?}");
+            // One batch (one round trip) per prefetch, the faulting page included.
+            assert_eq!(backend.pool().load_many_calls - pool_calls, d.prefetch_batches as usize, "{name}");
+            assert!(d.prefetch_batches <= d.missing_faults, "{name}: {d:#?}");
+            if name != "every 4th page" {
+                // Contiguous runs: far fewer copies than pages.
+                assert!(d.prefetch_copies * 4 <= d.prefetched_pages, "{name}: {d:#?}");
+            }
+            assert!(region.stats().resident_pages <= limit as u64);
+            shadow.check_all();
+        }
+    }
+
+    #[test]
+    fn random_access_prefetches_almost_nothing() {
+        if !uffd_available() {
+            return;
+        }
+        let (pages, limit) = (1024, 256);
+        let backend = MemBackend::default();
+        let region = region(pages, limit, &backend);
+        let shadow = filled(&region);
+        let mut rng = Rng(99);
+        let order: Vec<usize> = (0..3000).map(|_| rng.below(pages)).collect();
+        let d = read_pass(&shadow, order);
+        println!("random: {d:#?}");
+        assert!(d.missing_faults > 1000, "{d:#?}");
+        assert!(d.prefetched_pages * 20 <= d.missing_faults, "at most 5% of the faults: {d:#?}");
+        assert_eq!(d.load_failures + d.io_errors, 0, "{d:#?}");
+        shadow.check_all();
+    }
+
+    #[test]
+    fn prefetch_off_prefetches_nothing() {
+        if !uffd_available() {
+            return;
+        }
+        let backend = MemBackend::default();
+        let region = region_with(512, 128, &backend, false);
+        let shadow = filled(&region);
+        let d = read_pass(&shadow, 0..512);
+        assert_eq!((d.prefetched_pages, d.prefetch_batches, d.prefetch_coverage()), (0, 0, 0.0), "{d:#?}");
+        assert!(d.missing_faults >= 384, "{d:#?}");
+        assert_eq!(backend.pool().load_many_calls, 0);
+    }
+
+    #[test]
+    fn prefetched_pages_written_discarded_or_evicted_stay_right() {
+        if !uffd_available() {
+            return;
+        }
+        // A small resident limit: prefetched pages are evicted, written, discarded.
+        let (pages, limit) = (256, 16);
+        let backend = MemBackend::default();
+        let region = region(pages, limit, &backend);
+        let mut shadow = filled(&region);
+        let mut rng = Rng(3);
+        for round in 0..4 {
+            for p in 0..pages {
+                match rng.below(10) {
+                    0 => shadow.write(p * ps() + 100, &[round as u8 + 1; 64]),
+                    1 if p + 2 < pages => {
+                        // Discard a page ahead of the scan (maybe prefetched just now).
+                        discard(&region, p + 2, 1);
+                        shadow.bytes[(p + 2) * ps()..(p + 3) * ps()].fill(0);
+                    }
+                    _ => shadow.check_page(p),
+                }
+            }
+        }
+        shadow.check_all();
+        let stats = region.stats();
+        println!("{stats:#?}");
+        assert!(stats.prefetched_pages > 0 && stats.prefetch_hits > 0, "{stats:#?}");
+        assert!(stats.resident_pages <= limit as u64, "{stats:#?}");
+        assert_eq!(stats.load_failures + stats.io_errors, 0, "{stats:#?}");
+    }
+
     #[test]
     fn the_owner_gets_the_backend_back() {
         if !uffd_available() {
@@ -2397,7 +2993,7 @@ mod tests {
         if uffd_available() {
             return; // run the test binary as an unprivileged user to exercise this
         }
-        let config = RegionConfig { len: ps(), resident_limit: 1, backing_dir: std::env::temp_dir() };
+        let config = RegionConfig::new(ps(), 1, std::env::temp_dir());
         let err = Region::new(Box::new(MemBackend::default()), config).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("/dev/userfaultfd"), "{err}");
@@ -2406,7 +3002,7 @@ mod tests {
     #[test]
     fn bad_configs_are_refused() {
         let backend = MemBackend::default();
-        let config = |len, resident_limit| RegionConfig { len, resident_limit, backing_dir: std::env::temp_dir() };
+        let config = |len, resident_limit| RegionConfig::new(len, resident_limit, std::env::temp_dir());
         let err = Region::new(Box::new(backend.clone()), config(ps() + 1, 4)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         let err = Region::new(Box::new(backend.clone()), config(ps(), 0)).unwrap_err();

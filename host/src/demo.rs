@@ -1,8 +1,8 @@
 //! `tmem demo`: the whole system in one command. It starts a host (API, dashboard routes and
 //! the frontend socket, like `tmem serve`), creates a `[zstd, ram]` pool `demo`, and runs an
 //! application-like workload in a userfaultfd [`Region`] four times larger than its resident
-//! limit: realistic page contents (15% zero, 15% random, 70% text), random and sequential
-//! access, some pages discarded by the "application" (`MADV_DONTNEED`). Every page read is
+//! limit: realistic page contents (15% zero, 15% random, 70% text), random access and
+//! sequential sweeps (bursts of 256 pages, 30% of the accesses), some pages discarded by the "application" (`MADV_DONTNEED`). Every page read is
 //! checked against the version last written. It prints a line a second and a summary; the
 //! run succeeds only if no page ever read back wrong.
 
@@ -32,6 +32,8 @@ pub struct DemoConfig {
     pub region_mib: usize,
     /// After the workload, keep the host serving until Ctrl-C / SIGTERM.
     pub then_serve: bool,
+    /// The region prefetches along fault trends ([`RegionConfig::prefetch`]).
+    pub prefetch: bool,
 }
 
 /// What a demo run did.
@@ -156,13 +158,17 @@ fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
     let pages = (len / page_size) as u64;
     let region = Arc::new(Region::new(
         Box::new(client),
-        RegionConfig { len, resident_limit: (pages / 4) as usize, backing_dir: config.data_dir.clone() },
+        RegionConfig {
+            prefetch: config.prefetch,
+            ..RegionConfig::new(len, (pages / 4) as usize, config.data_dir.clone())
+        },
     )?);
     let _ = region_slot.set(Arc::downgrade(&region));
     println!(
-        "tmem demo: a {} MiB region ({pages} pages, at most {} resident) over pool 'demo' [zstd, ram]; API on http://{}; {} s",
+        "tmem demo: a {} MiB region ({pages} pages, at most {} resident, prefetch {}) over pool 'demo' [zstd, ram]; API on http://{}; {} s",
         config.region_mib,
         pages / 4,
+        if config.prefetch { "on" } else { "off" },
         config.listen,
         config.seconds
     );
@@ -175,13 +181,15 @@ fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
     let mut next_report = Duration::from_secs(1);
     let mut sweep = 0u64;
     while started.elapsed() < Duration::from_secs(config.seconds) {
+        // 70% of the rounds touch random pages, 30% sweep on through the next 256 pages (an
+        // application's scan: what prefetch is for).
+        let sweeping = rng.below(10) >= 7;
         for _ in 0..256 {
-            // 70% random pages, 30% a sequential sweep.
-            let index = if rng.below(10) < 7 {
-                rng.below(pages)
-            } else {
+            let index = if sweeping {
                 sweep = (sweep + 1) % pages;
                 sweep
+            } else {
+                rng.below(pages)
             };
             let at = index as usize * page_size;
             match rng.below(100) {
@@ -214,12 +222,13 @@ fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
             next_report += Duration::from_secs(1);
             let s = region.stats();
             println!(
-                "[{:>3}s] writes {:>8}  verified {:>8}  mismatches {}  faults {:>8}  resident {:>6}  in pool {:>6}  in file {:>6}  fault p50 {:.1} µs p99 {:.1} µs",
+                "[{:>3}s] writes {:>8}  verified {:>8}  mismatches {}  faults {:>8}  prefetched {:>7}  resident {:>6}  in pool {:>6}  in file {:>6}  fault p50 {:.1} µs p99 {:.1} µs",
                 started.elapsed().as_secs(),
                 summary.writes,
                 summary.verified,
                 summary.mismatches,
                 s.missing_faults + s.wp_faults,
+                s.prefetched_pages,
                 s.resident_pages,
                 s.pool_pages,
                 s.file_pages,
@@ -254,6 +263,20 @@ fn drive(config: &DemoConfig) -> anyhow::Result<bool> {
     println!("  pages taken back       {}", s.take_backs);
     println!("  zero-filled faults     {}", s.zero_fills);
     println!("  clean pages dropped    {} (no store needed)", s.clean_drops);
+    if config.prefetch {
+        println!(
+            "  prefetch               coverage {:.1}% ({} of {} missing faults avoided), accuracy {:.1}% ({} of {} prefetched pages used; {} batches)",
+            100.0 * s.prefetch_coverage(),
+            s.prefetch_hits,
+            s.missing_faults + s.prefetch_hits,
+            100.0 * s.prefetch_accuracy(),
+            s.prefetch_hits,
+            s.prefetched_pages,
+            s.prefetch_batches
+        );
+    } else {
+        println!("  prefetch               off ({} missing faults)", s.missing_faults);
+    }
     println!("  compression ratio      {ratio:.2} ({stored} pages in {:.1} MiB)", bytes as f64 / (1 << 20) as f64);
     println!(
         "  fault latency          p50 {:.1} µs, p99 {:.1} µs (missing); p50 {:.1} µs (write-protect)",

@@ -221,6 +221,10 @@ pub struct DemoArgs {
     /// After the workload, keep the host serving (API, dashboard) until Ctrl-C / SIGTERM.
     #[arg(long)]
     pub then_serve: bool,
+    /// Prefetch along sequential and strided fault trends in the region (the summary shows
+    /// its coverage and accuracy).
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = parse_on_off)]
+    pub prefetch: bool,
 }
 
 /// The client subcommands of `tmem`.
@@ -791,8 +795,8 @@ impl ServeArgs {
 impl DemoArgs {
     /// The settings of the demo run.
     pub fn into_config(self) -> DemoConfig {
-        let DemoArgs { listen, data_dir, seconds, region_mib, then_serve } = self;
-        DemoConfig { listen, data_dir, seconds, region_mib, then_serve }
+        let DemoArgs { listen, data_dir, seconds, region_mib, then_serve, prefetch } = self;
+        DemoConfig { listen, data_dir, seconds, region_mib, then_serve, prefetch }
     }
 }
 

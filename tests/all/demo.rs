@@ -63,5 +63,9 @@ fn the_demo_verifies_every_page_through_faults_evictions_and_a_shrink() {
         "incompressible pages went to the file: {stdout}"
     );
     assert!(field("pages discarded (app)") > 0, "{stdout}");
+    // Prefetch is on by default; the sweeps give it something to cover.
+    let prefetch = stdout.lines().find(|l| l.trim_start().starts_with("prefetch ")).expect("a prefetch line");
+    assert!(prefetch.contains("coverage ") && prefetch.contains("accuracy "), "{stdout}");
+    assert!(!prefetch.contains("coverage 0.0%"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,6 +59,20 @@ fn a_frontend_stores_loads_and_invalidates_in_batches() {
             OpResult::Absent
         ]
     );
+    // PageBackend::load_many (a region's prefetch): one batch, pages in order, absent ones
+    // (5 was just invalidated, 1000 was refused) reported as not found.
+    let offsets = [7u64, 5, 8, 1000, 9];
+    let mut buf = vec![0u8; offsets.len() * 4096];
+    let mut found = [true; 5];
+    let mut backend = client;
+    tmem_frontend::PageBackend::load_many(&mut backend, &offsets, &mut buf, &mut found).unwrap();
+    assert_eq!(found, [true, false, true, false, true]);
+    for (i, &o) in offsets.iter().enumerate() {
+        if found[i] {
+            assert_eq!(buf[i * 4096..(i + 1) * 4096], pages[o as usize][..], "offset {o}");
+        }
+    }
+    let client = backend;
     // Pipelined from several threads on one connection.
     std::thread::scope(|s| {
         for t in 0..4u64 {
