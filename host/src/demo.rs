@@ -85,6 +85,7 @@ pub fn run(config: &DemoConfig) -> anyhow::Result<bool> {
         declared: Default::default(),
         tls: Default::default(),
         insecure_plain_tcp: false,
+        api_tls: false,
         socket_users: Vec::new(),
         socket_group: None,
     };

@@ -12,9 +12,12 @@
 //!
 //! # HTTPS
 //!
-//! With a certificate (`--tls-cert/--tls-key`) the HTTP listener speaks HTTPS only, on
-//! loopback too (one rule: a certificate means HTTPS). Its TLS context is the certificate's
-//! alone: no PSK (browsers and curl have none) and no client certificates (the API token
+//! With a certificate (`--tls-cert/--tls-key`) the HTTP listener speaks HTTPS only when it
+//! listens beyond loopback, or on loopback too with `--api-tls` ([`ServeConfig::api_tls`]);
+//! a loopback listener stays plain HTTP by default, so local tools (the CLI, `tmem swap` in
+//! `tmem-swap.service`) keep working when a certificate is added for NBD exports and peers —
+//! loopback traffic crosses no network, and the token still guards it. Its TLS context is the
+//! certificate's alone: no PSK (browsers and curl have none) and no client certificates (the API token
 //! authenticates; `--tls-client-ca` is for NBD and the peer listener). The TLS handshake is
 //! part of a connection's handshake: it must end within the listener's handshake deadline,
 //! and a connection still in it is pending (evicted first by a full listener). A client that
@@ -89,6 +92,9 @@ pub struct ServeConfig {
     /// peer listener without TLS, remote stores' `tmem://` and `redis://` endpoints. Logged
     /// as a warning.
     pub insecure_plain_tcp: bool,
+    /// The HTTP listener is HTTPS on loopback too (with a certificate; beyond loopback it is
+    /// HTTPS whenever there is one).
+    pub api_tls: bool,
 }
 
 /// Where the secrets key is: as configured, else the systemd credential
@@ -151,7 +157,7 @@ pub async fn serve(config: &ServeConfig, shutdown: impl Future<Output = ()> + Se
     }
     // The HTTP listener's TLS: the certificate's alone (see the module's doc).
     let https = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => {
+        (Some(cert), Some(key)) if config.api_tls || !config.listen.ip().is_loopback() => {
             let files = TlsFiles { cert: Some(cert.clone()), key: Some(key.clone()), ..TlsFiles::default() };
             TlsServer::load(&files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?
         }

@@ -189,6 +189,12 @@ pub struct ServeArgs {
     /// (the host logs an INSECURE warning).
     #[arg(long, env = "TMEM_INSECURE_PLAIN_TCP")]
     pub insecure_plain_tcp: bool,
+    /// Serve the API over HTTPS on loopback too (with --tls-cert). Beyond loopback it is
+    /// HTTPS whenever the host has a certificate; on loopback it stays plain HTTP unless this
+    /// is given, so local tools (the CLI, tmem-swap.service) keep working when a certificate
+    /// is added for NBD exports and peers.
+    #[arg(long, requires = "tls_cert", env = "TMEM_API_TLS")]
+    pub api_tls: bool,
     /// Users (names or uids) besides the host's own and root who may connect to its Unix
     /// sockets (the frontend socket, NBD exports on a socket): the sockets then belong to
     /// --socket-group with mode 0660 and each connection's peer is checked (SO_PEERCRED).
@@ -744,6 +750,7 @@ impl ServeArgs {
             tls_psk,
             tls_ca,
             insecure_plain_tcp,
+            api_tls,
             socket_users,
             socket_group,
         } = self;
@@ -785,6 +792,7 @@ impl ServeArgs {
                 ca: tls_ca.or(serve.tls_ca),
             },
             insecure_plain_tcp: insecure_plain_tcp || serve.insecure_plain_tcp,
+            api_tls: api_tls || serve.api_tls,
             socket_users: if socket_users.is_empty() { serve.socket_users } else { socket_users },
             socket_group: socket_group.or(serve.socket_group),
             declared,

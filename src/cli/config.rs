@@ -79,6 +79,9 @@ pub struct ServeSection {
     /// `--insecure-plain-tcp`.
     #[serde(default)]
     pub insecure_plain_tcp: bool,
+    /// `--api-tls`.
+    #[serde(default)]
+    pub api_tls: bool,
     /// `--socket-users`, as a list.
     #[serde(default)]
     pub socket_users: Vec<String>,

@@ -147,6 +147,8 @@ impl ServeProcess {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
+            // A loopback API is HTTPS only when asked (`--api-tls`).
+            .args(ca.map(|_| "--api-tls"))
             .env_remove("TMEM_TOKEN")
             .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
             .stderr(stderr)

@@ -181,8 +181,12 @@ fn clients_that_do_not_trust_the_certificate_or_whose_url_it_does_not_name_refus
         ],
     );
     let log = dir.join("misnamed.log");
-    let mut misnamed =
-        serve(&dir.join("misnamed"), "127.0.0.1:0", &["--tls-cert", &p(&cert), "--tls-key", &p(&key)], &log);
+    let mut misnamed = serve(
+        &dir.join("misnamed"),
+        "127.0.0.1:0",
+        &["--tls-cert", &p(&cert), "--tls-key", &p(&key), "--api-tls"],
+        &log,
+    );
     let https_url = format!("https://127.0.0.1:{}", listening_port(&log, &mut misnamed));
     let out =
         tmem(&["pool", "ls", "--server", &https_url, "--tls-ca", &ca_cert, "--data-dir", &p(&dir.join("misnamed"))]);
@@ -298,4 +302,26 @@ fn plain_rest_beyond_loopback_needs_the_insecure_flag_and_https_does_not() {
     assert!(stats.status.success(), "curl over https: {}", text(&stats.stderr));
     assert!(text_log.contains(&format!("dashboard at https://0.0.0.0:{port}/")), "{text_log}");
     assert!(!text_log.contains("INSECURE"), "{text_log}");
+
+    // On loopback with the same certificate the API stays plain HTTP (local tools go on
+    // working), unless --api-tls asks for HTTPS there too.
+    let log = dir.join("loopback.log");
+    let mut local = serve(&dir.join("loopback"), "127.0.0.1:0", &["--tls-cert", cert, "--tls-key", key], &log);
+    let port = listening_port(&log, &mut local);
+    let plain = ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call();
+    let text_log = std::fs::read_to_string(&log).unwrap();
+    let _ = local.kill();
+    let _ = local.wait();
+    assert!(plain.is_ok(), "{plain:?}");
+    assert!(text_log.contains(&format!("dashboard at http://127.0.0.1:{port}/")), "{text_log}");
+    let log = dir.join("loopback-tls.log");
+    let mut local =
+        serve(&dir.join("loopback-tls"), "127.0.0.1:0", &["--tls-cert", cert, "--tls-key", key, "--api-tls"], &log);
+    let port = listening_port(&log, &mut local);
+    let text_log = std::fs::read_to_string(&log).unwrap();
+    let plain = ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call();
+    let _ = local.kill();
+    let _ = local.wait();
+    assert!(plain.is_err(), "plain HTTP at an --api-tls listener: {plain:?}");
+    assert!(text_log.contains(&format!("dashboard at https://127.0.0.1:{port}/")), "{text_log}");
 }

@@ -71,8 +71,8 @@ limited() {
 # plugins compiled ahead of the scenarios (same binary, same QEMU CPU model: the same engine
 # compatibility hash). Prints `GUEST SERVE-UP seconds=S compiled=N` (N: modules this start had
 # to compile itself; 0 when the shipped cache served them all).
-# With a certificate (--tls-cert) the host's HTTP listener is HTTPS: a scenario that gives one
-# exports TMEM_SERVER=https://127.0.0.1:7411 (and TMEM_TLS_CA for the CLI) first.
+# The host's API: plain HTTP on loopback (a scenario serving it over HTTPS, --api-tls, would
+# export TMEM_SERVER=https://127.0.0.1:7411 and TMEM_TLS_CA for the CLI first).
 host_url() { echo "${TMEM_SERVER:-http://127.0.0.1:7411}"; }
 # host_get PATH: GET PATH from the host (busybox wget; over HTTPS it does not check the
 # certificate — the CLI does, with TMEM_TLS_CA).
@@ -88,9 +88,12 @@ serve() {
     export TMEM_DATA_DIR="$data" RUST_LOG=${RUST_LOG:-warn} NO_COLOR=1
     tmem serve --data-dir "$data" --listen 127.0.0.1:7411 "$@" &
     server=$!
-    for _ in $(seq 2400); do
+    for i in $(seq 2400); do
         host_get /healthz >/dev/null && break
         kill -0 $server 2>/dev/null || fail "tmem serve exited"
+        # Every 30 s, what the probe says (a silent wait would look like a hung guest).
+        [ $((i % 120)) = 0 ] &&
+            echo "GUEST STEP still waiting for tmem serve at $(host_url): $(wget -q -O /dev/null --no-check-certificate "$(host_url)/healthz" 2>&1 | tr '\n' ' ')"
         sleep 0.25
     done
     host_get /healthz >/dev/null || fail "tmem serve did not come up"

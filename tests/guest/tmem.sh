@@ -49,9 +49,8 @@ allow="$dir"
 tls=$(param tls)
 tls_args=""
 if [ "$tls" = x509 ]; then
+    # (The API stays plain HTTP on loopback: no --api-tls.)
     tls_args="--tls-cert /mnt/tls/server.pem --tls-key /mnt/tls/server.key --tls-client-ca /mnt/tls/ca.pem"
-    # The API is HTTPS too then (one rule: a certificate means HTTPS).
-    export TMEM_SERVER=https://127.0.0.1:7411 TMEM_TLS_CA=/mnt/tls/ca.pem
 elif [ -n "$tls" ]; then
     fail "tls must be x509"
 fi
