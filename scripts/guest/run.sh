@@ -18,7 +18,7 @@
 #   --verbose        every serial line on stderr (else the markers and kernel warnings)
 #
 # Builds what it needs, and nothing else: the release `tmem` (cargo build --release), swapcheck
-# (gcc -static), the kernel (scripts/guest/fetch-kernel.sh, cached), one initramfs per boot
+# and pagecmp (gcc -static), the kernel (scripts/guest/fetch-kernel.sh, cached), one initramfs per boot
 # (scripts/guest/build-initramfs.sh) and one disk per boot: a sparse raw image (4 GiB,
 # TMEM_GUEST_DISK_SIZE) made ext4 by mkfs.ext4, attached as virtio-blk and mounted on /mnt in
 # the guest, holding the binaries that need shared libraries, the plugins' compiled code and,

@@ -18,8 +18,9 @@
 # The device: a persistent [zstd, sled] pool (sync durability) of at most 2048 pages as
 # /dev/ublkb3, 32 MiB (8192 pages), its backing file on the flakey file system: so most
 # stores are refused and go to the backing file. Two rounds, each ending in a power cut:
-#   1. 32 MiB written (half the pool's pages refused: to the backing file); with exclusive gets,
-#      2 MiB of pool pages read (each made durable in the file before it leaves the pool);
+#   1. 32 MiB written (three pages in four refused by the pool: to the backing file); with
+#      exclusive gets, 2 MiB of pool pages read (each durable in the file before it leaves the
+#      pool);
 #      the pool shrunk to 1024 pages (take-backs, same order); 4 MiB overwritten across pool
 #      and file pages (a pool page's new version durable in the file before the store); 1 MiB
 #      discarded; a flush; the cut with nothing in flight;
@@ -30,11 +31,19 @@
 # (the cut did drop unflushed writes, so the test could fail).
 #
 # Markers: `GUEST POWER-BEFORE round=N ...` (the device's counters before the cut),
-# `GUEST POWER-CUT round=N uptime=S`, `GUEST POWER-VERIFY round=N acknowledged=SHA before=SHA
-# read=SHA pages=N differ=N zeros=N eio=N lost=N canary=gone|kept restart_s=S`, where
-# before is the device read just before the cut, read the device read after the restart, differ
-# the pages that read otherwise than acknowledged (zeros: of them, those that read as zeros),
-# eio the pages that failed to read, lost the device's lost_pages (tmem's EIO pages).
+# `GUEST POWER-FILES round=N ...` (the sizes of the catalog's and the pool's files, before the
+# cut and after the remount), `GUEST POWER-CUT round=N uptime=S`, `GUEST POWER-VERIFY round=N
+# acknowledged=SHA before=SHA read=SHA pages=N differ=N zeros=N stale=N eio=N first=P lost=N
+# canary=gone|kept restart_s=S`: before is the device read just before the cut, read the device
+# read after the restart; pages to first are pagecmp's (tests/guest/pagecmp.c: the pages that
+# read otherwise than acknowledged, as zeros or as other data, those that failed with EIO, the
+# first page of them); lost the device's lost_pages (the pages tmem answers with EIO).
+#
+# What dm-flakey does not model: a disk's volatile write cache. An O_DIRECT write that
+# completed is on its disk, fdatasync or not, so the backing file's fdatasyncs (it is written
+# with O_DIRECT) are not what this checks; what is checked is that nothing acknowledged depends
+# on the page cache or an uncommitted journal (the pool's database, the catalog, the backing
+# file's reservation), and the orderings with the cut landing while pages leave the pool.
 
 dir=/mnt/$SCENARIO
 fs=/flakey
