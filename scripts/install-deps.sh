@@ -6,8 +6,9 @@
 # redis-cli (the remote store's Redis and Redis Cluster tests), Debian's chromium, Node.js and the dashboard's npm packages
 # (playwright-core drives chromium in the dashboard's browser test), and what the guest-kernel
 # tests (tests/all/kernel_swap.rs, scripts/guest/) need: QEMU, busybox-static, cpio, kmod
-# (modinfo), xz, gcc with a static libc (swapcheck), nbd-client (copied into the guest) and
-# e2fsprogs (mkfs.ext4 makes the guest's disk, debugfs reads it back); and Schemathesis, the
+# (modinfo), xz, gcc with a static libc (swapcheck), nbd-client and dmsetup (copied into the
+# guest), e2fsprogs (mkfs.ext4 makes the guest's disk, debugfs reads it back; mkfs.ext4 is
+# copied into the guest too); and Schemathesis, the
 # OpenAPI fuzzer of tests/all/openapi_fuzz.rs (pinned, from PyPI, in a venv under
 # target/tools/schemathesis).
 # Idempotent; safe to run before every build.
@@ -42,7 +43,7 @@ if [ "${1:-}" = "--test" ]; then
     command -v node >/dev/null || need_apt+=(nodejs)
     command -v npm >/dev/null || need_apt+=(npm)
     # The guest-kernel tests (scripts/guest/): QEMU, the initramfs tools, swapcheck, nbd-client,
-    # the guest's disk.
+    # the guest's disk, dmsetup (the power-loss scenario's dm-flakey device).
     dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
     command -v cpio >/dev/null || need_apt+=(cpio)
     command -v xz >/dev/null || need_apt+=(xz-utils)
@@ -51,6 +52,7 @@ if [ "${1:-}" = "--test" ]; then
     [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
     [ -x /usr/sbin/nbd-client ] || [ -x /sbin/nbd-client ] || need_apt+=(nbd-client)
     [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need_apt+=(e2fsprogs)
+    [ -x /usr/sbin/dmsetup ] || [ -x /sbin/dmsetup ] || need_apt+=(dmsetup)
     # The OpenAPI fuzzer's Python (3.11 or later: Debian 12's), with venv and pip: Debian's
     # python3 makes no venv without python3-venv (importing venv and ensurepip succeeds all
     # the same), so making one is the test. Skipped when the fuzzer is already installed.

@@ -110,6 +110,8 @@ pub struct StoredModule {
 /// The catalog of one data dir.
 pub struct Catalog {
     db: sled::Db,
+    /// What sled writes besides its log (the modules are blobs), synced before each flush.
+    files: crate::persist::SledFiles,
     /// Seals the secrets of pool records (the key lives outside the catalog).
     sealer: SecretSealer,
     modules: sled::Tree,
@@ -148,12 +150,16 @@ impl Catalog {
     pub fn open(dir: &Path, sealer: SecretSealer) -> Result<Self, CatalogError> {
         let db = crate::persist::open_sled(&sled::Config::new().path(dir).mode(sled::Mode::LowSpace))
             .map_err(|source| CatalogError::Open { dir: dir.to_path_buf(), source })?;
+        // The modules are blobs to sled: synced before every flush of its log (see SledFiles).
+        let files = crate::persist::SledFiles::open(dir)
+            .map_err(|e| CatalogError::Open { dir: dir.to_path_buf(), source: sled::Error::Io(e) })?;
         let modules = db.open_tree("modules")?;
         let pools = db.open_tree("pools")?;
         let frontends = db.open_tree("frontends")?;
         let credentials = db.open_tree("credentials")?;
         Ok(Catalog {
             db,
+            files,
             sealer,
             modules,
             pools,
@@ -175,7 +181,7 @@ impl Catalog {
         if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(CatalogError::Db(crate::persist::io_failure("injected catalog write failure")));
         }
-        self.db.flush()?;
+        self.files.flush(&self.db)?;
         Ok(())
     }
 

@@ -17,9 +17,10 @@
 # mirror.
 set -euo pipefail
 
-# The guest's swap devices, and its disk (a virtio-blk image with an ext4 file system, which
-# needs the crc32c driver).
-MODULES=(ublk_drv nbd zram virtio_pci virtio_blk crc32c_generic ext4)
+# The guest's swap devices, its disk (a virtio-blk image with an ext4 file system, which
+# needs the crc32c driver), and device-mapper's flakey target (the power-loss scenario cuts
+# the writes to a file system with it).
+MODULES=(ublk_drv nbd zram virtio_pci virtio_blk crc32c_generic ext4 dm_mod dm_flakey)
 
 die() { echo "fetch-kernel: $*" >&2; exit 1; }
 
@@ -88,10 +89,12 @@ rm -rf "$out/lib"
 mkdir -p "$dest"
 
 # Copies module NAME (and, first, what it depends on) into $dest; appends its modules.dep line.
+# Names are kept with `_` (the kernel's own spelling): `modinfo -F depends` may name a module
+# with `-` (dm_flakey depends on "dm-mod"), which must not copy it a second time.
 declare -A done_modules=() is_builtin=()
 dep_lines=() builtin_modules=()
 add_module() {
-    local name=$1 file deps dep dep_files=()
+    local name=${1//-/_} file deps dep dep_files=()
     [ -n "${done_modules[$name]:-}" ] && return 0
     done_modules[$name]=1
     # Built into the kernel: nothing to copy (`modprobe` in the guest finds it in modules.builtin).
@@ -108,6 +111,7 @@ add_module() {
     [ -n "$file" ] || die "module $name is not in $package"
     deps=$(modinfo -F depends "$file" | tr ',' ' ')
     for dep in $deps; do
+        dep=${dep//-/_}
         add_module "$dep"
         [ -n "${is_builtin[$dep]:-}" ] || dep_files+=("$dep.ko")
     done

@@ -18,7 +18,7 @@
 #   --verbose        every serial line on stderr (else the markers and kernel warnings)
 #
 # Builds what it needs, and nothing else: the release `tmem` (cargo build --release), swapcheck
-# (gcc -static), the kernel (scripts/guest/fetch-kernel.sh, cached), one initramfs per boot
+# and pagecmp (gcc -static), the kernel (scripts/guest/fetch-kernel.sh, cached), one initramfs per boot
 # (scripts/guest/build-initramfs.sh) and one disk per boot: a sparse raw image (4 GiB,
 # TMEM_GUEST_DISK_SIZE) made ext4 by mkfs.ext4, attached as virtio-blk and mounted on /mnt in
 # the guest, holding the binaries that need shared libraries, the plugins' compiled code and,
@@ -167,6 +167,10 @@ check() {
         if (line ~ /^GUEST SWAP-OFF /) swap_off = line
         if (line ~ /^GUEST TLS /) tls_line = line
         if (line ~ /^GUEST VMSTAT-END /) vmstat_end = line
+        # power-loss.sh: the counters before each cut, each cut, each verification after it.
+        if (line ~ /^GUEST POWER-BEFORE /) power_before[kv(line, "round")] = line
+        if (line ~ /^GUEST POWER-CUT /) cuts++
+        if (line ~ /^GUEST POWER-VERIFY /) { rounds++; verify[rounds] = line }
     }
     END {
         if (bad) exit 1
@@ -201,6 +205,31 @@ check() {
             if (kv(after, "load_failures") != "0") failed("load_failures=" kv(after, "load_failures"))
             if (status != "0") failed("the scenario'"'"'s script exited " status)
             printf "RESULT ok: 4096 pages verified (16 MiB read back through /dev/ublkb1 after a SIGKILL of the host), pswpout 0, pswpin 0, no cgroup, %d pages restored from the pool'"'"'s disk, %d loads, serve start %s s (compiled %s), restart %s s, scenario %s, boot %s [%s]\n", restored, loads, serve_s, compiled, restart_s, secs(end_ts - begin_ts), secs(boot), name
+            exit 0
+        }
+        if (script == "power-loss.sh") {
+            # Two power cuts (dm-flakey drop_writes, the host SIGKILLed, the file system
+            # unmounted and mounted again); after each, the next host took the device over and
+            # every page read back as the kernel had acknowledged it before the cut.
+            if (rounds != 2 || cuts != 2) failed(rounds + 0 " verifications after " cuts + 0 " power cuts (2 expected)")
+            b1 = power_before[1]; b2 = power_before[2]
+            if (!(kv(b1, "to_backing") + 0 > 0)) failed("no store was refused to the backing file before the first cut (" b1 ")")
+            if (!(kv(b1, "exclusive_to_backing") + 0 > 0)) failed("no exclusive read moved a page to the backing file before the first cut")
+            if (!(kv(b1, "taken_back") + 0 > 0)) failed("no page was taken back before the first cut")
+            text = ""
+            for (r = 1; r <= 2; r++) {
+                v = verify[r]
+                if (length(kv(v, "acknowledged")) != 64) failed("round " r ": no sha256 of the acknowledged data")
+                if (kv(v, "before") != kv(v, "acknowledged")) failed("round " r ": the device read otherwise than acknowledged before the cut (a bug without any power loss)")
+                if (kv(v, "canary") != "gone") failed("round " r ": a file written without fsync survived the cut (canary=" kv(v, "canary") "): the cut dropped nothing, this test could not fail")
+                if (kv(v, "eio") + 0 != kv(v, "lost") + 0) failed("round " r ": " kv(v, "eio") " pages failed to read, the device counts " kv(v, "lost") " lost")
+                if (kv(v, "lost") + 0 > 0) failed("round " r ": " kv(v, "lost") " acknowledged pages lost (read as EIO) after the power cut")
+                if (kv(v, "differ") + 0 > 0 || kv(v, "read") != kv(v, "acknowledged")) failed("round " r ": after the power cut " kv(v, "differ") " of " kv(v, "pages") " pages read otherwise than acknowledged (" kv(v, "zeros") " as zeros, " kv(v, "stale") " as other data; the first: page " kv(v, "first") ")")
+                text = text sprintf("%sround %d: %d pages identical, 0 EIO, 0 lost, restart %s s", r > 1 ? "; " : "", r, kv(v, "pages"), kv(v, "restart_s"))
+            }
+            if (!(kv(b2, "exclusive_to_backing") + kv(b2, "taken_back") > 0)) failed("no page was leaving the pool when the second cut came (" b2 ")")
+            if (status != "0") failed("the scenario script exited " status)
+            printf "RESULT ok: 2 power cuts (dm-flakey drop_writes, host SIGKILLed, file system remounted; a file written without fsync gone each time): %s; before cut 1 refused to backing %d, exclusive reads to backing %d, taken back %d; pages leaving the pool at cut 2 (exclusive %d, taken back %d); serve start %s s (compiled %s), scenario %s, boot %s [%s]\n", text, kv(b1, "to_backing"), kv(b1, "exclusive_to_backing"), kv(b1, "taken_back"), kv(b2, "exclusive_to_backing"), kv(b2, "taken_back"), serve_s, compiled, secs(end_ts - begin_ts), secs(boot), name
             exit 0
         }
         # zram.sh and tmem.sh: swapcheck verified every page of every pass, the workload was
@@ -359,14 +388,18 @@ started=$EPOCHREALTIME
 bash "$repo/scripts/guest/fetch-kernel.sh" "$work/kernel" || die "cannot fetch the kernel (see above)"
 release=$(cat "$work/kernel/release")
 
-swapcheck=$work/swapcheck
+swapcheck=$work/swapcheck pagecmp=$work/pagecmp
 if [ ! -x "$swapcheck" ] || [ "$repo/tests/guest/swapcheck.c" -nt "$swapcheck" ]; then
     gcc -static -O2 -Wall -Werror -o "$swapcheck" "$repo/tests/guest/swapcheck.c" || die "cannot compile swapcheck"
 fi
+if [ ! -x "$pagecmp" ] || [ "$repo/tests/guest/pagecmp.c" -nt "$pagecmp" ]; then
+    gcc -static -O2 -Wall -Werror -o "$pagecmp" "$repo/tests/guest/pagecmp.c" || die "cannot compile pagecmp"
+fi
 
-needs_tmem=0 needs_nbd=0 needs_tls=0
+needs_tmem=0 needs_nbd=0 needs_tls=0 needs_dm=0
 for name in "${selected[@]}"; do
     if [ "$(get "$name" script)" != zram.sh ]; then needs_tmem=1; fi
+    if [ "$(get "$name" script)" = power-loss.sh ]; then needs_dm=1; fi
     if [ "$(get "$name" transport)" = nbd ]; then needs_nbd=1; fi
     if [ -n "$(get "$name" tls)" ]; then needs_tls=1; fi
 done
@@ -378,6 +411,9 @@ if [ $needs_tmem = 1 ] && [ -z "$tmem_bin" ]; then
 fi
 nbd_client=""
 if [ $needs_nbd = 1 ]; then nbd_client=$(find_program nbd-client) || missing nbd-client; fi
+# power-loss.sh makes a dm-flakey device and an ext4 file system on it in the guest.
+dmsetup=""
+if [ $needs_dm = 1 ]; then dmsetup=$(find_program dmsetup) || missing dmsetup; fi
 say "ready in $(elapsed "$started") s (kernel $release${tmem_bin:+, tmem $tmem_bin})"
 
 # The plugins' compiled code, for this binary, QEMU and kernel: TARGET/tmp/guest/cwasm, its key
@@ -432,11 +468,12 @@ run_boot() {
     resolved_table > "$stage/scenarios"
     local build=(bash "$repo/scripts/guest/build-initramfs.sh" --out "$initrd" --init "$repo/tests/guest/init"
         --modules "$work/kernel/lib/modules/$release" --file "$repo/tests/guest/guest.sh=/lib/guest.sh"
-        --file "$stage/scenarios=/etc/scenarios" --bin "$swapcheck=/bin/swapcheck"
+        --file "$stage/scenarios=/etc/scenarios" --bin "$swapcheck=/bin/swapcheck" --bin "$pagecmp=/bin/pagecmp"
         --sysroot "$stage/disk/sysroot=/mnt/sysroot")
     for script in "${scripts[@]}"; do build+=(--file "$repo/tests/guest/$script=/lib/scenarios/$script"); done
     [ $needs_tmem = 1 ] && build+=(--disk-bin "$tmem_bin=/bin/tmem")
     [ -n "$nbd_client" ] && build+=(--disk-bin "$nbd_client=/bin/nbd-client")
+    [ -n "$dmsetup" ] && build+=(--disk-bin "$dmsetup=/bin/dmsetup" --disk-bin "$mkfs=/bin/mkfs.ext4")
     [ $needs_tls = 1 ] && make_certificates "$stage/disk/tls"
     local precompile_now=0
     if [ -n "$cache_key" ]; then

@@ -111,6 +111,7 @@ scenario_tests! {
     swap_restart => "swap-restart",
     tmem_nbd => "tmem-nbd",
     swap_nbd => "swap-nbd",
+    power_loss => "power-loss",
     ublk_global_pressure => "ublk-global-pressure",
     ublk_budget => "ublk-budget",
     governor_pressure => "governor-pressure",
