@@ -184,6 +184,11 @@ pub enum Durability {
     /// Changes are acknowledged at once and flushed every `flush_interval_ms`; a crash loses
     /// at most that window, never tears a page.
     Periodic,
+    /// A change is acknowledged once the pool's database has written it to the kernel (group
+    /// commit, as `sync`), without waiting for the disk: it survives a crash or kill of the
+    /// host, not a power loss. For swap, which never outlives a reboot (`tmem swap on` makes
+    /// its pool so): no swap-out then waits on the file system's journal.
+    Written,
 }
 
 fn default_page_size() -> u32 {

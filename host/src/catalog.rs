@@ -181,7 +181,7 @@ impl Catalog {
         if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(CatalogError::Db(crate::persist::io_failure("injected catalog write failure")));
         }
-        self.files.flush(&self.db)?;
+        self.files.flush(&self.db, true)?;
         Ok(())
     }
 

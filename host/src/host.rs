@@ -1133,16 +1133,20 @@ fn patched_durability(pool: &Pool, patch: &PoolPatch) -> Result<Option<Durabilit
             return Err(PoolError::FlushIntervalNotPeriodic { hint: "" });
         }
         (Some(ApiDurability::Sync), None) => Durability::Sync,
+        (Some(ApiDurability::Written), Some(_)) => {
+            return Err(PoolError::FlushIntervalNotPeriodic { hint: "" });
+        }
+        (Some(ApiDurability::Written), None) => Durability::Written,
         (Some(ApiDurability::Periodic), ms) => Durability::Periodic(ms.map_or_else(
             || match current {
                 Durability::Periodic(interval) => interval,
-                Durability::Sync => DEFAULT_FLUSH_INTERVAL,
+                Durability::Sync | Durability::Written => DEFAULT_FLUSH_INTERVAL,
             },
             Duration::from_millis,
         )),
         (None, Some(ms)) => match current {
             Durability::Periodic(_) => Durability::Periodic(Duration::from_millis(ms)),
-            Durability::Sync => {
+            Durability::Sync | Durability::Written => {
                 return Err(PoolError::FlushIntervalNotPeriodic { hint: "; set \"durability\": \"periodic\" too" });
             }
         },
@@ -1329,6 +1333,7 @@ pub fn pool_spec(config: &PoolConfig) -> Result<PoolSpec, PoolError> {
     }
     spec.durability = match (config.durability, config.flush_interval_ms) {
         (None | Some(ApiDurability::Sync), None) => Durability::Sync,
+        (Some(ApiDurability::Written), None) => Durability::Written,
         (Some(ApiDurability::Periodic), ms) => {
             Durability::Periodic(ms.map_or(DEFAULT_FLUSH_INTERVAL, Duration::from_millis))
         }
@@ -1362,6 +1367,7 @@ pub fn pool_config(pool: &Pool) -> PoolConfig {
         }),
         durability: pool.durability().map(|d| match d {
             Durability::Sync => ApiDurability::Sync,
+            Durability::Written => ApiDurability::Written,
             Durability::Periodic(_) => ApiDurability::Periodic,
         }),
         flush_interval_ms: match pool.durability() {

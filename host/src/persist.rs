@@ -8,6 +8,10 @@
 //!   from many threads share flushes (**group commit**): a flusher thread takes every request
 //!   made so far, flushes once, and wakes all of them; requests that arrive during a flush are
 //!   served by the next one. One fsync per batch, not per page.
+//! - [`Durability::Written`]: as `Sync`, but a flush writes the database's log to the kernel
+//!   and does not wait for the disk (no `fdatasync`, no blob sync): acknowledged changes
+//!   survive a crash or SIGKILL of the host (the page cache is the kernel's), not a power loss
+//!   — a swap pool's mode, where a swap-out must never wait on the file system's journal.
 //! - [`Durability::Periodic`]: `make_durable` only notes that something changed; the flusher
 //!   flushes at most every interval. sled recovers a prefix of its log, so after a crash the
 //!   pool is as it was at one moment no more than the interval (plus one flush) before the
@@ -34,6 +38,21 @@ pub enum Durability {
     Sync,
     /// At once; on disk within the interval.
     Periodic(Duration),
+    /// After they are written to the kernel (the host's crash cannot lose them; a power loss
+    /// can).
+    Written,
+}
+
+impl Durability {
+    /// Whether every change is flushed before it is acknowledged (`Sync`, `Written`).
+    pub fn flushes_each_change(self) -> bool {
+        matches!(self, Durability::Sync | Durability::Written)
+    }
+
+    /// Whether a flush waits for the disk (everything but `Written`).
+    fn to_disk(self) -> bool {
+        self != Durability::Written
+    }
 }
 
 /// What sled (0.34) leaves out of its own flush, which is no durability barrier against a
@@ -114,8 +133,13 @@ impl SledFiles {
         Ok(())
     }
 
-    /// [`SledFiles::sync`], sled's flush of the log, then `fdatasync` of the log.
-    pub(crate) fn flush(&self, db: &sled::Db) -> sled::Result<()> {
+    /// [`SledFiles::sync`], sled's flush of the log, then `fdatasync` of the log; without
+    /// `to_disk` ([`Durability::Written`]) sled's flush alone, which writes its buffers to the
+    /// kernel.
+    pub(crate) fn flush(&self, db: &sled::Db, to_disk: bool) -> sled::Result<()> {
+        if !to_disk {
+            return db.flush().map(drop);
+        }
         self.sync().map_err(sled::Error::Io)?;
         db.flush()?;
         self.log.sync_data().map_err(sled::Error::Io)
@@ -345,7 +369,7 @@ impl PoolDisk {
             self.commit.work.notify_one();
         }
         state.dirty = true;
-        if state.durability != Durability::Sync {
+        if !state.durability.flushes_each_change() {
             return Ok(());
         }
         state.requested += 1;
@@ -409,7 +433,9 @@ impl PoolDisk {
         if self.fail_flushes.load(Ordering::Relaxed) {
             return Err(DiskError::Flush { dir: self.dir.clone(), source: io_failure("injected flush failure") });
         }
-        self.files.flush(&self.db).map_err(|source| DiskError::Flush { dir: self.dir.clone(), source })
+        self.files
+            .flush(&self.db, self.durability().to_disk())
+            .map_err(|source| DiskError::Flush { dir: self.dir.clone(), source })
     }
 
     /// Test-only fault injection: while `fail` is set, every flush (the flusher's and
@@ -464,12 +490,13 @@ fn run_flusher(
                 }
             }
             state.dirty = false;
-            state.requested
+            (state.requested, state.durability.to_disk())
         };
+        let (target, to_disk) = target;
         let result = if cfg!(test) && fail.load(Ordering::Relaxed) {
             Err(sled::Error::Io(std::io::Error::other("injected flush failure")))
         } else {
-            files.flush(db)
+            files.flush(db, to_disk)
         };
         last_flush = Instant::now();
         if let Ok(size) = db.size_on_disk() {
@@ -501,7 +528,7 @@ impl Drop for PoolDisk {
             if let Err(e) = std::fs::remove_dir_all(&self.dir) {
                 tracing::warn!(dir = %self.dir.display(), "could not remove a destroyed pool's database: {e}");
             }
-        } else if let Err(e) = self.files.flush(&self.db) {
+        } else if let Err(e) = self.files.flush(&self.db, true) {
             tracing::error!(dir = %self.dir.display(), "final flush of a pool database failed: {e}");
         }
     }

@@ -2039,7 +2039,7 @@ impl Pool {
         );
         // Not durable down: it must not leave a persistent upper pool.
         let flush_failed = || match (&self.disk, tier.lower.disk()) {
-            (Some(_), Some(lower)) => lower.durability() != Durability::Sync && lower.flush().is_err(),
+            (Some(_), Some(lower)) => !lower.durability().flushes_each_change() && lower.flush().is_err(),
             _ => false,
         };
         let durable = stored && !flush_failed();

@@ -419,7 +419,7 @@ pub struct PoolCreateArgs {
     #[arg(long = "backend", value_name = "SPEC", required = true, value_parser = parse_backend)]
     pub backends: Vec<BackendRequest>,
     /// Persistent pools: `sync` (acknowledge once on disk; the default) or `periodic`.
-    #[arg(long, value_name = "sync|periodic", value_parser = parse_durability)]
+    #[arg(long, value_name = "sync|written|periodic", value_parser = parse_durability)]
     pub durability: Option<Durability>,
     /// Persistent pools with periodic durability: flush interval in ms [default: 1000].
     #[arg(long, value_name = "MS")]
@@ -500,7 +500,7 @@ pub struct PoolSetArgs {
     #[arg(long = "backend", value_name = "SPEC", value_parser = parse_backend, group = "change")]
     pub backends: Vec<BackendRequest>,
     /// Persistent pools: `sync` or `periodic`.
-    #[arg(long, value_name = "sync|periodic", value_parser = parse_durability, group = "change")]
+    #[arg(long, value_name = "sync|written|periodic", value_parser = parse_durability, group = "change")]
     pub durability: Option<Durability>,
     /// Persistent pools with periodic durability: flush interval in ms.
     #[arg(long, value_name = "MS", group = "change")]
@@ -882,7 +882,8 @@ fn parse_durability(text: &str) -> Result<Durability, String> {
     match text {
         "sync" => Ok(Durability::Sync),
         "periodic" => Ok(Durability::Periodic),
-        other => Err(format!("`{other}` is not a durability mode (sync or periodic)")),
+        "written" => Ok(Durability::Written),
+        other => Err(format!("`{other}` is not a durability mode (sync, written or periodic)")),
     }
 }
 

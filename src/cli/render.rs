@@ -430,6 +430,9 @@ pub fn pool_view(info: &PoolInfo) -> String {
         "persistent",
         match (info.durability, info.flush_interval_ms) {
             (Some(Durability::Periodic), Some(ms)) => format!("yes, periodic durability (flushed every {ms} ms)"),
+            (Some(Durability::Written), _) => {
+                "yes, written durability (acknowledged once written to the kernel: survives the host's crash, not a power loss)".to_string()
+            }
             (Some(_), _) => "yes, sync durability (acknowledged once on disk)".to_string(),
             (None, _) => "no (pages are lost when the host stops)".to_string(),
         },

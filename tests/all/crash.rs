@@ -6,6 +6,9 @@
 //! - `sync`: every acknowledged store reads back bit-exact (the latest acknowledged version),
 //!   every acknowledged invalidate stays absent; only an operation in flight at the kill may
 //!   have gone either way.
+//! - `written` (a swap pool's): the same across a SIGKILL — acknowledged changes are in the
+//!   kernel's page cache, which the kill does not touch (a power loss could lose them; the
+//!   guest's `power-loss` scenario cuts `sync` pools only).
 //! - `periodic`: the pool is as it was at a moment no earlier than the flush window (plus
 //!   slack for a loaded machine) before the kill — per offset, a state it really had then or
 //!   later; never a torn page, never a version older than that.
@@ -190,6 +193,11 @@ fn crash_many_times(durability: Durability, kills: usize, window: Duration, run_
 fn sync_pools_lose_nothing_acknowledged_across_repeated_sigkills() {
     // Sync: everything acknowledged before the kill is on disk.
     crash_many_times(Durability::Sync, 6, Duration::ZERO, 300..1000);
+}
+
+#[test]
+fn written_pools_lose_nothing_acknowledged_across_repeated_sigkills() {
+    crash_many_times(Durability::Written, 4, Duration::ZERO, 300..1000);
 }
 
 #[test]

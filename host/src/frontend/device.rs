@@ -66,7 +66,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tmem_frontend::backing::BackingFile;
 use tmem_frontend::locations::{Location, PageLocations, PageSlot, StoreResult};
 
-use crate::persist::Durability;
 use crate::pool::{LoadOutcome, Pool, StoreOutcome};
 
 /// The largest device: the map costs one byte per page (256 MiB of map for 1 TiB of 4 KiB pages).
@@ -642,7 +641,7 @@ impl BlockDevice {
 
     fn make_durable(&self) -> Result<(), BlockError> {
         if let Some(disk) = self.pool.disk()
-            && disk.durability() != Durability::Sync
+            && !disk.durability().flushes_each_change()
         {
             disk.flush().map_err(|e| self.io_error(e.to_string()))?;
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tmem_api::client::ClientError;
 use tmem_api::rest::{
-    AttachRequest, BackendRequest, FrontendInfo, FrontendKind, PluginInfo, PoolConfig, PoolInfo, TierConfig,
+    AttachRequest, BackendRequest, Durability, FrontendInfo, FrontendKind, PluginInfo, PoolConfig, PoolInfo, TierConfig,
 };
 use tmem_host::declared::{self, DeclaredDevice};
 
@@ -188,6 +188,16 @@ fn config_of(info: &PoolInfo) -> PoolConfig {
 /// `chain` with `storage` granted to each link whose plugin asks for it (the persistent
 /// `sled`): the pool's own database under the data dir, nothing wider. Other capabilities
 /// (`network`) need a config of their own and are granted only by name (`remote+network`).
+/// The config of a pool `tmem swap on` makes: `chain`'s backends (storage granted where asked)
+/// and, when the pool is persistent, `written` durability — a swapped page must survive the
+/// host's crash (the kernel keeps the device, the next host serves it), never a power loss
+/// (swap does not outlive a reboot), so a swap-out never waits on the file system's journal.
+fn swap_pool_config(name: &str, chain: &Chain, plugins: &[PluginInfo]) -> PoolConfig {
+    let backends = with_storage(chain, plugins);
+    let persistent = backends.iter().any(|b| b.grants.iter().any(|g| g == "storage"));
+    PoolConfig { durability: persistent.then_some(Durability::Written), ..PoolConfig::new(name, backends) }
+}
+
 fn with_storage(chain: &Chain, plugins: &[PluginInfo]) -> Vec<BackendRequest> {
     chain
         .0
@@ -262,7 +272,7 @@ fn on(session: &Session, data_dir: &Path, args: SwapOnArgs) -> Result<Done, CliE
         Some(chain) => chain.clone(),
         None => crate::cli::args::parse_chain(DEFAULT_CHAIN).map_err(CliError::Message)?,
     };
-    let mut config = PoolConfig::new(&name, with_storage(&chain, &plugins));
+    let mut config = swap_pool_config(&name, &chain, &plugins);
     if args.tier.is_some() {
         config.tier = Some(TierConfig::new(&lower, args.tier_idle));
     }
@@ -322,7 +332,7 @@ fn on(session: &Session, data_dir: &Path, args: SwapOnArgs) -> Result<Done, CliE
         match step {
             Step::CreateLower => {
                 let tier = args.tier.as_ref().expect("a lower tier is made only when asked for");
-                client.create_pool(&PoolConfig::new(&lower, with_storage(tier, &plugins))).map_err(fail)?;
+                client.create_pool(&swap_pool_config(&lower, tier, &plugins)).map_err(fail)?;
                 done.push(format!("created pool {lower} (the lower tier)"));
             }
             Step::CreatePool => {
