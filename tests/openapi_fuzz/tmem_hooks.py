@@ -170,7 +170,10 @@ def _get(path):
 def _attach_one():
     """Attaches a small NBD device to a pool that has none, as a client would, so that a detach
     has something to detach (the fuzzer's own devices rarely outlive its pool deletions)."""
-    pools = [p for p in (_get("/api/v1/pools") or []) if not p.get("frontends") and p.get("page_size", 0) <= 65536]
+    pools = [
+        p for p in (_get("/api/v1/pools") or [])
+        if not p.get("frontends") and not p.get("tier_of") and p.get("page_size", 0) <= 65536
+    ]
     n = len(MADE)
     pool = pools[0]["name"] if pools else f"steered-{n}"
     MADE.append(pool)
@@ -212,7 +215,11 @@ def _make_token(n):
 
 def _existing_pool(n, without_device=False):
     """The name of an existing pool (the `n`th, round the list), made first when there is none."""
-    pools = [p for p in (_get("/api/v1/pools") or []) if not (without_device and p.get("frontends"))]
+    # (A lower tier belongs to its upper pool: pages, frontends and devices are refused there.)
+    pools = [
+        p for p in (_get("/api/v1/pools") or [])
+        if not (without_device and (p.get("frontends") or p.get("tier_of")))
+    ]
     if pools:
         return pools[n % len(pools)]["name"]
     name = f"steered-{n}-{len(MADE)}"
@@ -223,7 +230,12 @@ def _existing_pool(n, without_device=False):
 def _store_one(turn):
     """Stores a page, as a client would, so that a load or invalidate has a page to find (the
     fuzzer's own pages rarely outlive its invalidations, shrinks and pool deletions)."""
-    pools = [p for p in (_get("/api/v1/pools") or []) if p.get("enabled", True)]
+    # A pool that takes pages from the page API: enabled, not a lower tier (its upper pool's),
+    # and not owned by a block device (any frontend: 409 pool_owned for a device's).
+    pools = [
+        p for p in (_get("/api/v1/pools") or [])
+        if p.get("enabled", True) and not p.get("tier_of") and not p.get("frontends")
+    ]
     if not pools:
         name = f"steered-pages-{turn}"
         if not _post("/api/v1/pools", {"name": name, "backends": [{"plugin": "ram"}]}):
