@@ -466,7 +466,7 @@ fn run_flusher(
 ) {
     let mut last_flush = Instant::now();
     loop {
-        let target = {
+        let (target, to_disk) = {
             let mut state = commit.state.lock();
             loop {
                 if state.stop {
@@ -492,7 +492,6 @@ fn run_flusher(
             state.dirty = false;
             (state.requested, state.durability.to_disk())
         };
-        let (target, to_disk) = target;
         let result = if cfg!(test) && fail.load(Ordering::Relaxed) {
             Err(sled::Error::Io(std::io::Error::other("injected flush failure")))
         } else {
