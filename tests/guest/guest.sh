@@ -71,12 +71,12 @@ limited() {
 # plugins compiled ahead of the scenarios (same binary, same QEMU CPU model: the same engine
 # compatibility hash). Prints `GUEST SERVE-UP seconds=S compiled=N` (N: modules this start had
 # to compile itself; 0 when the shipped cache served them all).
-# The host's API: plain HTTP on loopback (a scenario serving it over HTTPS, --api-tls, would
-# export TMEM_SERVER=https://127.0.0.1:7411 and TMEM_TLS_CA for the CLI first).
-host_url() { echo "${TMEM_SERVER:-http://127.0.0.1:7411}"; }
-# host_get PATH: GET PATH from the host (busybox wget; over HTTPS it does not check the
-# certificate — the CLI does, with TMEM_TLS_CA).
-host_get() { wget -q -O - --no-check-certificate "$(host_url)$1" 2>/dev/null; }
+# The host's API, as serve starts it: plain HTTP on loopback (no scenario gives --api-tls;
+# busybox's wget could not reach it over HTTPS — its TLS and OpenSSL share no signature
+# algorithm).
+API_URL=http://127.0.0.1:7411
+# host_get PATH: GET PATH from the host's API (nothing on stderr).
+host_get() { wget -q -O - "$API_URL$1" 2>/dev/null; }
 
 serve() {
     local data=$1 before started
@@ -93,7 +93,7 @@ serve() {
         kill -0 $server 2>/dev/null || fail "tmem serve exited"
         # Every 30 s, what the probe says (a silent wait would look like a hung guest).
         [ $((i % 120)) = 0 ] &&
-            echo "GUEST STEP still waiting for tmem serve at $(host_url): $(wget -q -O /dev/null --no-check-certificate "$(host_url)/healthz" 2>&1 | tr '\n' ' ')"
+            echo "GUEST STEP still waiting for tmem serve at $API_URL: $(wget -q -O /dev/null "$API_URL/healthz" 2>&1 | tr '\n' ' ')"
         sleep 0.25
     done
     host_get /healthz >/dev/null || fail "tmem serve did not come up"
