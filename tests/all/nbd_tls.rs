@@ -36,47 +36,55 @@ fn openssl(args: &[&str]) {
     run("openssl", args);
 }
 
+/// The key options of every key made here: P-256.
+const EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// A certificate and its key (`DIR/NAME-cert.pem`, `DIR/NAME-key.pem`) for subject `cn` with
+/// the extensions `ext` (openssl's extfile lines), signed by the CA [`pki`] made in `dir`.
+pub(crate) fn issue_certificate(dir: &Path, name: &str, cn: &str, ext: &str) -> (PathBuf, PathBuf) {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let (ca_key, ca_cert) = (p("ca-key.pem"), p("ca-cert.pem"));
+    let (key, csr, cert, extfile) = (
+        p(&format!("{name}-key.pem")),
+        p(&format!("{name}.csr")),
+        p(&format!("{name}-cert.pem")),
+        p(&format!("{name}.ext")),
+    );
+    std::fs::write(&extfile, ext).unwrap();
+    let mut req = vec!["req"];
+    req.extend(EC_KEY);
+    req.extend(["-keyout", &key, "-out", &csr, "-subj", cn]);
+    openssl(&req);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_cert,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &extfile,
+    ]);
+    (PathBuf::from(cert), PathBuf::from(key))
+}
+
 /// A CA, a server certificate for 127.0.0.1 and localhost, a client certificate, and PSK files.
 pub(crate) fn pki(dir: &Path) -> Pki {
     let p = |name: &str| dir.join(name).display().to_string();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
+    ca.extend(EC_KEY);
     let (ca_key, ca_cert) = (p("ca-key.pem"), p("ca-cert.pem"));
     ca.extend(["-keyout", &ca_key, "-out", &ca_cert, "-subj", "/CN=tmem test CA", "-days", "2"]);
     ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
     openssl(&ca);
-    let issue = |name: &str, cn: &str, ext: &str| {
-        let (key, csr, cert, extfile) = (
-            p(&format!("{name}-key.pem")),
-            p(&format!("{name}.csr")),
-            p(&format!("{name}-cert.pem")),
-            p(&format!("{name}.ext")),
-        );
-        std::fs::write(&extfile, ext).unwrap();
-        let mut req = vec!["req"];
-        req.extend(ec);
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", cn]);
-        openssl(&req);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_cert,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-extfile",
-            &extfile,
-        ]);
-        (PathBuf::from(cert), PathBuf::from(key))
-    };
+    let issue = |name: &str, cn: &str, ext: &str| issue_certificate(dir, name, cn, ext);
     let (server_cert, server_key) = issue(
         "server",
         "/CN=localhost",

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tmem_api::client::Client;
 
 use crate::common::{ServeProcess, run, temp_dir};
-use crate::nbd_tls::pki;
+use crate::nbd_tls::{issue_certificate, pki};
 
 /// Runs the `tmem` CLI with `args` and no TMEM_* variable of the caller's.
 fn tmem(args: &[&str]) -> Output {
@@ -150,48 +150,25 @@ fn clients_that_do_not_trust_the_certificate_or_whose_url_it_does_not_name_refus
     assert!(!out.status.success() && stderr.contains("cannot load the CA certificates"), "{stderr}");
 
     // A certificate the right CA signed, for another name: the host name is checked.
-    let (key, csr, cert, ext) =
-        (dir.join("far-key.pem"), dir.join("far.csr"), dir.join("far-cert.pem"), dir.join("far.ext"));
-    std::fs::write(&ext, "subjectAltName=DNS:elsewhere.example\nextendedKeyUsage=serverAuth\n").unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (cert, key) = issue_certificate(
+        &dir,
+        "far",
+        "/CN=elsewhere.example",
+        "subjectAltName=DNS:elsewhere.example\nextendedKeyUsage=serverAuth\n",
+    );
     let p = |path: &Path| path.to_str().unwrap().to_string();
-    run(
-        "openssl",
-        &[&["req"][..], &ec, &["-keyout", &p(&key), "-out", &p(&csr), "-subj", "/CN=elsewhere.example"]].concat(),
-    );
-    let (ca_cert, ca_key) = (p(&dir.join("ca-cert.pem")), p(&dir.join("ca-key.pem")));
-    run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &p(&csr),
-            "-CA",
-            &ca_cert,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &p(&cert),
-            "-days",
-            "2",
-            "-extfile",
-            &p(&ext),
-        ],
-    );
-    let log = dir.join("misnamed.log");
-    let mut misnamed = serve(
-        &dir.join("misnamed"),
+    let ca_cert = p(&dir.join("ca-cert.pem"));
+    let misnamed_dir = p(&dir.join("misnamed"));
+    let (out, _, _) = probe_serve(
+        &dir,
+        "misnamed",
         "127.0.0.1:0",
         &["--tls-cert", &p(&cert), "--tls-key", &p(&key), "--api-tls"],
-        &log,
+        |port| {
+            let https_url = format!("https://127.0.0.1:{port}");
+            tmem(&["pool", "ls", "--server", &https_url, "--tls-ca", &ca_cert, "--data-dir", &misnamed_dir])
+        },
     );
-    let https_url = format!("https://127.0.0.1:{}", listening_port(&log, &mut misnamed));
-    let out =
-        tmem(&["pool", "ls", "--server", &https_url, "--tls-ca", &ca_cert, "--data-dir", &p(&dir.join("misnamed"))]);
-    let _ = misnamed.kill();
-    let _ = misnamed.wait();
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "the CLI accepted a certificate for elsewhere.example at 127.0.0.1");
     assert!(stderr.contains("mismatch"), "{stderr}");
@@ -240,6 +217,24 @@ fn listening_port(log: &Path, child: &mut std::process::Child) -> u16 {
     }
 }
 
+/// Starts `tmem serve` (data dir `dir/NAME`, log `dir/NAME.log`) on `listen` with `extra`,
+/// runs `probe` with its port, and stops it: the probe's answer, the port and the log.
+fn probe_serve<T>(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+    probe: impl FnOnce(u16) -> T,
+) -> (T, u16, String) {
+    let log = dir.join(format!("{name}.log"));
+    let mut child = serve(&dir.join(name), listen, extra, &log);
+    let port = listening_port(&log, &mut child);
+    let answer = probe(port);
+    let _ = child.kill();
+    let _ = child.wait();
+    (answer, port, std::fs::read_to_string(&log).unwrap())
+}
+
 /// `tmem serve` on `listen` with `extra` arguments, its log (RUST_LOG=info) in `log`.
 fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_tmem"))
@@ -271,13 +266,9 @@ fn plain_rest_beyond_loopback_needs_the_insecure_flag_and_https_does_not() {
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 
     // With --insecure-plain-tcp: it serves plain HTTP there, and says INSECURE.
-    let log = dir.join("insecure.log");
-    let mut insecure = serve(&dir.join("insecure"), "0.0.0.0:0", &["--insecure-plain-tcp"], &log);
-    let port = listening_port(&log, &mut insecure);
-    let health = ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call();
-    let text_log = std::fs::read_to_string(&log).unwrap();
-    let _ = insecure.kill();
-    let _ = insecure.wait();
+    let (health, _, text_log) = probe_serve(&dir, "insecure", "0.0.0.0:0", &["--insecure-plain-tcp"], |port| {
+        ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call()
+    });
     assert!(health.is_ok(), "{health:?}");
     assert!(
         text_log.lines().any(|l| l.contains("INSECURE") && l.contains("API listens beyond loopback without TLS")),
@@ -286,18 +277,14 @@ fn plain_rest_beyond_loopback_needs_the_insecure_flag_and_https_does_not() {
 
     // With a certificate: HTTPS there, no flag needed, no INSECURE warning about the API.
     let pki = pki(&dir);
-    let log = dir.join("https.log");
     let (cert, key) = (pki.server_cert.to_str().unwrap(), pki.server_key.to_str().unwrap());
-    let mut https = serve(&dir.join("https"), "0.0.0.0:0", &["--tls-cert", cert, "--tls-key", key], &log);
-    let port = listening_port(&log, &mut https);
-    let text_log = std::fs::read_to_string(&log).unwrap();
-    let url = format!("https://127.0.0.1:{port}");
-    let stats = Command::new("curl")
-        .args(["-sS", "--fail", "--cacert", pki.ca_cert.to_str().unwrap()])
-        .arg(format!("{url}/healthz"))
-        .output();
-    let _ = https.kill();
-    let _ = https.wait();
+    let (stats, port, text_log) =
+        probe_serve(&dir, "https", "0.0.0.0:0", &["--tls-cert", cert, "--tls-key", key], |port| {
+            Command::new("curl")
+                .args(["-sS", "--fail", "--cacert", pki.ca_cert.to_str().unwrap()])
+                .arg(format!("https://127.0.0.1:{port}/healthz"))
+                .output()
+        });
     let stats = stats.unwrap();
     assert!(stats.status.success(), "curl over https: {}", text(&stats.stderr));
     assert!(text_log.contains(&format!("dashboard at https://0.0.0.0:{port}/")), "{text_log}");
@@ -305,23 +292,18 @@ fn plain_rest_beyond_loopback_needs_the_insecure_flag_and_https_does_not() {
 
     // On loopback with the same certificate the API stays plain HTTP (local tools go on
     // working), unless --api-tls asks for HTTPS there too.
-    let log = dir.join("loopback.log");
-    let mut local = serve(&dir.join("loopback"), "127.0.0.1:0", &["--tls-cert", cert, "--tls-key", key], &log);
-    let port = listening_port(&log, &mut local);
-    let plain = ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call();
-    let text_log = std::fs::read_to_string(&log).unwrap();
-    let _ = local.kill();
-    let _ = local.wait();
+    let plain_get = |port: u16| ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call();
+    let (plain, port, text_log) =
+        probe_serve(&dir, "loopback", "127.0.0.1:0", &["--tls-cert", cert, "--tls-key", key], plain_get);
     assert!(plain.is_ok(), "{plain:?}");
     assert!(text_log.contains(&format!("dashboard at http://127.0.0.1:{port}/")), "{text_log}");
-    let log = dir.join("loopback-tls.log");
-    let mut local =
-        serve(&dir.join("loopback-tls"), "127.0.0.1:0", &["--tls-cert", cert, "--tls-key", key, "--api-tls"], &log);
-    let port = listening_port(&log, &mut local);
-    let text_log = std::fs::read_to_string(&log).unwrap();
-    let plain = ureq::get(&format!("http://127.0.0.1:{port}/healthz")).call();
-    let _ = local.kill();
-    let _ = local.wait();
+    let (plain, port, text_log) = probe_serve(
+        &dir,
+        "loopback-tls",
+        "127.0.0.1:0",
+        &["--tls-cert", cert, "--tls-key", key, "--api-tls"],
+        plain_get,
+    );
     assert!(plain.is_err(), "plain HTTP at an --api-tls listener: {plain:?}");
     assert!(text_log.contains(&format!("dashboard at https://127.0.0.1:{port}/")), "{text_log}");
 }

@@ -538,6 +538,63 @@ fn demote_what_is_stored(host: &Host) -> tmem_host::tier::TierPass {
     host.run_tier_passes()[0].1
 }
 
+/// One racing worker's pages of `upper` — offsets `k × threads + t` — and the round each was
+/// last stored at (`None`: invalidated). Every operation checks what the pool answers.
+struct RacingPages {
+    upper: Arc<Pool>,
+    offsets: Vec<u64>,
+    round: Vec<Option<u64>>,
+}
+
+impl RacingPages {
+    /// Worker `t`'s pages, each stored at round 0.
+    fn stored(upper: Arc<Pool>, t: u64, threads: u64, per_thread: u64) -> RacingPages {
+        let offsets: Vec<u64> = (0..per_thread).map(|k| k * threads + t).collect();
+        for &o in &offsets {
+            assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
+        }
+        let round = vec![Some(0u64); offsets.len()];
+        RacingPages { upper, offsets, round }
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// Page `i` loads as the last page stored, or absent.
+    fn check(&self, i: usize) {
+        let o = self.offsets[i];
+        assert_eq!(
+            load(&self.upper, o),
+            self.round[i].map(|r| page(o, r)),
+            "offset {o}: the last page stored, or absent"
+        );
+    }
+
+    fn check_all(&self) {
+        (0..self.len()).for_each(|i| self.check(i));
+    }
+
+    fn invalidate(&mut self, i: usize) {
+        assert_eq!(self.upper.invalidate_page(self.offsets[i]).unwrap(), self.round[i].is_some());
+        self.round[i] = None;
+    }
+
+    /// One operation on page `i` by `choice`: an invalidate (1 in 8), a store of its next
+    /// round (2 in 8) or a check.
+    fn op(&mut self, i: usize, choice: u64) {
+        match choice % 8 {
+            0 => self.invalidate(i),
+            1..=2 => {
+                let (o, r) = (self.offsets[i], self.round[i].map_or(1, |r| r + 1));
+                assert_eq!(self.upper.store(o, &page(o, r)).unwrap(), StoreOutcome::Stored);
+                self.round[i] = Some(r);
+            }
+            _ => self.check(i),
+        }
+    }
+}
+
 #[test]
 fn loads_and_stores_racing_the_mover_always_see_the_last_page() {
     const THREADS: u64 = 4;
@@ -560,19 +617,8 @@ fn loads_and_stores_racing_the_mover_always_see_the_last_page() {
             std::thread::spawn(move || {
                 // This thread's offsets; the first half stays busy, the second goes idle
                 // (and down), then comes back up.
-                let offsets: Vec<u64> = (0..PER_THREAD).map(|k| k * THREADS + t).collect();
-                let mut round = vec![Some(0u64); offsets.len()];
-                for &o in &offsets {
-                    assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
-                }
-                let check = |i: usize, want: Option<u64>| {
-                    let o = offsets[i];
-                    assert_eq!(
-                        load(&upper, o),
-                        want.map(|r| page(o, r)),
-                        "offset {o}: the last page stored, or absent"
-                    );
-                };
+                let mut pages = RacingPages::stored(upper.clone(), t, THREADS, PER_THREAD);
+                let half = pages.len() / 2;
                 // Until the mover has moved a good part of the idle halves down (it must within
                 // the deadline, however slow the machine).
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -586,30 +632,15 @@ fn loads_and_stores_racing_the_mover_always_see_the_last_page() {
                     step = step.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     if idle_drops > 0 && (step >> 40).is_multiple_of(64) {
                         idle_drops -= 1;
-                        let j = offsets.len() / 2 + (step >> 33) as usize % (offsets.len() / 2);
-                        assert_eq!(upper.invalidate_page(offsets[j]).unwrap(), round[j].is_some());
-                        round[j] = None;
-                        check(j, None);
+                        let j = half + (step >> 33) as usize % half;
+                        pages.invalidate(j);
+                        pages.check(j);
                         continue;
                     }
-                    let i = (step >> 33) as usize % (offsets.len() / 2);
-                    match (step >> 20) % 8 {
-                        0 => {
-                            assert_eq!(upper.invalidate_page(offsets[i]).unwrap(), round[i].is_some());
-                            round[i] = None;
-                        }
-                        1..=2 => {
-                            let r = round[i].map_or(1, |r| r + 1);
-                            assert_eq!(upper.store(offsets[i], &page(offsets[i], r)).unwrap(), StoreOutcome::Stored);
-                            round[i] = Some(r);
-                        }
-                        _ => check(i, round[i]),
-                    }
+                    pages.op((step >> 33) as usize % half, step >> 20);
                 }
                 // The idle half is (mostly) down by now: every page of it reads back.
-                for (i, want) in round.iter().enumerate() {
-                    check(i, *want);
-                }
+                pages.check_all();
             })
         })
         .collect();
@@ -883,49 +914,24 @@ fn tier_changes_racing_stores_loads_and_the_mover_never_serve_a_wrong_page() {
             std::thread::spawn(move || {
                 // The first half of this thread's offsets is busy, the second idle but for a
                 // rare touch (one op in 4096: a load of a page below brings it up).
-                let offsets: Vec<u64> = (0..PER_THREAD).map(|k| k * THREADS + t).collect();
-                let mut round = vec![Some(0u64); offsets.len()];
-                for &o in &offsets {
-                    assert_eq!(upper.store(o, &page(o, 0)).unwrap(), StoreOutcome::Stored);
-                }
-                let check = |i: usize, want: Option<u64>| {
-                    let o = offsets[i];
-                    assert_eq!(
-                        load(&upper, o),
-                        want.map(|r| page(o, r)),
-                        "offset {o}: the last page stored, or absent"
-                    );
-                };
+                let mut pages = RacingPages::stored(upper, t, THREADS, PER_THREAD);
                 let deadline = Instant::now() + Duration::from_secs(120);
                 let mut step = t + 1;
                 while cycles.load(Ordering::Relaxed) < CYCLES {
                     assert!(Instant::now() < deadline, "{CYCLES} tier cycles did not finish in two minutes");
                     step = step.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let half = offsets.len() / 2;
+                    let half = pages.len() / 2;
                     let i = if (step >> 52) == 0 {
                         half + (step >> 33) as usize % half
                     } else {
                         (step >> 33) as usize % half
                     };
-                    match (step >> 20) % 8 {
-                        0 => {
-                            assert_eq!(upper.invalidate_page(offsets[i]).unwrap(), round[i].is_some());
-                            round[i] = None;
-                        }
-                        1..=2 => {
-                            let r = round[i].map_or(1, |r| r + 1);
-                            assert_eq!(upper.store(offsets[i], &page(offsets[i], r)).unwrap(), StoreOutcome::Stored);
-                            round[i] = Some(r);
-                        }
-                        _ => check(i, round[i]),
-                    }
+                    pages.op(i, step >> 20);
                     if step.is_multiple_of(16) {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 }
-                for (i, want) in round.iter().enumerate() {
-                    check(i, *want);
-                }
+                pages.check_all();
             })
         })
         .collect();
